@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` and `make test`. Both prepare the machine first.
+.PHONY: setup demo test lint bench golden
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/python examples/quickstart/demo.py
+
+test: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
+	.venv/bin/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/python -m bench
+
+golden: setup
+	.venv/bin/python -m pytest -q tests/unit/test_golden.py --update-golden
