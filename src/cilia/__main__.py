@@ -1,0 +1,5 @@
+import sys
+
+from cilia.cli import main
+
+sys.exit(main())

@@ -1,0 +1,241 @@
+"""Wiring: sources -> store -> translate -> render -> xDS cache, plus admin. The only place that starts tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from cilia.diagnostics import Issue
+from cilia.identity import ProxyId
+from cilia.k8s.filesource import FileSource
+from cilia.k8s.store import Store
+from cilia.obs.admin import make_admin_app, start_admin
+from cilia.render.dump import proxy_config_json
+from cilia.render.world import ResourceCache, render_world
+from cilia.translate import ENDPOINT_KINDS, TranslationResult, translate
+from cilia.translate.context import TranslateOptions
+from cilia.xds.cache import ConfigCache
+from cilia.xds.server import ServerLimits, XdsServer
+from cilia.xds.status import StatusRegistry
+
+log = logging.getLogger("cilia")
+
+
+@dataclass(frozen=True, slots=True)
+class Debounce:
+    """Wait for `quiet_s` without changes, but never longer than `max_delay_s` after the first one.
+    Endpoint-only changes wait `endpoint_quiet_s` (they take the translation fast path)."""
+
+    quiet_s: float = 0.1
+    max_delay_s: float = 1.0
+    endpoint_quiet_s: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    paths: tuple[str, ...] = ()
+    xds_address: str = "127.0.0.1:18000"
+    admin_address: str = "127.0.0.1:19000"
+    debounce: Debounce = Debounce()
+    translate: TranslateOptions = TranslateOptions()
+    limits: ServerLimits = ServerLimits()
+    watch: bool = True
+
+
+@dataclass(slots=True)
+class Counters:
+    rebuilds: int = 0
+    rebuild_seconds_total: float = 0.0
+    last_rebuild_seconds: float = 0.0
+    source_events: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class ControlPlane:
+    def __init__(self, opts: ServeOptions) -> None:
+        self.opts = opts
+        self.store = Store()
+        self.cache = ConfigCache()
+        self.status = StatusRegistry()
+        self.xds = XdsServer(self.cache, self.status, opts.limits)
+        self.render_cache = ResourceCache()
+        self.result: TranslationResult | None = None
+        self.render_issues: tuple[Issue, ...] = ()
+        self.counters = Counters()
+        self.admin_port = 0
+        self.xds_port = 0
+        self._changed = asyncio.Event()
+        self._first_change = 0.0
+        self._last_change = 0.0
+        self._changed_kinds: set[str] = set()
+        self._started = False
+        self._stop = asyncio.Event()
+        self.store.subscribe(self._on_change)
+
+    # -- change handling -------------------------------------------------------------------------------
+    def _on_change(self, kinds: frozenset[str]) -> None:
+        now = time.monotonic()
+        if not self._changed.is_set():
+            self._first_change = now
+        self._last_change = now
+        self._changed_kinds |= kinds
+        self.counters.source_events += 1
+        self._changed.set()
+
+    def rebuild(self) -> None:
+        t0 = time.perf_counter()
+        snapshot = self.store.snapshot()
+        self.result = translate(snapshot, self.opts.translate, self.result)
+        world = render_world(self.result.ir, self.render_cache, snapshot.revision)
+        self.render_issues = world.issues
+        self.cache.set_world(world)
+        dt = time.perf_counter() - t0
+        self.counters.rebuilds += 1
+        self.counters.rebuild_seconds_total += dt
+        self.counters.last_rebuild_seconds = dt
+        for issue in world.issues:
+            log.warning("%s", issue)
+        log.info("config revision %d built in %.1f ms (%d objects)", snapshot.revision, dt * 1000,
+                 snapshot.count())
+
+    async def _debounce_loop(self) -> None:
+        d = self.opts.debounce
+        while True:
+            await self._changed.wait()
+            while True:
+                quiet = d.endpoint_quiet_s if self._changed_kinds <= ENDPOINT_KINDS else d.quiet_s
+                now = time.monotonic()
+                deadline = min(self._last_change + quiet, self._first_change + d.max_delay_s)
+                if now >= deadline:
+                    break
+                await asyncio.sleep(deadline - now)
+            self._changed.clear()
+            self._changed_kinds.clear()
+            try:
+                self.rebuild()
+            except Exception:
+                log.exception("rebuild failed; the previous configuration stays in place")
+
+    # -- run -------------------------------------------------------------------------------------------
+    async def run(self, sources_ready: asyncio.Event | None = None) -> None:
+        file_source = FileSource(self.opts.paths, self.store) if self.opts.paths else None
+        if file_source is not None:
+            file_source.load()
+        self._changed.clear()
+        self._changed_kinds.clear()
+        self.rebuild()
+        xhost, xport = split_hostport(self.opts.xds_address)
+        self.xds_port = await self.xds.start(f"{xhost}:{xport}" if ":" not in xhost else f"[{xhost}]:{xport}")
+        ahost, aport = split_hostport(self.opts.admin_address)
+        runner, self.admin_port = await start_admin(make_admin_app(self), ahost, aport)
+        self._started = True
+        if sources_ready is not None:
+            sources_ready.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._debounce_loop())
+                if file_source is not None and self.opts.watch:
+                    tg.create_task(file_source.watch(self._stop))
+                tg.create_task(self._wait_stop())
+        except* _Stopped:
+            pass
+        finally:
+            await self.xds.stop()
+            await runner.cleanup()
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        raise _Stopped()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- admin view --------------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._started and self.cache.ready
+
+    def all_issues(self) -> tuple[Issue, ...]:
+        return (self.result.issues if self.result else ()) + self.render_issues
+
+    def issues(self) -> list[dict[str, Any]]:
+        return [{"severity": i.severity, "location": i.location, "object": i.object, "field": i.field,
+                 "message": i.message, "text": str(i)} for i in self.all_issues()]
+
+    def proxies(self) -> dict[str, Any]:
+        return self.status.as_dict()
+
+    def proxy_config(self, proxy_id: str) -> dict[str, Any]:
+        try:
+            proxy = ProxyId.parse(proxy_id)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+        return proxy_config_json(self.cache.resources_for(proxy))
+
+    def object_statuses(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in (self.result.statuses if self.result else ())]
+
+    def agents(self) -> dict[str, Any]:
+        return {pid: p for pid, p in self.status.as_dict().items() if pid.startswith("agent~")}
+
+    def metrics_text(self) -> str:
+        c = self.counters
+        by_role: dict[str, int] = {}
+        for pid, ps in self.status.proxies.items():
+            if ps.streams:
+                role = pid.split("~", 1)[0]
+                by_role[role] = by_role.get(role, 0) + 1
+        lines = [
+            "# HELP cilia_rebuilds_total Configuration rebuilds.", "# TYPE cilia_rebuilds_total counter",
+            f"cilia_rebuilds_total {c.rebuilds}",
+            "# HELP cilia_rebuild_duration_seconds_sum Time spent translating and rendering.",
+            "# TYPE cilia_rebuild_duration_seconds_sum counter",
+            f"cilia_rebuild_duration_seconds_sum {c.rebuild_seconds_total:.6f}",
+            "# HELP cilia_source_events_total Changes seen from sources.", "# TYPE cilia_source_events_total counter",
+            f"cilia_source_events_total {c.source_events}",
+            "# HELP cilia_xds_streams Open xDS streams.", "# TYPE cilia_xds_streams gauge",
+            f"cilia_xds_streams {self.xds.active_streams}",
+            "# HELP cilia_connected_proxies Connected proxies by role.", "# TYPE cilia_connected_proxies gauge",
+        ]
+        lines += [f'cilia_connected_proxies{{role="{r}"}} {n}' for r, n in sorted(by_role.items())]
+        lines += ["# HELP cilia_config_issues Problems found in the input.", "# TYPE cilia_config_issues gauge",
+                  f"cilia_config_issues {len(self.all_issues())}"]
+        return "\n".join(lines) + "\n"
+
+
+class _Stopped(Exception):
+    pass
+
+
+async def serve(opts: ServeOptions) -> int:
+    cp = ControlPlane(opts)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, cp.stop)
+    await cp.run()
+    return 0
+
+
+def load_once(paths: Sequence[str]) -> Store:
+    store = Store()
+    FileSource(paths, store).load()
+    return store
+
+
+__all__ = ["ControlPlane", "Debounce", "ServeOptions", "serve", "web"]

@@ -1,0 +1,202 @@
+"""`cilia` command line (DESIGN §5)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from cilia import __version__
+
+
+def _add_translate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ingress-http-port", type=int, default=80, help="Ingress HTTP listener port (default 80)")
+    p.add_argument("--ingress-https-port", type=int, default=443, help="Ingress HTTPS listener port (default 443)")
+    p.add_argument("--ingress-address", default="0.0.0.0", help="address Ingress listeners bind (default 0.0.0.0)")
+    p.add_argument("--ingress-status-address", default="",
+                   help="address reported in Ingress status.loadBalancer (default: --ingress-address)")
+    p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
+    p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
+                   help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
+
+
+def _translate_options(args: argparse.Namespace) -> Any:
+    from cilia.translate.context import TranslateOptions
+
+    return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
+                            ingress_address=args.ingress_address,
+                            ingress_status_address=args.ingress_status_address,
+                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cilia", description="Envoy xDS control plane for a service mesh.")
+    parser.add_argument("--version", action="version", version=f"cilia {__version__}")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the control plane (xDS, admin, optional webhook)")
+    serve.add_argument("-f", "--filename", dest="paths", action="append", default=[], metavar="PATH",
+                       help="manifest file or directory (repeatable); watched for changes")
+    serve.add_argument("--kubernetes", action="store_true", help="watch the Kubernetes API")
+    serve.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    serve.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT", help="xDS gRPC address")
+    serve.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT", help="admin HTTP address")
+    serve.add_argument("--webhook", default=None, metavar="HOST:PORT", help="serve the sidecar injection webhook")
+    serve.add_argument("--tls-cert", default=None, metavar="FILE", help="webhook TLS certificate")
+    serve.add_argument("--tls-key", default=None, metavar="FILE", help="webhook TLS key")
+    serve.add_argument("--debounce-quiet-ms", type=int, default=100, help="quiet period before a rebuild")
+    serve.add_argument("--debounce-max-ms", type=int, default=1000, help="longest a change waits for a rebuild")
+    serve.add_argument("--max-streams", type=int, default=10_000, help="most xDS streams held at once")
+    serve.add_argument("--no-watch", action="store_true", help="read manifests once, do not watch them")
+    _add_translate_options(serve)
+
+    tr = sub.add_parser("translate", help="print the Envoy config one proxy would receive")
+    tr.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH")
+    tr.add_argument("--proxy", required=True, metavar="ROLE~NAME")
+    tr.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
+    _add_translate_options(tr)
+
+    bs = sub.add_parser("bootstrap", help="print an Envoy bootstrap pointing ADS at cilia")
+    bs.add_argument("--proxy", required=True, metavar="ROLE~NAME")
+    bs.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT")
+    bs.add_argument("--admin-port", type=int, default=19901)
+    group = bs.add_mutually_exclusive_group()
+    group.add_argument("--delta", dest="delta", action="store_true", default=True, help="Delta ADS (default)")
+    group.add_argument("--sotw", dest="delta", action="store_false", help="State-of-the-World ADS")
+    bs.add_argument("--pod-ip", default=None, help="pod IP for node metadata (default: $POD_IP)")
+    bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+
+    st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
+    st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
+    st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    return parser
+
+
+def _dump(data: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from cilia.app import load_once
+    from cilia.errors import CiliaError
+    from cilia.identity import ProxyId
+    from cilia.render.dump import proxy_config_json
+    from cilia.render.world import render_world
+    from cilia.translate import translate
+
+    try:
+        proxy = ProxyId.parse(args.proxy)
+        store = load_once(args.paths)
+    except CiliaError as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 2
+    result = translate(store.snapshot(), _translate_options(args))
+    world = render_world(result.ir)
+    sys.stdout.write(_dump(proxy_config_json(world.for_proxy(proxy)), args.output))
+    errors = 0
+    for issue in (*result.issues, *world.issues):
+        print(str(issue), file=sys.stderr)
+        errors += issue.severity == "error"
+    return 1 if errors else 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from cilia.errors import CiliaError
+    from cilia.identity import ProxyId
+    from cilia.mesh.bootstrap import bootstrap_config
+
+    try:
+        proxy = ProxyId.parse(args.proxy)
+        cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip)
+    except (CiliaError, ValueError) as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(_dump(cfg, args.output))
+    return 0
+
+
+def _fetch_json(admin: str, path: str) -> Any:
+    with urllib.request.urlopen(f"http://{admin}{path}", timeout=5) as resp:
+        return json.load(resp)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cilia.render.resources import SHORT_NAMES
+
+    try:
+        proxies = _fetch_json(args.admin, "/debug/proxies")
+        issues = _fetch_json(args.admin, "/debug/issues")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps({"proxies": proxies, "issues": issues}, indent=2))
+        return 0
+    types = list(SHORT_NAMES.values())
+    header = ["PROXY", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
+    rows = [header]
+    for pid, p in proxies.items():
+        states = []
+        nack = ""
+        for t in types:
+            ts = p["types"].get(t)
+            states.append("-" if ts is None else ts["state"])
+            if ts and ts.get("last_nack"):
+                nack = f"{t}: {ts['last_nack']}"
+        rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
+                     (nack[:100] + "...") if len(nack) > 100 else (nack or "-")])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
+    if not proxies:
+        print("(no proxies have connected)")
+    if issues:
+        print(f"\n{len(issues)} configuration issue(s):")
+        for i in issues:
+            print(f"  {i['text']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cilia.app import Debounce, ServeOptions, serve
+    from cilia.xds.server import ServerLimits
+
+    if not args.paths and not args.kubernetes:
+        print("cilia: serve needs -f PATH (manifests) or --kubernetes", file=sys.stderr)
+        return 2
+    opts = ServeOptions(
+        paths=tuple(args.paths), xds_address=args.xds, admin_address=args.admin,
+        debounce=Debounce(args.debounce_quiet_ms / 1000, args.debounce_max_ms / 1000),
+        translate=_translate_options(args), limits=ServerLimits(max_streams=args.max_streams),
+        watch=not args.no_watch,
+    )
+    try:
+        return asyncio.run(serve(opts))
+    except KeyboardInterrupt:
+        return 130
+
+
+COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The store: objects from every source, and immutable InputSnapshots of them.
+
+Objects are keyed by (kind, namespace, name). A key belongs to the first source that provided it; a
+later source offering the same key is reported and ignored, so a duplicate never displaces what is
+already serving. A source whose input fails to parse keeps its last good objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from cilia.diagnostics import Issue
+from cilia.k8s.manifest import FileResult
+from cilia.k8s.objects import KubeObject
+
+Key = tuple[str, str, str]  # kind, namespace, name
+ChangeListener = Callable[[frozenset[str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class InputSnapshot:
+    """All objects at one revision. Never mutated; translators read it."""
+
+    revision: int
+    objects: Mapping[str, Mapping[tuple[str, str], KubeObject]]
+    issues: tuple[Issue, ...] = ()
+    changed_kinds: frozenset[str] = field(default_factory=frozenset)
+
+    def list(self, kind: str) -> Iterator[KubeObject]:
+        by_key = self.objects.get(kind, {})
+        for key in sorted(by_key):
+            yield by_key[key]
+
+    def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        return self.objects.get(kind, {}).get((namespace, name))
+
+    def count(self, kind: str | None = None) -> int:
+        if kind is not None:
+            return len(self.objects.get(kind, {}))
+        return sum(len(v) for v in self.objects.values())
+
+    @classmethod
+    def of(cls, objects: Iterable[KubeObject], revision: int = 1) -> InputSnapshot:
+        """A snapshot straight from objects (tests, `cilia translate`); later duplicates are ignored."""
+        kinds: dict[str, dict[tuple[str, str], KubeObject]] = {}
+        for obj in objects:
+            kinds.setdefault(obj.kind, {}).setdefault((obj.meta.namespace, obj.meta.name), obj)
+        return cls(revision, MappingProxyType({k: MappingProxyType(v) for k, v in kinds.items()}))
+
+
+class Store:
+    def __init__(self) -> None:
+        self._kinds: dict[str, dict[tuple[str, str], KubeObject]] = {}
+        self._owner: dict[Key, str] = {}
+        self._by_source: dict[str, dict[Key, KubeObject]] = {}
+        self._issues: dict[str, tuple[Issue, ...]] = {}
+        self._revision = 0
+        self._frozen: dict[str, Mapping[tuple[str, str], KubeObject]] = {}
+        self._dirty_kinds: set[str] = set()
+        self._pending_changes: set[str] = set()
+        self._listeners: list[ChangeListener] = []
+
+    # -- listening -------------------------------------------------------------------------------
+    def subscribe(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, changed: set[str]) -> None:
+        if not changed:
+            return
+        self._revision += 1
+        self._dirty_kinds |= changed
+        self._pending_changes |= changed
+        frozen = frozenset(changed)
+        for listener in self._listeners:
+            listener(frozen)
+
+    # -- writes ------------------------------------------------------------------------------------
+    def _put(self, source: str, key: Key, obj: KubeObject, changed: set[str], issues: list[Issue]) -> None:
+        owner = self._owner.get(key)
+        if owner is not None and owner != source:
+            kind, ns, name = key
+            label = f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
+            issues.append(Issue(label, "metadata.name",
+                                f"duplicate: already defined in {owner}; this definition is ignored",
+                                str(obj.origin or source)))
+            return
+        self._owner[key] = source
+        self._by_source.setdefault(source, {})[key] = obj
+        current = self._kinds.setdefault(key[0], {}).get((key[1], key[2]))
+        if current is None or current.content_hash != obj.content_hash:
+            self._kinds[key[0]][(key[1], key[2])] = obj
+            changed.add(key[0])
+
+    def _remove(self, source: str, key: Key, changed: set[str]) -> None:
+        if self._owner.get(key) != source:
+            return
+        del self._owner[key]
+        self._by_source.get(source, {}).pop(key, None)
+        if self._kinds.get(key[0], {}).pop((key[1], key[2]), None) is not None:
+            changed.add(key[0])
+
+    def replace_source(self, source: str, result: FileResult) -> bool:
+        """Set everything `source` (one file) provides. Returns whether anything served changed."""
+        changed: set[str] = set()
+        issues = list(result.issues)
+        if result.ok:
+            new: dict[Key, KubeObject] = {}
+            for obj in result.objects:
+                key = (obj.kind, obj.meta.namespace, obj.meta.name)
+                if key in new:
+                    issues.append(Issue(str(obj.ref), "metadata.name",
+                                        f"duplicate in the same file (first at {new[key].origin})",
+                                        str(obj.origin or source)))
+                    continue
+                new[key] = obj
+            old = self._by_source.get(source, {})
+            for key in result.rejected:
+                key = _normalise_key(key, old)
+                if key in old and key not in new:
+                    new[key] = old[key]  # keep the last good version of an object now invalid
+            for key in list(old):
+                if key not in new:
+                    self._remove(source, key, changed)
+            for key, obj in new.items():
+                self._put(source, key, obj, changed, issues)
+        self._set_issues(source, issues, changed)
+        self._notify(changed)
+        return bool(changed)
+
+    def forget_source(self, source: str) -> bool:
+        """The source is gone (file deleted): drop its objects and issues."""
+        changed: set[str] = set()
+        for key in list(self._by_source.get(source, {})):
+            self._remove(source, key, changed)
+        self._by_source.pop(source, None)
+        self._set_issues(source, [], changed)
+        self._notify(changed)
+        return bool(changed)
+
+    def upsert(self, source: str, obj: KubeObject) -> bool:
+        changed: set[str] = set()
+        issues: list[Issue] = []
+        self._put(source, (obj.kind, obj.meta.namespace, obj.meta.name), obj, changed, issues)
+        if issues:
+            self._add_issues(source, issues, changed)
+        self._notify(changed)
+        return bool(changed)
+
+    def delete(self, source: str, kind: str, namespace: str, name: str) -> bool:
+        changed: set[str] = set()
+        self._remove(source, (kind, namespace, name), changed)
+        self._notify(changed)
+        return bool(changed)
+
+    def replace_kind(self, source: str, kind: str, objects: Iterable[KubeObject]) -> bool:
+        """A relist: `objects` is everything `source` has of `kind`. Unchanged objects change nothing."""
+        changed: set[str] = set()
+        issues: list[Issue] = []
+        wanted = {(o.kind, o.meta.namespace, o.meta.name): o for o in objects}
+        for key in [k for k in self._by_source.get(source, {}) if k[0] == kind and k not in wanted]:
+            self._remove(source, key, changed)
+        for key, obj in wanted.items():
+            self._put(source, key, obj, changed, issues)
+        if issues:
+            self._add_issues(source, issues, changed)
+        self._notify(changed)
+        return bool(changed)
+
+    def set_source_issues(self, source: str, issues: Iterable[Issue]) -> None:
+        changed: set[str] = set()
+        self._set_issues(source, list(issues), changed)
+        self._notify(changed)
+
+    def _set_issues(self, source: str, issues: list[Issue], changed: set[str]) -> None:
+        new = tuple(issues)
+        if self._issues.get(source, ()) != new:
+            if new:
+                self._issues[source] = new
+            else:
+                self._issues.pop(source, None)
+            changed.add("__issues__")
+
+    def _add_issues(self, source: str, issues: list[Issue], changed: set[str]) -> None:
+        merged = tuple(dict.fromkeys((*self._issues.get(source, ()), *issues)))
+        self._set_issues(source, list(merged), changed)
+
+    # -- reads -------------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def issues(self) -> tuple[Issue, ...]:
+        return tuple(i for source in sorted(self._issues) for i in self._issues[source])
+
+    def snapshot(self) -> InputSnapshot:
+        for kind in self._dirty_kinds:
+            if kind in self._kinds:
+                self._frozen[kind] = MappingProxyType(dict(self._kinds[kind]))
+        self._dirty_kinds.clear()
+        changes = frozenset(self._pending_changes)
+        self._pending_changes.clear()
+        return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
+
+    def objects_of(self, source: str) -> Mapping[Key, KubeObject]:
+        return MappingProxyType(self._by_source.get(source, {}))
+
+
+def _normalise_key(key: Key, old: Mapping[Key, Any]) -> Key:
+    """A rejected document without a namespace means the default namespace for namespaced kinds."""
+    if key in old or key[1]:
+        return key
+    alt = (key[0], "default", key[2])
+    return alt if alt in old else key

@@ -1,0 +1,79 @@
+"""Admin HTTP: health, readiness, metrics and debug views (DESIGN §5)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+
+
+class AdminView(Protocol):
+    def healthy(self) -> bool: ...
+    def ready(self) -> bool: ...
+    def metrics_text(self) -> str: ...
+    def proxies(self) -> dict[str, Any]: ...
+    def proxy_config(self, proxy_id: str) -> dict[str, Any]: ...
+    def object_statuses(self) -> list[dict[str, Any]]: ...
+    def issues(self) -> list[dict[str, Any]]: ...
+    def agents(self) -> dict[str, Any]: ...
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", status=status,
+                        content_type="application/json")
+
+
+def make_admin_app(view: AdminView) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n" if view.healthy() else "unhealthy\n", status=200 if view.healthy() else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = view.ready()
+        return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=view.metrics_text(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type": "text/plain; version=0.0.4"})
+
+    async def proxies(_: web.Request) -> web.Response:
+        return _json(view.proxies())
+
+    async def config(req: web.Request) -> web.Response:
+        proxy_id = req.match_info["proxy_id"]
+        try:
+            return _json(view.proxy_config(proxy_id))
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
+
+    async def status(_: web.Request) -> web.Response:
+        return _json(view.object_statuses())
+
+    async def issues(_: web.Request) -> web.Response:
+        return _json(view.issues())
+
+    async def agents(_: web.Request) -> web.Response:
+        return _json(view.agents())
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug/proxies", proxies)
+    app.router.add_get("/debug/config/{proxy_id:.+}", config)
+    app.router.add_get("/debug/status", status)
+    app.router.add_get("/debug/issues", issues)
+    app.router.add_get("/debug/agents", agents)
+    return app
+
+
+async def start_admin(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = getattr(site, "_server", None)
+    bound = port
+    if server is not None and server.sockets:
+        bound = server.sockets[0].getsockname()[1]
+    return runner, bound

@@ -1,0 +1,394 @@
+"""IR -> Envoy protobuf messages. The one place that builds Envoy messages from the neutral model."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    health_check_pb2,
+    protocol_pb2,
+    substitution_format_string_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+from cilia.ir import model as ir
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ACCESS_LOG_FIELDS = {
+    "start_time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%", "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
+    "bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "duration_ms": "%DURATION%",
+    "upstream_host": "%UPSTREAM_HOST%", "upstream_cluster": "%UPSTREAM_CLUSTER%", "authority": "%REQ(:AUTHORITY)%",
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%", "route_name": "%ROUTE_NAME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+REDIRECT_CODES = {
+    301: route_components_pb2.RedirectAction.MOVED_PERMANENTLY,
+    302: route_components_pb2.RedirectAction.FOUND,
+    303: route_components_pb2.RedirectAction.SEE_OTHER,
+    307: route_components_pb2.RedirectAction.TEMPORARY_REDIRECT,
+    308: route_components_pb2.RedirectAction.PERMANENT_REDIRECT,
+}
+HEALTH = {"HEALTHY": health_check_pb2.HEALTHY, "UNHEALTHY": health_check_pb2.UNHEALTHY,
+          "DRAINING": health_check_pb2.DRAINING}
+
+
+def pack(message: Any) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(message)
+    return a
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    src = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    src.ads.SetInParent()
+    return src
+
+
+def duration_ms(ms: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def socket_address(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
+
+
+# -- clusters and endpoints -------------------------------------------------------------------------
+def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=es.name)
+    for loc in es.localities:
+        lle = cla.endpoints.add(priority=loc.priority)
+        if loc.zone or loc.region or loc.sub_zone:
+            lle.locality.zone = loc.zone
+            lle.locality.region = loc.region
+            lle.locality.sub_zone = loc.sub_zone
+        for ep in loc.endpoints:
+            lbe = lle.lb_endpoints.add(health_status=HEALTH[ep.health])
+            lbe.endpoint.address.CopyFrom(socket_address(ep.address, ep.port))
+            if ep.hostname:
+                lbe.endpoint.hostname = ep.hostname
+    return cla
+
+
+def render_cluster(c: ir.Cluster) -> cluster_pb2.Cluster:
+    out = cluster_pb2.Cluster(name=c.name, connect_timeout=duration_ms(c.connect_timeout_ms))
+    out.lb_policy = cluster_pb2.Cluster.LbPolicy.Value(c.lb_policy)
+    if c.discovery == "EDS":
+        out.type = cluster_pb2.Cluster.EDS
+        out.eds_cluster_config.eds_config.CopyFrom(ads_source())
+        out.eds_cluster_config.service_name = c.eds_name or c.name
+    elif c.discovery == "ORIGINAL_DST":
+        out.type = cluster_pb2.Cluster.ORIGINAL_DST
+        out.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    else:
+        out.type = cluster_pb2.Cluster.DiscoveryType.Value(c.discovery)
+        out.load_assignment.cluster_name = c.name
+        lle = out.load_assignment.endpoints.add()
+        if c.discovery in ("STRICT_DNS", "LOGICAL_DNS"):
+            lle.lb_endpoints.add().endpoint.address.CopyFrom(socket_address(c.dns_name, c.dns_port))
+            out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+        for ep in c.static_endpoints:
+            lle.lb_endpoints.add().endpoint.address.CopyFrom(socket_address(ep.address, ep.port))
+    if c.protocol == "http2":
+        opts = http_protocol_options_pb2.HttpProtocolOptions()
+        opts.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+        out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(opts))
+    if c.upstream_tls is not None:
+        tls = tls_pb2.UpstreamTlsContext(sni=c.upstream_tls.sni)
+        tls.common_tls_context.alpn_protocols.extend(c.upstream_tls.alpn)
+        if c.upstream_tls.ca_secret:
+            sds = tls.common_tls_context.validation_context_sds_secret_config
+            sds.name = c.upstream_tls.ca_secret
+            sds.sds_config.CopyFrom(ads_source())
+        out.transport_socket.name = "envoy.transport_sockets.tls"
+        out.transport_socket.typed_config.CopyFrom(pack(tls))
+    return out
+
+
+# -- routes -------------------------------------------------------------------------------------------
+def _string_matcher(kind: str, value: str, ignore_case: bool = False) -> string_pb2.StringMatcher:
+    m = string_pb2.StringMatcher(ignore_case=ignore_case)
+    if kind == "exact":
+        m.exact = value
+    elif kind == "prefix":
+        m.prefix = value
+    else:
+        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=value))
+    return m
+
+
+def _header_matcher(h: ir.HeaderMatch) -> route_components_pb2.HeaderMatcher:
+    m = route_components_pb2.HeaderMatcher(name=h.name, invert_match=h.invert)
+    if h.kind == "present":
+        m.present_match = True
+    else:
+        m.string_match.CopyFrom(_string_matcher(h.kind, h.value))
+    return m
+
+
+def _route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
+    m = route_components_pb2.RouteMatch()
+    p = match.path
+    if p is None:
+        m.prefix = "/"
+    elif p.kind == "exact":
+        m.path = p.value
+    elif p.kind == "raw_prefix":
+        m.prefix = p.value
+    elif p.kind == "prefix":
+        value = p.value.rstrip("/")
+        if not value:
+            m.prefix = "/"
+        else:
+            m.path_separated_prefix = value
+    else:
+        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=p.value))
+    if p is not None and p.ignore_case:
+        m.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
+    for h in match.headers:
+        m.headers.append(_header_matcher(h))
+    if match.method:
+        m.headers.append(route_components_pb2.HeaderMatcher(
+            name=":method", string_match=string_pb2.StringMatcher(exact=match.method)))
+    for q in match.query:
+        qm = m.query_parameters.add(name=q.name)
+        if q.kind == "present":
+            qm.present_match = True
+        else:
+            qm.string_match.CopyFrom(_string_matcher(q.kind, q.value))
+    if match.grpc:
+        m.grpc.SetInParent()
+    return m
+
+
+def _header_options(mods: ir.HeaderMods) -> list[base_pb2.HeaderValueOption]:
+    out = []
+    for name, value in mods.set:
+        out.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=name, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    for name, value in mods.add:
+        out.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=name, value=value),
+            append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD))
+    return out
+
+
+def _prefix_of(match: ir.RouteMatch) -> str | None:
+    if match.path is not None and match.path.kind in ("prefix", "raw_prefix"):
+        return match.path.value
+    return None
+
+
+def _apply_rewrite(action: route_components_pb2.RouteAction, rw: ir.Rewrite, match: ir.RouteMatch) -> None:
+    if rw.host:
+        action.host_rewrite_literal = rw.host
+    if rw.path_full is not None:
+        action.regex_rewrite.pattern.regex = "^/.*$" if _prefix_of(match) is None else "^.*$"
+        action.regex_rewrite.substitution = rw.path_full
+    elif rw.path_prefix is not None:
+        prefix = (_prefix_of(match) or "/").rstrip("/")
+        new = rw.path_prefix
+        if new == "/" or new == "":
+            # Replace the matched prefix and any slashes after it with a single "/", so that
+            # "/foo" -> "/" turns "/foo/bar" into "/bar" (not "//bar") and "/foo" into "/".
+            action.regex_rewrite.pattern.regex = "^" + re.escape(prefix) + "/*"
+            action.regex_rewrite.substitution = "/"
+        elif prefix:
+            action.regex_rewrite.pattern.regex = "^" + re.escape(prefix) + "(/.*)?$"
+            action.regex_rewrite.substitution = new.rstrip("/") + r"\1"
+        else:
+            action.regex_rewrite.pattern.regex = "^/(.*)$"
+            action.regex_rewrite.substitution = new.rstrip("/") + r"/\1"
+
+
+def render_route(r: ir.Route) -> route_components_pb2.Route:
+    out = route_components_pb2.Route(name=r.name, match=_route_match(r.match))
+    out.request_headers_to_add.extend(_header_options(r.request_headers))
+    out.request_headers_to_remove.extend(r.request_headers.remove)
+    out.response_headers_to_add.extend(_header_options(r.response_headers))
+    out.response_headers_to_remove.extend(r.response_headers.remove)
+    if r.redirect is not None:
+        rd = r.redirect
+        red = out.redirect
+        if rd.scheme:
+            red.scheme_redirect = rd.scheme
+        if rd.host:
+            red.host_redirect = rd.host
+        if rd.port:
+            red.port_redirect = rd.port
+        if rd.path_full is not None:
+            red.path_redirect = rd.path_full
+        elif rd.path_prefix is not None:
+            red.prefix_rewrite = rd.path_prefix
+        red.response_code = REDIRECT_CODES.get(rd.status_code, route_components_pb2.RedirectAction.FOUND)
+        return out
+    if r.direct is not None:
+        out.direct_response.status = r.direct.status
+        if r.direct.body:
+            out.direct_response.body.inline_string = r.direct.body
+        return out
+    live = [b for b in r.backends if b.weight > 0]
+    if not live:
+        out.direct_response.status = 500
+        return out
+    action = out.route
+    if len(live) == 1 and live[0].request_headers.empty and live[0].response_headers.empty:
+        action.cluster = live[0].cluster
+    else:
+        for b in live:
+            cw = action.weighted_clusters.clusters.add(name=b.cluster)
+            cw.weight.value = b.weight
+            cw.request_headers_to_add.extend(_header_options(b.request_headers))
+            cw.request_headers_to_remove.extend(b.request_headers.remove)
+            cw.response_headers_to_add.extend(_header_options(b.response_headers))
+            cw.response_headers_to_remove.extend(b.response_headers.remove)
+    if r.rewrite is not None:
+        _apply_rewrite(action, r.rewrite, r.match)
+    for m in r.mirrors:
+        pol = action.request_mirror_policies.add(cluster=m.cluster)
+        if m.percent is not None:
+            pol.runtime_fraction.default_value.CopyFrom(_fraction(m.percent))
+    if r.timeout_ms is not None:
+        action.timeout.CopyFrom(duration_ms(r.timeout_ms))
+    if r.per_try_timeout_ms is not None:
+        action.retry_policy.per_try_timeout.CopyFrom(duration_ms(r.per_try_timeout_ms))
+    upgrade = action.upgrade_configs.add()
+    upgrade.upgrade_type = "websocket"
+    return out
+
+
+def _fraction(percent: float) -> percent_pb2.FractionalPercent:
+    return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),
+                                         denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
+    out = route_pb2.RouteConfiguration(name=rc.name)
+    out.validate_clusters.value = False  # a missing cluster gives 503 on that route, not a rejected config
+    for vh in rc.virtual_hosts:
+        v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
+        if vh.require_tls:
+            v.require_tls = route_components_pb2.VirtualHost.ALL
+        for r in vh.routes:
+            v.routes.append(render_route(r))
+    return out
+
+
+# -- listeners ----------------------------------------------------------------------------------------
+def access_log() -> accesslog_pb2.AccessLog:
+    fmt = struct_pb2.Struct()
+    fmt.update(ACCESS_LOG_FIELDS)
+    cfg = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=fmt))
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(cfg))
+
+
+def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Filter:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=app.stat_prefix or chain_name.replace("/", "_"))
+    hcm.codec_type = hcm_pb2.HttpConnectionManager.CodecType.Value(app.codec.upper())
+    hcm.rds.route_config_name = app.route_config
+    hcm.rds.config_source.CopyFrom(ads_source())
+    hcm.http_filters.add(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    hcm.upgrade_configs.add(upgrade_type="websocket")
+    hcm.normalize_path.value = True
+    hcm.merge_slashes = True
+    hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT
+    if app.access_log:
+        hcm.access_log.append(access_log())
+    return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
+                                          typed_config=pack(hcm))
+
+
+def _tcp_filter(app: ir.TcpApp, chain_name: str) -> listener_components_pb2.Filter:
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=app.stat_prefix or chain_name.replace("/", "_"))
+    live = [b for b in app.backends if b.weight > 0]
+    if len(live) == 1:
+        tcp.cluster = live[0].cluster
+    else:
+        for b in live:
+            tcp.weighted_clusters.clusters.add(name=b.cluster, weight=b.weight)
+    if app.access_log:
+        tcp.access_log.append(access_log())
+    return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tcp))
+
+
+def _cidr(cidr: str) -> address_pb2.CidrRange:
+    ip, _, plen = cidr.partition("/")
+    length = int(plen) if plen else (128 if ":" in ip else 32)
+    return address_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=length))
+
+
+def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterChain:
+    out = listener_components_pb2.FilterChain(name=fc.name)
+    if fc.server_names:
+        out.filter_chain_match.server_names.extend(fc.server_names)
+    if fc.destination_port:
+        out.filter_chain_match.destination_port.value = fc.destination_port
+    for cidr in fc.destination_cidrs:
+        out.filter_chain_match.prefix_ranges.append(_cidr(cidr))
+    if fc.tls is not None:
+        out.filter_chain_match.transport_protocol = "tls"
+        ctx = tls_pb2.DownstreamTlsContext()
+        ctx.common_tls_context.alpn_protocols.extend(fc.tls.alpn)
+        for name in fc.tls.secret_names:
+            ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=name, sds_config=ads_source())
+        out.transport_socket.name = "envoy.transport_sockets.tls"
+        out.transport_socket.typed_config.CopyFrom(pack(ctx))
+    elif fc.server_names and isinstance(fc.app, ir.TcpApp):
+        out.filter_chain_match.transport_protocol = "tls"  # TLS passthrough by SNI
+    if isinstance(fc.app, ir.HttpApp):
+        out.filters.append(_http_filter(fc.app, fc.name))
+    else:
+        out.filters.append(_tcp_filter(fc.app, fc.name))
+    return out
+
+
+LISTENER_FILTERS = {
+    "tls_inspector": ("envoy.filters.listener.tls_inspector", tls_inspector_pb2.TlsInspector),
+    "original_dst": ("envoy.filters.listener.original_dst", original_dst_pb2.OriginalDst),
+    "http_inspector": ("envoy.filters.listener.http_inspector", http_inspector_pb2.HttpInspector),
+}
+
+
+def render_listener(li: ir.Listener) -> listener_pb2.Listener:
+    out = listener_pb2.Listener(name=li.name, address=socket_address(li.address, li.port))
+    for lf in li.listener_filters:
+        name, cls = LISTENER_FILTERS[lf]
+        out.listener_filters.add(name=name, typed_config=pack(cls()))
+    for fc in li.filter_chains:
+        out.filter_chains.append(render_filter_chain(fc))
+    if li.default_chain is not None:
+        out.default_filter_chain.CopyFrom(render_filter_chain(li.default_chain))
+    return out
+
+
+def render_secret(s: ir.Secret) -> secret_pb2.Secret:
+    out = secret_pb2.Secret(name=s.name)
+    if s.certificate_chain:
+        out.tls_certificate.certificate_chain.inline_bytes = s.certificate_chain
+        out.tls_certificate.private_key.inline_bytes = s.private_key
+    elif s.trusted_ca:
+        out.validation_context.CopyFrom(common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=s.trusted_ca)))
+    return out

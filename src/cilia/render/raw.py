@@ -1,0 +1,60 @@
+"""Parse user-written Envoy resources (JSON with `@type`) into messages.
+
+CiliumEnvoyConfig resources are arbitrary typed `Any`s; every nested `@type` must be known to the
+protobuf pool, so the first use imports every Envoy message module of xds-protos (about half a second).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format, symbol_database
+from google.protobuf.message import Message
+
+_loaded = False
+_lock = threading.Lock()
+_ROOT_PACKAGES = ("envoy", "xds", "udpa", "validate", "contrib")
+
+
+def load_all_envoy_types() -> None:
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        for root in _ROOT_PACKAGES:
+            try:
+                pkg = importlib.import_module(root)
+            except ImportError:
+                continue
+            for info in pkgutil.walk_packages(pkg.__path__, root + "."):
+                if info.name.endswith("_pb2"):
+                    try:
+                        importlib.import_module(info.name)
+                    except Exception:
+                        continue
+        _loaded = True
+
+
+class RawParseError(ValueError):
+    pass
+
+
+def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
+    """The message for `body`, or RawParseError with protobuf's reason."""
+    load_all_envoy_types()
+    full_name = type_url.rsplit("/", 1)[-1]
+    try:
+        cls = symbol_database.Default().GetSymbol(full_name)
+    except KeyError:
+        raise RawParseError(f"unknown type {type_url!r}") from None
+    msg = cls()
+    data = {k: v for k, v in body.items() if k != "@type"}
+    try:
+        json_format.ParseDict(data, msg, ignore_unknown_fields=False)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise RawParseError(str(exc).replace("\n", " ")) from None
+    return msg

@@ -1,0 +1,204 @@
+"""CiliumEnvoyConfig / CiliumClusterwideEnvoyConfig -> bundles of user-written Envoy resources.
+
+Cilium's rules: a resource name without '/' is qualified as `namespace/cec-name/name` (clusterwide:
+`/ccec-name/name`), and so are the references between resources of the same config (RDS route
+config names, route and TCP proxy clusters, EDS service names, SDS secret names). Config sources left
+out are filled in with ADS, since the proxy gets everything from cilia. The resources stay JSON here;
+rendering parses them into Envoy messages and reports what does not parse.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from cilia.diagnostics import Issue
+from cilia.ir.model import Bundle, LabelRequirement, NodeSelector, ProxyScope, RawResource, ServiceRedirect
+from cilia.k8s.cilium import EnvoyConfigSpec
+from cilia.k8s.selector import LabelSelector
+from cilia.k8s.store import InputSnapshot
+from cilia.translate.context import Partial, TranslateOptions
+
+T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+T_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+T_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+T_ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+T_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+SUPPORTED_TYPES = (T_LISTENER, T_ROUTE, T_CLUSTER, T_ENDPOINT, T_SECRET)
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ADS_SOURCE: dict[str, Any] = {"ads": {}, "resource_api_version": "V3"}
+CEC_SCOPE_ROLES = frozenset({"node"})
+
+
+def qualify(namespace: str, cec: str, name: str) -> str:
+    if not name or "/" in name:
+        return name
+    return f"{namespace}/{cec}/{name}"
+
+
+def _key(m: MutableMapping[str, Any], snake: str) -> str | None:
+    """Proto JSON accepts snake_case and lowerCamelCase; return whichever spelling is present."""
+    if snake in m:
+        return snake
+    parts = snake.split("_")
+    camel = parts[0] + "".join(p.title() for p in parts[1:])
+    return camel if camel in m else None
+
+
+def _rename(m: Any, field: str, q: Callable[[str], str]) -> None:
+    if isinstance(m, MutableMapping):
+        k = _key(m, field)
+        if k is not None and isinstance(m[k], str):
+            m[k] = q(m[k])
+
+
+def _child(m: Any, field: str) -> Any:
+    if isinstance(m, MutableMapping):
+        k = _key(m, field)
+        if k is not None:
+            return m[k]
+    return None
+
+
+def _children(m: Any, field: str) -> list[Any]:
+    v = _child(m, field)
+    return v if isinstance(v, list) else []
+
+
+def _qualify_route_action(route: Any, q: Callable[[str], str]) -> None:
+    action = _child(route, "route")
+    _rename(action, "cluster", q)
+    for wc in _children(_child(action, "weighted_clusters"), "clusters"):
+        _rename(wc, "name", q)
+    for mirror in _children(action, "request_mirror_policies"):
+        _rename(mirror, "cluster", q)
+
+
+def _qualify_route_config(rc: Any, q: Callable[[str], str]) -> None:
+    for vh in _children(rc, "virtual_hosts"):
+        for route in _children(vh, "routes"):
+            _qualify_route_action(route, q)
+
+
+def _qualify_tls(ts: Any, q: Callable[[str], str]) -> None:
+    """SDS secret names inside a transport socket's TLS context."""
+    cfg = _child(ts, "typed_config")
+    common = _child(cfg, "common_tls_context")
+    for sds in _children(common, "tls_certificate_sds_secret_configs"):
+        _rename(sds, "name", q)
+        _fill_source(sds, "sds_config")
+    vsds = _child(common, "validation_context_sds_secret_config")
+    _rename(vsds, "name", q)
+    _fill_source(vsds, "sds_config")
+
+
+def _fill_source(m: Any, field: str) -> None:
+    if isinstance(m, MutableMapping) and _key(m, field) is None:
+        m[field] = copy.deepcopy(ADS_SOURCE)
+
+
+def _qualify_filter(f: Any, q: Callable[[str], str]) -> None:
+    cfg = _child(f, "typed_config")
+    if not isinstance(cfg, MutableMapping):
+        return
+    if cfg.get("@type") == HCM:
+        rds = _child(cfg, "rds")
+        _rename(rds, "route_config_name", q)
+        _fill_source(rds, "config_source")
+        _qualify_route_config(_child(cfg, "route_config"), q)
+    elif cfg.get("@type") == TCP_PROXY:
+        _rename(cfg, "cluster", q)
+        for wc in _children(_child(cfg, "weighted_clusters"), "clusters"):
+            _rename(wc, "name", q)
+
+
+def qualify_resource(type_url: str, body: MutableMapping[str, Any], q: Callable[[str], str]) -> None:
+    """Qualify names and references in place (on a private copy)."""
+    if type_url == T_ENDPOINT:
+        _rename(body, "cluster_name", q)
+        return
+    _rename(body, "name", q)
+    if type_url == T_LISTENER:
+        chains = list(_children(body, "filter_chains"))
+        default = _child(body, "default_filter_chain")
+        if default is not None:
+            chains.append(default)
+        for chain in chains:
+            for f in _children(chain, "filters"):
+                _qualify_filter(f, q)
+            _qualify_tls(_child(chain, "transport_socket"), q)
+    elif type_url == T_ROUTE:
+        _qualify_route_config(body, q)
+    elif type_url == T_CLUSTER:
+        ctype = _child(body, "type")
+        eds = _child(body, "eds_cluster_config")
+        if ctype == "EDS":
+            if eds is None:
+                body["eds_cluster_config"] = {}
+                eds = body["eds_cluster_config"]
+            _fill_source(eds, "eds_config")
+        _rename(eds, "service_name", q)
+        _qualify_tls(_child(body, "transport_socket"), q)
+
+
+def resource_name(type_url: str, body: MutableMapping[str, Any]) -> str:
+    field = "cluster_name" if type_url == T_ENDPOINT else "name"
+    value = _child(body, field)
+    return value if isinstance(value, str) else ""
+
+
+def to_node_selector(sel: LabelSelector) -> NodeSelector:
+    return NodeSelector(sel.match_labels, tuple(LabelRequirement(r.key, r.operator, r.values)  # type: ignore[arg-type]
+                                               for r in sel.match_expressions))
+
+
+def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    bundles: list[Bundle] = []
+    redirects: list[ServiceRedirect] = []
+    issues: list[Issue] = []
+    for kind in ("CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig"):
+        for obj in snapshot.list(kind):
+            spec: EnvoyConfigSpec = obj.spec
+            ref = str(obj.ref)
+            ns = obj.meta.namespace
+
+            def q(name: str, _ns: str = ns, _cec: str = obj.meta.name) -> str:
+                return qualify(_ns, _cec, name)
+
+            raws: list[RawResource] = []
+            bad = False
+            seen: set[tuple[str, str]] = set()
+            for i, res in enumerate(spec.resources):
+                type_url = res["@type"]
+                if type_url not in SUPPORTED_TYPES:
+                    issues.append(Issue(ref, f"spec.resources[{i}].@type",
+                                        f"unsupported resource type {type_url!r} (supported: Listener, "
+                                        "RouteConfiguration, Cluster, ClusterLoadAssignment, Secret)"))
+                    bad = True
+                    continue
+                body = copy.deepcopy(dict(res))
+                name = resource_name(type_url, body)
+                if not name:
+                    issues.append(Issue(ref, f"spec.resources[{i}].name", "is required"))
+                    bad = True
+                    continue
+                qualify_resource(type_url, body, q)
+                qname = resource_name(type_url, body)
+                if (type_url, qname) in seen:
+                    issues.append(Issue(ref, f"spec.resources[{i}].name", f"duplicate resource name {qname!r}"))
+                    bad = True
+                    continue
+                seen.add((type_url, qname))
+                raws.append(RawResource(type_url, qname, body, (ref,)))
+            if bad:
+                continue  # an invalid config is rejected whole: half a config is worse than none
+            selector = to_node_selector(spec.node_selector) if spec.node_selector is not None else None
+            scope = ProxyScope(CEC_SCOPE_ROLES, None, selector)
+            for s in spec.services:
+                redirects.append(ServiceRedirect(s.namespace, s.name, s.ports, q(s.listener) if s.listener else "",
+                                                 scope, (ref,)))
+            bundles.append(Bundle(key=f"cec:{kind}:{ns}/{obj.meta.name}", scope=scope, raw=tuple(raws),
+                                  sources=(ref,)))
+    return Partial(bundles=tuple(bundles), redirects=tuple(redirects), issues=tuple(issues))

@@ -1,0 +1,52 @@
+"""Inputs every translator shares, and the shape of what each returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cilia.diagnostics import Issue
+from cilia.ir.model import Bundle, EndpointSet, ServiceRedirect
+
+
+@dataclass(frozen=True, slots=True)
+class TranslateOptions:
+    ingress_http_port: int = 80
+    ingress_https_port: int = 443
+    ingress_address: str = "0.0.0.0"
+    ingress_status_address: str = ""  # reported in Ingress status.loadBalancer; empty = ingress_address
+    local_cluster: str = "default"  # ClusterMesh: the name of this cluster
+    mesh_default_mode: str = "off"  # node | sidecar | off
+    mesh_capture_port: int = 15001
+    mesh_inbound_port: int = 15006
+    gateway_address: str = "0.0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStatus:
+    """The status stanza cilia writes (Kubernetes) or shows (file mode) for one object."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    status: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        md: dict[str, Any] = {"name": self.name, "generation": self.generation}
+        if self.namespace:
+            md["namespace"] = self.namespace
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": md, "status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """What one translator produced."""
+
+    bundles: tuple[Bundle, ...] = ()
+    endpoints: Mapping[str, EndpointSet] = field(default_factory=dict)
+    redirects: tuple[ServiceRedirect, ...] = ()
+    statuses: tuple[ObjectStatus, ...] = ()
+    issues: tuple[Issue, ...] = ()

@@ -1,0 +1,176 @@
+"""Services + EndpointSlices (or core Endpoints) -> the shared EDS pool, and backend lookups.
+
+Naming follows Cilium so CiliumEnvoyConfig clusters find their endpoints: `ns/svc` carries every
+port's endpoints, `ns/svc:PORT` (service port number) and `ns/svc:NAME` (named ports) one port's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cilia.diagnostics import Issue
+from cilia.ir.model import Cluster, Endpoint, EndpointSet, LocalityEndpoints, UpstreamProtocol
+from cilia.k8s.core import EndpointSliceSpec, PodSpec, ServicePort, ServiceSpec, SliceEndpoint
+from cilia.k8s.objects import KubeObject
+from cilia.k8s.store import InputSnapshot
+from cilia.translate.context import Partial, TranslateOptions
+
+CLUSTER_LABEL = "cilia.io/cluster"
+GLOBAL_ANNOTATION = "service.cilium.io/global"
+AFFINITY_ANNOTATION = "service.cilium.io/affinity"
+HTTP2_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "grpc", "http2", "kubernetes.io/grpc"})
+
+
+def eds_name(namespace: str, service: str, port: int | str | None = None) -> str:
+    return f"{namespace}/{service}" if port is None else f"{namespace}/{service}:{port}"
+
+
+def upstream_protocol(port: ServicePort) -> UpstreamProtocol:
+    app = port.app_protocol.lower()
+    if app in HTTP2_APP_PROTOCOLS or port.name.lower().startswith(("grpc", "h2c", "http2")):
+        return "http2"
+    return "http1"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendLookup:
+    """A resolved Service backend: the cluster to use, or why there is none."""
+
+    cluster: Cluster | None
+    service_port: ServicePort | None
+    reason: str = ""  # "BackendNotFound" / "PortNotFound" when cluster is None
+    message: str = ""
+
+
+def resolve_backend(snapshot: InputSnapshot, namespace: str, name: str, port: int | str | None,
+                    protocol: UpstreamProtocol | None = None) -> BackendLookup:
+    """The cluster serving `namespace/name:port`, shaped for HTTP (protocol from appProtocol) or TCP."""
+    obj = snapshot.get("Service", namespace, name)
+    if obj is None:
+        return BackendLookup(None, None, "BackendNotFound", f"Service {namespace}/{name} not found")
+    svc: ServiceSpec = obj.spec
+    if svc.type == "ExternalName":
+        if port is None or isinstance(port, str):
+            return BackendLookup(None, None, "PortNotFound",
+                                 f"Service {namespace}/{name} is ExternalName: a port number is required")
+        sp = svc.port(port) or ServicePort("", port, port, "TCP", "")
+        proto = protocol or upstream_protocol(sp)
+        cluster = Cluster(name=f"{namespace}/{name}:{port}", discovery="STRICT_DNS", protocol=proto,
+                          dns_name=svc.external_name, dns_port=port, sources=(str(obj.ref),))
+        return BackendLookup(cluster, sp)
+    if port is None:
+        if len(svc.ports) != 1:
+            return BackendLookup(None, None, "PortNotFound",
+                                 f"Service {namespace}/{name} has {len(svc.ports)} ports: name one")
+        sp = svc.ports[0]
+    else:
+        found = svc.port(port)
+        if found is None:
+            return BackendLookup(None, None, "PortNotFound", f"Service {namespace}/{name} has no port {port!r}")
+        sp = found
+    proto = protocol or upstream_protocol(sp)
+    cname = eds_name(namespace, name, sp.port)
+    return BackendLookup(Cluster(name=cname, eds_name=cname, protocol=proto, sources=(str(obj.ref),)), sp)
+
+
+def _slices_for(snapshot: InputSnapshot, svc_obj: KubeObject,
+                by_service: dict[tuple[str, str], list[EndpointSliceSpec]]) -> list[EndpointSliceSpec]:
+    slices = by_service.get((svc_obj.meta.namespace, svc_obj.meta.name), [])
+    if slices:
+        return slices
+    eps = snapshot.get("Endpoints", svc_obj.meta.namespace, svc_obj.meta.name)
+    return list(eps.spec.slices) if eps is not None else []
+
+
+def _endpoint_port(sp: ServicePort, slc: EndpointSliceSpec, ep: SliceEndpoint,
+                   pods: dict[str, PodSpec]) -> int | None:
+    for p in slc.ports:
+        if p.name == sp.name:
+            return p.port
+    if isinstance(sp.target_port, int):
+        return sp.target_port if not slc.ports else None
+    if isinstance(sp.target_port, str) and ep.target_pod in pods:
+        for cp in pods[ep.target_pod].ports:
+            if cp.name == sp.target_port:
+                return cp.port
+    if sp.target_port is None and not slc.ports:
+        return sp.port
+    return None
+
+
+def _localities(entries: Iterable[tuple[str, str, Endpoint]], affinity: str, local_cluster: str,
+                is_global: bool) -> tuple[LocalityEndpoints, ...]:
+    groups: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
+    for cluster, zone, ep in entries:
+        groups[(cluster, zone)].append(ep)
+    out = []
+    for (cluster, zone), eps in sorted(groups.items()):
+        priority = 0
+        if is_global and affinity == "local":
+            priority = 0 if cluster == local_cluster else 1
+        elif is_global and affinity == "remote":
+            priority = 0 if cluster != local_cluster else 1
+        out.append(LocalityEndpoints(tuple(sorted(set(eps), key=lambda e: (e.address, e.port))), zone=zone,
+                                     sub_zone=cluster if is_global else "", priority=priority))
+    # Envoy requires priorities to be contiguous from 0.
+    used = sorted({loc.priority for loc in out})
+    remap = {p: i for i, p in enumerate(used)}
+    return tuple(LocalityEndpoints(loc.endpoints, loc.zone, loc.region, loc.sub_zone, remap[loc.priority])
+                 for loc in out)
+
+
+def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    by_service: dict[tuple[str, str], list[EndpointSliceSpec]] = defaultdict(list)
+    for obj in snapshot.list("EndpointSlice"):
+        by_service[(obj.meta.namespace, obj.spec.service_name)].append(obj.spec)
+    pods = {f"{o.meta.namespace}/{o.meta.name}": o.spec for o in snapshot.list("Pod")}
+    pool: dict[str, EndpointSet] = {}
+    issues: list[Issue] = []
+    for svc_obj in snapshot.list("Service"):
+        svc: ServiceSpec = svc_obj.spec
+        if svc.type == "ExternalName":
+            continue
+        ref = str(svc_obj.ref)
+        annotations = svc_obj.meta.annotations
+        is_global = annotations.get(GLOBAL_ANNOTATION, "").lower() == "true"
+        affinity = annotations.get(AFFINITY_ANNOTATION, "none").lower()
+        if affinity not in ("local", "remote", "none"):
+            issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
+                                f"must be local, remote or none, got {affinity!r}; using none", severity="warning"))
+            affinity = "none"
+        slices = [s for s in _slices_for(snapshot, svc_obj, by_service)
+                  if is_global or s.labels.get(CLUSTER_LABEL, opts.local_cluster) == opts.local_cluster]
+        all_ports: list[tuple[str, str, Endpoint]] = []
+        for sp in svc.ports:
+            if sp.protocol not in ("TCP", ""):
+                continue
+            ready: list[tuple[str, str, Endpoint]] = []
+            fallback: list[tuple[str, str, Endpoint]] = []
+            for slc in slices:
+                if slc.address_type == "FQDN":
+                    continue
+                cluster = slc.labels.get(CLUSTER_LABEL, opts.local_cluster)
+                for ep in slc.endpoints:
+                    port = _endpoint_port(sp, slc, ep, pods)
+                    if port is None:
+                        continue
+                    for addr in ep.addresses:
+                        entry = (cluster, ep.zone, Endpoint(addr, port, "HEALTHY", ep.hostname))
+                        if ep.ready:
+                            ready.append(entry)
+                        elif ep.serving and ep.terminating:
+                            fallback.append(entry)
+            # Terminating-but-serving endpoints take traffic only when nothing is ready (KEP-1672).
+            chosen = ready or fallback
+            all_ports.extend(chosen)
+            locs = _localities(chosen, affinity, opts.local_cluster, is_global)
+            names = [eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.port)]
+            if sp.name:
+                names.append(eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.name))
+            for n in names:
+                pool[n] = EndpointSet(n, locs, (ref,))
+        whole = eds_name(svc_obj.meta.namespace, svc_obj.meta.name)
+        pool[whole] = EndpointSet(whole, _localities(all_ports, affinity, opts.local_cluster, is_global), (ref,))
+    return Partial(endpoints=pool, issues=tuple(issues))

@@ -1,0 +1,43 @@
+"""Holds the current rendered world and wakes every stream when it changes."""
+
+from __future__ import annotations
+
+import asyncio
+from types import MappingProxyType
+
+from cilia.identity import ProxyId
+from cilia.render.world import ProxyResources, RenderedWorld
+
+
+def empty_world() -> RenderedWorld:
+    return RenderedWorld((), MappingProxyType({}), MappingProxyType({}), (), 0)
+
+
+class ConfigCache:
+    def __init__(self) -> None:
+        self._world = empty_world()
+        self._wakers: set[asyncio.Event] = set()
+        self.ready = False  # set once the first real world is in
+
+    @property
+    def world(self) -> RenderedWorld:
+        return self._world
+
+    def set_world(self, world: RenderedWorld) -> None:
+        self._world = world
+        self.ready = True
+        for ev in self._wakers:
+            ev.set()
+
+    def resources_for(self, proxy: ProxyId) -> ProxyResources:
+        return self._world.for_proxy(proxy)
+
+    def register(self, waker: asyncio.Event) -> None:
+        self._wakers.add(waker)
+
+    def unregister(self, waker: asyncio.Event) -> None:
+        self._wakers.discard(waker)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._wakers)

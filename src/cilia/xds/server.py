@@ -1,0 +1,221 @@
+"""The gRPC xDS server: ADS and per-type discovery services, State-of-the-World and Delta, on one port.
+
+Responses are written as pre-serialised bytes (see cilia.render.resources), so the handlers are
+registered with an identity serializer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import code_pb2
+
+from cilia.errors import UnknownProxyRole
+from cilia.identity import ProxyId
+from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, REDIRECT_POLICY, ROUTE, SECRET, sotw_response
+from cilia.xds.cache import ConfigCache
+from cilia.xds.status import StatusRegistry
+from cilia.xds.stream import BaseStream, DeltaStream, SotwStream, StreamLimits
+
+log = logging.getLogger("cilia.xds")
+
+ALL_TYPES = frozenset({LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET, REDIRECT_POLICY})
+PER_TYPE_SERVICES = {
+    "envoy.service.listener.v3.ListenerDiscoveryService": ("Listeners", LISTENER),
+    "envoy.service.route.v3.RouteDiscoveryService": ("Routes", ROUTE),
+    "envoy.service.cluster.v3.ClusterDiscoveryService": ("Clusters", CLUSTER),
+    "envoy.service.endpoint.v3.EndpointDiscoveryService": ("Endpoints", ENDPOINT),
+    "envoy.service.secret.v3.SecretDiscoveryService": ("Secrets", SECRET),
+}
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_streams: int = 10_000
+    max_receive_bytes: int = 4 * 1024 * 1024
+    max_send_bytes: int = 64 * 1024 * 1024
+    stream: StreamLimits = StreamLimits()
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class XdsServer:
+    def __init__(self, cache: ConfigCache, status: StatusRegistry, limits: ServerLimits | None = None) -> None:
+        self.cache = cache
+        self.status = status
+        self.limits = limits or ServerLimits()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+        self.active_streams = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self, address: str) -> int:
+        options = [
+            ("grpc.max_receive_message_length", self.limits.max_receive_bytes),
+            ("grpc.max_send_message_length", self.limits.max_send_bytes),
+            ("grpc.max_concurrent_streams", self.limits.max_streams),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=None)
+        server.add_generic_rpc_handlers(self._handlers())
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind xDS server to {address}")
+        await server.start()
+        self._server = server
+        log.info("xDS server listening on %s (port %d)", address, self.port)
+        return self.port
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    def _handlers(self) -> list[grpc.GenericRpcHandler]:
+        handlers = []
+        ads = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._sotw_handler(ALL_TYPES), discovery_pb2.DiscoveryRequest.FromString, _identity),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._delta_handler(ALL_TYPES), discovery_pb2.DeltaDiscoveryRequest.FromString, _identity),
+        }
+        handlers.append(grpc.method_handlers_generic_handler(ADS_SERVICE, ads))
+        for service, (suffix, type_url) in PER_TYPE_SERVICES.items():
+            allowed = frozenset({type_url})
+            methods = {
+                f"Stream{suffix}": grpc.stream_stream_rpc_method_handler(
+                    self._sotw_handler(allowed), discovery_pb2.DiscoveryRequest.FromString, _identity),
+                f"Delta{suffix}": grpc.stream_stream_rpc_method_handler(
+                    self._delta_handler(allowed), discovery_pb2.DeltaDiscoveryRequest.FromString, _identity),
+                f"Fetch{suffix}": grpc.unary_unary_rpc_method_handler(
+                    self._fetch_handler(type_url), discovery_pb2.DiscoveryRequest.FromString, _identity),
+            }
+            handlers.append(grpc.method_handlers_generic_handler(service, methods))
+        return handlers
+
+    # -- handlers --------------------------------------------------------------------------------------
+    def _sotw_handler(self, allowed: frozenset[str]) -> Callable[..., Any]:
+        async def handler(requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+                          context: grpc.aio.ServicerContext) -> None:
+            await self._serve_stream(requests, context, allowed, delta=False)
+        return handler
+
+    def _delta_handler(self, allowed: frozenset[str]) -> Callable[..., Any]:
+        async def handler(requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+                          context: grpc.aio.ServicerContext) -> None:
+            await self._serve_stream(requests, context, allowed, delta=True)
+        return handler
+
+    def _fetch_handler(self, type_url: str) -> Callable[..., Any]:
+        async def handler(req: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext) -> bytes:
+            proxy = await self._proxy_id(req.node.id, context)
+            if req.type_url and req.type_url != type_url:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"type_url {req.type_url!r} is not served by this method (wants {type_url})")
+            view = self.cache.resources_for(proxy)
+            resources = view.of(type_url)
+            names = set(req.resource_names)
+            chosen = [r for n, r in resources.items() if not names or n in names]
+            version = view.version(type_url)
+            if req.version_info == version:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no change since version " + version)
+            return sotw_response(version, chosen, type_url, "")
+        return handler
+
+    async def _proxy_id(self, node_id: str, context: grpc.aio.ServicerContext) -> ProxyId:
+        try:
+            return ProxyId.parse(node_id)
+        except UnknownProxyRole as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+    async def _serve_stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                            allowed: frozenset[str], *, delta: bool) -> None:
+        if self.active_streams >= self.limits.max_streams:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many xDS streams (limit {self.limits.max_streams})")
+        iterator = requests.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        node = first.node
+        proxy = await self._proxy_id(node.id, context)
+        user_agent = f"{node.user_agent_name}/{node.user_agent_version or node.user_agent_build_version.version}"
+        self.active_streams += 1
+        pstatus = self.status.connected(str(proxy), "delta" if delta else "sotw", user_agent)
+        write_lock = asyncio.Lock()
+
+        async def write(payload: bytes) -> None:
+            async with write_lock:
+                await context.write(payload)
+
+        cls = DeltaStream if delta else SotwStream
+        stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream)
+        waker = stream.wake
+        self.cache.register(waker)
+        log.info("%s connected (%s)", proxy, "delta" if delta else "sotw")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(stream.run_writer())
+                try:
+                    await self._read_loop(first, iterator, stream, context, allowed, delta)
+                finally:
+                    writer.cancel()
+        except* asyncio.CancelledError:
+            pass
+        except* _StreamAbort as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, _StreamAbort)
+            await context.abort(exc.code, exc.message)
+        finally:
+            self.cache.unregister(waker)
+            self.active_streams -= 1
+            self.status.disconnected(str(proxy))
+            log.info("%s disconnected", proxy)
+
+    async def _read_loop(self, first: Any, iterator: AsyncIterator[Any], stream: BaseStream,
+                         context: grpc.aio.ServicerContext, allowed: frozenset[str], delta: bool) -> None:
+        req = first
+        while True:
+            type_url = req.type_url
+            if type_url not in allowed:
+                known = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in allowed))
+                raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"unsupported type_url {type_url!r} on this stream (served: {known})")
+            error = req.error_detail.message if req.HasField("error_detail") else ""
+            if error == "" and req.HasField("error_detail") and req.error_detail.code != code_pb2.OK:
+                error = f"error code {req.error_detail.code}"
+            try:
+                if delta:
+                    assert isinstance(stream, DeltaStream)
+                    stream.handle(type_url, req.resource_names_subscribe, req.resource_names_unsubscribe,
+                                  dict(req.initial_resource_versions), req.response_nonce, error)
+                else:
+                    assert isinstance(stream, SotwStream)
+                    stream.handle(type_url, req.version_info, req.resource_names, req.response_nonce, error)
+            except ValueError as exc:
+                raise _StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            try:
+                req = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+
+
+class _StreamAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,97 @@
+"""Per-proxy protocol status: what was sent, what was ACKed, and the last NACK."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cilia.render.resources import SHORT_NAMES
+
+
+@dataclass(slots=True)
+class TypeStatus:
+    version_sent: str = ""
+    nonce_sent: str = ""
+    version_acked: str = ""
+    last_nack: str = ""
+    last_nack_version: str = ""
+    last_nack_time: float = 0.0
+    nacks: int = 0
+    acks: int = 0
+    sent_time: float = 0.0
+    acked_time: float = 0.0
+    resources_sent: int = 0
+
+    @property
+    def state(self) -> str:
+        if not self.version_sent:
+            return "NOT_SENT"
+        if self.last_nack and self.last_nack_version == self.version_sent:
+            return "NACKED"
+        if self.version_acked == self.version_sent:
+            return "SYNCED"
+        return "STALE"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state, "version_sent": self.version_sent, "version_acked": self.version_acked,
+            "nonce_sent": self.nonce_sent, "resources_sent": self.resources_sent,
+            "last_nack": self.last_nack or None, "last_nack_version": self.last_nack_version or None,
+            "nacks": self.nacks, "acks": self.acks,
+        }
+
+
+@dataclass(slots=True)
+class ProxyStatus:
+    proxy_id: str
+    streams: int = 0
+    variant: str = ""  # "delta" or "sotw"
+    connected_since: float = 0.0
+    last_seen: float = 0.0
+    user_agent: str = ""
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def type(self, type_url: str) -> TypeStatus:
+        ts = self.types.get(type_url)
+        if ts is None:
+            ts = self.types[type_url] = TypeStatus()
+        return ts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connected": self.streams > 0, "streams": self.streams, "variant": self.variant,
+            "connected_since": self.connected_since or None, "user_agent": self.user_agent,
+            "types": {SHORT_NAMES.get(t, t): ts.as_dict() for t, ts in sorted(self.types.items())},
+        }
+
+
+class StatusRegistry:
+    """Status of every proxy that has connected since start (disconnected ones stay, marked so)."""
+
+    def __init__(self) -> None:
+        self.proxies: dict[str, ProxyStatus] = {}
+
+    def get(self, proxy_id: str) -> ProxyStatus:
+        ps = self.proxies.get(proxy_id)
+        if ps is None:
+            ps = self.proxies[proxy_id] = ProxyStatus(proxy_id)
+        return ps
+
+    def connected(self, proxy_id: str, variant: str, user_agent: str) -> ProxyStatus:
+        ps = self.get(proxy_id)
+        if ps.streams == 0:
+            ps.connected_since = time.time()
+            ps.types.clear()  # a new connection starts a new protocol history
+        ps.streams += 1
+        ps.variant = variant
+        ps.user_agent = user_agent
+        return ps
+
+    def disconnected(self, proxy_id: str) -> None:
+        ps = self.proxies.get(proxy_id)
+        if ps is not None:
+            ps.streams = max(0, ps.streams - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {pid: ps.as_dict() for pid, ps in sorted(self.proxies.items())}

@@ -1,0 +1,339 @@
+"""Per-stream xDS protocol state for State-of-the-World and Delta, with make-before-break pushes.
+
+Each gRPC stream has one reader (requests -> state) and one writer (state + world -> responses).
+The writer sends, in order, secrets, clusters, endpoints, listeners, routes; after sending new
+clusters or secrets it waits (bounded) for the proxy's ACK before sending what refers to them, and it
+sends removals last, in reverse order, so a proxy never holds a route to a cluster it lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from cilia.identity import ProxyId
+from cilia.render.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    SECRET,
+    TYPE_ORDER,
+    Resource,
+    delta_response,
+    set_version,
+    sotw_response,
+)
+from cilia.render.world import ProxyResources
+from cilia.xds.status import ProxyStatus
+
+log = logging.getLogger("cilia.xds")
+
+FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})  # SotW: every response carries the whole set
+DEPENDENCY_TYPES = frozenset({SECRET, CLUSTER, ENDPOINT})  # referred to by later types
+WILDCARD = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    ack_wait_s: float = 2.0  # how long make-before-break waits for an ACK before going on
+    max_subscriptions: int = 100_000  # resource names one stream may subscribe to, per type
+
+
+Writer = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _TypeState:
+    initialized: bool = False
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    nonce_seq: int = 0
+    last_nonce: str = ""
+    # SotW: what the last response carried; Delta: what the client holds (name -> version, "" = absent)
+    sent: dict[str, Resource] = field(default_factory=dict)
+    known: dict[str, str] = field(default_factory=dict)
+    sent_version: str = ""
+    force: bool = False  # a request that must be answered even when nothing changed
+    pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
+
+
+class BaseStream:
+    variant = ""
+
+    def __init__(self, proxy: ProxyId, resources: Callable[[ProxyId], ProxyResources], status: ProxyStatus,
+                 write: Writer, allowed_types: frozenset[str], limits: StreamLimits) -> None:
+        self.proxy = proxy
+        self._resources = resources
+        self.status = status
+        self._write = write
+        self.allowed_types = allowed_types
+        self.limits = limits
+        self.types: dict[str, _TypeState] = {}
+        self.wake = asyncio.Event()
+
+    def _state(self, type_url: str) -> _TypeState:
+        st = self.types.get(type_url)
+        if st is None:
+            st = self.types[type_url] = _TypeState()
+        return st
+
+    def _next_nonce(self, st: _TypeState) -> str:
+        st.nonce_seq += 1
+        st.last_nonce = f"{st.nonce_seq}"
+        return st.last_nonce
+
+    def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
+        ts = self.status.type(type_url)
+        if error:
+            ts.nacks += 1
+            ts.last_nack = error
+            ts.last_nack_version = ts.version_sent if nonce == st.last_nonce else version
+            ts.last_nack_time = time.time()
+            log.warning("%s NACKed %s (nonce %s): %s", self.proxy, type_url.rsplit(".", 1)[-1], nonce, error)
+        else:
+            ts.acks += 1
+            ts.version_acked = version
+            ts.acked_time = time.time()
+        ev = st.pending_acks.pop(nonce, None)
+        if ev is not None:
+            ev.set()
+
+    async def _send(self, type_url: str, st: _TypeState, payload: bytes, version: str, count: int,
+                    nonce: str) -> asyncio.Event:
+        ev = asyncio.Event()
+        st.pending_acks[nonce] = ev
+        if len(st.pending_acks) > 64:  # a proxy that never ACKs must not grow this without bound
+            st.pending_acks.pop(next(iter(st.pending_acks)))
+        ts = self.status.type(type_url)
+        ts.version_sent = version
+        ts.nonce_sent = nonce
+        ts.resources_sent = count
+        ts.sent_time = time.time()
+        await self._write(payload)
+        return ev
+
+    async def _await_ack(self, ev: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(ev.wait(), self.limits.ack_wait_s)
+        except TimeoutError:
+            log.info("%s: no ACK within %.1fs, going on", self.proxy, self.limits.ack_wait_s)
+
+    def _ordered_types(self) -> list[str]:
+        known = [t for t in TYPE_ORDER if t in self.types]
+        return known + sorted(t for t in self.types if t not in TYPE_ORDER)
+
+    async def run_writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Bring the proxy up to date. Restarts after each wait, since requests may have arrived."""
+        for _ in range(16):  # bounded: each round sends at least one response or ends
+            view = self._resources(self.proxy)
+            waited = False
+            types = self._ordered_types()
+            for i, type_url in enumerate(types):
+                st = self.types[type_url]
+                if not st.initialized:
+                    continue
+                ev = await self.push_updates(type_url, st, view)
+                if ev is not None and type_url in DEPENDENCY_TYPES and self._later_pending(types[i + 1:], view):
+                    await self._await_ack(ev)
+                    waited = True
+                    break
+            if waited:
+                continue
+            for type_url in reversed(types):
+                st = self.types[type_url]
+                if st.initialized:
+                    await self.push_removals(type_url, st, view)
+            return
+
+    def _later_pending(self, later: list[str], view: ProxyResources) -> bool:
+        return any(self.types[t].initialized and self.has_updates(t, self.types[t], view) for t in later)
+
+    # subclasses
+    def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
+        raise NotImplementedError
+
+    async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
+        raise NotImplementedError
+
+    async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
+        raise NotImplementedError
+
+
+class SotwStream(BaseStream):
+    variant = "sotw"
+
+    def handle(self, type_url: str, version_info: str, names: Iterable[str], nonce: str, error: str) -> None:
+        st = self._state(type_url)
+        if nonce and nonce != st.last_nonce:
+            log.debug("%s: stale nonce %s for %s (current %s), ignored", self.proxy, nonce, type_url, st.last_nonce)
+            return
+        if nonce:
+            self._ack(type_url, st, nonce, version_info, error)
+        new_names = set(names)
+        if len(new_names) > self.limits.max_subscriptions:
+            raise ValueError(f"{len(new_names)} resource names for {type_url}: over the limit of "
+                             f"{self.limits.max_subscriptions}")
+        wildcard = (type_url in FULL_STATE_TYPES and not new_names) or WILDCARD in new_names
+        new_names.discard(WILDCARD)
+        if not st.initialized:
+            st.initialized = True
+            # A reconnecting proxy tells us what it has; if that is current, nothing needs sending.
+            st.sent_version = version_info
+            st.force = not version_info
+        if wildcard != st.wildcard or new_names != st.names:
+            st.wildcard = wildcard
+            st.names = new_names
+            st.force = True
+        self.wake.set()
+
+    def _selected(self, type_url: str, st: _TypeState, view: ProxyResources) -> dict[str, Resource]:
+        resources = view.of(type_url)
+        if st.wildcard:
+            out = dict(resources)
+            for n in st.names:
+                if n in resources:
+                    out[n] = resources[n]
+            return out
+        return {n: resources[n] for n in st.names if n in resources}
+
+    def _version(self, type_url: str, st: _TypeState, selected: Mapping[str, Resource],
+                 view: ProxyResources) -> str:
+        if st.wildcard and not st.names:
+            return view.version(type_url)
+        return set_version(selected.values())
+
+    def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
+        selected = self._selected(type_url, st, view)
+        return st.force or self._version(type_url, st, selected, view) != st.sent_version
+
+    async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
+        selected = self._selected(type_url, st, view)
+        version = self._version(type_url, st, selected, view)
+        if not st.force and version == st.sent_version:
+            return None
+        if type_url == CLUSTER:
+            # Hold clusters that are going away until listeners and routes stop using them.
+            held = {n: r for n, r in st.sent.items() if n not in selected}
+            if held:
+                selected = {**held, **selected}
+                version = set_version(selected.values())
+                if version == st.sent_version and not st.force:
+                    return None
+        st.force = False
+        st.sent = selected
+        st.sent_version = version
+        nonce = self._next_nonce(st)
+        payload = sotw_response(version, selected.values(), type_url, nonce)
+        return await self._send(type_url, st, payload, version, len(selected), nonce)
+
+    async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
+        if type_url != CLUSTER:
+            return
+        selected = self._selected(type_url, st, view)
+        if set(st.sent) - set(selected):
+            version = self._version(type_url, st, selected, view)
+            st.sent = selected
+            st.sent_version = version
+            nonce = self._next_nonce(st)
+            await self._send(type_url, st, sotw_response(version, selected.values(), type_url, nonce), version,
+                             len(selected), nonce)
+
+
+class DeltaStream(BaseStream):
+    variant = "delta"
+
+    def handle(self, type_url: str, subscribe: Iterable[str], unsubscribe: Iterable[str],
+               initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
+        st = self._state(type_url)
+        if nonce:
+            if nonce in st.pending_acks or nonce == st.last_nonce:
+                self._ack(type_url, st, nonce, self.status.type(type_url).version_sent, error)
+            else:
+                log.debug("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
+        sub = set(subscribe)
+        unsub = set(unsubscribe)
+        if not st.initialized:
+            st.initialized = True
+            st.wildcard = not sub or WILDCARD in sub
+            st.known = {n: v for n, v in initial_versions.items()}
+            st.force = False
+        elif WILDCARD in sub:
+            st.wildcard = True
+        if WILDCARD in unsub:
+            st.wildcard = False
+        sub.discard(WILDCARD)
+        unsub.discard(WILDCARD)
+        st.names |= sub
+        st.names -= unsub
+        if len(st.names) > self.limits.max_subscriptions:
+            raise ValueError(f"{len(st.names)} resource names for {type_url}: over the limit of "
+                             f"{self.limits.max_subscriptions}")
+        for n in unsub:
+            st.known.pop(n, None)  # the client dropped it; a later subscribe must resend
+        for n in sub:
+            if n in st.known and st.known[n] == "":
+                del st.known[n]  # asked again: answer again
+        self.wake.set()
+
+    def _desired(self, type_url: str, st: _TypeState, view: ProxyResources) -> Mapping[str, Resource]:
+        resources = view.of(type_url)
+        if st.wildcard and not st.names:
+            return resources
+        out = dict(resources) if st.wildcard else {}
+        for n in st.names:
+            if n in resources:
+                out[n] = resources[n]
+        return out
+
+    def _diff(self, type_url: str, st: _TypeState, view: ProxyResources) -> tuple[list[Resource], list[str]]:
+        desired = self._desired(type_url, st, view)
+        known = st.known
+        updates = [r for n, r in desired.items() if known.get(n) != r.version]
+        # Named resources that do not exist: say so once, as removed, so the proxy stops waiting.
+        absent = [n for n in st.names if n not in desired and n not in known]
+        return updates, absent
+
+    def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
+        updates, absent = self._diff(type_url, st, view)
+        return bool(updates or absent)
+
+    def _system_version(self, type_url: str, st: _TypeState, view: ProxyResources) -> str:
+        if st.wildcard and not st.names:
+            return view.version(type_url)
+        return set_version(self._desired(type_url, st, view).values())
+
+    async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
+        updates, absent = self._diff(type_url, st, view)
+        if not updates and not absent:
+            return None
+        for r in updates:
+            st.known[r.name] = r.version
+        for n in absent:
+            st.known[n] = ""
+        version = self._system_version(type_url, st, view)
+        nonce = self._next_nonce(st)
+        payload = delta_response(version, updates, type_url, absent, nonce)
+        return await self._send(type_url, st, payload, version, len(updates), nonce)
+
+    async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
+        desired = self._desired(type_url, st, view)
+        gone = [n for n, v in st.known.items() if v and n not in desired]
+        if not gone:
+            return
+        for n in gone:
+            if n in st.names:
+                st.known[n] = ""
+            else:
+                del st.known[n]
+        version = self._system_version(type_url, st, view)
+        nonce = self._next_nonce(st)
+        await self._send(type_url, st, delta_response(version, (), type_url, gone, nonce), version, 0, nonce)
