@@ -115,11 +115,71 @@ class BaseStream:
         await self._write(payload)
         return ev
 
-    async def _await_ack(self, ev: asyncio.Event) -> None:
+    def _ordered_types(self) -> list[str]:
+        known = [t for t in TYPE_ORDER if t in self.types]
+        return known + sorted(t for t in self.types if t not in TYPE_ORDER)
+
+    async def run_writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Bring the proxy up to date.
+
+        Secrets, clusters and endpoints go first, without waiting in between: Envoy ACKs new clusters
+        only once their endpoints arrived, so waiting for that ACK before sending endpoints would stall.
+        Listeners and routes wait until those ACKs are in (bounded by `ack_wait_s`), so they never
+        point at a cluster the proxy is still warming. Any request arriving meanwhile restarts the pass.
+        """
+        outstanding: list[asyncio.Event] = []
+        deadline: float | None = None
+        for _ in range(64):  # bounded: every round sends something or waits for the proxy
+            view = self._resources(self.proxy)
+            types = self._ordered_types()
+            restart = False
+            for type_url in types:
+                st = self.types[type_url]
+                if not st.initialized:
+                    continue
+                if type_url not in DEPENDENCY_TYPES:
+                    outstanding = [ev for ev in outstanding if not ev.is_set()]
+                    if outstanding and self.has_updates(type_url, st, view):
+                        loop = asyncio.get_running_loop()
+                        if deadline is None:
+                            deadline = loop.time() + self.limits.ack_wait_s
+                        if loop.time() < deadline:
+                            await self._wait_acks_or_wake(outstanding, deadline - loop.time())
+                            restart = True
+                            break
+                        log.info("%s: dependencies not ACKed within %.1fs, going on", self.proxy,
+                                 self.limits.ack_wait_s)
+                        outstanding = []
+                ev = await self.push_updates(type_url, st, view)
+                if ev is not None and type_url in DEPENDENCY_TYPES:
+                    outstanding.append(ev)
+            if restart:
+                continue
+            for type_url in reversed(types):
+                st = self.types[type_url]
+                if st.initialized:
+                    await self.push_removals(type_url, st, view)
+            return
+
+    async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
+        async def all_acked() -> None:
+            for ev in events:
+                await ev.wait()
+
+        acked = asyncio.ensure_future(all_acked())
+        woken = asyncio.ensure_future(self.wake.wait())
         try:
-            await asyncio.wait_for(ev.wait(), self.limits.ack_wait_s)
-        except TimeoutError:
-            log.info("%s: no ACK within %.1fs, going on", self.proxy, self.limits.ack_wait_s)
+            await asyncio.wait({acked, woken}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            acked.cancel()
+            woken.cancel()
+        self.wake.clear()
 
     def _ordered_types(self) -> list[str]:
         known = [t for t in TYPE_ORDER if t in self.types]
@@ -132,21 +192,40 @@ class BaseStream:
             await self.sync()
 
     async def sync(self) -> None:
-        """Bring the proxy up to date. Restarts after each wait, since requests may have arrived."""
-        for _ in range(16):  # bounded: each round sends at least one response or ends
+        """Bring the proxy up to date.
+
+        Secrets, clusters and endpoints go first, without waiting in between: Envoy ACKs new clusters
+        only once their endpoints arrived, so waiting for that ACK before sending endpoints would stall.
+        Listeners and routes wait until those ACKs are in (bounded by `ack_wait_s`), so they never
+        point at a cluster the proxy is still warming. Any request arriving meanwhile restarts the pass.
+        """
+        outstanding: list[asyncio.Event] = []
+        deadline: float | None = None
+        for _ in range(64):  # bounded: every round sends something or waits for the proxy
             view = self._resources(self.proxy)
-            waited = False
             types = self._ordered_types()
-            for i, type_url in enumerate(types):
+            restart = False
+            for type_url in types:
                 st = self.types[type_url]
                 if not st.initialized:
                     continue
+                if type_url not in DEPENDENCY_TYPES:
+                    outstanding = [ev for ev in outstanding if not ev.is_set()]
+                    if outstanding and self.has_updates(type_url, st, view):
+                        loop = asyncio.get_running_loop()
+                        if deadline is None:
+                            deadline = loop.time() + self.limits.ack_wait_s
+                        if loop.time() < deadline:
+                            await self._wait_acks_or_wake(outstanding, deadline - loop.time())
+                            restart = True
+                            break
+                        log.info("%s: dependencies not ACKed within %.1fs, going on", self.proxy,
+                                 self.limits.ack_wait_s)
+                        outstanding = []
                 ev = await self.push_updates(type_url, st, view)
-                if ev is not None and type_url in DEPENDENCY_TYPES and self._later_pending(types[i + 1:], view):
-                    await self._await_ack(ev)
-                    waited = True
-                    break
-            if waited:
+                if ev is not None and type_url in DEPENDENCY_TYPES:
+                    outstanding.append(ev)
+            if restart:
                 continue
             for type_url in reversed(types):
                 st = self.types[type_url]
@@ -154,8 +233,16 @@ class BaseStream:
                     await self.push_removals(type_url, st, view)
             return
 
-    def _later_pending(self, later: list[str], view: ProxyResources) -> bool:
-        return any(self.types[t].initialized and self.has_updates(t, self.types[t], view) for t in later)
+    async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
+        waits = [asyncio.ensure_future(ev.wait()) for ev in events]
+        all_acked = asyncio.ensure_future(asyncio.gather(*waits))
+        woken = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({all_acked, woken}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (all_acked, woken, *waits):
+                f.cancel()
+        self.wake.clear()
 
     # subclasses
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
@@ -258,7 +345,7 @@ class DeltaStream(BaseStream):
             if nonce in st.pending_acks or nonce == st.last_nonce:
                 self._ack(type_url, st, nonce, self.status.type(type_url).version_sent, error)
             else:
-                log.debug("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
+                log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
         sub = set(subscribe)
         unsub = set(unsubscribe)
         if not st.initialized:

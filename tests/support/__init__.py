@@ -1,0 +1,1 @@
+"""Test support: real Envoy processes, HTTP backends, an in-process control plane."""

@@ -1,0 +1,71 @@
+"""Small HTTP echo backends: each answers with JSON naming itself and what it saw."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+class EchoBackend:
+    """Serves `{"backend": name, "method", "path", "query", "headers"}` and records every request."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.name = name
+        self.requests: list[dict[str, Any]] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                url = urlsplit(self.path)
+                seen = {"backend": backend.name, "method": self.command, "path": url.path,
+                        "raw_path": self.path, "query": parse_qs(url.query),
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body.decode(errors="replace")}
+                backend.requests.append(seen)
+                data = json.dumps(seen).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("x-backend", backend.name)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"echo-{name}", daemon=True)
+
+    def start(self) -> EchoBackend:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def echo_backends(*specs: tuple[str, str]) -> Iterator[list[EchoBackend]]:
+    """Start backends given as (name, host) pairs on free ports; stop them after."""
+    started = [EchoBackend(name, host).start() for name, host in specs]
+    try:
+        yield started
+    finally:
+        for b in started:
+            b.stop()
