@@ -80,7 +80,7 @@ def _services(backends: list[EchoBackend], echo: list[EchoBackend]) -> str:
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 def test_cec_routes_live_edits_and_nack(world: tuple[ManifestDir, list[EchoBackend]], delta: bool) -> None:
     md, backends = world
-    a, b, other = backends
+    a, b, _ = backends
     port = free_port()
     md.write("services.yaml", _services(backends, [a]))
     md.write("cec.yaml", cec(port, [route("/", "default/echo")]))

@@ -181,69 +181,6 @@ class BaseStream:
             woken.cancel()
         self.wake.clear()
 
-    def _ordered_types(self) -> list[str]:
-        known = [t for t in TYPE_ORDER if t in self.types]
-        return known + sorted(t for t in self.types if t not in TYPE_ORDER)
-
-    async def run_writer(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            await self.sync()
-
-    async def sync(self) -> None:
-        """Bring the proxy up to date.
-
-        Secrets, clusters and endpoints go first, without waiting in between: Envoy ACKs new clusters
-        only once their endpoints arrived, so waiting for that ACK before sending endpoints would stall.
-        Listeners and routes wait until those ACKs are in (bounded by `ack_wait_s`), so they never
-        point at a cluster the proxy is still warming. Any request arriving meanwhile restarts the pass.
-        """
-        outstanding: list[asyncio.Event] = []
-        deadline: float | None = None
-        for _ in range(64):  # bounded: every round sends something or waits for the proxy
-            view = self._resources(self.proxy)
-            types = self._ordered_types()
-            restart = False
-            for type_url in types:
-                st = self.types[type_url]
-                if not st.initialized:
-                    continue
-                if type_url not in DEPENDENCY_TYPES:
-                    outstanding = [ev for ev in outstanding if not ev.is_set()]
-                    if outstanding and self.has_updates(type_url, st, view):
-                        loop = asyncio.get_running_loop()
-                        if deadline is None:
-                            deadline = loop.time() + self.limits.ack_wait_s
-                        if loop.time() < deadline:
-                            await self._wait_acks_or_wake(outstanding, deadline - loop.time())
-                            restart = True
-                            break
-                        log.info("%s: dependencies not ACKed within %.1fs, going on", self.proxy,
-                                 self.limits.ack_wait_s)
-                        outstanding = []
-                ev = await self.push_updates(type_url, st, view)
-                if ev is not None and type_url in DEPENDENCY_TYPES:
-                    outstanding.append(ev)
-            if restart:
-                continue
-            for type_url in reversed(types):
-                st = self.types[type_url]
-                if st.initialized:
-                    await self.push_removals(type_url, st, view)
-            return
-
-    async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
-        waits = [asyncio.ensure_future(ev.wait()) for ev in events]
-        all_acked = asyncio.ensure_future(asyncio.gather(*waits))
-        woken = asyncio.ensure_future(self.wake.wait())
-        try:
-            await asyncio.wait({all_acked, woken}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (all_acked, woken, *waits):
-                f.cancel()
-        self.wake.clear()
-
     # subclasses
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         raise NotImplementedError
