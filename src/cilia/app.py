@@ -47,6 +47,10 @@ class ServeOptions:
     translate: TranslateOptions = TranslateOptions()
     limits: ServerLimits = ServerLimits()
     watch: bool = True
+    webhook_address: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    inject: Any = None  # cilia.mesh.inject.InjectConfig when the webhook is served
 
 
 @dataclass(slots=True)
@@ -78,6 +82,7 @@ class ControlPlane:
         self.counters = Counters()
         self.admin_port = 0
         self.xds_port = 0
+        self.webhook_port = 0
         self._changed = asyncio.Event()
         self._first_change = 0.0
         self._last_change = 0.0
@@ -142,6 +147,7 @@ class ControlPlane:
         self.xds_port = await self.xds.start(f"{xhost}:{xport}" if ":" not in xhost else f"[{xhost}]:{xport}")
         ahost, aport = split_hostport(self.opts.admin_address)
         runner, self.admin_port = await start_admin(make_admin_app(self), ahost, aport)
+        webhook_runner = await self._start_webhook()
         self._started = True
         if sources_ready is not None:
             sources_ready.set()
@@ -156,6 +162,28 @@ class ControlPlane:
         finally:
             await self.xds.stop()
             await runner.cleanup()
+            if webhook_runner is not None:
+                await webhook_runner.cleanup()
+
+    async def _start_webhook(self) -> web.AppRunner | None:
+        if not self.opts.webhook_address:
+            return None
+        from cilia.mesh.webhook import make_webhook_app, serve_webhook, webhook_port
+
+        assert self.opts.tls_cert and self.opts.tls_key and self.opts.inject is not None
+        host, port = split_hostport(self.opts.webhook_address)
+        runner = await serve_webhook(make_webhook_app(self.opts.inject, self.namespace_meta), host, port,
+                                     self.opts.tls_cert, self.opts.tls_key)
+        self.webhook_port = webhook_port(runner)
+        log.info("injection webhook listening on %s:%d", host, self.webhook_port)
+        return runner
+
+    def namespace_meta(self, namespace: str) -> tuple[dict[str, str], dict[str, str]] | None:
+        """Labels and annotations of a Namespace the store knows, for the webhook's mode decision."""
+        obj = self.store.get("Namespace", "", namespace)
+        if obj is None:
+            return None
+        return dict(obj.meta.labels), dict(obj.meta.annotations)
 
     async def _wait_stop(self) -> None:
         await self._stop.wait()

@@ -37,6 +37,25 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
 
 
+def _add_inject_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--envoy-image", default="envoyproxy/envoy:v1.40.0", help="sidecar Envoy image")
+    p.add_argument("--cilia-image", default="ghcr.io/cilia/cilia:0.1.0", help="image of the bootstrap init step")
+    p.add_argument("--inject-xds", default="cilia.cilia-system.svc:18000", metavar="HOST:PORT",
+                   help="xDS address injected sidecars connect to")
+    p.add_argument("--inject-default-mode", choices=("node", "sidecar", "off"), default=None,
+                   help="mesh mode for pods whose namespace/pod say nothing (default: --mesh-default-mode or off)")
+    p.add_argument("--fail-open", action="store_true",
+                   help="webhook: on an internal error admit the pod unchanged instead of denying it")
+
+
+def _inject_config(args: argparse.Namespace) -> Any:
+    from cilia.mesh.inject import InjectConfig
+
+    mode = args.inject_default_mode or getattr(args, "mesh_default_mode", None) or "off"
+    return InjectConfig(envoy_image=args.envoy_image, cilia_image=args.cilia_image, xds_address=args.inject_xds,
+                        default_mode=mode, fail_open=args.fail_open)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cilia", description="Envoy xDS control plane for a service mesh.")
     parser.add_argument("--version", action="version", version=f"cilia {__version__}")
@@ -58,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-streams", type=int, default=10_000, help="most xDS streams held at once")
     serve.add_argument("--no-watch", action="store_true", help="read manifests once, do not watch them")
     _add_translate_options(serve)
+    _add_inject_options(serve)
 
     tr = sub.add_parser("translate", help="print the Envoy config one proxy would receive")
     tr.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH")
@@ -74,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sotw", dest="delta", action="store_false", help="State-of-the-World ADS")
     bs.add_argument("--pod-ip", default=None, help="pod IP for node metadata (default: $POD_IP)")
     bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+
+    inj = sub.add_parser("inject", help="add the Envoy sidecar to Pods, Deployments, ... (offline webhook)")
+    inj.add_argument("-f", "--filename", dest="path", required=True, metavar="FILE",
+                     help="YAML file or directory ('-' for stdin); multi-document")
+    _add_inject_options(inj)
 
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
@@ -168,6 +193,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject(args: argparse.Namespace) -> int:
+    from cilia.mesh.inject import run_inject_cli
+
+    try:
+        cfg = _inject_config(args)
+    except ValueError as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 2
+    return int(run_inject_cli(args.path, cfg))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cilia.app import Debounce, ServeOptions, serve
     from cilia.xds.server import ServerLimits
@@ -180,14 +216,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         debounce=Debounce(args.debounce_quiet_ms / 1000, args.debounce_max_ms / 1000),
         translate=_translate_options(args), limits=ServerLimits(max_streams=args.max_streams),
         watch=not args.no_watch,
+        webhook_address=args.webhook, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        inject=_inject_config(args) if args.webhook else None,
     )
+    if args.webhook and not (args.tls_cert and args.tls_key):
+        print("cilia: --webhook needs --tls-cert and --tls-key (the API server only calls HTTPS webhooks)",
+              file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(opts))
     except KeyboardInterrupt:
         return 130
 
 
-COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status}
+COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
+            "inject": cmd_inject}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -204,6 +204,10 @@ class Store:
         self._pending_changes.clear()
         return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
 
+    def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        """The current object, between snapshots (for lookups such as the webhook's)."""
+        return self._kinds.get(kind, {}).get((namespace, name))
+
     def objects_of(self, source: str) -> Mapping[Key, KubeObject]:
         return MappingProxyType(self._by_source.get(source, {}))
 
