@@ -243,6 +243,7 @@ class RawResource:
     name: str
     body: Mapping[str, Any]
     sources: Sources = ()
+    field: str = ""  # where the user wrote it, e.g. "spec.resources[2]"
 
 
 # -- who gets what ----------------------------------------------------------------------------------

@@ -213,7 +213,9 @@ class SotwStream(BaseStream):
             # A reconnecting proxy tells us what it has; if that is current, nothing needs sending.
             st.sent_version = version_info
             st.force = not version_info
-        if wildcard != st.wildcard or new_names != st.names:
+            st.wildcard = wildcard
+            st.names = new_names
+        elif wildcard != st.wildcard or new_names != st.names:
             st.wildcard = wildcard
             st.names = new_names
             st.force = True
