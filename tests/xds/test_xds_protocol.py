@@ -110,8 +110,8 @@ def open_delta(h: Harness) -> Call:
     return Call(h.stub.DeltaAggregatedResources())
 
 
-async def read(call: Call, timeout: float = 2.0) -> Any:
-    msg = await asyncio.wait_for(call.queue.get(), timeout)
+async def read(call: Call, within: float = 2.0) -> Any:
+    msg = await asyncio.wait_for(call.queue.get(), within)
     if isinstance(msg, grpc.aio.AioRpcError):
         raise msg
     return msg
