@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    for sp in (serve, tr, bs, inj, st):
+        sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
+                        help="log verbosity (also accepted before the command)")
     return parser
 
 
@@ -180,7 +183,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if ts and ts.get("last_nack"):
                 nack = f"{t}: {ts['last_nack']}"
         rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
-                     (nack[:100] + "...") if len(nack) > 100 else (nack or "-")])
+                     (nack[:160] + "...") if len(nack) > 160 else (nack or "-")])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
