@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support.backends import echo_backends
 from support.controlplane import CiliaProcess, ManifestDir
 from support.envoy import Envoy, envoy_binary
