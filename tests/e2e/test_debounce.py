@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.controlplane import ControlPlaneThread, ManifestDir
-from support.manifests import docs, endpoint_slice, service
 
 from cilia.app import Debounce
+from support.controlplane import ControlPlaneThread, ManifestDir
+from support.manifests import docs, endpoint_slice, service
 
 pytestmark = pytest.mark.e2e
 

@@ -35,10 +35,6 @@ class InputSnapshot:
         for key in sorted(by_key):
             yield by_key[key]
 
-    def snapshot_count(self) -> int:
-        """How many objects the store holds now (all kinds)."""
-        return sum(len(v) for v in self._kinds.values())
-
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         return self.objects.get(kind, {}).get((namespace, name))
 
@@ -208,6 +204,10 @@ class Store:
         changes = frozenset(self._pending_changes)
         self._pending_changes.clear()
         return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
+
+    def snapshot_count(self) -> int:
+        """How many objects the store holds now (all kinds)."""
+        return sum(len(v) for v in self._kinds.values())
 
     def snapshot_count(self) -> int:
         """How many objects the store holds now (all kinds)."""
