@@ -36,7 +36,14 @@ MAPS = (
     "cilia_stats",
     "cilia_pairs",
 )
-STAT_NAMES = ("redirected", "inbound_redirected", "origdst_hit", "origdst_miss", "sockmap_add", "msg_redirect")
+STAT_NAMES = (
+    "redirected",
+    "inbound_redirected",
+    "origdst_hit",
+    "origdst_miss",
+    "sockmap_add",
+    "msg_redirect",
+)
 CFG_SOCKMAP = 0
 
 # role -> (program, attach type) pairs attached to a cgroup of that role.
@@ -227,9 +234,7 @@ class Datapath:
         for key in list(self._links):
             if key not in want:
                 self._detach(key)
-        self._sync_map(
-            "cilia_svc", {_target(ep): struct.pack("=I", 1) for ep in plan.services}
-        )
+        self._sync_map("cilia_svc", {_target(ep): struct.pack("=I", 1) for ep in plan.services})
         self._sync_map(
             "cilia_pods",
             {
@@ -260,7 +265,14 @@ class Datapath:
 
     def map_counts(self) -> dict[str, int]:
         out = {}
-        for name in ("cilia_svc", "cilia_pods", "cilia_proxies", "cilia_inbound", "cilia_cookie", "cilia_origdst"):
+        for name in (
+            "cilia_svc",
+            "cilia_pods",
+            "cilia_proxies",
+            "cilia_inbound",
+            "cilia_cookie",
+            "cilia_origdst",
+        ):
             out[name] = sum(1 for _ in self._table(name).keys())
         return out
 

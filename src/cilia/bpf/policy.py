@@ -178,7 +178,10 @@ def build_plan(
             if cgroup in pods or cgroup in proxies:
                 other = pods[cgroup].ref if cgroup in pods else proxies[cgroup].ref
                 raise ValueError(f"cgroup {pod.cgroup_path or cgroup} is already used by {other}")
-            for other_cg, other in [*((c, p.ref) for c, p in pods.items()), *((c, p.ref) for c, p in proxies.items())]:
+            for other_cg, other in [
+                *((c, p.ref) for c, p in pods.items()),
+                *((c, p.ref) for c, p in proxies.items()),
+            ]:
                 if _nested(cgroup, other_cg):
                     raise ValueError(f"cgroup {cgroup} is nested with {other}'s cgroup {other_cg}")
             for ip in ips:
