@@ -62,8 +62,11 @@ class KernelEnv:
 
     def cgroup(self, name: str) -> Path:
         path = self.base / name
-        path.mkdir(parents=True, exist_ok=True)
-        self.made.append(path)
+        for part in [*reversed(path.relative_to(self.base).parents[:-1]), Path(name)]:
+            d = self.base / part
+            if not d.exists():
+                d.mkdir()
+                self.made.append(d)
         return path
 
     def rel(self, path: Path) -> str:
@@ -322,23 +325,10 @@ def run_envoy(
     }
     cfg = workdir / "envoy.json"
     cfg.write_text(json.dumps(bootstrap))
-    proc = kenv.popen_in(
-        cgroup,
-        [
-            ENVOY,
-            "-c",
-            str(cfg),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-            "--file-flush-interval-msec",
-            "100",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "envoy.err", "w"),
-    )
+    argv = [ENVOY, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
+            "--file-flush-interval-msec", "100"]  # fmt: skip
+    with open(workdir / "envoy.err", "w") as err:
+        proc = kenv.popen_in(cgroup, argv, stdout=subprocess.DEVNULL, stderr=err)
     env = Envoy(proc, admin_port, log_path, workdir)
     try:
         deadline = time.monotonic() + 15
