@@ -366,3 +366,14 @@ def firewall_rules() -> dict[str, str]:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             out[name] = r.stdout
     return out
+
+
+def bpftool_cgroup_progs(cgroup: Path) -> list[str] | None:
+    """Program names bpftool lists on a cgroup (None when bpftool is not installed)."""
+    if not shutil.which("bpftool"):
+        return None
+    r = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", str(cgroup)], capture_output=True, text=True, timeout=10
+    )
+    assert r.returncode == 0, r.stderr
+    return sorted(str(p.get("name", "")) for p in json.loads(r.stdout.strip() or "[]"))

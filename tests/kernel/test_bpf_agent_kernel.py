@@ -20,6 +20,7 @@ from bpf_kernel_support import (
     Backend,
     Envoy,
     KernelEnv,
+    bpftool_cgroup_progs,
     capture_listener,
     firewall_rules,
     free_port,
@@ -207,6 +208,8 @@ async def test_agent_live_updates_nack_and_sigterm_cleanup(
         assert status["programs_attached"] == 7
         assert status["cgroups"] == {t.kenv.rel(t.proxy): "proxy", t.kenv.rel(t.pod): "pod"}
         assert status["map_entries"]["cilia_svc"] == 0
+        listed = bpftool_cgroup_progs(t.pod)  # cross-check with bpftool where installed
+        assert listed in (None, ["cilia_connect4", "cilia_connect6", "cilia_sockops"]), listed
         assert (await curl(t, f"http://{VIP}/")).rc == 7  # no VIP yet: nothing listens there
 
         # live update: add the VIP
@@ -255,6 +258,7 @@ async def test_agent_live_updates_nack_and_sigterm_cleanup(
     assert not pin_dir(t).exists()
     assert bsys.cgroup_programs(str(t.pod)) == {}
     assert bsys.cgroup_programs(str(t.proxy)) == {}
+    assert bpftool_cgroup_progs(t.pod) in (None, []) and bpftool_cgroup_progs(t.proxy) in (None, [])
     assert (await curl(t, f"http://{VIP}/")).rc == 7  # redirect gone with the agent
     assert firewall_rules() == rules_before
 

@@ -124,7 +124,8 @@ def _find_by_uid(root: str, uid: str, max_dirs: int) -> str | None:
             base = d.removesuffix(".slice")
             if any(base == w or base.endswith("-" + w) for w in wanted):
                 return os.path.join(dirpath, d)
-        dirnames[:] = [d for d in dirnames if d.startswith("kube") or "pod" in d or dirpath == root]
+        if dirpath == root:  # kubelet's trees: kubepods/... (cgroupfs) or kubepods.slice/... (systemd)
+            dirnames[:] = [d for d in dirnames if d.startswith("kube")]
     return None
 
 
