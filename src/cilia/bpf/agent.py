@@ -331,10 +331,14 @@ class Agent:
                 backoff = min(backoff * 2, self.config.reconnect_max)
 
     async def _retry_loop(self) -> None:
+        # Map counts walk the maps; refresh them for status every few rounds, not every one.
+        rounds = 0
         while True:
             await asyncio.sleep(self.config.retry_interval)
             self.retry_pending()
-            self.refresh_state()
+            rounds += 1
+            if rounds % 5 == 0:
+                self.refresh_state()
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Set up, serve until `stop` is set (or the task is cancelled), then detach everything."""
