@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,11 @@ from google.protobuf import json_format
 
 from cilia.api import redirect_v1 as api
 from cilia.bpf import sys as bsys
+from cilia.bpf.agent import pin_name
 
 pytestmark = pytest.mark.kernel
 
-NODE = "kt-agent"
+NODE = "kt-agent.node.local"  # dots are not allowed in bpffs names: the pin dir maps them
 VIP, VIP2 = "127.96.0.10", "127.96.0.11"
 REPLY_TIMEOUT = 30.0  # s; covers the agent's start (program compile ~4 s)
 
@@ -184,7 +186,14 @@ async def curl(t: AgentTopo, url: str) -> Any:
 
 
 def pin_dir(t: AgentTopo) -> Path:
-    return t.kenv.bpffs / "cilia" / NODE
+    return t.kenv.bpffs / "cilia" / pin_name(NODE)
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 async def stop_agent(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> int:
@@ -285,8 +294,17 @@ async def test_agent_sigkill_then_restart_reclaims_stale_pins(
         assert {p.id for progs in bsys.cgroup_programs(str(t.pod)).values() for p in progs} == old_ids
         assert (await curl(t, f"http://{VIP}/b")).status == 200
 
-        v = ps.set(policy(t, [("web", VIP, 80)]))
+        ps.policy = None  # hold the policy back until the new agent has loaded
         second = start_agent(t, port, sockmap, tag="-2")
+        # make-before-break: the killed agent's programs stay attached (and working) while the new
+        # agent loads; they are detached once the new one has applied its first policy
+        stale = pin_dir(t).parent / f"{pin_name(NODE)}-stale"
+        await asyncio.to_thread(
+            wait_until, lambda: stale.exists() and (pin_dir(t) / "map_cilia_svc").exists()
+        )
+        assert (await curl(t, f"http://{VIP}/during-restart")).status == 200
+        assert {p.id for progs in bsys.cgroup_programs(str(t.pod)).values() for p in progs} >= old_ids
+        v = ps.set(policy(t, [("web", VIP, 80)]))
         ack = await ps.reply_for(v)
         assert not ack.error_detail.message
         assert agent_status(ack)["reclaimed_links"] == 7
@@ -302,5 +320,5 @@ async def test_agent_sigkill_then_restart_reclaims_stale_pins(
                 p.kill()
                 p.wait()
     assert "reclaimed 16 stale pins (7 links)" in agent_log(t, "-2")
-    assert not pin_dir(t).exists()
+    assert not pin_dir(t).exists() and not (pin_dir(t).parent / f"{pin_name(NODE)}-stale").exists()
     assert bsys.cgroup_programs(str(t.pod)) == {} and bsys.cgroup_programs(str(t.proxy)) == {}

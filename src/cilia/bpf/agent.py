@@ -5,7 +5,13 @@ It loads the redirect programs (datapath.py), subscribes over Delta ADS to the n
 version to the maps and cgroup attachments, and ACKs it — or NACKs it with the error text when
 part of it could not be applied (the valid rest is applied, as Envoy does for a partly invalid
 update). Pods whose cgroup is missing are retried until it appears. SIGTERM/SIGINT detach
-everything; pins left by a SIGKILLed agent are reclaimed at start.
+everything.
+
+Restart after SIGKILL is make-before-break: the dead agent's pinned links keep redirecting; the new
+agent moves its pin directory aside (`<pins>-stale`), loads and attaches its own programs, and
+detaches the stale ones once its first policy from the control plane is applied (or after
+`stale_grace` seconds without one). While both are attached the older programs run first and do
+the rewrite; the newer ones see the proxy address and leave it alone.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class AgentConfig:
     bpffs: str | None = None
     retry_interval: float = 2.0
     reconnect_max: float = 5.0
+    stale_grace: float = 30.0
 
 
 @dataclass
@@ -116,8 +123,9 @@ def find_or_mount(fstype: str, default_target: str) -> tuple[str, bool]:
     return default_target, True
 
 
-def _pin_name(node: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", node) or "node"
+def pin_name(node: str) -> str:
+    """A bpffs-safe name (bpffs rejects dots in names)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", node) or "node"
 
 
 class Agent:
@@ -135,12 +143,13 @@ class Agent:
         self._versions: dict[str, str] = {}
         self._cgroup_root = ""
         self._proxy_cgroup: str | None = None
+        self._stale_dir: str | None = None
 
     # ---- setup / teardown -------------------------------------------------------------------
 
     def setup(self) -> None:
         """Mount what is missing, reclaim stale pins, load programs, attach the proxy cgroup."""
-        from cilia.bpf.datapath import Datapath, reclaim  # bcc lives behind this import
+        from cilia.bpf.datapath import Datapath  # bcc lives behind this import
 
         cfg = self.config
         if cfg.cgroup_root:
@@ -162,18 +171,37 @@ class Agent:
             if not os.path.isfile(os.path.join(path, "cgroup.procs")):
                 raise BpfError(f"--proxy-cgroup {rel}: no such cgroup under {root}")
             self._proxy_cgroup = os.path.realpath(path)
-        pin_dir = os.path.join(bpffs, "cilia", _pin_name(cfg.node))
-        reclaimed = reclaim(pin_dir)
-        if reclaimed.pins:
-            log.info("reclaimed %d stale pins (%d links) in %s", reclaimed.pins, reclaimed.links, pin_dir)
-        self.state.reclaimed_links = reclaimed.links
+        pin_dir = os.path.join(bpffs, "cilia", pin_name(cfg.node))
+        stale = pin_dir + "-stale"
+        if os.path.exists(pin_dir):
+            if os.path.exists(stale):  # an even older leftover: no longer needed for continuity
+                self._reclaim_dir(stale)
+            os.rename(pin_dir, stale)
+            self._stale_dir = stale
+            log.info("found pins of an earlier agent; keeping them until the first policy is applied")
+        elif os.path.exists(stale):
+            self._stale_dir = stale
         self.state.cgroup_root = self._cgroup_root
         self.state.pin_dir = pin_dir
         self._dp = Datapath(pin_dir, sockmap=cfg.sockmap)
         self.state.sockmap = cfg.sockmap
         self._apply_policy(api.NodeRedirectPolicy(node_name=cfg.node))
 
+    def _reclaim_dir(self, path: str) -> None:
+        from cilia.bpf.datapath import reclaim
+
+        result = reclaim(path)
+        self.state.reclaimed_links += result.links
+        log.info("reclaimed %d stale pins (%d links) in %s", result.pins, result.links, path)
+
+    def reclaim_stale(self) -> None:
+        """Detach what an earlier (killed) agent left attached, now that ours is in place."""
+        if self._stale_dir is not None:
+            stale, self._stale_dir = self._stale_dir, None
+            self._reclaim_dir(stale)
+
     def teardown(self) -> None:
+        self.reclaim_stale()
         if self._dp is not None:
             self._dp.close()
             self._dp = None
@@ -259,6 +287,7 @@ class Agent:
                 policy = api.NodeRedirectPolicy(node_name=self.config.node)
             if policy is not None:
                 errors.extend(self._apply_policy(policy))
+                self.reclaim_stale()
         req = discovery_pb2.DeltaDiscoveryRequest(
             type_url=api.TYPE_URL, response_nonce=resp.nonce, node=self.node_proto()
         )
@@ -330,6 +359,15 @@ class Agent:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.reconnect_max)
 
+    async def _stale_timer(self) -> None:
+        await asyncio.sleep(self.config.stale_grace)
+        if self._stale_dir is not None:
+            log.warning(
+                "no policy within %.0f s; detaching the earlier agent's programs", self.config.stale_grace
+            )
+            self.reclaim_stale()
+            self.refresh_state()
+
     async def _retry_loop(self) -> None:
         # Map counts walk the maps; refresh them for status every few rounds, not every one.
         rounds = 0
@@ -359,7 +397,11 @@ class Agent:
             self.state.pin_dir,
             "on" if self.config.sockmap else "off",
         )
-        tasks = [asyncio.create_task(self._xds_loop()), asyncio.create_task(self._retry_loop())]
+        tasks = [
+            asyncio.create_task(self._xds_loop()),
+            asyncio.create_task(self._retry_loop()),
+            asyncio.create_task(self._stale_timer()),
+        ]
         try:
             await stop.wait()
         finally:
