@@ -12,7 +12,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +265,27 @@ def test_sidecar_mode_outbound_and_inbound_pass_both_sidecars(topo: Topo) -> Non
     apply(topo, node_policy(topo, (VIP, 80)))
     for cg in (client_pod, client_sc, server_pod, server_sc):
         assert bsys.cgroup_programs(str(cg)) == {}, f"programs left on removed pod cgroup {cg}"
+
+
+def test_observer_on_an_ancestor_answers_original_dst_without_proxy_cgroup(topo: Topo) -> None:
+    """Without --proxy-cgroup the agent attaches getsockopt+sockops to the cgroup root ("observer");
+    here the test's base cgroup stands in for the root (it holds both Envoy's and the pod's cgroups,
+    so the pod's sockets also run sockops twice)."""
+    base = str(topo.kenv.base)
+    result = build_plan(node_policy(topo, (VIP, 80)), make_resolver(str(topo.kenv.cgroup_root)), topo.capture)
+    assert result.errors == () and result.plan.proxies == ()
+    topo.dp.set_sockmap(True)
+    try:
+        assert topo.dp.apply(replace(result.plan, observers=(base,))) == []
+        assert set(bsys.cgroup_programs(base)) == {"sock_ops", "getsockopt"}
+        assert bsys.cgroup_programs(str(topo.proxy)) == {}
+        before = topo.dp.stats()
+        r = topo.kenv.curl(topo.pod, f"http://{VIP}/observer")
+        assert (r.status, r.body) == (200, "v1 /observer"), r
+        after = topo.dp.stats()
+        assert after["origdst_hit"] == before["origdst_hit"] + 1
+        assert after["msg_redirect"] >= before["msg_redirect"] + 2
+    finally:
+        topo.dp.set_sockmap(False)
+        apply(topo, node_policy(topo, (VIP, 80)))
+    assert bsys.cgroup_programs(base) == {}

@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -224,10 +224,15 @@ class Agent:
             proxy_cgroup=self._proxy_cgroup,
             proxy_cgroup_id=proxy_id,
         )
+        plan = result.plan
+        if self._proxy_cgroup is None:
+            # Without --proxy-cgroup the proxy's accepted sockets can be anywhere: answer
+            # SO_ORIGINAL_DST node-wide (only recorded, i.e. redirected, connections get an answer).
+            plan = replace(plan, observers=(self._cgroup_root,))
         errors = list(result.errors)
-        if result.plan != self._plan or errors:
-            errors += self._dp.apply(result.plan)
-            self._plan = result.plan
+        if plan != self._plan or errors:
+            errors += self._dp.apply(plan)
+            self._plan = plan
         self._policy = policy
         self._plan_errors = tuple(errors)
         self.refresh_state()
@@ -384,6 +389,7 @@ class Agent:
         try:
             await asyncio.to_thread(self.setup)
         except Exception as exc:
+            self._stale_dir = None  # leave an earlier agent's programs working for the next start
             self.state.phase = "failed"
             self.state.last_error = str(exc)
             log.error("agent setup failed: %s", exc)

@@ -59,6 +59,10 @@ _ROLE_ATTACH = {
         ("cilia_sockops", bsys.ATTACH_SOCK_OPS),
         ("cilia_getsockopt", bsys.ATTACH_GETSOCKOPT),
     ),
+    "observer": (
+        ("cilia_sockops", bsys.ATTACH_SOCK_OPS),
+        ("cilia_getsockopt", bsys.ATTACH_GETSOCKOPT),
+    ),
 }
 
 # bcc compiles with clang and keeps process-global state; serialise loads.
@@ -195,7 +199,7 @@ class Datapath:
             cgid = bsys.cgroup_id(cgroup)
             for prog, attach_type in _ROLE_ATTACH[role]:
                 link = bsys.link_create(self._progs[prog].fd, fd, attach_type)
-                pin = os.path.join(self.pin_dir, f"link_{cgid}_{bsys.ATTACH_TYPE_NAMES[attach_type]}")
+                pin = os.path.join(self.pin_dir, f"link_{cgid}_{bsys.ATTACH_TYPE_NAMES[attach_type]}_{role}")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(pin)
                 made.append((link, pin))

@@ -72,10 +72,14 @@ class RedirectPlan:
     proxies: tuple[ProxyPlan, ...] = ()
     inbound: tuple[InboundPlan, ...] = ()
     skipped_services: int = 0  # non-TCP services (never redirected)
+    # cgroups that only answer SO_ORIGINAL_DST (and join sockhash pairs): the cgroup root when the
+    # node proxy's cgroup is not known
+    observers: tuple[str, ...] = ()
 
     def cgroups(self) -> dict[str, str]:
-        """cgroup directory -> role ('pod' or 'proxy') for every cgroup the plan attaches to."""
-        out = {p.cgroup: "pod" for p in self.pods}
+        """cgroup directory -> role ('pod', 'proxy' or 'observer') for every cgroup the plan attaches to."""
+        out = {cg: "observer" for cg in self.observers}
+        out.update({p.cgroup: "pod" for p in self.pods})
         out.update({p.cgroup: "proxy" for p in self.proxies})
         return out
 
