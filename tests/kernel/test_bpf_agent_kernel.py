@@ -239,23 +239,29 @@ async def test_agent_live_updates_nack_and_sigterm_cleanup(
         assert (await curl(t, f"http://{VIP}/")).rc == 7
 
         # bad input: unknown pod cgroup + VIP conflict -> NACK with the reasons; valid rest applied
-        ghost = api.MeshPod(namespace="default", name="ghost", cgroup_path="no/such/cgroup")
+        late_rel = t.kenv.rel(t.kenv.base / "agent" / "late-pod")  # created only after the NACK
+        ghost = api.MeshPod(namespace="default", name="ghost", cgroup_path=late_rel)
         v = ps.set(policy(t, [("web", VIP, 80), ("other", VIP, 80), ("api", VIP2, 80)], [ghost]))
         nack = await ps.reply_for(v)
         text = nack.error_detail.message
         assert nack.error_detail.code == 3  # INVALID_ARGUMENT
-        assert "pod default/ghost" in text and "no cgroup 'no/such/cgroup'" in text, text
+        assert f"pod default/ghost: no cgroup '{late_rel}'" in text, text
         assert f"VIP {VIP}:80 conflicts with service default/web" in text, text
         assert proc.poll() is None, "agent must keep running after a NACK"
         assert agent_status(nack)["last_error"] == text
         assert (await curl(t, f"http://{VIP2}/")).status == 200  # the valid service was applied
         assert (await curl(t, f"http://{VIP}/")).rc == 7  # the conflicting one was left out
+        # the missing cgroup appears (pod started late): the agent attaches it on its next retry
+        late = t.kenv.cgroup("agent/late-pod")
+        await asyncio.to_thread(wait_until, lambda: bsys.cgroup_programs(str(late)) != {}, 10.0)
+        assert (await asyncio.to_thread(t.kenv.curl, late, f"http://{VIP2}/late")).status == 200
 
         # a correct version is ACKed again
         v = ps.set(policy(t, [("web", VIP, 80)]))
         ack = await ps.reply_for(v)
         assert not ack.error_detail.message and agent_status(ack)["last_error"] == ""
         assert (await curl(t, f"http://{VIP}/")).status == 200
+        assert bsys.cgroup_programs(str(late)) == {}  # left the policy: detached
 
         assert await stop_agent(proc) == 0
     finally:
