@@ -212,6 +212,7 @@ class FilterChain:
     destination_cidrs: tuple[str, ...] = ()  # original destination match (mesh capture)
     destination_port: int = 0
     tls: TlsTermination | None = None
+    source_cidrs: tuple[str, ...] = ()  # client address match (mesh: which namespace a client pod is in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +225,7 @@ class Listener:
     listener_filters: tuple[Literal["tls_inspector", "original_dst", "http_inspector"], ...] = ()
     passthrough_cluster: str = ""  # default chain forwards to the original destination
     sources: Sources = ()
+    direction: Literal["", "inbound", "outbound"] = ""  # Envoy traffic_direction (stats, tracing)
 
 
 @dataclass(frozen=True, slots=True)
