@@ -56,11 +56,13 @@ def _json(obj: dict[str, Any]) -> str:
 
 
 def _namespace(name: str, mode: str) -> str:
-    return _json({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"cilia.io/mesh": mode}}})
+    return _json({"apiVersion": "v1", "kind": "Namespace",
+                  "metadata": {"name": name, "labels": {"cilia.io/mesh": mode}}})
 
 
 def _pod(ns: str, name: str, ip: str, ports: list[dict[str, Any]] | None = None) -> str:
-    return _json({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+    return _json({"apiVersion": "v1", "kind": "Pod",
+                  "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
                   "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "app", "ports": ports or []}]},
                   "status": {"phase": "Running", "podIP": ip}})
 

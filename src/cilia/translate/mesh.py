@@ -184,6 +184,8 @@ class EgressScope:
     hosts: tuple[tuple[str, str], ...] = (("*", "*"),)
 
     def allows(self, namespace: str, service: str) -> bool:
+        if self.hosts == (("*", "*"),):
+            return True
         return any(ns in ("*", namespace) and svc in ("*", service) for ns, svc in self.hosts)
 
 
@@ -297,6 +299,9 @@ class _Outbound:
     clusters: dict[tuple[str, str, int], Cluster | None] = field(default_factory=dict)
     views: dict[tuple[str, str, int, str], RouteConfig] = field(default_factory=dict)
     route_clusters: dict[str, list[Cluster]] = field(default_factory=dict)
+    defaults: set[tuple[str, str, int]] = field(default_factory=set)  # Service ports with no routes for any client
+    chains: dict[tuple[str, str, int, str, tuple[str, ...]],
+                 tuple[FilterChain, RouteConfig | None, list[Cluster]] | None] = field(default_factory=dict)
 
     def cluster(self, sp: MeshServicePort) -> Cluster | None:
         key = (sp.namespace, sp.name, sp.port.port)
@@ -313,6 +318,9 @@ class _Outbound:
         shared = None if not client_namespace else self.view(sp, "")
         rc = self.routes_for(self.snapshot, client_namespace, sp.namespace, sp.name, sp.port.port)
         base = outbound_route_name(sp.namespace, sp.name, sp.port.port)
+        if rc is None and shared is not None and (sp.namespace, sp.name, sp.port.port) in self.defaults:
+            self.views[key] = shared  # no routes for anyone: the one default route config
+            return shared
         if rc is not None:
             own = replace(rc, name=base)
         else:
@@ -320,6 +328,8 @@ class _Outbound:
             own = default_route_config(base, cluster.name if cluster else "", (sp.ref,))
         if shared is None:
             view = own
+            if rc is None:
+                self.defaults.add((sp.namespace, sp.name, sp.port.port))
         elif own == shared:
             view = shared
         else:
@@ -330,6 +340,16 @@ class _Outbound:
         return view
 
     def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \
+            tuple[FilterChain, RouteConfig | None, list[Cluster]] | None:
+        """The filter chain for this Service port as seen from `client_namespace` (memoised: the same
+        chain object serves every listener that has it)."""
+        view_name = self.view(sp, client_namespace).name if sp.http else ""
+        key = (sp.namespace, sp.name, sp.port.port, view_name, source_cidrs)
+        if key not in self.chains:
+            self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+        return self.chains[key]
+
+    def _chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...]) -> \
             tuple[FilterChain, RouteConfig | None, list[Cluster]] | None:
         cluster = self.cluster(sp)
         if cluster is None:
@@ -354,11 +374,11 @@ def _host_cidr(ip: str) -> str:
     return f"{ip}/128" if ":" in ip else f"{ip}/32"
 
 
-def _guard_clusters() -> tuple[Cluster, Cluster]:
-    passthrough = Cluster(PASSTHROUGH_CLUSTER, discovery="ORIGINAL_DST", protocol="tcp",
-                          lb_policy="CLUSTER_PROVIDED")
-    blackhole = Cluster(BLACKHOLE_CLUSTER, discovery="STATIC", protocol="tcp")
-    return passthrough, blackhole
+# The passthrough (original destination) and black-hole (no endpoints) clusters every capture listener uses.
+GUARD_CLUSTERS: tuple[Cluster, Cluster] = (
+    Cluster(PASSTHROUGH_CLUSTER, discovery="ORIGINAL_DST", protocol="tcp", lb_policy="CLUSTER_PROVIDED"),
+    Cluster(BLACKHOLE_CLUSTER, discovery="STATIC", protocol="tcp"),
+)
 
 
 def _passthrough_chain(name: str) -> FilterChain:
@@ -400,19 +420,27 @@ def _outbound_listener(name: str, address: str, opts: TranslateOptions,
     listener = Listener(name, address, opts.mesh_capture_port, (guard,), default_chain=_passthrough_chain(
         f"{name}|passthrough"), listener_filters=("original_dst",), passthrough_cluster=PASSTHROUGH_CLUSTER,
         sources=sources, direction="outbound")
-    return _collect(listener, parts, _guard_clusters())
+    return _collect(listener, parts, GUARD_CLUSTERS)
 
 
 # -- inbound ---------------------------------------------------------------------------------------
-def _selecting_services(snapshot: InputSnapshot, pod: MeshPod) -> list[KubeObject]:
-    out = []
-    for obj in snapshot.list("Service"):
-        if obj.meta.namespace != pod.namespace:
-            continue
-        selector: Mapping[str, str] = obj.spec.selector
-        if selector and all(pod.labels.get(k) == v for k, v in selector.items()):
-            out.append(obj)
-    return out
+class _SelectorIndex:
+    """The Services of one namespace, indexed by one label of their selector, to find a pod's Services fast."""
+
+    def __init__(self, services: Iterable[KubeObject]) -> None:
+        self._by_label: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
+        for obj in services:
+            selector: Mapping[str, str] = obj.spec.selector
+            if selector:
+                self._by_label[min(selector.items())].append(obj)
+
+    def selecting(self, labels: Mapping[str, str]) -> list[KubeObject]:
+        out = []
+        for item in sorted(labels.items()):
+            for obj in self._by_label.get(item, ()):
+                if all(labels.get(k) == v for k, v in obj.spec.selector.items()):
+                    out.append(obj)
+        return sorted(out, key=lambda o: o.meta.name)
 
 
 def _targets(sp: ServicePort, cp: ContainerPort) -> bool:
@@ -434,9 +462,9 @@ def _inbound_protocol(cp: ContainerPort, service_ports: list[ServicePort]) -> tu
     return http, "http2" if h2 else "http1"
 
 
-def _inbound(snapshot: InputSnapshot, pod: MeshPod, address: str, opts: TranslateOptions,
+def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateOptions,
              issues: list[Issue]) -> _Config:
-    services = _selecting_services(snapshot, pod)
+    services = index.selecting(pod.labels)
     parts: list[tuple[FilterChain, RouteConfig | None, list[Cluster]]] = []
     seen: dict[int, str] = {}
     for cp in pod.ports:
@@ -473,7 +501,7 @@ def _inbound(snapshot: InputSnapshot, pod: MeshPod, address: str, opts: Translat
                         default_chain=_passthrough_chain(f"{name}|passthrough"),
                         listener_filters=("original_dst",), passthrough_cluster=PASSTHROUGH_CLUSTER,
                         sources=(pod.ref,), direction="inbound")
-    return _collect(listener, parts, _guard_clusters())
+    return _collect(listener, parts, GUARD_CLUSTERS)
 
 
 # -- the translator --------------------------------------------------------------------------------
@@ -546,6 +574,11 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
         if pod.mode == "sidecar":
             sidecars[pod.namespace].append(pod)
     per_pod_outbound = opts.mesh_sidecar_capture_address == BIND_POD_IP
+    services_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
+    if sidecars:
+        for obj in snapshot.list("Service"):
+            services_by_ns[obj.meta.namespace].append(obj)
+    indexes = {ns: _SelectorIndex(services_by_ns[ns]) for ns in sidecars}
     for ns, ns_pods in sorted(sidecars.items()):
         scope = _egress_scope(snapshot, ns, issues)
         parts = [p for sp in services if scope.allows(sp.namespace, sp.name)
@@ -564,7 +597,7 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
                                                       parts, (pod.ref,)))
             inbound_address = _bind(opts.mesh_inbound_address, pod)
             if inbound_address is not None:
-                configs.append(_inbound(snapshot, pod, inbound_address, opts, issues))
+                configs.append(_inbound(indexes[ns], pod, inbound_address, opts, issues))
             if configs:
                 bundles.append(_bundle(f"mesh/sidecar/{pod.key}",
                                        ProxyScope(frozenset({"sidecar"}), frozenset({pod.key})), *configs))
