@@ -84,3 +84,17 @@ def test_node_and_sidecar_serve_the_same_services() -> None:
         ("127.96.0.10", 80), ("127.96.0.12", 9090), ("127.96.0.11", 5432)}
     assert [c["name"] for c in node["proxies"]["node~node-1"]["clusters"]] == [
         c["name"] for c in side["proxies"]["sidecar~shop/web-0"]["clusters"] if not c["name"].startswith("inbound|")]
+
+
+def test_example_workloads_translate_cleanly() -> None:
+    """examples/mesh: no issues, and each proxy gets the listeners its README promises."""
+    example = GOLDEN.parent.parent.parent / "examples" / "mesh"
+    parsed = parse_file(example / "workloads.yaml")
+    assert parsed.ok and not parsed.issues, parsed.issues
+    result = translate(InputSnapshot.of(parsed.objects), TranslateOptions())
+    world = render_world(result.ir)
+    assert result.issues == () and world.issues == ()
+    node = proxy_config_json(world.for_proxy(ProxyId.parse("node~node-1")))
+    side = proxy_config_json(world.for_proxy(ProxyId.parse("sidecar~pay/server-0")))
+    assert _listener_names(node) == ["outbound|node"]
+    assert _listener_names(side) == ["inbound|sidecar|pay/server-0", "outbound|sidecar|pay"]
