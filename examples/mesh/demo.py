@@ -130,9 +130,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-        for s in servers:
-            s.shutdown()
-            s.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
