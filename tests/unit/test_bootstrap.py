@@ -128,6 +128,10 @@ def test_sidecar_readiness_listener() -> None:
                              readiness_port=15021, env={})
     assert other["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 15021
     assert "listeners" not in bootstrap_config(ProxyId.parse("sidecar~shop/web-0"), env={})["static_resources"]
+    # Not where admin itself listens (host-network pods): admin answers /ready there already.
+    for ip in ("127.0.0.1", "0.0.0.0"):
+        assert "listeners" not in bootstrap_config(ProxyId.parse("sidecar~a/b"), admin_port=15000, pod_ip=ip,
+                                                   env={})["static_resources"]
     # Other roles only when a readiness port is given.
     gw = bootstrap_config(ProxyId.parse("gateway~a/b"), pod_ip="127.1.0.5", readiness_port=15021, env={})
     assert gw["static_resources"]["listeners"][0]["name"] == READINESS_LISTENER

@@ -48,6 +48,12 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+def _shadows_admin(address: str, port: int, admin_port: int) -> bool:
+    """A readiness listener there would collide with admin itself (which then answers /ready anyway)."""
+    ip = ipaddress.ip_address(address)
+    return port == admin_port and (ip.is_unspecified or str(ip) == "127.0.0.1")
+
+
 def _check_port(value: int, what: str) -> int:
     if not 1 <= value <= 65535:
         raise ValueError(f"{what} must be 1-65535, got {value}")
@@ -163,8 +169,10 @@ def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: i
     listeners: list[dict[str, Any]] = []
     if readiness_port is not None:
         _check_port(readiness_port, "--readiness-port")
-    if pod_ip and (proxy.role == "sidecar" or readiness_port is not None):
-        listeners.append(readiness_listener(pod_ip, readiness_port or admin_port))
+    ready_port = readiness_port or admin_port
+    wanted = proxy.role == "sidecar" or readiness_port is not None
+    if pod_ip and wanted and not _shadows_admin(pod_ip, ready_port, admin_port):
+        listeners.append(readiness_listener(pod_ip, ready_port))
         clusters.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port))
     static: dict[str, Any] = {"clusters": clusters}
     if listeners:
