@@ -202,3 +202,24 @@ def test_consumer_routes_are_chosen_by_client_pod_address(world: World, monkeypa
     finally:
         node.stop()
         cp.stop()
+
+
+def test_direct_connection_to_the_capture_port_is_dropped(world: World) -> None:
+    """Dialling the capture listener itself restores no destination: the guard chain closes it, no loop."""
+    opts = TranslateOptions(mesh_capture_port=world.port, mesh_capture_address="127.0.0.1")
+    cp = ControlPlaneThread([str(world.md.path)], translate=opts).start()
+    node = Envoy("node~node-1", cp.xds_port)
+    try:
+        node.start()
+        node.wait_for(lambda: synced(cp, "node~node-1"), timeout=15, what="node synced")
+        node.wait_for(lambda: "outbound|node" in node.listeners(), what="listener")
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            request("127.0.0.1", world.port, "/loop")
+        stats = node.stats("outbound_node_direct")
+        assert stats.get("tcp.outbound_node_direct.downstream_cx_total", 0) >= 1
+        assert node.stats("mesh|blackhole").get("cluster.mesh|blackhole.upstream_cx_none_healthy", 0) >= 1
+        assert node.stats("outbound_node_passthrough")["tcp.outbound_node_passthrough.downstream_cx_total"] == 0
+        assert not world.web.requests
+    finally:
+        node.stop()
+        cp.stop()
