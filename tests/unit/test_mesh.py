@@ -438,7 +438,7 @@ def test_pod_ip_claimed_by_two_namespaces_gets_one_source_chain() -> None:
 
 def test_the_registered_translator_reads_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     assert translate_mesh in TRANSLATORS
-    assert mesh_mod.MESH_ROUTES is no_mesh_routes
+    monkeypatch.setattr(mesh_mod, "MESH_ROUTES", no_mesh_routes)
     snap = snapshot(*gamma_world())
     before = translate(snap)
     node_routes = next(b for b in before.ir.bundles if b.key == "mesh/node").routes
