@@ -26,6 +26,14 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
+    p.add_argument("--mesh-capture-address", default="127.0.0.1",
+                   help="address the node Envoy's outbound capture listener binds (default 127.0.0.1)")
+    p.add_argument("--mesh-sidecar-capture-address", default="127.0.0.1",
+                   help="address a sidecar's outbound capture listener binds; 'pod-ip' = the pod's IP")
+    p.add_argument("--mesh-inbound-address", default="0.0.0.0",
+                   help="address a sidecar's inbound listener binds; 'pod-ip' = the pod's IP (default 0.0.0.0)")
+    p.add_argument("--mesh-capture-port", type=int, default=15001, help="outbound capture port (default 15001)")
+    p.add_argument("--mesh-inbound-port", type=int, default=15006, help="sidecar inbound port (default 15006)")
 
 
 def _translate_options(args: argparse.Namespace) -> Any:
@@ -34,7 +42,11 @@ def _translate_options(args: argparse.Namespace) -> Any:
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
-                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
+                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
+                            mesh_capture_address=args.mesh_capture_address,
+                            mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
+                            mesh_inbound_address=args.mesh_inbound_address,
+                            mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port)
 
 
 def _add_inject_options(p: argparse.ArgumentParser) -> None:
@@ -93,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--delta", dest="delta", action="store_true", default=True, help="Delta ADS (default)")
     group.add_argument("--sotw", dest="delta", action="store_false", help="State-of-the-World ADS")
     bs.add_argument("--pod-ip", default=None, help="pod IP for node metadata (default: $POD_IP)")
+    bs.add_argument("--node-name", default=None, help="Kubernetes node for node metadata (default: $NODE_NAME)")
+    bs.add_argument("--readiness-port", type=int, default=None,
+                    help="serve GET /ready on POD_IP:PORT (sidecars: default the admin port)")
     bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
 
     inj = sub.add_parser("inject", help="add the Envoy sidecar to Pods, Deployments, ... (offline webhook)")
@@ -151,7 +166,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     try:
         proxy = ProxyId.parse(args.proxy)
-        cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip)
+        cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip,
+                               node_name=args.node_name, readiness_port=args.readiness_port)
     except (CiliaError, ValueError) as exc:
         print(f"cilia: {exc}", file=sys.stderr)
         return 2

@@ -61,7 +61,7 @@ spec: {clusterIP: None, ports: [{port: 80}]}
 def policy_for(node: str) -> api.NodeRedirectPolicy | None:
     snap = InputSnapshot.of(parse_text(MANIFESTS, "m.yaml").objects)
     result = translate(snap, TranslateOptions(mesh_capture_port=15001, mesh_inbound_port=15006))
-    assert [i.object for i in result.issues] == ["Pod shop/bad-0"]
+    assert [i.object for i in result.issues] == ["Pod shop/bad-0"], "reported once, by the mesh translator"
     world = render_world(result.ir)
     resources = world.for_proxy(ProxyId.parse(f"agent~{node}")).of(REDIRECT_POLICY)
     if not resources:

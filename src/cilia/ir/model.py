@@ -212,6 +212,7 @@ class FilterChain:
     destination_cidrs: tuple[str, ...] = ()  # original destination match (mesh capture)
     destination_port: int = 0
     tls: TlsTermination | None = None
+    source_cidrs: tuple[str, ...] = ()  # client address match (mesh: which namespace a client pod is in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +225,7 @@ class Listener:
     listener_filters: tuple[Literal["tls_inspector", "original_dst", "http_inspector"], ...] = ()
     passthrough_cluster: str = ""  # default chain forwards to the original destination
     sources: Sources = ()
+    direction: Literal["", "inbound", "outbound"] = ""  # Envoy traffic_direction (stats, tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +320,12 @@ class ProxyScope:
     roles: frozenset[str]
     names: frozenset[str] | None = None
     node_selector: NodeSelector | None = None
+
+    def may_overlap(self, other: ProxyScope) -> bool:
+        """Whether some proxy could be in both scopes (node selectors are not compared)."""
+        if not self.roles & other.roles:
+            return False
+        return self.names is None or other.names is None or bool(self.names & other.names)
 
     def matches(self, role: str, name: str, node_labels: Mapping[str, Mapping[str, str]]) -> bool:
         if role not in self.roles:

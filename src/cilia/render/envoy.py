@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -296,7 +297,9 @@ def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
 
 
 # -- listeners ----------------------------------------------------------------------------------------
+@functools.cache
 def access_log() -> accesslog_pb2.AccessLog:
+    """Built once: appending it to a repeated field copies it, so the cached message is never changed."""
     fmt = struct_pb2.Struct()
     fmt.update(ACCESS_LOG_FIELDS)
     cfg = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
@@ -347,6 +350,8 @@ def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterCha
         out.filter_chain_match.destination_port.value = fc.destination_port
     for cidr in fc.destination_cidrs:
         out.filter_chain_match.prefix_ranges.append(_cidr(cidr))
+    for cidr in fc.source_cidrs:
+        out.filter_chain_match.source_prefix_ranges.append(_cidr(cidr))
     if fc.tls is not None:
         out.filter_chain_match.transport_protocol = "tls"
         ctx = tls_pb2.DownstreamTlsContext()
@@ -371,8 +376,13 @@ LISTENER_FILTERS = {
 }
 
 
+TRAFFIC_DIRECTION = {"inbound": base_pb2.INBOUND, "outbound": base_pb2.OUTBOUND}
+
+
 def render_listener(li: ir.Listener) -> listener_pb2.Listener:
     out = listener_pb2.Listener(name=li.name, address=socket_address(li.address, li.port))
+    if li.direction:
+        out.traffic_direction = TRAFFIC_DIRECTION[li.direction]
     for lf in li.listener_filters:
         name, cls = LISTENER_FILTERS[lf]
         out.listener_filters.add(name=name, typed_config=pack(cls()))

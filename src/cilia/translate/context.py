@@ -20,6 +20,11 @@ class TranslateOptions:
     mesh_default_mode: str = "off"  # node | sidecar | off
     mesh_capture_port: int = 15001
     mesh_inbound_port: int = 15006
+    # Bind addresses of the mesh listeners. "pod-ip" (sidecar listeners only) binds the pod's own IP,
+    # which gives each sidecar a listener of its own (several sidecars sharing one network namespace).
+    mesh_capture_address: str = "127.0.0.1"  # node~ outbound capture listener
+    mesh_sidecar_capture_address: str = "127.0.0.1"  # sidecar~ outbound capture listener
+    mesh_inbound_address: str = "0.0.0.0"  # sidecar~ inbound listener
     gateway_address: str = "0.0.0.0"
 
 
