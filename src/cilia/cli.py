@@ -22,7 +22,11 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress-https-port", type=int, default=443, help="Ingress HTTPS listener port (default 443)")
     p.add_argument("--ingress-address", default="0.0.0.0", help="address Ingress listeners bind (default 0.0.0.0)")
     p.add_argument("--ingress-status-address", default="",
-                   help="address reported in Ingress status.loadBalancer (default: --ingress-address)")
+                   help="address reported in Ingress status.loadBalancer (default: --ingress-address; "
+                        "a wildcard address is reported as loopback)")
+    p.add_argument("--ingress-default-mode", choices=("dedicated", "shared"), default="dedicated",
+                   help="where Ingresses without ingress.cilia.io/loadbalancer-mode are served: dedicated "
+                        "(ingress~CLASS proxies only) or shared (also every node~NAME proxy); default dedicated")
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
@@ -34,6 +38,7 @@ def _translate_options(args: argparse.Namespace) -> Any:
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
+                            ingress_default_mode=args.ingress_default_mode,
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
 
 
