@@ -39,7 +39,7 @@ def run_case(case: Path) -> dict[str, Any]:
     store = Store()
     path = case / "input.yaml"
     store.replace_source(path.name, parse_file(path))
-    options = dict(DEFAULT_OPTIONS)
+    options: dict[str, Any] = dict(DEFAULT_OPTIONS)
     if (case / "options.yaml").exists():
         options.update(yaml.safe_load((case / "options.yaml").read_text()))
     result = translate(store.snapshot(), TranslateOptions(**options))
