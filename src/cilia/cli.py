@@ -167,11 +167,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         proxies = _fetch_json(args.admin, "/debug/proxies")
         issues = _fetch_json(args.admin, "/debug/issues")
+        statuses = _fetch_json(args.admin, "/debug/status")
     except (urllib.error.URLError, OSError) as exc:
         print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
         return 2
     if args.output == "json":
-        print(json.dumps({"proxies": proxies, "issues": issues}, indent=2))
+        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses}, indent=2))
         return 0
     types = list(SHORT_NAMES.values())
     header = ["PROXY", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
@@ -191,6 +192,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
     if not proxies:
         print("(no proxies have connected)")
+    if statuses:
+        print(f"\n{len(statuses)} object status(es):")
+        for st in statuses:
+            md = st["metadata"]
+            name = f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
+            print(f"  {st['kind']} {name}: {json.dumps(st['status'], separators=(',', ':'))}")
     if issues:
         print(f"\n{len(issues)} configuration issue(s):")
         for i in issues:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from cilia.cli import main
 from cilia.translate.context import TranslateOptions
 from support.backends import EchoBackend, echo_backends
 from support.controlplane import ControlPlaneThread, ManifestDir
@@ -136,3 +137,14 @@ def test_ingress_bad_input_reported_rest_served(served: tuple[str, ControlPlaneT
     assert set(statuses) == {"table", "fallback", "dup"}
     lb = statuses["table"]["status"]["loadBalancer"]["ingress"][0]
     assert lb["ip"] == "127.0.0.1" and lb["ports"][0]["port"] == int(url.rsplit(":", 1)[1])
+
+
+def test_cilia_status_shows_ingress_status(served: tuple[str, ControlPlaneThread],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    url, cp = served
+    assert main(["status", "--admin", f"127.0.0.1:{cp.admin_port}"]) == 0
+    out = capsys.readouterr().out
+    port = url.rsplit(":", 1)[1]
+    line = next(x for x in out.splitlines() if x.strip().startswith("Ingress default/table:"))
+    assert '"ip":"127.0.0.1"' in line and f'"port":{port}' in line
+    assert "Service default/missing not found" in out  # issues listed too
