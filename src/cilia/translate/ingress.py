@@ -364,9 +364,10 @@ class _Group:
                         self.force |= covered
 
     def tls_served(self, host: str) -> bool:
-        if host in self.default_tls_hosts:
+        """Whether a usable certificate covers `host` (exactly, by a one-label wildcard, or as default)."""
+        if host in self.default_tls_hosts or host in self.tls_hosts:
             return True
-        return any(_tls_covers(t, host) for t in self.tls_hosts)
+        return bool(host) and not host.startswith("*.") and "*." + host.partition(".")[2] in self.tls_hosts
 
     # -- output ------------------------------------------------------------------------------------
     def vhost_default(self, host: str) -> Route | None:
