@@ -70,15 +70,16 @@ def served() -> Iterator[tuple[str, ControlPlaneThread]]:
         port = free_port()
         opts = TranslateOptions(ingress_address="127.0.0.1", ingress_http_port=port, ingress_https_port=free_port())
         cp = ControlPlaneThread([str(md.path)], translate=opts).start()
-        envoy = Envoy("ingress~cilia", cp.xds_port).start()
+        envoy = Envoy("ingress~cilia", cp.xds_port)
         try:
+            envoy.start()
             url = f"http://127.0.0.1:{port}"
             envoy.wait_for(lambda: get(url + "/", {"Host": "t2.example.com"}).status == 200, what="ingress serving")
             yield url, cp
         finally:
             envoy.stop()
             cp.stop()
-    md.cleanup()
+            md.cleanup()
 
 
 def who(url: str, host: str, p: str) -> str | int:

@@ -103,15 +103,16 @@ def tls() -> Iterator[Tls]:
         opts = TranslateOptions(ingress_address="127.0.0.1", ingress_http_port=http_port,
                                 ingress_https_port=https_port)
         cp = ControlPlaneThread([str(md.path)], translate=opts).start()
-        envoy = Envoy("ingress~cilia", cp.xds_port).start()
+        envoy = Envoy("ingress~cilia", cp.xds_port)
         try:
+            envoy.start()
             t = Tls(f"http://127.0.0.1:{http_port}", https_port, ca, md, cp, envoy, backend)
             envoy.wait_for(lambda: t.fetch("a.example.com")[0] == 200, what="https serving")
             yield t
         finally:
             envoy.stop()
             cp.stop()
-    md.cleanup()
+            md.cleanup()
 
 
 def test_sni_picks_the_right_verified_certificate(tls: Tls) -> None:

@@ -82,9 +82,10 @@ def test_affinity_local_then_failover_and_back() -> None:
         port = free_port()
         opts = TranslateOptions(ingress_address="127.0.0.1", ingress_http_port=port, ingress_https_port=free_port())
         cp = ControlPlaneThread([str(md.path)], translate=opts).start()
-        envoy = Envoy("ingress~cilia", cp.xds_port).start()
+        envoy = Envoy("ingress~cilia", cp.xds_port)
         url = f"http://127.0.0.1:{port}/"
         try:
+            envoy.start()
             envoy.wait_for(lambda: get(url).status == 200, what="ingress serving")
             assert {get(url).json()["backend"] for _ in range(100)} == {"local"}  # 100 % local
 
@@ -110,4 +111,4 @@ def test_affinity_local_then_failover_and_back() -> None:
         finally:
             envoy.stop()
             cp.stop()
-    md.cleanup()
+            md.cleanup()

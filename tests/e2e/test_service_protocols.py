@@ -83,9 +83,10 @@ def test_app_protocol_external_name_headless(grpc_backend: int) -> None:
         port = free_port()
         opts = TranslateOptions(ingress_address="127.0.0.1", ingress_http_port=port, ingress_https_port=free_port())
         cp = ControlPlaneThread([str(md.path)], translate=opts).start()
-        envoy = Envoy("ingress~cilia", cp.xds_port).start()
+        envoy = Envoy("ingress~cilia", cp.xds_port)
         url = f"http://127.0.0.1:{port}"
         try:
+            envoy.start()
             envoy.wait_for(lambda: get(url + "/x", {"Host": "db.example.com"}).status == 200, what="ingress serving")
             assert call(port, "rpc.example.com") == b"hello cilia"  # appProtocol grpc -> HTTP/2 upstream
             assert call(port, "h2c.example.com") == b"hello cilia"  # kubernetes.io/h2c -> HTTP/2 upstream
@@ -98,4 +99,4 @@ def test_app_protocol_external_name_headless(grpc_backend: int) -> None:
         finally:
             envoy.stop()
             cp.stop()
-    md.cleanup()
+            md.cleanup()
