@@ -105,9 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="YAML file or directory ('-' for stdin); multi-document")
     _add_inject_options(inj)
 
+    ag = sub.add_parser("agent", help="eBPF redirect agent: steer mesh pod traffic into the proxy (root)")
+    from cilia.bpf.agent import add_arguments as add_agent_arguments
+
+    add_agent_arguments(ag)
+
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    for sp in (serve, tr, bs, inj, st):  # the agent parser has its own --log-level
+        sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
+                        help="log verbosity (also accepted before the command)")
     return parser
 
 
@@ -186,12 +194,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             if ts and ts.get("last_nack"):
                 nack = f"{t}: {ts['last_nack']}"
         rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
-                     (nack[:100] + "...") if len(nack) > 100 else (nack or "-")])
+                     (nack[:160] + "...") if len(nack) > 160 else (nack or "-")])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
     if not proxies:
         print("(no proxies have connected)")
+    agents = {pid: p["reported"] for pid, p in proxies.items() if pid.startswith("agent~") and p.get("reported")}
+    if agents:
+        print("\nAGENT  PHASE  PROGRAMS  MAP ENTRIES  LAST ERROR")
+        for pid, rep in agents.items():
+            entries = int(sum((rep.get("map_entries") or {}).values()))
+            print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
+                  f"{rep.get('last_error') or '-'}")
     if statuses:
         print(f"\n{len(statuses)} object status(es):")
         for st in statuses:
@@ -214,6 +229,15 @@ def cmd_inject(args: argparse.Namespace) -> int:
         print(f"cilia: {exc}", file=sys.stderr)
         return 2
     return int(run_inject_cli(args.path, cfg))
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from cilia.bpf.agent import run_from_args
+
+    try:
+        return asyncio.run(run_from_args(args))
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -242,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
-            "inject": cmd_inject}
+            "inject": cmd_inject, "agent": cmd_agent}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

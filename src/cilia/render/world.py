@@ -12,7 +12,18 @@ from cilia.identity import ProxyId
 from cilia.ir import model as ir
 from cilia.render import envoy as r
 from cilia.render.raw import RawParseError, parse_raw
-from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER, Resource, set_version
+from cilia.render.redirect import render_redirect_policy
+from cilia.render.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    REDIRECT_POLICY,
+    ROUTE,
+    SECRET,
+    TYPE_ORDER,
+    Resource,
+    set_version,
+)
 
 TypeMap = Mapping[str, Mapping[str, Resource]]
 EMPTY: Mapping[str, Resource] = MappingProxyType({})
@@ -107,6 +118,7 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (CLUSTER, "clusters", r.render_cluster),
     (ENDPOINT, "endpoints", r.render_endpoints),
     (SECRET, "secrets", r.render_secret),
+    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy),
 )
 
 
