@@ -22,7 +22,11 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress-https-port", type=int, default=443, help="Ingress HTTPS listener port (default 443)")
     p.add_argument("--ingress-address", default="0.0.0.0", help="address Ingress listeners bind (default 0.0.0.0)")
     p.add_argument("--ingress-status-address", default="",
-                   help="address reported in Ingress status.loadBalancer (default: --ingress-address)")
+                   help="address reported in Ingress status.loadBalancer (default: --ingress-address; "
+                        "a wildcard address is reported as loopback)")
+    p.add_argument("--ingress-default-mode", choices=("dedicated", "shared"), default="dedicated",
+                   help="where Ingresses without ingress.cilia.io/loadbalancer-mode are served: dedicated "
+                        "(ingress~CLASS proxies only) or shared (also every node~NAME proxy); default dedicated")
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
@@ -42,6 +46,7 @@ def _translate_options(args: argparse.Namespace) -> Any:
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
+                            ingress_default_mode=args.ingress_default_mode,
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
                             mesh_capture_address=args.mesh_capture_address,
                             mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
@@ -186,11 +191,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         proxies = _fetch_json(args.admin, "/debug/proxies")
         issues = _fetch_json(args.admin, "/debug/issues")
+        statuses = _fetch_json(args.admin, "/debug/status")
     except (urllib.error.URLError, OSError) as exc:
         print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
         return 2
     if args.output == "json":
-        print(json.dumps({"proxies": proxies, "issues": issues}, indent=2))
+        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses}, indent=2))
         return 0
     types = list(SHORT_NAMES.values())
     header = ["PROXY", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
@@ -217,6 +223,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             entries = int(sum((rep.get("map_entries") or {}).values()))
             print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
                   f"{rep.get('last_error') or '-'}")
+    if statuses:
+        print(f"\n{len(statuses)} object status(es):")
+        for st in statuses:
+            md = st["metadata"]
+            name = f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
+            print(f"  {st['kind']} {name}: {json.dumps(st['status'], separators=(',', ':'))}")
     if issues:
         print(f"\n{len(issues)} configuration issue(s):")
         for i in issues:

@@ -180,6 +180,7 @@ class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
     sources: Sources = ()
+    ignore_port_in_host_matching: bool = False  # match `Host: name:PORT` to the domain `name`
 
 
 # -- listeners --------------------------------------------------------------------------------------
@@ -195,6 +196,7 @@ class HttpApp:
     stat_prefix: str = ""
     access_log: bool = True
     codec: Literal["auto", "http1", "http2"] = "auto"
+    use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,6 +287,8 @@ def _fraction(percent: float) -> percent_pb2.FractionalPercent:
 def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
     out = route_pb2.RouteConfiguration(name=rc.name)
     out.validate_clusters.value = False  # a missing cluster gives 503 on that route, not a rejected config
+    if rc.ignore_port_in_host_matching:
+        out.ignore_port_in_host_matching = True
     for vh in rc.virtual_hosts:
         v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
         if vh.require_tls:
@@ -317,6 +319,8 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
     hcm.normalize_path.value = True
     hcm.merge_slashes = True
     hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT
+    if app.use_remote_address:
+        hcm.use_remote_address.value = True
     if app.access_log:
         hcm.access_log.append(access_log())
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",

@@ -16,6 +16,7 @@ class TranslateOptions:
     ingress_https_port: int = 443
     ingress_address: str = "0.0.0.0"
     ingress_status_address: str = ""  # reported in Ingress status.loadBalancer; empty = ingress_address
+    ingress_default_mode: str = "dedicated"  # Ingresses without ingress.cilia.io/loadbalancer-mode: dedicated|shared
     local_cluster: str = "default"  # ClusterMesh: the name of this cluster
     mesh_default_mode: str = "off"  # node | sidecar | off
     mesh_capture_port: int = 15001
