@@ -20,7 +20,10 @@ class TranslateOptions:
     mesh_default_mode: str = "off"  # node | sidecar | off
     mesh_capture_port: int = 15001
     mesh_inbound_port: int = 15006
-    gateway_address: str = "0.0.0.0"
+    gateway_address: str = "0.0.0.0"  # Gateway listeners bind here unless spec.addresses names an IPAddress
+    # lastTransitionTime for a status condition that is new or changed; empty: the object's
+    # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.
+    status_time: str = ""
 
 
 @dataclass(frozen=True, slots=True)
