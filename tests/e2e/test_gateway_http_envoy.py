@@ -211,8 +211,8 @@ def world() -> Iterator[World]:
     gw = gateway("gw", address="127.0.0.1", generation=4, listeners=[
         listener("http", port),
         listener("wild", port, hostname="*.wild.test", allowedRoutes={"namespaces": {"from": "All"}}),
-        listener("grantee", port, hostname="allowed.test", allowedRoutes={"namespaces": {"from": "Selector", "selector": {
-            "matchLabels": {"kubernetes.io/metadata.name": "grantee"}}}}),
+        listener("grantee", port, hostname="allowed.test", allowedRoutes={"namespaces": {
+            "from": "Selector", "selector": {"matchLabels": {"kubernetes.io/metadata.name": "grantee"}}}}),
     ])
     md.write("infra.yaml", docs(gateway_class(), gw, *_services(backends, slow),
                                 reference_grant("allow-grantee", "other", "HTTPRoute", "grantee")))
