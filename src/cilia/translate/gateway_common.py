@@ -241,6 +241,8 @@ def _path_match(m: HTTPMatch) -> ir.PathMatch:
 
 
 def _match_key(path: ir.PathMatch, method: str, headers: int, query: int) -> tuple[int, int, int, int, int]:
+    """HTTPRoute precedence: Exact, then RegularExpression, then the longest PathPrefix; then a method
+    match, more header matches, more query matches (ties: the older route, then namespace/name)."""
     rank = {"exact": 0, "regex": 1, "prefix": 2, "raw_prefix": 2}[path.kind]
     length = len(path.value.rstrip("/")) if path.kind == "prefix" else len(path.value)
     return (rank, -length, 0 if method else 1, -headers, -query)
@@ -418,9 +420,7 @@ class RuleBuilder:
             fields = self._common(rule.filters, rule.backend_refs, ctx, path)
             name = f"{prefix}/GRPCRoute/{self.route.meta.namespace}/{self.route.meta.name}/{index}/{j}"
             route = ir.Route(name=name, match=match, sources=(str(self.route.ref),), **fields)
-            # GRPCRoute precedence (exact method, then longer service/method, then more header matches)
-            # expressed on the path, so HTTPRoutes and GRPCRoutes on one host order together.
-            key = (*_match_key(path, "", len(m.headers), 0), *age, index, j)
+            key = (*_grpc_key(m), *age, index, j)
             out.append(RankedRoute(key, route))
         return out
 
@@ -433,6 +433,16 @@ class RuleBuilder:
             else:
                 out.extend(self.http_rule(i, rule, ctx, prefix))
         return out
+
+
+def _grpc_key(m: GRPCMatch) -> tuple[int, int, int, int, int]:
+    """GRPCRoute precedence: Exact before RegularExpression, then the longer service, then the longer
+    method, then more header matches. Same shape as HTTP keys, so both kinds order on one host."""
+    mm = m.method
+    if mm is None:
+        return (3, 0, 0, 1, -len(m.headers))
+    rank = 0 if mm.type == "Exact" else 1
+    return (rank, -len(mm.service), -len(mm.method), 1, -len(m.headers))
 
 
 def grpc_path(m: GRPCMatch) -> ir.PathMatch:
