@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -322,8 +323,9 @@ def test_weights(world: World) -> None:
     w = world
     n = 240
     counts = {"echo-a": 0, "echo-b": 0}
-    for _ in range(n):
-        counts[w.get("filters.test", "/weights").json()["backend"]] += 1
+    with ThreadPoolExecutor(max_workers=8) as pool:  # bounded: n requests, 8 at a time
+        for name in pool.map(lambda _: w.get("filters.test", "/weights").json()["backend"], range(n)):
+            counts[name] += 1
     # 3:1 -> 180 expected for echo-a; the binomial standard deviation is ~6.7, allow > 4 sigma.
     assert abs(counts["echo-a"] - 180) <= 30, counts
     assert {w.get("filters.test", "/zero").json()["backend"] for _ in range(20)} == {"echo-b"}

@@ -238,3 +238,23 @@ def test_strip_host_port_renders() -> None:
     msg = hcm.HttpConnectionManager()
     render_listener(li).filter_chains[0].filters[0].typed_config.Unpack(msg)
     assert msg.strip_any_host_port
+
+
+# -- example and status summary -------------------------------------------------------------------------
+def test_example_translates_cleanly_and_everything_is_accepted() -> None:
+    from pathlib import Path
+
+    from cilia.app import load_once
+    from cilia.translate import translate
+    from cilia.translate.gateway import describe_statuses
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "gateway"
+    result = translate(load_once([str(example)]).snapshot())
+    assert [i for i in result.issues if i.severity == "error"] == []
+    stanzas = [s.as_dict() for s in result.statuses]
+    lines = describe_statuses(stanzas)
+    assert "GatewayClass cilia: Accepted=True(Accepted)" in lines
+    assert any(line.startswith("Gateway default/demo [127.0.0.1]: Accepted=True(Accepted)") for line in lines)
+    parents = [line for line in lines if line.lstrip().startswith("parent ")]
+    assert len(parents) == 3 and all("Accepted=True" in p and "ResolvedRefs=True" in p for p in parents)
+    assert "  parent Service default/blue:80: Accepted=True(Accepted) ResolvedRefs=True(ResolvedRefs)" in lines

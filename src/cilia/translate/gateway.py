@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -539,4 +539,37 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
 
 
-__all__ = ["CONTROLLER", "same_parent", "translate_gateway"]
+def describe_statuses(stanzas: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Human-readable lines for Gateway API status stanzas (the `/debug/status` JSON), for `cilia status`:
+    one line per object, listener and route parent, with each condition as TYPE=STATUS(REASON)."""
+
+    def conds(items: Any) -> str:
+        return " ".join(f"{c.get('type')}={c.get('status')}({c.get('reason')})" for c in items or [])
+
+    lines = []
+    for st in stanzas:
+        kind = st.get("kind", "")
+        if kind not in ("GatewayClass", "Gateway", *ROUTE_KINDS):
+            continue
+        md = st.get("metadata") or {}
+        name = f"{md['namespace']}/{md.get('name')}" if md.get("namespace") else str(md.get("name"))
+        status = st.get("status") or {}
+        head = f"{kind} {name}"
+        if status.get("addresses"):
+            head += " [" + ", ".join(str(a.get("value")) for a in status["addresses"]) + "]"
+        lines.append(f"{head}: {conds(status.get('conditions'))}".rstrip(": "))
+        for li in status.get("listeners") or []:
+            routes = li.get("attachedRoutes")
+            lines.append(f"  listener {li.get('name')} routes={routes}: {conds(li.get('conditions'))}")
+        for p in status.get("parents") or []:
+            ref = p.get("parentRef") or {}
+            where = f"{ref.get('kind')} {ref.get('namespace') or md.get('namespace', '')}/{ref.get('name')}"
+            if ref.get("sectionName"):
+                where += f"#{ref['sectionName']}"
+            if ref.get("port"):
+                where += f":{ref['port']}"
+            lines.append(f"  parent {where}: {conds(p.get('conditions'))}")
+    return lines
+
+
+__all__ = ["CONTROLLER", "describe_statuses", "same_parent", "translate_gateway"]
