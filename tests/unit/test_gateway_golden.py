@@ -43,7 +43,8 @@ def render_case(case: Path) -> str:
         out["proxies"][proxy] = cfg
     out["statuses"] = [s.as_dict() for s in result.statuses if s.kind in GATEWAY_KINDS]
     out["issues"] = [f"{i.severity}: {i.object}: {i.field}: {i.message}" for i in (*result.issues, *world.issues)]
-    return str(yaml.safe_dump(out, sort_keys=False, default_flow_style=False, width=120))
+    # Keys sorted: protobuf Struct fields (access log formats) come out in no fixed order.
+    return str(yaml.safe_dump(out, sort_keys=True, default_flow_style=False, width=120))
 
 
 def test_cases_present() -> None:

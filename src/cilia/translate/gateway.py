@@ -278,33 +278,45 @@ def _stream_refs_condition(snapshot: InputSnapshot, route: KubeObject) -> Cond:
 
 
 # -- IR --------------------------------------------------------------------------------------------------
+def _covering_hosts(d: str) -> list[str]:
+    """Every hostname that covers `d`: itself, its wildcard suffixes, and `*`."""
+    if d == "*":
+        return ["*"]
+    labels = d.split(".")
+    first = 2 if d.startswith("*.") else 1
+    return [d, *("*." + ".".join(labels[i:]) for i in range(first, len(labels))), "*"]
+
+
 def _virtual_hosts(listeners: list[ListenerState], ctx: ListenerContext, prefix: str) -> tuple[ir.VirtualHost, ...]:
     """Virtual hosts for the HTTP listeners sharing one RouteConfig (see module docstring)."""
     domains: set[str] = set()
-    entries: list[tuple[ListenerState, Attachment, list[RankedRoute]]] = []
+    by_host: dict[str, list[tuple[ListenerState, list[RankedRoute]]]] = defaultdict(list)
     for st in listeners:
         if st.spec.hostname:
             domains.add(st.spec.hostname)
         for att in st.routes:
             assert att.builder is not None
             domains.update(att.hosts)
-            entries.append((st, att, att.builder.routes(ctx, prefix)))
+            routes = att.builder.routes(ctx, prefix)
+            for h in att.hosts:
+                by_host[h].append((st, routes))
     out = []
     for d in sorted(domains, key=lambda h: (-host_rank(h)[0], -host_rank(h)[1], h)):
         owners = [st for st in listeners if covers(st.spec.hostname, d)]
         if not owners:
             continue
         owner = max(owners, key=lambda st: host_rank(st.spec.hostname))
-        ranked: list[RankedRoute] = []
-        for st, att, routes in entries:
-            if st is not owner:
-                continue
-            ranks = [host_rank(h) for h in att.hosts if covers(h, d)]
-            if not ranks:
-                continue
-            best = max(ranks)
-            ranked.extend(RankedRoute((-best[0], -best[1], *r.key), r.route) for r in routes)
-        ordered = tuple(r.route for r in sorted(ranked, key=lambda r: r.key))
+        ranked: dict[str, RankedRoute] = {}
+        # Hosts are visited most specific first, so a route listed under several keeps its best rank.
+        for h in _covering_hosts(d):
+            rank = host_rank(h)
+            for st, routes in by_host.get(h, ()):
+                if st is not owner:
+                    continue
+                for r in routes:
+                    if r.route.name not in ranked:
+                        ranked[r.route.name] = RankedRoute((-rank[0], -rank[1], *r.key), r.route)
+        ordered = tuple(r.route for r in sorted(ranked.values(), key=lambda r: r.key))
         out.append(ir.VirtualHost(name=f"{prefix}/{d}", domains=(d,), routes=ordered))
     return tuple(out)
 
