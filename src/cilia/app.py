@@ -15,10 +15,10 @@ from aiohttp import web
 from cilia.diagnostics import Issue
 from cilia.identity import ProxyId
 from cilia.k8s.filesource import FileSource
-from cilia.k8s.store import Store
+from cilia.k8s.store import InputSnapshot, Store
 from cilia.obs.admin import make_admin_app, start_admin
 from cilia.render.dump import proxy_config_json
-from cilia.render.world import ResourceCache, render_world
+from cilia.render.world import RenderedWorld, ResourceCache, render_world
 from cilia.translate import ENDPOINT_KINDS, TranslationResult, translate
 from cilia.translate.context import TranslateOptions
 from cilia.xds.cache import ConfigCache
@@ -47,6 +47,10 @@ class ServeOptions:
     translate: TranslateOptions = TranslateOptions()
     limits: ServerLimits = ServerLimits()
     watch: bool = True
+    webhook_address: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    inject: Any = None  # cilia.mesh.inject.InjectConfig when the webhook is served
 
 
 @dataclass(slots=True)
@@ -78,6 +82,7 @@ class ControlPlane:
         self.counters = Counters()
         self.admin_port = 0
         self.xds_port = 0
+        self.webhook_port = 0
         self._changed = asyncio.Event()
         self._first_change = 0.0
         self._last_change = 0.0
@@ -96,11 +101,25 @@ class ControlPlane:
         self.counters.source_events += 1
         self._changed.set()
 
+    def _build(self, snapshot: InputSnapshot) -> tuple[TranslationResult, RenderedWorld]:
+        """Translate and render; pure apart from the render cache, so it may run off the event loop."""
+        result = translate(snapshot, self.opts.translate, self.result)
+        return result, render_world(result.ir, self.render_cache, snapshot.revision)
+
     def rebuild(self) -> None:
         t0 = time.perf_counter()
         snapshot = self.store.snapshot()
-        self.result = translate(snapshot, self.opts.translate, self.result)
-        world = render_world(self.result.ir, self.render_cache, snapshot.revision)
+        self._publish(snapshot, *self._build(snapshot), t0)
+
+    async def rebuild_async(self) -> None:
+        """Rebuild in a worker thread so that xDS streams keep being served meanwhile."""
+        t0 = time.perf_counter()
+        snapshot = self.store.snapshot()
+        result, world = await asyncio.to_thread(self._build, snapshot)
+        self._publish(snapshot, result, world, t0)
+
+    def _publish(self, snapshot: InputSnapshot, result: TranslationResult, world: RenderedWorld, t0: float) -> None:
+        self.result = result
         self.render_issues = world.issues
         self.cache.set_world(world)
         dt = time.perf_counter() - t0
@@ -126,7 +145,7 @@ class ControlPlane:
             self._changed.clear()
             self._changed_kinds.clear()
             try:
-                self.rebuild()
+                await self.rebuild_async()
             except Exception:
                 log.exception("rebuild failed; the previous configuration stays in place")
 
@@ -142,6 +161,7 @@ class ControlPlane:
         self.xds_port = await self.xds.start(f"{xhost}:{xport}" if ":" not in xhost else f"[{xhost}]:{xport}")
         ahost, aport = split_hostport(self.opts.admin_address)
         runner, self.admin_port = await start_admin(make_admin_app(self), ahost, aport)
+        webhook_runner = await self._start_webhook()
         self._started = True
         if sources_ready is not None:
             sources_ready.set()
@@ -156,6 +176,28 @@ class ControlPlane:
         finally:
             await self.xds.stop()
             await runner.cleanup()
+            if webhook_runner is not None:
+                await webhook_runner.cleanup()
+
+    async def _start_webhook(self) -> web.AppRunner | None:
+        if not self.opts.webhook_address:
+            return None
+        from cilia.mesh.webhook import make_webhook_app, serve_webhook, webhook_port
+
+        assert self.opts.tls_cert and self.opts.tls_key and self.opts.inject is not None
+        host, port = split_hostport(self.opts.webhook_address)
+        runner = await serve_webhook(make_webhook_app(self.opts.inject, self.namespace_meta), host, port,
+                                     self.opts.tls_cert, self.opts.tls_key)
+        self.webhook_port = webhook_port(runner)
+        log.info("injection webhook listening on %s:%d", host, self.webhook_port)
+        return runner
+
+    def namespace_meta(self, namespace: str) -> tuple[dict[str, str], dict[str, str]] | None:
+        """Labels and annotations of a Namespace the store knows, for the webhook's mode decision."""
+        obj = self.store.get("Namespace", "", namespace)
+        if obj is None:
+            return None
+        return dict(obj.meta.labels), dict(obj.meta.annotations)
 
     async def _wait_stop(self) -> None:
         await self._stop.wait()

@@ -37,6 +37,25 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
 
 
+def _add_inject_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--envoy-image", default="envoyproxy/envoy:v1.40.0", help="sidecar Envoy image")
+    p.add_argument("--cilia-image", default="ghcr.io/cilia/cilia:0.1.0", help="image of the bootstrap init step")
+    p.add_argument("--inject-xds", default="cilia.cilia-system.svc:18000", metavar="HOST:PORT",
+                   help="xDS address injected sidecars connect to")
+    p.add_argument("--inject-default-mode", choices=("node", "sidecar", "off"), default=None,
+                   help="mesh mode for pods whose namespace/pod say nothing (default: --mesh-default-mode or off)")
+    p.add_argument("--fail-open", action="store_true",
+                   help="webhook: on an internal error admit the pod unchanged instead of denying it")
+
+
+def _inject_config(args: argparse.Namespace) -> Any:
+    from cilia.mesh.inject import InjectConfig
+
+    mode = args.inject_default_mode or getattr(args, "mesh_default_mode", None) or "off"
+    return InjectConfig(envoy_image=args.envoy_image, cilia_image=args.cilia_image, xds_address=args.inject_xds,
+                        default_mode=mode, fail_open=args.fail_open)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cilia", description="Envoy xDS control plane for a service mesh.")
     parser.add_argument("--version", action="version", version=f"cilia {__version__}")
@@ -58,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-streams", type=int, default=10_000, help="most xDS streams held at once")
     serve.add_argument("--no-watch", action="store_true", help="read manifests once, do not watch them")
     _add_translate_options(serve)
+    _add_inject_options(serve)
 
     tr = sub.add_parser("translate", help="print the Envoy config one proxy would receive")
     tr.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH")
@@ -75,9 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--pod-ip", default=None, help="pod IP for node metadata (default: $POD_IP)")
     bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
 
+    inj = sub.add_parser("inject", help="add the Envoy sidecar to Pods, Deployments, ... (offline webhook)")
+    inj.add_argument("-f", "--filename", dest="path", required=True, metavar="FILE",
+                     help="YAML file or directory ('-' for stdin); multi-document")
+    _add_inject_options(inj)
+
+    ag = sub.add_parser("agent", help="eBPF redirect agent: steer mesh pod traffic into the proxy (root)")
+    from cilia.bpf.agent import add_arguments as add_agent_arguments
+
+    add_agent_arguments(ag)
+
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    for sp in (serve, tr, bs, inj, st):  # the agent parser has its own --log-level
+        sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
+                        help="log verbosity (also accepted before the command)")
     return parser
 
 
@@ -155,17 +188,44 @@ def cmd_status(args: argparse.Namespace) -> int:
             if ts and ts.get("last_nack"):
                 nack = f"{t}: {ts['last_nack']}"
         rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
-                     (nack[:100] + "...") if len(nack) > 100 else (nack or "-")])
+                     (nack[:160] + "...") if len(nack) > 160 else (nack or "-")])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
     if not proxies:
         print("(no proxies have connected)")
+    agents = {pid: p["reported"] for pid, p in proxies.items() if pid.startswith("agent~") and p.get("reported")}
+    if agents:
+        print("\nAGENT  PHASE  PROGRAMS  MAP ENTRIES  LAST ERROR")
+        for pid, rep in agents.items():
+            entries = int(sum((rep.get("map_entries") or {}).values()))
+            print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
+                  f"{rep.get('last_error') or '-'}")
     if issues:
         print(f"\n{len(issues)} configuration issue(s):")
         for i in issues:
             print(f"  {i['text']}")
     return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from cilia.mesh.inject import run_inject_cli
+
+    try:
+        cfg = _inject_config(args)
+    except ValueError as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 2
+    return int(run_inject_cli(args.path, cfg))
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from cilia.bpf.agent import run_from_args
+
+    try:
+        return asyncio.run(run_from_args(args))
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -180,14 +240,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         debounce=Debounce(args.debounce_quiet_ms / 1000, args.debounce_max_ms / 1000),
         translate=_translate_options(args), limits=ServerLimits(max_streams=args.max_streams),
         watch=not args.no_watch,
+        webhook_address=args.webhook, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        inject=_inject_config(args) if args.webhook else None,
     )
+    if args.webhook and not (args.tls_cert and args.tls_key):
+        print("cilia: --webhook needs --tls-cert and --tls-key (the API server only calls HTTPS webhooks)",
+              file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(opts))
     except KeyboardInterrupt:
         return 130
 
 
-COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status}
+COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
+            "inject": cmd_inject, "agent": cmd_agent}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -250,6 +250,38 @@ class RawResource:
     name: str
     body: Mapping[str, Any]
     sources: Sources = ()
+    field: str = ""  # where the user wrote it, e.g. "spec.resources[2]"
+
+
+# -- eBPF redirect policy (for the node agent) -------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RedirectPod:
+    namespace: str
+    name: str
+    uid: str
+    cgroup_path: str  # relative to the agent's cgroup root; empty: the agent finds it by UID
+    pod_ips: tuple[str, ...]
+    mode: Literal["node", "sidecar"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectService:
+    namespace: str
+    name: str
+    vip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectPolicy:
+    """What one node's agent steers into the proxy. `name` is the node name."""
+
+    name: str
+    pods: tuple[RedirectPod, ...]
+    services: tuple[RedirectService, ...]
+    proxy_port: int = 0  # 0: the agent's --proxy-address
+    inbound_port: int = 0  # 0: the agent's default (15006)
+    sources: Sources = ()
 
 
 # -- who gets what ----------------------------------------------------------------------------------
@@ -322,6 +354,7 @@ class Bundle:
     endpoints: tuple[EndpointSet, ...] = ()
     secrets: tuple[Secret, ...] = ()
     raw: tuple[RawResource, ...] = ()
+    redirect_policies: tuple[RedirectPolicy, ...] = ()
     extra: tuple[tuple[str, str, bytes], ...] = ()  # (type_url, name, serialized message) of cilia's own types
     sources: Sources = ()
 

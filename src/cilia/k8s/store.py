@@ -18,6 +18,7 @@ from cilia.k8s.objects import KubeObject
 
 Key = tuple[str, str, str]  # kind, namespace, name
 ChangeListener = Callable[[frozenset[str]], None]
+ISSUES = "__issues__"  # pseudo-kind: the set of reported issues changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,7 @@ class Store:
                 self._put(source, key, obj, changed, issues)
         self._set_issues(source, issues, changed)
         self._notify(changed)
-        return bool(changed)
+        return bool(changed - {ISSUES})
 
     def forget_source(self, source: str) -> bool:
         """The source is gone (file deleted): drop its objects and issues."""
@@ -138,7 +139,7 @@ class Store:
         self._by_source.pop(source, None)
         self._set_issues(source, [], changed)
         self._notify(changed)
-        return bool(changed)
+        return bool(changed - {ISSUES})
 
     def upsert(self, source: str, obj: KubeObject) -> bool:
         changed: set[str] = set()
@@ -147,13 +148,13 @@ class Store:
         if issues:
             self._add_issues(source, issues, changed)
         self._notify(changed)
-        return bool(changed)
+        return bool(changed - {ISSUES})
 
     def delete(self, source: str, kind: str, namespace: str, name: str) -> bool:
         changed: set[str] = set()
         self._remove(source, (kind, namespace, name), changed)
         self._notify(changed)
-        return bool(changed)
+        return bool(changed - {ISSUES})
 
     def replace_kind(self, source: str, kind: str, objects: Iterable[KubeObject]) -> bool:
         """A relist: `objects` is everything `source` has of `kind`. Unchanged objects change nothing."""
@@ -167,7 +168,7 @@ class Store:
         if issues:
             self._add_issues(source, issues, changed)
         self._notify(changed)
-        return bool(changed)
+        return bool(changed - {ISSUES})
 
     def set_source_issues(self, source: str, issues: Iterable[Issue]) -> None:
         changed: set[str] = set()
@@ -181,7 +182,7 @@ class Store:
                 self._issues[source] = new
             else:
                 self._issues.pop(source, None)
-            changed.add("__issues__")
+            changed.add(ISSUES)
 
     def _add_issues(self, source: str, issues: list[Issue], changed: set[str]) -> None:
         merged = tuple(dict.fromkeys((*self._issues.get(source, ()), *issues)))
@@ -203,6 +204,14 @@ class Store:
         changes = frozenset(self._pending_changes)
         self._pending_changes.clear()
         return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
+
+    def snapshot_count(self) -> int:
+        """How many objects the store holds now (all kinds)."""
+        return sum(len(v) for v in self._kinds.values())
+
+    def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        """The current object, between snapshots (for lookups such as the webhook's)."""
+        return self._kinds.get(kind, {}).get((namespace, name))
 
     def objects_of(self, source: str) -> Mapping[Key, KubeObject]:
         return MappingProxyType(self._by_source.get(source, {}))

@@ -56,5 +56,7 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
     try:
         json_format.ParseDict(data, msg, ignore_unknown_fields=False)
     except (json_format.ParseError, TypeError, ValueError) as exc:
-        raise RawParseError(str(exc).replace("\n", " ")) from None
+        text = str(exc).replace("\n", " ")
+        # protobuf appends every field name of the message; the first part says what is wrong.
+        raise RawParseError(text.split(".  Available Fields")[0]) from None
     return msg

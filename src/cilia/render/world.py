@@ -12,7 +12,18 @@ from cilia.identity import ProxyId
 from cilia.ir import model as ir
 from cilia.render import envoy as r
 from cilia.render.raw import RawParseError, parse_raw
-from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER, Resource, set_version
+from cilia.render.redirect import render_redirect_policy
+from cilia.render.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    REDIRECT_POLICY,
+    ROUTE,
+    SECRET,
+    TYPE_ORDER,
+    Resource,
+    set_version,
+)
 
 TypeMap = Mapping[str, Mapping[str, Resource]]
 EMPTY: Mapping[str, Resource] = MappingProxyType({})
@@ -107,13 +118,14 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (CLUSTER, "clusters", r.render_cluster),
     (ENDPOINT, "endpoints", r.render_endpoints),
     (SECRET, "secrets", r.render_secret),
+    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy),
 )
 
 
 def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generation: int = 0) -> RenderedWorld:
     cache = cache or ResourceCache()
     issues: list[Issue] = []
-    owners: dict[tuple[str, str], tuple[str, str]] = {}  # (type, name) -> (bundle key, version)
+    owners: dict[tuple[str, str], tuple[str, str]] = {}  # (type, name) -> (who defined it, version)
     rendered: list[RenderedBundle] = []
     for bundle in sorted(model.bundles, key=lambda b: b.key):
         resources: dict[str, dict[str, Resource]] = {}
@@ -126,7 +138,9 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
                 res = cache.get(raw.type_url, _RawKey(raw), lambda k: parse_raw(k.raw.type_url, k.raw.body),
                                 raw.name)
             except RawParseError as exc:
-                issues.append(Issue(", ".join(raw.sources), f"resource {raw.name!r}", str(exc)))
+                issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
+                                    f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} does not parse: {exc}; "
+                                    "the whole config is left out"))
                 bad = True
                 continue
             resources.setdefault(raw.type_url, {})[raw.name] = res
@@ -143,7 +157,7 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
                                         f"by {prev[0]}; this definition is ignored"))
                     del by_name[name]
                     continue
-                owners[(type_url, name)] = (bundle.key, res.version)
+                owners[(type_url, name)] = (", ".join(bundle.sources) or bundle.key, res.version)
         rendered.append(RenderedBundle(bundle.key, bundle.scope,
                                        MappingProxyType({t: MappingProxyType(v) for t, v in resources.items()})))
     pool = {name: cache.get(ENDPOINT, es, r.render_endpoints, name) for name, es in model.endpoints.items()}

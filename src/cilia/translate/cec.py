@@ -191,7 +191,7 @@ def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> 
                     bad = True
                     continue
                 seen.add((type_url, qname))
-                raws.append(RawResource(type_url, qname, body, (ref,)))
+                raws.append(RawResource(type_url, qname, body, (ref,), f"spec.resources[{i}]"))
             if bad:
                 continue  # an invalid config is rejected whole: half a config is worse than none
             selector = to_node_selector(spec.node_selector) if spec.node_selector is not None else None

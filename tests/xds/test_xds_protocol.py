@@ -1,0 +1,381 @@
+"""xDS protocol behaviour with an in-process gRPC client: SotW and Delta state machines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from cilia.ir import model as ir
+from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from cilia.render.world import ResourceCache, render_world
+from cilia.xds.cache import ConfigCache
+from cilia.xds.server import ServerLimits, XdsServer
+from cilia.xds.status import StatusRegistry
+from cilia.xds.stream import StreamLimits
+
+NODE = "node~n1"
+
+
+def world(clusters: tuple[str, ...] = ("c1", "c2"), endpoints: dict[str, int] | None = None,
+          routes: dict[str, str] | None = None, listener: bool = True, gen: int = 1) -> Any:
+    """A world with EDS clusters, their endpoint sets (name -> port), and optional listener + routes."""
+    endpoints = endpoints if endpoints is not None else {c: 8080 for c in clusters}
+    routes = routes or {}
+    rcs = tuple(ir.RouteConfig(name, (ir.VirtualHost("all", ("*",), (
+        ir.Route("r", ir.RouteMatch(), (ir.Backend(cluster),)),)),)) for name, cluster in routes.items())
+    listeners = ()
+    if listener:
+        listeners = (ir.Listener("l1", "127.0.0.1", 10001, (ir.FilterChain("fc", ir.HttpApp(
+            next(iter(routes), "missing"))),)),)
+    bundle = ir.Bundle("b", ir.ProxyScope(frozenset({"node"})), listeners=listeners, routes=rcs,
+                       clusters=tuple(ir.Cluster(c) for c in clusters))
+    pool = {n: ir.EndpointSet(n, (ir.LocalityEndpoints((ir.Endpoint("127.1.0.1", p),)),)) for n, p in endpoints.items()}
+    return render_world(ir.MeshIR((bundle,), pool), ResourceCache(), gen)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.cache = ConfigCache()
+        self.status = StatusRegistry()
+        self.server = XdsServer(self.cache, self.status, ServerLimits(stream=StreamLimits(ack_wait_s=0.5)))
+        self.channel: grpc.aio.Channel | None = None
+
+    async def start(self) -> None:
+        port = await self.server.start("127.0.0.1:0")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    @property
+    def stub(self) -> ads_pb2_grpc.AggregatedDiscoveryServiceStub:
+        assert self.channel is not None
+        return ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        await self.server.stop(0)
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    harness = Harness()
+    harness.cache.set_world(world())
+    await harness.start()
+    yield harness
+    await harness.stop()
+
+
+def node(node_id: str = NODE) -> base_pb2.Node:
+    return base_pb2.Node(id=node_id)
+
+
+class Call:
+    """A stream whose responses a background task collects (cancelling a pending read kills the RPC)."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                msg = await self.call.read()
+                if msg is grpc.aio.EOF:
+                    return
+                await self.queue.put(msg)
+        except grpc.aio.AioRpcError as exc:
+            await self.queue.put(exc)
+
+    async def write(self, msg: Any) -> None:
+        await self.call.write(msg)
+
+    def cancel(self) -> None:
+        self.task.cancel()
+        self.call.cancel()
+
+
+def open_sotw(h: Harness) -> Call:
+    return Call(h.stub.StreamAggregatedResources())
+
+
+def open_delta(h: Harness) -> Call:
+    return Call(h.stub.DeltaAggregatedResources())
+
+
+async def read(call: Call, within: float = 2.0) -> Any:
+    msg = await asyncio.wait_for(call.queue.get(), within)
+    if isinstance(msg, grpc.aio.AioRpcError):
+        raise msg
+    return msg
+
+
+async def no_message(call: Call, wait: float = 0.3) -> bool:
+    try:
+        await asyncio.wait_for(call.queue.get(), wait)
+    except TimeoutError:
+        return True
+    return False
+
+
+def names(resp: Any) -> list[str]:
+    out = []
+    for a in resp.resources:
+        if a.type_url == CLUSTER:
+            c = cluster_pb2.Cluster()
+            a.Unpack(c)
+            out.append(c.name)
+        else:
+            out.append(a.type_url)
+    return sorted(out)
+
+
+# -- State of the World ---------------------------------------------------------------------------------
+async def test_sotw_ack_nack_and_stale_nonce(h: Harness) -> None:
+    call = open_sotw(h)
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=CLUSTER))
+    r1 = await read(call)
+    assert r1.type_url == CLUSTER and names(r1) == ["c1", "c2"] and r1.nonce and r1.version_info
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=r1.version_info,
+                                                    response_nonce=r1.nonce))
+    await asyncio.sleep(0.1)
+    ts = h.status.proxies[NODE].types[CLUSTER]
+    assert ts.version_acked == r1.version_info and ts.state == "SYNCED"
+
+    h.cache.set_world(world(clusters=("c1", "c2", "c3")))
+    r2 = await read(call)
+    assert names(r2) == ["c1", "c2", "c3"] and r2.nonce != r1.nonce and r2.version_info != r1.version_info
+    # NACK: the last ACKed version stays, the error is recorded.
+    await call.write(discovery_pb2.DiscoveryRequest(
+        type_url=CLUSTER, version_info=r1.version_info, response_nonce=r2.nonce,
+        error_detail=status_pb2.Status(code=3, message="bad cluster c3")))
+    await asyncio.sleep(0.1)
+    ts = h.status.proxies[NODE].types[CLUSTER]
+    assert ts.version_acked == r1.version_info
+    assert ts.last_nack == "bad cluster c3" and ts.state == "NACKED"
+    assert await no_message(call), "a NACK must not make the server resend the same version"
+
+    # A request carrying a stale nonce is ignored: no response, no state change.
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=r2.version_info,
+                                                    response_nonce=r1.nonce))
+    assert await no_message(call)
+    assert h.status.proxies[NODE].types[CLUSTER].version_acked == r1.version_info
+    call.cancel()
+
+
+async def test_sotw_named_resources_only(h: Harness) -> None:
+    call = open_sotw(h)
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=ENDPOINT, resource_names=["c2"]))
+    r = await read(call)
+    assert len(r.resources) == 1 and r.resources[0].type_url == ENDPOINT
+    # An endpoint change of a resource not subscribed sends nothing.
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["c2"],
+                                                    version_info=r.version_info, response_nonce=r.nonce))
+    h.cache.set_world(world(endpoints={"c1": 9999, "c2": 8080}))
+    assert await no_message(call)
+    h.cache.set_world(world(endpoints={"c1": 9999, "c2": 7070}))
+    r2 = await read(call)
+    assert len(r2.resources) == 1 and r2.version_info != r.version_info
+    call.cancel()
+
+
+async def test_sotw_reconnect_with_current_version_sends_nothing(h: Harness) -> None:
+    call = open_sotw(h)
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    call.cancel()
+    call2 = open_sotw(h)
+    await call2.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=CLUSTER, version_info=r.version_info))
+    assert await no_message(call2)
+    h.cache.set_world(world(clusters=("c1",)))
+    r2 = await read(call2)
+    assert names(r2) == ["c1"]
+    call2.cancel()
+
+
+# -- Delta ------------------------------------------------------------------------------------------------
+async def test_delta_subscribe_unsubscribe_removal(h: Harness) -> None:
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=ENDPOINT,
+                                                         resource_names_subscribe=["c1"]))
+    r = await read(call)
+    assert [x.name for x in r.resources] == ["c1"] and not r.removed_resources
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, response_nonce=r.nonce,
+                                                         resource_names_subscribe=["c2", "nope"]))
+    r2 = await read(call)
+    assert [x.name for x in r2.resources] == ["c2"]
+    assert list(r2.removed_resources) == ["nope"], "a subscribed name that does not exist is reported removed"
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, response_nonce=r2.nonce,
+                                                         resource_names_unsubscribe=["c1"]))
+    assert await no_message(call), "unsubscribing sends nothing"
+    # c1 changing now is not sent (unsubscribed); c2 removed from the world is sent as removed.
+    h.cache.set_world(world(clusters=("c1",), endpoints={"c1": 1234}))
+    r3 = await read(call)
+    assert not r3.resources and list(r3.removed_resources) == ["c2"]
+    # Re-subscribing c1 sends it again, at its current version.
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, response_nonce=r3.nonce,
+                                                         resource_names_subscribe=["c1"]))
+    r4 = await read(call)
+    assert [x.name for x in r4.resources] == ["c1"]
+    call.cancel()
+
+
+async def test_delta_wildcard_and_unchanged_not_resent(h: Harness) -> None:
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    assert sorted(x.name for x in r.resources) == ["c1", "c2"]
+    versions = {x.name: x.version for x in r.resources}
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=r.nonce))
+    # Rebuilding an identical world sends nothing: per-resource versions are content hashes.
+    h.cache.set_world(world(gen=2))
+    assert await no_message(call)
+    h.cache.set_world(world(clusters=("c1", "c2", "c3"), gen=3))
+    r2 = await read(call)
+    assert [x.name for x in r2.resources] == ["c3"]
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=r2.nonce))
+    h.cache.set_world(world(clusters=("c1", "c3"), gen=4))
+    r3 = await read(call)
+    assert not r3.resources and list(r3.removed_resources) == ["c2"]
+    assert versions["c1"]
+    call.cancel()
+
+
+async def test_delta_reconnect_initial_versions_gets_only_changes(h: Harness) -> None:
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    versions = {x.name: x.version for x in r.resources}
+    call.cancel()
+    h.cache.set_world(world(clusters=("c1", "c2", "c3"), gen=2))
+    call2 = open_delta(h)
+    held = dict(versions)
+    held["gone"] = "v-old"
+    await call2.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER,
+                                                          initial_resource_versions=held))
+    r2 = await read(call2)
+    assert [x.name for x in r2.resources] == ["c3"], "only what changed since the versions the client holds"
+    r3 = await read(call2)
+    assert list(r3.removed_resources) == ["gone"]
+    call2.cancel()
+
+
+async def test_delta_nack_recorded_and_stale_nonce_ignored(h: Harness) -> None:
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(
+        type_url=CLUSTER, response_nonce=r.nonce, error_detail=status_pb2.Status(code=3, message="nope")))
+    await asyncio.sleep(0.1)
+    ts = h.status.proxies[NODE].types[CLUSTER]
+    assert ts.last_nack == "nope" and ts.state == "NACKED" and ts.version_acked == ""
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="999"))
+    await asyncio.sleep(0.1)
+    assert h.status.proxies[NODE].types[CLUSTER].acks == 0
+    call.cancel()
+
+
+# -- errors and ordering ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("delta", [True, False])
+async def test_unknown_type_url_is_a_clear_error(h: Harness, delta: bool) -> None:
+    if delta:
+        call = open_delta(h)
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url="type.googleapis.com/foo.Bar"))
+    else:
+        call = open_sotw(h)
+        await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url="type.googleapis.com/foo.Bar"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "foo.Bar" in (err.value.details() or "")
+    # The server is still fine.
+    ok = open_sotw(h)
+    await ok.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=CLUSTER))
+    assert (await read(ok)).resources
+    ok.cancel()
+
+
+async def test_unknown_role_rejected(h: Harness) -> None:
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node("mystery~x"), type_url=CLUSTER))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown role" in (err.value.details() or "")
+
+
+async def test_make_before_break_routes_wait_for_cluster_ack(h: Harness) -> None:
+    h.cache.set_world(world(clusters=("c1",), routes={"rc": "c1"}))
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=r.nonce))
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ROUTE, resource_names_subscribe=["rc"]))
+    r = await read(call)
+    assert r.type_url == ROUTE
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ROUTE, response_nonce=r.nonce))
+    await asyncio.sleep(0.05)
+    # The route moves to a new cluster and the old one goes: the new cluster comes first, the route
+    # only after its ACK, and the old cluster's removal last.
+    h.cache.set_world(world(clusters=("c2",), routes={"rc": "c2"}, gen=2))
+    first = await read(call)
+    assert first.type_url == CLUSTER and [x.name for x in first.resources] == ["c2"]
+    assert await no_message(call, 0.2), "the route must wait for the cluster ACK"
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce))
+    second = await read(call)
+    assert second.type_url == ROUTE
+    # Removing c1 comes last, after the route no longer uses it.
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ROUTE, response_nonce=second.nonce))
+    third = await read(call)
+    assert third.type_url == CLUSTER and list(third.removed_resources) == ["c1"]
+    call.cancel()
+
+
+async def test_sotw_cluster_removal_held_until_listeners_updated(h: Harness) -> None:
+    h.cache.set_world(world(clusters=("c1",), routes={"rc": "c1"}))
+    call = open_sotw(h)
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=r.version_info,
+                                                    response_nonce=r.nonce))
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["rc"]))
+    rr = await read(call)
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["rc"],
+                                                    version_info=rr.version_info, response_nonce=rr.nonce))
+    await asyncio.sleep(0.05)
+    h.cache.set_world(world(clusters=("c2",), routes={"rc": "c2"}, gen=2))
+    first = await read(call)
+    assert first.type_url == CLUSTER and names(first) == ["c1", "c2"], "old cluster held while routes move"
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=first.version_info,
+                                                    response_nonce=first.nonce))
+    second = await read(call)
+    assert second.type_url == ROUTE
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["rc"],
+                                                    version_info=second.version_info, response_nonce=second.nonce))
+    third = await read(call)
+    assert third.type_url == CLUSTER and names(third) == ["c2"]
+    call.cancel()
+
+
+async def test_per_type_service_rejects_other_types(h: Harness) -> None:
+    from envoy.service.cluster.v3 import cds_pb2_grpc
+
+    assert h.channel is not None
+    stub = cds_pb2_grpc.ClusterDiscoveryServiceStub(h.channel)
+    call = Call(stub.DeltaClusters())
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    assert sorted(x.name for x in r.resources) == ["c1", "c2"]
+    call.cancel()
+    call = Call(stub.StreamClusters())
+    await call.write(discovery_pb2.DiscoveryRequest(node=node(), type_url=LISTENER))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
