@@ -128,6 +128,9 @@ class Redirect:
     path_full: str | None = None
     path_prefix: str | None = None  # replaces the matched prefix
     status_code: int = 302
+    # With `path_prefix`: the route's element-wise prefix. Then the prefix and the slashes after it are
+    # replaced as for Rewrite.path_prefix (so "/foo" -> "/" turns "/foo/bar" into "/bar", not "//bar").
+    matched_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,9 @@ class Route:
     mirrors: tuple[Mirror, ...] = ()
     timeout_ms: int | None = None  # whole request; 0 disables
     per_try_timeout_ms: int | None = None
+    # Status for requests whose chosen cluster does not exist (a backend left unresolved on purpose,
+    # e.g. an invalid backendRef keeping its share of traffic): 0 = Envoy's default 503, or 404/500.
+    cluster_not_found_status: int = 0
     sources: Sources = ()
 
 
@@ -197,6 +203,7 @@ class HttpApp:
     access_log: bool = True
     codec: Literal["auto", "http1", "http2"] = "auto"
     use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
+    strip_host_port: bool = False  # drop any :port from Host before routing (host matching, redirects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +329,9 @@ class ProxyScope:
     roles: frozenset[str]
     names: frozenset[str] | None = None
     node_selector: NodeSelector | None = None
+    # Roles whose NAME is NAMESPACE/NAME (sidecar, gateway) match only in these namespaces; other roles
+    # (node serves every namespace) are not filtered by it.
+    namespaces: frozenset[str] | None = None
 
     def may_overlap(self, other: ProxyScope) -> bool:
         """Whether some proxy could be in both scopes (node selectors are not compared)."""
@@ -333,6 +343,9 @@ class ProxyScope:
         if role not in self.roles:
             return False
         if self.names is not None and name not in self.names:
+            return False
+        if self.namespaces is not None and role in ("sidecar", "gateway") and \
+                name.partition("/")[0] not in self.namespaces:
             return False
         if self.node_selector is not None and role == "node" and name in node_labels:
             return self.node_selector.matches(node_labels[name])

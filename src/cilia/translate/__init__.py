@@ -10,6 +10,7 @@ from cilia.ir.model import Bundle, EndpointSet, MeshIR, ServiceRedirect
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.gateway import translate_gateway
 from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
 from cilia.translate.redirect import translate_redirects
@@ -24,6 +25,7 @@ TRANSLATORS: tuple[Translator, ...] = (
     translate_mesh,
     translate_redirects,
     translate_ingresses,
+    translate_gateway,
 )
 
 

@@ -26,7 +26,10 @@ class TranslateOptions:
     mesh_capture_address: str = "127.0.0.1"  # node~ outbound capture listener
     mesh_sidecar_capture_address: str = "127.0.0.1"  # sidecar~ outbound capture listener
     mesh_inbound_address: str = "0.0.0.0"  # sidecar~ inbound listener
-    gateway_address: str = "0.0.0.0"
+    gateway_address: str = "0.0.0.0"  # Gateway listeners bind here unless spec.addresses names an IPAddress
+    # lastTransitionTime for a status condition that is new or changed; empty: the object's
+    # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.
+    status_time: str = ""
 
 
 @dataclass(frozen=True, slots=True)

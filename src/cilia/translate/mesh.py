@@ -30,7 +30,8 @@ Decisions:
   are captured. Two Services claiming the same VIP:port: the first (by namespace/name) keeps it, the
   other gets an issue (Envoy would reject the whole listener for a duplicate match).
 * GAMMA routes are looked up through `MESH_ROUTES(snapshot, client_namespace, service_namespace,
-  service, port)`, which returns an `ir.RouteConfig` or None (no routes: default route). The view
+  service, port)` (cilia.translate.gamma.mesh_routes_for), which returns an `ir.RouteConfig` or
+  None (no routes: default route). The view
   shared by every client is asked for with `client_namespace=""` (producer routes only); a client
   namespace whose view differs (consumer routes) gets chains of its own. The returned config is
   renamed here (`outbound|PORT|NS/SVC`, and `...|from:CLIENT_NS` for a consumer view), and the
@@ -92,6 +93,7 @@ from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.mesh.mode import MESH_MODE_KEY, MeshMode, resolve_mesh_mode
 from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.gamma import mesh_routes_for
 from cilia.translate.services import resolve_backend, upstream_protocol
 
 MeshRoutesFn = Callable[[InputSnapshot, str, str, str, int], "RouteConfig | None"]
@@ -105,8 +107,9 @@ def no_mesh_routes(snapshot: InputSnapshot, client_namespace: str, service_names
     return None
 
 
-# The GAMMA hook, read at each translation: wire `cilia.translate.gamma.mesh_routes_for` here.
-MESH_ROUTES: MeshRoutesFn = no_mesh_routes
+
+# Where GAMMA routes come from; tests substitute their own.
+MESH_ROUTES: MeshRoutesFn = mesh_routes_for
 
 EGRESS_HOSTS_ANNOTATION = "cilia.io/egress-hosts"
 BIND_POD_IP = "pod-ip"
@@ -617,7 +620,7 @@ def _egress_scope(snapshot: InputSnapshot, namespace: str, issues: list[Issue]) 
 
 
 def translate_mesh(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
-    """Registered in TRANSLATORS; GAMMA routes come from the `MESH_ROUTES` hook."""
+    """Registered in TRANSLATORS; GAMMA routes come from `MESH_ROUTES` (the Gateway API translator)."""
     return build_mesh(snapshot, opts, MESH_ROUTES)
 
 
