@@ -185,6 +185,9 @@ def _fetch_json(admin: str, path: str) -> Any:
         return json.load(resp)
 
 
+GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"})
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from cilia.render.resources import SHORT_NAMES
 
@@ -224,8 +227,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
                   f"{rep.get('last_error') or '-'}")
     if statuses:
+        from cilia.translate.gateway import describe_statuses
+
         print(f"\n{len(statuses)} object status(es):")
+        for line in describe_statuses(statuses):
+            print(f"  {line}")
         for st in statuses:
+            if st["kind"] in GATEWAY_API_KINDS:
+                continue
             md = st["metadata"]
             name = f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
             print(f"  {st['kind']} {name}: {json.dumps(st['status'], separators=(',', ':'))}")
