@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from cilia.diagnostics import Issue
 from cilia.ir.model import Bundle, EndpointSet, MeshIR, ServiceRedirect
+from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
@@ -30,6 +32,38 @@ TRANSLATORS: tuple[Translator, ...] = (
 
 
 ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})
+ALL_KINDS = "*"
+
+
+class ReadRecorder:
+    """A view of a snapshot that records which kinds a translator read.
+
+    A translator whose kinds did not change since the previous translation is not run again; its
+    previous output is reused. Recording what was actually read (rather than declaring it) keeps that
+    safe as translators evolve: reading anything but `list`/`get`/`count` counts as reading everything.
+    """
+
+    __slots__ = ("_snapshot", "kinds")
+
+    def __init__(self, snapshot: InputSnapshot) -> None:
+        self._snapshot = snapshot
+        self.kinds: set[str] = set()
+
+    def list(self, kind: str) -> Iterator[KubeObject]:
+        self.kinds.add(kind)
+        return self._snapshot.list(kind)
+
+    def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        self.kinds.add(kind)
+        return self._snapshot.get(kind, namespace, name)
+
+    def count(self, kind: str | None = None) -> int:
+        self.kinds.add(kind or ALL_KINDS)
+        return self._snapshot.count(kind)
+
+    def __getattr__(self, name: str) -> Any:
+        self.kinds.add(ALL_KINDS)
+        return getattr(self._snapshot, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +72,39 @@ class TranslationResult:
     statuses: tuple[ObjectStatus, ...]
     issues: tuple[Issue, ...]
     partials: tuple[Partial, ...] = ()
+    reads: tuple[frozenset[str], ...] = ()  # per translator, the kinds it read
+    opts: TranslateOptions | None = None
+    reused: int = 0  # how many translators' outputs came from `previous`
+
+
+def _reusable(previous: TranslationResult | None, snapshot: InputSnapshot, opts: TranslateOptions) -> bool:
+    return (previous is not None and len(previous.partials) == len(TRANSLATORS) and bool(snapshot.changed_kinds)
+            and previous.opts is not None
+            and replace(previous.opts, status_time="") == replace(opts, status_time=""))
 
 
 def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
               previous: TranslationResult | None = None) -> TranslationResult:
-    """Translate everything; with `previous`, an endpoint-only change re-runs only the Service translator."""
+    """Translate everything. With `previous` (built from the snapshot before this one, whose
+    `changed_kinds` say what changed since), translators that read none of the changed kinds are not
+    run again."""
     opts = opts or TranslateOptions()
-    fast = (previous is not None and len(previous.partials) == len(TRANSLATORS)
-            and snapshot.changed_kinds and snapshot.changed_kinds <= ENDPOINT_KINDS)
-    partials = []
+    reuse = _reusable(previous, snapshot, opts)
+    partials: list[Partial] = []
+    reads: list[frozenset[str]] = []
+    reused = 0
     for i, fn in enumerate(TRANSLATORS):
-        if fast and fn is not translate_services:
+        if reuse:
             assert previous is not None
-            partials.append(previous.partials[i])
-        else:
-            partials.append(fn(snapshot, opts))
+            was = previous.reads[i]
+            if ALL_KINDS not in was and not (was & snapshot.changed_kinds):
+                partials.append(previous.partials[i])
+                reads.append(was)
+                reused += 1
+                continue
+        recorder = ReadRecorder(snapshot)
+        partials.append(fn(cast(InputSnapshot, recorder), opts))
+        reads.append(frozenset(recorder.kinds))
     bundles: list[Bundle] = []
     endpoints: dict[str, EndpointSet] = {}
     redirects: list[ServiceRedirect] = []
@@ -66,4 +118,4 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
         issues.extend(part.issues)
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
     ir = MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects))
-    return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials))
+    return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused)

@@ -145,18 +145,20 @@ def _route_config(name: str, port: int, builders: list[RuleBuilder]) -> tuple[ir
 
 
 class _LastIndex:
-    """The index of the most recent snapshot asked about (one entry: the topology asks per snapshot)."""
+    """The index of the most recent snapshot asked about (one entry: the topology asks per snapshot).
+    Held as one (snapshot, index) tuple, replaced whole, so concurrent control planes in one process
+    (tests, replicas) never see one snapshot's index paired with another's."""
 
-    snapshot: InputSnapshot | None = None
-    index: GammaIndex = GammaIndex()
+    entry: tuple[InputSnapshot | None, GammaIndex] = (None, GammaIndex())
 
 
 def gamma_index(snapshot: InputSnapshot) -> GammaIndex:
     """The GAMMA route configs of `snapshot`, computed once per snapshot."""
-    if _LastIndex.snapshot is not snapshot:
-        _LastIndex.index = translate_gamma(snapshot, TranslateOptions()).index
-        _LastIndex.snapshot = snapshot
-    return _LastIndex.index
+    cached_snapshot, index = _LastIndex.entry
+    if cached_snapshot is not snapshot:
+        index = translate_gamma(snapshot, TranslateOptions()).index
+        _LastIndex.entry = (snapshot, index)
+    return index
 
 
 def mesh_routes_for(snapshot: InputSnapshot, client_namespace: str, service_ns: str, service_name: str,
