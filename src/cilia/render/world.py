@@ -57,23 +57,36 @@ class RenderedBundle:
 
 
 class ResourceCache:
-    """Reuses Resource objects (and their bytes and hashes) for IR nodes seen in an earlier render."""
+    """Reuses Resource objects (and their bytes and hashes) for IR nodes seen in an earlier render.
+
+    Looked up by identity first: output reused from the previous translation is the very same objects,
+    so unchanged parts of a large config cost no hashing at all; then by value.
+    """
 
     def __init__(self) -> None:
         self._by_node: dict[Any, Resource] = {}
         self._next: dict[Any, Resource] = {}
+        self._by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
+        self._next_by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
 
     def get(self, type_url: str, node: Any, build: Any, name: str) -> Resource:
-        key = (type_url, node)
-        res = self._by_node.get(key) or self._next.get(key)
-        if res is None:
-            res = Resource.of(type_url, name, build(node))
-        self._next[key] = res
+        ident = (type_url, id(node))
+        hit = self._by_id.get(ident) or self._next_by_id.get(ident)
+        if hit is not None and hit[0] is node:
+            res = hit[1]
+        else:
+            key = (type_url, node)
+            res = self._by_node.get(key) or self._next.get(key)
+            if res is None:
+                res = Resource.of(type_url, name, build(node))
+            self._next[key] = res
+        self._next_by_id[ident] = (node, res)  # holds `node`, so its id cannot be reused meanwhile
         return res
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
         self._by_node, self._next = self._next, {}
+        self._by_id, self._next_by_id = self._next_by_id, {}
 
 
 class RenderedWorld:
