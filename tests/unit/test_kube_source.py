@@ -106,7 +106,7 @@ async def test_live_updates_and_deletes(h: Harness) -> None:
     h.api.delete("v1", "Service", "a", "default")
     await wait_until(lambda: h.names("Service") == ["b"], what="DELETED a")
     served = [k for k in h.source._kinds if h.source.served(k)]
-    assert h.source.relists == len(served) == 7  # one list per served kind; the rest came by watch
+    assert h.source.relists == len(served) >= 7  # one list per served kind; the rest came by watch
 
 
 async def test_invalid_object_is_an_issue_and_last_good_version_stays(h: Harness) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -38,12 +38,15 @@ TEST_KINDS = (
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _kinds() -> None:
-    from cilia.k8s.registry import kind_spec
+def _kinds() -> Iterator[None]:
+    from cilia.k8s import registry
 
-    for k in TEST_KINDS:
-        if kind_spec(k.kind) is None:
-            register_kind(k.kind, k.group, k.versions, k.namespaced, k.parse, k.plural)
+    added = [k for k in TEST_KINDS if registry.kind_spec(k.kind) is None]
+    for k in added:
+        register_kind(k.kind, k.group, k.versions, k.namespaced, k.parse, k.plural)
+    yield
+    for k in added:  # leave the registry as other test modules expect it
+        registry._KINDS.pop(k.kind, None)
 
 
 def gateway(name: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
