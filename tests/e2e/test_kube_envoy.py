@@ -26,6 +26,7 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_FILTERS = [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]
 
 
 def service(name: str, vip: str) -> dict[str, Any]:
@@ -46,8 +47,7 @@ def cec(port: int, routes: list[tuple[str, str]], *, bad_listener: bool = False)
     chains: list[dict[str, Any]] = [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                   "typed_config": {"@type": HCM, "stat_prefix": "kube",
                                                                    "rds": {"route_config_name": "routes"},
-                                                                   "http_filters": [{"name": "envoy.filters.http.router",
-                                                                                     "typed_config": {"@type": ROUTER}}]}}]}]
+                                                                   "http_filters": HTTP_FILTERS}}]}]
     if bad_listener:  # parses, but Envoy rejects it: two filter chains with the same (empty) match
         chains = [{"filters": []}, {"filters": []}]
     clusters = sorted({c for _, c in routes})

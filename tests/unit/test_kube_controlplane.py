@@ -23,6 +23,7 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_FILTERS = [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]
 
 
 def service(name: str, vip: str) -> dict[str, Any]:
@@ -43,8 +44,7 @@ def cec(port: int, cluster: str = "default/echo", *, bad_type: bool = False, nam
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": {"@type": HCM, "stat_prefix": "demo",
                                                                  "rds": {"route_config_name": "routes"},
-                                                                 "http_filters": [{"name": "envoy.filters.http.router",
-                                                                                   "typed_config": {"@type": ROUTER}}]}}]}]}
+                                                                 "http_filters": HTTP_FILTERS}}]}]}
     resources: list[dict[str, Any]] = [
         listener,
         {"@type": ROUTE, "name": "routes", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [

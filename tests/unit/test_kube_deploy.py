@@ -78,7 +78,7 @@ def test_every_manifest_parses_with_the_expected_kinds() -> None:
         got = [d["kind"] for d in docs(name)]
         assert got == kinds, name
         for d in docs(name):
-            assert d.get("apiVersion") and d.get("metadata", {}).get("name") or d["kind"] == "Kustomization"
+            assert (d.get("apiVersion") and d.get("metadata", {}).get("name")) or d["kind"] == "Kustomization"
             if d["kind"] in ("Deployment", "Service", "DaemonSet", "Role", "RoleBinding", "ServiceAccount",
                              "PodDisruptionBudget", "Issuer", "Certificate"):
                 assert d["metadata"]["namespace"] == "cilia-system", f"{name}: {d['kind']}"

@@ -91,7 +91,7 @@ async def test_one_leader_then_failover_after_expiry(pair: tuple[FakeApiServer, 
 
 
 async def test_release_on_shutdown_hands_over_at_once(pair: tuple[FakeApiServer, Replica, Replica]) -> None:
-    server, a, b = pair
+    _, a, b = pair
     a.start()
     await wait_until(lambda: a.elector.is_leader, what="a leads")
     b.start()
