@@ -85,7 +85,7 @@ async def test_one_leader_then_failover_after_expiry(pair: tuple[FakeApiServer, 
     took = time.monotonic() - t0
     # b waits for the lease to expire, measured from when it last saw a renewal.
     assert LEASE.lease_duration_s - 1.2 * LEASE.retry_period_s - 0.05 <= took
-    assert took <= LEASE.lease_duration_s + 2 * 1.2 * LEASE.retry_period_s + 0.3
+    assert took <= LEASE.lease_duration_s + 2 * 1.2 * LEASE.retry_period_s + 0.6  # slack for a loaded machine
     assert holder(server) == "b"
     assert server.get("coordination.k8s.io/v1", "Lease", LEASE.name, LEASE.namespace)["spec"]["leaseTransitions"] == 1
 

@@ -179,8 +179,9 @@ async def test_410_relists_without_emptying_the_store(h: Harness) -> None:
     await wait_until(lambda: h.names("Service") == ["keep"], what="delete seen by relist")
     await wait_until(lambda: h.get("Service", "keep").spec.cluster_ips == ("127.96.0.30",), what="update")
     # ERROR events carrying 410 inside a stream also relist.
+    await h.api.wait_for_watches(1, "services")
     before = h.source.relists
-    h.api.send_watch_error(410, "Expired", plural="services")
+    assert h.api.send_watch_error(410, "Expired", plural="services") == 1
     await wait_until(lambda: h.source.relists > before, what="relist on ERROR 410")
 
 

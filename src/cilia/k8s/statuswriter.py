@@ -352,7 +352,8 @@ class StatusWriter:
         body: dict[str, Any] = {"status": patch}
         if shared:
             body["metadata"] = {"resourceVersion": seen.resource_version}
-        fingerprint = json.dumps(patch, sort_keys=True, default=str)
+        # What the server rejected is the desired stanza (not the patch, whose new transition times vary).
+        fingerprint = json.dumps(want.status, sort_keys=True, default=str)
         if self._failed.get(key) == fingerprint:
             return None
         return _Plan(res, body, fingerprint, frozenset(full), seen.resource_version)
