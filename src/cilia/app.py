@@ -235,6 +235,8 @@ class ControlPlane:
         return proxy_config_json(self.cache.resources_for(proxy))
 
     def object_statuses(self) -> list[dict[str, Any]]:
+        if self.kube is not None and self.kube.writer is not None:  # includes the CEC conditions it adds
+            return [s.as_dict() for s in self.kube.writer.desired()]
         return [s.as_dict() for s in (self.result.statuses if self.result else ())]
 
     def agents(self) -> dict[str, Any]:

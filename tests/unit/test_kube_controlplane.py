@@ -151,6 +151,11 @@ async def test_status_once_per_change_and_relist_without_rebuild(api: FakeApiSer
         assert len(status_writes(api)) == 3
         issues = json.loads(await fetch(plane, "/debug/issues"))
         assert issues == []
+        shown = json.loads(await fetch(plane, "/debug/status"))  # what is written, as the admin API shows it
+        (demo,) = [s for s in shown if s["kind"] == "CiliumEnvoyConfig"]
+        assert demo["metadata"] == {"namespace": "default", "name": "demo", "generation": 3}
+        assert [(c["type"], c["status"]) for c in demo["status"]["conditions"]] == [("Accepted", "True"),
+                                                                                    ("Programmed", "True")]
     finally:
         await plane.stop()
 

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 import cilia.k8s.kinds  # noqa: F401  (registers every kind)
+from cilia.k8s import registry
 from cilia.k8s.kubeapi import KubeApi
 from cilia.k8s.kubesource import KubernetesSource, WatchOptions
+from cilia.k8s.registry import KindSpec
 from cilia.k8s.store import Store
-from kubefake import FakeApiServer
+from kubefake import DEFAULT_RESOURCES, FakeApiServer, ResourceType
 from support.kubecp import wait_until
 
 FAST = WatchOptions(page_size=2, backoff_initial_s=0.02, backoff_max_s=0.2, crd_retry_s=0.15,
@@ -216,3 +218,27 @@ async def test_errors_back_off_and_recover(h: Harness) -> None:
     await wait_until(lambda: h.names("Service") == ["a", "b"], within=5, what="recovered after watch errors")
     assert h.restarts.count(("Service", "error")) >= 2
     assert h.task is not None and not h.task.done()
+
+
+async def test_first_served_version_is_used() -> None:
+    """A kind registered as (v1, v1beta1) on a server that only serves v1beta1 is read at v1beta1."""
+    widget = ResourceType("example.io", "widgets", "Widget", True, ("v1beta1",))
+    spec = KindSpec("Widget", "example.io", ("v1", "v1beta1"), True, lambda raw, meta: dict(raw["spec"]), "widgets")
+    async with FakeApiServer(resources=(*DEFAULT_RESOURCES, widget)) as api:
+        api.create({"apiVersion": "example.io/v1beta1", "kind": "Widget",
+                    "metadata": {"name": "w", "namespace": "default"}, "spec": {"size": 3}})
+        kube = await KubeApi.connect(api.kubeconfig_path())
+        try:
+            registry._KINDS["Widget"] = spec  # parse_object looks kinds up in the registry
+            store = Store()
+            source = KubernetesSource(store, kube, options=FAST, kinds=[spec])
+            await source.initial_sync()
+            res = source.resource("Widget")
+            assert res is not None and res.api_version == "example.io/v1beta1"
+            w = store.get("Widget", "default", "w")
+            assert w is not None and w.api_version == "example.io/v1beta1" and w.spec == {"size": 3}
+            tried = [r.path for r in api.requests if r.path.endswith("/widgets")]
+            assert tried == ["/apis/example.io/v1/widgets", "/apis/example.io/v1beta1/widgets"]
+        finally:
+            registry._KINDS.pop("Widget", None)
+            await kube.close()

@@ -268,7 +268,8 @@ class StatusWriter:
         self._attempts: dict[Key, int] = {}
         self._pending: dict[Key, str] = {}  # resourceVersion before our last write, until the watch moves on
         self._owned: dict[Key, frozenset[str]] = {}  # top-level status fields cilia wrote
-        self._failed: dict[Key, str] = {}  # fingerprint of a patch the server rejected
+        self._failed: dict[Key, str] = {}  # fingerprint of a desired stanza the server rejected
+        self._settled: dict[Key, tuple[ObjectStatus, str]] = {}  # (desired, resourceVersion) found in step
         self._skipped_kinds: set[str] = set()
         self._bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst, clock())
         self._paused_until = 0.0
@@ -340,6 +341,8 @@ class StatusWriter:
             if seen.resource_version == pending:
                 return None  # our last write is not echoed back yet
             del self._pending[key]
+        if self._settled.get(key) == (want, seen.resource_version):
+            return None  # compared before, and neither side has changed since
         current = dict(seen.status or {})
         full = with_transition_times(want.status, current, _now())
         shared = merge_foreign_parents(full, current)
@@ -348,6 +351,7 @@ class StatusWriter:
             if k in current:
                 patch[k] = None
         if not patch:
+            self._settled[key] = (want, seen.resource_version)
             return None
         body: dict[str, Any] = {"status": patch}
         if shared:
@@ -378,6 +382,7 @@ class StatusWriter:
                 log.info("leading: checking the status of %d objects", len(self._desired))
                 self._dirty |= set(self._desired)
                 self._pending.clear()
+                self._settled.clear()
             self._was_leader = leader
             if leader:
                 try:
