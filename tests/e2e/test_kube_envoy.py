@@ -7,6 +7,8 @@ a config Envoy rejects shows up as a NACK condition on the CiliumEnvoyConfig's s
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from support.backends import EchoBackend, echo_backends
+from support.controlplane import CiliaProcess
 from support.envoy import Envoy
 from support.http import get
 from support.kubecp import KubeWorld
@@ -159,3 +162,46 @@ def test_kubernetes_objects_served_to_envoy(world: tuple[KubeWorld, list[EchoBac
         assert kw.call(lambda: api.server_errors) == []
     finally:
         envoy.stop()
+
+
+def test_cilia_serve_kubernetes_process(tmp_path: Any) -> None:
+    """The real `cilia serve --kubernetes` command: ready after the initial list, leads, releases on SIGTERM."""
+    kw = KubeWorld().start()
+    proc = None
+    try:
+        api = kw.api
+        assert api is not None
+        kubeconfig = kw.call(api.kubeconfig_path)
+        proc = CiliaProcess([], extra=["--kubernetes", "--kubeconfig", kubeconfig, "--lease-namespace", "default",
+                                       "--leader-identity", "proc-1", "--lease-duration", "2",
+                                       "--lease-renew-deadline", "1.5", "--lease-retry-period", "0.2"]).start()
+        lease = "coordination.k8s.io/v1"
+
+        def holder() -> str | None:
+            obj = kw.call(api.get, lease, "Lease", "cilia-leader", "default")
+            return None if obj is None else obj["spec"].get("holderIdentity")
+
+        deadline = time.monotonic() + 10
+        while holder() != "proc-1" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder() == "proc-1"
+        assert proc.admin_json("/debug/issues") == []
+        proc.stop()  # SIGTERM: the lease is released for a successor
+        assert proc.proc is not None and proc.proc.returncode == 0, proc.log.read_text()
+        assert holder() is None
+    finally:
+        if proc is not None:
+            proc.stop()
+        kw.stop()
+
+
+def test_cilia_serve_kubernetes_bad_kubeconfig(tmp_path: Any) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
+    res = subprocess.run([sys.executable, "-m", "cilia", "serve", "--kubernetes", "--kubeconfig", str(bad),
+                          "--xds", "127.0.0.1:0", "--admin", "127.0.0.1:0"], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 1 and "cannot configure the Kubernetes client" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "cilia", "serve", "--kubernetes", "--lease-duration", "1",
+                          "--lease-renew-deadline", "2"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "renew deadline < lease duration" in res.stderr
