@@ -8,12 +8,12 @@ demo: setup
 	.venv/bin/python examples/quickstart/demo.py
 
 test: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests $(wildcard bench)
 	.venv/bin/mypy
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 lint: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests $(wildcard bench)
 	.venv/bin/mypy
 
 bench: setup

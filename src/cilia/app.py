@@ -15,10 +15,10 @@ from aiohttp import web
 from cilia.diagnostics import Issue
 from cilia.identity import ProxyId
 from cilia.k8s.filesource import FileSource
-from cilia.k8s.store import Store
+from cilia.k8s.store import InputSnapshot, Store
 from cilia.obs.admin import make_admin_app, start_admin
 from cilia.render.dump import proxy_config_json
-from cilia.render.world import ResourceCache, render_world
+from cilia.render.world import RenderedWorld, ResourceCache, render_world
 from cilia.translate import ENDPOINT_KINDS, TranslationResult, translate
 from cilia.translate.context import TranslateOptions
 from cilia.xds.cache import ConfigCache
@@ -103,11 +103,25 @@ class ControlPlane:
         self.counters.source_events += 1
         self._changed.set()
 
+    def _build(self, snapshot: InputSnapshot) -> tuple[TranslationResult, RenderedWorld]:
+        """Translate and render; pure apart from the render cache, so it may run off the event loop."""
+        result = translate(snapshot, self.opts.translate, self.result)
+        return result, render_world(result.ir, self.render_cache, snapshot.revision)
+
     def rebuild(self) -> None:
         t0 = time.perf_counter()
         snapshot = self.store.snapshot()
-        self.result = translate(snapshot, self.opts.translate, self.result)
-        world = render_world(self.result.ir, self.render_cache, snapshot.revision)
+        self._publish(snapshot, *self._build(snapshot), t0)
+
+    async def rebuild_async(self) -> None:
+        """Rebuild in a worker thread so that xDS streams keep being served meanwhile."""
+        t0 = time.perf_counter()
+        snapshot = self.store.snapshot()
+        result, world = await asyncio.to_thread(self._build, snapshot)
+        self._publish(snapshot, result, world, t0)
+
+    def _publish(self, snapshot: InputSnapshot, result: TranslationResult, world: RenderedWorld, t0: float) -> None:
+        self.result = result
         self.render_issues = world.issues
         self.cache.set_world(world)
         dt = time.perf_counter() - t0
@@ -135,7 +149,7 @@ class ControlPlane:
             self._changed.clear()
             self._changed_kinds.clear()
             try:
-                self.rebuild()
+                await self.rebuild_async()
             except Exception:
                 log.exception("rebuild failed; the previous configuration stays in place")
 

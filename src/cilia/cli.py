@@ -23,10 +23,22 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress-https-port", type=int, default=443, help="Ingress HTTPS listener port (default 443)")
     p.add_argument("--ingress-address", default="0.0.0.0", help="address Ingress listeners bind (default 0.0.0.0)")
     p.add_argument("--ingress-status-address", default="",
-                   help="address reported in Ingress status.loadBalancer (default: --ingress-address)")
+                   help="address reported in Ingress status.loadBalancer (default: --ingress-address; "
+                        "a wildcard address is reported as loopback)")
+    p.add_argument("--ingress-default-mode", choices=("dedicated", "shared"), default="dedicated",
+                   help="where Ingresses without ingress.cilia.io/loadbalancer-mode are served: dedicated "
+                        "(ingress~CLASS proxies only) or shared (also every node~NAME proxy); default dedicated")
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
+    p.add_argument("--mesh-capture-address", default="127.0.0.1",
+                   help="address the node Envoy's outbound capture listener binds (default 127.0.0.1)")
+    p.add_argument("--mesh-sidecar-capture-address", default="127.0.0.1",
+                   help="address a sidecar's outbound capture listener binds; 'pod-ip' = the pod's IP")
+    p.add_argument("--mesh-inbound-address", default="0.0.0.0",
+                   help="address a sidecar's inbound listener binds; 'pod-ip' = the pod's IP (default 0.0.0.0)")
+    p.add_argument("--mesh-capture-port", type=int, default=15001, help="outbound capture port (default 15001)")
+    p.add_argument("--mesh-inbound-port", type=int, default=15006, help="sidecar inbound port (default 15006)")
 
 
 def _translate_options(args: argparse.Namespace) -> Any:
@@ -35,7 +47,12 @@ def _translate_options(args: argparse.Namespace) -> Any:
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
-                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
+                            ingress_default_mode=args.ingress_default_mode,
+                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
+                            mesh_capture_address=args.mesh_capture_address,
+                            mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
+                            mesh_inbound_address=args.mesh_inbound_address,
+                            mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port)
 
 
 def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:
@@ -128,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--delta", dest="delta", action="store_true", default=True, help="Delta ADS (default)")
     group.add_argument("--sotw", dest="delta", action="store_false", help="State-of-the-World ADS")
     bs.add_argument("--pod-ip", default=None, help="pod IP for node metadata (default: $POD_IP)")
+    bs.add_argument("--node-name", default=None, help="Kubernetes node for node metadata (default: $NODE_NAME)")
+    bs.add_argument("--readiness-port", type=int, default=None,
+                    help="serve GET /ready on POD_IP:PORT (sidecars: default the admin port)")
     bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
 
     inj = sub.add_parser("inject", help="add the Envoy sidecar to Pods, Deployments, ... (offline webhook)")
@@ -135,9 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="YAML file or directory ('-' for stdin); multi-document")
     _add_inject_options(inj)
 
+    ag = sub.add_parser("agent", help="eBPF redirect agent: steer mesh pod traffic into the proxy (root)")
+    from cilia.bpf.agent import add_arguments as add_agent_arguments
+
+    add_agent_arguments(ag)
+
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    for sp in (serve, tr, bs, inj, st):  # the agent parser has its own --log-level
+        sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
+                        help="log verbosity (also accepted before the command)")
     return parser
 
 
@@ -178,7 +206,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     try:
         proxy = ProxyId.parse(args.proxy)
-        cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip)
+        cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip,
+                               node_name=args.node_name, readiness_port=args.readiness_port)
     except (CiliaError, ValueError) as exc:
         print(f"cilia: {exc}", file=sys.stderr)
         return 2
@@ -197,11 +226,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         proxies = _fetch_json(args.admin, "/debug/proxies")
         issues = _fetch_json(args.admin, "/debug/issues")
+        statuses = _fetch_json(args.admin, "/debug/status")
     except (urllib.error.URLError, OSError) as exc:
         print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
         return 2
     if args.output == "json":
-        print(json.dumps({"proxies": proxies, "issues": issues}, indent=2))
+        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses}, indent=2))
         return 0
     types = list(SHORT_NAMES.values())
     header = ["PROXY", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
@@ -215,12 +245,25 @@ def cmd_status(args: argparse.Namespace) -> int:
             if ts and ts.get("last_nack"):
                 nack = f"{t}: {ts['last_nack']}"
         rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
-                     (nack[:100] + "...") if len(nack) > 100 else (nack or "-")])
+                     (nack[:160] + "...") if len(nack) > 160 else (nack or "-")])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
     if not proxies:
         print("(no proxies have connected)")
+    agents = {pid: p["reported"] for pid, p in proxies.items() if pid.startswith("agent~") and p.get("reported")}
+    if agents:
+        print("\nAGENT  PHASE  PROGRAMS  MAP ENTRIES  LAST ERROR")
+        for pid, rep in agents.items():
+            entries = int(sum((rep.get("map_entries") or {}).values()))
+            print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
+                  f"{rep.get('last_error') or '-'}")
+    if statuses:
+        print(f"\n{len(statuses)} object status(es):")
+        for st in statuses:
+            md = st["metadata"]
+            name = f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
+            print(f"  {st['kind']} {name}: {json.dumps(st['status'], separators=(',', ':'))}")
     if issues:
         print(f"\n{len(issues)} configuration issue(s):")
         for i in issues:
@@ -237,6 +280,15 @@ def cmd_inject(args: argparse.Namespace) -> int:
         print(f"cilia: {exc}", file=sys.stderr)
         return 2
     return int(run_inject_cli(args.path, cfg))
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from cilia.bpf.agent import run_from_args
+
+    try:
+        return asyncio.run(run_from_args(args))
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -276,7 +328,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
-            "inject": cmd_inject}
+            "inject": cmd_inject, "agent": cmd_agent}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

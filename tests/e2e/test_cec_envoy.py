@@ -134,6 +134,16 @@ def test_cec_routes_live_edits_and_nack(world: tuple[ManifestDir, list[EchoBacke
         envoy.wait_for(nacked, timeout=3, what="NACK visible")
         assert get(url + "/other").json()["backend"] == "other"
 
+        # A manifest that does not parse changes nothing that serves, and is reported.
+        rebuilds = cp.call(lambda: cp.cp.counters.rebuilds)
+        md.write("cec.yaml", "apiVersion: cilium.io/v2\nkind: [broken\n")
+        envoy.wait_for(lambda: any("cec.yaml" in i["text"] and "cannot parse" in i["text"]
+                                   for i in cp.admin_json("/debug/issues")), timeout=3, what="parse error reported")
+        assert get(url + "/other").json()["backend"] == "other"
+        proxies = cp.admin_json("/debug/proxies")["node~local"]["types"]
+        assert proxies["routes"]["state"] == "SYNCED"
+        assert cp.call(lambda: cp.cp.counters.rebuilds) >= rebuilds
+
         # Removing the listener: the port stops serving.
         md.write("cec.yaml", cec(port, [route("/", "default/echo")], with_listener=False))
         envoy.wait_for(lambda: "default/demo/listener" not in envoy.listeners(), what="listener removed")

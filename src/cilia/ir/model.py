@@ -128,6 +128,9 @@ class Redirect:
     path_full: str | None = None
     path_prefix: str | None = None  # replaces the matched prefix
     status_code: int = 302
+    # With `path_prefix`: the route's element-wise prefix. Then the prefix and the slashes after it are
+    # replaced as for Rewrite.path_prefix (so "/foo" -> "/" turns "/foo/bar" into "/bar", not "//bar").
+    matched_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,9 @@ class Route:
     mirrors: tuple[Mirror, ...] = ()
     timeout_ms: int | None = None  # whole request; 0 disables
     per_try_timeout_ms: int | None = None
+    # Status for requests whose chosen cluster does not exist (a backend left unresolved on purpose,
+    # e.g. an invalid backendRef keeping its share of traffic): 0 = Envoy's default 503, or 404/500.
+    cluster_not_found_status: int = 0
     sources: Sources = ()
 
 
@@ -180,6 +186,7 @@ class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
     sources: Sources = ()
+    ignore_port_in_host_matching: bool = False  # match `Host: name:PORT` to the domain `name`
 
 
 # -- listeners --------------------------------------------------------------------------------------
@@ -195,6 +202,8 @@ class HttpApp:
     stat_prefix: str = ""
     access_log: bool = True
     codec: Literal["auto", "http1", "http2"] = "auto"
+    use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
+    strip_host_port: bool = False  # drop any :port from Host before routing (host matching, redirects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +221,7 @@ class FilterChain:
     destination_cidrs: tuple[str, ...] = ()  # original destination match (mesh capture)
     destination_port: int = 0
     tls: TlsTermination | None = None
+    source_cidrs: tuple[str, ...] = ()  # client address match (mesh: which namespace a client pod is in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +234,7 @@ class Listener:
     listener_filters: tuple[Literal["tls_inspector", "original_dst", "http_inspector"], ...] = ()
     passthrough_cluster: str = ""  # default chain forwards to the original destination
     sources: Sources = ()
+    direction: Literal["", "inbound", "outbound"] = ""  # Envoy traffic_direction (stats, tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +255,37 @@ class RawResource:
     body: Mapping[str, Any]
     sources: Sources = ()
     field: str = ""  # where the user wrote it, e.g. "spec.resources[2]"
+
+
+# -- eBPF redirect policy (for the node agent) -------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RedirectPod:
+    namespace: str
+    name: str
+    uid: str
+    cgroup_path: str  # relative to the agent's cgroup root; empty: the agent finds it by UID
+    pod_ips: tuple[str, ...]
+    mode: Literal["node", "sidecar"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectService:
+    namespace: str
+    name: str
+    vip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectPolicy:
+    """What one node's agent steers into the proxy. `name` is the node name."""
+
+    name: str
+    pods: tuple[RedirectPod, ...]
+    services: tuple[RedirectService, ...]
+    proxy_port: int = 0  # 0: the agent's --proxy-address
+    inbound_port: int = 0  # 0: the agent's default (15006)
+    sources: Sources = ()
 
 
 # -- who gets what ----------------------------------------------------------------------------------
@@ -287,11 +329,23 @@ class ProxyScope:
     roles: frozenset[str]
     names: frozenset[str] | None = None
     node_selector: NodeSelector | None = None
+    # Roles whose NAME is NAMESPACE/NAME (sidecar, gateway) match only in these namespaces; other roles
+    # (node serves every namespace) are not filtered by it.
+    namespaces: frozenset[str] | None = None
+
+    def may_overlap(self, other: ProxyScope) -> bool:
+        """Whether some proxy could be in both scopes (node selectors are not compared)."""
+        if not self.roles & other.roles:
+            return False
+        return self.names is None or other.names is None or bool(self.names & other.names)
 
     def matches(self, role: str, name: str, node_labels: Mapping[str, Mapping[str, str]]) -> bool:
         if role not in self.roles:
             return False
         if self.names is not None and name not in self.names:
+            return False
+        if self.namespaces is not None and role in ("sidecar", "gateway") and \
+                name.partition("/")[0] not in self.namespaces:
             return False
         if self.node_selector is not None and role == "node" and name in node_labels:
             return self.node_selector.matches(node_labels[name])
@@ -310,6 +364,7 @@ class Bundle:
     endpoints: tuple[EndpointSet, ...] = ()
     secrets: tuple[Secret, ...] = ()
     raw: tuple[RawResource, ...] = ()
+    redirect_policies: tuple[RedirectPolicy, ...] = ()
     extra: tuple[tuple[str, str, bytes], ...] = ()  # (type_url, name, serialized message) of cilia's own types
     sources: Sources = ()
 

@@ -62,12 +62,13 @@ class ServiceSpec:
     ports: tuple[ServicePort, ...]
     selector: Mapping[str, str]
     external_name: str
+    publish_not_ready: bool = False  # spec.publishNotReadyAddresses: not-ready endpoints take traffic too
 
     def port(self, ref: int | str) -> ServicePort | None:
-        for p in self.ports:
-            if (isinstance(ref, int) and p.port == ref) or (isinstance(ref, str) and p.name == ref):
-                return p
-        return None
+        """The port by number or name; a number shared by TCP and UDP ports means the TCP one."""
+        found = [p for p in self.ports
+                 if (isinstance(ref, int) and p.port == ref) or (isinstance(ref, str) and p.name == ref)]
+        return next((p for p in found if p.protocol in ("TCP", "")), found[0] if found else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,7 @@ def _parse_service(raw: Mapping[str, Any], meta: Meta) -> ServiceSpec:
     if stype == "ExternalName" and not external:
         raise ValidationError("spec.externalName", "is required for type ExternalName")
     return ServiceSpec(stype, tuple(ips), headless, tuple(ports), str_map(spec.get("selector"), "spec.selector"),
-                       external)
+                       external, bool(get_bool(spec, "publishNotReadyAddresses", "spec", default=False)))
 
 
 def _parse_slice_endpoint(e: Any, path: str, address_type: str) -> SliceEndpoint:

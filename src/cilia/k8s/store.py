@@ -205,6 +205,10 @@ class Store:
         self._pending_changes.clear()
         return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
 
+    def snapshot_count(self) -> int:
+        """How many objects the store holds now (all kinds)."""
+        return sum(len(v) for v in self._kinds.values())
+
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         """The current object, between snapshots (for lookups such as the webhook's)."""
         return self._kinds.get(kind, {}).get((namespace, name))

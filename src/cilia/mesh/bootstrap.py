@@ -1,35 +1,182 @@
-"""Envoy bootstrap for each proxy role: admin on loopback, everything else over ADS from cilia."""
+"""Envoy bootstrap for each proxy role: admin on loopback, everything else over ADS from cilia.
+
+Per role, the bootstrap carries:
+- `node.id` = `ROLE~NAME` (DESIGN §4), `node.cluster` = `cilia-ROLE`, and `node.metadata` with the
+  role, the name and its parts (namespace, pod, gateway, ingress class), the pod IP (`--pod-ip`,
+  else `$POD_IP`), the node name (`--node-name`, else `$NODE_NAME`; the NAME itself for `node`);
+- stats tags with fixed values naming the proxy, so metrics from many proxies stay apart:
+  `cilia_role`, `cilia_proxy`, and `cilia_node` (node), `cilia_namespace` + `cilia_pod` (sidecar),
+  `cilia_namespace` + `cilia_gateway` (gateway), `cilia_ingress_class` (ingress);
+- for sidecars with a known pod IP: a static listener `cilia|readiness` on POD_IP:READINESS_PORT
+  (default: the admin port) that answers only `GET /ready` by asking the admin endpoint. The kubelet
+  probes the pod IP, while admin stays on loopback; the injected sidecar's readiness probe is
+  `/ready` on the admin port, so with the defaults the two meet. Other roles get it only when a
+  readiness port is given explicitly.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Mapping
 from typing import Any
 
+from cilia import __version__
 from cilia.identity import ProxyId
 
 XDS_CLUSTER = "cilia-xds"
+ADMIN_CLUSTER = "cilia-admin"
+READINESS_LISTENER = "cilia|readiness"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 def _split_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or not host:
         raise ValueError(f"--xds must be HOST:PORT, got {value!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"--xds port must be 1-65535, got {port}")
     return host.strip("[]"), int(port)
 
 
-def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: int = 19901, delta: bool = True,
-                     pod_ip: str | None = None, extra_metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    """A bootstrap as a plain dict (YAML/JSON-ready). `pod_ip` defaults to $POD_IP when set."""
-    host, port = _split_hostport(xds)
-    is_ip = host.replace(".", "").isdigit() or ":" in host
-    metadata: dict[str, str] = {"role": proxy.role, "cilia.io/proxy-name": proxy.name}
-    pod_ip = pod_ip if pod_ip is not None else os.environ.get("POD_IP", "")
-    if pod_ip:
-        metadata["pod_ip"] = pod_ip
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _shadows_admin(address: str, port: int, admin_port: int) -> bool:
+    """A readiness listener there would collide with admin itself (which then answers /ready anyway)."""
+    ip = ipaddress.ip_address(address)
+    return port == admin_port and (ip.is_unspecified or str(ip) == "127.0.0.1")
+
+
+def _check_port(value: int, what: str) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{what} must be 1-65535, got {value}")
+    return value
+
+
+def proxy_metadata(proxy: ProxyId, pod_ip: str, node_name: str) -> dict[str, str]:
+    """`node.metadata`: who this proxy is, in the words of each role."""
+    md: dict[str, str] = {"role": proxy.role, "cilia.io/proxy-name": proxy.name, "cilia.io/version": __version__}
     if proxy.namespace:
-        metadata["namespace"] = proxy.namespace
+        md["namespace"] = proxy.namespace
+    if proxy.role == "sidecar":
+        md["pod_name"] = proxy.short_name
+    elif proxy.role == "gateway":
+        md["gateway"] = proxy.short_name
+    elif proxy.role == "ingress":
+        md["ingress_class"] = proxy.name
+    if proxy.role == "node":
+        md["node_name"] = proxy.name
+    elif node_name:
+        md["node_name"] = node_name
+    if pod_ip:
+        md["pod_ip"] = pod_ip
+    return md
+
+
+def stats_tags(proxy: ProxyId) -> list[dict[str, str]]:
+    """Fixed-value tags added to every stat of this proxy."""
+    tags = [("cilia_role", proxy.role), ("cilia_proxy", proxy.name)]
+    if proxy.role == "node":
+        tags.append(("cilia_node", proxy.name))
+    elif proxy.role == "sidecar":
+        tags += [("cilia_namespace", proxy.namespace), ("cilia_pod", proxy.short_name)]
+    elif proxy.role == "gateway":
+        tags += [("cilia_namespace", proxy.namespace), ("cilia_gateway", proxy.short_name)]
+    elif proxy.role == "ingress":
+        tags.append(("cilia_ingress_class", proxy.name))
+    return [{"tag_name": name, "fixed_value": value} for name, value in tags]
+
+
+def _static_cluster(name: str, host: str, port: int, *, http2: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}}},
+            },
+        }
+    return cluster
+
+
+def readiness_listener(address: str, port: int) -> dict[str, Any]:
+    """`GET /ready` on ADDRESS:PORT answered by the admin endpoint; everything else 404."""
+    return {
+        "name": READINESS_LISTENER,
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": HCM_TYPE,
+                "stat_prefix": "cilia_readiness",
+                "codec_type": "AUTO",
+                "route_config": {
+                    "name": READINESS_LISTENER,
+                    "virtual_hosts": [{
+                        "name": "readiness",
+                        "domains": ["*"],
+                        "routes": [
+                            {"match": {"path": "/ready", "headers": [
+                                {"name": ":method", "string_match": {"exact": "GET"}}]},
+                             "route": {"cluster": ADMIN_CLUSTER, "timeout": "2s"}},
+                            {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                        ],
+                    }],
+                },
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}],
+            },
+        }]}],
+    }
+
+
+def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: int = 19901, delta: bool = True,
+                     pod_ip: str | None = None, extra_metadata: dict[str, str] | None = None, *,
+                     node_name: str | None = None, readiness_port: int | None = None,
+                     env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A bootstrap as a plain dict (YAML/JSON-ready).
+
+    `pod_ip` and `node_name` default to $POD_IP and $NODE_NAME (`env`, default the process
+    environment), as the injected bootstrap step sets them from the downward API.
+    """
+    env = os.environ if env is None else env
+    host, port = _split_hostport(xds)
+    _check_port(admin_port, "--admin-port")
+    pod_ip = (pod_ip if pod_ip is not None else env.get("POD_IP", "")).strip()
+    if pod_ip and not _is_ip(pod_ip):
+        raise ValueError(f"pod IP {pod_ip!r} is not an IP address")
+    node_name = node_name if node_name is not None else env.get("NODE_NAME", "")
+    metadata = proxy_metadata(proxy, pod_ip, node_name)
     metadata.update(extra_metadata or {})
     ads_source = {"ads": {}, "resource_api_version": "V3"}
+    clusters = [_static_cluster(XDS_CLUSTER, host, port, http2=True)]
+    listeners: list[dict[str, Any]] = []
+    if readiness_port is not None:
+        _check_port(readiness_port, "--readiness-port")
+    ready_port = readiness_port or admin_port
+    wanted = proxy.role == "sidecar" or readiness_port is not None
+    if pod_ip and wanted and not _shadows_admin(pod_ip, ready_port, admin_port):
+        listeners.append(readiness_listener(pod_ip, ready_port))
+        clusters.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port))
+    static: dict[str, Any] = {"clusters": clusters}
+    if listeners:
+        static["listeners"] = listeners
     return {
         "node": {
             "id": str(proxy),
@@ -49,31 +196,8 @@ def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: i
             "cds_config": ads_source,
             "lds_config": ads_source,
         },
-        "static_resources": {
-            "clusters": [{
-                "name": XDS_CLUSTER,
-                "type": "STATIC" if is_ip else "STRICT_DNS",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {
-                            "connection_keepalive": {"interval": "30s", "timeout": "5s"}}},
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": XDS_CLUSTER,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                        "socket_address": {"address": host, "port_value": port}}}}]}],
-                },
-            }],
-        },
-        "stats_config": {
-            "stats_tags": [
-                {"tag_name": "cilia_role", "fixed_value": proxy.role},
-                {"tag_name": "cilia_proxy", "fixed_value": proxy.name},
-            ],
-        },
+        "static_resources": static,
+        "stats_config": {"stats_tags": stats_tags(proxy)},
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {
             "overload.global_downstream_max_connections": 50000}}]},
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -48,6 +49,11 @@ REDIRECT_CODES = {
     303: route_components_pb2.RedirectAction.SEE_OTHER,
     307: route_components_pb2.RedirectAction.TEMPORARY_REDIRECT,
     308: route_components_pb2.RedirectAction.PERMANENT_REDIRECT,
+}
+CLUSTER_NOT_FOUND_CODES = {
+    503: route_components_pb2.RouteAction.SERVICE_UNAVAILABLE,
+    404: route_components_pb2.RouteAction.NOT_FOUND,
+    500: route_components_pb2.RouteAction.INTERNAL_SERVER_ERROR,
 }
 HEALTH = {"HEALTHY": health_check_pb2.HEALTHY, "UNHEALTHY": health_check_pb2.UNHEALTHY,
           "DRAINING": health_check_pb2.DRAINING}
@@ -207,19 +213,21 @@ def _apply_rewrite(action: route_components_pb2.RouteAction, rw: ir.Rewrite, mat
         action.regex_rewrite.pattern.regex = "^/.*$" if _prefix_of(match) is None else "^.*$"
         action.regex_rewrite.substitution = rw.path_full
     elif rw.path_prefix is not None:
-        prefix = (_prefix_of(match) or "/").rstrip("/")
-        new = rw.path_prefix
-        if new == "/" or new == "":
-            # Replace the matched prefix and any slashes after it with a single "/", so that
-            # "/foo" -> "/" turns "/foo/bar" into "/bar" (not "//bar") and "/foo" into "/".
-            action.regex_rewrite.pattern.regex = "^" + re.escape(prefix) + "/*"
-            action.regex_rewrite.substitution = "/"
-        elif prefix:
-            action.regex_rewrite.pattern.regex = "^" + re.escape(prefix) + "(/.*)?$"
-            action.regex_rewrite.substitution = new.rstrip("/") + r"\1"
-        else:
-            action.regex_rewrite.pattern.regex = "^/(.*)$"
-            action.regex_rewrite.substitution = new.rstrip("/") + r"/\1"
+        pattern, substitution = _prefix_replacement((_prefix_of(match) or "/"), rw.path_prefix)
+        action.regex_rewrite.pattern.regex = pattern
+        action.regex_rewrite.substitution = substitution
+
+
+def _prefix_replacement(matched: str, new: str) -> tuple[str, str]:
+    """Regex and substitution replacing an element-wise path prefix with `new`."""
+    prefix = matched.rstrip("/")
+    if new == "/" or new == "":
+        # Replace the matched prefix and any slashes after it with a single "/", so that
+        # "/foo" -> "/" turns "/foo/bar" into "/bar" (not "//bar") and "/foo" into "/".
+        return "^" + re.escape(prefix) + "/*", "/"
+    if prefix:
+        return "^" + re.escape(prefix) + "(/.*)?$", new.rstrip("/") + r"\1"
+    return "^/(.*)$", new.rstrip("/") + r"/\1"
 
 
 def render_route(r: ir.Route) -> route_components_pb2.Route:
@@ -239,6 +247,10 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
             red.port_redirect = rd.port
         if rd.path_full is not None:
             red.path_redirect = rd.path_full
+        elif rd.path_prefix is not None and rd.matched_prefix is not None:
+            pattern, substitution = _prefix_replacement(rd.matched_prefix, rd.path_prefix)
+            red.regex_rewrite.pattern.regex = pattern
+            red.regex_rewrite.substitution = substitution
         elif rd.path_prefix is not None:
             red.prefix_rewrite = rd.path_prefix
         red.response_code = REDIRECT_CODES.get(rd.status_code, route_components_pb2.RedirectAction.FOUND)
@@ -253,6 +265,8 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
         out.direct_response.status = 500
         return out
     action = out.route
+    if r.cluster_not_found_status:
+        action.cluster_not_found_response_code = CLUSTER_NOT_FOUND_CODES[r.cluster_not_found_status]
     if len(live) == 1 and live[0].request_headers.empty and live[0].response_headers.empty:
         action.cluster = live[0].cluster
     else:
@@ -286,6 +300,8 @@ def _fraction(percent: float) -> percent_pb2.FractionalPercent:
 def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
     out = route_pb2.RouteConfiguration(name=rc.name)
     out.validate_clusters.value = False  # a missing cluster gives 503 on that route, not a rejected config
+    if rc.ignore_port_in_host_matching:
+        out.ignore_port_in_host_matching = True
     for vh in rc.virtual_hosts:
         v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
         if vh.require_tls:
@@ -296,7 +312,9 @@ def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
 
 
 # -- listeners ----------------------------------------------------------------------------------------
+@functools.cache
 def access_log() -> accesslog_pb2.AccessLog:
+    """Built once: appending it to a repeated field copies it, so the cached message is never changed."""
     fmt = struct_pb2.Struct()
     fmt.update(ACCESS_LOG_FIELDS)
     cfg = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
@@ -314,6 +332,10 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
     hcm.normalize_path.value = True
     hcm.merge_slashes = True
     hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT
+    if app.use_remote_address:
+        hcm.use_remote_address.value = True
+    if app.strip_host_port:
+        hcm.strip_any_host_port = True
     if app.access_log:
         hcm.access_log.append(access_log())
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
@@ -347,6 +369,8 @@ def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterCha
         out.filter_chain_match.destination_port.value = fc.destination_port
     for cidr in fc.destination_cidrs:
         out.filter_chain_match.prefix_ranges.append(_cidr(cidr))
+    for cidr in fc.source_cidrs:
+        out.filter_chain_match.source_prefix_ranges.append(_cidr(cidr))
     if fc.tls is not None:
         out.filter_chain_match.transport_protocol = "tls"
         ctx = tls_pb2.DownstreamTlsContext()
@@ -371,8 +395,13 @@ LISTENER_FILTERS = {
 }
 
 
+TRAFFIC_DIRECTION = {"inbound": base_pb2.INBOUND, "outbound": base_pb2.OUTBOUND}
+
+
 def render_listener(li: ir.Listener) -> listener_pb2.Listener:
     out = listener_pb2.Listener(name=li.name, address=socket_address(li.address, li.port))
+    if li.direction:
+        out.traffic_direction = TRAFFIC_DIRECTION[li.direction]
     for lf in li.listener_filters:
         name, cls = LISTENER_FILTERS[lf]
         out.listener_filters.add(name=name, typed_config=pack(cls()))

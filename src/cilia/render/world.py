@@ -12,7 +12,18 @@ from cilia.identity import ProxyId
 from cilia.ir import model as ir
 from cilia.render import envoy as r
 from cilia.render.raw import RawParseError, parse_raw
-from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_ORDER, Resource, set_version
+from cilia.render.redirect import render_redirect_policy
+from cilia.render.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    REDIRECT_POLICY,
+    ROUTE,
+    SECRET,
+    TYPE_ORDER,
+    Resource,
+    set_version,
+)
 
 TypeMap = Mapping[str, Mapping[str, Resource]]
 EMPTY: Mapping[str, Resource] = MappingProxyType({})
@@ -107,13 +118,14 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (CLUSTER, "clusters", r.render_cluster),
     (ENDPOINT, "endpoints", r.render_endpoints),
     (SECRET, "secrets", r.render_secret),
+    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy),
 )
 
 
 def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generation: int = 0) -> RenderedWorld:
     cache = cache or ResourceCache()
     issues: list[Issue] = []
-    owners: dict[tuple[str, str], tuple[str, str]] = {}  # (type, name) -> (who defined it, version)
+    owners: dict[tuple[str, str], list[tuple[str, str, ir.ProxyScope]]] = {}  # -> (who, version, scope)
     rendered: list[RenderedBundle] = []
     for bundle in sorted(model.bundles, key=lambda b: b.key):
         resources: dict[str, dict[str, Resource]] = {}
@@ -136,16 +148,17 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
             resources.setdefault(type_url, {})[extra_name] = Resource(type_url, extra_name, body)
         if bad:
             continue  # a config with a resource that does not parse is rejected whole
-        for type_url, by_name in list(resources.items()):
-            for name, res in list(by_name.items()):
-                prev = owners.get((type_url, name))
-                if prev is not None and prev[1] != res.version:
-                    issues.append(Issue(", ".join(bundle.sources) or bundle.key, "name",
-                                        f"{type_url.rsplit('.', 1)[-1]} {name!r} is also defined, differently, "
-                                        f"by {prev[0]}; this definition is ignored"))
-                    del by_name[name]
-                    continue
-                owners[(type_url, name)] = (", ".join(bundle.sources) or bundle.key, res.version)
+        who = ", ".join(bundle.sources) or bundle.key
+        for type_url, by_name in resources.items():
+            for name, res in by_name.items():
+                for prev_who, prev_version, prev_scope in owners.get((type_url, name), ()):
+                    if prev_version != res.version and prev_scope.may_overlap(bundle.scope):
+                        # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
+                        issues.append(Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also defined, "
+                                            f"differently, by {prev_who}; proxies that receive both use that one",
+                                            severity="warning"))
+                        break
+                owners.setdefault((type_url, name), []).append((who, res.version, bundle.scope))
         rendered.append(RenderedBundle(bundle.key, bundle.scope,
                                        MappingProxyType({t: MappingProxyType(v) for t, v in resources.items()})))
     pool = {name: cache.get(ENDPOINT, es, r.render_endpoints, name) for name, es in model.endpoints.items()}

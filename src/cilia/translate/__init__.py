@@ -10,12 +10,23 @@ from cilia.ir.model import Bundle, EndpointSet, MeshIR, ServiceRedirect
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.gateway import translate_gateway
+from cilia.translate.ingress import translate_ingresses
+from cilia.translate.mesh import translate_mesh
+from cilia.translate.redirect import translate_redirects
 from cilia.translate.services import translate_services
 
 Translator = Callable[[InputSnapshot, TranslateOptions], Partial]
 
 # Order matters only for readability of output; every translator sees the same snapshot.
-TRANSLATORS: tuple[Translator, ...] = (translate_services, translate_envoy_configs)
+TRANSLATORS: tuple[Translator, ...] = (
+    translate_services,
+    translate_envoy_configs,
+    translate_mesh,
+    translate_redirects,
+    translate_ingresses,
+    translate_gateway,
+)
 
 
 ENDPOINT_KINDS = frozenset({"EndpointSlice", "Endpoints"})

@@ -16,11 +16,20 @@ class TranslateOptions:
     ingress_https_port: int = 443
     ingress_address: str = "0.0.0.0"
     ingress_status_address: str = ""  # reported in Ingress status.loadBalancer; empty = ingress_address
+    ingress_default_mode: str = "dedicated"  # Ingresses without ingress.cilia.io/loadbalancer-mode: dedicated|shared
     local_cluster: str = "default"  # ClusterMesh: the name of this cluster
     mesh_default_mode: str = "off"  # node | sidecar | off
     mesh_capture_port: int = 15001
     mesh_inbound_port: int = 15006
-    gateway_address: str = "0.0.0.0"
+    # Bind addresses of the mesh listeners. "pod-ip" (sidecar listeners only) binds the pod's own IP,
+    # which gives each sidecar a listener of its own (several sidecars sharing one network namespace).
+    mesh_capture_address: str = "127.0.0.1"  # node~ outbound capture listener
+    mesh_sidecar_capture_address: str = "127.0.0.1"  # sidecar~ outbound capture listener
+    mesh_inbound_address: str = "0.0.0.0"  # sidecar~ inbound listener
+    gateway_address: str = "0.0.0.0"  # Gateway listeners bind here unless spec.addresses names an IPAddress
+    # lastTransitionTime for a status condition that is new or changed; empty: the object's
+    # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.
+    status_time: str = ""
 
 
 @dataclass(frozen=True, slots=True)

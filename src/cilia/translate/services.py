@@ -2,6 +2,25 @@
 
 Naming follows Cilium so CiliumEnvoyConfig clusters find their endpoints: `ns/svc` carries every
 port's endpoints, `ns/svc:PORT` (service port number) and `ns/svc:NAME` (named ports) one port's.
+
+Rules:
+- Endpoint conditions (KEP-1672): ready endpoints take traffic; terminating endpoints that are still
+  serving take it only when no endpoint of that port is ready anywhere; the rest never do. With
+  `publishNotReadyAddresses` every endpoint counts as ready, as the API asks of every consumer.
+- Ports: a slice port is matched to the Service port by name. A slice without ports (hand-written,
+  file mode) takes the numeric targetPort, a named targetPort looked up in the Pod it points to, or
+  the Service port.
+- Locality: zone from the endpoint's `zone`, else its Node's `topology.kubernetes.io/zone` label;
+  region from the Node's `topology.kubernetes.io/region`.
+- ClusterMesh: slices labelled `cilia.io/cluster: NAME` from other clusters count only for Services
+  annotated `service.cilium.io/global: "true"`; their localities carry the cluster name as sub_zone.
+  `service.cilium.io/affinity: local|remote|none` puts the preferred side at priority 0 and the other
+  at 1, so Envoy fails over only when the preferred side has no healthy endpoint.
+- Upstream protocol: `appProtocol` decides when set (`kubernetes.io/h2c`, `grpc`, `h2c`, `http2` ->
+  HTTP/2 with prior knowledge; anything else HTTP/1.1); without it, a port named `grpc`, `h2c` or
+  `http2` (or `grpc-...`, except `grpc-web`) means HTTP/2.
+- Headless Services (`clusterIP: None`) have no VIP but the same endpoints, so their pool entries are
+  the same; ExternalName Services have no endpoints and resolve to a DNS cluster for the name.
 """
 
 from __future__ import annotations
@@ -20,7 +39,10 @@ from cilia.translate.context import Partial, TranslateOptions
 CLUSTER_LABEL = "cilia.io/cluster"
 GLOBAL_ANNOTATION = "service.cilium.io/global"
 AFFINITY_ANNOTATION = "service.cilium.io/affinity"
-HTTP2_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "grpc", "http2", "kubernetes.io/grpc"})
+HTTP2_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "grpc", "http2"})
+HTTP2_PORT_NAMES = ("grpc", "h2c", "http2")
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
 
 
 def eds_name(namespace: str, service: str, port: int | str | None = None) -> str:
@@ -28,8 +50,14 @@ def eds_name(namespace: str, service: str, port: int | str | None = None) -> str
 
 
 def upstream_protocol(port: ServicePort) -> UpstreamProtocol:
+    """HTTP/2 (prior knowledge) or HTTP/1.1 towards the endpoints of this Service port."""
     app = port.app_protocol.lower()
-    if app in HTTP2_APP_PROTOCOLS or port.name.lower().startswith(("grpc", "h2c", "http2")):
+    if app:
+        return "http2" if app in HTTP2_APP_PROTOCOLS else "http1"
+    name = port.name.lower()
+    if name.startswith("grpc-web"):
+        return "http1"
+    if any(name == p or name.startswith(p + "-") for p in HTTP2_PORT_NAMES):
         return "http2"
     return "http1"
 
@@ -52,13 +80,23 @@ def resolve_backend(snapshot: InputSnapshot, namespace: str, name: str, port: in
         return BackendLookup(None, None, "BackendNotFound", f"Service {namespace}/{name} not found")
     svc: ServiceSpec = obj.spec
     if svc.type == "ExternalName":
-        if port is None or isinstance(port, str):
-            return BackendLookup(None, None, "PortNotFound",
-                                 f"Service {namespace}/{name} is ExternalName: a port number is required")
-        sp = svc.port(port) or ServicePort("", port, port, "TCP", "")
+        # A DNS alias: the client's port is used as is (targetPort means nothing for a CNAME).
+        if isinstance(port, str):
+            named = svc.port(port)
+            if named is None:
+                return BackendLookup(None, None, "PortNotFound",
+                                     f"Service {namespace}/{name} (ExternalName) has no port named {port!r}")
+            sp = named
+        elif port is None:
+            if len(svc.ports) != 1:
+                return BackendLookup(None, None, "PortNotFound",
+                                     f"Service {namespace}/{name} is ExternalName: a port number is required")
+            sp = svc.ports[0]
+        else:
+            sp = svc.port(port) or ServicePort("", port, port, "TCP", "")
         proto = protocol or upstream_protocol(sp)
-        cluster = Cluster(name=f"{namespace}/{name}:{port}", discovery="STRICT_DNS", protocol=proto,
-                          dns_name=svc.external_name, dns_port=port, sources=(str(obj.ref),))
+        cluster = Cluster(name=f"{namespace}/{name}:{sp.port}", discovery="STRICT_DNS", protocol=proto,
+                          dns_name=svc.external_name, dns_port=sp.port, sources=(str(obj.ref),))
         return BackendLookup(cluster, sp)
     if port is None:
         if len(svc.ports) != 1:
@@ -68,8 +106,14 @@ def resolve_backend(snapshot: InputSnapshot, namespace: str, name: str, port: in
     else:
         found = svc.port(port)
         if found is None:
-            return BackendLookup(None, None, "PortNotFound", f"Service {namespace}/{name} has no port {port!r}")
+            what = f"port {port}" if isinstance(port, int) else f"port named {port!r}"
+            hint = " (a headless Service needs its ports listed to be used as a backend)" \
+                if svc.headless and not svc.ports else ""
+            return BackendLookup(None, None, "PortNotFound", f"Service {namespace}/{name} has no {what}{hint}")
         sp = found
+    if sp.protocol not in ("TCP", ""):
+        return BackendLookup(None, sp, "PortNotFound", f"Service {namespace}/{name} port {sp.port} is "
+                                                       f"{sp.protocol}; only TCP ports can be backends")
     proto = protocol or upstream_protocol(sp)
     cname = eds_name(namespace, name, sp.port)
     return BackendLookup(Cluster(name=cname, eds_name=cname, protocol=proto, sources=(str(obj.ref),)), sp)
@@ -100,20 +144,24 @@ def _endpoint_port(sp: ServicePort, slc: EndpointSliceSpec, ep: SliceEndpoint,
     return None
 
 
-def _localities(entries: Iterable[tuple[str, str, Endpoint]], affinity: str, local_cluster: str,
+Entry = tuple[str, str, str, Endpoint]  # (cluster, region, zone, endpoint)
+
+
+def _localities(entries: Iterable[Entry], affinity: str, local_cluster: str,
                 is_global: bool) -> tuple[LocalityEndpoints, ...]:
-    groups: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
-    for cluster, zone, ep in entries:
-        groups[(cluster, zone)].append(ep)
+    groups: dict[tuple[str, str, str], list[Endpoint]] = defaultdict(list)
+    for cluster, region, zone, ep in entries:
+        groups[(cluster, region, zone)].append(ep)
     out = []
-    for (cluster, zone), eps in sorted(groups.items()):
+    for (cluster, region, zone), eps in sorted(groups.items()):
         priority = 0
         if is_global and affinity == "local":
             priority = 0 if cluster == local_cluster else 1
         elif is_global and affinity == "remote":
             priority = 0 if cluster != local_cluster else 1
-        out.append(LocalityEndpoints(tuple(sorted(set(eps), key=lambda e: (e.address, e.port))), zone=zone,
-                                     sub_zone=cluster if is_global else "", priority=priority))
+        out.append(LocalityEndpoints(tuple(sorted(set(eps), key=lambda e: (e.address, e.port, e.hostname))),
+                                     zone=zone, region=region, sub_zone=cluster if is_global else "",
+                                     priority=priority))
     # Envoy requires priorities to be contiguous from 0.
     used = sorted({loc.priority for loc in out})
     remap = {p: i for i, p in enumerate(used)}
@@ -126,6 +174,7 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
     for obj in snapshot.list("EndpointSlice"):
         by_service[(obj.meta.namespace, obj.spec.service_name)].append(obj.spec)
     pods = {f"{o.meta.namespace}/{o.meta.name}": o.spec for o in snapshot.list("Pod")}
+    node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
     pool: dict[str, EndpointSet] = {}
     issues: list[Issue] = []
     for svc_obj in snapshot.list("Service"):
@@ -140,14 +189,17 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
             issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
                                 f"must be local, remote or none, got {affinity!r}; using none", severity="warning"))
             affinity = "none"
+        if affinity != "none" and not is_global:
+            issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
+                                f"has no effect without {GLOBAL_ANNOTATION}: \"true\"", severity="warning"))
         slices = [s for s in _slices_for(snapshot, svc_obj, by_service)
                   if is_global or s.labels.get(CLUSTER_LABEL, opts.local_cluster) == opts.local_cluster]
-        all_ports: list[tuple[str, str, Endpoint]] = []
+        all_ports: list[Entry] = []
         for sp in svc.ports:
             if sp.protocol not in ("TCP", ""):
                 continue
-            ready: list[tuple[str, str, Endpoint]] = []
-            fallback: list[tuple[str, str, Endpoint]] = []
+            ready: list[Entry] = []
+            fallback: list[Entry] = []
             for slc in slices:
                 if slc.address_type == "FQDN":
                     continue
@@ -156,9 +208,12 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
                     port = _endpoint_port(sp, slc, ep, pods)
                     if port is None:
                         continue
+                    labels = node_labels.get(ep.node_name, {})
+                    zone = ep.zone or labels.get(ZONE_LABEL, "")
+                    region = labels.get(REGION_LABEL, "")
                     for addr in ep.addresses:
-                        entry = (cluster, ep.zone, Endpoint(addr, port, "HEALTHY", ep.hostname))
-                        if ep.ready:
+                        entry = (cluster, region, zone, Endpoint(addr, port, "HEALTHY", ep.hostname))
+                        if ep.ready or svc.publish_not_ready:
                             ready.append(entry)
                         elif ep.serving and ep.terminating:
                             fallback.append(entry)

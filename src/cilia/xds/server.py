@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from cilia.errors import UnknownProxyRole
@@ -190,6 +191,9 @@ class XdsServer:
                          context: grpc.aio.ServicerContext, allowed: frozenset[str], delta: bool) -> None:
         req = first
         while True:
+            if req.HasField("node") and "cilia_agent" in req.node.metadata.fields:
+                # The node agent reports its state (programs attached, map sizes) with each request.
+                stream.status.reported = json_format.MessageToDict(req.node.metadata.fields["cilia_agent"])
             type_url = req.type_url
             if type_url not in allowed:
                 known = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in allowed))

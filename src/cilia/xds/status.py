@@ -51,6 +51,7 @@ class ProxyStatus:
     last_seen: float = 0.0
     user_agent: str = ""
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    reported: dict[str, Any] = field(default_factory=dict)  # what the client reports of itself (agents)
 
     def type(self, type_url: str) -> TypeStatus:
         ts = self.types.get(type_url)
@@ -63,6 +64,7 @@ class ProxyStatus:
             "connected": self.streams > 0, "streams": self.streams, "variant": self.variant,
             "connected_since": self.connected_since or None, "user_agent": self.user_agent,
             "types": {SHORT_NAMES.get(t, t): ts.as_dict() for t, ts in sorted(self.types.items())},
+            **({"reported": self.reported} if self.reported else {}),
         }
 
 

@@ -115,6 +115,12 @@ class BaseStream:
         await self._write(payload)
         return ev
 
+    def _note_in_sync(self, type_url: str, version: str) -> None:
+        """A proxy that reconnected holding the current config is in sync without being sent anything."""
+        ts = self.status.type(type_url)
+        if not ts.version_sent:
+            ts.version_sent = ts.version_acked = version
+
     def _ordered_types(self) -> list[str]:
         known = [t for t in TYPE_ORDER if t in self.types]
         return known + sorted(t for t in self.types if t not in TYPE_ORDER)
@@ -245,6 +251,7 @@ class SotwStream(BaseStream):
         selected = self._selected(type_url, st, view)
         version = self._version(type_url, st, selected, view)
         if not st.force and version == st.sent_version:
+            self._note_in_sync(type_url, version)
             return None
         if type_url == CLUSTER:
             # Hold clusters that are going away until listeners and routes stop using them.
@@ -340,6 +347,7 @@ class DeltaStream(BaseStream):
     async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
         updates, absent = self._diff(type_url, st, view)
         if not updates and not absent:
+            self._note_in_sync(type_url, self._system_version(type_url, st, view))
             return None
         for r in updates:
             st.known[r.name] = r.version

@@ -1,0 +1,18 @@
+"""IR redirect policies -> cilia.redirect.v1.NodeRedirectPolicy messages for the eBPF node agent."""
+
+from __future__ import annotations
+
+from cilia.api import redirect_v1 as api
+from cilia.ir import model as ir
+
+MODES = {"node": api.NODE, "sidecar": api.SIDECAR}
+
+
+def render_redirect_policy(p: ir.RedirectPolicy) -> api.NodeRedirectPolicy:
+    out = api.NodeRedirectPolicy(node_name=p.name, proxy_port=p.proxy_port, inbound_port=p.inbound_port)
+    for pod in p.pods:
+        out.pods.add(namespace=pod.namespace, name=pod.name, uid=pod.uid, cgroup_path=pod.cgroup_path,
+                     pod_ips=list(pod.pod_ips), mode=MODES[pod.mode])
+    for svc in p.services:
+        out.services.add(namespace=svc.namespace, name=svc.name, vip=svc.vip, port=svc.port, protocol=api.TCP)
+    return out

@@ -1,0 +1,587 @@
+"""Gateway API -> listeners, routes, clusters and secrets for Gateway proxies, plus status conditions.
+
+Who serves a Gateway: its dedicated proxy `gateway~NAMESPACE/NAME`, and (shared mode, as Cilium) every
+`node~` proxy. Listeners bind the Gateway's first `spec.addresses` IPAddress, else
+`TranslateOptions.gateway_address`, and one Envoy listener serves each port:
+
+- HTTP port: one filter chain, one RouteConfig `gateway/NS/NAME/PORT`; a virtual host per hostname
+  routes served on that port. A hostname is served only by the Gateway listener that matches it most
+  specifically (listener isolation), and each virtual host holds every route whose hostnames match it,
+  the more specific hostname first, then in the HTTPRoute precedence order (see gateway_common).
+- HTTPS / TLS port: a filter chain per SNI (tls_inspector): HTTPS listeners terminate TLS with their
+  certificates and have a RouteConfig each (`gateway/NS/NAME/PORT/LISTENER`); TLS listeners pass the
+  stream through (or terminate and proxy TCP) to the TLSRoute backends chosen by SNI.
+- TCP port: the TCPRoute's backends.
+
+GAMMA routes (parentRef a Service) are translated in translate/gamma.py; their parent statuses are
+merged here so that every route gets one status stanza.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cilia.diagnostics import Issue
+from cilia.ir import model as ir
+from cilia.k8s.gateway import GROUP, GatewayListener, ObjectReference, ParentRef
+from cilia.k8s.objects import KubeObject
+from cilia.k8s.store import InputSnapshot
+from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.gamma import translate_gamma
+from cilia.translate.gateway_common import (
+    CONTROLLER,
+    Cond,
+    ListenerContext,
+    RankedRoute,
+    RuleBuilder,
+    conditions,
+    covers,
+    fallback_time,
+    host_rank,
+    intersect,
+    namespace_labels,
+    norm_group,
+    previous_status,
+    ref_permitted,
+    refs_condition,
+    resolve_ref,
+    route_age,
+    route_parent_status,
+    same_parent,
+)
+
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
+PROTOCOL_KINDS = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GRPCRoute"), "TLS": ("TLSRoute",),
+                  "TCP": ("TCPRoute",)}
+PORT_FAMILY = {"HTTP": "http", "HTTPS": "tls", "TLS": "tls", "TCP": "tcp"}
+GATEWAY_ROLES = frozenset({"gateway"})
+SHARED_ROLES = frozenset({"node"})
+
+
+@dataclass(eq=False)
+class Attachment:
+    route: KubeObject
+    builder: RuleBuilder | None  # HTTPRoute/GRPCRoute
+    hosts: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class ListenerState:
+    spec: GatewayListener
+    supported: list[str]
+    conds: dict[str, Cond] = field(default_factory=dict)
+    secrets: list[ir.Secret] = field(default_factory=list)
+    attached: int = 0
+    routes: list[Attachment] = field(default_factory=list)
+    programmable: bool = True
+
+    def fail(self, cond: Cond) -> None:
+        self.conds[cond.type] = cond
+
+
+@dataclass(eq=False)
+class GatewayState:
+    obj: KubeObject
+    address: str
+    listeners: list[ListenerState]
+    accepted: Cond | None = None  # set when the whole Gateway is refused
+
+    @property
+    def key(self) -> str:
+        return f"{self.obj.meta.namespace}/{self.obj.meta.name}"
+
+
+# -- GatewayClass and Gateway ------------------------------------------------------------------------------
+def _class_statuses(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[set[str], list[ObjectStatus]]:
+    ours: set[str] = set()
+    out = []
+    for obj in snapshot.list("GatewayClass"):
+        if obj.spec.controller_name != CONTROLLER:
+            continue
+        ours.add(obj.meta.name)
+        conds = conditions([Cond("Accepted", True, "Accepted", f"handled by {CONTROLLER}")], obj.meta.generation,
+                           previous_status(obj).get("conditions"), fallback_time(obj, opts.status_time))
+        out.append(ObjectStatus(obj.api_version, obj.kind, "", obj.meta.name, obj.meta.generation,
+                                {"conditions": conds}))
+    return ours, out
+
+
+def _gateway_address(obj: KubeObject, opts: TranslateOptions) -> tuple[str, Cond | None]:
+    for i, a in enumerate(obj.spec.addresses):
+        if a.type != "IPAddress":
+            return opts.gateway_address, Cond("Accepted", False, "UnsupportedAddress",
+                                              f"spec.addresses[{i}]: address type {a.type!r} is not supported "
+                                              "(only IPAddress)")
+        if not a.value:
+            continue
+        try:
+            ipaddress.ip_address(a.value)
+        except ValueError:
+            return opts.gateway_address, Cond("Accepted", False, "UnsupportedAddress",
+                                              f"spec.addresses[{i}]: {a.value!r} is not an IP address")
+        return a.value, None
+    return opts.gateway_address, None
+
+
+def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference) -> tuple[ir.Secret | None, Cond | None]:
+    what = f"certificateRef {ref.namespace}/{ref.name}"
+    if norm_group(ref.group) != "" or ref.kind != "Secret":
+        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef",
+                          f"{what}: {ref.group or 'core'}/{ref.kind} is not supported (only core Secrets)")
+    if not ref_permitted(snapshot, "Gateway", gw.meta.namespace, "", "Secret", ref.namespace, ref.name):
+        return None, Cond("ResolvedRefs", False, "RefNotPermitted",
+                          f"{what}: no ReferenceGrant in {ref.namespace} allows Gateways in "
+                          f"{gw.meta.namespace} to use it")
+    obj = snapshot.get("Secret", ref.namespace, ref.name)
+    if obj is None:
+        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef", f"{what}: Secret not found")
+    crt = obj.spec.data.get("tls.crt", b"")
+    key = obj.spec.data.get("tls.key", b"")
+    if b"-----BEGIN CERTIFICATE-----" not in crt or b"PRIVATE KEY-----" not in key:
+        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef",
+                          f"{what}: tls.crt and tls.key must hold a PEM certificate and private key")
+    return ir.Secret(f"{ref.namespace}/{ref.name}", crt, key, sources=(str(obj.ref),)), None
+
+
+def _listener_state(snapshot: InputSnapshot, gw: KubeObject, li: GatewayListener) -> ListenerState:
+    kinds = PROTOCOL_KINDS.get(li.protocol, ())
+    if li.allowed_routes.kinds:
+        wanted = [k for k in li.allowed_routes.kinds if k.group == GROUP and k.kind in kinds]
+        supported = list(dict.fromkeys(k.kind for k in wanted))
+    else:
+        supported = list(kinds)
+    st = ListenerState(li, supported)
+    if li.protocol not in PROTOCOL_KINDS:
+        st.fail(Cond("Accepted", False, "UnsupportedProtocol", f"protocol {li.protocol} is not supported"))
+        st.programmable = False
+    invalid = [k for k in li.allowed_routes.kinds if not (k.group == GROUP and k.kind in kinds)]
+    if invalid:
+        names = ", ".join(f"{k.group}/{k.kind}" for k in invalid)
+        st.fail(Cond("ResolvedRefs", False, "InvalidRouteKinds",
+                     f"route kinds not supported on a {li.protocol} listener: {names}"))
+    if li.tls is not None and li.tls.mode == "Terminate":
+        for ref in li.tls.certificate_refs:
+            secret, problem = _secret(snapshot, gw, ref)
+            if secret is not None:
+                st.secrets.append(secret)
+            elif problem is not None and "ResolvedRefs" not in st.conds:
+                st.fail(problem)
+        if not st.secrets:
+            st.programmable = False
+    return st
+
+
+def _detect_conflicts(listeners: list[ListenerState]) -> None:
+    """Per port: protocols must be compatible and hostnames distinct; the first listener wins."""
+    by_port: dict[int, list[ListenerState]] = defaultdict(list)
+    for st in listeners:
+        if st.spec.protocol in PROTOCOL_KINDS:
+            by_port[st.spec.port].append(st)
+    for group in by_port.values():
+        family = PORT_FAMILY[group[0].spec.protocol]
+        hosts: set[str] = set()
+        for st in group:
+            if PORT_FAMILY[st.spec.protocol] != family:
+                st.fail(Cond("Conflicted", True, "ProtocolConflict",
+                             f"port {st.spec.port} is already used by a listener of another protocol"))
+                continue
+            host = st.spec.hostname if family != "tcp" else ""
+            if host in hosts:
+                st.fail(Cond("Conflicted", True, "HostnameConflict",
+                             f"another listener on port {st.spec.port} has hostname {host or '(none)'!r}"))
+                continue
+            hosts.add(host)
+        terminating = [st for st in group if "Conflicted" not in st.conds and st.spec.tls is not None
+                       and st.spec.tls.mode == "Terminate"]
+        for st in terminating:
+            others = [o for o in terminating if o is not st and (
+                covers(o.spec.hostname, st.spec.hostname) or covers(st.spec.hostname, o.spec.hostname))]
+            if others:
+                st.fail(Cond("OverlappingTLSConfig", True, "OverlappingHostnames",
+                             "hostname overlaps listener(s) " + ", ".join(o.spec.name for o in others)))
+    for st in listeners:
+        if "Conflicted" in st.conds:
+            st.programmable = False
+
+
+def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: set[str]) -> dict[str, GatewayState]:
+    out = {}
+    for obj in snapshot.list("Gateway"):
+        if obj.spec.gateway_class_name not in classes:
+            continue
+        address, refused = _gateway_address(obj, opts)
+        listeners = [_listener_state(snapshot, obj, li) for li in obj.spec.listeners]
+        _detect_conflicts(listeners)
+        gs = GatewayState(obj, address, listeners, refused)
+        if refused is not None:
+            for st in listeners:
+                st.programmable = False
+        out[gs.key] = gs
+    return out
+
+
+# -- routes ------------------------------------------------------------------------------------------------
+def _allowed(st: ListenerState, gw: KubeObject, route: KubeObject, snapshot: InputSnapshot) -> bool:
+    if route.kind not in st.supported:
+        return False
+    ar = st.spec.allowed_routes
+    if ar.namespaces_from == "All":
+        return True
+    if ar.namespaces_from == "Same":
+        return route.meta.namespace == gw.meta.namespace
+    assert ar.selector is not None
+    return ar.selector.matches(namespace_labels(snapshot, route.meta.namespace))
+
+
+def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: ParentRef,
+            builder: RuleBuilder | None) -> Cond:
+    """Attach `route` to the listeners `ref` selects; returns the route's Accepted condition there."""
+    candidates = [st for st in gs.listeners
+                  if (not ref.section_name or st.spec.name == ref.section_name)
+                  and (ref.port is None or st.spec.port == ref.port)]
+    if not candidates:
+        return Cond("Accepted", False, "NoMatchingParent",
+                    f"Gateway {gs.key} has no listener matching sectionName {ref.section_name!r}"
+                    + (f" and port {ref.port}" if ref.port is not None else ""))
+    allowed = [st for st in candidates if _allowed(st, gs.obj, route, snapshot)]
+    if not allowed:
+        return Cond("Accepted", False, "NotAllowedByListeners",
+                    f"no listener of Gateway {gs.key} allows {route.kind}s from namespace {route.meta.namespace}")
+    matched = []
+    for st in allowed:
+        st.attached += 1
+        hosts = ("*",) if route.kind == "TCPRoute" else intersect(st.spec.hostname, route.spec.hostnames)
+        if hosts:
+            matched.append((st, hosts))
+    if not matched:
+        return Cond("Accepted", False, "NoMatchingListenerHostname",
+                    "no hostname of the route matches a listener hostname of Gateway " + gs.key)
+    if builder is not None and builder.accepted_problem is not None:
+        p = builder.accepted_problem
+        return Cond("Accepted", False, p.reason, p.message)
+    for st, hosts in matched:
+        st.routes.append(Attachment(route, builder, hosts))
+    return Cond("Accepted", True, "Accepted", "attached to Gateway " + gs.key)
+
+
+def _stream_refs_condition(snapshot: InputSnapshot, route: KubeObject) -> Cond:
+    for rule in route.spec.rules:
+        for ref in rule.backend_refs:
+            res = resolve_ref(snapshot, route, ref, "tcp")
+            if res.problem is not None:
+                return Cond("ResolvedRefs", False, res.problem.reason, res.problem.message)
+    return Cond("ResolvedRefs", True, "ResolvedRefs", "all references resolved")
+
+
+# -- IR --------------------------------------------------------------------------------------------------
+def _covering_hosts(d: str) -> list[str]:
+    """Every hostname that covers `d`: itself, its wildcard suffixes, and `*`."""
+    if d == "*":
+        return ["*"]
+    labels = d.split(".")
+    first = 2 if d.startswith("*.") else 1
+    return [d, *("*." + ".".join(labels[i:]) for i in range(first, len(labels))), "*"]
+
+
+def _virtual_hosts(listeners: list[ListenerState], ctx: ListenerContext, prefix: str) -> tuple[ir.VirtualHost, ...]:
+    """Virtual hosts for the HTTP listeners sharing one RouteConfig (see module docstring)."""
+    domains: set[str] = set()
+    by_host: dict[str, list[tuple[ListenerState, list[RankedRoute]]]] = defaultdict(list)
+    for st in listeners:
+        if st.spec.hostname:
+            domains.add(st.spec.hostname)
+        for att in st.routes:
+            assert att.builder is not None
+            domains.update(att.hosts)
+            routes = att.builder.routes(ctx, prefix)
+            for h in att.hosts:
+                by_host[h].append((st, routes))
+    out = []
+    for d in sorted(domains, key=lambda h: (-host_rank(h)[0], -host_rank(h)[1], h)):
+        owners = [st for st in listeners if covers(st.spec.hostname, d)]
+        if not owners:
+            continue
+        owner = max(owners, key=lambda st: host_rank(st.spec.hostname))
+        ranked: dict[str, RankedRoute] = {}
+        # Hosts are visited most specific first, so a route listed under several keeps its best rank.
+        for h in _covering_hosts(d):
+            rank = host_rank(h)
+            for st, routes in by_host.get(h, ()):
+                if st is not owner:
+                    continue
+                for r in routes:
+                    if r.route.name not in ranked:
+                        ranked[r.route.name] = RankedRoute((-rank[0], -rank[1], *r.key), r.route)
+        ordered = tuple(r.route for r in sorted(ranked.values(), key=lambda r: r.key))
+        out.append(ir.VirtualHost(name=f"{prefix}/{d}", domains=(d,), routes=ordered))
+    return tuple(out)
+
+
+def _stream_backends(snapshot: InputSnapshot, route: KubeObject,
+                     clusters: dict[str, ir.Cluster]) -> tuple[ir.Backend, ...]:
+    out = []
+    for rule in route.spec.rules:
+        for ref in rule.backend_refs:
+            res = resolve_ref(snapshot, route, ref, "tcp")
+            if res.cluster is not None and ref.weight > 0:
+                clusters[res.cluster.name] = res.cluster
+                out.append(ir.Backend(res.cluster.name, ref.weight))
+    return tuple(out)
+
+
+@dataclass
+class GatewayIR:
+    listeners: list[ir.Listener] = field(default_factory=list)
+    routes: list[ir.RouteConfig] = field(default_factory=list)
+    clusters: dict[str, ir.Cluster] = field(default_factory=dict)
+    secrets: dict[str, ir.Secret] = field(default_factory=dict)
+
+
+def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) -> GatewayIR:
+    out = GatewayIR()
+    ns, name = gs.obj.meta.namespace, gs.obj.meta.name
+    src = (str(gs.obj.ref),)
+    by_port: dict[int, list[ListenerState]] = defaultdict(list)
+    for st in gs.listeners:
+        if st.programmable:
+            by_port[st.spec.port].append(st)
+    for port, group in sorted(by_port.items()):
+        base = f"gateway/{ns}/{name}/{port}"
+        family = PORT_FAMILY[group[0].spec.protocol]
+        chains: list[ir.FilterChain] = []
+        filters: tuple[Any, ...] = ()
+        for st in group:
+            for att in st.routes:
+                if att.builder is not None:
+                    out.clusters.update(att.builder.clusters)
+        if family == "http":
+            ctx = ListenerContext(port, "http")
+            out.routes.append(ir.RouteConfig(base, _virtual_hosts(group, ctx, base), src))
+            chains.append(ir.FilterChain(base, ir.HttpApp(base, strip_host_port=True)))
+        elif family == "tcp":
+            st = group[0]
+            atts = sorted(st.routes, key=lambda a: route_age(a.route))
+            if atts:
+                backends = _stream_backends(snapshot, atts[0].route, out.clusters)
+                if backends:
+                    chains.append(ir.FilterChain(base, ir.TcpApp(backends)))
+                for extra in atts[1:]:
+                    issues.append(Issue(str(extra.route.ref), "spec.parentRefs",
+                                        f"listener {st.spec.name} of Gateway {gs.key} already serves "
+                                        f"{atts[0].route.ref}; only one TCPRoute is used per listener",
+                                        severity="warning"))
+        else:
+            filters = ("tls_inspector",)
+            used: set[str] = set()
+            for st in group:
+                assert st.spec.tls is not None
+                if st.spec.protocol == "HTTPS":
+                    rc = f"{base}/{st.spec.name}"
+                    out.routes.append(ir.RouteConfig(rc, _virtual_hosts([st], ListenerContext(port, "https"), rc),
+                                                     src))
+                    for s in st.secrets:
+                        out.secrets[s.name] = s
+                    sni = st.spec.hostname
+                    used.add(sni)
+                    chains.append(ir.FilterChain(rc, ir.HttpApp(rc, strip_host_port=True),
+                                                 server_names=(sni,) if sni else (),
+                                                 tls=ir.TlsTermination(tuple(s.name for s in st.secrets))))
+                    continue
+                terminate = st.spec.tls.mode == "Terminate"
+                for s in st.secrets:
+                    out.secrets[s.name] = s
+                for att in sorted(st.routes, key=lambda a: route_age(a.route)):
+                    names = tuple(h for h in att.hosts if h != "*" and h not in used)
+                    catch_all = "*" in att.hosts and "" not in used
+                    if not names and not catch_all:
+                        continue
+                    backends = _stream_backends(snapshot, att.route, out.clusters)
+                    if not backends:
+                        continue
+                    used.update(names or ("",))
+                    tls = ir.TlsTermination(tuple(s.name for s in st.secrets), alpn=()) if terminate else None
+                    chain_name = f"{base}/{st.spec.name}/{att.route.meta.namespace}/{att.route.meta.name}"
+                    chains.append(ir.FilterChain(chain_name, ir.TcpApp(backends), server_names=names, tls=tls))
+        if chains:
+            out.listeners.append(ir.Listener(base, gs.address, port, tuple(chains), listener_filters=filters,
+                                             sources=src))
+    return out
+
+
+# -- statuses --------------------------------------------------------------------------------------------
+def _listener_status(gs: GatewayState, st: ListenerState, previous: dict[str, Any], when: str) -> dict[str, Any]:
+    conds = dict(st.conds)
+    conflicted = conds.get("Conflicted")
+    if conflicted is None:
+        conds["Conflicted"] = Cond("Conflicted", False, "NoConflicts", "no conflicts")
+    if "Accepted" not in conds:
+        if conflicted is not None:
+            conds["Accepted"] = Cond("Accepted", False, conflicted.reason, conflicted.message)
+        elif gs.accepted is not None:
+            conds["Accepted"] = Cond("Accepted", False, "Pending", "the Gateway is not accepted")
+        else:
+            conds["Accepted"] = Cond("Accepted", True, "Accepted", "listener accepted")
+    conds.setdefault("ResolvedRefs", Cond("ResolvedRefs", True, "ResolvedRefs", "all references resolved"))
+    if st.programmable:
+        conds["Programmed"] = Cond("Programmed", True, "Programmed", "listener programmed")
+    else:
+        conds["Programmed"] = Cond("Programmed", False, "Invalid", "listener is not valid: nothing programmed")
+    order = ["Accepted", "Conflicted", "ResolvedRefs", "Programmed", "OverlappingTLSConfig"]
+    generation = gs.obj.meta.generation
+    return {
+        "name": st.spec.name,
+        "supportedKinds": [{"group": GROUP, "kind": k} for k in st.supported],
+        "attachedRoutes": st.attached,
+        "conditions": conditions([conds[t] for t in order if t in conds], generation,
+                                 previous.get(st.spec.name), when, owned=order),
+    }
+
+
+def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
+    obj = gs.obj
+    prev = previous_status(obj)
+    when = fallback_time(obj, opts.status_time)
+    prev_listeners: dict[str, Any] = {str(li.get("name")): li.get("conditions")
+                                      for li in prev.get("listeners") or [] if isinstance(li, dict)}
+    valid = [st for st in gs.listeners if st.programmable]
+    if gs.accepted is not None:
+        accepted = gs.accepted
+        programmed = Cond("Programmed", False, "Invalid", "the Gateway is not accepted")
+    else:
+        if len(valid) == len(gs.listeners):
+            accepted = Cond("Accepted", True, "Accepted", f"handled by {CONTROLLER}")
+        else:
+            bad = ", ".join(st.spec.name for st in gs.listeners if not st.programmable)
+            accepted = Cond("Accepted", bool(valid), "ListenersNotValid", f"listener(s) not valid: {bad}")
+        programmed = (Cond("Programmed", True, "Programmed", f"listening on {gs.address}") if valid else
+                      Cond("Programmed", False, "Invalid", "no valid listener"))
+    status = {
+        "addresses": [{"type": "IPAddress", "value": gs.address}],
+        "conditions": conditions([accepted, programmed], obj.meta.generation, prev.get("conditions"), when,
+                                 owned=("Accepted", "Programmed")),
+        "listeners": [_listener_status(gs, st, prev_listeners, when) for st in gs.listeners],
+    }
+    return ObjectStatus(obj.api_version, obj.kind, obj.meta.namespace, obj.meta.name, obj.meta.generation, status)
+
+
+def _route_status(route: KubeObject, ours: list[dict[str, Any]]) -> ObjectStatus:
+    foreign = [p for p in previous_status(route).get("parents") or []
+               if isinstance(p, dict) and p.get("controllerName") != CONTROLLER]
+    return ObjectStatus(route.api_version, route.kind, route.meta.namespace, route.meta.name,
+                        route.meta.generation, {"parents": [*ours, *foreign]})
+
+
+# -- the translator --------------------------------------------------------------------------------------
+def _bundles(gs: GatewayState, gir: GatewayIR, shared_taken: dict[int, list[tuple[str, str]]],
+             issues: list[Issue]) -> list[ir.Bundle]:
+    src = (str(gs.obj.ref),)
+    clusters = tuple(sorted(gir.clusters.values(), key=lambda c: c.name))
+    secrets = tuple(sorted(gir.secrets.values(), key=lambda s: s.name))
+    out = [ir.Bundle(key=f"gateway:{gs.key}", scope=ir.ProxyScope(GATEWAY_ROLES, frozenset({gs.key})),
+                     listeners=tuple(gir.listeners), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
+                     sources=src)]
+    shared = []
+    for li in gir.listeners:
+        clash = [(addr, owner) for addr, owner in shared_taken.get(li.port, [])
+                 if addr == li.address or "0.0.0.0" in (addr, li.address) or "::" in (addr, li.address)]
+        if clash:
+            issues.append(Issue(str(gs.obj.ref), "spec.listeners",
+                                f"port {li.port} on {li.address} is already bound by Gateway {clash[0][1]} on "
+                                "shared node proxies; this Gateway is served there only by its dedicated proxy",
+                                severity="warning"))
+            continue
+        shared_taken.setdefault(li.port, []).append((li.address, gs.key))
+        shared.append(li)
+    if shared:
+        out.append(ir.Bundle(key=f"gateway-shared:{gs.key}", scope=ir.ProxyScope(SHARED_ROLES),
+                             listeners=tuple(shared), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
+                             sources=src))
+    return out
+
+
+def _route_objects(snapshot: InputSnapshot) -> Iterable[KubeObject]:
+    for kind in ROUTE_KINDS:
+        yield from snapshot.list(kind)
+
+
+def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    """Gateway API (Gateways and GAMMA) -> bundles for gateway~/node~ (and mesh) proxies, and statuses."""
+    issues: list[Issue] = []
+    classes, statuses = _class_statuses(snapshot, opts)
+    gateways = _gateway_states(snapshot, opts, classes)
+    parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for route in _route_objects(snapshot):
+        builder = None
+        if route.kind in ("HTTPRoute", "GRPCRoute"):
+            builder = RuleBuilder(snapshot, route, grpc=route.kind == "GRPCRoute")
+            builder.resolve_all()
+        key = (route.kind, route.meta.namespace, route.meta.name)
+        for i, ref in enumerate(route.spec.parent_refs):
+            if not ref.is_gateway:
+                continue
+            gs = gateways.get(f"{ref.namespace}/{ref.name}")
+            if gs is None:
+                if snapshot.get("Gateway", ref.namespace, ref.name) is None:
+                    issues.append(Issue(str(route.ref), f"spec.parentRefs[{i}]",
+                                        f"Gateway {ref.namespace}/{ref.name} not found", severity="warning"))
+                continue
+            accepted = _attach(snapshot, gs, route, ref, builder)
+            refs = refs_condition(builder) if builder is not None else _stream_refs_condition(snapshot, route)
+            parents[key].append(route_parent_status(route, ref, [accepted, refs], opts.status_time))
+    bundles: list[ir.Bundle] = []
+    shared_taken: dict[int, list[tuple[str, str]]] = {}
+    for gkey in sorted(gateways):
+        gs = gateways[gkey]
+        gir = _gateway_ir(snapshot, gs, issues)
+        bundles.extend(_bundles(gs, gir, shared_taken, issues))
+        statuses.append(_gateway_status(gs, opts))
+    mesh = translate_gamma(snapshot, opts)
+    bundles.extend(mesh.bundles)
+    issues.extend(mesh.issues)
+    for key, stanzas in mesh.parents.items():
+        parents[key].extend(stanzas)
+    for route in _route_objects(snapshot):
+        ours = parents.get((route.kind, route.meta.namespace, route.meta.name))
+        if ours:
+            statuses.append(_route_status(route, ours))
+    return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
+
+
+def describe_statuses(stanzas: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Human-readable lines for Gateway API status stanzas (the `/debug/status` JSON), for `cilia status`:
+    one line per object, listener and route parent, with each condition as TYPE=STATUS(REASON)."""
+
+    def conds(items: Any) -> str:
+        return " ".join(f"{c.get('type')}={c.get('status')}({c.get('reason')})" for c in items or [])
+
+    lines = []
+    for st in stanzas:
+        kind = st.get("kind", "")
+        if kind not in ("GatewayClass", "Gateway", *ROUTE_KINDS):
+            continue
+        md = st.get("metadata") or {}
+        name = f"{md['namespace']}/{md.get('name')}" if md.get("namespace") else str(md.get("name"))
+        status = st.get("status") or {}
+        head = f"{kind} {name}"
+        if status.get("addresses"):
+            head += " [" + ", ".join(str(a.get("value")) for a in status["addresses"]) + "]"
+        lines.append(f"{head}: {conds(status.get('conditions'))}".rstrip(": "))
+        for li in status.get("listeners") or []:
+            routes = li.get("attachedRoutes")
+            lines.append(f"  listener {li.get('name')} routes={routes}: {conds(li.get('conditions'))}")
+        for p in status.get("parents") or []:
+            ref = p.get("parentRef") or {}
+            where = f"{ref.get('kind')} {ref.get('namespace') or md.get('namespace', '')}/{ref.get('name')}"
+            if ref.get("sectionName"):
+                where += f"#{ref['sectionName']}"
+            if ref.get("port"):
+                where += f":{ref['port']}"
+            lines.append(f"  parent {where}: {conds(p.get('conditions'))}")
+    return lines
+
+
+__all__ = ["CONTROLLER", "describe_statuses", "same_parent", "translate_gateway"]

@@ -1,0 +1,634 @@
+"""Mesh topologies: the shared per-node Envoy (`node~NODE`) and sidecars (`sidecar~NS/POD`).
+
+What each proxy gets:
+
+* `node~NODE` (only nodes running at least one pod in mode `node`): the outbound capture listener
+  `outbound|node` on `mesh_capture_address:mesh_capture_port` (127.0.0.1:15001).
+* `sidecar~NS/POD` (pods in mode `sidecar`): the outbound capture listener of its namespace,
+  `outbound|sidecar|NS` on `mesh_sidecar_capture_address:mesh_capture_port`, and its own inbound
+  listener `inbound|sidecar|NS/POD` on `mesh_inbound_address:mesh_inbound_port` (0.0.0.0:15006).
+
+Outbound capture listener: the `original_dst` listener filter restores the destination the client
+dialled (the eBPF agent answers SO_ORIGINAL_DST), and one filter chain per mesh Service VIP:port
+(`destination_cidrs` = the VIPs, `destination_port` = the port) handles it:
+  - HTTP ports (appProtocol http/http2/h2c/grpc/grpc-web/kubernetes.io/h2c/kubernetes.io/ws, or,
+    without appProtocol, a port name starting `http`/`grpc`/`h2c` but not `https`): an HTTP
+    connection manager whose route config is the GAMMA routes for that Service when there are any,
+    else one default route to the Service's cluster (no request timeout: mesh traffic includes
+    long-lived gRPC streams);
+  - anything else: a TCP proxy to the Service's cluster.
+Clusters come from `resolve_backend` (EDS pool `ns/svc:PORT`). A chain for the capture port itself
+(a direct connection to the listener, no original destination) goes to an endpoint-less cluster, so
+it can never loop back into the listener; every other destination (not a mesh Service) takes the
+default chain, a TCP proxy to an ORIGINAL_DST cluster (passthrough).
+
+Decisions:
+
+* Mesh Services are all Services with a ClusterIP (not headless, not ExternalName), in every
+  namespace, whatever that namespace's own mode: as in Cilium and Istio a mesh client may call any
+  Service; the destination's mode only decides what serves it on the receiving side. Only TCP ports
+  are captured. Two Services claiming the same VIP:port: the first (by namespace/name) keeps it, the
+  other gets an issue (Envoy would reject the whole listener for a duplicate match).
+* GAMMA routes are looked up through `MESH_ROUTES(snapshot, client_namespace, service_namespace,
+  service, port)` (cilia.translate.gamma.mesh_routes_for), which returns an `ir.RouteConfig` or
+  None (no routes: default route). The view
+  shared by every client is asked for with `client_namespace=""` (producer routes only); a client
+  namespace whose view differs (consumer routes) gets chains of its own. The returned config is
+  renamed here (`outbound|PORT|NS/SVC`, and `...|from:CLIENT_NS` for a consumer view), and the
+  clusters its routes name are resolved by their pool name `ns/svc:PORT`.
+* One node Envoy serves pods of many namespaces, so consumer routes are selected by the client's
+  address: for a Service whose view differs for client namespace C, the node listener has, besides
+  the shared chain, a chain with the same destination match plus `source_cidrs` = the IPs of all
+  mode-`node` pods of C (cluster-wide, not only this node's: addresses of other nodes' pods never
+  reach this Envoy, and the listener stays one resource shared by every node). Envoy prefers the
+  chain with a matching source range, so C's pods get C's routes and all others the shared ones.
+  This needs the client's pod IP preserved as the source address, which the redirect does when
+  pods have their own network namespace.
+* Sidecar egress scope: the Namespace annotation `cilia.io/egress-hosts: "ns1/*,ns2/svc,./*"`
+  (Istio Sidecar `egress.hosts` syntax, by namespace and Service name; `.` is the sidecar's own
+  namespace, `*` any) limits the sidecar's outbound chains to those Services. Without it a sidecar
+  gets all mesh Services. Destinations out of scope take the passthrough chain: the scope trims
+  config, it is not an access control. An invalid value is reported and the default (all) used.
+  Node Envoys always get all mesh Services.
+* Sidecar inbound listener: one chain per TCP container port of the pod (`destination_port` = the
+  port, as restored by `original_dst`) forwarding to 127.0.0.1:PORT through the STATIC cluster
+  `inbound|PORT` (`inbound|PORT|http2` for h2c/gRPC ports); HTTP ports (by the Services selecting
+  the pod: their ports targeting this container port, all HTTP; else the container port's name) get
+  an HTTP connection manager, others a TCP proxy. Ports not declared take the passthrough chain; a
+  direct connection to the inbound port itself goes to the endpoint-less cluster.
+* Bind addresses: the special value `pod-ip` (sidecar addresses only) binds the pod's own IP; each
+  sidecar then has its own outbound listener `outbound|sidecar|NS/POD` (for sidecars sharing one
+  network namespace, as in tests). A pod without an IP gets no listener bound to it until it has one.
+* Pods in host network, and finished pods (Succeeded/Failed), are not mesh pods.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+from cilia.diagnostics import Issue
+from cilia.ir.model import (
+    Backend,
+    Bundle,
+    Cluster,
+    Endpoint,
+    FilterChain,
+    HttpApp,
+    Listener,
+    ProxyScope,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    TcpApp,
+    UpstreamProtocol,
+    VirtualHost,
+)
+from cilia.k8s.core import ContainerPort, PodSpec, ServicePort, ServiceSpec
+from cilia.k8s.objects import KubeObject
+from cilia.k8s.store import InputSnapshot
+from cilia.mesh.mode import MESH_MODE_KEY, MeshMode, resolve_mesh_mode
+from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.gamma import mesh_routes_for
+from cilia.translate.services import resolve_backend, upstream_protocol
+
+MeshRoutesFn = Callable[[InputSnapshot, str, str, str, int], "RouteConfig | None"]
+"""(snapshot, client_namespace, service_namespace, service_name, port) -> GAMMA routes or None."""
+
+
+def no_mesh_routes(snapshot: InputSnapshot, client_namespace: str, service_namespace: str, service: str,
+                   port: int) -> RouteConfig | None:
+    """The GAMMA hook until Gateway API support is wired in: no routes, so every HTTP Service gets its
+    default route."""
+    return None
+
+
+
+# Where GAMMA routes come from; tests substitute their own.
+MESH_ROUTES: MeshRoutesFn = mesh_routes_for
+
+EGRESS_HOSTS_ANNOTATION = "cilia.io/egress-hosts"
+BIND_POD_IP = "pod-ip"
+PASSTHROUGH_CLUSTER = "mesh|passthrough"
+BLACKHOLE_CLUSTER = "mesh|blackhole"
+NODE_OUTBOUND_LISTENER = "outbound|node"
+HTTP_APP_PROTOCOLS = frozenset({"http", "http2", "h2c", "grpc", "grpc-web", "kubernetes.io/h2c",
+                                "kubernetes.io/ws"})
+_HTTP_NAME = re.compile(r"^(http|grpc|h2c)(?!s)", re.IGNORECASE)
+_POOL_NAME = re.compile(r"^([^/:]+)/([^/:]+):(\d+)$")
+
+
+# -- names ------------------------------------------------------------------------------------------
+def sidecar_outbound_listener_name(namespace: str, pod: str | None = None) -> str:
+    return f"outbound|sidecar|{namespace}" if pod is None else f"outbound|sidecar|{namespace}/{pod}"
+
+
+def inbound_listener_name(namespace: str, pod: str) -> str:
+    return f"inbound|sidecar|{namespace}/{pod}"
+
+
+def outbound_route_name(namespace: str, service: str, port: int, client_namespace: str = "") -> str:
+    base = f"outbound|{port}|{namespace}/{service}"
+    return f"{base}|from:{client_namespace}" if client_namespace else base
+
+
+def inbound_cluster_name(port: int, protocol: UpstreamProtocol) -> str:
+    return f"inbound|{port}|http2" if protocol == "http2" else f"inbound|{port}"
+
+
+# -- protocol detection ----------------------------------------------------------------------------
+def is_http_port_name(name: str) -> bool:
+    """Port names `http*`, `grpc*`, `h2c*` mean HTTP; `https*` does not (TLS, carried as TCP)."""
+    return bool(_HTTP_NAME.match(name))
+
+
+def is_http_service_port(sp: ServicePort) -> bool:
+    """appProtocol decides when set; otherwise the port name."""
+    if sp.app_protocol:
+        return sp.app_protocol.lower() in HTTP_APP_PROTOCOLS
+    return is_http_port_name(sp.name)
+
+
+# -- inputs: pods and services ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MeshPod:
+    namespace: str
+    name: str
+    mode: MeshMode
+    node: str
+    ips: tuple[str, ...]
+    labels: Mapping[str, str]
+    ports: tuple[ContainerPort, ...]
+    ref: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshServicePort:
+    namespace: str
+    name: str
+    vips: tuple[str, ...]
+    port: ServicePort
+    http: bool
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class EgressScope:
+    """Which Services a sidecar's outbound listener covers: (namespace, service) patterns, `*` = any."""
+
+    hosts: tuple[tuple[str, str], ...] = (("*", "*"),)
+
+    def allows(self, namespace: str, service: str) -> bool:
+        if self.hosts == (("*", "*"),):
+            return True
+        return any(ns in ("*", namespace) and svc in ("*", service) for ns, svc in self.hosts)
+
+
+def parse_egress_hosts(value: str, namespace: str) -> EgressScope:
+    """`ns/svc` entries separated by commas; `.` = `namespace`. Raises ValueError naming the bad entry."""
+    hosts: list[tuple[str, str]] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        ns, sep, svc = entry.partition("/")
+        if not sep or not ns or not svc or "/" in svc:
+            raise ValueError(f"entry {entry!r} is not NAMESPACE/SERVICE (use '*' for any, '.' for this namespace)")
+        hosts.append((namespace if ns == "." else ns, svc))
+    if not hosts:
+        raise ValueError("no entries; expected NAMESPACE/SERVICE[,...]")
+    return EgressScope(tuple(dict.fromkeys(hosts)))
+
+
+def mesh_pods(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[list[MeshPod], list[Issue]]:
+    """Every pod with its mesh mode (mode `off` included); bad mode values become issues."""
+    pods: list[MeshPod] = []
+    issues: dict[tuple[str, str], Issue] = {}
+    for obj in snapshot.list("Pod"):
+        spec: PodSpec = obj.spec
+        if spec.host_network or spec.phase in ("Succeeded", "Failed"):
+            continue
+        ns_obj = snapshot.get("Namespace", "", obj.meta.namespace)
+        ns_labels = ns_obj.meta.labels if ns_obj is not None else None
+        ns_annotations = ns_obj.meta.annotations if ns_obj is not None else None
+        try:
+            mode = resolve_mesh_mode(ns_labels, ns_annotations, obj.meta.labels, obj.meta.annotations,
+                                     cast(MeshMode, opts.mesh_default_mode),
+                                     namespace=obj.meta.namespace, pod_ref=str(obj.ref))
+        except ValueError as exc:
+            if MESH_MODE_KEY in obj.meta.annotations or MESH_MODE_KEY in obj.meta.labels:
+                where = "annotations" if MESH_MODE_KEY in obj.meta.annotations else "labels"
+                issue = Issue(str(obj.ref), f"metadata.{where}.{MESH_MODE_KEY}", f"{exc}; pod left out of the mesh")
+            elif ns_obj is not None and (MESH_MODE_KEY in ns_obj.meta.annotations or
+                                         MESH_MODE_KEY in ns_obj.meta.labels):
+                where = "annotations" if MESH_MODE_KEY in ns_obj.meta.annotations else "labels"
+                issue = Issue(str(ns_obj.ref), f"metadata.{where}.{MESH_MODE_KEY}",
+                              f"{exc}; its pods are left out of the mesh")
+            else:
+                issue = Issue("TranslateOptions", "mesh_default_mode", str(exc))
+            issues.setdefault((issue.object, issue.field), issue)
+            continue
+        pods.append(MeshPod(obj.meta.namespace, obj.meta.name, mode, spec.node_name, spec.pod_ips,
+                            obj.meta.labels, spec.ports, str(obj.ref)))
+    return pods, list(issues.values())
+
+
+def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[Issue]]:
+    """ClusterIP Services' TCP ports, each VIP:port owned by one Service."""
+    out: list[MeshServicePort] = []
+    issues: list[Issue] = []
+    owner: dict[tuple[str, int], str] = {}
+    for obj in snapshot.list("Service"):
+        svc: ServiceSpec = obj.spec
+        if svc.type == "ExternalName" or svc.headless or not svc.cluster_ips:
+            continue
+        for i, sp in enumerate(svc.ports):
+            if sp.protocol not in ("TCP", ""):
+                continue
+            taken = [ip for ip in svc.cluster_ips if (ip, sp.port) in owner]
+            if taken:
+                issues.append(Issue(str(obj.ref), f"spec.ports[{i}]",
+                                    f"{taken[0]}:{sp.port} is already a mesh destination of "
+                                    f"{owner[(taken[0], sp.port)]}; this port is left out of the mesh"))
+                continue
+            for ip in svc.cluster_ips:
+                owner[(ip, sp.port)] = str(obj.ref)
+            out.append(MeshServicePort(obj.meta.namespace, obj.meta.name, svc.cluster_ips, sp,
+                                       is_http_service_port(sp), str(obj.ref)))
+    return out, issues
+
+
+# -- outbound --------------------------------------------------------------------------------------
+def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = ()) -> RouteConfig:
+    """Everything to the Service's cluster; no request timeout (long-lived streams are normal here)."""
+    route = Route(name="default", match=RouteMatch(), backends=(Backend(cluster),), timeout_ms=0)
+    return RouteConfig(name, (VirtualHost(name, ("*",), (route,)),), sources)
+
+
+def _route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
+    """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
+    names: dict[str, None] = {}
+    for vh in rc.virtual_hosts:
+        for r in vh.routes:
+            for b in r.backends:
+                names[b.cluster] = None
+            for mirror in r.mirrors:
+                names[mirror.cluster] = None
+    out = []
+    for name in names:
+        m = _POOL_NAME.match(name)
+        if m is None:
+            continue
+        found = resolve_backend(snapshot, m.group(1), m.group(2), int(m.group(3)))
+        if found.cluster is not None and found.cluster.name == name:
+            out.append(found.cluster)
+    return out
+
+
+@dataclass(slots=True)
+class _Outbound:
+    """Per-translation memo of each Service port's cluster and route views (one per client namespace)."""
+
+    snapshot: InputSnapshot
+    routes_for: MeshRoutesFn
+    clusters: dict[tuple[str, str, int], Cluster | None] = field(default_factory=dict)
+    views: dict[tuple[str, str, int, str], RouteConfig] = field(default_factory=dict)
+    route_clusters: dict[str, list[Cluster]] = field(default_factory=dict)
+    defaults: set[tuple[str, str, int]] = field(default_factory=set)  # Service ports with no routes for any client
+    chains: dict[tuple[str, str, int, str, tuple[str, ...]],
+                 tuple[FilterChain, RouteConfig | None, list[Cluster]] | None] = field(default_factory=dict)
+
+    def cluster(self, sp: MeshServicePort) -> Cluster | None:
+        key = (sp.namespace, sp.name, sp.port.port)
+        if key not in self.clusters:
+            self.clusters[key] = resolve_backend(self.snapshot, sp.namespace, sp.name, sp.port.port).cluster
+        return self.clusters[key]
+
+    def view(self, sp: MeshServicePort, client_namespace: str) -> RouteConfig:
+        """The routes a client in `client_namespace` ("" = any client) gets for this Service port."""
+        key = (sp.namespace, sp.name, sp.port.port, client_namespace)
+        found = self.views.get(key)
+        if found is not None:
+            return found
+        shared = None if not client_namespace else self.view(sp, "")
+        rc = self.routes_for(self.snapshot, client_namespace, sp.namespace, sp.name, sp.port.port)
+        base = outbound_route_name(sp.namespace, sp.name, sp.port.port)
+        if rc is None and shared is not None and (sp.namespace, sp.name, sp.port.port) in self.defaults:
+            self.views[key] = shared  # no routes for anyone: the one default route config
+            return shared
+        if rc is not None:
+            own = replace(rc, name=base)
+        else:
+            cluster = self.cluster(sp)
+            own = default_route_config(base, cluster.name if cluster else "", (sp.ref,))
+        if shared is None:
+            view = own
+            if rc is None:
+                self.defaults.add((sp.namespace, sp.name, sp.port.port))
+        elif own == shared:
+            view = shared
+        else:
+            view = replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
+        self.views[key] = view
+        if view.name not in self.route_clusters:
+            self.route_clusters[view.name] = _route_clusters(self.snapshot, view)
+        return view
+
+    def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \
+            tuple[FilterChain, RouteConfig | None, list[Cluster]] | None:
+        """The filter chain for this Service port as seen from `client_namespace` (memoised: the same
+        chain object serves every listener that has it)."""
+        view_name = self.view(sp, client_namespace).name if sp.http else ""
+        key = (sp.namespace, sp.name, sp.port.port, view_name, source_cidrs)
+        if key not in self.chains:
+            self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+        return self.chains[key]
+
+    def _chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...]) -> \
+            tuple[FilterChain, RouteConfig | None, list[Cluster]] | None:
+        cluster = self.cluster(sp)
+        if cluster is None:
+            return None
+        name = f"outbound|{sp.port.port}|{sp.namespace}/{sp.name}"
+        stat = f"outbound_{sp.namespace}_{sp.name}_{sp.port.port}"
+        cidrs = tuple(_host_cidr(ip) for ip in sp.vips)
+        if not sp.http:
+            fc = FilterChain(name, TcpApp((Backend(cluster.name),), stat_prefix=stat), destination_cidrs=cidrs,
+                             destination_port=sp.port.port)
+            return fc, None, [cluster]
+        view = self.view(sp, client_namespace)
+        if source_cidrs:
+            name = f"{name}|from:{client_namespace}"
+            stat = f"{stat}_from_{client_namespace}"
+        fc = FilterChain(name, HttpApp(view.name, stat_prefix=stat), destination_cidrs=cidrs,
+                         destination_port=sp.port.port, source_cidrs=source_cidrs)
+        return fc, view, [cluster, *self.route_clusters[view.name]]
+
+
+def _host_cidr(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+# The passthrough (original destination) and black-hole (no endpoints) clusters every capture listener uses.
+GUARD_CLUSTERS: tuple[Cluster, Cluster] = (
+    Cluster(PASSTHROUGH_CLUSTER, discovery="ORIGINAL_DST", protocol="tcp", lb_policy="CLUSTER_PROVIDED"),
+    Cluster(BLACKHOLE_CLUSTER, discovery="STATIC", protocol="tcp"),
+)
+
+
+def _passthrough_chain(name: str) -> FilterChain:
+    return FilterChain(name, TcpApp((Backend(PASSTHROUGH_CLUSTER),), stat_prefix=name.replace("|", "_")))
+
+
+def _blackhole_chain(name: str, port: int) -> FilterChain:
+    return FilterChain(name, TcpApp((Backend(BLACKHOLE_CLUSTER),), stat_prefix=name.replace("|", "_")),
+                       destination_port=port)
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    listeners: tuple[Listener, ...]
+    routes: tuple[RouteConfig, ...]
+    clusters: tuple[Cluster, ...]
+
+
+def _collect(listener: Listener, parts: Iterable[tuple[FilterChain, RouteConfig | None, list[Cluster]]],
+             extra_clusters: Iterable[Cluster] = ()) -> _Config:
+    routes: dict[str, RouteConfig] = {}
+    clusters: dict[str, Cluster] = {c.name: c for c in extra_clusters}
+    chains = []
+    for fc, rc, cl in parts:
+        chains.append(fc)
+        if rc is not None:
+            routes.setdefault(rc.name, rc)
+        for c in cl:
+            clusters.setdefault(c.name, c)
+    li = replace(listener, filter_chains=(*listener.filter_chains, *chains))
+    return _Config((li,), tuple(routes.values()), tuple(clusters.values()))
+
+
+def _outbound_listener(name: str, address: str, opts: TranslateOptions,
+                       parts: list[tuple[FilterChain, RouteConfig | None, list[Cluster]]],
+                       sources: tuple[str, ...]) -> _Config:
+    # The guard chain goes first; Envoy picks chains by match specificity, not by order.
+    guard = _blackhole_chain(f"{name}|direct", opts.mesh_capture_port)
+    listener = Listener(name, address, opts.mesh_capture_port, (guard,), default_chain=_passthrough_chain(
+        f"{name}|passthrough"), listener_filters=("original_dst",), passthrough_cluster=PASSTHROUGH_CLUSTER,
+        sources=sources, direction="outbound")
+    return _collect(listener, parts, GUARD_CLUSTERS)
+
+
+# -- inbound ---------------------------------------------------------------------------------------
+class _SelectorIndex:
+    """The Services of one namespace, indexed by one label of their selector, to find a pod's Services fast."""
+
+    def __init__(self, services: Iterable[KubeObject]) -> None:
+        self._by_label: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
+        for obj in services:
+            selector: Mapping[str, str] = obj.spec.selector
+            if selector:
+                self._by_label[min(selector.items())].append(obj)
+
+    def selecting(self, labels: Mapping[str, str]) -> list[KubeObject]:
+        out = []
+        for item in sorted(labels.items()):
+            for obj in self._by_label.get(item, ()):
+                if all(labels.get(k) == v for k, v in obj.spec.selector.items()):
+                    out.append(obj)
+        return sorted(out, key=lambda o: o.meta.name)
+
+
+def _targets(sp: ServicePort, cp: ContainerPort) -> bool:
+    if sp.target_port is None:
+        return sp.port == cp.port
+    if isinstance(sp.target_port, int):
+        return sp.target_port == cp.port
+    return bool(cp.name) and sp.target_port == cp.name
+
+
+def _inbound_protocol(cp: ContainerPort, service_ports: list[ServicePort]) -> tuple[bool, UpstreamProtocol]:
+    """(HTTP?, upstream protocol) of a container port: from the Service ports targeting it, else its name."""
+    if service_ports:
+        http = all(is_http_service_port(sp) for sp in service_ports)
+        h2 = http and all(upstream_protocol(sp) == "http2" for sp in service_ports)
+        return http, "http2" if h2 else "http1"
+    http = is_http_port_name(cp.name)
+    h2 = http and cp.name.lower().startswith(("grpc", "h2c", "http2"))
+    return http, "http2" if h2 else "http1"
+
+
+def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateOptions,
+             issues: list[Issue]) -> _Config:
+    services = index.selecting(pod.labels)
+    parts: list[tuple[FilterChain, RouteConfig | None, list[Cluster]]] = []
+    seen: dict[int, str] = {}
+    for cp in pod.ports:
+        if cp.protocol not in ("TCP", ""):
+            continue
+        if cp.port in seen:
+            issues.append(Issue(pod.ref, f"spec.containers[{cp.container}].ports",
+                                f"port {cp.port} is declared twice (also by container {seen[cp.port]!r}); "
+                                "the first is used", severity="warning"))
+            continue
+        seen[cp.port] = cp.container
+        targeting = [sp for svc in services for sp in svc.spec.ports if _targets(sp, cp)]
+        http, proto = _inbound_protocol(cp, targeting)
+        if targeting and not http and any(is_http_service_port(sp) for sp in targeting):
+            issues.append(Issue(pod.ref, f"spec.containers[{cp.container}].ports",
+                                f"Services disagree whether port {cp.port} is HTTP; inbound is plain TCP",
+                                severity="warning"))
+        cname = inbound_cluster_name(cp.port, proto)
+        cluster = Cluster(cname, discovery="STATIC", protocol=proto if http else "tcp",
+                          static_endpoints=(Endpoint("127.0.0.1", cp.port),))
+        chain_name = f"inbound|{cp.port}"
+        stat = f"inbound_{cp.port}"
+        if http:
+            rc = RouteConfig(cname, (VirtualHost(cname, ("*",), (Route(
+                "default", RouteMatch(), backends=(Backend(cname),), timeout_ms=0),)),))
+            parts.append((FilterChain(chain_name, HttpApp(rc.name, stat_prefix=stat), destination_port=cp.port),
+                          rc, [cluster]))
+        else:
+            parts.append((FilterChain(chain_name, TcpApp((Backend(cname),), stat_prefix=stat),
+                                      destination_port=cp.port), None, [cluster]))
+    name = inbound_listener_name(pod.namespace, pod.name)
+    guards = () if opts.mesh_inbound_port in seen else (_blackhole_chain(f"{name}|direct", opts.mesh_inbound_port),)
+    listener = Listener(name, address, opts.mesh_inbound_port, guards,
+                        default_chain=_passthrough_chain(f"{name}|passthrough"),
+                        listener_filters=("original_dst",), passthrough_cluster=PASSTHROUGH_CLUSTER,
+                        sources=(pod.ref,), direction="inbound")
+    return _collect(listener, parts, GUARD_CLUSTERS)
+
+
+# -- the translator --------------------------------------------------------------------------------
+def _bind(address: str, pod: MeshPod) -> str | None:
+    """The address to bind for this pod, or None when it is the pod's IP and the pod has none yet."""
+    if address != BIND_POD_IP:
+        return address
+    return pod.ips[0] if pod.ips else None
+
+
+def _node_sources(pods: list[MeshPod], issues: list[Issue]) -> dict[str, tuple[str, ...]]:
+    """Client namespace -> CIDRs of its mode-node pods; an IP claimed twice stays with the first pod."""
+    owner: dict[str, MeshPod] = {}
+    by_ns: dict[str, list[str]] = defaultdict(list)
+    for pod in pods:
+        if pod.mode != "node":
+            continue
+        for ip in pod.ips:
+            ip = str(ipaddress.ip_address(ip))
+            first = owner.get(ip)
+            if first is not None:
+                if first.namespace != pod.namespace:
+                    issues.append(Issue(pod.ref, "status.podIPs",
+                                        f"IP {ip} is also the IP of {first.ref}; consumer routes for it follow "
+                                        f"namespace {first.namespace!r}", severity="warning"))
+                continue
+            owner[ip] = pod
+            by_ns[pod.namespace].append(_host_cidr(ip))
+    return {ns: tuple(sorted(cidrs)) for ns, cidrs in by_ns.items()}
+
+
+def _bundle(key: str, scope: ProxyScope, *configs: _Config) -> Bundle:
+    listeners = tuple(li for c in configs for li in c.listeners)
+    routes = {r.name: r for c in configs for r in c.routes}
+    clusters = {cl.name: cl for c in configs for cl in c.clusters}
+    return Bundle(key, scope, listeners=listeners, routes=tuple(routes.values()), clusters=tuple(clusters.values()))
+
+
+def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: MeshRoutesFn) -> Partial:
+    """The mesh bundles for `node~` and `sidecar~` proxies, with GAMMA routes from `routes_for`."""
+    pods, issues = mesh_pods(snapshot, opts)
+    services, svc_issues = mesh_services(snapshot)
+    issues.extend(svc_issues)
+    out = _Outbound(snapshot, routes_for)
+    bundles: list[Bundle] = []
+
+    # node~NODE: one listener shared by every node that runs mode-node pods.
+    nodes = sorted({p.node for p in pods if p.mode == "node" and p.node})
+    if nodes:
+        sources = _node_sources(pods, issues)
+        parts = []
+        for sp in services:
+            shared = out.chain(sp, "")
+            if shared is None:
+                continue
+            parts.append(shared)
+            if not sp.http:
+                continue
+            for client_ns, cidrs in sorted(sources.items()):
+                if out.view(sp, client_ns) is not out.view(sp, ""):
+                    part = out.chain(sp, client_ns, cidrs)
+                    if part is not None:
+                        parts.append(part)
+        node_cfg = _outbound_listener(NODE_OUTBOUND_LISTENER, opts.mesh_capture_address, opts, parts, ())
+        bundles.append(_bundle("mesh/node", ProxyScope(frozenset({"node"}), frozenset(nodes)), node_cfg))
+
+    # sidecar~NS/POD: the namespace's outbound listener (shared unless bound to the pod IP) + its inbound.
+    sidecars: dict[str, list[MeshPod]] = defaultdict(list)
+    for pod in pods:
+        if pod.mode == "sidecar":
+            sidecars[pod.namespace].append(pod)
+    per_pod_outbound = opts.mesh_sidecar_capture_address == BIND_POD_IP
+    services_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
+    if sidecars:
+        for obj in snapshot.list("Service"):
+            services_by_ns[obj.meta.namespace].append(obj)
+    indexes = {ns: _SelectorIndex(services_by_ns[ns]) for ns in sidecars}
+    for ns, ns_pods in sorted(sidecars.items()):
+        scope = _egress_scope(snapshot, ns, issues)
+        parts = [p for sp in services if scope.allows(sp.namespace, sp.name)
+                 for p in [out.chain(sp, ns)] if p is not None]
+        if not per_pod_outbound:
+            cfg = _outbound_listener(sidecar_outbound_listener_name(ns), opts.mesh_sidecar_capture_address, opts,
+                                     parts, ())
+            names = frozenset(p.key for p in ns_pods)
+            bundles.append(_bundle(f"mesh/sidecar/{ns}", ProxyScope(frozenset({"sidecar"}), names), cfg))
+        for pod in ns_pods:
+            configs = []
+            if per_pod_outbound:
+                address = _bind(opts.mesh_sidecar_capture_address, pod)
+                if address is not None:
+                    configs.append(_outbound_listener(sidecar_outbound_listener_name(ns, pod.name), address, opts,
+                                                      parts, (pod.ref,)))
+            inbound_address = _bind(opts.mesh_inbound_address, pod)
+            if inbound_address is not None:
+                configs.append(_inbound(indexes[ns], pod, inbound_address, opts, issues))
+            if configs:
+                bundles.append(_bundle(f"mesh/sidecar/{pod.key}",
+                                       ProxyScope(frozenset({"sidecar"}), frozenset({pod.key})), *configs))
+    return Partial(bundles=tuple(bundles), issues=tuple(issues))
+
+
+def _egress_scope(snapshot: InputSnapshot, namespace: str, issues: list[Issue]) -> EgressScope:
+    ns_obj = snapshot.get("Namespace", "", namespace)
+    if ns_obj is None or EGRESS_HOSTS_ANNOTATION not in ns_obj.meta.annotations:
+        return EgressScope()
+    try:
+        return parse_egress_hosts(ns_obj.meta.annotations[EGRESS_HOSTS_ANNOTATION], namespace)
+    except ValueError as exc:
+        issues.append(Issue(str(ns_obj.ref), f"metadata.annotations.{EGRESS_HOSTS_ANNOTATION}",
+                            f"{exc}; sidecars in this namespace reach all mesh Services"))
+        return EgressScope()
+
+
+def translate_mesh(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    """Registered in TRANSLATORS; GAMMA routes come from `MESH_ROUTES` (the Gateway API translator)."""
+    return build_mesh(snapshot, opts, MESH_ROUTES)
+
+
+def mesh_translator(routes_for: MeshRoutesFn) -> Callable[[InputSnapshot, TranslateOptions], Partial]:
+    """A mesh translator bound to a given GAMMA function (an alternative to setting MESH_ROUTES)."""
+
+    def translate(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+        return build_mesh(snapshot, opts, routes_for)
+
+    translate.__name__ = "translate_mesh"
+    return translate

@@ -1,0 +1,58 @@
+"""Pods and Services -> per-node eBPF redirect policies, served to `agent~NODE` over xDS.
+
+A node's policy lists its mesh pods (mode `node` or `sidecar`, from `cilia.io/mesh` on the Pod or its
+Namespace) and every Service VIP:port the pods may call. Every node that has a Node object or a mesh
+pod gets a policy, possibly empty, so an agent always learns what to do, including "nothing".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+
+from cilia.ir.model import Bundle, ProxyScope, RedirectPod, RedirectPolicy, RedirectService
+from cilia.k8s.core import ServiceSpec
+from cilia.k8s.store import InputSnapshot
+from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.mesh import mesh_pods
+
+CGROUP_ANNOTATION = "cilia.io/cgroup"
+
+
+def redirect_services(snapshot: InputSnapshot) -> tuple[RedirectService, ...]:
+    out = []
+    for obj in snapshot.list("Service"):
+        svc: ServiceSpec = obj.spec
+        if svc.type == "ExternalName" or svc.headless:
+            continue
+        for ip in svc.cluster_ips:
+            if ipaddress.ip_address(ip).version != 4:
+                continue  # the agent redirects IPv4 VIPs
+            for port in svc.ports:
+                if port.protocol in ("TCP", ""):
+                    out.append(RedirectService(obj.meta.namespace, obj.meta.name, ip, port.port))
+    return tuple(out)
+
+
+def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    pods, _ = mesh_pods(snapshot, opts)  # the mesh translator reports bad mode settings
+    pods_by_node: dict[str, list[RedirectPod]] = defaultdict(list)
+    for pod in pods:
+        if pod.mode == "off" or not pod.node:
+            continue
+        obj = snapshot.get("Pod", pod.namespace, pod.name)
+        assert obj is not None
+        pods_by_node[pod.node].append(RedirectPod(
+            pod.namespace, pod.name, obj.meta.uid, obj.meta.annotations.get(CGROUP_ANNOTATION, ""),
+            pod.ips, "node" if pod.mode == "node" else "sidecar"))
+    nodes = {o.meta.name for o in snapshot.list("Node")} | set(pods_by_node)
+    services = redirect_services(snapshot) if nodes else ()
+    bundles = []
+    for node in sorted(nodes):
+        on_node = tuple(pods_by_node.get(node, ()))
+        policy = RedirectPolicy(node, on_node, services if on_node else (), proxy_port=opts.mesh_capture_port,
+                                inbound_port=opts.mesh_inbound_port,
+                                sources=tuple(f"Pod {p.namespace}/{p.name}" for p in on_node))
+        bundles.append(Bundle(key=f"redirect:{node}", scope=ProxyScope(frozenset({"agent"}), frozenset({node})),
+                              redirect_policies=(policy,)))
+    return Partial(bundles=tuple(bundles))
