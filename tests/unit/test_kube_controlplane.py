@@ -203,3 +203,92 @@ async def test_two_replicas_one_writer_failover_and_rbac(api: FakeApiServer) -> 
         calls = {Permission(g, res, v) for (v, g, res) in p.kube.api.calls}
         assert calls <= declared
     assert {"list", "watch", "get", "create", "update", "patch"} == {p.verb for p in seen}
+
+
+GATEWAY_OBJECTS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: cilia}
+spec: {controllerName: cilia.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default, generation: 2}
+spec:
+  gatewayClassName: cilia
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+status:  # what the API server gives a new Gateway
+  conditions:
+  - {type: Accepted, status: Unknown, reason: Pending, message: Waiting for controller,
+     lastTransitionTime: "1970-01-01T00:00:00Z"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: default, generation: 3}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [web.example.com]
+  rules:
+  - backendRefs: [{name: echo, port: 80}]
+status:
+  parents:
+  - parentRef: {name: other-gw}
+    controllerName: example.com/other-controller
+    conditions:
+    - {type: Accepted, status: "True", reason: Accepted, message: theirs, lastTransitionTime: "2020-01-01T00:00:00Z"}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: cilia}
+spec: {controller: cilia.io/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: site, namespace: default}
+spec:
+  ingressClassName: cilia
+  rules:
+  - host: site.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}
+"""
+
+
+async def test_gateway_and_ingress_statuses_written_once_and_converge(api: FakeApiServer) -> None:
+    import yaml
+
+    for doc in yaml.safe_load_all(GATEWAY_OBJECTS):
+        api.create(doc)
+    plane = await KubeControlPlane(api, leader_election=False).start()
+    try:
+        writer = plane.kube.writer
+        wanted = {(s.kind, s.name) for s in writer.desired()}
+        assert {("GatewayClass", "cilia"), ("Gateway", "gw"), ("HTTPRoute", "web"), ("Ingress", "site"),
+                ("CiliumEnvoyConfig", "demo")} <= wanted
+        await wait_until(lambda: all(len(status_writes(api, name)) == 1 for _, name in wanted), what="written")
+        await settle(plane, quiet=0.5)
+        for _, name in wanted:  # statuses converge: one write each, however many rebuilds followed
+            assert len(status_writes(api, name)) == 1, name
+        gw = api.get("gateway.networking.k8s.io/v1", "Gateway", "gw", "default")
+        assert gw is not None
+        accepted = {c["type"]: c for c in gw["status"]["conditions"]}["Accepted"]
+        assert accepted["status"] == "True" and accepted["lastTransitionTime"] != "1970-01-01T00:00:00Z"
+        route = api.get("gateway.networking.k8s.io/v1", "HTTPRoute", "web", "default")
+        assert route is not None
+        controllers = sorted(p["controllerName"] for p in route["status"]["parents"])
+        assert controllers == ["cilia.io/gateway-controller", "example.com/other-controller"]
+        gc = api.get("gateway.networking.k8s.io/v1", "GatewayClass", "cilia")
+        assert gc is not None and gc["status"]["conditions"][0]["status"] == "True"
+        ing = api.get("networking.k8s.io/v1", "Ingress", "site", "default")
+        assert ing is not None and "loadBalancer" in ing["status"]
+        # Something unrelated changes: rebuilds, and not a single status write.
+        before = len(api.find_requests(verb="patch", subresource="status"))
+        rebuilds = plane.cp.counters.rebuilds
+        api.create(service("third", "127.96.0.12"))
+        await wait_until(lambda: plane.cp.counters.rebuilds > rebuilds, what="rebuild")
+        await settle(plane)
+        assert len(api.find_requests(verb="patch", subresource="status")) == before
+    finally:
+        await plane.stop()

@@ -194,8 +194,9 @@ def _item_key(item: Any, index: int) -> Any:
 
 
 def with_transition_times(desired: Any, current: Any, now: str) -> Any:
-    """A copy of `desired` whose conditions carry lastTransitionTime: the current one when the condition's
-    status did not change, else `now`. Lists of named items (listeners, parents) are matched by key."""
+    """A copy of `desired` whose conditions carry lastTransitionTime: the object's current one when the
+    condition's status did not change, else `now` (translators are pure and cannot know the time; what
+    they put there is replaced). Lists of named items (listeners, parents) are matched by key."""
     if isinstance(desired, Mapping):
         cur = current if isinstance(current, Mapping) else {}
         out: dict[str, Any] = {}
@@ -205,11 +206,12 @@ def with_transition_times(desired: Any, current: Any, now: str) -> Any:
                 conds = []
                 for c in v:
                     c = dict(c) if isinstance(c, Mapping) else c
-                    if isinstance(c, dict) and not c.get("lastTransitionTime"):
+                    if isinstance(c, dict):
                         prev = old.get(c.get("type"))
-                        same = prev is not None and prev.get("status") == c.get("status")
-                        c["lastTransitionTime"] = prev.get("lastTransitionTime") if same and prev else now
-                        if not c["lastTransitionTime"]:
+                        if prev is not None and prev.get("status") == c.get("status") \
+                                and prev.get("lastTransitionTime"):
+                            c["lastTransitionTime"] = prev["lastTransitionTime"]
+                        else:  # new or changed: it transitions now, whatever a pure translator assumed
                             c["lastTransitionTime"] = now
                     conds.append(c)
                 out[k] = conds
