@@ -51,6 +51,7 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     inject: Any = None  # cilia.mesh.inject.InjectConfig when the webhook is served
+    kubernetes: Any = None  # cilia.k8s.kubemode.KubeOptions in --kubernetes mode
 
 
 @dataclass(slots=True)
@@ -89,6 +90,7 @@ class ControlPlane:
         self._changed_kinds: set[str] = set()
         self._started = False
         self._stop = asyncio.Event()
+        self.kube: Any = None  # cilia.k8s.kubemode.KubeMode in --kubernetes mode
         self.store.subscribe(self._on_change)
 
     # -- change handling -------------------------------------------------------------------------------
@@ -128,6 +130,8 @@ class ControlPlane:
         self.counters.last_rebuild_seconds = dt
         for issue in world.issues:
             log.warning("%s", issue)
+        if self.kube is not None:
+            self.kube.after_rebuild(self.result.statuses, self.all_issues())
         log.info("config revision %d built in %.1f ms (%d objects)", snapshot.revision, dt * 1000,
                  snapshot.count())
 
@@ -154,6 +158,12 @@ class ControlPlane:
         file_source = FileSource(self.opts.paths, self.store) if self.opts.paths else None
         if file_source is not None:
             file_source.load()
+        if self.opts.kubernetes is not None:
+            from cilia.k8s.kubemode import KubeMode
+
+            self.kube = await KubeMode.connect(self.store, self.opts.kubernetes,
+                                               on_watch_restart=self._watch_restarted)
+            await self.kube.initial_sync()
         self._changed.clear()
         self._changed_kinds.clear()
         self.rebuild()
@@ -170,6 +180,8 @@ class ControlPlane:
                 tg.create_task(self._debounce_loop())
                 if file_source is not None and self.opts.watch:
                     tg.create_task(file_source.watch(self._stop))
+                for coro in self.kube.coroutines(self.status) if self.kube is not None else ():
+                    tg.create_task(coro)
                 tg.create_task(self._wait_stop())
         except* _Stopped:
             pass
@@ -178,6 +190,12 @@ class ControlPlane:
             await runner.cleanup()
             if webhook_runner is not None:
                 await webhook_runner.cleanup()
+            if self.kube is not None:
+                await self.kube.close()
+
+    def _watch_restarted(self, kind: str, reason: str) -> None:
+        key = "kube_watch_restarts_total"
+        self.counters.extra[key] = self.counters.extra.get(key, 0) + 1
 
     async def _start_webhook(self) -> web.AppRunner | None:
         if not self.opts.webhook_address:
@@ -231,6 +249,8 @@ class ControlPlane:
         return proxy_config_json(self.cache.resources_for(proxy))
 
     def object_statuses(self) -> list[dict[str, Any]]:
+        if self.kube is not None and self.kube.writer is not None:  # includes the CEC conditions it adds
+            return [s.as_dict() for s in self.kube.writer.desired()]
         return [s.as_dict() for s in (self.result.statuses if self.result else ())]
 
     def agents(self) -> dict[str, Any]:
@@ -258,6 +278,7 @@ class ControlPlane:
         lines += [f'cilia_connected_proxies{{role="{r}"}} {n}' for r, n in sorted(by_role.items())]
         lines += ["# HELP cilia_config_issues Problems found in the input.", "# TYPE cilia_config_issues gauge",
                   f"cilia_config_issues {len(self.all_issues())}"]
+        lines += [f"cilia_{k} {v:g}" for k, v in sorted(c.extra.items())]
         return "\n".join(lines) + "\n"
 
 

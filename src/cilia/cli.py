@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -54,6 +55,39 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port)
 
 
+def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Kubernetes mode (--kubernetes)")
+    g.add_argument("--lease-name", default="cilia-leader", help="Lease used for leader election")
+    g.add_argument("--lease-namespace", default="cilia-system", help="namespace of the Lease (default cilia-system)")
+    g.add_argument("--leader-identity", default="", help="this replica's identity (default: $POD_NAME + suffix)")
+    g.add_argument("--lease-duration", type=float, default=15.0, help="seconds a Lease holds without renewal")
+    g.add_argument("--lease-renew-deadline", type=float, default=10.0,
+                   help="seconds the leader keeps trying to renew before it stops leading")
+    g.add_argument("--lease-retry-period", type=float, default=2.0, help="seconds between election attempts")
+    g.add_argument("--no-leader-election", action="store_true",
+                   help="always write status (only for a single replica)")
+    g.add_argument("--no-status", action="store_true", help="do not write status back to Kubernetes")
+    g.add_argument("--status-qps", type=float, default=10.0, help="most status writes per second (all objects)")
+    g.add_argument("--status-burst", type=int, default=20, help="status writes allowed at once")
+    g.add_argument("--status-min-interval", type=float, default=1.0,
+                   help="least seconds between two status writes of one object")
+
+
+def _kube_options(args: argparse.Namespace) -> Any:
+    from cilia.k8s.kubemode import KubeOptions
+    from cilia.k8s.leader import LeaseConfig
+    from cilia.k8s.statuswriter import WriteLimits
+
+    lease = LeaseConfig(args.lease_name, args.lease_namespace, args.leader_identity, args.lease_duration,
+                        args.lease_renew_deadline, args.lease_retry_period)
+    if not args.no_leader_election:
+        lease.check()
+    return KubeOptions(kubeconfig=args.kubeconfig, lease=lease, leader_election=not args.no_leader_election,
+                       write_status=not args.no_status,
+                       status=WriteLimits(min_interval_s=args.status_min_interval, rate_per_s=args.status_qps,
+                                          burst=args.status_burst))
+
+
 def _add_inject_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envoy-image", default="envoyproxy/envoy:v1.40.0", help="sidecar Envoy image")
     p.add_argument("--cilia-image", default="ghcr.io/cilia/cilia:0.1.0", help="image of the bootstrap init step")
@@ -84,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="manifest file or directory (repeatable); watched for changes")
     serve.add_argument("--kubernetes", action="store_true", help="watch the Kubernetes API")
     serve.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    _add_kubernetes_options(serve)
     serve.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT", help="xDS gRPC address")
     serve.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT", help="admin HTTP address")
     serve.add_argument("--webhook", default=None, metavar="HOST:PORT", help="serve the sidecar injection webhook")
@@ -280,14 +315,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         webhook_address=args.webhook, tls_cert=args.tls_cert, tls_key=args.tls_key,
         inject=_inject_config(args) if args.webhook else None,
     )
+    if args.kubernetes:
+        try:
+            opts = dataclasses.replace(opts, kubernetes=_kube_options(args))
+        except ValueError as exc:
+            print(f"cilia: {exc}", file=sys.stderr)
+            return 2
     if args.webhook and not (args.tls_cert and args.tls_key):
         print("cilia: --webhook needs --tls-cert and --tls-key (the API server only calls HTTPS webhooks)",
               file=sys.stderr)
         return 2
+    from cilia.errors import CiliaError
+
     try:
         return asyncio.run(serve(opts))
     except KeyboardInterrupt:
         return 130
+    except CiliaError as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 1
 
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,

@@ -1,0 +1,78 @@
+"""The Kubernetes pieces of one control plane: source, status writer and leader elector, built together.
+
+This only builds and connects them; ``cilia.app.ControlPlane`` starts their coroutines in its TaskGroup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cilia.diagnostics import Issue
+from cilia.errors import SourceError
+from cilia.k8s.kubeapi import KubeApi
+from cilia.k8s.kubesource import KubernetesSource, RestartHook, WatchOptions
+from cilia.k8s.leader import LeaderElector, LeaseConfig
+from cilia.k8s.statuswriter import StatusWriter, WriteLimits
+from cilia.k8s.store import Store
+from cilia.translate.context import ObjectStatus
+
+
+@dataclass(frozen=True, slots=True)
+class KubeOptions:
+    kubeconfig: str | None = None  # None: in-cluster service account, then ~/.kube/config
+    watch: WatchOptions = field(default_factory=WatchOptions)
+    status: WriteLimits = field(default_factory=WriteLimits)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    leader_election: bool = True  # False: this replica always writes status (run only one then)
+    write_status: bool = True
+
+
+class KubeMode:
+    def __init__(self, store: Store, api: KubeApi, opts: KubeOptions, *,
+                 on_watch_restart: RestartHook | None = None) -> None:
+        self.opts = opts
+        self.api = api
+        self.source = KubernetesSource(store, api, options=opts.watch, on_watch_restart=on_watch_restart)
+        self.elector = LeaderElector(api, opts.lease, on_change=self._leadership) if opts.leader_election else None
+        self.writer = StatusWriter(api, self.source, limits=opts.status, is_leader=self.is_leader) \
+            if opts.write_status else None
+
+    @classmethod
+    async def connect(cls, store: Store, opts: KubeOptions, *,
+                      on_watch_restart: RestartHook | None = None) -> KubeMode:
+        if opts.leader_election:
+            opts.lease.check()
+        try:
+            api = await KubeApi.connect(opts.kubeconfig)
+        except Exception as exc:  # kubernetes-asyncio raises ConfigException, OSError, yaml errors ...
+            where = opts.kubeconfig or "in-cluster config or ~/.kube/config"
+            raise SourceError(f"cannot configure the Kubernetes client from {where}: {exc}") from exc
+        return cls(store, api, opts, on_watch_restart=on_watch_restart)
+
+    def is_leader(self) -> bool:
+        return self.elector.is_leader if self.elector is not None else True
+
+    def _leadership(self, leading: bool) -> None:
+        if self.writer is not None:
+            self.writer.wake()
+
+    async def initial_sync(self) -> None:
+        await self.source.initial_sync()
+
+    def coroutines(self, proxy_status: Any = None) -> list[Coroutine[Any, Any, None]]:
+        """What to run for the life of the control plane (`proxy_status`: StatusRegistry, for NACKs)."""
+        coros: list[Coroutine[Any, Any, None]] = [self.source.run()]
+        if self.elector is not None:
+            coros.append(self.elector.run())
+        if self.writer is not None:
+            coros.append(self.writer.run(proxy_status))
+        return coros
+
+    def after_rebuild(self, statuses: Iterable[ObjectStatus], issues: Iterable[Issue]) -> None:
+        if self.writer is not None:
+            self.writer.set_inputs(statuses, issues)
+
+    async def close(self) -> None:
+        await self.api.close()
