@@ -76,9 +76,8 @@ class ResourceCache:
             res = hit[1]
         else:
             key = (type_url, node)
-            res = self._by_node.get(key) or self._next.get(key)
-            if res is None:
-                res = Resource.of(type_url, name, build(node))
+            found = self._by_node.get(key) or self._next.get(key)
+            res = found if found is not None else Resource.of(type_url, name, build(node))
             self._next[key] = res
         self._next_by_id[ident] = (node, res)  # holds `node`, so its id cannot be reused meanwhile
         return res
