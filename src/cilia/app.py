@@ -251,7 +251,17 @@ class ControlPlane:
     def object_statuses(self) -> list[dict[str, Any]]:
         if self.kube is not None and self.kube.writer is not None:  # includes the CEC conditions it adds
             return [s.as_dict() for s in self.kube.writer.desired()]
-        return [s.as_dict() for s in (self.result.statuses if self.result else ())]
+        if self.result is not None:  # file mode: the same stanzas, CEC conditions included
+            from cilia.k8s.kubesource import ObservedObject
+            from cilia.k8s.statuswriter import current_nacks, envoy_config_statuses
+
+            configs = [ObservedObject(o.kind, o.meta.namespace, o.meta.name, o.api_version, o.meta.generation, "",
+                                      None)
+                       for kind in ("CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig")
+                       for o in self.store.objects_of_kind(kind)]
+            cec = envoy_config_statuses(configs, self.all_issues(), current_nacks(self.status), file_mode=True)
+            return [st.as_dict() for st in (*self.result.statuses, *cec)]
+        return []
 
     def agents(self) -> dict[str, Any]:
         return {pid: p for pid, p in self.status.as_dict().items() if pid.startswith("agent~")}

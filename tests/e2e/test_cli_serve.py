@@ -126,3 +126,29 @@ def test_restart_keeps_envoy_serving_and_status_shows_nacks() -> None:
             envoy.stop()
             cp.stop()
             md.cleanup()
+
+
+def test_file_mode_debug_status_has_cec_conditions_including_nacks() -> None:
+    md = ManifestDir()
+    port = free_port()
+    with echo_backends(("a", "127.0.0.2")) as (a,):
+        md.write("svc.yaml", docs(service("echo"), endpoint_slice("echo", [(a.host, a.port)])))
+        md.write("cec.yaml", _cec(port))
+        cp = CiliaProcess([str(md.path)]).start()
+        envoy = Envoy("node~status", cp.xds_port).start()
+        try:
+            def conditions() -> dict[str, tuple[str, str]]:
+                (st,) = [s for s in cp.admin_json("/debug/status") if s["kind"] == "CiliumEnvoyConfig"]
+                assert st["metadata"] == {"namespace": "default", "name": "t", "generation": 0}
+                return {c["type"]: (c["status"], c["reason"]) for c in st["status"]["conditions"]}
+
+            envoy.wait_for(lambda: get(f"http://127.0.0.1:{port}/").status == 200, what="served")
+            assert conditions() == {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+            md.write("cec.yaml", _cec(port, bad=True))
+            envoy.wait_for(lambda: conditions()["Programmed"] == ("False", "Nacked"), timeout=5,
+                           what="NACK in status")
+            assert conditions()["Accepted"] == ("True", "Accepted")
+        finally:
+            envoy.stop()
+            cp.stop()
+            md.cleanup()

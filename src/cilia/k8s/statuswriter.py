@@ -140,8 +140,12 @@ def _clip(text: str) -> str:
 
 
 def envoy_config_statuses(configs: Iterable[ObservedObject], issues: Iterable[Issue], nacks: Sequence[Nack],
-                          source: str = SOURCE) -> tuple[ObjectStatus, ...]:
-    """`Accepted` and `Programmed` conditions for every CEC/CCEC (pure; times are filled in on write)."""
+                          source: str = SOURCE, *, file_mode: bool = False) -> tuple[ObjectStatus, ...]:
+    """`Accepted` and `Programmed` conditions for every CEC/CCEC (pure; times are filled in on write).
+
+    An error reported by the source (the object failed validation when read: its last valid version
+    still serves) is told apart from one found by translation or rendering (the config is left out):
+    in Kubernetes mode by the issue's location being `source`, in file mode by it naming a file."""
     by_object: dict[str, list[Issue]] = {}
     for issue in issues:
         if issue.severity == "error":
@@ -159,7 +163,7 @@ def envoy_config_statuses(configs: Iterable[ObservedObject], issues: Iterable[Is
                         "message": "the config is valid"}
         # Rejected by translation or rendering: nothing of it is served. Rejected by validation when
         # read from the API (issue from the source): its last valid version still is.
-        left_out = any(i.location != source for i in errors)
+        left_out = any((not i.location) if file_mode else i.location != source for i in errors)
         pattern = _prefix_pattern(cfg.kind, cfg.namespace, cfg.name)
         mine = [n for n in nacks if pattern.search(n.message)]
         if left_out:

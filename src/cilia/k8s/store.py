@@ -205,6 +205,11 @@ class Store:
         self._pending_changes.clear()
         return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
 
+    def objects_of_kind(self, kind: str) -> list[KubeObject]:
+        """The current objects of one kind, sorted by namespace/name."""
+        by_key = self._kinds.get(kind, {})
+        return [by_key[k] for k in sorted(by_key)]
+
     def snapshot_count(self) -> int:
         """How many objects the store holds now (all kinds)."""
         return sum(len(v) for v in self._kinds.values())
