@@ -266,6 +266,11 @@ class RedirectPod:
     cgroup_path: str  # relative to the agent's cgroup root; empty: the agent finds it by UID
     pod_ips: tuple[str, ...]
     mode: Literal["node", "sidecar"]
+    # Sidecar mode: where the sidecar's outbound capture listener is (empty/0: the agent's defaults,
+    # 127.0.0.1:15001) and the cgroup the sidecar runs in (relative to the agent's cgroup root).
+    sidecar_address: str = ""
+    sidecar_port: int = 0
+    sidecar_cgroup_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

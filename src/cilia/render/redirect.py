@@ -12,7 +12,8 @@ def render_redirect_policy(p: ir.RedirectPolicy) -> api.NodeRedirectPolicy:
     out = api.NodeRedirectPolicy(node_name=p.name, proxy_port=p.proxy_port, inbound_port=p.inbound_port)
     for pod in p.pods:
         out.pods.add(namespace=pod.namespace, name=pod.name, uid=pod.uid, cgroup_path=pod.cgroup_path,
-                     pod_ips=list(pod.pod_ips), mode=MODES[pod.mode])
+                     pod_ips=list(pod.pod_ips), mode=MODES[pod.mode], sidecar_address=pod.sidecar_address,
+                     sidecar_port=pod.sidecar_port, sidecar_cgroup_path=pod.sidecar_cgroup_path)
     for svc in p.services:
         out.services.add(namespace=svc.namespace, name=svc.name, vip=svc.vip, port=svc.port, protocol=api.TCP)
     return out

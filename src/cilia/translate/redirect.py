@@ -3,6 +3,14 @@
 A node's policy lists its mesh pods (mode `node` or `sidecar`, from `cilia.io/mesh` on the Pod or its
 Namespace) and every Service VIP:port the pods may call. Every node that has a Node object or a mesh
 pod gets a policy, possibly empty, so an agent always learns what to do, including "nothing".
+
+A pod's cgroup is its annotation `cilia.io/cgroup` (relative to the agent's cgroup root; empty: the
+agent looks the pod up by UID). A sidecar-mode pod also names its sidecar's cgroup with
+`cilia.io/sidecar-cgroup` (the agent needs it to tell the sidecar's own connects from the app's), and
+gets the sidecar's outbound capture address from the mesh translator's options: the pod IP for
+`mesh_sidecar_capture_address: pod-ip`, that address when it is a specific IPv4 address, else the
+agent's default (127.0.0.1), always on `mesh_capture_port`. The sidecar's inbound port is the
+policy's `inbound_port` (`mesh_inbound_port`).
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from cilia.ir.model import Bundle, ProxyScope, RedirectPod, RedirectPolicy, Redi
 from cilia.k8s.core import ServiceSpec
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Partial, TranslateOptions
-from cilia.translate.mesh import mesh_pods
+from cilia.translate.mesh import BIND_POD_IP, MeshPod, mesh_pods
 
 CGROUP_ANNOTATION = "cilia.io/cgroup"
+SIDECAR_CGROUP_ANNOTATION = "cilia.io/sidecar-cgroup"
 
 
 def redirect_services(snapshot: InputSnapshot) -> tuple[RedirectService, ...]:
@@ -34,6 +43,17 @@ def redirect_services(snapshot: InputSnapshot) -> tuple[RedirectService, ...]:
     return tuple(out)
 
 
+def sidecar_capture_address(pod: MeshPod, opts: TranslateOptions) -> str:
+    """Where the agent sends a sidecar pod's connects to mesh VIPs ("" = the agent's default, 127.0.0.1)."""
+    if opts.mesh_sidecar_capture_address == BIND_POD_IP:
+        return next((ip for ip in pod.ips if ipaddress.ip_address(ip).version == 4), "")
+    try:
+        ip = ipaddress.ip_address(opts.mesh_sidecar_capture_address)
+    except ValueError:
+        return ""
+    return "" if ip.version != 4 or ip.is_unspecified else str(ip)
+
+
 def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     pods, _ = mesh_pods(snapshot, opts)  # the mesh translator reports bad mode settings
     pods_by_node: dict[str, list[RedirectPod]] = defaultdict(list)
@@ -42,9 +62,14 @@ def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
             continue
         obj = snapshot.get("Pod", pod.namespace, pod.name)
         assert obj is not None
+        cgroup = obj.meta.annotations.get(CGROUP_ANNOTATION, "")
+        if pod.mode == "node":
+            pods_by_node[pod.node].append(RedirectPod(pod.namespace, pod.name, obj.meta.uid, cgroup, pod.ips, "node"))
+            continue
         pods_by_node[pod.node].append(RedirectPod(
-            pod.namespace, pod.name, obj.meta.uid, obj.meta.annotations.get(CGROUP_ANNOTATION, ""),
-            pod.ips, "node" if pod.mode == "node" else "sidecar"))
+            pod.namespace, pod.name, obj.meta.uid, cgroup, pod.ips, "sidecar",
+            sidecar_address=sidecar_capture_address(pod, opts), sidecar_port=opts.mesh_capture_port,
+            sidecar_cgroup_path=obj.meta.annotations.get(SIDECAR_CGROUP_ANNOTATION, "")))
     nodes = {o.meta.name for o in snapshot.list("Node")} | set(pods_by_node)
     services = redirect_services(snapshot) if nodes else ()
     bundles = []
