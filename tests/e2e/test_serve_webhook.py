@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from support.certs import TestCA
 from support.controlplane import CiliaProcess, ManifestDir
 from support.net import free_port
