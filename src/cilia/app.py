@@ -17,7 +17,8 @@ from cilia.identity import ProxyId
 from cilia.k8s.filesource import FileSource
 from cilia.k8s.store import Store
 from cilia.obs.admin import make_admin_app, start_admin
-from cilia.render.dump import proxy_config_json
+from cilia.obs.telemetry import Telemetry
+from cilia.render.dump import proxy_config_json, sent_config_json, world_sizes
 from cilia.render.world import ResourceCache, render_world
 from cilia.translate import ENDPOINT_KINDS, TranslationResult, translate
 from cilia.translate.context import TranslateOptions
@@ -51,6 +52,7 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     inject: Any = None  # cilia.mesh.inject.InjectConfig when the webhook is served
+    otlp_endpoint: str | None = None  # OTLP/gRPC collector HOST:PORT for traces and metrics (optional)
 
 
 @dataclass(slots=True)
@@ -75,7 +77,11 @@ class ControlPlane:
         self.store = Store()
         self.cache = ConfigCache()
         self.status = StatusRegistry()
-        self.xds = XdsServer(self.cache, self.status, opts.limits)
+        self.telemetry = Telemetry.create(opts.otlp_endpoint)
+        self.metrics = self.telemetry.metrics
+        self.xds = XdsServer(self.cache, self.status, opts.limits, self.telemetry.xds)
+        self.metrics.observe(proxies=self._proxy_counts, snapshot=self._snapshot_sizes, issues=self._issue_counts)
+        self._sizes: tuple[object, dict[str, tuple[int, int]]] = (None, {})
         self.render_cache = ResourceCache()
         self.result: TranslationResult | None = None
         self.render_issues: tuple[Issue, ...] = ()
@@ -99,15 +105,22 @@ class ControlPlane:
         self._last_change = now
         self._changed_kinds |= kinds
         self.counters.source_events += 1
+        self.metrics.source_event(kinds)
         self._changed.set()
 
-    def rebuild(self) -> None:
+    def rebuild(self, first_event_at: float | None = None, kinds: frozenset[str] = frozenset()) -> None:
         t0 = time.perf_counter()
-        snapshot = self.store.snapshot()
-        self.result = translate(snapshot, self.opts.translate, self.result)
-        world = render_world(self.result.ir, self.render_cache, snapshot.revision)
-        self.render_issues = world.issues
-        self.cache.set_world(world)
+        with self.telemetry.change_batch(first_event_at, kinds) as batch:
+            snapshot = self.store.snapshot()
+            with batch.stage("translate"):
+                self.result = translate(snapshot, self.opts.translate, self.result)
+            with batch.stage("render"):
+                world = render_world(self.result.ir, self.render_cache, snapshot.revision)
+            self.render_issues = world.issues
+            with batch.stage("push"):
+                batch.begin_push()
+                self.cache.set_world(world)
+            self.metrics.set_object_counts({k: len(v) for k, v in snapshot.objects.items()})
         dt = time.perf_counter() - t0
         self.counters.rebuilds += 1
         self.counters.rebuild_seconds_total += dt
@@ -128,10 +141,11 @@ class ControlPlane:
                 if now >= deadline:
                     break
                 await asyncio.sleep(deadline - now)
+            first, kinds = self._first_change, frozenset(self._changed_kinds)
             self._changed.clear()
             self._changed_kinds.clear()
             try:
-                self.rebuild()
+                self.rebuild(first, kinds)
             except Exception:
                 log.exception("rebuild failed; the previous configuration stays in place")
 
@@ -154,6 +168,7 @@ class ControlPlane:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._debounce_loop())
+                tg.create_task(self.metrics.run())
                 if file_source is not None and self.opts.watch:
                     tg.create_task(file_source.watch(self._stop))
                 tg.create_task(self._wait_stop())
@@ -164,6 +179,7 @@ class ControlPlane:
             await runner.cleanup()
             if webhook_runner is not None:
                 await webhook_runner.cleanup()
+            self.telemetry.shutdown()
 
     async def _start_webhook(self) -> web.AppRunner | None:
         if not self.opts.webhook_address:
@@ -210,11 +226,39 @@ class ControlPlane:
         return self.status.as_dict()
 
     def proxy_config(self, proxy_id: str) -> dict[str, Any]:
+        """What a connected proxy was last sent; for one not connected, what it would receive."""
         try:
             proxy = ProxyId.parse(proxy_id)
         except Exception as exc:
             raise ValueError(str(exc)) from None
+        if self.xds.streams.get(str(proxy)):
+            return sent_config_json(lambda t: self.xds.sent_resources(str(proxy), t))
         return proxy_config_json(self.cache.resources_for(proxy))
+
+    def proxy_config_source(self, proxy_id: str) -> str:
+        """"sent" when /debug/config shows what the proxy was sent, "computed" when what it would get."""
+        return "sent" if self.xds.streams.get(proxy_id) else "computed"
+
+    # -- metric views (read at scrape time) ---------------------------------------------------------------
+    def _proxy_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for pid, ps in self.status.proxies.items():
+            if ps.streams:
+                key = (pid.split("~", 1)[0], ps.variant)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _issue_counts(self) -> dict[str, int]:
+        counts = {"error": 0, "warning": 0}
+        for issue in self.all_issues():
+            counts[issue.severity] = counts.get(issue.severity, 0) + 1
+        return counts
+
+    def _snapshot_sizes(self) -> dict[str, tuple[int, int]]:
+        world = self.cache.world
+        if self._sizes[0] is not world:
+            self._sizes = (world, world_sizes(world))
+        return self._sizes[1]
 
     def object_statuses(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in (self.result.statuses if self.result else ())]
@@ -223,28 +267,7 @@ class ControlPlane:
         return {pid: p for pid, p in self.status.as_dict().items() if pid.startswith("agent~")}
 
     def metrics_text(self) -> str:
-        c = self.counters
-        by_role: dict[str, int] = {}
-        for pid, ps in self.status.proxies.items():
-            if ps.streams:
-                role = pid.split("~", 1)[0]
-                by_role[role] = by_role.get(role, 0) + 1
-        lines = [
-            "# HELP cilia_rebuilds_total Configuration rebuilds.", "# TYPE cilia_rebuilds_total counter",
-            f"cilia_rebuilds_total {c.rebuilds}",
-            "# HELP cilia_rebuild_duration_seconds_sum Time spent translating and rendering.",
-            "# TYPE cilia_rebuild_duration_seconds_sum counter",
-            f"cilia_rebuild_duration_seconds_sum {c.rebuild_seconds_total:.6f}",
-            "# HELP cilia_source_events_total Changes seen from sources.", "# TYPE cilia_source_events_total counter",
-            f"cilia_source_events_total {c.source_events}",
-            "# HELP cilia_xds_streams Open xDS streams.", "# TYPE cilia_xds_streams gauge",
-            f"cilia_xds_streams {self.xds.active_streams}",
-            "# HELP cilia_connected_proxies Connected proxies by role.", "# TYPE cilia_connected_proxies gauge",
-        ]
-        lines += [f'cilia_connected_proxies{{role="{r}"}} {n}' for r, n in sorted(by_role.items())]
-        lines += ["# HELP cilia_config_issues Problems found in the input.", "# TYPE cilia_config_issues gauge",
-                  f"cilia_config_issues {len(self.all_issues())}"]
-        return "\n".join(lines) + "\n"
+        return self.metrics.prometheus_text()
 
 
 class _Stopped(Exception):

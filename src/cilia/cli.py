@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--debounce-max-ms", type=int, default=1000, help="longest a change waits for a rebuild")
     serve.add_argument("--max-streams", type=int, default=10_000, help="most xDS streams held at once")
     serve.add_argument("--no-watch", action="store_true", help="read manifests once, do not watch them")
+    serve.add_argument("--otlp-endpoint", default=None, metavar="HOST:PORT",
+                       help="export traces and metrics over OTLP/gRPC to this collector (optional)")
     _add_translate_options(serve)
     _add_inject_options(serve)
 
@@ -101,8 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inject_options(inj)
 
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
+    st.add_argument("proxy", nargs="?", default=None, metavar="PROXY_ID", help="show one proxy in full")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    cf = sub.add_parser("config", help="dump the configuration a proxy was sent (from the admin endpoint)")
+    cf.add_argument("proxy", metavar="PROXY_ID")
+    cf.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
+    cf.add_argument("--type", choices=("listeners", "routes", "clusters", "endpoints", "secrets"), default=None,
+                    help="only this resource type")
+    cf.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
     return parser
 
 
@@ -157,7 +167,7 @@ def _fetch_json(admin: str, path: str) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cilia.render.resources import SHORT_NAMES
+    from cilia.obs.status_view import proxy_detail, status_table
 
     try:
         proxies = _fetch_json(args.admin, "/debug/proxies")
@@ -165,31 +175,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as exc:
         print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
         return 2
+    if args.proxy is not None:
+        if args.proxy not in proxies:
+            print(f"cilia: proxy {args.proxy!r} has not connected (known: {', '.join(proxies) or 'none'})",
+                  file=sys.stderr)
+            return 1
+        if args.output == "json":
+            print(json.dumps({args.proxy: proxies[args.proxy]}, indent=2))
+        else:
+            sys.stdout.write(proxy_detail(args.proxy, proxies[args.proxy]))
+        return 0
     if args.output == "json":
         print(json.dumps({"proxies": proxies, "issues": issues}, indent=2))
         return 0
-    types = list(SHORT_NAMES.values())
-    header = ["PROXY", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
-    rows = [header]
-    for pid, p in proxies.items():
-        states = []
-        nack = ""
-        for t in types:
-            ts = p["types"].get(t)
-            states.append("-" if ts is None else ts["state"])
-            if ts and ts.get("last_nack"):
-                nack = f"{t}: {ts['last_nack']}"
-        rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
-                     (nack[:100] + "...") if len(nack) > 100 else (nack or "-")])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
-    if not proxies:
-        print("(no proxies have connected)")
-    if issues:
-        print(f"\n{len(issues)} configuration issue(s):")
-        for i in issues:
-            print(f"  {i['text']}")
+    sys.stdout.write(status_table(proxies, issues))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    try:
+        with urllib.request.urlopen(f"http://{args.admin}/debug/config/{quote(args.proxy, safe='~')}",
+                                    timeout=10) as resp:
+            source = resp.headers.get("X-Cilia-Config-Source", "")
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"cilia: {args.proxy}: {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
+        return 2
+    if source == "computed":
+        print(f"cilia: {args.proxy} is not connected; showing what it would receive", file=sys.stderr)
+    if args.type:
+        data = {args.type: data.get(args.type, [])}
+    sys.stdout.write(_dump(data, args.output))
     return 0
 
 
@@ -218,6 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         webhook_address=args.webhook, tls_cert=args.tls_cert, tls_key=args.tls_key,
         inject=_inject_config(args) if args.webhook else None,
+        otlp_endpoint=args.otlp_endpoint,
     )
     if args.webhook and not (args.tls_cert and args.tls_key):
         print("cilia: --webhook needs --tls-cert and --tls-key (the API server only calls HTTPS webhooks)",
@@ -230,7 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
-            "inject": cmd_inject}
+            "inject": cmd_inject, "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,7 @@ class ProxyStatus:
     last_seen: float = 0.0
     user_agent: str = ""
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    node: Any = None  # the envoy.config.core.v3.Node of the latest stream's first request (for CSDS)
 
     def type(self, type_url: str) -> TypeStatus:
         ts = self.types.get(type_url)

@@ -27,6 +27,7 @@ from cilia.render.resources import (
     sotw_response,
 )
 from cilia.render.world import ProxyResources
+from cilia.xds.hooks import XdsObserver
 from cilia.xds.status import ProxyStatus
 
 log = logging.getLogger("cilia.xds")
@@ -58,14 +59,19 @@ class _TypeState:
     sent_version: str = ""
     force: bool = False  # a request that must be answered even when nothing changed
     pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
+    sent_info: dict[str, tuple[float, int]] = field(default_factory=dict)  # nonce -> (monotonic sent, change seq)
 
 
 class BaseStream:
     variant = ""
 
     def __init__(self, proxy: ProxyId, resources: Callable[[ProxyId], ProxyResources], status: ProxyStatus,
-                 write: Writer, allowed_types: frozenset[str], limits: StreamLimits) -> None:
+                 write: Writer, allowed_types: frozenset[str], limits: StreamLimits,
+                 observer: XdsObserver | None = None) -> None:
         self.proxy = proxy
+        self.observer = observer or XdsObserver()
+        self._synced_seq = self.observer.change_seq
+        self._change_driven = False  # the current sync pass carries a new change batch
         self._resources = resources
         self.status = status
         self._write = write
@@ -87,13 +93,17 @@ class BaseStream:
 
     def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
         ts = self.status.type(type_url)
+        sent_at, seq = st.sent_info.pop(nonce, (0.0, 0))
         if error:
+            self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
             ts.last_nack = error
             ts.last_nack_version = ts.version_sent if nonce == st.last_nonce else version
             ts.last_nack_time = time.time()
             log.warning("%s NACKed %s (nonce %s): %s", self.proxy, type_url.rsplit(".", 1)[-1], nonce, error)
         else:
+            if sent_at:
+                self.observer.acked(self.status.proxy_id, self.variant, type_url, sent_at, seq, version)
             ts.acks += 1
             ts.version_acked = version
             ts.acked_time = time.time()
@@ -112,6 +122,15 @@ class BaseStream:
         ts.nonce_sent = nonce
         ts.resources_sent = count
         ts.sent_time = time.time()
+        if st.nonce_seq == 1:
+            reason = "initial"
+        else:
+            reason = "change" if self._change_driven else "request"
+        seq = self._synced_seq if reason == "change" else 0
+        st.sent_info[nonce] = (time.monotonic(), seq)
+        if len(st.sent_info) > 64:
+            st.sent_info.pop(next(iter(st.sent_info)))
+        self.observer.pushed(type_url, reason, len(payload))
         await self._write(payload)
         return ev
 
@@ -135,6 +154,9 @@ class BaseStream:
         """
         outstanding: list[asyncio.Event] = []
         deadline: float | None = None
+        seq = self.observer.change_seq
+        self._change_driven = seq != self._synced_seq
+        self._synced_seq = seq
         for _ in range(64):  # bounded: every round sends something or waits for the proxy
             view = self._resources(self.proxy)
             types = self._ordered_types()
@@ -181,6 +203,11 @@ class BaseStream:
             woken.cancel()
         self.wake.clear()
 
+    def sent_resources(self, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        """What the proxy was last sent of `type_url`: (name, version, resource or None when the
+        bytes of that version are no longer at hand), sorted by name. For debug views and CSDS."""
+        raise NotImplementedError
+
     # subclasses
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         raise NotImplementedError
@@ -194,6 +221,12 @@ class BaseStream:
 
 class SotwStream(BaseStream):
     variant = "sotw"
+
+    def sent_resources(self, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        st = self.types.get(type_url)
+        if st is None:
+            return []
+        return [(name, res.version, res) for name, res in sorted(st.sent.items())]
 
     def handle(self, type_url: str, version_info: str, names: Iterable[str], nonce: str, error: str) -> None:
         st = self._state(type_url)
@@ -274,6 +307,21 @@ class SotwStream(BaseStream):
 
 class DeltaStream(BaseStream):
     variant = "delta"
+
+    def sent_resources(self, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        # Delta keeps only versions per name (memory per stream); the bytes come from the current view
+        # when its version is the one sent, which holds except while a newer one is in flight.
+        st = self.types.get(type_url)
+        if st is None:
+            return []
+        current = self._resources(self.proxy).of(type_url)
+        out: list[tuple[str, str, Resource | None]] = []
+        for name, version in sorted(st.known.items()):
+            if not version:
+                continue
+            res = current.get(name)
+            out.append((name, version, res if res is not None and res.version == version else None))
+        return out
 
     def handle(self, type_url: str, subscribe: Iterable[str], unsubscribe: Iterable[str],
                initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
