@@ -26,15 +26,31 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
+    p.add_argument("--envoy-otel-collector", default="", metavar="HOST:PORT",
+                   help="OTLP/gRPC collector Envoy's HTTP listeners send traces to (default: no tracing)")
+    p.add_argument("--envoy-tracing-sampling", type=float, default=100.0, metavar="PERCENT",
+                   help="percent of requests Envoy traces when --envoy-otel-collector is set (default 100)")
+    p.add_argument("--envoy-listener-stat-prefix", action="store_true",
+                   help="name Envoy's listener stats after the listener (listener.<name>.*)")
 
 
 def _translate_options(args: argparse.Namespace) -> Any:
     from cilia.translate.context import TranslateOptions
+    from cilia.translate.telemetry import collector_cluster
+
+    if args.envoy_otel_collector:
+        try:
+            collector_cluster(args.envoy_otel_collector)
+        except ValueError as exc:
+            raise SystemExit(f"cilia: --envoy-otel-collector: {exc}") from None
 
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
-                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode)
+                            local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
+                            envoy_otel_collector=args.envoy_otel_collector,
+                            envoy_tracing_sampling=args.envoy_tracing_sampling,
+                            envoy_listener_stat_prefix=args.envoy_listener_stat_prefix)
 
 
 def _add_inject_options(p: argparse.ArgumentParser) -> None:

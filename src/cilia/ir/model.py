@@ -190,11 +190,22 @@ class TlsTermination:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    """Envoy's OpenTelemetry tracer for an HTTP connection manager: spans go over OTLP/gRPC to the
+    collector reached through `collector_cluster`."""
+
+    collector_cluster: str
+    service_name: str = "envoy"
+    sampling_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class HttpApp:
     route_config: str  # name of a RouteConfig, fetched over RDS
     stat_prefix: str = ""
     access_log: bool = True
     codec: Literal["auto", "http1", "http2"] = "auto"
+    tracing: Tracing | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,7 @@ class Listener:
     listener_filters: tuple[Literal["tls_inspector", "original_dst", "http_inspector"], ...] = ()
     passthrough_cluster: str = ""  # default chain forwards to the original destination
     sources: Sources = ()
+    stat_prefix: str = ""  # Envoy's listener stats prefix (listener.<prefix>.*); empty = by address
 
 
 @dataclass(frozen=True, slots=True)

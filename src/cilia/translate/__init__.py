@@ -11,6 +11,7 @@ from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.services import translate_services
+from cilia.translate.telemetry import apply_telemetry
 
 Translator = Callable[[InputSnapshot, TranslateOptions], Partial]
 
@@ -54,5 +55,5 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
         statuses.extend(part.statuses)
         issues.extend(part.issues)
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
-    ir = MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects))
+    ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects)), opts)
     return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials))

@@ -21,6 +21,10 @@ class TranslateOptions:
     mesh_capture_port: int = 15001
     mesh_inbound_port: int = 15006
     gateway_address: str = "0.0.0.0"
+    envoy_otel_collector: str = ""  # HOST:PORT of an OTLP/gRPC collector for Envoy's tracer; empty = off
+    envoy_tracing_sampling: float = 100.0  # percent of requests traced when tracing is on
+    envoy_tracing_service_name: str = "envoy"
+    envoy_listener_stat_prefix: bool = False  # set each generated listener's stat_prefix to its name
 
 
 @dataclass(frozen=True, slots=True)
