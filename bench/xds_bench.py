@@ -160,7 +160,9 @@ class XdsCase:
     processes: int = 0  # 0: one per 250 clients, at least 2
 
 
-def run_case(case: XdsCase, timeout_s: float = 60.0) -> dict[str, Any]:
+def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None) -> dict[str, Any]:
+    """One server kind, one client count: connect all, then `changes` route changes, each timed to the
+    ACK of every client. With `profile`, py-spy samples the server during the changes (collapsed stacks)."""
     cores = os.cpu_count() or 1
     server_cpu = 0 if cores >= 2 else None
     client_cpus = list(range(1, cores)) if cores >= 2 else [None]
@@ -193,6 +195,12 @@ def run_case(case: XdsCase, timeout_s: float = 60.0) -> dict[str, Any]:
         out["rss_idle_mb"] = rss_idle
         out["rss_connected_mb"] = rss_mb(server.proc.pid)
         cpu0 = cpu_seconds(server.proc.pid)
+        spy = None
+        if profile is not None:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server.proc.pid),
+                                    "-o", str(profile), "--format", "raw", "-r", "200", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         fan: list[float] = []
         all_acked: list[float] = []
         e2e: list[float] = []
@@ -212,6 +220,9 @@ def run_case(case: XdsCase, timeout_s: float = 60.0) -> dict[str, Any]:
             e2e.append(max(a for _, _, a in got) - t_trigger)
             time.sleep(0.3)
         out["server_cpu_s_changes"] = cpu_seconds(server.proc.pid) - cpu0
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
         out["rss_after_mb"] = rss_mb(server.proc.pid)
         out["changes"] = case.changes
         out["changes_incomplete"] = incomplete
@@ -226,12 +237,12 @@ def run_case(case: XdsCase, timeout_s: float = 60.0) -> dict[str, Any]:
             out["metrics_scrape_ms"] = (time.monotonic() - t) * 1000
             out["metrics_lines"] = len(text.splitlines())
     finally:
-        for p, conn in workers:
+        for _, conn in workers:
             try:
                 conn.send(("stop",))
             except (OSError, BrokenPipeError):
                 pass
-        for p, conn in workers:
+        for p, _ in workers:
             p.join(15)
             if p.is_alive():
                 p.terminate()

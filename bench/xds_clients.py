@@ -15,7 +15,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2

@@ -168,7 +168,6 @@ class ControlPlane:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._debounce_loop())
-                tg.create_task(self.metrics.run())
                 if file_source is not None and self.opts.watch:
                     tg.create_task(file_source.watch(self._stop))
                 tg.create_task(self._wait_stop())

@@ -2,9 +2,11 @@
 
 Cost model. An OpenTelemetry SDK `add`/`record` costs ~6-20 us in CPython, about as much as a grpc.aio
 write, so the xDS hot path never calls the SDK: `XdsMetrics` (the xDS observer) only bumps plain dict
-counters, which observable instruments read at collection time, and buffers convergence samples that a
-background task (and every scrape) folds into the histogram in small chunks. Per-batch work (translation,
-debounce, source events) uses the SDK directly: it happens once per change, not once per proxy.
+counters, which observable instruments read at collection time, and the per-ACK convergence histogram is
+a `LocalHistogram` (a bisect and two increments per sample) whose cumulative points are added, as SDK
+`HistogramDataPoint`s, to what the SDK reader collects (Prometheus) and to what the OTLP exporter sends.
+Per-batch work (translation, debounce, source events) uses the SDK directly: once per change, not per
+proxy.
 
 Names follow Prometheus conventions with the unit in the name (`_seconds`, `_bytes`); counters get
 `_total` when rendered.
@@ -12,7 +14,7 @@ Names follow Prometheus conventions with the unit in the name (`_seconds`, `_byt
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,14 +23,22 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     Gauge,
     Histogram,
+    HistogramDataPoint,
     InMemoryMetricReader,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
     MetricReader,
     MetricsData,
+    PeriodicExportingMetricReader,
+    ScopeMetrics,
     Sum,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from cilia import __version__
 from cilia.obs.traces import Tracing
@@ -45,13 +55,61 @@ def type_label(type_url: str) -> str:
     return TYPE_LABELS.get(short, short.lower())
 
 
+class LocalHistogram:
+    """A cumulative explicit-bucket histogram cheap enough for the hot path, by one label."""
+
+    def __init__(self, name: str, description: str, unit: str, label: str,
+                 bounds: tuple[float, ...] = SECONDS_BUCKETS) -> None:
+        self.name = name
+        self.description = description
+        self.unit = unit
+        self.label = label
+        self.bounds = bounds
+        self.start_ns = time.time_ns()
+        self._series: dict[str, list[Any]] = {}  # label value -> [bucket counts, sum, count, min, max]
+
+    def observe(self, key: str, value: float) -> None:
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = [[0] * (len(self.bounds) + 1), 0.0, 0, value, value]
+        s[0][bisect.bisect_left(self.bounds, value)] += 1
+        s[1] += value
+        s[2] += 1
+        if value < s[3]:
+            s[3] = value
+        if value > s[4]:
+            s[4] = value
+
+    def metric(self, label_of: Callable[[str], str] = str) -> Metric | None:
+        if not self._series:
+            return None
+        now = time.time_ns()
+        points = [HistogramDataPoint({self.label: label_of(k)}, self.start_ns, now, s[2], s[1], list(s[0]),
+                                     list(self.bounds), s[3], s[4]) for k, s in sorted(self._series.items())]
+        return Metric(self.name, self.description, self.unit,
+                      Histogram(points, AggregationTemporality.CUMULATIVE))
+
+
+def with_extra(data: MetricsData | None, extra: list[Metric]) -> MetricsData | None:
+    """`data` plus `extra` metrics in a scope of their own (the SDK's types are frozen: rebuilt)."""
+    if data is None or not extra:
+        return data
+    from opentelemetry.sdk.metrics.export import ResourceMetrics
+
+    first = data.resource_metrics[0] if data.resource_metrics else None
+    scope = ScopeMetrics(InstrumentationScope("cilia.xds", __version__), extra, "")
+    if first is None:
+        return data
+    patched = ResourceMetrics(first.resource, [*first.scope_metrics, scope], first.schema_url)
+    return MetricsData([patched, *data.resource_metrics[1:]])
+
+
 class XdsMetrics(XdsObserver):
     """The xDS observer that counts. Every method is a few dict updates (see the module docstring)."""
 
-    __slots__ = ("_batches", "acks", "dropped", "max_buffer", "nacks", "push_bytes", "pushes", "samples",
-                 "streams", "tracing")
+    __slots__ = ("_batches", "acks", "convergence", "nacks", "push_bytes", "pushes", "streams", "tracing")
 
-    def __init__(self, tracing: Tracing | None = None, max_buffer: int = 200_000) -> None:
+    def __init__(self, tracing: Tracing | None = None) -> None:
         super().__init__()
         self.tracing = tracing or Tracing()
         self.streams: dict[tuple[str, str], int] = {}
@@ -59,9 +117,9 @@ class XdsMetrics(XdsObserver):
         self.push_bytes: dict[str, int] = {}
         self.acks: dict[str, int] = {}
         self.nacks: dict[str, int] = {}
-        self.samples: list[tuple[str, float]] = []  # (type_url, change -> ACK seconds), not yet in the histogram
-        self.dropped = 0
-        self.max_buffer = max_buffer
+        self.convergence = LocalHistogram(
+            "cilia_xds_convergence_seconds", "Change observed by a source -> ACK of the response carrying it, "
+            "per proxy and type.", "s", "type")
         # change seq -> [observed_at, batch span context or None, proxy spans made]
         self._batches: dict[int, list[Any]] = {}
 
@@ -103,10 +161,7 @@ class XdsMetrics(XdsObserver):
             return
         now = time.monotonic()
         if not error:
-            if len(self.samples) < self.max_buffer:
-                self.samples.append((type_url, now - batch[0]))
-            else:
-                self.dropped += 1
+            self.convergence.observe(type_url, now - batch[0])
         tracing = self.tracing
         if tracing.enabled and batch[2] < tracing.max_proxy_spans_per_batch:
             batch[2] += 1
@@ -125,10 +180,16 @@ Counts = Callable[[], Mapping[str, int]]
 class Metrics:
     """All of cilia's metrics. One per control plane (no module globals); pass it where needed."""
 
-    def __init__(self, tracing: Tracing | None = None, readers: Iterable[MetricReader] = ()) -> None:
+    def __init__(self, tracing: Tracing | None = None, exporters: Iterable[MetricExporter] = (),
+                 export_interval_s: float = 15.0) -> None:
+        """`exporters` (e.g. OTLP) get every metric every `export_interval_s`; /metrics reads on demand."""
         self.tracing = tracing or Tracing()
         self.xds = XdsMetrics(self.tracing)
         self._reader = InMemoryMetricReader()
+        readers: list[MetricReader] = [
+            PeriodicExportingMetricReader(WithExtraMetrics(e, self.extra_metrics),
+                                          export_interval_millis=int(export_interval_s * 1000))
+            for e in exporters]
         self.provider = MeterProvider(metric_readers=[self._reader, *readers],
                                       resource=Resource.create({"service.name": "cilia",
                                                                 "service.version": __version__}))
@@ -156,12 +217,6 @@ class Metrics:
         m.create_observable_counter(
             "cilia_xds_nacks", [self._obs_by_type(lambda: x.nacks)],
             description="xDS NACKs (rejected configuration) received, by type.")
-        m.create_observable_counter(
-            "cilia_metrics_samples_dropped", [lambda _o: [Observation(x.dropped)]],
-            description="Convergence samples dropped because the buffer was full.")
-        self.convergence = m.create_histogram(
-            "cilia_xds_convergence_seconds", unit="s", explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
-            description="Change observed by a source -> ACK of the response carrying it, per proxy and type.")
         self.debounce_wait = m.create_histogram(
             "cilia_debounce_wait_seconds", unit="s", explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
             description="Time a change batch waited in the debounce queue (first event -> rebuild start).")
@@ -218,34 +273,13 @@ class Metrics:
         self._object_counts = dict(counts)
 
     # -- collection ----------------------------------------------------------------------------------------
-    def flush_samples(self, limit: int | None = None) -> int:
-        """Fold up to `limit` buffered convergence samples into the histogram; returns how many."""
-        samples = self.xds.samples
-        n = len(samples) if limit is None else min(limit, len(samples))
-        if n == 0:
-            return 0
-        chunk = samples[:n]
-        del samples[:n]
-        attrs: dict[str, dict[str, str]] = {}
-        for type_url, seconds in chunk:
-            a = attrs.get(type_url)
-            if a is None:
-                a = attrs[type_url] = {"type": type_label(type_url)}
-            self.convergence.record(seconds, a)
-        return n
-
-    async def run(self, interval_s: float = 1.0, chunk: int = 256) -> None:
-        """Background folding of samples, in chunks that keep the event loop responsive."""
-        while True:
-            await asyncio.sleep(interval_s)
-            for _ in range(1 + len(self.xds.samples) // chunk):
-                if not self.flush_samples(chunk):
-                    break
-                await asyncio.sleep(0)
+    def extra_metrics(self) -> list[Metric]:
+        """Metrics kept outside the SDK for cost (see the module docstring), as SDK data."""
+        conv = self.xds.convergence.metric(type_label)
+        return [conv] if conv is not None else []
 
     def collect(self) -> MetricsData | None:
-        self.flush_samples()
-        return self._reader.get_metrics_data()
+        return with_extra(self._reader.get_metrics_data(), self.extra_metrics())
 
     def prometheus_text(self) -> str:
         return render_prometheus(self.collect())
@@ -355,4 +389,26 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
-__all__ = ["Metrics", "XdsMetrics", "parse_prometheus", "render_prometheus", "type_label"]
+class WithExtraMetrics(MetricExporter):
+    """Wraps an exporter (OTLP) so it also sends the metrics kept outside the SDK."""
+
+    def __init__(self, inner: MetricExporter, extra: Callable[[], list[Metric]]) -> None:
+        super().__init__(preferred_temporality=inner._preferred_temporality,
+                         preferred_aggregation=inner._preferred_aggregation)
+        self._inner = inner
+        self._extra = extra
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        data = with_extra(metrics_data, self._extra()) or metrics_data
+        return self._inner.export(data, timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+__all__ = ["LocalHistogram", "Metrics", "WithExtraMetrics", "XdsMetrics", "parse_prometheus", "render_prometheus",
+           "type_label"]

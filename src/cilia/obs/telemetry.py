@@ -19,21 +19,20 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from cilia.obs.metrics import Metrics
 from cilia.obs.traces import Tracing, otlp_span_exporter, wall_ns
 
 
-def otlp_metric_reader(endpoint: str, interval_s: float = 15.0) -> MetricReader:
+def otlp_metric_exporter(endpoint: str) -> MetricExporter:
     try:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise RuntimeError("--otlp-endpoint needs the OTLP exporter: pip install 'cilia[otlp]'") from exc
     target = endpoint if "://" in endpoint else f"http://{endpoint}"
-    return PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=target, insecure=True, timeout=5),
-                                         export_interval_millis=int(interval_s * 1000))
+    return OTLPMetricExporter(endpoint=target, insecure=True, timeout=5)
 
 
 class Telemetry:
@@ -48,8 +47,8 @@ class Telemetry:
         (or an exporter, for tests)."""
         exporter = span_exporter or (otlp_span_exporter(otlp_endpoint) if otlp_endpoint else None)
         tracing = Tracing(exporter, batch=batch_spans)
-        readers = [otlp_metric_reader(otlp_endpoint)] if otlp_endpoint else []
-        return cls(Metrics(tracing, readers), tracing)
+        exporters = [otlp_metric_exporter(otlp_endpoint)] if otlp_endpoint else []
+        return cls(Metrics(tracing, exporters), tracing)
 
     @property
     def xds(self) -> Any:

@@ -241,16 +241,20 @@ class SotwStream(BaseStream):
                              f"{self.limits.max_subscriptions}")
         wildcard = (type_url in FULL_STATE_TYPES and not new_names) or WILDCARD in new_names
         new_names.discard(WILDCARD)
+        wake = not nonce  # a plain ACK/NACK with unchanged names needs no pass (ACK waits use events)
         if not st.initialized:
             st.initialized = True
             # A reconnecting proxy tells us what it has; if that is current, nothing needs sending.
             st.sent_version = version_info
             st.force = not version_info
+            wake = True
         if wildcard != st.wildcard or new_names != st.names:
             st.wildcard = wildcard
             st.names = new_names
             st.force = True
-        self.wake.set()
+            wake = True
+        if wake:
+            self.wake.set()
 
     def _selected(self, type_url: str, st: _TypeState, view: ProxyResources) -> dict[str, Resource]:
         resources = view.of(type_url)
@@ -333,6 +337,8 @@ class DeltaStream(BaseStream):
                 log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
         sub = set(subscribe)
         unsub = set(unsubscribe)
+        # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
+        wake = not nonce or not st.initialized or bool(sub or unsub)
         if not st.initialized:
             st.initialized = True
             st.wildcard = not sub or WILDCARD in sub
@@ -354,7 +360,8 @@ class DeltaStream(BaseStream):
         for n in sub:
             if n in st.known and st.known[n] == "":
                 del st.known[n]  # asked again: answer again
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def _desired(self, type_url: str, st: _TypeState, view: ProxyResources) -> Mapping[str, Resource]:
         resources = view.of(type_url)
