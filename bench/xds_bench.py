@@ -198,7 +198,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         spy = None
         if profile is not None:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server.proc.pid),
-                                    "-o", str(profile), "--format", "raw", "-r", "200", "--nonblocking"],
+                                    "-o", str(profile), "--format", "raw", "-r", "100", "--gil"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         fan: list[float] = []

@@ -100,6 +100,10 @@ class XdsServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 0),
+            # Calls grpc core holds until the app picks them up; past the soft limit it starts refusing
+            # (default 1,000 / 3,000), which cancels streams of proxies reconnecting all at once.
+            ("grpc.server.max_pending_requests", max(1000, self.limits.max_streams)),
+            ("grpc.server.max_pending_requests_hard_limit", max(3000, 2 * self.limits.max_streams)),
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=None)
         server.add_generic_rpc_handlers(self._handlers())

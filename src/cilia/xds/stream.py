@@ -60,6 +60,11 @@ class _TypeState:
     force: bool = False  # a request that must be answered even when nothing changed
     pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
     sent_info: dict[str, tuple[float, int]] = field(default_factory=dict)  # nonce -> (monotonic sent, change seq)
+    # A pass that completed against view version `synced_key` with no request since (`requests` still equal
+    # to `synced_requests`) leaves nothing to do for that type until the view changes.
+    synced_key: str = ""
+    requests: int = 0
+    synced_requests: int = -1
 
 
 class BaseStream:
@@ -161,10 +166,13 @@ class BaseStream:
             view = self._resources(self.proxy)
             types = self._ordered_types()
             restart = False
-            for type_url in types:
+            # Types whose resources for this proxy did not change since a completed pass, with no
+            # request since, are skipped: a change to one type costs the other types nothing.
+            start = {t: (view.version(t), self.types[t].requests) for t in types}
+            todo = [t for t in types if self.types[t].initialized
+                    and (self.types[t].synced_key, self.types[t].synced_requests) != start[t]]
+            for type_url in todo:
                 st = self.types[type_url]
-                if not st.initialized:
-                    continue
                 if type_url not in DEPENDENCY_TYPES:
                     outstanding = [ev for ev in outstanding if not ev.is_set()]
                     if outstanding and self.has_updates(type_url, st, view):
@@ -183,10 +191,11 @@ class BaseStream:
                     outstanding.append(ev)
             if restart:
                 continue
-            for type_url in reversed(types):
+            for type_url in reversed(todo):
+                await self.push_removals(type_url, self.types[type_url], view)
+            for type_url in todo:
                 st = self.types[type_url]
-                if st.initialized:
-                    await self.push_removals(type_url, st, view)
+                st.synced_key, st.synced_requests = start[type_url]
             return
 
     async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
@@ -254,6 +263,7 @@ class SotwStream(BaseStream):
             st.force = True
             wake = True
         if wake:
+            st.requests += 1
             self.wake.set()
 
     def _selected(self, type_url: str, st: _TypeState, view: ProxyResources) -> dict[str, Resource]:
@@ -361,6 +371,7 @@ class DeltaStream(BaseStream):
             if n in st.known and st.known[n] == "":
                 del st.known[n]  # asked again: answer again
         if wake:
+            st.requests += 1
             self.wake.set()
 
     def _desired(self, type_url: str, st: _TypeState, view: ProxyResources) -> Mapping[str, Resource]:
