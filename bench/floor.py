@@ -10,6 +10,7 @@ Trigger: unary `/bench.Floor/Push` with the marker number as ASCII bytes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import grpc
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from cilia.app import GC_THRESHOLDS
 from cilia.render.resources import Resource, delta_response, sotw_response
 
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -114,11 +116,19 @@ class Floor:
 
 async def main(port: int, route_name: str) -> None:
     floor = Floor(route_name)
-    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000),
-                                      ("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=None)
+    # The same grpc core limits as cilia's server, so both hold a connect storm alike.
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), ("grpc.so_reuseport", 0),
+                                      ("grpc.server.max_pending_requests", 50_000),
+                                      ("grpc.server.max_pending_requests_hard_limit", 100_000)],
+                             maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers([floor.handlers(), floor.control()])
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    # The same collector settings as `cilia serve` (cilia.app.serve), so the comparison is of the work
+    # per stream, not of runtime settings.
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.collect()
+    gc.freeze()
     print(f"ready {bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Change-batch traces exported over OTLP/gRPC to an in-process receiver, through a real Envoy."""
+"""Change-batch traces (and metrics) exported over OTLP/gRPC to an in-process receiver, through a real Envoy."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from test_cec_envoy import cec, route
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.e2e
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.spans: list[trace_pb2.Span] = []
+        self.metrics: dict[str, Any] = {}
         self.lock = threading.Lock()
 
     def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
@@ -39,9 +41,27 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                     self.spans.extend(ss.spans)
         return trace_service_pb2.ExportTraceServiceResponse()
 
+    def metric_names(self) -> set[str]:
+        with self.lock:
+            return set(self.metrics)
+
     def named(self, name: str) -> list[trace_pb2.Span]:
         with self.lock:
             return [s for s in self.spans if s.name == name]
+
+
+class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, into: Receiver) -> None:
+        self.into = into
+
+    def Export(self, request: metrics_service_pb2.ExportMetricsServiceRequest,
+               context: Any) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        with self.into.lock:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        self.into.metrics[m.name] = m
+        return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
 @pytest.fixture
@@ -49,6 +69,7 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
     rec = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsReceiver(rec), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -105,3 +126,10 @@ def test_change_batch_span_tree_over_otlp(receiver: tuple[Receiver, int]) -> Non
     assert {a["cilia.xds.type"].string_value for a in
             ({x.key: x.value for x in p.attributes} for p in pushes)} >= {"routes"}
     assert all(p.end_time_unix_nano >= p.start_time_unix_nano >= batch.start_time_unix_nano for p in pushes)
+
+    # The metrics went over OTLP too (the last export happens at shutdown), including the convergence
+    # histogram that is kept outside the SDK for cost.
+    names = rec.metric_names()
+    assert {"cilia_xds_pushes", "cilia_translate_duration_seconds", "cilia_xds_convergence_seconds"} <= names
+    conv = rec.metrics["cilia_xds_convergence_seconds"].histogram
+    assert sum(p.count for p in conv.data_points) >= 1

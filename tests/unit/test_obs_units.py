@@ -126,3 +126,16 @@ def test_status_views() -> None:
     assert "Last NACK of listeners (version v2, rejected, still in force)" in detail
     assert "  filter chain" in detail
     assert "(no proxies have connected)" in status_table({})
+
+
+def test_response_memo_matches_wire_helpers() -> None:
+    from cilia.render.resources import CLUSTER, Resource, delta_response, sotw_response
+    from cilia.xds.stream import ResponseMemo
+
+    a, b = Resource(CLUSTER, "a", b"\x0a\x01a"), Resource(CLUSTER, "b", b"\x0a\x01b")
+    memo = ResponseMemo(limit=2)
+    for nonce in ("1", "2", "3"):
+        assert memo.delta("v1", [a, b], CLUSTER, ["gone"], nonce) == delta_response("v1", [a, b], CLUSTER,
+                                                                                    ["gone"], nonce)
+        assert memo.sotw("v1", [a], CLUSTER, nonce) == sotw_response("v1", [a], CLUSTER, nonce)
+        assert memo.delta("v2", [], CLUSTER, [], nonce) == delta_response("v2", [], CLUSTER, [], nonce)

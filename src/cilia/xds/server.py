@@ -33,7 +33,7 @@ from cilia.xds.cache import ConfigCache
 from cilia.xds.csds import MatcherError, client_status
 from cilia.xds.hooks import XdsObserver
 from cilia.xds.status import StatusRegistry
-from cilia.xds.stream import BaseStream, DeltaStream, SotwStream, StreamLimits
+from cilia.xds.stream import BaseStream, DeltaStream, ResponseMemo, SotwStream, StreamLimits
 
 log = logging.getLogger("cilia.xds")
 
@@ -76,6 +76,7 @@ class XdsServer:
         self.port = 0
         self.active_streams = 0
         self.streams: dict[str, list[BaseStream]] = {}  # proxy id -> its open streams
+        self.memo = ResponseMemo()  # encoded responses shared by all streams
 
     # -- what was sent (debug views, CSDS) -------------------------------------------------------------
     def sent_resources(self, proxy_id: str, type_url: str) -> list[tuple[str, str, Resource | None]]:
@@ -229,7 +230,7 @@ class XdsServer:
 
         cls = DeltaStream if delta else SotwStream
         stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream,
-                                 self.observer)
+                                 self.observer, self.memo)
         waker = stream.wake
         self.cache.register(waker)
         self.streams.setdefault(str(proxy), []).append(stream)

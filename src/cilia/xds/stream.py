@@ -22,9 +22,8 @@ from cilia.render.resources import (
     SECRET,
     TYPE_ORDER,
     Resource,
-    delta_response,
+    field_bytes,
     set_version,
-    sotw_response,
 )
 from cilia.render.world import ProxyResources
 from cilia.xds.hooks import XdsObserver
@@ -46,6 +45,37 @@ class StreamLimits:
 Writer = Callable[[bytes], Awaitable[None]]
 
 
+class ResponseMemo:
+    """Serialised response bodies shared by all streams: one change fanned out to a thousand proxies is
+    encoded once; each stream only appends its nonce (and, Delta, its removals). Bounded."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._prefixes: dict[tuple[object, ...], bytes] = {}
+        self.limit = limit
+
+    def _prefix(self, delta: bool, version: str, resources: tuple[Resource, ...], type_url: str) -> bytes:
+        key = (delta, type_url, version, resources)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if len(self._prefixes) >= self.limit:
+                self._prefixes.clear()
+            parts = [field_bytes(1, version.encode())]
+            parts.extend(field_bytes(2, r.delta_bytes if delta else r.any_bytes) for r in resources)
+            parts.append(field_bytes(4, type_url.encode()))
+            prefix = self._prefixes[key] = b"".join(parts)
+        return prefix
+
+    def delta(self, version: str, resources: Iterable[Resource], type_url: str, removed: Iterable[str],
+              nonce: str) -> bytes:
+        """Same bytes as `delta_response`."""
+        tail = b"".join(field_bytes(6, n.encode()) for n in removed)
+        return self._prefix(True, version, tuple(resources), type_url) + field_bytes(5, nonce.encode()) + tail
+
+    def sotw(self, version: str, resources: Iterable[Resource], type_url: str, nonce: str) -> bytes:
+        """Same bytes as `sotw_response`."""
+        return self._prefix(False, version, tuple(resources), type_url) + field_bytes(5, nonce.encode())
+
+
 @dataclass(slots=True)
 class _TypeState:
     initialized: bool = False
@@ -65,6 +95,7 @@ class _TypeState:
     synced_key: str = ""
     requests: int = 0
     synced_requests: int = -1
+    desired_memo: tuple[ProxyResources, int, Mapping[str, Resource]] | None = None  # Delta, named subscriptions
 
 
 class BaseStream:
@@ -72,9 +103,10 @@ class BaseStream:
 
     def __init__(self, proxy: ProxyId, resources: Callable[[ProxyId], ProxyResources], status: ProxyStatus,
                  write: Writer, allowed_types: frozenset[str], limits: StreamLimits,
-                 observer: XdsObserver | None = None) -> None:
+                 observer: XdsObserver | None = None, memo: ResponseMemo | None = None) -> None:
         self.proxy = proxy
         self.observer = observer or XdsObserver()
+        self.memo = memo or ResponseMemo(limit=8)
         self._synced_seq = self.observer.change_seq
         self._change_driven = False  # the current sync pass carries a new change batch
         self._resources = resources
@@ -303,7 +335,7 @@ class SotwStream(BaseStream):
         st.sent = selected
         st.sent_version = version
         nonce = self._next_nonce(st)
-        payload = sotw_response(version, selected.values(), type_url, nonce)
+        payload = self.memo.sotw(version, selected.values(), type_url, nonce)
         return await self._send(type_url, st, payload, version, len(selected), nonce)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
@@ -315,7 +347,7 @@ class SotwStream(BaseStream):
             st.sent = selected
             st.sent_version = version
             nonce = self._next_nonce(st)
-            await self._send(type_url, st, sotw_response(version, selected.values(), type_url, nonce), version,
+            await self._send(type_url, st, self.memo.sotw(version, selected.values(), type_url, nonce), version,
                              len(selected), nonce)
 
 
@@ -378,10 +410,14 @@ class DeltaStream(BaseStream):
         resources = view.of(type_url)
         if st.wildcard and not st.names:
             return resources
+        memo = st.desired_memo
+        if memo is not None and memo[0] is view and memo[1] == st.requests:
+            return memo[2]  # names change only with a request, which bumps st.requests
         out = dict(resources) if st.wildcard else {}
         for n in st.names:
             if n in resources:
                 out[n] = resources[n]
+        st.desired_memo = (view, st.requests, out)
         return out
 
     def _diff(self, type_url: str, st: _TypeState, view: ProxyResources) -> tuple[list[Resource], list[str]]:
@@ -411,7 +447,7 @@ class DeltaStream(BaseStream):
             st.known[n] = ""
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
-        payload = delta_response(version, updates, type_url, absent, nonce)
+        payload = self.memo.delta(version, updates, type_url, absent, nonce)
         return await self._send(type_url, st, payload, version, len(updates), nonce)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
@@ -426,4 +462,4 @@ class DeltaStream(BaseStream):
                 del st.known[n]
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
-        await self._send(type_url, st, delta_response(version, (), type_url, gone, nonce), version, 0, nonce)
+        await self._send(type_url, st, self.memo.delta(version, (), type_url, gone, nonce), version, 0, nonce)
