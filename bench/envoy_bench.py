@@ -97,6 +97,7 @@ def run(routes: int = 1000, delta: bool = True) -> dict[str, Any]:
         finally:
             envoy.stop()
             cp.stop()
+            cp.log.unlink(missing_ok=True)
             md.cleanup()
     return out
 
