@@ -42,6 +42,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
+# xds-protos and opentelemetry-proto both ship `opentelemetry/proto`; the OTLP exporter needs the latter's.
+if ! .venv/bin/python -c 'from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2; trace_pb2.Span.DESCRIPTOR.fields_by_name["flags"]' \
+    >/dev/null 2>&1; then
+  echo "setup: reinstalling opentelemetry-proto over the copy in xds-protos"
+  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps opentelemetry-proto
+fi
 
 # Debian's bcc Python bindings live outside the venv; expose only that package to it.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -39,10 +39,23 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
                    help="address a sidecar's inbound listener binds; 'pod-ip' = the pod's IP (default 0.0.0.0)")
     p.add_argument("--mesh-capture-port", type=int, default=15001, help="outbound capture port (default 15001)")
     p.add_argument("--mesh-inbound-port", type=int, default=15006, help="sidecar inbound port (default 15006)")
+    p.add_argument("--envoy-otel-collector", default="", metavar="HOST:PORT",
+                   help="OTLP/gRPC collector Envoy's HTTP listeners send traces to (default: no tracing)")
+    p.add_argument("--envoy-tracing-sampling", type=float, default=100.0, metavar="PERCENT",
+                   help="percent of requests Envoy traces when --envoy-otel-collector is set (default 100)")
+    p.add_argument("--envoy-listener-stat-prefix", action="store_true",
+                   help="name Envoy's listener stats after the listener (listener.<name>.*)")
 
 
 def _translate_options(args: argparse.Namespace) -> Any:
     from cilia.translate.context import TranslateOptions
+    from cilia.translate.telemetry import collector_cluster
+
+    if args.envoy_otel_collector:
+        try:
+            collector_cluster(args.envoy_otel_collector)
+        except ValueError as exc:
+            raise SystemExit(f"cilia: --envoy-otel-collector: {exc}") from None
 
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
@@ -52,7 +65,10 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             mesh_capture_address=args.mesh_capture_address,
                             mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
                             mesh_inbound_address=args.mesh_inbound_address,
-                            mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port)
+                            mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port,
+                            envoy_otel_collector=args.envoy_otel_collector,
+                            envoy_tracing_sampling=args.envoy_tracing_sampling,
+                            envoy_listener_stat_prefix=args.envoy_listener_stat_prefix)
 
 
 def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:
@@ -128,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--debounce-max-ms", type=int, default=1000, help="longest a change waits for a rebuild")
     serve.add_argument("--max-streams", type=int, default=10_000, help="most xDS streams held at once")
     serve.add_argument("--no-watch", action="store_true", help="read manifests once, do not watch them")
+    serve.add_argument("--otlp-endpoint", default=None, metavar="HOST:PORT",
+                       help="export traces and metrics over OTLP/gRPC to this collector (optional)")
     _add_translate_options(serve)
     _add_inject_options(serve)
 
@@ -161,9 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_arguments(ag)
 
     st = sub.add_parser("status", help="show connected proxies, ACKed versions and NACKs")
+    st.add_argument("proxy", nargs="?", default=None, metavar="PROXY_ID", help="show one proxy in full")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    for sp in (serve, tr, bs, inj, st):  # the agent parser has its own --log-level
+
+    cf = sub.add_parser("config", help="dump the configuration a proxy was sent (from the admin endpoint)")
+    cf.add_argument("proxy", metavar="PROXY_ID")
+    cf.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
+    cf.add_argument("--type", choices=("listeners", "routes", "clusters", "endpoints", "secrets"), default=None,
+                    help="only this resource type")
+    cf.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
+
+    for sp in (serve, tr, bs, inj, st, cf):  # the agent parser has its own --log-level
         sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
                         help="log verbosity (also accepted before the command)")
     return parser
@@ -224,7 +251,7 @@ GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRout
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cilia.render.resources import SHORT_NAMES
+    from cilia.obs.status_view import proxy_detail, status_table
 
     try:
         proxies = _fetch_json(args.admin, "/debug/proxies")
@@ -233,27 +260,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as exc:
         print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
         return 2
+    if args.proxy is not None:
+        if args.proxy not in proxies:
+            print(f"cilia: proxy {args.proxy!r} has not connected (known: {', '.join(proxies) or 'none'})",
+                  file=sys.stderr)
+            return 1
+        if args.output == "json":
+            print(json.dumps({args.proxy: proxies[args.proxy]}, indent=2))
+        else:
+            sys.stdout.write(proxy_detail(args.proxy, proxies[args.proxy]))
+        return 0
     if args.output == "json":
         print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses}, indent=2))
         return 0
-    types = list(SHORT_NAMES.values())
-    header = ["PROXY", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
-    rows = [header]
-    for pid, p in proxies.items():
-        states = []
-        nack = ""
-        for t in types:
-            ts = p["types"].get(t)
-            states.append("-" if ts is None else ts["state"])
-            if ts and ts.get("last_nack"):
-                nack = f"{t}: {ts['last_nack']}"
-        rows.append([pid, "yes" if p["connected"] else "no", p["variant"] or "-", *states,
-                     (nack[:160] + "...") if len(nack) > 160 else (nack or "-")])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1])
-    if not proxies:
-        print("(no proxies have connected)")
+    sys.stdout.write(status_table(proxies, []))
     agents = {pid: p["reported"] for pid, p in proxies.items() if pid.startswith("agent~") and p.get("reported")}
     if agents:
         print("\nAGENT  PHASE  PROGRAMS  MAP ENTRIES  LAST ERROR")
@@ -277,6 +297,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\n{len(issues)} configuration issue(s):")
         for i in issues:
             print(f"  {i['text']}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    try:
+        with urllib.request.urlopen(f"http://{args.admin}/debug/config/{quote(args.proxy, safe='~')}",
+                                    timeout=10) as resp:
+            source = resp.headers.get("X-Cilia-Config-Source", "")
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"cilia: {args.proxy}: {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cilia: cannot reach admin at {args.admin}: {exc}", file=sys.stderr)
+        return 2
+    if source == "computed":
+        print(f"cilia: {args.proxy} is not connected; showing what it would receive", file=sys.stderr)
+    if args.type:
+        data = {args.type: data.get(args.type, [])}
+    sys.stdout.write(_dump(data, args.output))
     return 0
 
 
@@ -314,6 +356,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         webhook_address=args.webhook, tls_cert=args.tls_cert, tls_key=args.tls_key,
         inject=_inject_config(args) if args.webhook else None,
+        otlp_endpoint=args.otlp_endpoint,
     )
     if args.kubernetes:
         try:
@@ -337,7 +380,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
-            "inject": cmd_inject, "agent": cmd_agent}
+            "inject": cmd_inject, "agent": cmd_agent, "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -130,7 +130,9 @@ async def test_status_once_per_change_and_relist_without_rebuild(api: FakeApiSer
         assert source.watch_restarts[("Service", "expired")] == 1
         assert len(status_writes(api)) == 1
         metrics = await fetch(plane, "/metrics")
-        assert f"cilia_kube_watch_restarts_total {sum(source.watch_restarts.values())}" in metrics
+        restarts = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("cilia_kubernetes_watch_restarts_total{"))
+        assert restarts == sum(source.watch_restarts.values())
 
         # An unrelated change rebuilds but writes no status.
         api.create(service("other", "127.96.0.11"))

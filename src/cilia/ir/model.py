@@ -197,6 +197,16 @@ class TlsTermination:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    """Envoy's OpenTelemetry tracer for an HTTP connection manager: spans go over OTLP/gRPC to the
+    collector reached through `collector_cluster`."""
+
+    collector_cluster: str
+    service_name: str = "envoy"
+    sampling_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class HttpApp:
     route_config: str  # name of a RouteConfig, fetched over RDS
     stat_prefix: str = ""
@@ -204,6 +214,7 @@ class HttpApp:
     codec: Literal["auto", "http1", "http2"] = "auto"
     use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
     strip_host_port: bool = False  # drop any :port from Host before routing (host matching, redirects)
+    tracing: Tracing | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +246,7 @@ class Listener:
     passthrough_cluster: str = ""  # default chain forwards to the original destination
     sources: Sources = ()
     direction: Literal["", "inbound", "outbound"] = ""  # Envoy traffic_direction (stats, tracing)
+    stat_prefix: str = ""  # Envoy's listener stats prefix (listener.<prefix>.*); empty = by address
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,10 @@ def make_admin_app(view: AdminView) -> web.Application:
         return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=view.metrics_text(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "text/plain; version=0.0.4"})
+        text = view.metrics_text()
+        resp = web.Response(text=text, charset="utf-8")
+        resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return resp
 
     async def proxies(_: web.Request) -> web.Response:
         return _json(view.proxies())
@@ -42,7 +44,11 @@ def make_admin_app(view: AdminView) -> web.Application:
     async def config(req: web.Request) -> web.Response:
         proxy_id = req.match_info["proxy_id"]
         try:
-            return _json(view.proxy_config(proxy_id))
+            resp = _json(view.proxy_config(proxy_id))
+            source = getattr(view, "proxy_config_source", None)
+            if source is not None:
+                resp.headers["X-Cilia-Config-Source"] = source(proxy_id)  # "sent" or "computed"
+            return resp
         except ValueError as exc:
             return _json({"error": str(exc)}, status=400)
 

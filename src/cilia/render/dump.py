@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import any_pb2, json_format
 
 from cilia.render.raw import load_all_envoy_types
 from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES, Resource
-from cilia.render.world import ProxyResources
+from cilia.render.world import ProxyResources, RenderedWorld
 
 CONTRACT_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
 
@@ -42,3 +43,35 @@ def proxy_config_json(view: ProxyResources, *, only_referenced_endpoints: bool =
             names = [n for n in names if n in wanted]
         out[SHORT_NAMES[type_url]] = [resource_json(items[n]) for n in names]
     return out
+
+
+SentLookup = Callable[[str], list[tuple[str, str, Resource | None]]]  # type_url -> (name, version, resource)
+
+
+def sent_config_json(sent: SentLookup) -> dict[str, list[Any]]:
+    """Like `proxy_config_json`, from what a proxy was actually sent. A resource whose bytes are not at
+    hand any more (a Delta stream while a newer version is in flight) is listed as
+    `{"name", "version", "unavailable": true}` rather than shown with content it was not sent."""
+    out: dict[str, list[Any]] = {}
+    for type_url in CONTRACT_TYPES:
+        items: list[Any] = []
+        for name, version, res in sent(type_url):
+            items.append(resource_json(res) if res is not None else
+                         {"name": name, "version": version, "unavailable": True})
+        out[SHORT_NAMES[type_url]] = items
+    return out
+
+
+def world_sizes(world: RenderedWorld) -> dict[str, tuple[int, int]]:
+    """Distinct resources and their serialised bytes in a rendered world, by short type name."""
+    seen: dict[str, dict[str, Resource]] = {}
+    for bundle in world.bundles:
+        for type_url, by_name in bundle.resources.items():
+            slot = seen.setdefault(type_url, {})
+            for name, res in by_name.items():
+                slot.setdefault(name, res)
+    pool = seen.setdefault(ENDPOINT, {})
+    for name, res in world.pool.items():
+        pool.setdefault(name, res)
+    return {SHORT_NAMES.get(t, t.rsplit(".", 1)[-1]): (len(v), sum(len(r.body) for r in v.values()))
+            for t, v in sorted(seen.items())}

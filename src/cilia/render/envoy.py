@@ -12,6 +12,7 @@ from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
     config_source_pb2,
+    grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
     substitution_format_string_pb2,
@@ -19,6 +20,7 @@ from envoy.config.core.v3 import (
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
@@ -322,6 +324,17 @@ def access_log() -> accesslog_pb2.AccessLog:
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(cfg))
 
 
+def render_tracing(t: ir.Tracing) -> hcm_pb2.HttpConnectionManager.Tracing:
+    """HCM tracing with Envoy's OpenTelemetry tracer exporting over gRPC to `t.collector_cluster`."""
+    otel = opentelemetry_pb2.OpenTelemetryConfig(service_name=t.service_name)
+    otel.grpc_service.CopyFrom(grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=t.collector_cluster)))
+    out = hcm_pb2.HttpConnectionManager.Tracing(provider=http_tracer_pb2.Tracing.Http(
+        name="envoy.tracers.opentelemetry", typed_config=pack(otel)))
+    out.random_sampling.value = t.sampling_percent
+    return out
+
+
 def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Filter:
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=app.stat_prefix or chain_name.replace("/", "_"))
     hcm.codec_type = hcm_pb2.HttpConnectionManager.CodecType.Value(app.codec.upper())
@@ -338,6 +351,8 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
         hcm.strip_any_host_port = True
     if app.access_log:
         hcm.access_log.append(access_log())
+    if app.tracing is not None:
+        hcm.tracing.CopyFrom(render_tracing(app.tracing))
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
                                           typed_config=pack(hcm))
 
@@ -402,6 +417,8 @@ def render_listener(li: ir.Listener) -> listener_pb2.Listener:
     out = listener_pb2.Listener(name=li.name, address=socket_address(li.address, li.port))
     if li.direction:
         out.traffic_direction = TRAFFIC_DIRECTION[li.direction]
+    if li.stat_prefix:
+        out.stat_prefix = li.stat_prefix
     for lf in li.listener_filters:
         name, cls = LISTENER_FILTERS[lf]
         out.listener_filters.add(name=name, typed_config=pack(cls()))

@@ -17,6 +17,7 @@ from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
 from cilia.translate.redirect import translate_redirects
 from cilia.translate.services import translate_services
+from cilia.translate.telemetry import apply_telemetry
 
 Translator = Callable[[InputSnapshot, TranslateOptions], Partial]
 
@@ -117,5 +118,5 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
         statuses.extend(part.statuses)
         issues.extend(part.issues)
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
-    ir = MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects))
+    ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects)), opts)
     return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused)

@@ -30,6 +30,10 @@ class TranslateOptions:
     # lastTransitionTime for a status condition that is new or changed; empty: the object's
     # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.
     status_time: str = ""
+    envoy_otel_collector: str = ""  # HOST:PORT of an OTLP/gRPC collector for Envoy's tracer; empty = off
+    envoy_tracing_sampling: float = 100.0  # percent of requests traced when tracing is on
+    envoy_tracing_service_name: str = "envoy"
+    envoy_listener_stat_prefix: bool = False  # set each generated listener's stat_prefix to its name
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ class ConfigCache:
     def __init__(self) -> None:
         self._world = empty_world()
         self._wakers: set[asyncio.Event] = set()
+        self._views: dict[ProxyId, ProxyResources] = {}  # per proxy, for the current world
         self.ready = False  # set once the first real world is in
 
     @property
@@ -25,12 +26,17 @@ class ConfigCache:
 
     def set_world(self, world: RenderedWorld) -> None:
         self._world = world
+        self._views = {}
         self.ready = True
         for ev in self._wakers:
             ev.set()
 
     def resources_for(self, proxy: ProxyId) -> ProxyResources:
-        return self._world.for_proxy(proxy)
+        """Each stream asks on every pass; matching scopes once per proxy and world keeps that O(1)."""
+        view = self._views.get(proxy)
+        if view is None:
+            view = self._views[proxy] = self._world.for_proxy(proxy)
+        return view
 
     def register(self, waker: asyncio.Event) -> None:
         self._wakers.add(waker)

@@ -14,15 +14,27 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from cilia.errors import UnknownProxyRole
 from cilia.identity import ProxyId
-from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, REDIRECT_POLICY, ROUTE, SECRET, sotw_response
+from cilia.render.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    REDIRECT_POLICY,
+    ROUTE,
+    SECRET,
+    Resource,
+    sotw_response,
+)
 from cilia.xds.cache import ConfigCache
+from cilia.xds.csds import MatcherError, client_status
+from cilia.xds.hooks import XdsObserver
 from cilia.xds.status import StatusRegistry
-from cilia.xds.stream import BaseStream, DeltaStream, SotwStream, StreamLimits
+from cilia.xds.stream import BaseStream, DeltaStream, ResponseMemo, SotwStream, StreamLimits
 
 log = logging.getLogger("cilia.xds")
 
@@ -35,6 +47,7 @@ PER_TYPE_SERVICES = {
     "envoy.service.secret.v3.SecretDiscoveryService": ("Secrets", SECRET),
 }
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +62,35 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+def _serialize(message: Any) -> bytes:
+    return bytes(message.SerializeToString())
+
+
 class XdsServer:
-    def __init__(self, cache: ConfigCache, status: StatusRegistry, limits: ServerLimits | None = None) -> None:
+    def __init__(self, cache: ConfigCache, status: StatusRegistry, limits: ServerLimits | None = None,
+                 observer: XdsObserver | None = None) -> None:
         self.cache = cache
         self.status = status
         self.limits = limits or ServerLimits()
+        self.observer = observer or XdsObserver()
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.active_streams = 0
+        self.streams: dict[str, list[BaseStream]] = {}  # proxy id -> its open streams
+        self.memo = ResponseMemo()  # encoded responses shared by all streams
+
+    # -- what was sent (debug views, CSDS) -------------------------------------------------------------
+    def sent_resources(self, proxy_id: str, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        """What the proxy's open streams last sent of `type_url` (empty when it is not connected)."""
+        merged: dict[str, tuple[str, str, Resource | None]] = {}
+        for stream in self.streams.get(proxy_id, ()):
+            if type_url in stream.types:
+                for row in stream.sent_resources(type_url):
+                    merged[row[0]] = row
+        return [merged[n] for n in sorted(merged)]
+
+    def sent_types(self, proxy_id: str) -> set[str]:
+        return {t for stream in self.streams.get(proxy_id, ()) for t in stream.types}
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, address: str) -> int:
@@ -68,6 +102,10 @@ class XdsServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 0),
+            # Calls grpc core holds until the app picks them up; past the soft limit it starts refusing
+            # (default 1,000 / 3,000), which cancels streams of proxies reconnecting all at once.
+            ("grpc.server.max_pending_requests", max(1000, self.limits.max_streams)),
+            ("grpc.server.max_pending_requests_hard_limit", max(3000, 2 * self.limits.max_streams)),
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=None)
         server.add_generic_rpc_handlers(self._handlers())
@@ -104,7 +142,32 @@ class XdsServer:
                     self._fetch_handler(type_url), discovery_pb2.DiscoveryRequest.FromString, _identity),
             }
             handlers.append(grpc.method_handlers_generic_handler(service, methods))
+        csds = {
+            "StreamClientStatus": grpc.stream_stream_rpc_method_handler(
+                self._csds_stream, csds_pb2.ClientStatusRequest.FromString, _serialize),
+            "FetchClientStatus": grpc.unary_unary_rpc_method_handler(
+                self._csds_fetch, csds_pb2.ClientStatusRequest.FromString, _serialize),
+        }
+        handlers.append(grpc.method_handlers_generic_handler(CSDS_SERVICE, csds))
         return handlers
+
+    # -- CSDS ------------------------------------------------------------------------------------------
+    async def _csds_answer(self, req: csds_pb2.ClientStatusRequest,
+                           context: grpc.aio.ServicerContext) -> csds_pb2.ClientStatusResponse:
+        try:
+            return client_status(req, [p for _, p in sorted(self.status.proxies.items())], self.sent_resources)
+        except MatcherError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+    async def _csds_fetch(self, req: csds_pb2.ClientStatusRequest,
+                          context: grpc.aio.ServicerContext) -> csds_pb2.ClientStatusResponse:
+        return await self._csds_answer(req, context)
+
+    async def _csds_stream(self, requests: AsyncIterator[csds_pb2.ClientStatusRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[csds_pb2.ClientStatusResponse]:
+        async for req in requests:
+            yield await self._csds_answer(req, context)
 
     # -- handlers --------------------------------------------------------------------------------------
     def _sotw_handler(self, allowed: frozenset[str]) -> Callable[..., Any]:
@@ -156,7 +219,10 @@ class XdsServer:
         proxy = await self._proxy_id(node.id, context)
         user_agent = f"{node.user_agent_name}/{node.user_agent_version or node.user_agent_build_version.version}"
         self.active_streams += 1
-        pstatus = self.status.connected(str(proxy), "delta" if delta else "sotw", user_agent)
+        variant = "delta" if delta else "sotw"
+        pstatus = self.status.connected(str(proxy), variant, user_agent)
+        pstatus.node = node
+        self.observer.stream_opened(proxy.role, variant)
         write_lock = asyncio.Lock()
 
         async def write(payload: bytes) -> None:
@@ -164,9 +230,11 @@ class XdsServer:
                 await context.write(payload)
 
         cls = DeltaStream if delta else SotwStream
-        stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream)
+        stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream,
+                                 self.observer, self.memo)
         waker = stream.wake
         self.cache.register(waker)
+        self.streams.setdefault(str(proxy), []).append(stream)
         log.info("%s connected (%s)", proxy, "delta" if delta else "sotw")
         try:
             async with asyncio.TaskGroup() as tg:
@@ -183,6 +251,12 @@ class XdsServer:
             await context.abort(exc.code, exc.message)
         finally:
             self.cache.unregister(waker)
+            open_streams = self.streams.get(str(proxy), [])
+            if stream in open_streams:
+                open_streams.remove(stream)
+            if not open_streams:
+                self.streams.pop(str(proxy), None)
+            self.observer.stream_closed(proxy.role, variant)
             self.active_streams -= 1
             self.status.disconnected(str(proxy))
             log.info("%s disconnected", proxy)

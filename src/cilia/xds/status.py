@@ -52,6 +52,7 @@ class ProxyStatus:
     user_agent: str = ""
     types: dict[str, TypeStatus] = field(default_factory=dict)
     reported: dict[str, Any] = field(default_factory=dict)  # what the client reports of itself (agents)
+    node: Any = None  # the envoy.config.core.v3.Node of the latest stream's first request (for CSDS)
 
     def type(self, type_url: str) -> TypeStatus:
         ts = self.types.get(type_url)

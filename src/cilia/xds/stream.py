@@ -22,11 +22,11 @@ from cilia.render.resources import (
     SECRET,
     TYPE_ORDER,
     Resource,
-    delta_response,
+    field_bytes,
     set_version,
-    sotw_response,
 )
 from cilia.render.world import ProxyResources
+from cilia.xds.hooks import XdsObserver
 from cilia.xds.status import ProxyStatus
 
 log = logging.getLogger("cilia.xds")
@@ -45,6 +45,37 @@ class StreamLimits:
 Writer = Callable[[bytes], Awaitable[None]]
 
 
+class ResponseMemo:
+    """Serialised response bodies shared by all streams: one change fanned out to a thousand proxies is
+    encoded once; each stream only appends its nonce (and, Delta, its removals). Bounded."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._prefixes: dict[tuple[object, ...], bytes] = {}
+        self.limit = limit
+
+    def _prefix(self, delta: bool, version: str, resources: tuple[Resource, ...], type_url: str) -> bytes:
+        key = (delta, type_url, version, resources)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if len(self._prefixes) >= self.limit:
+                self._prefixes.clear()
+            parts = [field_bytes(1, version.encode())]
+            parts.extend(field_bytes(2, r.delta_bytes if delta else r.any_bytes) for r in resources)
+            parts.append(field_bytes(4, type_url.encode()))
+            prefix = self._prefixes[key] = b"".join(parts)
+        return prefix
+
+    def delta(self, version: str, resources: Iterable[Resource], type_url: str, removed: Iterable[str],
+              nonce: str) -> bytes:
+        """Same bytes as `delta_response`."""
+        tail = b"".join(field_bytes(6, n.encode()) for n in removed)
+        return self._prefix(True, version, tuple(resources), type_url) + field_bytes(5, nonce.encode()) + tail
+
+    def sotw(self, version: str, resources: Iterable[Resource], type_url: str, nonce: str) -> bytes:
+        """Same bytes as `sotw_response`."""
+        return self._prefix(False, version, tuple(resources), type_url) + field_bytes(5, nonce.encode())
+
+
 @dataclass(slots=True)
 class _TypeState:
     initialized: bool = False
@@ -58,14 +89,26 @@ class _TypeState:
     sent_version: str = ""
     force: bool = False  # a request that must be answered even when nothing changed
     pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
+    sent_info: dict[str, tuple[float, int]] = field(default_factory=dict)  # nonce -> (monotonic sent, change seq)
+    # A pass that completed against view version `synced_key` with no request since (`requests` still equal
+    # to `synced_requests`) leaves nothing to do for that type until the view changes.
+    synced_key: str = ""
+    requests: int = 0
+    synced_requests: int = -1
+    desired_memo: tuple[ProxyResources, int, Mapping[str, Resource]] | None = None  # Delta, named subscriptions
 
 
 class BaseStream:
     variant = ""
 
     def __init__(self, proxy: ProxyId, resources: Callable[[ProxyId], ProxyResources], status: ProxyStatus,
-                 write: Writer, allowed_types: frozenset[str], limits: StreamLimits) -> None:
+                 write: Writer, allowed_types: frozenset[str], limits: StreamLimits,
+                 observer: XdsObserver | None = None, memo: ResponseMemo | None = None) -> None:
         self.proxy = proxy
+        self.observer = observer or XdsObserver()
+        self.memo = memo or ResponseMemo(limit=8)
+        self._synced_seq = self.observer.change_seq
+        self._change_driven = False  # the current sync pass carries a new change batch
         self._resources = resources
         self.status = status
         self._write = write
@@ -87,13 +130,17 @@ class BaseStream:
 
     def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
         ts = self.status.type(type_url)
+        sent_at, seq = st.sent_info.pop(nonce, (0.0, 0))
         if error:
+            self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
             ts.last_nack = error
             ts.last_nack_version = ts.version_sent if nonce == st.last_nonce else version
             ts.last_nack_time = time.time()
             log.warning("%s NACKed %s (nonce %s): %s", self.proxy, type_url.rsplit(".", 1)[-1], nonce, error)
         else:
+            if sent_at:
+                self.observer.acked(self.status.proxy_id, self.variant, type_url, sent_at, seq, version)
             ts.acks += 1
             ts.version_acked = version
             ts.acked_time = time.time()
@@ -112,6 +159,15 @@ class BaseStream:
         ts.nonce_sent = nonce
         ts.resources_sent = count
         ts.sent_time = time.time()
+        if st.nonce_seq == 1:
+            reason = "initial"
+        else:
+            reason = "change" if self._change_driven else "request"
+        seq = self._synced_seq if reason == "change" else 0
+        st.sent_info[nonce] = (time.monotonic(), seq)
+        if len(st.sent_info) > 64:
+            st.sent_info.pop(next(iter(st.sent_info)))
+        self.observer.pushed(type_url, reason, len(payload))
         await self._write(payload)
         return ev
 
@@ -141,14 +197,20 @@ class BaseStream:
         """
         outstanding: list[asyncio.Event] = []
         deadline: float | None = None
+        seq = self.observer.change_seq
+        self._change_driven = seq != self._synced_seq
+        self._synced_seq = seq
         for _ in range(64):  # bounded: every round sends something or waits for the proxy
             view = self._resources(self.proxy)
             types = self._ordered_types()
             restart = False
-            for type_url in types:
+            # Types whose resources for this proxy did not change since a completed pass, with no
+            # request since, are skipped: a change to one type costs the other types nothing.
+            start = {t: (view.version(t), self.types[t].requests) for t in types}
+            todo = [t for t in types if self.types[t].initialized
+                    and (self.types[t].synced_key, self.types[t].synced_requests) != start[t]]
+            for type_url in todo:
                 st = self.types[type_url]
-                if not st.initialized:
-                    continue
                 if type_url not in DEPENDENCY_TYPES:
                     outstanding = [ev for ev in outstanding if not ev.is_set()]
                     if outstanding and self.has_updates(type_url, st, view):
@@ -167,10 +229,11 @@ class BaseStream:
                     outstanding.append(ev)
             if restart:
                 continue
-            for type_url in reversed(types):
+            for type_url in reversed(todo):
+                await self.push_removals(type_url, self.types[type_url], view)
+            for type_url in todo:
                 st = self.types[type_url]
-                if st.initialized:
-                    await self.push_removals(type_url, st, view)
+                st.synced_key, st.synced_requests = start[type_url]
             return
 
     async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
@@ -187,6 +250,11 @@ class BaseStream:
             woken.cancel()
         self.wake.clear()
 
+    def sent_resources(self, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        """What the proxy was last sent of `type_url`: (name, version, resource or None when the
+        bytes of that version are no longer at hand), sorted by name. For debug views and CSDS."""
+        raise NotImplementedError
+
     # subclasses
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         raise NotImplementedError
@@ -201,6 +269,12 @@ class BaseStream:
 class SotwStream(BaseStream):
     variant = "sotw"
 
+    def sent_resources(self, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        st = self.types.get(type_url)
+        if st is None:
+            return []
+        return [(name, res.version, res) for name, res in sorted(st.sent.items())]
+
     def handle(self, type_url: str, version_info: str, names: Iterable[str], nonce: str, error: str) -> None:
         st = self._state(type_url)
         if nonce and nonce != st.last_nonce:
@@ -214,6 +288,7 @@ class SotwStream(BaseStream):
                              f"{self.limits.max_subscriptions}")
         wildcard = (type_url in FULL_STATE_TYPES and not new_names) or WILDCARD in new_names
         new_names.discard(WILDCARD)
+        wake = not nonce  # a plain ACK/NACK with unchanged names needs no pass (ACK waits use events)
         if not st.initialized:
             st.initialized = True
             # A reconnecting proxy tells us what it has; if that is current, nothing needs sending.
@@ -221,11 +296,15 @@ class SotwStream(BaseStream):
             st.force = not version_info
             st.wildcard = wildcard
             st.names = new_names
+            wake = True
         elif wildcard != st.wildcard or new_names != st.names:
             st.wildcard = wildcard
             st.names = new_names
             st.force = True
-        self.wake.set()
+            wake = True
+        if wake:
+            st.requests += 1
+            self.wake.set()
 
     def _selected(self, type_url: str, st: _TypeState, view: ProxyResources) -> dict[str, Resource]:
         resources = view.of(type_url)
@@ -265,7 +344,7 @@ class SotwStream(BaseStream):
         st.sent = selected
         st.sent_version = version
         nonce = self._next_nonce(st)
-        payload = sotw_response(version, selected.values(), type_url, nonce)
+        payload = self.memo.sotw(version, selected.values(), type_url, nonce)
         return await self._send(type_url, st, payload, version, len(selected), nonce)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
@@ -277,12 +356,27 @@ class SotwStream(BaseStream):
             st.sent = selected
             st.sent_version = version
             nonce = self._next_nonce(st)
-            await self._send(type_url, st, sotw_response(version, selected.values(), type_url, nonce), version,
+            await self._send(type_url, st, self.memo.sotw(version, selected.values(), type_url, nonce), version,
                              len(selected), nonce)
 
 
 class DeltaStream(BaseStream):
     variant = "delta"
+
+    def sent_resources(self, type_url: str) -> list[tuple[str, str, Resource | None]]:
+        # Delta keeps only versions per name (memory per stream); the bytes come from the current view
+        # when its version is the one sent, which holds except while a newer one is in flight.
+        st = self.types.get(type_url)
+        if st is None:
+            return []
+        current = self._resources(self.proxy).of(type_url)
+        out: list[tuple[str, str, Resource | None]] = []
+        for name, version in sorted(st.known.items()):
+            if not version:
+                continue
+            res = current.get(name)
+            out.append((name, version, res if res is not None and res.version == version else None))
+        return out
 
     def handle(self, type_url: str, subscribe: Iterable[str], unsubscribe: Iterable[str],
                initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
@@ -294,6 +388,8 @@ class DeltaStream(BaseStream):
                 log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
         sub = set(subscribe)
         unsub = set(unsubscribe)
+        # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
+        wake = not nonce or not st.initialized or bool(sub or unsub)
         if not st.initialized:
             st.initialized = True
             st.wildcard = not sub or WILDCARD in sub
@@ -315,16 +411,22 @@ class DeltaStream(BaseStream):
         for n in sub:
             if n in st.known and st.known[n] == "":
                 del st.known[n]  # asked again: answer again
-        self.wake.set()
+        if wake:
+            st.requests += 1
+            self.wake.set()
 
     def _desired(self, type_url: str, st: _TypeState, view: ProxyResources) -> Mapping[str, Resource]:
         resources = view.of(type_url)
         if st.wildcard and not st.names:
             return resources
+        memo = st.desired_memo
+        if memo is not None and memo[0] is view and memo[1] == st.requests:
+            return memo[2]  # names change only with a request, which bumps st.requests
         out = dict(resources) if st.wildcard else {}
         for n in st.names:
             if n in resources:
                 out[n] = resources[n]
+        st.desired_memo = (view, st.requests, out)
         return out
 
     def _diff(self, type_url: str, st: _TypeState, view: ProxyResources) -> tuple[list[Resource], list[str]]:
@@ -355,7 +457,7 @@ class DeltaStream(BaseStream):
             st.known[n] = ""
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
-        payload = delta_response(version, updates, type_url, absent, nonce)
+        payload = self.memo.delta(version, updates, type_url, absent, nonce)
         return await self._send(type_url, st, payload, version, len(updates), nonce)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
@@ -370,4 +472,4 @@ class DeltaStream(BaseStream):
                 del st.known[n]
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
-        await self._send(type_url, st, delta_response(version, (), type_url, gone, nonce), version, 0, nonce)
+        await self._send(type_url, st, self.memo.delta(version, (), type_url, gone, nonce), version, 0, nonce)

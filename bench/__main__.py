@@ -1,0 +1,100 @@
+"""`python -m bench` (or `make bench`): xDS fan-out vs the grpc.aio floor, translation, real Envoy.
+
+Prints tables, writes bench/results/bench-<time>.json with the machine's description. The default size
+finishes in well under five minutes; `--clients 100,500,1000,2000` is the full matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, table, write_result
+
+XDS_HEADER = ["server", "xDS", "clients", "held", "connect s", "RSS MB", "CPU ms/change", "ack p50 ms",
+              "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all ms", "cilia/floor p99"]
+
+
+def xds_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    floor = {(r["variant"], r["clients"]): r for r in results if r["server"] == "floor"}
+    rows = []
+    for r in results:
+        f = floor.get((r["variant"], r["clients"]))
+        ratio = (r["client_ack_p99_ms"] / f["client_ack_p99_ms"]) if (f and r["server"] == "cilia") else float("nan")
+        rows.append([r["server"], r["variant"], r["clients"], r["held"], r["connect_all_s"], r["rss_connected_mb"],
+                     r["server_cpu_s_changes"] / max(1, r["changes"]) * 1000, r["client_ack_p50_ms"],
+                     r["client_ack_p99_ms"], r["all_acked_p50_ms"], r["all_acked_max_ms"],
+                     r["trigger_to_all_acked_p50_ms"], ratio])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", default="500", help="comma-separated client counts (default 500)")
+    p.add_argument("--variants", default="delta,sotw", help="delta,sotw (default both)")
+    p.add_argument("--changes", type=int, default=10, help="route changes per xDS case (default 10)")
+    p.add_argument("--no-floor", action="store_true", help="skip the grpc.aio floor runs")
+    p.add_argument("--services", type=int, default=5000, help="translation: Services (default 5000)")
+    p.add_argument("--routes", type=int, default=10_000, help="translation: routes (default 10000)")
+    p.add_argument("--envoy-routes", type=int, default=1000, help="real Envoy: routes (default 1000)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: xds,translate,envoy")
+    p.add_argument("--profile", type=Path, default=None, help="py-spy the cilia server into this folder")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    started = time.monotonic()
+    report: dict[str, Any] = {"machine": machine(), "args": vars(args) | {"profile": str(args.profile or "")}}
+    print(f"machine: {report['machine']}", flush=True)
+
+    if "xds" not in skip:
+        from bench.xds_bench import XdsCase, run_case
+
+        results = []
+        for n in [int(x) for x in args.clients.split(",") if x]:
+            for variant in [v for v in args.variants.split(",") if v]:
+                for server in ("cilia",) if args.no_floor else ("cilia", "floor"):
+                    prof = None
+                    if args.profile is not None and server == "cilia":
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        prof = args.profile / f"cilia-{variant}-{n}.txt"
+                    changes = args.changes if n <= 1000 else max(3, args.changes // 2)
+                    r = run_case(XdsCase(server, n, variant == "delta", changes), profile=prof)
+                    print(f"  {server} {variant} {n}: all ACKed p50 {r['all_acked_p50_ms']:.0f} ms, "
+                          f"RSS {r['rss_connected_mb']:.0f} MB, held {r['held']}", flush=True)
+                    results.append(r)
+        report["xds"] = results
+        print("\nxDS fan-out (one route change -> ACK; times from the first client's receipt of it)")
+        print(table(xds_rows(results), XDS_HEADER))
+
+    if "translate" not in skip:
+        from bench.translate_bench import run as run_translate
+
+        t = run_translate(args.services, args.routes)
+        report["translate"] = t
+        print("\nTranslation (CiliumEnvoyConfig routes + Services)")
+        print(table([[t["services"], t["routes"], t["parse_s"], t["translate_s"], t["render_s"],
+                      t["scratch_total_s"], t["endpoint_edit_ms"], t["route_edit_ms"]]],
+                    ["services", "routes", "parse s", "translate s", "render s", "scratch total s",
+                     "endpoint edit ms", "route edit ms"]))
+
+    if "envoy" not in skip:
+        from bench.envoy_bench import run as run_envoy
+
+        e = run_envoy(args.envoy_routes)
+        report["envoy"] = e
+        print("\nReal Envoy (file write -> route served)")
+        print(table([[e["routes"], e["variant"], e["add_routes_served_s"], e["edit_one_route_served_s"],
+                      e["edit_one_route_max_s"]]],
+                    ["routes", "xDS", "add all s", "edit one s (median)", "edit one s (max)"]))
+
+    report["elapsed_s"] = time.monotonic() - started
+    path = write_result("bench", report)
+    print(f"\nwrote {path} ({report['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

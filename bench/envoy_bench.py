@@ -1,0 +1,111 @@
+"""Real-Envoy route propagation: N routes (CiliumEnvoyConfig) added to, and one edited in, a running
+`cilia serve`, timed from the file write until a real Envoy serves the new route (HTTP 200 from the
+backend through it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from bench.common import ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.backends import echo_backends
+from support.controlplane import CiliaProcess, ManifestDir
+from support.envoy import Envoy
+from support.http import get
+from support.manifests import docs, endpoint_slice, service
+from support.net import free_port
+
+
+def cec(port: int, routes: int, edited: int = -1) -> str:
+    table = [{"match": {"path": f"/r{i}" + ("-edited" if i == edited else "")},
+              "route": {"cluster": "default/echo"}} for i in range(routes)]
+    resources = [
+        {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "listener",
+         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+         "filter_chains": [{"filters": [{
+             "name": "envoy.filters.network.http_connection_manager",
+             "typed_config": {
+                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                          "HttpConnectionManager",
+                 "stat_prefix": "bench", "rds": {"route_config_name": "routes"},
+                 "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]},
+        {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
+         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": table}]},
+        {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "default/echo", "type": "EDS",
+         "connect_timeout": "1s"},
+    ]
+    return json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
+                       "metadata": {"name": "bench", "namespace": "default"},
+                       "spec": {"backendServices": [{"name": "echo", "namespace": "default"}],
+                                "resources": resources}})
+
+
+def _served(url: str) -> bool:
+    try:
+        return get(url, timeout=1).status == 200
+    except OSError:
+        return False
+
+
+def _wait_served(url: str, timeout_s: float = 15.0) -> float:
+    t0 = time.monotonic()
+    for _ in range(100_000):
+        if _served(url):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            break
+        time.sleep(0.005)
+    return float("nan")
+
+
+def run(routes: int = 1000, delta: bool = True) -> dict[str, Any]:
+    md = ManifestDir()
+    port = free_port()
+    out: dict[str, Any] = {"routes": routes, "variant": "delta" if delta else "sotw"}
+    with echo_backends(("echo", "127.0.0.2")) as (echo,):
+        md.write("services.yaml", docs(service("echo", 80, vip="127.96.0.10"),
+                                       endpoint_slice("echo", [(echo.host, echo.port)])))
+        md.write("cec.yaml", cec(port, 1))
+        # The later flags win over CiliaProcess's own debounce defaults.
+        cp = CiliaProcess([str(md.path)], extra=["--debounce-quiet-ms", "20", "--debounce-max-ms", "200"])
+        cp.start()
+        envoy = Envoy("node~bench", cp.xds_port, delta=delta).start()
+        try:
+            out["first_route_served_s"] = _wait_served(f"http://127.0.0.1:{port}/r0", 20)
+            t = time.monotonic()
+            md.write("cec.yaml", cec(port, routes))
+            last = _wait_served(f"http://127.0.0.1:{port}/r{routes - 1}")
+            out["add_routes_served_s"] = last if last != last else time.monotonic() - t
+            edits = []
+            for k in range(3):
+                target = routes // 2 + k
+                t = time.monotonic()
+                md.write("cec.yaml", cec(port, routes, edited=target))
+                took = _wait_served(f"http://127.0.0.1:{port}/r{target}-edited")
+                edits.append(took if took != took else time.monotonic() - t)
+            out["edit_one_route_served_s"] = sorted(edits)[len(edits) // 2]
+            out["edit_one_route_max_s"] = max(edits)
+            proxies = cp.admin_json("/debug/proxies")
+            out["envoy_state"] = {t: v["state"] for t, v in proxies["node~bench"]["types"].items()}
+            out["cilia_rss_mb"] = _rss(cp)
+        finally:
+            envoy.stop()
+            cp.stop()
+            cp.log.unlink(missing_ok=True)
+            md.cleanup()
+    return out
+
+
+def _rss(cp: CiliaProcess) -> float:
+    from bench.common import rss_mb
+
+    return rss_mb(cp.proc.pid) if cp.proc is not None else float("nan")
+
+
+__all__ = ["run"]

@@ -1,0 +1,100 @@
+"""Translation benchmark: N Services (+ EndpointSlices) and N routes (CiliumEnvoyConfig route tables) from
+scratch, then one-object edits (an endpoint, a route) through translate + render with the previous
+result and render cache, as the control plane does."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from typing import Any
+
+from cilia.k8s import kinds as _kinds  # noqa: F401 - registers the kinds
+from cilia.k8s.manifest import parse_text
+from cilia.k8s.store import Store
+from cilia.render.world import ResourceCache, render_world
+from cilia.translate import translate
+from cilia.translate.context import TranslateOptions
+
+ROUTES_PER_CEC = 100
+
+
+def _service(i: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{i}", "namespace": "bench"},
+            "spec": {"clusterIP": f"127.96.{i // 250}.{i % 250 + 1}", "ports": [{"name": "http", "port": 80}]}}
+
+
+def _slice(i: int, host_octet: int = 1) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"svc-{i}-1", "namespace": "bench",
+                         "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [f"127.1.{i // 250}.{(i % 250) + host_octet}"],
+                           "conditions": {"ready": True}}]}
+
+
+def _cec(c: int, services: int, variant: int = 0) -> dict[str, Any]:
+    routes = []
+    backends = sorted({(c * ROUTES_PER_CEC + r) % services for r in range(ROUTES_PER_CEC)})
+    for r in range(ROUTES_PER_CEC):
+        svc = (c * ROUTES_PER_CEC + r) % services
+        routes.append({"match": {"prefix": f"/c{c}/r{r}" + ("/v2" if variant and r == 0 else "")},
+                       "route": {"cluster": f"bench/svc-{svc}"}})
+    resources = [
+        {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
+         "virtual_hosts": [{"name": "all", "domains": [f"c{c}.example"], "routes": routes}]},
+        *[{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": f"bench/svc-{s}",
+           "type": "EDS", "connect_timeout": "1s"} for s in backends],
+    ]
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
+            "metadata": {"name": f"cec-{c}", "namespace": "bench"},
+            "spec": {"backendServices": [{"name": f"svc-{s}", "namespace": "bench"} for s in backends],
+                     "resources": resources}}
+
+
+def _docs(objs: list[dict[str, Any]]) -> str:
+    return "\n---\n".join(json.dumps(o) for o in objs) + "\n"
+
+
+def run(services: int = 5000, routes: int = 10_000) -> dict[str, Any]:
+    cecs = max(1, routes // ROUTES_PER_CEC)
+    store = Store()
+    t = time.perf_counter()
+    store.replace_source("services", parse_text(_docs([_service(i) for i in range(services)]), "services"))
+    store.replace_source("slices", parse_text(_docs([_slice(i) for i in range(1, services)]), "slices"))
+    store.replace_source("slice-0", parse_text(_docs([_slice(0)]), "slice-0"))
+    store.replace_source("cecs", parse_text(_docs([_cec(c, services) for c in range(1, cecs)]), "cecs"))
+    store.replace_source("cec-0", parse_text(_docs([_cec(0, services)]), "cec-0"))
+    parse_s = time.perf_counter() - t
+    opts = TranslateOptions()
+    cache = ResourceCache()
+    gc.collect()
+
+    t = time.perf_counter()
+    result = translate(store.snapshot(), opts)
+    translate_s = time.perf_counter() - t
+    t = time.perf_counter()
+    world = render_world(result.ir, cache, 1)
+    render_s = time.perf_counter() - t
+    issues = len(result.issues) + len(world.issues)
+
+    def edit(source: str, text: str) -> tuple[float, float]:
+        nonlocal result, world
+        store.replace_source(source, parse_text(text, source))
+        t0 = time.perf_counter()
+        result = translate(store.snapshot(), opts, result)
+        t1 = time.perf_counter()
+        world = render_world(result.ir, cache, 2)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    ep = [edit("slice-0", _docs([_slice(0, host_octet=2 + k % 2)])) for k in range(5)]
+    rt = [edit("cec-0", _docs([_cec(0, services, variant=1 + k % 2)])) for k in range(3)]
+    ep_best = min(ep, key=sum)
+    rt_best = min(rt, key=sum)
+    return {"services": services, "routes": cecs * ROUTES_PER_CEC, "cecs": cecs, "issues": issues,
+            "parse_s": parse_s, "translate_s": translate_s, "render_s": render_s,
+            "scratch_total_s": translate_s + render_s,
+            "endpoint_edit_ms": sum(ep_best) * 1000, "endpoint_edit_translate_ms": ep_best[0] * 1000,
+            "route_edit_ms": sum(rt_best) * 1000, "route_edit_translate_ms": rt_best[0] * 1000,
+            "route_edit_render_ms": rt_best[1] * 1000}

@@ -1,0 +1,84 @@
+"""Text views of `/debug/proxies` for `cilia status` (pure: JSON in, text out)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+BASE_TYPES = ("listeners", "routes", "clusters", "endpoints", "secrets")
+EXCERPT = 80
+
+
+def _excerpt(text: str, limit: int = EXCERPT) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _types(proxies: Mapping[str, Any]) -> list[str]:
+    extra = sorted({t for p in proxies.values() for t in p.get("types", {}) if t not in BASE_TYPES})
+    return [*BASE_TYPES, *extra]
+
+
+def _last_nack(p: Mapping[str, Any]) -> tuple[str, str]:
+    """(type, text) of the NACK that still stands, else of any earlier one, else ("", "")."""
+    standing = [(t, ts["last_nack"]) for t, ts in p.get("types", {}).items()
+                if ts.get("last_nack") and ts.get("state") == "NACKED"]
+    if standing:
+        return standing[0]
+    older = [(t, ts["last_nack"]) for t, ts in p.get("types", {}).items() if ts.get("last_nack")]
+    return older[0] if older else ("", "")
+
+
+def status_table(proxies: Mapping[str, Any], issues: Sequence[Mapping[str, Any]] = ()) -> str:
+    types = _types(proxies)
+    header = ["PROXY", "ROLE", "CONNECTED", "XDS", *[t.upper() for t in types], "LAST NACK"]
+    rows = [header]
+    for pid, p in proxies.items():
+        states = [p.get("types", {}).get(t, {}).get("state", "-") for t in types]
+        nack_type, nack = _last_nack(p)
+        rows.append([pid, pid.split("~", 1)[0], "yes" if p.get("connected") else "no", p.get("variant") or "-",
+                     *states, f"{nack_type}: {_excerpt(nack)}" if nack else "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows]
+    if not proxies:
+        lines.append("(no proxies have connected)")
+    if issues:
+        lines.append("")
+        lines.append(f"{len(issues)} configuration issue(s):")
+        lines += [f"  {i.get('text', i)}" for i in issues]
+    return "\n".join(lines) + "\n"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def proxy_detail(pid: str, p: Mapping[str, Any]) -> str:
+    lines = [
+        f"Proxy:       {pid}",
+        f"Role:        {pid.split('~', 1)[0]}",
+        f"Connected:   {'yes' if p.get('connected') else 'no'} ({p.get('streams', 0)} stream(s))",
+        f"xDS:         {p.get('variant') or '-'}",
+        f"Since:       {_when(p.get('connected_since'))}",
+        f"User agent:  {p.get('user_agent') or '-'}",
+        "",
+    ]
+    header = ["TYPE", "STATE", "SENT", "ACKED", "RESOURCES", "ACKS", "NACKS"]
+    rows = [header]
+    for t, ts in p.get("types", {}).items():
+        rows.append([t, ts.get("state", "-"), ts.get("version_sent") or "-", ts.get("version_acked") or "-",
+                     str(ts.get("resources_sent", 0)), str(ts.get("acks", 0)), str(ts.get("nacks", 0))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
+    for t, ts in p.get("types", {}).items():
+        if ts.get("last_nack"):
+            standing = "rejected, still in force" if ts.get("state") == "NACKED" else "since superseded"
+            lines += ["", f"Last NACK of {t} (version {ts.get('last_nack_version') or '-'}, {standing}):",
+                      *[f"  {line}" for line in str(ts["last_nack"]).splitlines()]]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["proxy_detail", "status_table"]
