@@ -69,17 +69,19 @@ class ResourceCache:
         self._by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
         self._next_by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
 
-    def get(self, type_url: str, node: Any, build: Any, name: str) -> Resource:
-        ident = (type_url, id(node))
+    def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None) -> Resource:
+        """`same_as`: the object whose identity stands for `node` (when `node` is a fresh wrapper)."""
+        anchor = node if same_as is None else same_as
+        ident = (type_url, id(anchor))
         hit = self._by_id.get(ident) or self._next_by_id.get(ident)
-        if hit is not None and hit[0] is node:
+        if hit is not None and hit[0] is anchor:
             res = hit[1]
         else:
             key = (type_url, node)
             found = self._by_node.get(key) or self._next.get(key)
             res = found if found is not None else Resource.of(type_url, name, build(node))
             self._next[key] = res
-        self._next_by_id[ident] = (node, res)  # holds `node`, so its id cannot be reused meanwhile
+        self._next_by_id[ident] = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
         return res
 
     def rotate(self) -> None:
@@ -148,7 +150,7 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
         for raw in bundle.raw:
             try:
                 res = cache.get(raw.type_url, _RawKey(raw), lambda k: parse_raw(k.raw.type_url, k.raw.body),
-                                raw.name)
+                                raw.name, same_as=raw)
             except RawParseError as exc:
                 issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
                                     f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} does not parse: {exc}; "

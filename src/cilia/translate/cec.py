@@ -16,9 +16,10 @@ from typing import Any
 from cilia.diagnostics import Issue
 from cilia.ir.model import Bundle, LabelRequirement, NodeSelector, ProxyScope, RawResource, ServiceRedirect
 from cilia.k8s.cilium import EnvoyConfigSpec
+from cilia.k8s.objects import KubeObject
 from cilia.k8s.selector import LabelSelector
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.context import Memo, Partial, TranslateOptions
 
 T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 T_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -154,51 +155,67 @@ def to_node_selector(sel: LabelSelector) -> NodeSelector:
                                                for r in sel.match_expressions))
 
 
+Translated = tuple[Bundle | None, tuple[ServiceRedirect, ...], tuple[Issue, ...]]
+_MEMO: Memo[Translated] = Memo()  # per config, keyed by its content
+
+
 def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     bundles: list[Bundle] = []
     redirects: list[ServiceRedirect] = []
     issues: list[Issue] = []
     for kind in ("CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig"):
         for obj in snapshot.list(kind):
-            spec: EnvoyConfigSpec = obj.spec
-            ref = str(obj.ref)
-            ns = obj.meta.namespace
-
-            def q(name: str, _ns: str = ns, _cec: str = obj.meta.name) -> str:
-                return qualify(_ns, _cec, name)
-
-            raws: list[RawResource] = []
-            bad = False
-            seen: set[tuple[str, str]] = set()
-            for i, res in enumerate(spec.resources):
-                type_url = res["@type"]
-                if type_url not in SUPPORTED_TYPES:
-                    issues.append(Issue(ref, f"spec.resources[{i}].@type",
-                                        f"unsupported resource type {type_url!r} (supported: Listener, "
-                                        "RouteConfiguration, Cluster, ClusterLoadAssignment, Secret)"))
-                    bad = True
-                    continue
-                body = copy.deepcopy(dict(res))
-                name = resource_name(type_url, body)
-                if not name:
-                    issues.append(Issue(ref, f"spec.resources[{i}].name", "is required"))
-                    bad = True
-                    continue
-                qualify_resource(type_url, body, q)
-                qname = resource_name(type_url, body)
-                if (type_url, qname) in seen:
-                    issues.append(Issue(ref, f"spec.resources[{i}].name", f"duplicate resource name {qname!r}"))
-                    bad = True
-                    continue
-                seen.add((type_url, qname))
-                raws.append(RawResource(type_url, qname, body, (ref,), f"spec.resources[{i}]"))
-            if bad:
-                continue  # an invalid config is rejected whole: half a config is worse than none
-            selector = to_node_selector(spec.node_selector) if spec.node_selector is not None else None
-            scope = ProxyScope(CEC_SCOPE_ROLES, None, selector)
-            for s in spec.services:
-                redirects.append(ServiceRedirect(s.namespace, s.name, s.ports, q(s.listener) if s.listener else "",
-                                                 scope, (ref,)))
-            bundles.append(Bundle(key=f"cec:{kind}:{ns}/{obj.meta.name}", scope=scope, raw=tuple(raws),
-                                  sources=(ref,)))
+            done = _MEMO.get((kind, obj.content_hash))
+            if done is None:
+                done = _MEMO.put((kind, obj.content_hash), _translate_config(kind, obj))
+            bundle, more_redirects, more_issues = done
+            if bundle is not None:
+                bundles.append(bundle)
+            redirects.extend(more_redirects)
+            issues.extend(more_issues)
+    _MEMO.rotate()
     return Partial(bundles=tuple(bundles), redirects=tuple(redirects), issues=tuple(issues))
+
+
+def _translate_config(kind: str, obj: KubeObject) -> Translated:
+    spec: EnvoyConfigSpec = obj.spec
+    ref = str(obj.ref)
+    ns = obj.meta.namespace
+    issues: list[Issue] = []
+
+    def q(name: str) -> str:
+        return qualify(ns, obj.meta.name, name)
+
+    raws: list[RawResource] = []
+    bad = False
+    seen: set[tuple[str, str]] = set()
+    for i, res in enumerate(spec.resources):
+        type_url = res["@type"]
+        if type_url not in SUPPORTED_TYPES:
+            issues.append(Issue(ref, f"spec.resources[{i}].@type",
+                                f"unsupported resource type {type_url!r} (supported: Listener, "
+                                "RouteConfiguration, Cluster, ClusterLoadAssignment, Secret)"))
+            bad = True
+            continue
+        body = copy.deepcopy(dict(res))
+        name = resource_name(type_url, body)
+        if not name:
+            issues.append(Issue(ref, f"spec.resources[{i}].name", "is required"))
+            bad = True
+            continue
+        qualify_resource(type_url, body, q)
+        qname = resource_name(type_url, body)
+        if (type_url, qname) in seen:
+            issues.append(Issue(ref, f"spec.resources[{i}].name", f"duplicate resource name {qname!r}"))
+            bad = True
+            continue
+        seen.add((type_url, qname))
+        raws.append(RawResource(type_url, qname, body, (ref,), f"spec.resources[{i}]"))
+    if bad:
+        return None, (), tuple(issues)  # an invalid config is rejected whole: half a config is worse than none
+    selector = to_node_selector(spec.node_selector) if spec.node_selector is not None else None
+    scope = ProxyScope(CEC_SCOPE_ROLES, None, selector)
+    redirects = tuple(ServiceRedirect(s.namespace, s.name, s.ports, q(s.listener) if s.listener else "", scope,
+                                      (ref,)) for s in spec.services)
+    bundle = Bundle(key=f"cec:{kind}:{ns}/{obj.meta.name}", scope=scope, raw=tuple(raws), sources=(ref,))
+    return bundle, redirects, tuple(issues)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cilia.diagnostics import Issue
 from cilia.ir.model import Bundle, EndpointSet, ServiceRedirect
@@ -63,3 +63,33 @@ class Partial:
     redirects: tuple[ServiceRedirect, ...] = ()
     statuses: tuple[ObjectStatus, ...] = ()
     issues: tuple[Issue, ...] = ()
+
+
+V = TypeVar("V")
+
+
+class Memo(Generic[V]):
+    """Results of a pure per-object translation from the last two runs, keyed by everything the result
+    depends on (content hashes, options). An unchanged input yields the very same output objects, so
+    rendering finds them by identity and a one-object edit costs one object. Values are a pure function
+    of their key, so sharing a memo between control planes in one process is safe."""
+
+    def __init__(self) -> None:
+        self._current: dict[Any, V] = {}
+        self._previous: dict[Any, V] = {}
+
+    def get(self, key: Any) -> V | None:
+        hit = self._current.get(key)
+        if hit is None:
+            hit = self._previous.get(key)
+            if hit is not None:
+                self._current[key] = hit
+        return hit
+
+    def put(self, key: Any, value: V) -> V:
+        self._current[key] = value
+        return value
+
+    def rotate(self) -> None:
+        """End of a run: forget what it did not use."""
+        self._previous, self._current = self._current, {}

@@ -26,7 +26,7 @@ Rules:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cilia.diagnostics import Issue
@@ -34,7 +34,7 @@ from cilia.ir.model import Cluster, Endpoint, EndpointSet, LocalityEndpoints, Up
 from cilia.k8s.core import EndpointSliceSpec, PodSpec, ServicePort, ServiceSpec, SliceEndpoint
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.context import Memo, Partial, TranslateOptions
 
 CLUSTER_LABEL = "cilia.io/cluster"
 GLOBAL_ANNOTATION = "service.cilium.io/global"
@@ -120,12 +120,20 @@ def resolve_backend(snapshot: InputSnapshot, namespace: str, name: str, port: in
 
 
 def _slices_for(snapshot: InputSnapshot, svc_obj: KubeObject,
-                by_service: dict[tuple[str, str], list[EndpointSliceSpec]]) -> list[EndpointSliceSpec]:
-    slices = by_service.get((svc_obj.meta.namespace, svc_obj.meta.name), [])
-    if slices:
-        return slices
+                by_service: dict[tuple[str, str], list[KubeObject]]) -> tuple[list[EndpointSliceSpec], tuple[str, ...]]:
+    """The Service's slices (EndpointSlices, else core Endpoints), and the content hashes they came from."""
+    objs = by_service.get((svc_obj.meta.namespace, svc_obj.meta.name), [])
+    if objs:
+        return [o.spec for o in objs], tuple(o.content_hash for o in objs)
     eps = snapshot.get("Endpoints", svc_obj.meta.namespace, svc_obj.meta.name)
-    return list(eps.spec.slices) if eps is not None else []
+    if eps is None:
+        return [], ()
+    return list(eps.spec.slices), (eps.content_hash,)
+
+
+# Endpoint sets per Service, keyed by the Service's and its slices' content, the Pods a named target
+# port is resolved through, Node topology labels and options.
+_MEMO: Memo[tuple[dict[str, EndpointSet], tuple[Issue, ...]]] = Memo()
 
 
 def _endpoint_port(sp: ServicePort, slc: EndpointSliceSpec, ep: SliceEndpoint,
@@ -170,62 +178,86 @@ def _localities(entries: Iterable[Entry], affinity: str, local_cluster: str,
 
 
 def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
-    by_service: dict[tuple[str, str], list[EndpointSliceSpec]] = defaultdict(list)
+    by_service: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
     for obj in snapshot.list("EndpointSlice"):
-        by_service[(obj.meta.namespace, obj.spec.service_name)].append(obj.spec)
-    pods = {f"{o.meta.namespace}/{o.meta.name}": o.spec for o in snapshot.list("Pod")}
+        by_service[(obj.meta.namespace, obj.spec.service_name)].append(obj)
+    pod_objs = {f"{o.meta.namespace}/{o.meta.name}": o for o in snapshot.list("Pod")}
+    pods = {k: o.spec for k, o in pod_objs.items()}
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
+    topology = tuple(sorted((n, labels.get(ZONE_LABEL, ""), labels.get(REGION_LABEL, ""))
+                            for n, labels in node_labels.items()))
     pool: dict[str, EndpointSet] = {}
     issues: list[Issue] = []
     for svc_obj in snapshot.list("Service"):
         svc: ServiceSpec = svc_obj.spec
         if svc.type == "ExternalName":
             continue
-        ref = str(svc_obj.ref)
-        annotations = svc_obj.meta.annotations
-        is_global = annotations.get(GLOBAL_ANNOTATION, "").lower() == "true"
-        affinity = annotations.get(AFFINITY_ANNOTATION, "none").lower()
-        if affinity not in ("local", "remote", "none"):
-            issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
-                                f"must be local, remote or none, got {affinity!r}; using none", severity="warning"))
-            affinity = "none"
-        if affinity != "none" and not is_global:
-            issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
-                                f"has no effect without {GLOBAL_ANNOTATION}: \"true\"", severity="warning"))
-        slices = [s for s in _slices_for(snapshot, svc_obj, by_service)
-                  if is_global or s.labels.get(CLUSTER_LABEL, opts.local_cluster) == opts.local_cluster]
-        all_ports: list[Entry] = []
-        for sp in svc.ports:
-            if sp.protocol not in ("TCP", ""):
-                continue
-            ready: list[Entry] = []
-            fallback: list[Entry] = []
-            for slc in slices:
-                if slc.address_type == "FQDN":
-                    continue
-                cluster = slc.labels.get(CLUSTER_LABEL, opts.local_cluster)
-                for ep in slc.endpoints:
-                    port = _endpoint_port(sp, slc, ep, pods)
-                    if port is None:
-                        continue
-                    labels = node_labels.get(ep.node_name, {})
-                    zone = ep.zone or labels.get(ZONE_LABEL, "")
-                    region = labels.get(REGION_LABEL, "")
-                    for addr in ep.addresses:
-                        entry = (cluster, region, zone, Endpoint(addr, port, "HEALTHY", ep.hostname))
-                        if ep.ready or svc.publish_not_ready:
-                            ready.append(entry)
-                        elif ep.serving and ep.terminating:
-                            fallback.append(entry)
-            # Terminating-but-serving endpoints take traffic only when nothing is ready (KEP-1672).
-            chosen = ready or fallback
-            all_ports.extend(chosen)
-            locs = _localities(chosen, affinity, opts.local_cluster, is_global)
-            names = [eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.port)]
-            if sp.name:
-                names.append(eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.name))
-            for n in names:
-                pool[n] = EndpointSet(n, locs, (ref,))
-        whole = eds_name(svc_obj.meta.namespace, svc_obj.meta.name)
-        pool[whole] = EndpointSet(whole, _localities(all_ports, affinity, opts.local_cluster, is_global), (ref,))
+        slices, slice_hashes = _slices_for(snapshot, svc_obj, by_service)
+        via_pods: tuple[str, ...] = ()
+        if any(isinstance(sp.target_port, str) for sp in svc.ports):
+            targets = sorted({ep.target_pod for slc in slices for ep in slc.endpoints if ep.target_pod})
+            via_pods = tuple(pod_objs[t].content_hash if t in pod_objs else "" for t in targets)
+        key = (svc_obj.content_hash, slice_hashes, via_pods, topology, opts.local_cluster)
+        cached = _MEMO.get(key)
+        if cached is None:
+            cached = _service_endpoints(svc_obj, slices, pods, node_labels, opts)
+            _MEMO.put(key, cached)
+        pool.update(cached[0])
+        issues.extend(cached[1])
+    _MEMO.rotate()
     return Partial(endpoints=pool, issues=tuple(issues))
+
+
+def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pods: dict[str, PodSpec],
+                       node_labels: dict[str, Mapping[str, str]],
+                       opts: TranslateOptions) -> tuple[dict[str, EndpointSet], tuple[Issue, ...]]:
+    svc: ServiceSpec = svc_obj.spec
+    pool: dict[str, EndpointSet] = {}
+    issues: list[Issue] = []
+    ref = str(svc_obj.ref)
+    annotations = svc_obj.meta.annotations
+    is_global = annotations.get(GLOBAL_ANNOTATION, "").lower() == "true"
+    affinity = annotations.get(AFFINITY_ANNOTATION, "none").lower()
+    if affinity not in ("local", "remote", "none"):
+        issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
+                            f"must be local, remote or none, got {affinity!r}; using none", severity="warning"))
+        affinity = "none"
+    if affinity != "none" and not is_global:
+        issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
+                            f"has no effect without {GLOBAL_ANNOTATION}: \"true\"", severity="warning"))
+    slices = [s for s in slices if is_global or s.labels.get(CLUSTER_LABEL, opts.local_cluster) == opts.local_cluster]
+    all_ports: list[Entry] = []
+    for sp in svc.ports:
+        if sp.protocol not in ("TCP", ""):
+            continue
+        ready: list[Entry] = []
+        fallback: list[Entry] = []
+        for slc in slices:
+            if slc.address_type == "FQDN":
+                continue
+            cluster = slc.labels.get(CLUSTER_LABEL, opts.local_cluster)
+            for ep in slc.endpoints:
+                port = _endpoint_port(sp, slc, ep, pods)
+                if port is None:
+                    continue
+                labels = node_labels.get(ep.node_name, {})
+                zone = ep.zone or labels.get(ZONE_LABEL, "")
+                region = labels.get(REGION_LABEL, "")
+                for addr in ep.addresses:
+                    entry = (cluster, region, zone, Endpoint(addr, port, "HEALTHY", ep.hostname))
+                    if ep.ready or svc.publish_not_ready:
+                        ready.append(entry)
+                    elif ep.serving and ep.terminating:
+                        fallback.append(entry)
+        # Terminating-but-serving endpoints take traffic only when nothing is ready (KEP-1672).
+        chosen = ready or fallback
+        all_ports.extend(chosen)
+        locs = _localities(chosen, affinity, opts.local_cluster, is_global)
+        names = [eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.port)]
+        if sp.name:
+            names.append(eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.name))
+        for n in names:
+            pool[n] = EndpointSet(n, locs, (ref,))
+    whole = eds_name(svc_obj.meta.namespace, svc_obj.meta.name)
+    pool[whole] = EndpointSet(whole, _localities(all_ports, affinity, opts.local_cluster, is_global), (ref,))
+    return pool, tuple(issues)
