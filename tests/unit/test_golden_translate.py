@@ -11,36 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from cilia.identity import ProxyId
-from cilia.k8s.manifest import parse_file
-from cilia.k8s.store import Store
-from cilia.render.dump import proxy_config_json
-from cilia.render.world import render_world
-from cilia.translate import translate
+from support.golden import assert_golden, case_proxies, golden_cases, issue_texts, proxy_config, translate_case
 
-CASES = sorted(p for p in (Path(__file__).parent.parent / "golden" / "translate").iterdir() if p.is_dir())
+CASES = golden_cases("translate")
 
 
 def run_case(case: Path) -> dict[str, Any]:
-    store = Store()
-    path = case / "input.yaml"
-    store.replace_source(path.name, parse_file(path))
-    result = translate(store.snapshot())
-    world = render_world(result.ir)
-    proxies = (case / "proxy.txt").read_text().split() if (case / "proxy.txt").exists() else ["node~local"]
-    out: dict[str, Any] = {p: proxy_config_json(world.for_proxy(ProxyId.parse(p))) for p in proxies}
-    out["issues"] = [str(i).replace(str(case) + "/", "") for i in (*result.issues, *world.issues)]
+    _, result, world = translate_case(case)
+    out: dict[str, Any] = {p: proxy_config(world, p) for p in case_proxies(case, ["node~local"])}
+    out["issues"] = issue_texts(case, result.issues, world.issues)
     return out
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_golden(case: Path, update_golden: bool) -> None:
-    got = run_case(case)
-    expected = case / "expected.yaml"
-    if update_golden or not expected.exists():
-        expected.write_text(yaml.safe_dump(got, sort_keys=False, width=120))
-        if not update_golden:
-            pytest.fail(f"{expected} did not exist; written, review it")
-    assert got == yaml.safe_load(expected.read_text())
+    assert_golden(case, run_case(case), update_golden)

@@ -20,6 +20,7 @@ from cilia.render.dump import proxy_config_json
 from cilia.render.world import render_world
 from cilia.translate import translate
 from cilia.translate.context import TranslateOptions
+from support.golden import assert_golden
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "mesh"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
@@ -50,13 +51,7 @@ def test_cases_present() -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_mesh_golden(name: str, update_golden: bool) -> None:
-    case = GOLDEN / name
-    got = yaml.safe_dump(render_case(case), sort_keys=True, default_flow_style=False, width=120)
-    expected = case / "expected.yaml"
-    if update_golden:
-        expected.write_text(got)
-    assert expected.is_file(), f"{expected} missing: run with --update-golden"
-    assert got == expected.read_text(), f"{name}: output differs from {expected} (--update-golden to accept)"
+    assert_golden(GOLDEN / name, render_case(GOLDEN / name), update_golden)
 
 
 def _listener_names(config: dict[str, Any]) -> list[str]:

@@ -15,26 +15,18 @@ from typing import Any
 import pytest
 import yaml
 
-from cilia.k8s.manifest import parse_file
-from cilia.k8s.store import Store
 from cilia.render import envoy as r
 from cilia.render.dump import resource_json
 from cilia.render.resources import CLUSTER, ENDPOINT, Resource
-from cilia.translate.context import TranslateOptions
 from cilia.translate.services import resolve_backend, translate_services
+from support.golden import assert_golden, case_options, golden_cases, issue_texts, load_case
 
-CASES = sorted(p for p in (Path(__file__).parent.parent / "golden" / "services").iterdir() if p.is_dir())
+CASES = golden_cases("services")
 
 
 def run_case(case: Path) -> dict[str, Any]:
-    store = Store()
-    path = case / "input.yaml"
-    result = parse_file(path)
-    store.replace_source(path.name, result)
-    snapshot = store.snapshot()
-    options = case / "options.yaml"
-    opts = TranslateOptions(**(yaml.safe_load(options.read_text()) if options.exists() else {}))
-    part = translate_services(snapshot, opts)
+    snapshot, result = load_case(case)
+    part = translate_services(snapshot, case_options(case))
     lookups: list[tuple[str, str, int | str | None]] = []
     for svc in snapshot.list("Service"):
         for sp in svc.spec.ports:
@@ -58,16 +50,10 @@ def run_case(case: Path) -> dict[str, Any]:
                       for n in sorted(part.endpoints)],
         "clusters": [clusters[n] for n in sorted(clusters)],
         "unresolved": unresolved,
-        "issues": [str(i).replace(str(case) + "/", "") for i in (*result.issues, *part.issues)],
+        "issues": issue_texts(case, result.issues, part.issues),
     }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_services_golden(case: Path, update_golden: bool) -> None:
-    got = run_case(case)
-    expected = case / "expected.yaml"
-    if update_golden or not expected.exists():
-        expected.write_text(yaml.safe_dump(got, sort_keys=False, width=120))
-        if not update_golden:
-            pytest.fail(f"{expected} did not exist; written, review it")
-    assert got == yaml.safe_load(expected.read_text())
+    assert_golden(case, run_case(case), update_golden)
