@@ -396,6 +396,7 @@ class ServiceRedirect:
     listener: str
     scope: ProxyScope
     sources: Sources = ()
+    listener_port: int = 0  # where an address-less CEC listener was bound (127.0.0.1), else 0
 
 
 @dataclass(frozen=True, slots=True)

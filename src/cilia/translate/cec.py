@@ -10,7 +10,9 @@ rendering parses them into Envoy messages and reports what does not parse.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, MutableMapping
+import hashlib
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 from cilia.diagnostics import Issue
@@ -31,6 +33,9 @@ HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_mana
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ADS_SOURCE: dict[str, Any] = {"ads": {}, "resource_api_version": "V3"}
 CEC_SCOPE_ROLES = frozenset({"node"})
+# Where listeners without an address bind (Cilium's proxy port range).
+LISTENER_PORT_BASE = 10000
+LISTENER_PORT_SPAN = 10000
 
 
 def qualify(namespace: str, cec: str, name: str) -> str:
@@ -174,7 +179,57 @@ def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> 
             redirects.extend(more_redirects)
             issues.extend(more_issues)
     _MEMO.rotate()
+    bundles, redirects, bound = _bind_addressless_listeners(bundles, redirects)
+    issues.extend(bound)
     return Partial(bundles=tuple(bundles), redirects=tuple(redirects), issues=tuple(issues))
+
+
+def _has_address(body: Mapping[str, Any]) -> bool:
+    return any(k in body for k in ("address", "internal_listener", "internalListener", "api_listener",
+                                   "apiListener"))
+
+
+def _explicit_port(body: Mapping[str, Any]) -> int:
+    sock = _child(_child(body, "address"), "socket_address")
+    port = _child(sock, "port_value") if sock is not None else None
+    return port if isinstance(port, int) else 0
+
+
+def _bind_addressless_listeners(bundles: list[Bundle], redirects: list[ServiceRedirect]
+                                ) -> tuple[list[Bundle], list[ServiceRedirect], list[Issue]]:
+    """Cilium leaves a CEC listener's address out and binds it to a proxy port of its own, where the
+    Services redirected to it (`spec.services`) arrive. cilia does the same: such a listener binds
+    127.0.0.1 on a port derived from its name (stable across restarts and replicas, probing past ports
+    already taken), and the redirect record carries that port."""
+    raws = [(b, r) for b in bundles for r in b.raw if r.type_url == T_LISTENER]
+    taken = {_explicit_port(r.body) for _, r in raws if _has_address(r.body)}
+    assigned: dict[str, int] = {}
+    issues: list[Issue] = []
+    for _, r in sorted(raws, key=lambda br: br[1].name):
+        if _has_address(r.body):
+            continue
+        port = LISTENER_PORT_BASE + int.from_bytes(hashlib.blake2b(r.name.encode(), digest_size=4).digest()) \
+            % LISTENER_PORT_SPAN
+        while port in taken:
+            port = LISTENER_PORT_BASE + (port - LISTENER_PORT_BASE + 1) % LISTENER_PORT_SPAN
+        taken.add(port)
+        assigned[r.name] = port
+        issues.append(Issue(", ".join(r.sources), f"{r.field}.address",
+                            f"not set: listener {r.name!r} binds 127.0.0.1:{port}", severity="info"))
+    if not assigned:
+        return bundles, redirects, issues
+    out = []
+    for b in bundles:
+        if not any(r.name in assigned for r in b.raw if r.type_url == T_LISTENER):
+            out.append(b)
+            continue
+        new_raw = tuple(
+            replace(r, body={**r.body, "address": {"socket_address": {"address": "127.0.0.1",
+                                                                      "port_value": assigned[r.name]}}})
+            if r.type_url == T_LISTENER and r.name in assigned else r for r in b.raw)
+        out.append(replace(b, raw=new_raw))
+    redirects = [replace(x, listener_port=assigned.get(x.listener, 0)) for x in redirects]
+    return out, redirects, issues
 
 
 def _translate_config(kind: str, obj: KubeObject) -> Translated:
