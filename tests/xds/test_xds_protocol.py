@@ -379,3 +379,13 @@ async def test_per_type_service_rejects_other_types(h: Harness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await read(call)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_status_registry_forgets_old_disconnected_proxies() -> None:
+    reg = StatusRegistry(forget_after_s=3600, max_disconnected=2)
+    for i in range(5):
+        reg.connected(f"sidecar~ns/p{i}", "delta", "envoy")
+        reg.disconnected(f"sidecar~ns/p{i}")
+    reg.connected("node~n1", "delta", "envoy")
+    assert set(reg.proxies) == {"sidecar~ns/p3", "sidecar~ns/p4", "node~n1"}
+    assert reg.proxies["node~n1"].streams == 1

@@ -70,10 +70,14 @@ class ProxyStatus:
 
 
 class StatusRegistry:
-    """Status of every proxy that has connected since start (disconnected ones stay, marked so)."""
+    """Status of every proxy that has connected. Disconnected ones stay, marked so, for
+    `forget_after_s`; beyond `max_disconnected` the oldest go first, so pod churn cannot grow it."""
 
-    def __init__(self) -> None:
+    def __init__(self, forget_after_s: float = 3600.0, max_disconnected: int = 10_000) -> None:
         self.proxies: dict[str, ProxyStatus] = {}
+        self.forget_after_s = forget_after_s
+        self.max_disconnected = max_disconnected
+        self._gone: dict[str, float] = {}  # proxy id -> when its last stream closed, oldest first
 
     def get(self, proxy_id: str) -> ProxyStatus:
         ps = self.proxies.get(proxy_id)
@@ -82,6 +86,8 @@ class StatusRegistry:
         return ps
 
     def connected(self, proxy_id: str, variant: str, user_agent: str) -> ProxyStatus:
+        self._gone.pop(proxy_id, None)
+        self._prune(time.time())
         ps = self.get(proxy_id)
         if ps.streams == 0:
             ps.connected_since = time.time()
@@ -95,6 +101,16 @@ class StatusRegistry:
         ps = self.proxies.get(proxy_id)
         if ps is not None:
             ps.streams = max(0, ps.streams - 1)
+            if ps.streams == 0:
+                self._gone[proxy_id] = time.time()
+
+    def _prune(self, now: float) -> None:
+        while self._gone:
+            pid, when = next(iter(self._gone.items()))
+            if len(self._gone) <= self.max_disconnected and now - when < self.forget_after_s:
+                break
+            del self._gone[pid]
+            self.proxies.pop(pid, None)
 
     def as_dict(self) -> dict[str, Any]:
         return {pid: ps.as_dict() for pid, ps in sorted(self.proxies.items())}
