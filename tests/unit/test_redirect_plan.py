@@ -129,3 +129,12 @@ def test_resolver_on_a_directory_tree(tmp_path: Path) -> None:
         res("", "42")
     with pytest.raises(LookupError, match="neither"):
         res("", "")
+
+
+def test_service_listener_ports() -> None:
+    r = plan(api.NodeRedirectPolicy(node_name="n", pods=[pod("a", "a")], services=[
+        svc("lb", "127.96.0.30", 80, listener_port=13139), svc("web", "127.96.0.10", 80),
+        svc("bad", "127.96.0.40", 80, listener_port=70000)]))
+    assert r.plan.listener_ports == ((Endpoint("127.96.0.30", 80), 13139),)
+    assert r.plan.services == frozenset({Endpoint("127.96.0.30", 80), Endpoint("127.96.0.10", 80)})
+    assert any("service ns/bad" in e and "listener_port" in e for e in r.errors)

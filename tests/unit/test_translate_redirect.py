@@ -86,3 +86,25 @@ def test_nodes_without_mesh_pods_get_an_empty_policy_and_others_nothing() -> Non
     p = policy_for("n2")
     assert p is not None and not p.pods and not p.services
     assert policy_for("n3") is None
+
+
+def test_cec_services_point_their_vips_at_the_config_listener() -> None:
+    cec = """
+apiVersion: cilium.io/v2
+kind: CiliumEnvoyConfig
+metadata: {name: lb, namespace: shop}
+spec:
+  services: [{name: web, namespace: shop, ports: [80]}]
+  resources:
+  - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+    name: first
+    address: {socket_address: {address: 127.0.0.1, port_value: 17000}}
+  - "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+    name: second
+"""
+    snap = InputSnapshot.of(parse_text(MANIFESTS + "---\n" + cec, "m.yaml").objects)
+    world = render_world(translate(snap).ir)
+    msg = api.NodeRedirectPolicy()
+    msg.ParseFromString(world.for_proxy(ProxyId.parse("agent~n1")).of(REDIRECT_POLICY)["n1"].body)
+    # No `listener`: the config's first listener, as in Cilium; only the listed Service port.
+    assert [(s.vip, s.port, s.listener_port) for s in msg.services] == [("127.96.0.10", 80, 17000)]

@@ -49,6 +49,7 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
             ("vip", 3, _STRING, _OPTIONAL, ""),
             ("port", 4, _UINT32, _OPTIONAL, ""),
             ("protocol", 5, _ENUM, _OPTIONAL, ".cilia.redirect.v1.Protocol"),
+            ("listener_port", 6, _UINT32, _OPTIONAL, ""),
         ],
     ),
     (

@@ -238,7 +238,9 @@ class Datapath:
         for key in list(self._links):
             if key not in want:
                 self._detach(key)
-        self._sync_map("cilia_svc", {_target(ep): struct.pack("=I", 1) for ep in plan.services})
+        listener = dict(plan.listener_ports)
+        self._sync_map("cilia_svc", {_target(ep): struct.pack("!H", listener.get(ep, 0)) + b"\0\0"
+                                     for ep in plan.services})
         self._sync_map(
             "cilia_pods",
             {

@@ -68,6 +68,8 @@ class RedirectPlan:
     """Everything the data plane should hold for one policy version."""
 
     services: frozenset[Endpoint] = frozenset()
+    # (VIP, port on the node proxy address): Services redirected to a listener of their own
+    listener_ports: tuple[tuple[Endpoint, int], ...] = ()
     pods: tuple[PodPlan, ...] = ()
     proxies: tuple[ProxyPlan, ...] = ()
     inbound: tuple[InboundPlan, ...] = ()
@@ -228,6 +230,7 @@ def build_plan(
                 proxy_targets.add(Endpoint(ip, in_port))
 
     services: dict[Endpoint, str] = {}
+    listener_ports: dict[Endpoint, int] = {}
     conflicts: set[Endpoint] = set()
     skipped = 0
     for i, svc in enumerate(policy.services):
@@ -237,6 +240,8 @@ def build_plan(
             continue
         try:
             ep = Endpoint(_ipv4(svc.vip, f"service {ref} vip"), _port(svc.port, f"service {ref} port"))
+            if svc.listener_port:
+                listener_ports[ep] = _port(svc.listener_port, f"service {ref} listener_port")
             if ep in proxy_targets:
                 raise ValueError(f"VIP {ep} is a proxy capture address")
             if ep.ip in pod_ips:
@@ -252,6 +257,8 @@ def build_plan(
 
     plan = RedirectPlan(
         services=frozenset(ep for ep in services if ep not in conflicts),
+        listener_ports=tuple(sorted((ep, p) for ep, p in listener_ports.items() if ep in services
+                                    and ep not in conflicts)),
         pods=tuple(sorted(pods.values())),
         proxies=tuple(sorted(proxies.values())),
         inbound=tuple(sorted(inbound.values())),

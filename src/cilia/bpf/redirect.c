@@ -145,12 +145,17 @@ static __always_inline int route_v4(u32 ip, u16 port, struct target *out)
     struct pod_val *pod = find_pod();
     if (pod) {
         struct svc_key k = {.ip = ip, .port = port};
-        if (!cilia_svc.lookup(&k))
+        u32 *svc = cilia_svc.lookup(&k);
+        if (!svc)
             return 0;
         // Never rewrite a connect that already goes to the proxy.
         if (pod->proxy.ip == ip && pod->proxy.port == port)
             return 0;
         *out = pod->proxy;
+        // A Service redirected to a listener of its own (CiliumEnvoyConfig `services`) goes to that
+        // port on the node proxy; the value holds it in network order, 0 = the capture port.
+        if (pod->mode == 1 && (*svc & 0xffff))
+            out->port = (u16)(*svc & 0xffff);
         stat_inc(CILIA_STAT_REDIRECTED);
         return 1;
     }

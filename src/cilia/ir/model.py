@@ -291,6 +291,7 @@ class RedirectService:
     name: str
     vip: str
     port: int
+    listener_port: int = 0  # a CiliumEnvoyConfig listener on the node proxy this Service is redirected to
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +397,7 @@ class ServiceRedirect:
     listener: str
     scope: ProxyScope
     sources: Sources = ()
-    listener_port: int = 0  # where an address-less CEC listener was bound (127.0.0.1), else 0
+    listener_port: int = 0  # the listener's port (an address-less CEC listener is bound on 127.0.0.1)
 
 
 @dataclass(frozen=True, slots=True)

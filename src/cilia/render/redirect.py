@@ -15,5 +15,6 @@ def render_redirect_policy(p: ir.RedirectPolicy) -> api.NodeRedirectPolicy:
                      pod_ips=list(pod.pod_ips), mode=MODES[pod.mode], sidecar_address=pod.sidecar_address,
                      sidecar_port=pod.sidecar_port, sidecar_cgroup_path=pod.sidecar_cgroup_path)
     for svc in p.services:
-        out.services.add(namespace=svc.namespace, name=svc.name, vip=svc.vip, port=svc.port, protocol=api.TCP)
+        out.services.add(namespace=svc.namespace, name=svc.name, vip=svc.vip, port=svc.port, protocol=api.TCP,
+                         listener_port=svc.listener_port)
     return out

@@ -200,7 +200,8 @@ def _bind_addressless_listeners(bundles: list[Bundle], redirects: list[ServiceRe
     """Cilium leaves a CEC listener's address out and binds it to a proxy port of its own, where the
     Services redirected to it (`spec.services`) arrive. cilia does the same: such a listener binds
     127.0.0.1 on a port derived from its name (stable across restarts and replicas, probing past ports
-    already taken), and the redirect record carries that port."""
+    already taken). Every redirect record carries its listener's port, so the node agent can send the
+    Service's traffic there."""
     raws = [(b, r) for b in bundles for r in b.raw if r.type_url == T_LISTENER]
     taken = {_explicit_port(r.body) for _, r in raws if _has_address(r.body)}
     assigned: dict[str, int] = {}
@@ -216,6 +217,8 @@ def _bind_addressless_listeners(bundles: list[Bundle], redirects: list[ServiceRe
         assigned[r.name] = port
         issues.append(Issue(", ".join(r.sources), f"{r.field}.address",
                             f"not set: listener {r.name!r} binds 127.0.0.1:{port}", severity="info"))
+    ports = {r.name: _explicit_port(r.body) for _, r in raws if _has_address(r.body)} | assigned
+    redirects = [replace(x, listener_port=ports.get(x.listener, 0)) for x in redirects]
     if not assigned:
         return bundles, redirects, issues
     out = []
@@ -228,7 +231,6 @@ def _bind_addressless_listeners(bundles: list[Bundle], redirects: list[ServiceRe
                                                                       "port_value": assigned[r.name]}}})
             if r.type_url == T_LISTENER and r.name in assigned else r for r in b.raw)
         out.append(replace(b, raw=new_raw))
-    redirects = [replace(x, listener_port=assigned.get(x.listener, 0)) for x in redirects]
     return out, redirects, issues
 
 
@@ -270,7 +272,9 @@ def _translate_config(kind: str, obj: KubeObject) -> Translated:
         return None, (), tuple(issues)  # an invalid config is rejected whole: half a config is worse than none
     selector = to_node_selector(spec.node_selector) if spec.node_selector is not None else None
     scope = ProxyScope(CEC_SCOPE_ROLES, None, selector)
-    redirects = tuple(ServiceRedirect(s.namespace, s.name, s.ports, q(s.listener) if s.listener else "", scope,
-                                      (ref,)) for s in spec.services)
+    # As in Cilium, a service entry without `listener` means the config's first listener.
+    first_listener = next((r.name for r in raws if r.type_url == T_LISTENER), "")
+    redirects = tuple(ServiceRedirect(s.namespace, s.name, s.ports, q(s.listener) if s.listener else first_listener,
+                                      scope, (ref,)) for s in spec.services)
     bundle = Bundle(key=f"cec:{kind}:{ns}/{obj.meta.name}", scope=scope, raw=tuple(raws), sources=(ref,))
     return bundle, redirects, tuple(issues)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
+from dataclasses import replace
 
-from cilia.ir.model import Bundle, ProxyScope, RedirectPod, RedirectPolicy, RedirectService
+from cilia.ir.model import Bundle, ProxyScope, RedirectPod, RedirectPolicy, RedirectService, ServiceRedirect
 from cilia.k8s.core import ServiceSpec
 from cilia.k8s.store import InputSnapshot
+from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import Partial, TranslateOptions
 from cilia.translate.mesh import BIND_POD_IP, MeshPod, mesh_pods
 
@@ -70,14 +72,34 @@ def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
             pod.namespace, pod.name, obj.meta.uid, cgroup, pod.ips, "sidecar",
             sidecar_address=sidecar_capture_address(pod, opts), sidecar_port=opts.mesh_capture_port,
             sidecar_cgroup_path=obj.meta.annotations.get(SIDECAR_CGROUP_ANNOTATION, "")))
-    nodes = {o.meta.name for o in snapshot.list("Node")} | set(pods_by_node)
+    node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
+    nodes = set(node_labels) | set(pods_by_node)
     services = redirect_services(snapshot) if nodes else ()
+    # CiliumEnvoyConfig `spec.services`: those Services go to the config's listener instead.
+    cec_redirects = translate_envoy_configs(snapshot, opts).redirects if nodes else ()
     bundles = []
     for node in sorted(nodes):
         on_node = tuple(pods_by_node.get(node, ()))
-        policy = RedirectPolicy(node, on_node, services if on_node else (), proxy_port=opts.mesh_capture_port,
+        node_services = _with_listeners(services, [r for r in cec_redirects if r.listener_port and
+                                                   r.scope.matches("node", node, node_labels)])
+        policy = RedirectPolicy(node, on_node, node_services if on_node else (), proxy_port=opts.mesh_capture_port,
                                 inbound_port=opts.mesh_inbound_port,
                                 sources=tuple(f"Pod {p.namespace}/{p.name}" for p in on_node))
         bundles.append(Bundle(key=f"redirect:{node}", scope=ProxyScope(frozenset({"agent"}), frozenset({node})),
                               redirect_policies=(policy,)))
     return Partial(bundles=tuple(bundles))
+
+
+def _with_listeners(services: tuple[RedirectService, ...],
+                    redirects: list[ServiceRedirect]) -> tuple[RedirectService, ...]:
+    """Services named by a config's `spec.services` (all ports, or those listed) point at its listener."""
+    if not redirects:
+        return services
+    out = []
+    for svc in services:
+        for r in redirects:
+            if (r.namespace, r.service) == (svc.namespace, svc.name) and (not r.ports or svc.port in r.ports):
+                svc = replace(svc, listener_port=r.listener_port)
+                break
+        out.append(svc)
+    return tuple(out)
