@@ -253,7 +253,6 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
                     f"no listener of Gateway {gs.key} allows {route.kind}s from namespace {route.meta.namespace}")
     matched = []
     for st in allowed:
-        st.attached += 1
         hosts = ("*",) if route.kind == "TCPRoute" else intersect(st.spec.hostname, route.spec.hostnames)
         if hosts:
             matched.append((st, hosts))
@@ -263,7 +262,10 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
     if builder is not None and builder.accepted_problem is not None:
         p = builder.accepted_problem
         return Cond("Accepted", False, p.reason, p.message)
+    # attachedRoutes counts the routes accepted on a listener: allowed there, and sharing a hostname with it
+    # (conformance HTTPRouteHostnameIntersection).
     for st, hosts in matched:
+        st.attached += 1
         st.routes.append(Attachment(route, builder, hosts))
     return Cond("Accepted", True, "Accepted", "attached to Gateway " + gs.key)
 
