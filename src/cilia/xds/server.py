@@ -28,6 +28,7 @@ from cilia.render.resources import (
     ROUTE,
     SECRET,
     Resource,
+    set_version,
     sotw_response,
 )
 from cilia.xds.cache import ConfigCache
@@ -191,8 +192,13 @@ class XdsServer:
             view = self.cache.resources_for(proxy)
             resources = view.of(type_url)
             names = set(req.resource_names)
-            chosen = [r for n, r in resources.items() if not names or n in names]
-            version = view.version(type_url)
+            if not names or "*" in names:
+                chosen = list(resources.values())
+                version = view.version(type_url)
+            else:
+                # The version covers what was asked for, so "no change" means no change to those.
+                chosen = [r for n, r in resources.items() if n in names]
+                version = set_version(chosen)
             if req.version_info == version:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "no change since version " + version)
             return sotw_response(version, chosen, type_url, "")
@@ -210,6 +216,16 @@ class XdsServer:
         if self.active_streams >= self.limits.max_streams:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many xDS streams (limit {self.limits.max_streams})")
+        # Counted from the moment it opens: streams still waiting for their first request hold a slot too,
+        # or a burst of new streams would all pass the check above.
+        self.active_streams += 1
+        try:
+            await self._serve_counted(requests, context, allowed, delta=delta)
+        finally:
+            self.active_streams -= 1
+
+    async def _serve_counted(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                             allowed: frozenset[str], *, delta: bool) -> None:
         iterator = requests.__aiter__()
         try:
             first = await iterator.__anext__()
@@ -218,14 +234,20 @@ class XdsServer:
         node = first.node
         proxy = await self._proxy_id(node.id, context)
         user_agent = f"{node.user_agent_name}/{node.user_agent_version or node.user_agent_build_version.version}"
-        self.active_streams += 1
         variant = "delta" if delta else "sotw"
         pstatus = self.status.connected(str(proxy), variant, user_agent)
         pstatus.node = node
         self.observer.stream_opened(proxy.role, variant)
         write_lock = asyncio.Lock()
 
+        max_send = self.limits.max_send_bytes
+
         async def write(payload: bytes) -> None:
+            if len(payload) > max_send:
+                # grpc would fail the write deep inside its batch code; end the stream with a clear status.
+                raise _StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"response for {proxy} is {len(payload)} bytes, over the server's "
+                                   f"max_send_bytes ({max_send})")
             async with write_lock:
                 await context.write(payload)
 
@@ -257,18 +279,24 @@ class XdsServer:
             if not open_streams:
                 self.streams.pop(str(proxy), None)
             self.observer.stream_closed(proxy.role, variant)
-            self.active_streams -= 1
             self.status.disconnected(str(proxy))
             log.info("%s disconnected", proxy)
 
     async def _read_loop(self, first: Any, iterator: AsyncIterator[Any], stream: BaseStream,
                          context: grpc.aio.ServicerContext, allowed: frozenset[str], delta: bool) -> None:
         req = first
+        # Per-type services (CDS, EDS, ...) imply the type: the spec makes type_url optional there.
+        implied = next(iter(allowed)) if len(allowed) == 1 else ""
         while True:
-            if req.HasField("node") and "cilia_agent" in req.node.metadata.fields:
-                # The node agent reports its state (programs attached, map sizes) with each request.
-                stream.status.reported = json_format.MessageToDict(req.node.metadata.fields["cilia_agent"])
-            type_url = req.type_url
+            if req.HasField("node"):
+                if req.node.id and req.node.id != first.node.id:
+                    # The stream serves the first request's node; spec: the node must stay the same.
+                    raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"node id changed on the stream from {first.node.id!r} to {req.node.id!r}")
+                if "cilia_agent" in req.node.metadata.fields:
+                    # The node agent reports its state (programs attached, map sizes) with each request.
+                    stream.status.reported = json_format.MessageToDict(req.node.metadata.fields["cilia_agent"])
+            type_url = req.type_url or implied
             if type_url not in allowed:
                 known = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in allowed))
                 raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -81,6 +81,8 @@ class _TypeState:
     initialized: bool = False
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
+    named: bool = False  # SotW: the stream has named resources for this type (ends legacy wildcard)
+    answer: set[str] = field(default_factory=set)  # Delta: unsubscribed while wildcard; say removed if not served
     nonce_seq: int = 0
     last_nonce: str = ""
     # SotW: what the last response carried; Delta: what the client holds (name -> version, "" = absent)
@@ -89,7 +91,8 @@ class _TypeState:
     sent_version: str = ""
     force: bool = False  # a request that must be answered even when nothing changed
     pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
-    sent_info: dict[str, tuple[float, int]] = field(default_factory=dict)  # nonce -> (monotonic sent, change seq)
+    # nonce -> (monotonic sent, change seq, version sent)
+    sent_info: dict[str, tuple[float, int, str]] = field(default_factory=dict)
     # A pass that completed against view version `synced_key` with no request since (`requests` still equal
     # to `synced_requests`) leaves nothing to do for that type until the view changes.
     synced_key: str = ""
@@ -130,7 +133,7 @@ class BaseStream:
 
     def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
         ts = self.status.type(type_url)
-        sent_at, seq = st.sent_info.pop(nonce, (0.0, 0))
+        sent_at, seq, _ = st.sent_info.pop(nonce, (0.0, 0, ""))
         if error:
             self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
@@ -164,7 +167,7 @@ class BaseStream:
         else:
             reason = "change" if self._change_driven else "request"
         seq = self._synced_seq if reason == "change" else 0
-        st.sent_info[nonce] = (time.monotonic(), seq)
+        st.sent_info[nonce] = (time.monotonic(), seq, version)
         if len(st.sent_info) > 64:
             st.sent_info.pop(next(iter(st.sent_info)))
         self.observer.pushed(type_url, reason, len(payload))
@@ -277,18 +280,31 @@ class SotwStream(BaseStream):
 
     def handle(self, type_url: str, version_info: str, names: Iterable[str], nonce: str, error: str) -> None:
         st = self._state(type_url)
-        if nonce and nonce != st.last_nonce:
+        # Nonces live as long as their stream: one sent on an earlier stream (nothing sent yet on this one)
+        # is no ACK of anything, and the request is served like one without a nonce.
+        if nonce and st.last_nonce and nonce != st.last_nonce:
             log.debug("%s: stale nonce %s for %s (current %s), ignored", self.proxy, nonce, type_url, st.last_nonce)
+            # The proxy did process that response: a make-before-break wait on it is over, though the
+            # request itself is superseded (spec: no response to a stale nonce, no state change).
+            st.sent_info.pop(nonce, None)
+            ev = st.pending_acks.pop(nonce, None)
+            if ev is not None:
+                ev.set()
             return
-        if nonce:
+        acked = bool(nonce) and nonce == st.last_nonce
+        if acked:
             self._ack(type_url, st, nonce, version_info, error)
         new_names = set(names)
         if len(new_names) > self.limits.max_subscriptions:
             raise ValueError(f"{len(new_names)} resource names for {type_url}: over the limit of "
                              f"{self.limits.max_subscriptions}")
-        wildcard = (type_url in FULL_STATE_TYPES and not new_names) or WILDCARD in new_names
+        # Legacy wildcard (LDS/CDS): an empty list means "*" only while no request of this type on the
+        # stream has named anything; after that it unsubscribes from everything.
+        legacy = type_url in FULL_STATE_TYPES and not new_names and not st.named
+        st.named = st.named or bool(new_names)
+        wildcard = legacy or WILDCARD in new_names
         new_names.discard(WILDCARD)
-        wake = not nonce  # a plain ACK/NACK with unchanged names needs no pass (ACK waits use events)
+        wake = not acked  # a plain ACK/NACK with unchanged names needs no pass (ACK waits use events)
         if not st.initialized:
             st.initialized = True
             # A reconnecting proxy tells us what it has; if that is current, nothing needs sending.
@@ -333,8 +349,9 @@ class SotwStream(BaseStream):
             self._note_in_sync(type_url, version)
             return None
         if type_url == CLUSTER:
-            # Hold clusters that are going away until listeners and routes stop using them.
-            held = {n: r for n, r in st.sent.items() if n not in selected}
+            # Hold clusters that are going away until listeners and routes stop using them (not those the
+            # proxy unsubscribed from: it no longer wants them).
+            held = {n: r for n, r in st.sent.items() if n not in selected and (st.wildcard or n in st.names)}
             if held:
                 selected = {**held, **selected}
                 version = set_version(selected.values())
@@ -383,16 +400,21 @@ class DeltaStream(BaseStream):
         st = self._state(type_url)
         if nonce:
             if nonce in st.pending_acks or nonce == st.last_nonce:
-                self._ack(type_url, st, nonce, self.status.type(type_url).version_sent, error)
+                # Several responses may be in flight: the ACK is for the version sent with that nonce.
+                info = st.sent_info.get(nonce)
+                version = info[2] if info is not None else self.status.type(type_url).version_sent
+                self._ack(type_url, st, nonce, version, error)
             else:
                 log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
         sub = set(subscribe)
         unsub = set(unsubscribe)
         # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
         wake = not nonce or not st.initialized or bool(sub or unsub)
-        if not st.initialized:
+        first = not st.initialized
+        if first:
             st.initialized = True
-            st.wildcard = not sub or WILDCARD in sub
+            # Legacy wildcard: the first request names nothing, in subscribe nor unsubscribe.
+            st.wildcard = (not sub and not unsub) or WILDCARD in sub
             st.known = {n: v for n, v in initial_versions.items()}
             st.force = False
         elif WILDCARD in sub:
@@ -408,9 +430,16 @@ class DeltaStream(BaseStream):
                              f"{self.limits.max_subscriptions}")
         for n in unsub:
             st.known.pop(n, None)  # the client dropped it; a later subscribe must resend
-        for n in sub:
-            if n in st.known and st.known[n] == "":
-                del st.known[n]  # asked again: answer again
+            if st.wildcard:
+                # Spec: with "*" plus this name, the client cannot tell whether to keep it, so it is
+                # answered: sent again if the wildcard covers it, else named in removed_resources.
+                st.answer.add(n)
+        if not first:
+            # Spec: a subscribe must be answered even if the client seems to hold the current version
+            # (it may have forgotten it). On a new stream, initial_resource_versions say what it holds.
+            for n in sub:
+                st.known.pop(n, None)
+                st.answer.discard(n)
         if wake:
             st.requests += 1
             self.wake.set()
@@ -435,6 +464,7 @@ class DeltaStream(BaseStream):
         updates = [r for n, r in desired.items() if known.get(n) != r.version]
         # Named resources that do not exist: say so once, as removed, so the proxy stops waiting.
         absent = [n for n in st.names if n not in desired and n not in known]
+        absent.extend(n for n in st.answer if n not in desired and n not in st.names)
         return updates, absent
 
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
@@ -449,12 +479,15 @@ class DeltaStream(BaseStream):
     async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
         updates, absent = self._diff(type_url, st, view)
         if not updates and not absent:
+            st.answer.clear()
             self._note_in_sync(type_url, self._system_version(type_url, st, view))
             return None
         for r in updates:
             st.known[r.name] = r.version
         for n in absent:
-            st.known[n] = ""
+            if n in st.names:
+                st.known[n] = ""
+        st.answer.clear()
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
         payload = self.memo.delta(version, updates, type_url, absent, nonce)
