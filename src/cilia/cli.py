@@ -28,6 +28,8 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ingress-default-mode", choices=("dedicated", "shared"), default="dedicated",
                    help="where Ingresses without ingress.cilia.io/loadbalancer-mode are served: dedicated "
                         "(ingress~CLASS proxies only) or shared (also every node~NAME proxy); default dedicated")
+    p.add_argument("--gateway-address", default="0.0.0.0",
+                   help="address Gateway listeners bind when spec.addresses names no IPAddress (default 0.0.0.0)")
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
@@ -60,7 +62,7 @@ def _translate_options(args: argparse.Namespace) -> Any:
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
-                            ingress_default_mode=args.ingress_default_mode,
+                            ingress_default_mode=args.ingress_default_mode, gateway_address=args.gateway_address,
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
                             mesh_capture_address=args.mesh_capture_address,
                             mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
