@@ -3,126 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from cilia.ir import model as ir
 from cilia.render.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from cilia.render.world import ResourceCache, render_world
-from cilia.xds.cache import ConfigCache
-from cilia.xds.server import ServerLimits, XdsServer
 from cilia.xds.status import StatusRegistry
-from cilia.xds.stream import StreamLimits
-
-NODE = "node~n1"
-
-
-def world(clusters: tuple[str, ...] = ("c1", "c2"), endpoints: dict[str, int] | None = None,
-          routes: dict[str, str] | None = None, listener: bool = True, gen: int = 1) -> Any:
-    """A world with EDS clusters, their endpoint sets (name -> port), and optional listener + routes."""
-    endpoints = endpoints if endpoints is not None else {c: 8080 for c in clusters}
-    routes = routes or {}
-    rcs = tuple(ir.RouteConfig(name, (ir.VirtualHost("all", ("*",), (
-        ir.Route("r", ir.RouteMatch(), (ir.Backend(cluster),)),)),)) for name, cluster in routes.items())
-    listeners = ()
-    if listener:
-        listeners = (ir.Listener("l1", "127.0.0.1", 10001, (ir.FilterChain("fc", ir.HttpApp(
-            next(iter(routes), "missing"))),)),)
-    bundle = ir.Bundle("b", ir.ProxyScope(frozenset({"node"})), listeners=listeners, routes=rcs,
-                       clusters=tuple(ir.Cluster(c) for c in clusters))
-    pool = {n: ir.EndpointSet(n, (ir.LocalityEndpoints((ir.Endpoint("127.1.0.1", p),)),)) for n, p in endpoints.items()}
-    return render_world(ir.MeshIR((bundle,), pool), ResourceCache(), gen)
-
-
-class Harness:
-    def __init__(self) -> None:
-        self.cache = ConfigCache()
-        self.status = StatusRegistry()
-        self.server = XdsServer(self.cache, self.status, ServerLimits(stream=StreamLimits(ack_wait_s=0.5)))
-        self.channel: grpc.aio.Channel | None = None
-
-    async def start(self) -> None:
-        port = await self.server.start("127.0.0.1:0")
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-
-    @property
-    def stub(self) -> ads_pb2_grpc.AggregatedDiscoveryServiceStub:
-        assert self.channel is not None
-        return ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-
-    async def stop(self) -> None:
-        if self.channel is not None:
-            await self.channel.close()
-        await self.server.stop(0)
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    harness = Harness()
-    harness.cache.set_world(world())
-    await harness.start()
-    yield harness
-    await harness.stop()
-
-
-def node(node_id: str = NODE) -> base_pb2.Node:
-    return base_pb2.Node(id=node_id)
-
-
-class Call:
-    """A stream whose responses a background task collects (cancelling a pending read kills the RPC)."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.task = asyncio.ensure_future(self._pump())
-
-    async def _pump(self) -> None:
-        try:
-            while True:
-                msg = await self.call.read()
-                if msg is grpc.aio.EOF:
-                    return
-                await self.queue.put(msg)
-        except grpc.aio.AioRpcError as exc:
-            await self.queue.put(exc)
-
-    async def write(self, msg: Any) -> None:
-        await self.call.write(msg)
-
-    def cancel(self) -> None:
-        self.task.cancel()
-        self.call.cancel()
+from support.xds_client import NODE, Call, Harness, delta, no_message, node, read, sotw, world
 
 
 def open_sotw(h: Harness) -> Call:
-    return Call(h.stub.StreamAggregatedResources())
+    return sotw(h)
 
 
 def open_delta(h: Harness) -> Call:
-    return Call(h.stub.DeltaAggregatedResources())
-
-
-async def read(call: Call, within: float = 2.0) -> Any:
-    msg = await asyncio.wait_for(call.queue.get(), within)
-    if isinstance(msg, grpc.aio.AioRpcError):
-        raise msg
-    return msg
-
-
-async def no_message(call: Call, wait: float = 0.3) -> bool:
-    try:
-        await asyncio.wait_for(call.queue.get(), wait)
-    except TimeoutError:
-        return True
-    return False
+    return delta(h)
 
 
 def names(resp: Any) -> list[str]:
@@ -367,8 +266,7 @@ async def test_sotw_cluster_removal_held_until_listeners_updated(h: Harness) -> 
 async def test_per_type_service_rejects_other_types(h: Harness) -> None:
     from envoy.service.cluster.v3 import cds_pb2_grpc
 
-    assert h.channel is not None
-    stub = cds_pb2_grpc.ClusterDiscoveryServiceStub(h.channel)
+    stub = cds_pb2_grpc.ClusterDiscoveryServiceStub(h.channels[0])
     call = Call(stub.DeltaClusters())
     await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
     r = await read(call)
