@@ -1,6 +1,7 @@
-"""Real-Envoy route propagation: N routes (CiliumEnvoyConfig) added to, and one edited in, a running
-`cilia serve`, timed from the file write until a real Envoy serves the new route (HTTP 200 from the
-backend through it)."""
+"""Real-Envoy route propagation: N routes (CiliumEnvoyConfig routes, or HTTPRoutes on a Gateway) added
+to, and one edited in, a running `cilia serve`, timed from the file write until a real Envoy serves the
+new route (HTTP 200 from the backend through it) and, for HTTPRoutes, until the edited route's status
+says Accepted for its new generation."""
 
 from __future__ import annotations
 
@@ -46,6 +47,39 @@ def cec(port: int, routes: int, edited: int = -1) -> str:
                                 "resources": resources}})
 
 
+def gateway(port: int) -> str:
+    return "\n---\n".join(json.dumps(d) for d in [
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "cilia"},
+         "spec": {"controllerName": "cilia.io/gateway-controller"}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+         "metadata": {"name": "gw", "namespace": "default"},
+         "spec": {"gatewayClassName": "cilia", "addresses": [{"type": "IPAddress", "value": "127.0.0.1"}],
+                  "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]}}])
+
+
+def httproutes(routes: int, edited: int = -1, generation: int = 1) -> str:
+    """One HTTPRoute per path; the edited one gets a new path and a new generation."""
+    out = []
+    for i in range(routes):
+        gen = generation if i == edited else 1
+        path = f"/r{i}" + (f"-edited{generation}" if i == edited else "")
+        out.append(json.dumps({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": f"r{i}", "namespace": "default", "generation": gen},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [{
+                "matches": [{"path": {"type": "Exact", "value": path}}],
+                "backendRefs": [{"name": "echo", "port": 80}]}]}}))
+    return "\n---\n".join(out)
+
+
+def _accepted(cp: CiliaProcess, name: str, generation: int) -> bool:
+    for st in cp.admin_json("/debug/status"):
+        if st["kind"] == "HTTPRoute" and st["metadata"]["name"] == name:
+            return all(c["type"] != "Accepted" or (c["status"] == "True" and c["observedGeneration"] == generation)
+                       for p in st["status"].get("parents", []) for c in p["conditions"])
+    return False
+
+
 def _served(url: str) -> bool:
     try:
         return get(url, timeout=1).status == 200
@@ -62,6 +96,48 @@ def _wait_served(url: str, timeout_s: float = 15.0) -> float:
             break
         time.sleep(0.005)
     return float("nan")
+
+
+def run_httproutes(routes: int = 1000, delta: bool = True) -> dict[str, Any]:
+    md = ManifestDir()
+    port = free_port()
+    out: dict[str, Any] = {"routes": routes, "variant": "delta" if delta else "sotw", "kind": "HTTPRoute"}
+    with echo_backends(("echo", "127.0.0.2")) as (echo,):
+        md.write("services.yaml", docs(service("echo", 80, vip="127.96.0.10"),
+                                       endpoint_slice("echo", [(echo.host, echo.port)])))
+        md.write("gateway.yaml", gateway(port))
+        md.write("routes.yaml", httproutes(1))
+        cp = CiliaProcess([str(md.path)], extra=["--debounce-quiet-ms", "20", "--debounce-max-ms", "200"])
+        cp.start()
+        envoy = Envoy("gateway~default/gw", cp.xds_port, delta=delta).start()
+        try:
+            out["first_route_served_s"] = _wait_served(f"http://127.0.0.1:{port}/r0", 20)
+            t = time.monotonic()
+            md.write("routes.yaml", httproutes(routes))
+            last = _wait_served(f"http://127.0.0.1:{port}/r{routes - 1}")
+            out["add_routes_served_s"] = last if last != last else time.monotonic() - t
+            served, accepted = [], []
+            for k in range(3):
+                target, gen = routes // 2 + k, 2 + k
+                t = time.monotonic()
+                md.write("routes.yaml", httproutes(routes, edited=target, generation=gen))
+                took = _wait_served(f"http://127.0.0.1:{port}/r{target}-edited{gen}")
+                served.append(took if took != took else time.monotonic() - t)
+                for _ in range(2000):
+                    if _accepted(cp, f"r{target}", gen) or time.monotonic() - t > 15:
+                        break
+                    time.sleep(0.005)
+                accepted.append(time.monotonic() - t)
+            out["edit_one_route_served_s"] = sorted(served)[1]
+            out["edit_one_route_max_s"] = max(served)
+            out["edit_one_route_accepted_s"] = sorted(accepted)[1]
+            out["cilia_rss_mb"] = _rss(cp)
+        finally:
+            envoy.stop()
+            cp.stop()
+            cp.log.unlink(missing_ok=True)
+            md.cleanup()
+    return out
 
 
 def run(routes: int = 1000, delta: bool = True) -> dict[str, Any]:
