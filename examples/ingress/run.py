@@ -22,11 +22,8 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -38,28 +35,8 @@ HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 BACKENDS = {"web": ("127.0.0.11", 18081), "api": ("127.0.0.12", 18082)}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_backend(name: str, host: str, port: int) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"{name} got {self.path} for host {self.headers.get('host')}\n".encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from demo_support import free_port, start_backend, stop_all, wait_until  # noqa: E402
 
 
 class CA:
@@ -93,16 +70,6 @@ class CA:
         return json.dumps(doc), cert.serial_number
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"example: timed out waiting for {what}")
 
 
 def get(port: int, host: str, path: str) -> tuple[int, str]:
@@ -137,7 +104,8 @@ def main() -> int:
     ca = CA()
     secret, serial = ca.secret("web.example.com")
     (manifests / "secret.json").write_text(secret)
-    servers = [start_backend(name, host, port) for name, (host, port) in BACKENDS.items()]
+    servers = [start_backend(host, port, lambda req, n=name: f"{n} got {req.path} for host {req.headers.get('host')}\n")
+               for name, (host, port) in BACKENDS.items()]
     xds, admin, http_port, https_port = free_port(), free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -180,16 +148,7 @@ def main() -> int:
         print(f"example failed: {exc!r}", file=sys.stderr)
         return 1
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for s in servers:
-            s.shutdown()
-            s.server_close()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, servers, work)
 
 
 if __name__ == "__main__":

@@ -16,40 +16,22 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
 PORT = 18080  # the Services' port and the capture port
 BACKENDS = {"web": ("127.0.0.2", 18081), "db": ("127.0.0.3", 18082), "app": ("127.0.0.1", 18090)}
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from demo_support import free_port, start_backend, stop_all, wait_until  # noqa: E402
+
 WEB_VIP, DB_VIP, SERVER_POD_IP = "127.96.0.10", "127.96.0.11", "127.1.0.5"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def start_backend(name: str, host: str, port: int) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"hello from {name} (x-request-id: {self.headers.get('x-request-id', '-')})\n".encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def get(host: str, port: int, path: str = "/") -> str:
@@ -62,16 +44,6 @@ def get(host: str, port: int, path: str = "/") -> str:
         conn.close()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"demo: timed out waiting for {what}")
 
 
 def main() -> int:
@@ -86,7 +58,9 @@ def main() -> int:
     xds, admin = free_port(), free_port()
     cilia = [sys.executable, "-m", "cilia"]
     procs: list[subprocess.Popen[bytes]] = []
-    servers = [start_backend(name, host, port) for name, (host, port) in BACKENDS.items()]
+    servers = [start_backend(host, port, lambda req, n=name: f"hello from {n} (x-request-id: "
+                                                          f"{req.headers.get('x-request-id', '-')})\n")
+               for name, (host, port) in BACKENDS.items()]
     try:
         procs.append(subprocess.Popen(
             [*cilia, "serve", "-f", str(manifests), "--xds", f"127.0.0.1:{xds}", "--admin", f"127.0.0.1:{admin}",
@@ -123,17 +97,7 @@ def main() -> int:
         subprocess.run([*cilia, "status", "--admin", f"127.0.0.1:{admin}"], check=False)
         return 0
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for server in servers:
-            server.shutdown()
-            server.server_close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(procs, servers, workdir)
 
 
 def wait_get(host: str, port: int) -> str:

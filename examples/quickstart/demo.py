@@ -7,13 +7,11 @@ directory so the edit does not touch the repository.
 from __future__ import annotations
 
 import collections
-import http.server
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,40 +21,8 @@ VENV_BIN = Path(sys.executable).parent
 BACKEND_PORTS = {"echo-v1": 18081, "echo-v2": 18082}
 LISTENER = "http://127.0.0.1:10000/"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_backend(name: str, port: int) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"hello from {name}\n".encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def wait_until(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"demo: timed out waiting for {what}")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from demo_support import free_port, start_backend, stop_all, wait_until  # noqa: E402
 
 
 def split(n: int = 100) -> dict[str, int]:
@@ -77,7 +43,7 @@ def main() -> int:
     shutil.copytree(HERE, manifests, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     xds, admin, envoy_admin = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    servers = [start_backend(n, p) for n, p in BACKEND_PORTS.items()]
+    servers = [start_backend("127.0.0.1", p, lambda _req, n=n: f"hello from {n}\n") for n, p in BACKEND_PORTS.items()]
     try:
         print(f"1. cilia serve -f {manifests}  (xDS 127.0.0.1:{xds}, admin 127.0.0.1:{admin})")
         procs.append(subprocess.Popen(
@@ -105,16 +71,7 @@ def main() -> int:
         subprocess.run([str(VENV_BIN / "cilia"), "status", "--admin", f"127.0.0.1:{admin}"], check=False)
         return 0
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for s in servers:
-            s.shutdown()
-            s.server_close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_all(procs, servers, workdir)
         print("6. stopped cilia, Envoy and the backends")
 
 
