@@ -100,3 +100,28 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def cec_manifest(listener_port: int, routes: list[dict[str, Any]]) -> str:
+    """The benchmarks' CiliumEnvoyConfig: a listener on 127.0.0.1:listener_port whose route table is
+    `routes`, and the EDS cluster default/echo (Service echo's endpoints)."""
+    resources = [
+        {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "listener",
+         "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+         "filter_chains": [{"filters": [{
+             "name": "envoy.filters.network.http_connection_manager",
+             "typed_config": {
+                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                          "HttpConnectionManager",
+                 "stat_prefix": "bench", "rds": {"route_config_name": "routes"},
+                 "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]},
+        {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
+         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "default/echo", "type": "EDS",
+         "connect_timeout": "1s"},
+    ]
+    return json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
+                       "metadata": {"name": "bench", "namespace": "default"},
+                       "spec": {"backendServices": [{"name": "echo", "namespace": "default"}],
+                                "resources": resources}})

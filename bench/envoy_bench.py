@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from bench.common import ROOT
+from bench.common import ROOT, cec_manifest
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -23,28 +23,8 @@ from support.net import free_port
 
 
 def cec(port: int, routes: int, edited: int = -1) -> str:
-    table = [{"match": {"path": f"/r{i}" + ("-edited" if i == edited else "")},
-              "route": {"cluster": "default/echo"}} for i in range(routes)]
-    resources = [
-        {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "listener",
-         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-         "filter_chains": [{"filters": [{
-             "name": "envoy.filters.network.http_connection_manager",
-             "typed_config": {
-                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-                          "HttpConnectionManager",
-                 "stat_prefix": "bench", "rds": {"route_config_name": "routes"},
-                 "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]},
-        {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
-         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": table}]},
-        {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "default/echo", "type": "EDS",
-         "connect_timeout": "1s"},
-    ]
-    return json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
-                       "metadata": {"name": "bench", "namespace": "default"},
-                       "spec": {"backendServices": [{"name": "echo", "namespace": "default"}],
-                                "resources": resources}})
+    return cec_manifest(port, [{"match": {"path": f"/r{i}" + ("-edited" if i == edited else "")},
+                                "route": {"cluster": "default/echo"}} for i in range(routes)])
 
 
 def gateway(port: int) -> str:

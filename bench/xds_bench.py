@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 
 from bench.common import ROOT, cpu_seconds, percentile, rss_mb
+from bench.common import cec_manifest as common_cec
 from bench.xds_clients import ClientSpec, worker_main
 
 ROUTE_NAME = "default/bench/routes"
@@ -46,27 +46,7 @@ def _pin(cpu: int | None) -> Any:
 
 
 def cec_manifest(marker: int, listener_port: int) -> str:
-    resources = [
-        {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "listener",
-         "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
-         "filter_chains": [{"filters": [{
-             "name": "envoy.filters.network.http_connection_manager",
-             "typed_config": {
-                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-                          "HttpConnectionManager",
-                 "stat_prefix": "bench", "rds": {"route_config_name": "routes"},
-                 "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]},
-        {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
-         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-             {"match": {"prefix": f"/bench-{marker}"}, "route": {"cluster": "default/echo"}}]}]},
-        {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "default/echo", "type": "EDS",
-         "connect_timeout": "1s"},
-    ]
-    return json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
-                       "metadata": {"name": "bench", "namespace": "default"},
-                       "spec": {"backendServices": [{"name": "echo", "namespace": "default"}],
-                                "resources": resources}})
+    return common_cec(listener_port, [{"match": {"prefix": f"/bench-{marker}"}, "route": {"cluster": "default/echo"}}])
 
 
 SERVICES = """apiVersion: v1
