@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cilia.diagnostics import Issue
 from cilia.identity import ProxyId
@@ -43,7 +45,7 @@ class Debounce:
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
     paths: tuple[str, ...] = ()
-    xds_address: str = "127.0.0.1:18000"
+    xds_address: str | None = "127.0.0.1:18000"  # None: no plaintext listener
     admin_address: str = "127.0.0.1:19000"
     debounce: Debounce = Debounce()
     translate: TranslateOptions = TranslateOptions()
@@ -55,6 +57,55 @@ class ServeOptions:
     inject: Any = None  # cilia.mesh.inject.InjectConfig when the webhook is served
     kubernetes: Any = None  # cilia.k8s.kubemode.KubeOptions in --kubernetes mode
     otlp_endpoint: str | None = None  # OTLP/gRPC collector HOST:PORT for traces and metrics (optional)
+    xds_tls_address: str | None = None  # xDS over mTLS (client certificates from the CA required)
+    ca_dir: str | None = None  # file-mode CA directory (`cilia ca init`); Kubernetes mode: Secret cilia-ca
+    xds_tls_names: tuple[str, ...] = ()  # extra DNS names / IPs on the xDS server certificate
+    xds_insecure: bool = False  # allow plaintext xDS beyond loopback
+    admin_insecure: bool = False  # allow the admin HTTP port beyond loopback
+    webhook_cert_from_ca: bool = False  # the webhook's serving certificate comes from the CA
+    webhook_names: tuple[str, ...] = ()  # DNS names on that certificate
+    trust_domain: str = "cluster.local"  # for a CA that Kubernetes mode creates
+    cert_issuer_address: str | None = None  # Kubernetes mode: TokenReview-based certificate issuance (HTTPS)
+    issuance: Any = None  # cilia.security.issuer.IssuancePolicy
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(opts: ServeOptions) -> list[str]:
+    """Refusals (as messages) for plaintext endpoints beyond loopback that were not explicitly allowed."""
+    errors = []
+    if opts.xds_address:
+        host, _ = split_hostport(opts.xds_address)
+        if not is_loopback_host(host) and not opts.xds_insecure:
+            errors.append(f"--xds {opts.xds_address} would serve every proxy's configuration and TLS keys in "
+                          "plaintext beyond loopback; use --xds-tls with --ca-dir (mTLS), bind --xds to "
+                          "127.0.0.1, or pass --xds-insecure if you really mean it")
+    host, _ = split_hostport(opts.admin_address)
+    if not is_loopback_host(host) and not opts.admin_insecure:
+        errors.append(f"--admin {opts.admin_address} would expose /debug (every proxy's configuration) beyond "
+                      "loopback; bind it to 127.0.0.1 or pass --admin-insecure")
+    if opts.xds_tls_address and not opts.ca_dir and opts.kubernetes is None:
+        errors.append("--xds-tls needs --ca-dir DIR (create one with `cilia ca init --dir DIR`) or --kubernetes")
+    if opts.webhook_cert_from_ca and not (opts.ca_dir or opts.kubernetes is not None):
+        errors.append("--webhook-cert-from-ca needs --ca-dir DIR or --kubernetes")
+    if not opts.xds_address and not opts.xds_tls_address:
+        errors.append("no xDS listener: give --xds HOST:PORT and/or --xds-tls HOST:PORT")
+    if opts.cert_issuer_address and opts.kubernetes is None:
+        errors.append("--cert-issuer checks ServiceAccount tokens and needs --kubernetes "
+                      "(file mode issues certificates with `cilia cert --ca-dir`)")
+    return errors
+
+
+def _listen(address: str) -> str:
+    host, port = split_hostport(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(slots=True)
@@ -90,7 +141,10 @@ class ControlPlane:
         self.counters = Counters()
         self.admin_port = 0
         self.xds_port = 0
+        self.xds_tls_port = 0
         self.webhook_port = 0
+        self.issuer_port = 0
+        self.ca_source: Any = None  # () -> CertificateAuthority, when a CA is configured
         self._changed = asyncio.Event()
         self._first_change = 0.0
         self._last_change = 0.0
@@ -186,14 +240,22 @@ class ControlPlane:
             self.kube = await KubeMode.connect(self.store, self.opts.kubernetes,
                                                on_watch_restart=self._watch_restarted)
             await self.kube.initial_sync()
+        ca_holder = await self._setup_security()
         self._changed.clear()
         self._changed_kinds.clear()
         self.rebuild()
-        xhost, xport = split_hostport(self.opts.xds_address)
-        self.xds_port = await self.xds.start(f"{xhost}:{xport}" if ":" not in xhost else f"[{xhost}]:{xport}")
+        o = self.opts
+        await self.xds.start(_listen(o.xds_address) if o.xds_address else None,
+                             _listen(o.xds_tls_address) if o.xds_tls_address else None)
+        self.xds_port, self.xds_tls_port = self.xds.port, self.xds.tls_port
+        self.metrics.set_xds_listeners(self._xds_listeners())
+        if o.xds_address and o.xds_insecure and not is_loopback_host(split_hostport(o.xds_address)[0]):
+            log.warning("xDS is served in PLAINTEXT on %s (--xds-insecure): any client that reaches it gets every "
+                        "proxy's configuration and TLS keys", o.xds_address)
         ahost, aport = split_hostport(self.opts.admin_address)
         runner, self.admin_port = await start_admin(make_admin_app(self), ahost, aport)
         webhook_runner = await self._start_webhook()
+        issuer_runner = await self._start_issuer()
         self._started = True
         if sources_ready is not None:
             sources_ready.set()
@@ -204,14 +266,19 @@ class ControlPlane:
                     tg.create_task(file_source.watch(self._stop))
                 for coro in self.kube.coroutines(self.status) if self.kube is not None else ():
                     tg.create_task(coro)
+                if ca_holder is not None:
+                    tg.create_task(ca_holder.run())
+                for coro in self._tls_renewals:
+                    tg.create_task(coro)
                 tg.create_task(self._wait_stop())
         except* _Stopped:
             pass
         finally:
             await self.xds.stop()
             await runner.cleanup()
-            if webhook_runner is not None:
-                await webhook_runner.cleanup()
+            for r in (webhook_runner, issuer_runner):
+                if r is not None:
+                    await r.cleanup()
             if self.kube is not None:
                 await self.kube.close()
             self.telemetry.shutdown()
@@ -219,17 +286,108 @@ class ControlPlane:
     def _watch_restarted(self, kind: str, reason: str) -> None:
         self.metrics.watch_restarted(kind, reason)
 
+    # -- trust ---------------------------------------------------------------------------------------------
+    async def _setup_security(self) -> Any:
+        """Find the CA (file mode: --ca-dir; Kubernetes: Secret cilia-ca, created when missing) and give the
+        xDS server its credentials and authorizer. Returns the Secret poller in Kubernetes mode."""
+        from cilia.security.authz import Authorizer
+        from cilia.xds.tls import ServerTls
+
+        o = self.opts
+        self._tls_renewals: list[Any] = []
+        wants_ca = o.xds_tls_address or o.webhook_cert_from_ca or o.cert_issuer_address
+        holder = None
+        if o.ca_dir:
+            from cilia.security.ca import CaDirSource
+
+            self.ca_source = CaDirSource(o.ca_dir)
+            self.ca_source()  # fail at start, with the CA's own error, if it is unusable
+        elif wants_ca and self.kube is not None:
+            from cilia.k8s.casecret import CaHolder, CaSecretRef, load_or_create_ca
+
+            ref = CaSecretRef(namespace=self.kube.opts.lease.namespace)
+            holder = CaHolder(self.kube.api, ref, await load_or_create_ca(self.kube.api, ref, o.trust_domain))
+            self.ca_source = holder
+        if self.ca_source is None:
+            return None
+        if o.xds_tls_address:
+            self.xds.tls = ServerTls(self.ca_source, o.xds_tls_names)
+        self.xds.authorizer = Authorizer(self.ca_source().trust_domain, self._pod_service_account)
+        return holder
+
+    def _pod_service_account(self, namespace: str, pod: str) -> str | None:
+        obj = self.store.get("Pod", namespace, pod)
+        return None if obj is None else str(obj.spec.service_account)
+
+    def _xds_listeners(self) -> list[tuple[str, str, bool]]:
+        o = self.opts
+        out = []
+        if o.xds_address:
+            out.append(("plaintext", o.xds_address, not is_loopback_host(split_hostport(o.xds_address)[0])))
+        if o.xds_tls_address:
+            out.append(("mtls", o.xds_tls_address, False))
+        return out
+
+    def security(self) -> dict[str, Any]:
+        """/debug/security: how xDS is exposed and which CA roots are trusted (no keys)."""
+        from cilia.security.ca import certificate_info
+
+        listeners = [{"transport": t, "address": a, "insecure": i} for t, a, i in self._xds_listeners()]
+        out: dict[str, Any] = {"xds": listeners, "admin": self.opts.admin_address,
+                               "admin_insecure": not is_loopback_host(split_hostport(self.opts.admin_address)[0]),
+                               "denied_streams": self.xds.denied}
+        if self.ca_source is not None:
+            ca = self.ca_source()
+            out["trust_domain"] = ca.trust_domain
+            out["roots"] = [certificate_info(c.public_bytes(Encoding.PEM)) for c in ca.bundle]
+        return out
+
+    def _ca_https_context(self, names: tuple[str, ...]) -> Any:
+        """An SSL context whose certificate the CA signs, renewed at 2/3 of its life."""
+        from cilia.security.serving import ServingCertificate
+
+        serving = ServingCertificate(self.ca_source, names)
+        self._tls_renewals.append(serving.run())
+        return serving.context
+
     async def _start_webhook(self) -> web.AppRunner | None:
         if not self.opts.webhook_address:
             return None
-        from cilia.mesh.webhook import make_webhook_app, serve_webhook, webhook_port
+        from cilia.mesh.webhook import make_webhook_app, serve_https, server_ssl_context, webhook_port
 
-        assert self.opts.tls_cert and self.opts.tls_key and self.opts.inject is not None
+        assert self.opts.inject is not None
         host, port = split_hostport(self.opts.webhook_address)
-        runner = await serve_webhook(make_webhook_app(self.opts.inject, self.namespace_meta), host, port,
-                                     self.opts.tls_cert, self.opts.tls_key)
+        from_ca = self.opts.webhook_cert_from_ca
+        if from_ca:
+            ctx = self._ca_https_context(self.opts.webhook_names)
+        else:
+            assert self.opts.tls_cert and self.opts.tls_key
+            ctx = server_ssl_context(self.opts.tls_cert, self.opts.tls_key)
+        runner = await serve_https(make_webhook_app(self.opts.inject, self.namespace_meta), host, port, ctx)
         self.webhook_port = webhook_port(runner)
         log.info("injection webhook listening on %s:%d", host, self.webhook_port)
+        if from_ca and self.kube is not None:
+            from cilia.k8s.webhookca import publish_ca_bundle
+
+            self._tls_renewals.append(publish_ca_bundle(self.kube, self.ca_source))
+        return runner
+
+    async def _start_issuer(self) -> web.AppRunner | None:
+        if not self.opts.cert_issuer_address or self.kube is None or self.ca_source is None:
+            return None
+        from cilia.k8s.tokenreview import token_reviewer
+        from cilia.mesh.webhook import serve_https, webhook_port
+        from cilia.security.issuer import IssuancePolicy, make_issuer_app
+        from cilia.xds.tls import DEFAULT_SERVER_NAMES
+
+        policy = self.opts.issuance or IssuancePolicy(trust_domain=self.ca_source().trust_domain,
+                                                      cilia_namespace=self.kube.opts.lease.namespace)
+        host, port = split_hostport(self.opts.cert_issuer_address)
+        ctx = self._ca_https_context((*DEFAULT_SERVER_NAMES, *self.opts.xds_tls_names))
+        runner = await serve_https(make_issuer_app(self.ca_source, token_reviewer(self.kube.api), policy),
+                                   host, port, ctx)
+        self.issuer_port = webhook_port(runner)
+        log.info("certificate issuer listening on %s:%d (TokenReview, audience cilia)", host, self.issuer_port)
         return runner
 
     def namespace_meta(self, namespace: str) -> tuple[dict[str, str], dict[str, str]] | None:
@@ -322,6 +480,7 @@ class ControlPlane:
 
 class _Stopped(Exception):
     pass
+
 
 
 GC_THRESHOLDS = (10_000, 10, 10)

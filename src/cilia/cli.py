@@ -137,11 +137,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kubernetes", action="store_true", help="watch the Kubernetes API")
     serve.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     _add_kubernetes_options(serve)
-    serve.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT", help="xDS gRPC address")
-    serve.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT", help="admin HTTP address")
+    serve.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT",
+                       help="plaintext xDS gRPC address, loopback only unless --xds-insecure; '' = none "
+                            "(default 127.0.0.1:18000)")
+    serve.add_argument("--xds-insecure", action="store_true",
+                       help="allow plaintext --xds beyond loopback (every client gets any proxy's config and keys)")
+    sec = serve.add_argument_group("trust (docs/security.md)")
+    sec.add_argument("--xds-tls", default=None, metavar="HOST:PORT",
+                     help="serve xDS (ADS, per-type, CSDS) over mTLS: client certificates from the CA required")
+    sec.add_argument("--ca-dir", default=None, metavar="DIR",
+                     help="CA directory (`cilia ca init`); Kubernetes mode without it: Secret cilia-ca")
+    sec.add_argument("--trust-domain", default="cluster.local",
+                     help="trust domain of a CA created in Kubernetes mode (default cluster.local)")
+    sec.add_argument("--xds-tls-san", dest="xds_tls_names", action="append", default=[], metavar="NAME",
+                     help="extra DNS name or IP on the xDS server certificate (repeatable)")
+    sec.add_argument("--cert-issuer", default=None, metavar="HOST:PORT",
+                     help="Kubernetes mode: issue proxy certificates to ServiceAccount tokens (HTTPS)")
+    serve.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT",
+                       help="admin HTTP address, loopback only unless --admin-insecure")
+    serve.add_argument("--admin-insecure", action="store_true",
+                       help="allow the admin HTTP port (/debug: every proxy's config) beyond loopback")
     serve.add_argument("--webhook", default=None, metavar="HOST:PORT", help="serve the sidecar injection webhook")
     serve.add_argument("--tls-cert", default=None, metavar="FILE", help="webhook TLS certificate")
     serve.add_argument("--tls-key", default=None, metavar="FILE", help="webhook TLS key")
+    serve.add_argument("--webhook-cert-from-ca", action="store_true",
+                       help="the webhook's certificate comes from the CA (Kubernetes: the leader also sets the "
+                            "caBundle of MutatingWebhookConfiguration cilia-sidecar-injector)")
+    serve.add_argument("--webhook-dns-name", dest="webhook_names", action="append", default=[], metavar="NAME",
+                       help="DNS name on the webhook certificate from the CA (repeatable; default "
+                            "cilia.cilia-system.svc)")
     serve.add_argument("--debounce-quiet-ms", type=int, default=100, help="quiet period before a rebuild")
     serve.add_argument("--debounce-max-ms", type=int, default=1000, help="longest a change waits for a rebuild")
     serve.add_argument("--max-streams", type=int, default=10_000, help="most xDS streams held at once")
@@ -168,7 +192,42 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--node-name", default=None, help="Kubernetes node for node metadata (default: $NODE_NAME)")
     bs.add_argument("--readiness-port", type=int, default=None,
                     help="serve GET /ready on POD_IP:PORT (sidecars: default the admin port)")
+    bs.add_argument("--tls-dir", default=None, metavar="DIR",
+                    help="ADS over mTLS with DIR's cert.pem/key.pem/ca.pem (`cilia cert`), watched for renewals")
+    bs.add_argument("--trust-domain", default=None,
+                    help="trust domain of the xDS server (default: the one in DIR's certificate)")
     bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+
+    ca = sub.add_parser("ca", help="create or rotate cilia's certificate authority")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    ca_init = ca_sub.add_parser("init", help="create a CA in DIR (ECDSA P-256; key mode 0600)")
+    ca_init.add_argument("--dir", required=True, metavar="DIR")
+    ca_init.add_argument("--trust-domain", default="cluster.local")
+    ca_init.add_argument("--ttl", default="3650d", help="CA lifetime (default 3650d)")
+    ca_rot = ca_sub.add_parser("rotate", help="new CA; the old root stays trusted for --overlap")
+    ca_rot.add_argument("--dir", required=True, metavar="DIR")
+    ca_rot.add_argument("--overlap", default="24h", help="how long the old root stays trusted (default 24h)")
+    ca_rot.add_argument("--ttl", default="3650d", help="new CA lifetime (default 3650d)")
+    ca_show = ca_sub.add_parser("show", help="trust domain and roots of the CA in DIR")
+    ca_show.add_argument("--dir", required=True, metavar="DIR")
+
+    ce = sub.add_parser("cert", help="write a proxy's (or an admin's) certificate: cert.pem key.pem ca.pem")
+    who = ce.add_mutually_exclusive_group(required=True)
+    who.add_argument("--proxy", metavar="ROLE~NAME", help="identity spiffe://TD/proxy/ROLE/NAME")
+    who.add_argument("--admin", metavar="NAME", help="identity spiffe://TD/admin/NAME (CSDS, every config)")
+    ce.add_argument("--out", required=True, metavar="DIR")
+    ce.add_argument("--ttl", default="24h", help="certificate lifetime (default 24h)")
+    ce.add_argument("--ca-dir", default=None, metavar="DIR", help="file mode: sign with the CA in DIR")
+    ce.add_argument("--kubernetes", action="store_true",
+                    help="ask cilia's issuer, proving the identity with this pod's ServiceAccount token")
+    ce.add_argument("--issuer", default="cilia.cilia-system.svc:18444", metavar="HOST:PORT",
+                    help="the issuer (--kubernetes; default cilia.cilia-system.svc:18444)")
+    ce.add_argument("--token-file", default="/var/run/secrets/cilia/token", metavar="FILE",
+                    help="projected ServiceAccount token with audience cilia (--kubernetes)")
+    ce.add_argument("--ca-bundle", default=None, metavar="FILE",
+                    help="cilia's CA bundle to verify the issuer (--kubernetes; default $CILIA_CA_BUNDLE)")
+    ce.add_argument("--renew", action="store_true",
+                    help="keep running and renew at 2/3 of the certificate's life (--kubernetes)")
 
     inj = sub.add_parser("inject", help="add the Envoy sidecar to Pods, Deployments, ... (offline webhook)")
     inj.add_argument("-f", "--filename", dest="path", required=True, metavar="FILE",
@@ -192,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only this resource type")
     cf.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
 
-    for sp in (serve, tr, bs, inj, st, cf):  # the agent parser has its own --log-level
+    for sp in (serve, tr, bs, inj, st, cf, ce):  # the agent parser has its own --log-level
         sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
                         help="log verbosity (also accepted before the command)")
     return parser
@@ -220,7 +279,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         return 2
     result = translate(store.snapshot(), _translate_options(args))
     world = render_world(result.ir)
-    sys.stdout.write(_dump(proxy_config_json(world.for_proxy(proxy)), args.output))
+    sys.stdout.write(_dump(proxy_config_json(world.for_proxy(proxy), redact=False), args.output))
     errors = 0
     for issue in (*result.issues, *world.issues):
         print(str(issue), file=sys.stderr)
@@ -236,12 +295,104 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     try:
         proxy = ProxyId.parse(args.proxy)
         cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip,
-                               node_name=args.node_name, readiness_port=args.readiness_port)
+                               node_name=args.node_name, readiness_port=args.readiness_port,
+                               tls_dir=args.tls_dir, trust_domain=args.trust_domain)
     except (CiliaError, ValueError) as exc:
         print(f"cilia: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(_dump(cfg, args.output))
     return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from cilia.errors import CiliaError
+    from cilia.security import ca as ca_mod
+
+    try:
+        if args.ca_command == "init":
+            ca = ca_mod.init_ca_dir(args.dir, args.trust_domain, ca_mod.parse_duration(args.ttl))
+        elif args.ca_command == "rotate":
+            ca = ca_mod.rotate_ca_dir(args.dir, ca_mod.parse_duration(args.overlap), ca_mod.parse_duration(args.ttl))
+        else:
+            ca = ca_mod.load_ca_dir(args.dir)
+    except (CiliaError, ValueError, OSError) as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 2
+    info = [ca_mod.certificate_info(c.public_bytes(_pem_encoding())) for c in ca.bundle]
+    print(json.dumps({"dir": args.dir, "trust_domain": ca.trust_domain, "signing": info[0], "trusted": info},
+                     indent=2))
+    return 0
+
+
+def _pem_encoding() -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.PEM
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from cilia.errors import CiliaError
+    from cilia.identity import ProxyId
+    from cilia.mesh.bootstrap import write_tls_dir
+    from cilia.security import ca as ca_mod
+    from cilia.security.spiffe import admin_uri, proxy_id_uri
+
+    try:
+        ttl = ca_mod.parse_duration(args.ttl)
+        if args.kubernetes:
+            if args.admin or not args.proxy:
+                raise ValueError("--kubernetes issues proxy certificates only (--proxy ROLE~NAME)")
+            return _cert_from_issuer(args, ProxyId.parse(args.proxy))
+        if not args.ca_dir:
+            raise ValueError("give --ca-dir DIR (file mode) or --kubernetes")
+        ca = ca_mod.load_ca_dir(args.ca_dir)
+        td = ca.trust_domain
+        uri = admin_uri(td, args.admin) if args.admin else proxy_id_uri(td, ProxyId.parse(args.proxy))
+        leaf = ca.issue(uris=[uri], ttl=ttl)
+        write_tls_dir(args.out, leaf.cert_pem, leaf.key_pem, ca.bundle_pem)
+    except (CiliaError, ValueError, OSError) as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": os.path.abspath(args.out), "identity": uri, "not_after": leaf.not_after.isoformat(),
+                      "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    return 0
+
+
+def _cert_from_issuer(args: argparse.Namespace, proxy: Any) -> int:
+    import datetime as dt
+    import os
+    import time
+
+    from cilia.mesh.bootstrap import write_tls_dir
+    from cilia.security.certclient import IssueError, request_certificate
+
+    bundle_text = open(args.ca_bundle).read() if args.ca_bundle else os.environ.get("CILIA_CA_BUNDLE", "")
+    if "BEGIN CERTIFICATE" not in bundle_text:
+        raise ValueError("--ca-bundle FILE (or $CILIA_CA_BUNDLE) must hold cilia's CA certificate(s)")
+    delay = 1.0
+    while True:
+        try:
+            token = open(args.token_file).read().strip()  # re-read: kubelet rotates projected tokens
+            issued = request_certificate(args.issuer, proxy, token, bundle_text.encode())
+        except (IssueError, OSError) as exc:
+            if not args.renew:
+                raise ValueError(str(exc)) from None
+            print(f"cilia: {exc}; retrying in {delay:.0f} s", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            continue
+        delay = 1.0
+        write_tls_dir(args.out, issued.cert_pem, issued.key_pem, issued.bundle_pem)
+        print(json.dumps({"out": os.path.abspath(args.out), "proxy": str(proxy),
+                          "not_after": issued.not_after.isoformat()}), flush=True)
+        if not args.renew:
+            return 0
+        life = (issued.not_after - issued.not_before).total_seconds()
+        renew_at = issued.not_before + dt.timedelta(seconds=life * 2 / 3)
+        time.sleep(max(1.0, (renew_at - dt.datetime.now(dt.UTC)).total_seconds()))
 
 
 def _fetch_json(admin: str, path: str) -> Any:
@@ -272,9 +423,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(proxy_detail(args.proxy, proxies[args.proxy]))
         return 0
+    try:
+        security = _fetch_json(args.admin, "/debug/security")
+    except (urllib.error.URLError, OSError):
+        security = {}
     if args.output == "json":
-        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses}, indent=2))
+        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses, "security": security},
+                         indent=2))
         return 0
+    for listener in security.get("xds", ()):
+        if listener.get("insecure"):
+            print(f"WARNING: xDS is served in plaintext beyond loopback on {listener['address']} (--xds-insecure)")
+    if security.get("admin_insecure"):
+        print(f"WARNING: the admin port {security.get('admin')} is reachable beyond loopback (--admin-insecure)")
     sys.stdout.write(status_table(proxies, []))
     agents = {pid: p["reported"] for pid, p in proxies.items() if pid.startswith("agent~") and p.get("reported")}
     if agents:
@@ -352,7 +513,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("cilia: serve needs -f PATH (manifests) or --kubernetes", file=sys.stderr)
         return 2
     opts = ServeOptions(
-        paths=tuple(args.paths), xds_address=args.xds, admin_address=args.admin,
+        paths=tuple(args.paths), xds_address=None if args.xds in ("", "none") else args.xds,
+        admin_address=args.admin, xds_tls_address=args.xds_tls, ca_dir=args.ca_dir,
+        xds_tls_names=tuple(args.xds_tls_names), xds_insecure=args.xds_insecure, admin_insecure=args.admin_insecure,
+        webhook_cert_from_ca=args.webhook_cert_from_ca,
+        webhook_names=tuple(args.webhook_names or ("cilia.cilia-system.svc",)),
+        trust_domain=args.trust_domain, cert_issuer_address=args.cert_issuer,
         debounce=Debounce(args.debounce_quiet_ms / 1000, args.debounce_max_ms / 1000),
         translate=_translate_options(args), limits=ServerLimits(max_streams=args.max_streams),
         watch=not args.no_watch,
@@ -366,9 +532,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"cilia: {exc}", file=sys.stderr)
             return 2
-    if args.webhook and not (args.tls_cert and args.tls_key):
-        print("cilia: --webhook needs --tls-cert and --tls-key (the API server only calls HTTPS webhooks)",
-              file=sys.stderr)
+    if args.webhook and not (args.tls_cert and args.tls_key) and not args.webhook_cert_from_ca:
+        print("cilia: --webhook needs --tls-cert and --tls-key, or --webhook-cert-from-ca (the API server only "
+              "calls HTTPS webhooks)", file=sys.stderr)
+        return 2
+    from cilia.app import check_exposure
+
+    refusals = check_exposure(opts)
+    for message in refusals:
+        print(f"cilia: {message}", file=sys.stderr)
+    if refusals:
         return 2
     from cilia.errors import CiliaError
 
@@ -382,7 +555,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
-            "inject": cmd_inject, "agent": cmd_agent, "config": cmd_config}
+            "inject": cmd_inject, "agent": cmd_agent, "config": cmd_config, "ca": cmd_ca, "cert": cmd_cert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

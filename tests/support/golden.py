@@ -58,7 +58,7 @@ def translate_case(case: Path, opts: TranslateOptions | None = None
 
 
 def proxy_config(world: RenderedWorld, proxy: str) -> dict[str, list[Any]]:
-    return proxy_config_json(world.for_proxy(ProxyId.parse(proxy)))
+    return proxy_config_json(world.for_proxy(ProxyId.parse(proxy)), redact=False)
 
 
 def issue_texts(case: Path, *groups: Iterable[Issue]) -> list[str]:

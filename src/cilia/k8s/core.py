@@ -43,6 +43,7 @@ class PodSpec:
     phase: str
     host_network: bool
     containers: tuple[str, ...]
+    service_account: str = "default"  # spec.serviceAccountName: the workload identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ def _parse_pod(raw: Mapping[str, Any], meta: Meta) -> PodSpec:
         phase=get_str(status, "phase", "status"),
         host_network=bool(get_bool(spec, "hostNetwork", "spec", default=False)),
         containers=tuple(names),
+        service_account=get_str(spec, "serviceAccountName", "spec") or "default",
     )
 
 

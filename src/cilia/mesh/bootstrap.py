@@ -146,10 +146,82 @@ def readiness_listener(address: str, port: int) -> dict[str, Any]:
     }
 
 
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+XDS_CLIENT_SECRET = "cilia-xds-client"
+XDS_CA_SECRET = "cilia-xds-ca"
+SDS_CERT_FILE = "sds-cert.yaml"
+SDS_CA_FILE = "sds-ca.yaml"
+
+
+def sds_files(tls_dir: str) -> dict[str, str]:
+    """The file-based SDS resources a `--tls-dir` holds beside cert.pem, key.pem and ca.pem. Envoy watches
+    the directory, so a renewed certificate (files replaced atomically) is used for the next connection
+    without a restart."""
+    import json
+
+    d = os.path.abspath(tls_dir)
+    cert = {"resources": [{"@type": SECRET_TYPE, "name": XDS_CLIENT_SECRET, "tls_certificate": {
+        "certificate_chain": {"filename": f"{d}/cert.pem"}, "private_key": {"filename": f"{d}/key.pem"},
+        "watched_directory": {"path": d}}}]}
+    ca = {"resources": [{"@type": SECRET_TYPE, "name": XDS_CA_SECRET, "validation_context": {
+        "trusted_ca": {"filename": f"{d}/ca.pem"}, "watched_directory": {"path": d}}}]}
+    return {SDS_CERT_FILE: json.dumps(cert, indent=1) + "\n", SDS_CA_FILE: json.dumps(ca, indent=1) + "\n"}
+
+
+def xds_tls_socket(tls_dir: str, trust_domain: str) -> dict[str, Any]:
+    """mTLS to cilia: our certificate from the directory, the server verified as `spiffe://TD/cilia/xds`."""
+    d = os.path.abspath(tls_dir)
+
+    def source(file: str) -> dict[str, Any]:
+        return {"path_config_source": {"path": f"{d}/{file}", "watched_directory": {"path": d}},
+                "resource_api_version": "V3"}
+
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+            "alpn_protocols": ["h2"],
+            "tls_certificate_sds_secret_configs": [{"name": XDS_CLIENT_SECRET, "sds_config": source(SDS_CERT_FILE)}],
+            "combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"exact": f"spiffe://{trust_domain}/cilia/xds"}}]},
+                "validation_context_sds_secret_config": {"name": XDS_CA_SECRET, "sds_config": source(SDS_CA_FILE)},
+            },
+        },
+    }}
+
+
+def write_tls_dir(out: str, cert_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
+    """A proxy's credential directory: cert.pem, key.pem (0600), ca.pem and the SDS files naming them."""
+    from pathlib import Path
+
+    from cilia.security.ca import write_credentials, write_file
+
+    write_credentials(out, cert_pem, key_pem, bundle_pem)
+    for name, text in sds_files(out).items():
+        write_file(Path(out) / name, text.encode())
+
+
+def trust_domain_of_dir(tls_dir: str) -> str | None:
+    """The trust domain named by the certificate in `tls_dir` (None when there is none yet)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(open(os.path.join(tls_dir, "cert.pem"), "rb").read())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith("spiffe://"):
+            return uri[len("spiffe://"):].split("/", 1)[0]
+    return None
+
+
 def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: int = 19901, delta: bool = True,
                      pod_ip: str | None = None, extra_metadata: dict[str, str] | None = None, *,
                      node_name: str | None = None, readiness_port: int | None = None,
-                     env: Mapping[str, str] | None = None) -> dict[str, Any]:
+                     env: Mapping[str, str] | None = None, tls_dir: str | None = None,
+                     trust_domain: str | None = None) -> dict[str, Any]:
     """A bootstrap as a plain dict (YAML/JSON-ready).
 
     `pod_ip` and `node_name` default to $POD_IP and $NODE_NAME (`env`, default the process
@@ -166,6 +238,9 @@ def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: i
     metadata.update(extra_metadata or {})
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     clusters = [_static_cluster(XDS_CLUSTER, host, port, http2=True)]
+    if tls_dir is not None:
+        td = trust_domain or trust_domain_of_dir(tls_dir) or "cluster.local"
+        clusters[0]["transport_socket"] = xds_tls_socket(tls_dir, td)
     listeners: list[dict[str, Any]] = []
     if readiness_port is not None:
         _check_port(readiness_port, "--readiness-port")

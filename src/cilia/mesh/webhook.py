@@ -173,11 +173,15 @@ def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 async def serve_webhook(
     app: web.Application, host: str, port: int, cert_file: str, key_file: str
 ) -> web.AppRunner:
+    """Start `app` over HTTPS with the certificate in those files (see `serve_https`)."""
+    return await serve_https(app, host, port, server_ssl_context(cert_file, key_file))
+
+
+async def serve_https(app: web.Application, host: str, port: int, ctx: ssl.SSLContext) -> web.AppRunner:
     """Start `app` over HTTPS; the caller owns the runner and must `await runner.cleanup()`.
 
     With port 0 the bound port is `webhook_port(runner)`.
     """
-    ctx = server_ssl_context(cert_file, key_file)
     runner = web.AppRunner(app)
     await runner.setup()
     try:

@@ -61,6 +61,10 @@ def make_admin_app(view: AdminView) -> web.Application:
     async def agents(_: web.Request) -> web.Response:
         return _json(view.agents())
 
+    async def security(_: web.Request) -> web.Response:
+        source = getattr(view, "security", None)
+        return _json(source() if source is not None else {})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -70,6 +74,7 @@ def make_admin_app(view: AdminView) -> web.Application:
     app.router.add_get("/debug/status", status)
     app.router.add_get("/debug/issues", issues)
     app.router.add_get("/debug/agents", agents)
+    app.router.add_get("/debug/security", security)
     return app
 
 

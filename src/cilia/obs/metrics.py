@@ -107,12 +107,13 @@ def with_extra(data: MetricsData | None, extra: list[Metric]) -> MetricsData | N
 class XdsMetrics(XdsObserver):
     """The xDS observer that counts. Every method is a few dict updates (see the module docstring)."""
 
-    __slots__ = ("_batches", "acks", "convergence", "nacks", "push_bytes", "pushes", "streams", "tracing")
+    __slots__ = ("_batches", "acks", "convergence", "denied", "nacks", "push_bytes", "pushes", "streams", "tracing")
 
     def __init__(self, tracing: Tracing | None = None) -> None:
         super().__init__()
         self.tracing = tracing or Tracing()
         self.streams: dict[tuple[str, str], int] = {}
+        self.denied: dict[str, int] = {}
         self.pushes: dict[tuple[str, str], int] = {}
         self.push_bytes: dict[str, int] = {}
         self.acks: dict[str, int] = {}
@@ -139,6 +140,9 @@ class XdsMetrics(XdsObserver):
     def stream_closed(self, role: str, variant: str) -> None:
         key = (role, variant)
         self.streams[key] = self.streams.get(key, 0) - 1
+
+    def stream_denied(self, role: str) -> None:
+        self.denied[role] = self.denied.get(role, 0) + 1
 
     def pushed(self, type_url: str, reason: str, nbytes: int) -> None:
         key = (type_url, reason)
@@ -198,8 +202,17 @@ class Metrics:
         self._snapshot_sizes: SnapshotSizes | None = None
         self._issue_counts: Counts | None = None
         self._object_counts: dict[str, int] = {}
+        self._xds_listeners: dict[tuple[str, str, str], int] = {}
 
         x = self.xds
+        m.create_observable_counter(
+            "cilia_xds_denied_streams", [self._obs_keyed(lambda: x.denied, "role")],
+            description="xDS streams and fetches refused because the peer's certificate does not entitle the "
+                        "node id it claimed, by claimed role.")
+        m.create_observable_gauge(
+            "cilia_xds_listener", [self._obs_listeners],
+            description="xDS listeners: 1 per address, by transport (plaintext, mtls) and insecure=true when "
+                        "plaintext is served beyond loopback (--xds-insecure).")
         m.create_observable_up_down_counter(
             "cilia_xds_streams", [self._obs_pairs(lambda: x.streams, ("role", "variant"))],
             description="Open xDS streams by proxy role and xDS variant (delta, sotw).")
@@ -258,6 +271,14 @@ class Metrics:
             self._snapshot_sizes = snapshot
         if issues is not None:
             self._issue_counts = issues
+
+    def set_xds_listeners(self, listeners: Iterable[tuple[str, str, bool]]) -> None:
+        """(transport, address, insecure) of each xDS listener."""
+        self._xds_listeners = {(t, a, "true" if insecure else "false"): 1 for t, a, insecure in listeners}
+
+    def _obs_listeners(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(v, {"transport": t, "address": a, "insecure": i})
+                for (t, a, i), v in sorted(self._xds_listeners.items())]
 
     # -- called by sources and the app --------------------------------------------------------------------
     def source_event(self, kinds: Iterable[str]) -> None:

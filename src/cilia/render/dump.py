@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2, json_format
 
 from cilia.render.raw import load_all_envoy_types
@@ -15,10 +16,47 @@ from cilia.render.world import ProxyResources, RenderedWorld
 CONTRACT_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
 
 
-def resource_json(res: Resource) -> dict[str, Any]:
-    load_all_envoy_types()  # nested Anys (filters, transport sockets) need their types known
+REDACTED = b"[redacted]"
+
+
+def public_any(res: Resource) -> any_pb2.Any:
+    """The resource as an `Any` fit to show an operator: secrets keep their certificates but lose every
+    private key, session-ticket key and generic secret value. Debug views and CSDS use this, never the
+    bytes sent to the proxy that owns the secret."""
     a = any_pb2.Any()
     a.ParseFromString(res.any_bytes)
+    if res.type_url != SECRET:
+        return a
+    secret = secret_pb2.Secret()
+    a.Unpack(secret)
+    if secret.HasField("tls_certificate"):
+        tc = secret.tls_certificate
+        for field in ("private_key", "password", "pkcs12"):
+            if tc.HasField(field):
+                getattr(tc, field).Clear()
+                if field == "private_key":
+                    tc.private_key.inline_bytes = REDACTED
+        if tc.HasField("private_key_provider"):
+            tc.ClearField("private_key_provider")
+    if secret.HasField("session_ticket_keys"):
+        for key in secret.session_ticket_keys.keys:
+            key.Clear()
+            key.inline_bytes = REDACTED
+    if secret.HasField("generic_secret"):
+        secret.generic_secret.secret.Clear()
+        secret.generic_secret.secret.inline_bytes = REDACTED
+    a.Pack(secret)
+    return a
+
+
+def resource_json(res: Resource, *, redact: bool = True) -> dict[str, Any]:
+    """Canonical proto JSON; `redact=False` only for offline output of the user's own input (translate)."""
+    load_all_envoy_types()  # nested Anys (filters, transport sockets) need their types known
+    if redact:
+        a = public_any(res)
+    else:
+        a = any_pb2.Any()
+        a.ParseFromString(res.any_bytes)
     return dict(json.loads(json_format.MessageToJson(a, indent=None)))
 
 
@@ -32,7 +70,8 @@ def referenced_endpoints(view: ProxyResources) -> set[str]:
     return names
 
 
-def proxy_config_json(view: ProxyResources, *, only_referenced_endpoints: bool = True) -> dict[str, list[Any]]:
+def proxy_config_json(view: ProxyResources, *, only_referenced_endpoints: bool = True,
+                      redact: bool = True) -> dict[str, list[Any]]:
     """The `cilia translate` contract: one list per type, each sorted by name."""
     out: dict[str, list[Any]] = {}
     wanted = referenced_endpoints(view) if only_referenced_endpoints else None
@@ -41,7 +80,7 @@ def proxy_config_json(view: ProxyResources, *, only_referenced_endpoints: bool =
         names = sorted(items)
         if type_url == ENDPOINT and wanted is not None:
             names = [n for n in names if n in wanted]
-        out[SHORT_NAMES[type_url]] = [resource_json(items[n]) for n in names]
+        out[SHORT_NAMES[type_url]] = [resource_json(items[n], redact=redact) for n in names]
     return out
 
 

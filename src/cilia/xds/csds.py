@@ -18,8 +18,9 @@ from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2
 from envoy.type.matcher.v3 import node_pb2, string_pb2, value_pb2
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
+from cilia.render.dump import public_any
 from cilia.render.resources import Resource
 from cilia.xds.status import ProxyStatus, TypeStatus
 
@@ -109,9 +110,7 @@ def _type_entries(ts: TypeStatus, type_url: str, sent: Sequence[tuple[str, str, 
         if ts.sent_time:
             g.last_updated.FromNanoseconds(int(ts.sent_time * 1e9))
         if res is not None and not exclude_contents:
-            a = any_pb2.Any()
-            a.ParseFromString(res.any_bytes)
-            g.xds_config.CopyFrom(a)
+            g.xds_config.CopyFrom(public_any(res))
         if error_state is not None:
             g.error_state.CopyFrom(error_state)
         yield g

@@ -33,6 +33,9 @@ class XdsObserver:
     def stream_closed(self, role: str, variant: str) -> None:
         """The matching close of `stream_opened`."""
 
+    def stream_denied(self, role: str) -> None:
+        """A stream or fetch claiming a proxy of `role` was refused for the peer's identity."""
+
     def pushed(self, type_url: str, reason: str, nbytes: int) -> None:
         """One response written. `reason`: "initial" (first response of that type on the stream),
         "change" (a new change batch), "request" (the proxy's subscription changed or it reconnected)."""

@@ -31,11 +31,13 @@ from cilia.render.resources import (
     set_version,
     sotw_response,
 )
+from cilia.security.authz import LOCAL_PEER, Authorizer, Peer, PermissionDenied
 from cilia.xds.cache import ConfigCache
 from cilia.xds.csds import MatcherError, client_status
 from cilia.xds.hooks import XdsObserver
 from cilia.xds.status import StatusRegistry
 from cilia.xds.stream import BaseStream, DeltaStream, ResponseMemo, SotwStream, StreamLimits
+from cilia.xds.tls import ServerTls
 
 log = logging.getLogger("cilia.xds")
 
@@ -53,9 +55,16 @@ CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    max_streams: int = 10_000
+    """Every bound the server enforces; a client past one gets a gRPC status naming it."""
+
+    max_streams: int = 10_000  # xDS streams held at once, all clients together
+    max_streams_per_proxy: int = 16  # streams one node id may hold (ADS + per-type + reconnect overlap)
+    max_streams_per_connection: int = 128  # HTTP/2 concurrent streams one connection may open
+    max_node_id_bytes: int = 512  # longer node ids are refused (INVALID_ARGUMENT)
     max_receive_bytes: int = 4 * 1024 * 1024
     max_send_bytes: int = 64 * 1024 * 1024
+    handshake_timeout_s: float = 10.0  # a connection that has not finished TLS/HTTP/2 set-up by then is closed
+    idle_connection_s: float = 300.0  # a connection with no call open for this long is closed
     stream: StreamLimits = StreamLimits()
 
 
@@ -68,15 +77,23 @@ def _serialize(message: Any) -> bytes:
 
 
 class XdsServer:
+    """`authorizer` decides which views an mTLS peer may read (plaintext peers are local and trusted);
+    `tls` supplies the mTLS port's credentials."""
+
     def __init__(self, cache: ConfigCache, status: StatusRegistry, limits: ServerLimits | None = None,
-                 observer: XdsObserver | None = None) -> None:
+                 observer: XdsObserver | None = None, *, authorizer: Authorizer | None = None,
+                 tls: ServerTls | None = None) -> None:
         self.cache = cache
         self.status = status
         self.limits = limits or ServerLimits()
         self.observer = observer or XdsObserver()
+        self.tls = tls
+        self.authorizer = authorizer or Authorizer(tls.trust_domain if tls else "cluster.local")
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self.tls_port = 0
         self.active_streams = 0
+        self.denied = 0  # streams and fetches refused for identity
         self.streams: dict[str, list[BaseStream]] = {}  # proxy id -> its open streams
         self.memo = ResponseMemo()  # encoded responses shared by all streams
 
@@ -94,11 +111,14 @@ class XdsServer:
         return {t for stream in self.streams.get(proxy_id, ()) for t in stream.types}
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    async def start(self, address: str) -> int:
+    async def start(self, address: str | None, tls_address: str | None = None) -> int:
+        """Listen in plaintext on `address` and/or over mTLS on `tls_address` (needs `tls`)."""
         options = [
             ("grpc.max_receive_message_length", self.limits.max_receive_bytes),
             ("grpc.max_send_message_length", self.limits.max_send_bytes),
-            ("grpc.max_concurrent_streams", self.limits.max_streams),
+            ("grpc.max_concurrent_streams", self.limits.max_streams_per_connection),
+            ("grpc.server_handshake_timeout_ms", int(self.limits.handshake_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", int(self.limits.idle_connection_s * 1000)),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -110,13 +130,24 @@ class XdsServer:
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=None)
         server.add_generic_rpc_handlers(self._handlers())
-        self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind xDS server to {address}")
+        if address:
+            self.port = server.add_insecure_port(address)
+            if self.port == 0:
+                raise OSError(f"cannot bind xDS server to {address}")
+        if tls_address:
+            if self.tls is None:
+                raise ValueError("an mTLS xDS address needs TLS credentials (a CA)")
+            self.tls_port = server.add_secure_port(tls_address, self.tls.credentials())
+            if self.tls_port == 0:
+                raise OSError(f"cannot bind xDS mTLS server to {tls_address}")
         await server.start()
         self._server = server
-        log.info("xDS server listening on %s (port %d)", address, self.port)
-        return self.port
+        if address:
+            log.info("xDS server listening on %s (port %d, plaintext)", address, self.port)
+        if tls_address:
+            log.info("xDS server listening on %s (port %d, mTLS, trust domain %s)", tls_address, self.tls_port,
+                     self.authorizer.trust_domain)
+        return self.port or self.tls_port
 
     async def stop(self, grace: float = 0.5) -> None:
         if self._server is not None:
@@ -156,6 +187,12 @@ class XdsServer:
     async def _csds_answer(self, req: csds_pb2.ClientStatusRequest,
                            context: grpc.aio.ServicerContext) -> csds_pb2.ClientStatusResponse:
         try:
+            self.authorizer.check_admin(peer_of(context), "CSDS")
+        except PermissionDenied as exc:
+            self.denied += 1
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise
+        try:
             return client_status(req, [p for _, p in sorted(self.status.proxies.items())], self.sent_resources)
         except MatcherError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -186,6 +223,7 @@ class XdsServer:
     def _fetch_handler(self, type_url: str) -> Callable[..., Any]:
         async def handler(req: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext) -> bytes:
             proxy = await self._proxy_id(req.node.id, context)
+            await self._authorize(proxy, context)
             if req.type_url and req.type_url != type_url:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"type_url {req.type_url!r} is not served by this method (wants {type_url})")
@@ -205,11 +243,25 @@ class XdsServer:
         return handler
 
     async def _proxy_id(self, node_id: str, context: grpc.aio.ServicerContext) -> ProxyId:
+        if len(node_id.encode()) > self.limits.max_node_id_bytes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"node id is {len(node_id.encode())} bytes, over the limit of "
+                                f"{self.limits.max_node_id_bytes}")
         try:
             return ProxyId.parse(node_id)
         except UnknownProxyRole as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
+
+    async def _authorize(self, proxy: ProxyId, context: grpc.aio.ServicerContext) -> None:
+        """End the call with PERMISSION_DENIED, before anything is sent, unless the peer may hold `proxy`."""
+        try:
+            self.authorizer.check_proxy(peer_of(context), proxy)
+        except PermissionDenied as exc:
+            self.denied += 1
+            self.observer.stream_denied(proxy.role)
+            log.warning("xDS: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
     async def _serve_stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                             allowed: frozenset[str], *, delta: bool) -> None:
@@ -233,6 +285,11 @@ class XdsServer:
             return
         node = first.node
         proxy = await self._proxy_id(node.id, context)
+        await self._authorize(proxy, context)
+        if len(self.streams.get(str(proxy), ())) >= self.limits.max_streams_per_proxy:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{proxy} holds {self.limits.max_streams_per_proxy} xDS streams already "
+                                "(the per-proxy limit)")
         user_agent = f"{node.user_agent_name}/{node.user_agent_version or node.user_agent_build_version.version}"
         variant = "delta" if delta else "sotw"
         pstatus = self.status.connected(str(proxy), variant, user_agent)
@@ -318,6 +375,15 @@ class XdsServer:
                 req = await iterator.__anext__()
             except StopAsyncIteration:
                 return
+
+
+def peer_of(context: grpc.aio.ServicerContext) -> Peer:
+    """The transport's word on who the client is: mTLS URI SANs, or a plaintext (local) peer."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return LOCAL_PEER
+    uris = tuple(u.decode(errors="replace") for u in auth.get("peer_uri", ()))
+    return Peer(True, uris)
 
 
 class _StreamAbort(Exception):

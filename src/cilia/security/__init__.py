@@ -1,0 +1,1 @@
+"""Trust: the CA, proxy and workload identities (SPIFFE), and who may receive which proxy's config."""
