@@ -179,7 +179,7 @@ def xds_tls_socket(tls_dir: str, trust_domain: str) -> dict[str, Any]:
     return {"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {
-            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
             "alpn_protocols": ["h2"],
             "tls_certificate_sds_secret_configs": [{"name": XDS_CLIENT_SECRET, "sds_config": source(SDS_CERT_FILE)}],
             "combined_validation_context": {

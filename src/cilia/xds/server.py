@@ -32,6 +32,7 @@ from cilia.render.resources import (
     sotw_response,
 )
 from cilia.security.authz import LOCAL_PEER, Authorizer, Peer, PermissionDenied
+from cilia.security.ca import certificate_info
 from cilia.xds.cache import ConfigCache
 from cilia.xds.csds import MatcherError, client_status
 from cilia.xds.hooks import XdsObserver
@@ -294,6 +295,7 @@ class XdsServer:
         variant = "delta" if delta else "sotw"
         pstatus = self.status.connected(str(proxy), variant, user_agent)
         pstatus.node = node
+        pstatus.peer = peer_certificate(context)
         self.observer.stream_opened(proxy.role, variant)
         write_lock = asyncio.Lock()
 
@@ -384,6 +386,17 @@ def peer_of(context: grpc.aio.ServicerContext) -> Peer:
         return LOCAL_PEER
     uris = tuple(u.decode(errors="replace") for u in auth.get("peer_uri", ()))
     return Peer(True, uris)
+
+
+def peer_certificate(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """Identity, serial and expiry of the client certificate, for status views (empty for plaintext)."""
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        return {}
+    try:
+        return certificate_info(pem[0])
+    except ValueError:
+        return {}
 
 
 class _StreamAbort(Exception):

@@ -53,6 +53,7 @@ class ProxyStatus:
     types: dict[str, TypeStatus] = field(default_factory=dict)
     reported: dict[str, Any] = field(default_factory=dict)  # what the client reports of itself (agents)
     node: Any = None  # the envoy.config.core.v3.Node of the latest stream's first request (for CSDS)
+    peer: dict[str, Any] = field(default_factory=dict)  # the latest stream's client certificate (mTLS)
 
     def type(self, type_url: str) -> TypeStatus:
         ts = self.types.get(type_url)
@@ -66,6 +67,7 @@ class ProxyStatus:
             "connected_since": self.connected_since or None, "user_agent": self.user_agent,
             "types": {SHORT_NAMES.get(t, t): ts.as_dict() for t, ts in sorted(self.types.items())},
             **({"reported": self.reported} if self.reported else {}),
+            **({"peer": self.peer} if self.peer else {}),
         }
 
 
