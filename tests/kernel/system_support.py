@@ -159,7 +159,7 @@ class AgentProcess:
     """`cilia agent` as a subprocess on the test's own cgroup2 and bpffs mounts."""
 
     def __init__(self, kenv: KernelEnv, *, xds_port: int, node: str, proxy_cgroup: Path, proxy_address: str,
-                 sockmap: bool) -> None:
+                 sockmap: bool, tls_dir: Path | None = None) -> None:
         self.log = kenv.tmp / f"agent-{node}-{'sockmap' if sockmap else 'plain'}.log"
         argv = [
             sys.executable, "-m", "cilia", "agent",
@@ -171,6 +171,8 @@ class AgentProcess:
             "--sockmap", "on" if sockmap else "off",
             "--bpffs", str(kenv.bpffs),  # the test's private bpffs, not the host's /sys/fs/bpf
         ]  # fmt: skip
+        if tls_dir is not None:
+            argv += ["--tls-dir", str(tls_dir)]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, env=cilia_env(), stdout=out, stderr=subprocess.STDOUT)
 

@@ -44,10 +44,12 @@ class ControlPlaneThread:
     """Runs ControlPlane on its own event loop in a daemon thread."""
 
     def __init__(self, paths: list[str], *, translate: TranslateOptions | None = None,
-                 debounce: Debounce | None = None) -> None:
+                 debounce: Debounce | None = None, ca_dir: str | None = None) -> None:
+        """With `ca_dir`, xDS is also served over mTLS (`xds_tls_port`) with that CA."""
         self.opts = ServeOptions(paths=tuple(paths), xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
                                  debounce=debounce or Debounce(0.05, 0.5),
-                                 translate=translate or TranslateOptions())
+                                 translate=translate or TranslateOptions(), ca_dir=ca_dir,
+                                 xds_tls_address="127.0.0.1:0" if ca_dir else None)
         self.cp: ControlPlane | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -85,6 +87,11 @@ class ControlPlaneThread:
     def xds_port(self) -> int:
         assert self.cp is not None
         return self.cp.xds_port
+
+    @property
+    def xds_tls_port(self) -> int:
+        assert self.cp is not None
+        return self.cp.xds_tls_port
 
     @property
     def admin_port(self) -> int:

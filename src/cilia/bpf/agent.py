@@ -58,6 +58,7 @@ class AgentConfig:
     proxy_address: str = DEFAULT_PROXY_ADDRESS
     sockmap: bool = False
     bpffs: str | None = None
+    tls_dir: str | None = None  # mTLS to the control plane with this `cilia cert --proxy agent~NODE` directory
     retry_interval: float = 2.0
     reconnect_max: float = 5.0
     stale_grace: float = 30.0
@@ -349,20 +350,31 @@ class Agent:
             self.state.connected = False
             call.cancel()
 
+    def _channel(self) -> grpc.aio.Channel:
+        """A channel per connection attempt, so a renewed certificate in --tls-dir is used on reconnect."""
+        if self.config.tls_dir is None:
+            return grpc.aio.insecure_channel(self.config.xds)
+        from cilia.security.ca import read_tls_dir
+
+        cert, key, bundle = read_tls_dir(self.config.tls_dir)
+        return grpc.aio.secure_channel(self.config.xds, grpc.ssl_channel_credentials(bundle, key, cert))
+
     async def _xds_loop(self) -> None:
         backoff = 0.1
-        async with grpc.aio.insecure_channel(self.config.xds) as channel:
-            while True:
-                started = time.monotonic()
-                try:
+        while True:
+            started = time.monotonic()
+            try:
+                async with self._channel() as channel:
                     await self._session(channel)
-                    log.warning("xDS stream to %s ended; reconnecting", self.config.xds)
-                except grpc.aio.AioRpcError as exc:
-                    log.warning("xDS stream to %s: %s %s", self.config.xds, exc.code(), exc.details())
-                if time.monotonic() - started > 5:
-                    backoff = 0.1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.config.reconnect_max)
+                log.warning("xDS stream to %s ended; reconnecting", self.config.xds)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("xDS stream to %s: %s %s", self.config.xds, exc.code(), exc.details())
+            except Exception as exc:  # unreadable credentials: say so and keep trying
+                log.error("xDS connection to %s: %s", self.config.xds, exc)
+            if time.monotonic() - started > 5:
+                backoff = 0.1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.reconnect_max)
 
     async def _stale_timer(self) -> None:
         await asyncio.sleep(self.config.stale_grace)
@@ -442,6 +454,7 @@ async def run_agent(
     bpffs: str | None = None,
     state: AgentState | None = None,
     stop: asyncio.Event | None = None,
+    tls_dir: str | None = None,
 ) -> int:
     """Run the agent until `stop` is set; returns the exit code (0 clean, 1 setup failed)."""
     config = AgentConfig(
@@ -452,6 +465,7 @@ async def run_agent(
         proxy_address=proxy_address,
         sockmap=sockmap,
         bpffs=bpffs,
+        tls_dir=tls_dir,
     )
     return await Agent(config, state).run(stop)
 
@@ -467,6 +481,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-address", default=DEFAULT_PROXY_ADDRESS, metavar="HOST:PORT")
     parser.add_argument("--sockmap", choices=("on", "off"), default="off", help="sockhash splicing")
     parser.add_argument("--bpffs", metavar="DIR", help="bpffs mount for pins (default: found or mounted)")
+    parser.add_argument("--tls-dir", metavar="DIR",
+                        help="mTLS to the control plane's --xds-tls port with DIR's cert.pem/key.pem/ca.pem "
+                             "(`cilia cert --proxy agent~NODE`); re-read on every reconnect")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -490,6 +507,7 @@ async def run_from_args(args: argparse.Namespace, stop: asyncio.Event | None = N
         sockmap=args.sockmap == "on",
         bpffs=args.bpffs,
         stop=stop,
+        tls_dir=args.tls_dir,
     )
 
 

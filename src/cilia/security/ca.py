@@ -325,3 +325,12 @@ class CaDirSource:
             self._ca = load_ca_dir(self.directory)
             self._stamp = stamp
         return self._ca
+
+
+def read_tls_dir(directory: str | Path) -> tuple[bytes, bytes, bytes]:
+    """(cert.pem, key.pem, ca.pem) of a proxy's credential directory (`cilia cert --out`)."""
+    d = Path(directory)
+    try:
+        return (d / "cert.pem").read_bytes(), (d / "key.pem").read_bytes(), (d / "ca.pem").read_bytes()
+    except OSError as exc:
+        raise CAError(f"{d}: {exc.strerror}: {exc.filename} (write it with `cilia cert --out {d}`)") from None
