@@ -66,10 +66,13 @@ endpoints: [{addresses: [127.1.0.1], conditions: {ready: true}}]
 class Server:
     """Either `cilia serve` over a manifest dir, or the floor; both subprocesses pinned to one CPU."""
 
-    def __init__(self, kind: str, cpu: int | None) -> None:
+    def __init__(self, kind: str, cpu: int | None, ca_dir: Path | None = None) -> None:
+        """With `ca_dir` (cilia only), clients connect to the mTLS port (`self.port`)."""
         self.kind = kind
         self.cpu = cpu
+        self.ca_dir = ca_dir
         self.port = free_port()
+        self.plain_port = free_port()
         self.admin_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cilia-bench-"))
         self.log = self.dir / "server.log"
@@ -86,8 +89,11 @@ class Server:
             (self.dir / "manifests").mkdir()
             (self.dir / "manifests" / "services.yaml").write_text(SERVICES)
             self.write_cec(0)
+            xds = ["--xds", f"127.0.0.1:{self.port}"] if self.ca_dir is None else \
+                ["--xds", f"127.0.0.1:{self.plain_port}", "--xds-tls", f"127.0.0.1:{self.port}",
+                 "--ca-dir", str(self.ca_dir)]
             args = [sys.executable, "-m", "cilia", "--log-level", "warning", "serve",
-                    "-f", str(self.dir / "manifests"), "--xds", f"127.0.0.1:{self.port}",
+                    "-f", str(self.dir / "manifests"), *xds,
                     "--admin", f"127.0.0.1:{self.admin_port}", "--debounce-quiet-ms", "5",
                     "--debounce-max-ms", "50", "--max-streams", "50000"]
         else:

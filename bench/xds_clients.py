@@ -37,6 +37,7 @@ class ClientSpec:
     route_name: str
     connect_concurrency: int = 64
     cpu: int | None = None  # pin the worker to this CPU
+    tls_dir: str = ""  # mTLS: client i uses TLS_DIR/bench-i/{cert,key,ca}.pem (node~bench-i)
 
 
 @dataclass
@@ -60,6 +61,15 @@ def _route_marker(body: bytes) -> int:
     return best
 
 
+def _read_tls_dir(d: str) -> tuple[bytes, bytes, bytes]:
+    """(ca, key, cert) as grpc.ssl_channel_credentials takes them."""
+    out = []
+    for name in ("ca.pem", "key.pem", "cert.pem"):
+        with open(os.path.join(d, name), "rb") as f:
+            out.append(f.read())
+    return out[0], out[1], out[2]
+
+
 class Worker:
     def __init__(self, spec: ClientSpec) -> None:
         self.spec = spec
@@ -71,8 +81,12 @@ class Worker:
     async def run_client(self, st: ClientState, gate: asyncio.Semaphore) -> None:
         spec = self.spec
         node = base_pb2.Node(id=f"node~bench-{st.index}", cluster="bench", user_agent_name="bench-client")
-        channel = grpc.aio.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1),
-                                                                  ("grpc.max_receive_message_length", 64 << 20)])
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)]
+        if spec.tls_dir:
+            creds = grpc.ssl_channel_credentials(*_read_tls_dir(os.path.join(spec.tls_dir, f"bench-{st.index}")))
+            channel = grpc.aio.secure_channel(spec.target, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(spec.target, options=options)
         self.channels.append(channel)
         try:
             if spec.delta:

@@ -491,11 +491,19 @@ async def serve(opts: ServeOptions) -> int:
     loaded at start (protobuf modules, the first snapshot) is frozen out of collections, and young
     collections run less often, since a full collection over thousands of streams' objects pauses the
     loop for ~200 ms at 2,000 proxies (see bench/README.md)."""
+    malloc = _tune_malloc()
     cp = ControlPlane(opts)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cp.stop)
     started = asyncio.Event()
+
+    async def trim_memory() -> None:
+        # Connections that fail their handshake (or never finish it) leave freed memory that glibc keeps;
+        # giving it back keeps RSS flat under hostile connection churn.
+        while malloc is not None:
+            await asyncio.sleep(MALLOC_TRIM_INTERVAL_S)
+            malloc.malloc_trim(0)
 
     async def freeze_when_started() -> None:
         await started.wait()
@@ -505,8 +513,32 @@ async def serve(opts: ServeOptions) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(freeze_when_started())
+        trim = tg.create_task(trim_memory())
         await cp.run(started)
+        trim.cancel()
     return 0
+
+
+MALLOC_ARENA_MAX = 2
+MALLOC_TRIM_INTERVAL_S = 5.0
+
+
+def _tune_malloc() -> Any:
+    """Cap glibc's malloc arenas (grpc's threads would each grow one) before any thread starts; returns
+    libc for periodic trims, or None where that is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-8, MALLOC_ARENA_MAX)  # M_ARENA_MAX
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def load_once(paths: Sequence[str]) -> Store:
