@@ -62,6 +62,7 @@ class ServeOptions:
     xds_tls_names: tuple[str, ...] = ()  # extra DNS names / IPs on the xDS server certificate
     xds_insecure: bool = False  # allow plaintext xDS beyond loopback
     admin_insecure: bool = False  # allow the admin HTTP port beyond loopback
+    metrics_address: str | None = None  # /healthz, /readyz, /metrics only (may be beyond loopback)
     webhook_cert_from_ca: bool = False  # the webhook's serving certificate comes from the CA
     webhook_names: tuple[str, ...] = ()  # DNS names on that certificate
     trust_domain: str = "cluster.local"  # for a CA that Kubernetes mode creates
@@ -142,9 +143,11 @@ class ControlPlane:
         self.admin_port = 0
         self.xds_port = 0
         self.xds_tls_port = 0
+        self.metrics_port = 0
         self.webhook_port = 0
         self.issuer_port = 0
         self.ca_source: Any = None  # () -> CertificateAuthority, when a CA is configured
+        self._inject_memo: Any = None
         self._changed = asyncio.Event()
         self._first_change = 0.0
         self._last_change = 0.0
@@ -254,6 +257,10 @@ class ControlPlane:
                         "proxy's configuration and TLS keys", o.xds_address)
         ahost, aport = split_hostport(self.opts.admin_address)
         runner, self.admin_port = await start_admin(make_admin_app(self), ahost, aport)
+        metrics_runner = None
+        if self.opts.metrics_address:
+            mhost, mport = split_hostport(self.opts.metrics_address)
+            metrics_runner, self.metrics_port = await start_admin(make_admin_app(self, debug=False), mhost, mport)
         webhook_runner = await self._start_webhook()
         issuer_runner = await self._start_issuer()
         self._started = True
@@ -276,7 +283,7 @@ class ControlPlane:
         finally:
             await self.xds.stop()
             await runner.cleanup()
-            for r in (webhook_runner, issuer_runner):
+            for r in (webhook_runner, issuer_runner, metrics_runner):
                 if r is not None:
                     await r.cleanup()
             if self.kube is not None:
@@ -313,6 +320,11 @@ class ControlPlane:
         if o.xds_tls_address:
             self.xds.tls = ServerTls(self.ca_source, o.xds_tls_names)
         self.xds.authorizer = Authorizer(self.ca_source().trust_domain, self._pod_service_account)
+        if self.kube is not None:
+            from cilia.k8s.webhookca import publish_ca_bundle
+
+            self._tls_renewals.append(publish_ca_bundle(self.kube, self.ca_source, self.kube.opts.lease.namespace,
+                                                        webhook=bool(o.webhook_address and o.webhook_cert_from_ca)))
         return holder
 
     def _pod_service_account(self, namespace: str, pod: str) -> str | None:
@@ -363,14 +375,22 @@ class ControlPlane:
         else:
             assert self.opts.tls_cert and self.opts.tls_key
             ctx = server_ssl_context(self.opts.tls_cert, self.opts.tls_key)
-        runner = await serve_https(make_webhook_app(self.opts.inject, self.namespace_meta), host, port, ctx)
+        runner = await serve_https(make_webhook_app(self._inject_config, self.namespace_meta), host, port, ctx)
         self.webhook_port = webhook_port(runner)
         log.info("injection webhook listening on %s:%d", host, self.webhook_port)
-        if from_ca and self.kube is not None:
-            from cilia.k8s.webhookca import publish_ca_bundle
-
-            self._tls_renewals.append(publish_ca_bundle(self.kube, self.ca_source))
         return runner
+
+    def _inject_config(self) -> Any:
+        """The injection config, carrying the CA bundle of the moment when sidecars use mTLS."""
+        cfg = self.opts.inject
+        if not cfg.xds_tls or self.ca_source is None:
+            return cfg
+        bundle = self.ca_source().bundle_pem.decode()
+        if self._inject_memo is None or self._inject_memo.ca_bundle != bundle:
+            import dataclasses
+
+            self._inject_memo = dataclasses.replace(cfg, ca_bundle=bundle)
+        return self._inject_memo
 
     async def _start_issuer(self) -> web.AppRunner | None:
         if not self.opts.cert_issuer_address or self.kube is None or self.ca_source is None:

@@ -115,14 +115,26 @@ def _add_inject_options(p: argparse.ArgumentParser) -> None:
                    help="mesh mode for pods whose namespace/pod say nothing (default: --mesh-default-mode or off)")
     p.add_argument("--fail-open", action="store_true",
                    help="webhook: on an internal error admit the pod unchanged instead of denying it")
+    p.add_argument("--inject-xds-tls", action="store_true",
+                   help="injected sidecars use xDS over mTLS (--inject-xds names the mTLS port): a certificate "
+                        "from --inject-cert-issuer, renewed by a cilia-cert sidecar")
+    p.add_argument("--inject-cert-issuer", default="cilia.cilia-system.svc:18444", metavar="HOST:PORT",
+                   help="issuer injected sidecars ask for their certificate (default cilia.cilia-system.svc:18444)")
+    p.add_argument("--inject-ca-bundle", default=None, metavar="FILE",
+                   help="cilia's CA bundle for injected pods (the webhook uses its own CA when it has one)")
 
 
 def _inject_config(args: argparse.Namespace) -> Any:
     from cilia.mesh.inject import InjectConfig
 
     mode = args.inject_default_mode or getattr(args, "mesh_default_mode", None) or "off"
+    bundle = ""
+    if args.inject_ca_bundle:
+        with open(args.inject_ca_bundle) as f:
+            bundle = f.read()
     return InjectConfig(envoy_image=args.envoy_image, cilia_image=args.cilia_image, xds_address=args.inject_xds,
-                        default_mode=mode, fail_open=args.fail_open)  # type: ignore[arg-type]
+                        default_mode=mode, fail_open=args.fail_open,  # type: ignore[arg-type]
+                        xds_tls=args.inject_xds_tls, cert_issuer=args.inject_cert_issuer, ca_bundle=bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Kubernetes mode: issue proxy certificates to ServiceAccount tokens (HTTPS)")
     serve.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT",
                        help="admin HTTP address, loopback only unless --admin-insecure")
+    serve.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                       help="serve only /healthz, /readyz and /metrics here (for probes and scrapers; may bind "
+                            "beyond loopback, since nothing there shows configuration)")
     serve.add_argument("--admin-insecure", action="store_true",
                        help="allow the admin HTTP port (/debug: every proxy's config) beyond loopback")
     serve.add_argument("--webhook", default=None, metavar="HOST:PORT", help="serve the sidecar injection webhook")
@@ -514,7 +529,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     opts = ServeOptions(
         paths=tuple(args.paths), xds_address=None if args.xds in ("", "none") else args.xds,
-        admin_address=args.admin, xds_tls_address=args.xds_tls, ca_dir=args.ca_dir,
+        admin_address=args.admin, xds_tls_address=args.xds_tls, ca_dir=args.ca_dir, metrics_address=args.metrics,
         xds_tls_names=tuple(args.xds_tls_names), xds_insecure=args.xds_insecure, admin_insecure=args.admin_insecure,
         webhook_cert_from_ca=args.webhook_cert_from_ca,
         webhook_names=tuple(args.webhook_names or ("cilia.cilia-system.svc",)),

@@ -112,7 +112,11 @@ def test_bindings_and_service_accounts_line_up() -> None:
     dep = one("controlplane.yaml", "Deployment")
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "cilia"
     ds = one("node-envoy.yaml", "DaemonSet")["spec"]["template"]["spec"]
-    assert ds["serviceAccountName"] == "cilia-envoy" and ds["automountServiceAccountToken"] is False
+    assert ds["serviceAccountName"] == "cilia-node-envoy" and ds["automountServiceAccountToken"] is False
+    # the node Envoy's ServiceAccount is the one the issuer accepts for node~ proxies
+    from cilia.security.issuer import IssuancePolicy
+
+    assert ds["serviceAccountName"] in IssuancePolicy().node_service_accounts
 
 
 def _container_args(dep: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -134,13 +138,15 @@ def test_control_plane_deployment() -> None:
     opts = _kube_options(parsed)
     assert opts.leader_election and opts.write_status and opts.lease.name == "cilia-leader"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"xds": int(parsed.xds.rsplit(":", 1)[1]), "webhook": int(parsed.webhook.rsplit(":", 1)[1]),
-                     "admin": int(parsed.admin.rsplit(":", 1)[1])}
-    assert parsed.admin.startswith("0.0.0.0:") and parsed.xds.startswith("0.0.0.0:")  # probes and proxies
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert str(Path(parsed.tls_cert).parent) in mounts and str(Path(parsed.tls_key).parent) in mounts
+    port = lambda address: int(address.rsplit(":", 1)[1])  # noqa: E731
+    assert ports == {"xds-tls": port(parsed.xds_tls), "cert-issuer": port(parsed.cert_issuer),
+                     "webhook": port(parsed.webhook), "metrics": port(parsed.metrics)}
+    # mTLS only beyond the pod: plaintext xDS and /debug stay on loopback; probes use the metrics port
+    assert parsed.xds.startswith("127.0.0.1:") and parsed.admin.startswith("127.0.0.1:")
+    assert not parsed.xds_insecure and not parsed.admin_insecure and parsed.webhook_cert_from_ca
+    assert parsed.inject_xds_tls and parsed.inject_xds.endswith(f":{port(parsed.xds_tls)}")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     sc = spec["template"]["spec"]["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -149,31 +155,31 @@ def test_control_plane_deployment() -> None:
 def test_services_match_ports_webhook_and_injected_xds_address() -> None:
     svc = one("controlplane.yaml", "Service", "cilia")
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
-    assert ports == {"grpc-xds": (18000, "xds"), "https-webhook": (443, "webhook")}
+    assert ports == {"grpc-xds-tls": (18443, "xds-tls"), "https-cert-issuer": (18444, "cert-issuer"),
+                     "https-webhook": (443, "webhook")}
     admin = one("controlplane.yaml", "Service", "cilia-admin")
-    assert [(p["port"], p["targetPort"]) for p in admin["spec"]["ports"]] == [(19000, "admin")]
+    assert [(p["port"], p["targetPort"]) for p in admin["spec"]["ports"]] == [(19001, "metrics")]
     dep = one("controlplane.yaml", "Deployment")
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items() and admin["spec"]["selector"].items() <= labels.items()
     hook = one("webhook.yaml", "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"]
     assert (hook["name"], hook["namespace"], hook["port"]) == ("cilia", "cilia-system", 443)
-    # The address injected sidecars (and node Envoys) use resolves to this Service's xDS port.
+    # The addresses injected sidecars use resolve to this Service's mTLS xDS and issuer ports.
     _, args = _container_args(dep)
-    inject_xds = build_parser().parse_args(args).inject_xds
-    assert inject_xds == InjectConfig().xds_address == "cilia.cilia-system.svc:18000"
-    cert = one("optional/cert-manager.yaml", "Certificate")
-    secret = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "webhook-tls")
-    assert cert["spec"]["secretName"] == secret["secret"]["secretName"]
-    assert "cilia.cilia-system.svc" in cert["spec"]["dnsNames"]
-    annotation = one("webhook.yaml", "MutatingWebhookConfiguration")["metadata"]["annotations"]
-    assert annotation["cert-manager.io/inject-ca-from"] == f"cilia-system/{cert['metadata']['name']}"
+    parsed = build_parser().parse_args(args)
+    assert parsed.inject_xds == "cilia.cilia-system.svc:18443" and parsed.inject_xds_tls
+    assert parsed.inject_cert_issuer == InjectConfig().cert_issuer == "cilia.cilia-system.svc:18444"
+    # the webhook's certificate (from the CA) names the Service the API server calls
+    assert "cilia.cilia-system.svc" in parsed.webhook_names
 
 
 def test_node_envoy_daemonset_bootstraps_node_proxy_id() -> None:
     ds = one("node-envoy.yaml", "DaemonSet")["spec"]["template"]["spec"]
     init = ds["initContainers"][0]
     script = init["command"][-1]
-    assert "cilia bootstrap --proxy node~$(NODE_NAME) --xds cilia.cilia-system.svc:18000" in script
+    assert "cilia bootstrap --proxy node~$(NODE_NAME) --xds cilia.cilia-system.svc:18443" in script
+    assert "--tls-dir /etc/envoy/tls" in script and script.startswith("cilia cert --kubernetes --proxy node~")
+    script = script.split("&& ", 1)[1]  # the bootstrap half (the certificate half needs the issuer)
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in init["env"]}
     assert env["NODE_NAME"] == "spec.nodeName"
     # The script's cilia command line works and yields the node proxy id.

@@ -285,3 +285,64 @@ def test_serve_refuses_plaintext_beyond_loopback_at_start(tmp_path: Path) -> Non
                           capture_output=True, text=True, timeout=30, env={**os.environ})
     assert proc.returncode == 2
     assert "plaintext beyond loopback" in proc.stderr and "--xds-insecure" in proc.stderr
+
+
+# -- injection with mTLS ---------------------------------------------------------------------------------------
+def test_injected_sidecar_gets_a_certificate_step_a_renewer_and_a_projected_token() -> None:
+    from cilia.mesh.inject import InjectConfig, inject_pod_spec
+
+    cfg = InjectConfig(xds_address="cilia.cilia-system.svc:18443", xds_tls=True,
+                       ca_bundle="-----BEGIN CERTIFICATE-----")
+    pod = {"metadata": {"name": "web-0", "labels": {"cilia.io/mesh": "sidecar"}},
+           "spec": {"containers": [{"name": "app", "image": "app"}]}}
+    out = inject_pod_spec(pod, "shop", {}, {}, cfg)
+    init = {c["name"]: c for c in out["spec"]["initContainers"]}
+    assert list(init) == ["cilia-bootstrap", "cilia-cert", "cilia-proxy"]
+    boot = init["cilia-bootstrap"]["args"][0]
+    assert boot.startswith("cilia cert --kubernetes") and "--token-file /var/run/secrets/cilia/token" in boot
+    assert "&& cilia bootstrap" in boot and "--tls-dir /etc/cilia/tls" in boot
+    assert "--renew" in init["cilia-cert"]["args"][0] and init["cilia-cert"]["restartPolicy"] == "Always"
+    env = {e["name"]: e.get("value") for e in init["cilia-cert"]["env"]}
+    assert env["CILIA_CA_BUNDLE"] == "-----BEGIN CERTIFICATE-----"
+    token = next(v for v in out["spec"]["volumes"] if v["name"] == "cilia-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "cilia"
+    plain = inject_pod_spec(pod, "shop", {}, {}, InjectConfig())
+    assert "cilia-cert" not in {c["name"] for c in plain["spec"]["initContainers"]}
+    assert "--tls-dir" not in plain["spec"]["initContainers"][0]["args"][0]
+
+
+async def test_metrics_app_shows_no_debug_views() -> None:
+    from cilia.obs.admin import make_admin_app
+
+    class View:
+        def healthy(self) -> bool:
+            return True
+
+        def ready(self) -> bool:
+            return True
+
+        def metrics_text(self) -> str:
+            return "cilia_up 1\n"
+
+        def proxies(self) -> dict[str, Any]:
+            return {"node~a": {}}
+
+        def proxy_config(self, proxy_id: str) -> dict[str, Any]:
+            return {"secrets": ["x"]}
+
+        def object_statuses(self) -> list[dict[str, Any]]:
+            return []
+
+        def issues(self) -> list[dict[str, Any]]:
+            return []
+
+        def agents(self) -> dict[str, Any]:
+            return {}
+
+    async with TestClient(TestServer(make_admin_app(View(), debug=False))) as client:
+        assert (await client.get("/metrics")).status == 200
+        assert (await client.get("/readyz")).status == 200
+        for path in ("/debug/proxies", "/debug/config/node~a", "/debug/status", "/debug/security"):
+            assert (await client.get(path)).status == 404, path
+    async with TestClient(TestServer(make_admin_app(View()))) as client:
+        assert (await client.get("/debug/config/node~a")).status == 200

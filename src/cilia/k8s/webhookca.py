@@ -1,4 +1,5 @@
-"""The leader keeps the injection webhook's `caBundle` equal to cilia's CA bundle."""
+"""The leader publishes cilia's CA bundle (public): as ConfigMap `cilia-ca-bundle` in cilia's namespace,
+which node Envoys mount to verify the certificate issuer, and as the `caBundle` of the injection webhook."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ log = logging.getLogger("cilia.kube.webhookca")
 MUTATING_WEBHOOKS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", False)
 WEBHOOK_CONFIG = "cilia-sidecar-injector"
 WEBHOOK_CA_VERBS = ("get", "update")
+CONFIGMAPS = Resource("", "v1", "configmaps", True)
+CA_CONFIGMAP = "cilia-ca-bundle"
+CA_CONFIGMAP_VERBS = ("get", "create", "update")
 
 
 def with_ca_bundle(config: dict[str, Any], bundle_b64: str) -> dict[str, Any] | None:
@@ -29,18 +33,44 @@ def with_ca_bundle(config: dict[str, Any], bundle_b64: str) -> dict[str, Any] | 
     return config if changed else None
 
 
-async def publish_ca_bundle(kube: Any, ca_source: Callable[[], CertificateAuthority],
-                            interval_s: float = 10.0) -> None:
-    """While leading, make the MutatingWebhookConfiguration trust the CA (re-checked every interval)."""
+async def _publish_configmap(api: Any, namespace: str, bundle_pem: str) -> None:
+    try:
+        current = await api.get(CONFIGMAPS, namespace, CA_CONFIGMAP)
+    except KubeApiError as exc:
+        if exc.status != 404:
+            raise
+        await api.create(CONFIGMAPS, namespace, {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": CA_CONFIGMAP, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/part-of": "cilia"}},
+            "data": {"bundle.pem": bundle_pem}})
+        log.info("created ConfigMap %s/%s", namespace, CA_CONFIGMAP)
+        return
+    if (current.get("data") or {}).get("bundle.pem") != bundle_pem:
+        current["data"] = {**(current.get("data") or {}), "bundle.pem": bundle_pem}
+        await api.update(CONFIGMAPS, namespace, CA_CONFIGMAP, current)
+        log.info("updated ConfigMap %s/%s", namespace, CA_CONFIGMAP)
+
+
+async def publish_ca_bundle(kube: Any, ca_source: Callable[[], CertificateAuthority], namespace: str, *,
+                            webhook: bool, interval_s: float = 10.0) -> None:
+    """While leading, keep the ConfigMap (and, with `webhook`, the MutatingWebhookConfiguration's
+    caBundle) equal to the CA bundle; re-checked every interval, so a rotation reaches both."""
     while True:
         if kube.is_leader():
-            bundle = base64.b64encode(ca_source().bundle_pem).decode()
+            pem = ca_source().bundle_pem
             try:
-                current = await kube.api.get(MUTATING_WEBHOOKS, None, WEBHOOK_CONFIG)
-                updated = with_ca_bundle(current, bundle)
-                if updated is not None:
-                    await kube.api.update(MUTATING_WEBHOOKS, None, WEBHOOK_CONFIG, updated)
-                    log.info("set the caBundle of MutatingWebhookConfiguration %s", WEBHOOK_CONFIG)
+                await _publish_configmap(kube.api, namespace, pem.decode())
             except KubeApiError as exc:
-                log.error("cannot set the caBundle of MutatingWebhookConfiguration %s: %s", WEBHOOK_CONFIG, exc)
+                log.error("cannot publish ConfigMap %s/%s: %s", namespace, CA_CONFIGMAP, exc)
+            if webhook:
+                try:
+                    current = await kube.api.get(MUTATING_WEBHOOKS, None, WEBHOOK_CONFIG)
+                    updated = with_ca_bundle(current, base64.b64encode(pem).decode())
+                    if updated is not None:
+                        await kube.api.update(MUTATING_WEBHOOKS, None, WEBHOOK_CONFIG, updated)
+                        log.info("set the caBundle of MutatingWebhookConfiguration %s", WEBHOOK_CONFIG)
+                except KubeApiError as exc:
+                    log.error("cannot set the caBundle of MutatingWebhookConfiguration %s: %s", WEBHOOK_CONFIG,
+                              exc)
         await asyncio.sleep(interval_s)

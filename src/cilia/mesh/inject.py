@@ -34,9 +34,13 @@ from cilia.mesh.mode import MeshMode, parse_mesh_mode, resolve_mesh_mode
 
 PROXY_CONTAINER = "cilia-proxy"
 BOOTSTRAP_CONTAINER = "cilia-bootstrap"
+CERT_CONTAINER = "cilia-cert"
+TOKEN_VOLUME = "cilia-token"
+TOKEN_DIR = "/var/run/secrets/cilia"
 CONFIG_VOLUME = "cilia-envoy-config"
 CONFIG_DIR = "/etc/cilia"
 BOOTSTRAP_PATH = f"{CONFIG_DIR}/envoy.yaml"
+TLS_DIR = f"{CONFIG_DIR}/tls"
 
 ANNOTATION_INJECTED = "cilia.io/injected"
 ANNOTATION_PROXY_ID = "cilia.io/proxy-id"
@@ -109,6 +113,12 @@ class InjectConfig:
     # Extra shell words appended to `cilia bootstrap` in the init step's `sh -c` script (operator
     # supplied, not quoted, so `"${POD_IP}"` expands), e.g. flags a newer bootstrap understands.
     bootstrap_extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # xDS over mTLS: the init step asks `cert_issuer` for the pod's certificate with a projected token
+    # (audience cilia), a `cilia-cert` sidecar renews it, and Envoy's bootstrap points at the mTLS port.
+    # `ca_bundle` (cilia's CA, PEM) lets the pod verify the issuer; the webhook fills it in.
+    xds_tls: bool = False
+    cert_issuer: str = "cilia.cilia-system.svc:18444"
+    ca_bundle: str = ""
 
     def __post_init__(self) -> None:
         parse_mesh_mode(self.default_mode, "InjectConfig.default_mode")
@@ -199,28 +209,72 @@ def _security_context(cfg: InjectConfig) -> dict[str, Any]:
     }
 
 
+def _cert_command(cfg: InjectConfig, *extra: str) -> str:
+    return " ".join([
+        "cilia cert --kubernetes",
+        '--proxy "sidecar~${POD_NAMESPACE}/${POD_NAME}"',
+        f"--issuer {shlex.quote(cfg.cert_issuer)}",
+        f"--token-file {TOKEN_DIR}/token",
+        f"--out {TLS_DIR}",
+        *extra,
+    ])
+
+
+def _tls_env(cfg: InjectConfig) -> list[dict[str, Any]]:
+    return [{"name": "CILIA_CA_BUNDLE", "value": cfg.ca_bundle}] if cfg.xds_tls else []
+
+
+def _tls_mounts(cfg: InjectConfig) -> list[dict[str, Any]]:
+    return [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}] if cfg.xds_tls else []
+
+
 def bootstrap_container(cfg: InjectConfig) -> dict[str, Any]:
-    """Init container writing the Envoy bootstrap for this pod's proxy id into the emptyDir."""
+    """Init container writing the Envoy bootstrap for this pod's proxy id into the emptyDir (and, with
+    mTLS, the pod's first certificate)."""
     command = " ".join(
         [
             "cilia bootstrap",
             '--proxy "sidecar~${POD_NAMESPACE}/${POD_NAME}"',
             f"--xds {shlex.quote(cfg.xds_address)}",
             f"--admin-port {cfg.admin_port}",
+            *([f"--tls-dir {TLS_DIR}"] if cfg.xds_tls else []),
             *cfg.bootstrap_extra_args,
             f"-o yaml > {BOOTSTRAP_PATH}",
         ]
     )
+    if cfg.xds_tls:
+        command = f"{_cert_command(cfg)} && {command}"
     return {
         "name": BOOTSTRAP_CONTAINER,
         "image": cfg.cilia_image,
         "command": ["sh", "-c"],
         "args": [command],
-        "env": _downward_env(),
+        "env": [*_downward_env(), *_tls_env(cfg)],
         "resources": cfg.bootstrap_resources.to_k8s(),
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR}],
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
         "securityContext": _security_context(cfg),
     }
+
+
+def cert_renewer_container(cfg: InjectConfig) -> dict[str, Any]:
+    """Native sidecar renewing the pod's xDS certificate at 2/3 of its life (Envoy watches the files)."""
+    return {
+        "name": CERT_CONTAINER,
+        "image": cfg.cilia_image,
+        "command": ["sh", "-c"],
+        "args": [_cert_command(cfg, "--renew")],
+        "env": [*_downward_env(), *_tls_env(cfg)],
+        "resources": Resources("5m", "32Mi", "100m", "128Mi").to_k8s(),
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
+        "securityContext": _security_context(cfg),
+        "restartPolicy": "Always",
+    }
+
+
+def token_volume() -> dict[str, Any]:
+    """A projected ServiceAccount token for audience `cilia`: the pod's proof of identity to the issuer."""
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "cilia", "expirationSeconds": 3600, "path": "token"}}]}}
 
 
 def proxy_container(cfg: InjectConfig) -> dict[str, Any]:
@@ -300,12 +354,14 @@ def inject_pod_spec(
         raise InjectError(f"{label} already has a volume named {CONFIG_VOLUME!r}")
 
     proxy = proxy_container(cfg)
+    renewer = [cert_renewer_container(cfg)] if cfg.xds_tls else []
     if cfg.native_sidecar:
-        spec["initContainers"] = [bootstrap_container(cfg), proxy, *init]
+        spec["initContainers"] = [bootstrap_container(cfg), *renewer, proxy, *init]
     else:
         spec["initContainers"] = [bootstrap_container(cfg), *init]
-        spec["containers"] = [*containers, proxy]
-    spec["volumes"] = [*volumes, config_volume()]
+        spec["containers"] = [*containers, proxy, *[{k: v for k, v in c.items() if k != "restartPolicy"}
+                                                    for c in renewer]]
+    spec["volumes"] = [*volumes, config_volume(), *([token_volume()] if cfg.xds_tls else [])]
     meta["annotations"] = {
         **annotations,
         ANNOTATION_INJECTED: "true",

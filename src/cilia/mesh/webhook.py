@@ -127,14 +127,17 @@ def _refused(cfg: InjectConfig, code: int, message: str) -> dict[str, Any]:
 
 
 def make_webhook_app(
-    cfg: InjectConfig,
+    cfg: InjectConfig | Callable[[], InjectConfig],
     namespace_lookup: NamespaceLookup,
     *,
     max_body_bytes: int = MAX_REVIEW_BYTES,
 ) -> web.Application:
-    """The webhook as an aiohttp application: POST /mutate, GET /healthz."""
+    """The webhook as an aiohttp application: POST /mutate, GET /healthz. `cfg` may be a callable, read
+    per review (the CA bundle it carries changes on rotation)."""
+    config = cfg if callable(cfg) else (lambda: cfg)
 
     async def mutate(request: web.Request) -> web.Response:
+        cfg = config()
         try:
             review_request = _parse_review(await _read_body(request, max_body_bytes))
         except ReviewError as exc:

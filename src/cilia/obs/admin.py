@@ -24,7 +24,9 @@ def _json(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def make_admin_app(view: AdminView) -> web.Application:
+def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
+    """The admin app; `debug=False` serves only /healthz, /readyz and /metrics (for probes and scrapers
+    beyond loopback: nothing there shows a proxy's configuration)."""
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n" if view.healthy() else "unhealthy\n", status=200 if view.healthy() else 503)
 
@@ -69,6 +71,8 @@ def make_admin_app(view: AdminView) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if not debug:
+        return app
     app.router.add_get("/debug/proxies", proxies)
     app.router.add_get("/debug/config/{proxy_id:.+}", config)
     app.router.add_get("/debug/status", status)
