@@ -50,7 +50,6 @@ EXPECTED_KINDS = {
     "classes.yaml": ["IngressClass", "GatewayClass"],
     "webhook.yaml": ["MutatingWebhookConfiguration"],
     "kustomization.yaml": ["Kustomization"],
-    "optional/cert-manager.yaml": ["Issuer", "Certificate"],
 }
 
 
