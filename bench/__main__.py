@@ -15,19 +15,29 @@ from typing import Any
 from bench.common import machine, table, write_result
 
 XDS_HEADER = ["server", "xDS", "clients", "held", "connect s", "RSS MB", "CPU ms/change", "ack p50 ms",
-              "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all ms", "cilia/floor p99"]
+              "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all ms", "cilia/floor p99",
+              "cilia/gcp p99", "cilia/gcp CPU"]
+
+
+def _cpu_per_change(r: dict[str, Any]) -> float:
+    return float(r["server_cpu_s_changes"]) / max(1, r["changes"]) * 1000
 
 
 def xds_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
-    floor = {(r["variant"], r["clients"]): r for r in results if r["server"] == "floor"}
+    """One row per run; cilia's rows carry its ratios to the floor and go-control-plane of the same size."""
+    by = {(r["server"], r["variant"], r["clients"]): r for r in results}
+    nan = float("nan")
     rows = []
     for r in results:
-        f = floor.get((r["variant"], r["clients"]))
-        ratio = (r["client_ack_p99_ms"] / f["client_ack_p99_ms"]) if (f and r["server"] == "cilia") else float("nan")
+        key = (r["variant"], r["clients"])
+        f, g = by.get(("floor", *key)), by.get(("gcp", *key))
+        mine = r["server"] == "cilia"
         rows.append([r["server"], r["variant"], r["clients"], r["held"], r["connect_all_s"], r["rss_connected_mb"],
-                     r["server_cpu_s_changes"] / max(1, r["changes"]) * 1000, r["client_ack_p50_ms"],
-                     r["client_ack_p99_ms"], r["all_acked_p50_ms"], r["all_acked_max_ms"],
-                     r["trigger_to_all_acked_p50_ms"], ratio])
+                     _cpu_per_change(r), r["client_ack_p50_ms"], r["client_ack_p99_ms"], r["all_acked_p50_ms"],
+                     r["all_acked_max_ms"], r["trigger_to_all_acked_p50_ms"],
+                     r["client_ack_p99_ms"] / f["client_ack_p99_ms"] if (f and mine) else nan,
+                     r["client_ack_p99_ms"] / g["client_ack_p99_ms"] if (g and mine) else nan,
+                     _cpu_per_change(r) / max(1e-9, _cpu_per_change(g)) if (g and mine) else nan])
     return rows
 
 
@@ -38,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="delta,sotw", help="delta,sotw (default both)")
     p.add_argument("--changes", type=int, default=10, help="route changes per xDS case (default 10)")
     p.add_argument("--no-floor", action="store_true", help="skip the grpc.aio floor runs")
+    p.add_argument("--servers", default="cilia,floor,gcp",
+                   help="xDS servers to compare: cilia, floor (grpc.aio), gcp (go-control-plane); default all")
     p.add_argument("--services", type=int, default=5000, help="translation: Services (default 5000)")
     p.add_argument("--routes", type=int, default=10_000, help="translation: routes (default 10000)")
     p.add_argument("--envoy-routes", type=int, default=1000, help="real Envoy: routes (default 1000)")
@@ -55,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for n in [int(x) for x in args.clients.split(",") if x]:
             for variant in [v for v in args.variants.split(",") if v]:
-                for server in ("cilia",) if args.no_floor else ("cilia", "floor"):
+                servers = [x for x in args.servers.split(",") if x and not (args.no_floor and x == "floor")]
+                for server in servers:
                     prof = None
                     if args.profile is not None and server == "cilia":
                         args.profile.mkdir(parents=True, exist_ok=True)

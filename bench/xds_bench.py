@@ -63,8 +63,26 @@ endpoints: [{addresses: [127.1.0.1], conditions: {ready: true}}]
 """
 
 
+GCP_DIR = ROOT / "bench" / "peers" / "go-control-plane"
+
+
+def build_gcp() -> Path:
+    """The go-control-plane peer, built once into ~/.cache/cilia/peers (keyed by its sources)."""
+    import hashlib
+
+    digest = hashlib.sha256(b"".join((GCP_DIR / f).read_bytes() for f in ("main.go", "go.mod", "go.sum")))
+    out = Path(os.environ.get("CILIA_CACHE", Path.home() / ".cache" / "cilia")) / "peers" / \
+        f"gcp-{digest.hexdigest()[:12]}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOFLAGS": "-buildvcs=false", "GOTOOLCHAIN": "local"}
+        subprocess.run(["go", "build", "-o", str(out), "."], cwd=GCP_DIR, check=True, env=env, timeout=1800)
+    return out
+
+
 class Server:
-    """Either `cilia serve` over a manifest dir, or the floor; both subprocesses pinned to one CPU."""
+    """`cilia serve` over a manifest dir, the grpc.aio floor, or the go-control-plane peer ("gcp"); each a
+    subprocess pinned to one CPU."""
 
     def __init__(self, kind: str, cpu: int | None, ca_dir: Path | None = None) -> None:
         """With `ca_dir` (cilia only), clients connect to the mTLS port (`self.port`)."""
@@ -72,7 +90,7 @@ class Server:
         self.cpu = cpu
         self.ca_dir = ca_dir
         self.port = free_port()
-        self.plain_port = free_port()
+        self.plain_port = free_port()  # cilia with mTLS: its loopback plaintext port; gcp: the trigger port
         self.admin_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cilia-bench-"))
         self.log = self.dir / "server.log"
@@ -96,6 +114,9 @@ class Server:
                     "-f", str(self.dir / "manifests"), *xds,
                     "--admin", f"127.0.0.1:{self.admin_port}", "--debounce-quiet-ms", "5",
                     "--debounce-max-ms", "50", "--max-streams", "50000"]
+        elif self.kind == "gcp":
+            args = [str(build_gcp()), "-port", str(self.port), "-trigger-port", str(self.plain_port),
+                    "-route", ROUTE_NAME]
         else:
             args = [sys.executable, "-m", "bench.floor", str(self.port), ROUTE_NAME]
         self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=_env(),
@@ -118,6 +139,10 @@ class Server:
     def trigger(self, marker: int) -> None:
         if self.kind == "cilia":
             self.write_cec(marker)
+        elif self.kind == "gcp":
+            req = urllib.request.Request(f"http://127.0.0.1:{self.plain_port}/push?marker={marker}", method="POST")
+            with urllib.request.urlopen(req, timeout=10):
+                pass
         else:
             with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:
                 ch.unary_unary("/bench.Floor/Push")(str(marker).encode(), timeout=10)
@@ -141,7 +166,7 @@ class Server:
 
 @dataclass(frozen=True)
 class XdsCase:
-    server: str  # "cilia" | "floor"
+    server: str  # "cilia" | "floor" | "gcp"
     clients: int
     delta: bool
     changes: int = 10
