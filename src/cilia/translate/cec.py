@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from cilia.diagnostics import Issue
-from cilia.ir.model import Bundle, LabelRequirement, NodeSelector, ProxyScope, RawResource, ServiceRedirect
+from cilia.ir.model import (
+    NODE_STATIC_CLUSTERS,
+    Bundle,
+    LabelRequirement,
+    NodeSelector,
+    ProxyScope,
+    RawResource,
+    ServiceRedirect,
+)
 from cilia.k8s.cilium import EnvoyConfigSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.selector import LabelSelector
@@ -43,7 +51,8 @@ def to_node_selector(sel: LabelSelector) -> NodeSelector:
                                                for r in sel.match_expressions))
 
 
-Translated = tuple[Bundle | None, tuple[ServiceRedirect, ...], tuple[Issue, ...]]
+ClusterRef = tuple[str, str, str]  # (object, field, cluster name as resolved)
+Translated = tuple[Bundle | None, tuple[ServiceRedirect, ...], tuple[Issue, ...], tuple[ClusterRef, ...]]
 _MEMO: Memo[Translated] = Memo()  # per config, keyed by its content
 
 
@@ -51,20 +60,36 @@ def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> 
     bundles: list[Bundle] = []
     redirects: list[ServiceRedirect] = []
     issues: list[Issue] = []
+    refs: list[ClusterRef] = []
     for kind in ("CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig"):
         for obj in snapshot.list(kind):
             done = _MEMO.get((kind, obj.content_hash))
             if done is None:
                 done = _MEMO.put((kind, obj.content_hash), _translate_config(kind, obj))
-            bundle, more_redirects, more_issues = done
+            bundle, more_redirects, more_issues, more_refs = done
             if bundle is not None:
                 bundles.append(bundle)
+                refs.extend(more_refs)
             redirects.extend(more_redirects)
             issues.extend(more_issues)
     _MEMO.rotate()
     bundles, redirects, bound = _bind_addressless_listeners(bundles, redirects)
     issues.extend(bound)
-    return Partial(bundles=tuple(bundles), redirects=tuple(redirects), issues=tuple(issues))
+    return Partial(bundles=tuple(bundles), redirects=tuple(redirects), issues=tuple(issues),
+                   cluster_refs=tuple(refs))
+
+
+def dangling_cluster_refs(bundles: Iterable[Bundle], refs: Iterable[ClusterRef]) -> list[Issue]:
+    """Warnings for CiliumEnvoyConfig routes to clusters that nothing defines: no config (of any
+    translator) and not the node bootstrap's static clusters (NODE_STATIC_CLUSTERS)."""
+    known = set(NODE_STATIC_CLUSTERS)
+    for b in bundles:
+        known.update(c.name for c in b.clusters)
+        known.update(r.name for r in b.raw if r.type_url == T_CLUSTER)
+    return [Issue(obj, where, f"cluster {name!r} is defined by no config nor by the node bootstrap: Envoy rejects "
+                              "a listener whose inline routes use it, and answers 503 on other routes to it",
+                  severity="warning")
+            for obj, where, name in refs if name not in known]
 
 
 def _has_address(body: Mapping[str, Any]) -> bool:
@@ -158,19 +183,26 @@ def _translate_config(kind: str, obj: KubeObject) -> Translated:
         issues.append(Issue(ref, f.field, f.message, severity=f.severity))
         bad = bad or f.severity == "error"
     if bad:
-        return None, (), tuple(issues)  # an invalid config is rejected whole: half a config is worse than none
+        return None, (), tuple(issues), ()  # rejected whole: half a config is worse than none
     selector = to_node_selector(spec.node_selector) if spec.node_selector is not None else None
     scope = ProxyScope(CEC_SCOPE_ROLES, None, selector)
-    # As in Cilium, a service entry without `listener` means the config's first listener.
     listeners = [r.name for r in raws if r.type_url == T_LISTENER]
     redirects = []
     for i, s in enumerate(spec.services):
-        target = qualify(ns, obj.meta.name, s.listener, force=True) if s.listener else next(iter(listeners), "")
+        # As Cilium: a namespaced config redirects only Services of its own namespace; an entry without
+        # `listener` goes to the config's last listener.
+        svc_ns = s.namespace
+        if ns and svc_ns != ns:
+            issues.append(Issue(ref, f"spec.services[{i}].namespace",
+                                f"a CiliumEnvoyConfig redirects only Services in its own namespace: {ns}/{s.name} "
+                                f"is redirected, not {svc_ns}/{s.name}", severity="warning"))
+            svc_ns = ns
+        target = qualify(ns, obj.meta.name, s.listener, force=True) if s.listener else (listeners or [""])[-1]
         if target not in listeners:
             issues.append(Issue(ref, f"spec.services[{i}].listener",
-                                f"this config has no listener {s.listener or '(any)'!r}: Service {s.namespace}/"
+                                f"this config has no listener {s.listener or '(any)'!r}: Service {svc_ns}/"
                                 f"{s.name} is not redirected", severity="warning"))
             continue
-        redirects.append(ServiceRedirect(s.namespace, s.name, s.ports, target, scope, (ref,)))
+        redirects.append(ServiceRedirect(svc_ns, s.name, s.ports, target, scope, (ref,)))
     bundle = Bundle(key=f"cec:{kind}:{ns}/{obj.meta.name}", scope=scope, raw=tuple(raws), sources=(ref,))
-    return bundle, tuple(redirects), tuple(issues)
+    return bundle, tuple(redirects), tuple(issues), tuple((ref, f, c) for f, c in parser.cluster_refs)

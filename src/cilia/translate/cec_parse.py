@@ -125,22 +125,29 @@ class ConfigParser:
     findings: list[Finding] = field(default_factory=list)
     internal_listeners: set[str] = field(default_factory=set)  # qualified names of internal listeners
     internal_refs: list[tuple[str, str]] = field(default_factory=list)  # (field, qualified listener)
+    cluster_refs: list[tuple[str, str]] = field(default_factory=list)  # (field, cluster as resolved)
 
     def q(self, name: str, *, force: bool = False) -> str:
         return qualify(self.namespace, self.name, name, force=force)
 
-    def cluster_ref(self, name: str) -> str:
+    def cluster_ref(self, name: str, where: str) -> str:
         """A reference to a cluster: one of the node bootstrap's, unless this config defines that name."""
         if name not in self.defined_clusters and name in BOOTSTRAP_ALIASES:
-            return BOOTSTRAP_ALIASES[name]
-        return self.q(name)
+            resolved = BOOTSTRAP_ALIASES[name]
+        else:
+            resolved = self.q(name)
+        self.cluster_refs.append((where, resolved))
+        return resolved
+
+    def _ref(self, m: Any, name: str, where: str) -> None:
+        _rename(m, name, lambda n: self.cluster_ref(n, f"{where}.{name}"))
 
     # -- per resource type ------------------------------------------------------------------------
     def parse(self, type_url: str, body: MutableMapping[str, Any], path: str) -> None:
         if type_url == T_LISTENER:
             self._listener(body, path)
         elif type_url == T_ROUTE:
-            self._route_config(body)
+            self._route_config(body, path)
         elif type_url == T_CLUSTER:
             self._cluster(body, path)
         elif type_url == T_ENDPOINT:
@@ -182,7 +189,7 @@ class ConfigParser:
             if isinstance(rds, MutableMapping):
                 _rename(rds, "route_config_name", lambda n: self.q(n, force=True))
                 _fill(rds, "config_source", ADS_SOURCE)
-            self._route_config(child(cfg, "route_config"))
+            self._route_config(child(cfg, "route_config"), f"{path}.typed_config.route_config")
             for i, hf in enumerate(children(cfg, "http_filters")):
                 self._named_filter(hf, f"{path}.typed_config.http_filters[{i}]")
                 hcfg = child(hf, "typed_config")
@@ -191,9 +198,9 @@ class ConfigParser:
                     if k is not None and isinstance(hcfg[k], MutableMapping):
                         hcfg[k] = {self.q(c): v for c, v in hcfg[k].items()}
         elif cfg.get("@type") == TCP_PROXY:
-            _rename(cfg, "cluster", self.cluster_ref)
-            for wc in children(child(cfg, "weighted_clusters"), "clusters"):
-                _rename(wc, "name", self.cluster_ref)
+            self._ref(cfg, "cluster", f"{path}.typed_config")
+            for i, wc in enumerate(children(child(cfg, "weighted_clusters"), "clusters")):
+                self._ref(wc, "name", f"{path}.typed_config.weighted_clusters.clusters[{i}]")
 
     def _named_filter(self, f: Any, path: str) -> None:
         """A filter with a name and neither typed_config nor config_discovery: fill in its empty config."""
@@ -213,19 +220,20 @@ class ConfigParser:
         self.findings.append(Finding(f"{path}.typed_config", (
             f"not set: filter {name!r} gets the empty config {type_url.rsplit('/', 1)[-1]}"), "info"))
 
-    def _route_config(self, rc: Any) -> None:
+    def _route_config(self, rc: Any, path: str) -> None:
         if not isinstance(rc, MutableMapping):
             return
         _rename(rc, "name", lambda n: self.q(n, force=True))
-        for vh in children(rc, "virtual_hosts"):
+        for i, vh in enumerate(children(rc, "virtual_hosts")):
             _rename(vh, "name", lambda n: self.q(n, force=True))
-            for route in children(vh, "routes"):
+            for j, route in enumerate(children(vh, "routes")):
+                where = f"{path}.virtual_hosts[{i}].routes[{j}].route"
                 action = child(route, "route")
-                _rename(action, "cluster", self.cluster_ref)
-                for wc in children(child(action, "weighted_clusters"), "clusters"):
-                    _rename(wc, "name", self.cluster_ref)
-                for mirror in children(action, "request_mirror_policies"):
-                    _rename(mirror, "cluster", self.cluster_ref)
+                self._ref(action, "cluster", where)
+                for k, wc in enumerate(children(child(action, "weighted_clusters"), "clusters")):
+                    self._ref(wc, "name", f"{where}.weighted_clusters.clusters[{k}]")
+                for k, mirror in enumerate(children(action, "request_mirror_policies")):
+                    self._ref(mirror, "cluster", f"{where}.request_mirror_policies[{k}]")
 
     def _tls(self, ts: Any) -> None:
         """SDS secret names inside a transport socket's TLS context: qualified, config source filled in."""

@@ -63,6 +63,8 @@ class Partial:
     redirects: tuple[ServiceRedirect, ...] = ()
     statuses: tuple[ObjectStatus, ...] = ()
     issues: tuple[Issue, ...] = ()
+    # CiliumEnvoyConfig references to clusters, (object, field, cluster), checked against all bundles
+    cluster_refs: tuple[tuple[str, str, str], ...] = ()
 
 
 V = TypeVar("V")
