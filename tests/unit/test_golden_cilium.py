@@ -2,7 +2,8 @@
 
 Each tests/golden/cilium/<case>/ holds input.yaml (manifests of our own that re-express one case of
 Cilium's parser tests, `cec_resource_parser_test.go`, or of its controller scripts, `testdata/*.txtar`),
-expected.yaml (what `cilia translate` gives for `node~local`, with every endpoint of the pool, the
+expected.yaml (what `cilia translate` gives for `node~local`, or the proxies listed in proxy.txt, with
+every endpoint of the pool, the
 Service redirects, and the issue texts; regenerated with `--update-golden`), and cilium.yaml: the facts
 Cilium's case asserts (qualified names, filled-in config sources and defaults, rejections), checked
 against the output on their own, so a regenerated golden cannot quietly drop one.
@@ -24,7 +25,7 @@ import yaml
 
 from cilia.identity import ProxyId
 from cilia.render.dump import proxy_config_json
-from support.golden import assert_golden, golden_cases, issue_texts, translate_case
+from support.golden import assert_golden, case_proxies, golden_cases, issue_texts, translate_case
 
 CASES = golden_cases("cilium")
 PROXY = "node~local"
@@ -32,8 +33,8 @@ PROXY = "node~local"
 
 def run_case(case: Path) -> dict[str, Any]:
     _, result, world = translate_case(case)
-    out: dict[str, Any] = {PROXY: proxy_config_json(world.for_proxy(ProxyId.parse(PROXY)),
-                                                    only_referenced_endpoints=False)}
+    out: dict[str, Any] = {p: proxy_config_json(world.for_proxy(ProxyId.parse(p)), only_referenced_endpoints=False)
+                           for p in case_proxies(case, [PROXY])}
     out["redirects"] = [{"service": f"{r.namespace}/{r.service}", "ports": list(r.ports), "listener": r.listener,
                          "listener_port": r.listener_port} for r in result.ir.redirects]
     out["issues"] = issue_texts(case, result.issues, world.issues)
@@ -57,7 +58,7 @@ def check_cilium_facts(case: Path, got: dict[str, Any]) -> int:
     spec = yaml.safe_load((case / "cilium.yaml").read_text())
     assert spec.get("case"), f"{case.name}/cilium.yaml names no Cilium case"
     issues = got["issues"]
-    served = yaml.safe_dump(got[PROXY])
+    served = yaml.safe_dump({p: v for p, v in got.items() if "~" in p})
     for fact in spec["expect"]:
         if "issue" in fact:
             assert any(fact["issue"] in i for i in issues), f"{case.name}: no issue says {fact['issue']!r}: {issues}"
