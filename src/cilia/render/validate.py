@@ -11,6 +11,7 @@ be NACKed, but one it rejects would be too.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -42,20 +43,77 @@ def _rules(field: FieldDescriptor) -> validate_pb2.FieldRules | None:
     return opts.Extensions[validate_pb2.rules]
 
 
-@lru_cache(maxsize=4096)
-def _required_oneofs(desc: Descriptor) -> tuple[str, ...]:
-    out = []
-    for o in desc.oneofs:
-        opts = o.GetOptions()
-        if opts.HasExtension(validate_pb2.required) and opts.Extensions[validate_pb2.required]:
-            out.append(o.name)
-    return tuple(out)
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What to look at in messages of one type, worked out once per type."""
+
+    checked: bool  # False: neither this type nor anything it can hold has a rule
+    oneofs: tuple[str, ...]  # oneofs that must be set
+    # Fields whose rules fail when the field is left unset (at its default): (number, name, what is wrong).
+    unset: tuple[tuple[int, str, str], ...]
+    fields: frozenset[int]  # fields worth a look when set: with rules, or holding something with rules
 
 
-@lru_cache(maxsize=4096)
-def _disabled(desc: Descriptor) -> bool:
+_PLANS: dict[str, _Plan] = {}
+
+
+def _plan(desc: Descriptor) -> _Plan:
+    plan = _PLANS.get(desc.full_name)
+    if plan is None:
+        # A type that holds itself: while its plan is being made, assume it has rules everywhere.
+        _PLANS[desc.full_name] = _Plan(True, (), (), frozenset(f.number for f in desc.fields))
+        plan = _PLANS[desc.full_name] = _make_plan(desc)
+    return plan
+
+
+def _make_plan(desc: Descriptor) -> _Plan:
     opts = desc.GetOptions()
-    return any(opts.HasExtension(ext) and opts.Extensions[ext] for ext in (validate_pb2.disabled, validate_pb2.ignored))
+    if any(opts.HasExtension(ext) and opts.Extensions[ext] for ext in (validate_pb2.disabled, validate_pb2.ignored)):
+        return _Plan(False, (), (), frozenset())
+    oneofs = []
+    for o in desc.oneofs:
+        o_opts = o.GetOptions()
+        if o_opts.HasExtension(validate_pb2.required) and o_opts.Extensions[validate_pb2.required]:
+            oneofs.append(o.name)
+    unset: list[tuple[int, str, str]] = []
+    fields = set()
+    for field in desc.fields:
+        rules = _rules(field)
+        is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+        if rules is not None:
+            fields.add(field.number)
+            problem = _unset_problem(field, rules)
+            if problem:
+                unset.append((field.number, field.name, problem))
+        elif is_message and (field.message_type.full_name == "google.protobuf.Any"
+                             or _plan(field.message_type).checked):
+            fields.add(field.number)
+    return _Plan(bool(oneofs or fields), tuple(oneofs), tuple(unset), frozenset(fields))
+
+
+def _unset_problem(field: FieldDescriptor, rules: validate_pb2.FieldRules) -> str:
+    """What the rules say about the field left at its default ("" if that is fine); the same for every
+    message of its type, so it is worked out once."""
+    kind = _kind(rules)
+    if field.is_repeated:
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            if kind == "map" and rules.map.min_pairs and not rules.map.ignore_empty:
+                return f"must have at least {rules.map.min_pairs} entr(ies), has 0"
+        elif kind == "repeated" and rules.repeated.min_items and not rules.repeated.ignore_empty:
+            return f"must have at least {rules.repeated.min_items} item(s), has 0"
+        return ""
+    if field.containing_oneof is not None:
+        return ""  # only the member of a oneof that is set is checked
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if (rules.HasField("message") and rules.message.required) or \
+                (kind in ("duration", "timestamp", "any") and getattr(rules, kind).required):
+            return "value is required"
+        return ""
+    if field.has_presence:
+        return ""  # an optional scalar is checked only when set
+    errors: list[str] = []
+    _scalar(field.default_value, rules, field, "", errors)
+    return errors[0].removeprefix(": ") if errors else ""
 
 
 def validate_message(msg: Message) -> list[str]:
@@ -78,14 +136,23 @@ def _message(msg: Message, path: str, errors: list[str], depth: int) -> None:
         if inner is not None:
             _message(inner, path, errors, depth + 1)
         return
-    if _disabled(desc):
+    plan = _plan(desc)
+    if not plan.checked:
         return
-    for oneof in _required_oneofs(desc):
+    for oneof in plan.oneofs:
         if msg.WhichOneof(oneof) is None:
             choices = ", ".join(f.name for f in desc.oneofs_by_name[oneof].fields)
             errors.append(f"{_join(path, oneof)}: one of {choices} is required")
-    for field in desc.fields:
-        _field(msg, field, _join(path, field.name), errors, depth)
+    listed = msg.ListFields()
+    wanted = plan.fields
+    for field, value in listed:
+        if field.number in wanted:
+            _field(field, value, _join(path, field.name), errors, depth)
+    if plan.unset:
+        present = {field.number for field, _ in listed}
+        for number, name, problem in plan.unset:
+            if number not in present:
+                errors.append(f"{_join(path, name)}: {problem}")
 
 
 def _unpack(msg: Message) -> Message | None:
@@ -102,40 +169,25 @@ def _unpack(msg: Message) -> Message | None:
     return inner
 
 
-def _field(msg: Message, field: FieldDescriptor, path: str, errors: list[str], depth: int) -> None:
+def _field(field: FieldDescriptor, value: Any, path: str, errors: list[str], depth: int) -> None:
+    """A field that is set."""
     rules = _rules(field)
-    is_message = field.type == FieldDescriptor.TYPE_MESSAGE
     if field.is_repeated:
-        values = getattr(msg, field.name)
-        if is_message and field.message_type.GetOptions().map_entry:
-            _map(values, field, rules, path, errors, depth)
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            _map(value, field, rules, path, errors, depth)
         else:
-            _repeated(list(values), field, rules, path, errors, depth)
+            _repeated(list(value), field, rules, path, errors, depth)
         return
-    present = msg.HasField(field.name) if (is_message or field.containing_oneof is not None
-                                           or field.has_presence) else True
-    if field.containing_oneof is not None and not present:
-        return  # only the member of a oneof that is set is checked
-    if is_message:
-        if rules is not None and rules.HasField("message") and rules.message.required and not present:
-            errors.append(f"{path}: value is required")
-            return
-        if not present:
-            if rules is not None and _kind(rules) in ("duration", "timestamp", "any") and \
-                    getattr(rules, _kind(rules)).required:
-                errors.append(f"{path}: value is required")
-            return
-        value = getattr(msg, field.name)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
         if rules is not None:
             _message_rules(value, rules, path, errors)
             if rules.HasField("message") and rules.message.skip:
                 return
-        if field.name in OPAQUE_ANY_FIELDS:
-            return
-        _message(value, path, errors, depth + 1)
+        if field.name not in OPAQUE_ANY_FIELDS:
+            _message(value, path, errors, depth + 1)
         return
-    if present and rules is not None:
-        _scalar(getattr(msg, field.name), rules, field, path, errors)
+    if rules is not None:
+        _scalar(value, rules, field, path, errors)
 
 
 def _kind(rules: validate_pb2.FieldRules) -> str:

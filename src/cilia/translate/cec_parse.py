@@ -28,8 +28,7 @@ Where cilia goes further (docs/cilium-compatibility.md):
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,6 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-ADS_SOURCE: dict[str, Any] = {"ads": {}, "resource_api_version": "V3"}
 # Cilium's defaults for a cluster that sets no circuit breakers.
 CIRCUIT_BREAKER_DEFAULTS: dict[str, int] = {"max_retries": 128, "max_connections": 1024, "max_requests": 1024}
 # A reference, as written, -> the node bootstrap's cluster it means.
@@ -69,7 +67,7 @@ def qualify(namespace: str, cec: str, name: str, *, force: bool = False) -> str:
     return f"{namespace}/{cec}/{name}"
 
 
-def key_of(m: MutableMapping[str, Any], snake: str) -> str | None:
+def key_of(m: dict[str, Any], snake: str) -> str | None:
     """Proto JSON accepts snake_case and lowerCamelCase; return whichever spelling is present."""
     if snake in m:
         return snake
@@ -79,7 +77,7 @@ def key_of(m: MutableMapping[str, Any], snake: str) -> str | None:
 
 
 def child(m: Any, name: str) -> Any:
-    if isinstance(m, MutableMapping):
+    if isinstance(m, dict):  # resource JSON is plain dicts and lists (a private copy of the object's)
         k = key_of(m, name)
         if k is not None:
             return m[k]
@@ -91,21 +89,29 @@ def children(m: Any, name: str) -> list[Any]:
     return v if isinstance(v, list) else []
 
 
-def resource_name(type_url: str, body: MutableMapping[str, Any]) -> str:
+def resource_name(type_url: str, body: dict[str, Any]) -> str:
     value = child(body, "cluster_name" if type_url == T_ENDPOINT else "name")
     return value if isinstance(value, str) else ""
 
 
 def _rename(m: Any, name: str, fn: Callable[[str], str]) -> None:
-    if isinstance(m, MutableMapping):
+    if isinstance(m, dict):
         k = key_of(m, name)
         if k is not None and isinstance(m[k], str):
             m[k] = fn(m[k])
 
 
-def _fill(m: Any, name: str, value: Any) -> None:
-    if isinstance(m, MutableMapping) and key_of(m, name) is None:
-        m[name] = copy.deepcopy(value)
+def _fill(m: Any, name: str, make: Callable[[], Any]) -> None:
+    if isinstance(m, dict) and key_of(m, name) is None:
+        m[name] = make()
+
+
+def ads_source() -> dict[str, Any]:
+    return {"ads": {}, "resource_api_version": "V3"}
+
+
+def default_circuit_breakers() -> dict[str, Any]:
+    return {"thresholds": [dict(CIRCUIT_BREAKER_DEFAULTS)]}
 
 
 @dataclass(slots=True)
@@ -143,7 +149,7 @@ class ConfigParser:
         _rename(m, name, lambda n: self.cluster_ref(n, f"{where}.{name}"))
 
     # -- per resource type ------------------------------------------------------------------------
-    def parse(self, type_url: str, body: MutableMapping[str, Any], path: str) -> None:
+    def parse(self, type_url: str, body: dict[str, Any], path: str) -> None:
         if type_url == T_LISTENER:
             self._listener(body, path)
         elif type_url == T_ROUTE:
@@ -164,7 +170,7 @@ class ConfigParser:
                 self.findings.append(Finding(where, f"missing internal listener: {parts[2]} (this config has no "
                                                     f"listener {parts[2]!r} with internal_listener set)"))
 
-    def _listener(self, body: MutableMapping[str, Any], path: str) -> None:
+    def _listener(self, body: dict[str, Any], path: str) -> None:
         _rename(body, "name", lambda n: self.q(n, force=True))
         if child(body, "internal_listener") is not None:
             self.internal_listeners.add(resource_name(T_LISTENER, body))
@@ -182,20 +188,20 @@ class ConfigParser:
 
     def _network_filter(self, f: Any, path: str) -> None:
         cfg = child(f, "typed_config")
-        if not isinstance(cfg, MutableMapping):
+        if not isinstance(cfg, dict):
             return
         if cfg.get("@type") == HCM:
             rds = child(cfg, "rds")
-            if isinstance(rds, MutableMapping):
+            if isinstance(rds, dict):
                 _rename(rds, "route_config_name", lambda n: self.q(n, force=True))
-                _fill(rds, "config_source", ADS_SOURCE)
+                _fill(rds, "config_source", ads_source)
             self._route_config(child(cfg, "route_config"), f"{path}.typed_config.route_config")
             for i, hf in enumerate(children(cfg, "http_filters")):
                 self._named_filter(hf, f"{path}.typed_config.http_filters[{i}]")
                 hcfg = child(hf, "typed_config")
-                if isinstance(hcfg, MutableMapping) and hcfg.get("@type") == HEALTH_CHECK:
+                if isinstance(hcfg, dict) and hcfg.get("@type") == HEALTH_CHECK:
                     k = key_of(hcfg, "cluster_min_healthy_percentages")
-                    if k is not None and isinstance(hcfg[k], MutableMapping):
+                    if k is not None and isinstance(hcfg[k], dict):
                         hcfg[k] = {self.q(c): v for c, v in hcfg[k].items()}
         elif cfg.get("@type") == TCP_PROXY:
             self._ref(cfg, "cluster", f"{path}.typed_config")
@@ -204,7 +210,7 @@ class ConfigParser:
 
     def _named_filter(self, f: Any, path: str) -> None:
         """A filter with a name and neither typed_config nor config_discovery: fill in its empty config."""
-        if not isinstance(f, MutableMapping) or key_of(f, "typed_config") is not None \
+        if not isinstance(f, dict) or key_of(f, "typed_config") is not None \
                 or key_of(f, "config_discovery") is not None:
             return
         name = f.get("name")
@@ -221,7 +227,7 @@ class ConfigParser:
             f"not set: filter {name!r} gets the empty config {type_url.rsplit('/', 1)[-1]}"), "info"))
 
     def _route_config(self, rc: Any, path: str) -> None:
-        if not isinstance(rc, MutableMapping):
+        if not isinstance(rc, dict):
             return
         _rename(rc, "name", lambda n: self.q(n, force=True))
         for i, vh in enumerate(children(rc, "virtual_hosts")):
@@ -238,7 +244,7 @@ class ConfigParser:
     def _tls(self, ts: Any) -> None:
         """SDS secret names inside a transport socket's TLS context: qualified, config source filled in."""
         cfg = child(ts, "typed_config")
-        if not isinstance(cfg, MutableMapping) or cfg.get("@type") not in (DOWNSTREAM_TLS, UPSTREAM_TLS):
+        if not isinstance(cfg, dict) or cfg.get("@type") not in (DOWNSTREAM_TLS, UPSTREAM_TLS):
             return
         common = child(cfg, "common_tls_context")
         sds = [*children(common, "tls_certificate_sds_secret_configs"),
@@ -247,25 +253,25 @@ class ConfigParser:
         if cfg.get("@type") == DOWNSTREAM_TLS:
             sds.append(child(cfg, "session_ticket_keys_sds_secret_config"))
         for sc in sds:
-            if isinstance(sc, MutableMapping):
-                _fill(sc, "sds_config", ADS_SOURCE)
+            if isinstance(sc, dict):
+                _fill(sc, "sds_config", ads_source)
                 _rename(sc, "name", self.q)
 
-    def _cluster(self, body: MutableMapping[str, Any], path: str) -> None:
+    def _cluster(self, body: dict[str, Any], path: str) -> None:
         self._tls(child(body, "transport_socket"))
-        _fill(body, "circuit_breakers", {"thresholds": [CIRCUIT_BREAKER_DEFAULTS]})
+        _fill(body, "circuit_breakers", default_circuit_breakers)
         eds = child(body, "eds_cluster_config")
         if child(body, "type") == "EDS":
-            if not isinstance(eds, MutableMapping):
+            if not isinstance(eds, dict):
                 eds = body["eds_cluster_config"] = {}
-            _fill(eds, "eds_config", ADS_SOURCE)
+            _fill(eds, "eds_config", ads_source)
         _rename(eds, "service_name", self.q)
         la = child(body, "load_assignment")
-        if isinstance(la, MutableMapping):
+        if isinstance(la, dict):
             self._load_assignment(la, f"{path}.load_assignment")
         _rename(body, "name", self.q)
 
-    def _load_assignment(self, cla: MutableMapping[str, Any], path: str) -> None:
+    def _load_assignment(self, cla: dict[str, Any], path: str) -> None:
         _rename(cla, "cluster_name", self.q)
         for i, locality in enumerate(children(cla, "endpoints")):
             for j, lbe in enumerate(children(locality, "lb_endpoints")):
@@ -276,7 +282,7 @@ class ConfigParser:
                               for k, a in enumerate(children(ep, "additional_addresses"))]
                 for at, address in addresses:
                     internal = child(address, "envoy_internal_address")
-                    if isinstance(internal, MutableMapping):
+                    if isinstance(internal, dict):
                         _rename(internal, "server_listener_name", self.q)
                         target = child(internal, "server_listener_name")
                         if isinstance(target, str) and target:
