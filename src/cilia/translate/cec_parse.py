@@ -46,6 +46,7 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 HEALTH_CHECK = "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Cilium's defaults for a cluster that sets no circuit breakers.
 CIRCUIT_BREAKER_DEFAULTS: dict[str, int] = {"max_retries": 128, "max_connections": 1024, "max_requests": 1024}
 # A reference, as written, -> the node bootstrap's cluster it means.
@@ -259,6 +260,10 @@ class ConfigParser:
 
     def _cluster(self, body: dict[str, Any], path: str) -> None:
         self._tls(child(body, "transport_socket"))
+        options = child(body, "typed_extension_protocol_options")
+        http = child(options, HTTP_OPTIONS) if isinstance(options, dict) else None
+        for i, hf in enumerate(children(http, "http_filters")):
+            self._named_filter(hf, f"{path}.typed_extension_protocol_options[{HTTP_OPTIONS}].http_filters[{i}]")
         _fill(body, "circuit_breakers", default_circuit_breakers)
         eds = child(body, "eds_cluster_config")
         if child(body, "type") == "EDS":
