@@ -47,6 +47,13 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
                    help="percent of requests Envoy traces when --envoy-otel-collector is set (default 100)")
     p.add_argument("--envoy-listener-stat-prefix", action="store_true",
                    help="name Envoy's listener stats after the listener (listener.<name>.*)")
+    p.add_argument("--ingress-controller-name", dest="ingress_controller_names", action="append", default=[],
+                   metavar="NAME", help="also serve IngressClasses of this controller (repeatable; e.g. "
+                   "cilium.io/ingress-controller, which also claims class 'cilium'); cilia.io/ingress-controller "
+                   "is always served")
+    p.add_argument("--gateway-controller-name", dest="gateway_controller_names", action="append", default=[],
+                   metavar="NAME", help="also serve GatewayClasses of this controller (repeatable; e.g. "
+                   "io.cilium/gateway-controller); cilia.io/gateway-controller is always served")
 
 
 def _translate_options(args: argparse.Namespace) -> Any:
@@ -70,7 +77,19 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port,
                             envoy_otel_collector=args.envoy_otel_collector,
                             envoy_tracing_sampling=args.envoy_tracing_sampling,
-                            envoy_listener_stat_prefix=args.envoy_listener_stat_prefix)
+                            envoy_listener_stat_prefix=args.envoy_listener_stat_prefix,
+                            ingress_controllers=_controllers("cilia.io/ingress-controller",
+                                                             args.ingress_controller_names),
+                            gateway_controllers=_controllers("cilia.io/gateway-controller",
+                                                             args.gateway_controller_names))
+
+
+def _controllers(default: str, extra: list[str]) -> tuple[str, ...]:
+    """cilia's own controller name, then the claimed ones (each once, in the order given)."""
+    for name in extra:
+        if not name.strip() or name != name.strip():
+            raise SystemExit(f"cilia: controller name {name!r} must be non-empty without surrounding spaces")
+    return tuple(dict.fromkeys([default, *extra]))
 
 
 def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:

@@ -106,8 +106,10 @@ def test_admin_on_loopback_and_ads_everywhere() -> None:
     assert cfg["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
     assert cfg["dynamic_resources"]["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
     assert cfg["dynamic_resources"]["lds_config"] == {"ads": {}, "resource_api_version": "V3"}
-    (xds,) = cfg["static_resources"]["clusters"]
+    xds = cfg["static_resources"]["clusters"][0]
     assert xds["name"] == XDS_CLUSTER and xds["type"] == "STRICT_DNS"  # a host name is resolved
+    gw = bootstrap_config(ProxyId.parse("gateway~infra/edge"), "cilia.cilia-system.svc:18000", env={})
+    assert [c["name"] for c in gw["static_resources"]["clusters"]] == [XDS_CLUSTER]
     assert "listeners" not in cfg["static_resources"]  # no readiness listener for a node proxy by default
     ip = bootstrap_config(ProxyId.parse("node~n"), "[::1]:18000", env={})
     assert ip["static_resources"]["clusters"][0]["type"] == "STATIC"
@@ -154,3 +156,19 @@ def test_cli_rejects_bad_input_with_exit_2() -> None:
     assert out.returncode == 2 and "not-an-ip" in out.stderr
     out = cli_bootstrap("--proxy", "nobody~x")
     assert out.returncode == 2 and "unknown role" in out.stderr
+
+
+def test_node_proxy_has_ciliums_static_clusters() -> None:
+    """CiliumEnvoyConfigs written for Cilium route to these names: the node bootstrap defines them."""
+    cfg = bootstrap_config(ProxyId.parse("node~n"), "127.0.0.1:18000", 15123, env={})
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    assert set(clusters) == {XDS_CLUSTER, "/envoy-admin", "egress-cluster", "egress-cluster-tls",
+                             "ingress-cluster", "ingress-cluster-tls"}
+    admin = clusters["/envoy-admin"]
+    assert admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"] == {"address": "127.0.0.1", "port_value": 15123}  # this Envoy's own admin
+    for name in ("egress-cluster", "ingress-cluster", "egress-cluster-tls", "ingress-cluster-tls"):
+        c = clusters[name]
+        assert (c["type"], c["lb_policy"]) == ("ORIGINAL_DST", "CLUSTER_PROVIDED")
+        tls = c.get("transport_socket", {}).get("typed_config", {}).get("@type", "")
+        assert tls.endswith("UpstreamTlsContext") == name.endswith("-tls")

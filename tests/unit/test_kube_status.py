@@ -14,7 +14,7 @@ from cilia.diagnostics import Issue
 from cilia.k8s.kubeapi import KubeApi
 from cilia.k8s.kubesource import KubernetesSource, ObservedObject, WatchOptions
 from cilia.k8s.registry import KindSpec, register_kind
-from cilia.k8s.statuswriter import Nack, StatusWriter, WriteLimits, envoy_config_statuses
+from cilia.k8s.statuswriter import Nack, StatusWriter, WriteLimits, current_nacks, envoy_config_statuses
 from cilia.k8s.store import Store
 from cilia.translate.context import ObjectStatus
 from kubefake import FakeApiServer
@@ -287,3 +287,61 @@ def test_envoy_config_conditions_and_nack_attribution() -> None:
             for s in envoy_config_statuses(configs[:3], [], ccec_nack)}
     assert out2 == {("CiliumEnvoyConfig", "default"): "True", ("CiliumEnvoyConfig", "team-default"): "True",
                     ("CiliumClusterwideEnvoyConfig", ""): "False"}
+
+
+def test_each_rejected_resource_keeps_its_own_nack_until_fixed_or_removed() -> None:
+    """Envoy's words per rejected resource: a later NACK or ACK of other resources (Delta sends only
+    what changed) does not end an earlier rejection; an ACKed new version or a removal does."""
+    from cilia.xds.status import StatusRegistry, TypeStatus, about
+
+    lds = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    reg = StatusRegistry()
+    ps = reg.connected("node~n1", "delta", "envoy")
+    ts: TypeStatus = ps.type(lds)
+    ts.version_sent = "v1"
+    ts.settle((["/a/a"], False), "Error adding/updating listener(s) /a/a: route: unknown cluster '/x'\n")
+    ts.version_sent = "v2"
+    ts.settle((["/b/b", "default/ok/l"], False),
+              "Error adding/updating listener(s) /b/b: route: unknown cluster '/y'\n")
+    assert ts.rejected == {"/a/a": "route: unknown cluster '/x'", "/b/b": "route: unknown cluster '/y'"}
+    assert ts.state == "NACKED"
+    cl = ps.type(cds)
+    cl.version_sent = "v1"
+    cl.settle((["/a/c", "/b/c:80", "/b/c"], False),
+              "Error adding/updating cluster(s) /a/c: bad one, with a comma, /b/c:80: bad two")
+    assert cl.rejected == {"/a/c": "bad one, with a comma", "/b/c:80": "bad two"}  # /b/c was applied
+
+    configs = [ObservedObject("CiliumClusterwideEnvoyConfig", "", n, "cilium.io/v2", 1, "1", None)
+               for n in ("a", "b", "ok")]
+    out = {s.name: s.status["conditions"][1] for s in envoy_config_statuses(configs, [], current_nacks(reg))}
+    assert out["a"]["status"] == "False" and "unknown cluster '/x'" in out["a"]["message"] \
+        and "bad one, with a comma" in out["a"]["message"] and "/y" not in out["a"]["message"]
+    assert out["b"]["status"] == "False" and "unknown cluster '/y'" in out["b"]["message"] \
+        and "bad two" in out["b"]["message"] and "bad one" not in out["b"]["message"]
+    assert out["ok"]["status"] == "True"
+
+    ts.settle((["/a/a"], False), "")  # a fixed /a/a is ACKed
+    ts.forget(["/b/b"])  # /b/b removed
+    assert ts.rejected == {} and ts.state != "NACKED"
+    # SotW: every response is the whole set; what it lacks is gone.
+    cl.settle((["/a/c"], True), "")
+    assert cl.rejected == {}
+    # A NACK naming none of several resources is kept as text; one resource: that resource.
+    cl.settle((["/a/c", "/b/c"], False), "something went wrong")
+    assert cl.unattributed == "something went wrong" and cl.rejected == {}
+    cl.settle((["/a/c"], False), "something else")
+    assert cl.rejected == {"/a/c": "something else"}
+    assert about("x /a/ab: no", "/a/a") == "x /a/ab: no"  # a longer name is not this one
+
+
+def test_current_nacks_without_resource_names_fall_back_to_the_text() -> None:
+    from cilia.xds.status import StatusRegistry
+
+    reg = StatusRegistry()
+    rds = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+    ts = reg.connected("node~n1", "sotw", "envoy").type(rds)
+    ts.version_sent = "v1"
+    ts.last_nack, ts.last_nack_version = "route: unknown cluster 'default/web/x'", "v1"
+    (n,) = current_nacks(reg)
+    assert (n.resource, n.message) == ("", "route: unknown cluster 'default/web/x'")

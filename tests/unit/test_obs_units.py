@@ -116,7 +116,8 @@ def test_status_views() -> None:
     proxies = {"node~a": {"connected": True, "streams": 1, "variant": "delta", "connected_since": 1.0,
                           "user_agent": "envoy/1.40", "types": {
                               "listeners": {"state": "NACKED", "last_nack": "bad\nfilter chain " + "x" * 200,
-                                            "last_nack_version": "v2", "version_sent": "v2", "acks": 1, "nacks": 1},
+                                            "last_nack_version": "v2", "version_sent": "v2", "acks": 1, "nacks": 1,
+                                            "rejected": {"/a/l": "route: unknown\n cluster 'x'"}},
                               "routes": {"state": "SYNCED", "version_sent": "r1", "version_acked": "r1"}}}}
     table = status_table(proxies)
     row = table.splitlines()[1]
@@ -125,6 +126,7 @@ def test_status_views() -> None:
     detail = proxy_detail("node~a", proxies["node~a"])
     assert "Last NACK of listeners (version v2, rejected, still in force)" in detail
     assert "  filter chain" in detail
+    assert "Rejected listeners (still in force):\n  /a/l: route: unknown cluster 'x'" in detail
     assert "(no proxies have connected)" in status_table({})
 
 

@@ -106,5 +106,8 @@ spec:
     world = render_world(translate(snap).ir)
     msg = api.NodeRedirectPolicy()
     msg.ParseFromString(world.for_proxy(ProxyId.parse("agent~n1")).of(REDIRECT_POLICY)["n1"].body)
-    # No `listener`: the config's first listener, as in Cilium; only the listed Service port.
-    assert [(s.vip, s.port, s.listener_port) for s in msg.services] == [("127.96.0.10", 80, 17000)]
+    # No `listener`: as in Cilium, the config's last listener (Cilium's agent takes the port of the last
+    # one it sees); only the listed Service port.
+    second = translate(snap).ir.redirects[0]
+    assert second.listener == "shop/lb/second" and second.listener_port not in (0, 17000)
+    assert [(s.vip, s.port, s.listener_port) for s in msg.services] == [("127.96.0.10", 80, second.listener_port)]

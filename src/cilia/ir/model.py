@@ -14,6 +14,13 @@ Sources = tuple[str, ...]
 Health = Literal["HEALTHY", "UNHEALTHY", "DRAINING"]
 UpstreamProtocol = Literal["http1", "http2", "auto", "tcp"]
 
+# Clusters every node proxy has from its bootstrap, as Cilium's node Envoy does, so that Cilium's
+# CiliumEnvoyConfigs that route to them work unchanged: Envoy's own admin endpoint, and the
+# original-destination passthrough clusters (the -tls ones originate TLS).
+NODE_ADMIN_CLUSTER = "/envoy-admin"
+NODE_PASSTHROUGH_CLUSTERS = ("egress-cluster", "egress-cluster-tls", "ingress-cluster", "ingress-cluster-tls")
+NODE_STATIC_CLUSTERS = (NODE_ADMIN_CLUSTER, *NODE_PASSTHROUGH_CLUSTERS)
+
 
 # -- endpoints and clusters ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)

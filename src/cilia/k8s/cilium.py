@@ -43,14 +43,15 @@ class EnvoyConfigSpec:
 
 def _parse(raw: Mapping[str, Any], meta: Meta, clusterwide: bool) -> EnvoyConfigSpec:
     spec = as_map(raw.get("spec"), "spec", required=True)
-    default_ns = "" if clusterwide else meta.namespace
+    # As Cilium: a clusterwide config's Services default to namespace "default"; a namespaced config's
+    # backend Services default to its own namespace (`services` are resolved by the translator, which
+    # tells the user when a namespace written there is not used).
+    default_ns = "default" if clusterwide else meta.namespace
     services = []
     for i, s in enumerate(as_list(spec.get("services"), "spec.services")):
         path = f"spec.services[{i}]"
         s = as_map(s, path)
-        ns = get_str(s, "namespace", path, default=default_ns)
-        if not ns:
-            raise ValidationError(f"{path}.namespace", "is required in a CiliumClusterwideEnvoyConfig")
+        ns = get_str(s, "namespace", path, default=default_ns) or default_ns
         ports = []
         for j, p in enumerate(as_list(s.get("ports"), f"{path}.ports")):
             if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
@@ -62,9 +63,7 @@ def _parse(raw: Mapping[str, Any], meta: Meta, clusterwide: bool) -> EnvoyConfig
     for i, s in enumerate(as_list(spec.get("backendServices"), "spec.backendServices")):
         path = f"spec.backendServices[{i}]"
         s = as_map(s, path)
-        ns = get_str(s, "namespace", path, default=default_ns)
-        if not ns:
-            raise ValidationError(f"{path}.namespace", "is required in a CiliumClusterwideEnvoyConfig")
+        ns = get_str(s, "namespace", path, default=default_ns) or default_ns
         numbers = []
         for j, n in enumerate(as_list(s.get("number"), f"{path}.number")):
             if isinstance(n, bool) or not isinstance(n, str | int):

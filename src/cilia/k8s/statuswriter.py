@@ -18,10 +18,13 @@
 CiliumEnvoyConfig / CiliumClusterwideEnvoyConfig get two conditions computed here:
 ``Accepted`` (False with the issue texts when translation, rendering or validation rejected something
 in the config) and ``Programmed`` (False when a connected proxy NACKed a resource of the config).
-Which config a NACK belongs to is a heuristic: Envoy's NACK text names the rejected resources, and
-cilia qualifies every CEC resource name as ``namespace/cec-name/resource`` (CCEC:
-``/ccec-name/resource``), so a NACK whose text contains that prefix is attributed to that config.
-A NACK naming no such prefix (e.g. about a resource of another translator) is attributed to no config.
+Which config a NACK belongs to: the xDS server keeps, per proxy and type, each rejected resource
+with Envoy's words about it, for as long as the rejection stands (a Delta proxy's later ACK of other
+resources does not end it). cilia qualifies every CEC resource name as ``namespace/cec-name/resource``
+(CCEC: ``/ccec-name/resource``), so a rejected resource with that prefix belongs to that config, and
+every config with a rejected resource gets ``Programmed=False`` with Envoy's text about its own
+resources. A NACK that names none of the several resources it answered is attributed by its text
+(a config whose prefix the text contains); one naming no such prefix is attributed to no config.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Nack:
     proxy: str
     type_url: str
     message: str
+    resource: str = ""  # the rejected resource, when known
 
 
 class ObjectView(Protocol):
@@ -120,12 +124,18 @@ class TokenBucket:
 def current_nacks(registry: Any) -> tuple[Nack, ...]:
     """NACKs that still stand in a `cilia.xds.status.StatusRegistry`: the proxy rejected the latest
     version it was sent of that type."""
-    out = []
+    out: list[Nack] = []
     for pid, ps in registry.proxies.items():
         if not ps.streams:
             continue
         for type_url, ts in ps.types.items():
-            if ts.state == "NACKED":
+            rejected = ts.rejected
+            out.extend(Nack(pid, type_url, text, name) for name, text in rejected.items())
+            if ts.state != "NACKED":
+                continue
+            if ts.unattributed:
+                out.append(Nack(pid, type_url, ts.unattributed))
+            elif not rejected and ts.last_nack:
                 out.append(Nack(pid, type_url, ts.last_nack))
     return tuple(sorted(out))
 
@@ -165,13 +175,13 @@ def envoy_config_statuses(configs: Iterable[ObservedObject], issues: Iterable[Is
         # read from the API (issue from the source): its last valid version still is.
         left_out = any((not i.location) if file_mode else i.location != source for i in errors)
         pattern = _prefix_pattern(cfg.kind, cfg.namespace, cfg.name)
-        mine = [n for n in nacks if pattern.search(n.message)]
+        mine = [n for n in nacks if pattern.search(n.resource or n.message)]
         if left_out:
             programmed = {"type": "Programmed", "status": "False", "reason": "Invalid",
                           "message": "the config is not sent to proxies while it has errors"}
         elif mine:
-            text = "; ".join(f"{n.proxy} rejected {n.type_url.rsplit('.', 1)[-1]}: {n.message}"
-                             for n in mine)
+            text = "; ".join(f"{n.proxy} rejected {n.type_url.rsplit('.', 1)[-1]}"
+                             f"{' ' + repr(n.resource) if n.resource else ''}: {n.message}" for n in mine)
             programmed = {"type": "Programmed", "status": "False", "reason": "Nacked", "message": _clip(text)}
         else:
             programmed = {"type": "Programmed", "status": "True", "reason": "Programmed",

@@ -7,6 +7,10 @@ Per role, the bootstrap carries:
 - stats tags with fixed values naming the proxy, so metrics from many proxies stay apart:
   `cilia_role`, `cilia_proxy`, and `cilia_node` (node), `cilia_namespace` + `cilia_pod` (sidecar),
   `cilia_namespace` + `cilia_gateway` (gateway), `cilia_ingress_class` (ingress);
+- for node proxies: the static clusters Cilium's node Envoy has, which Cilium's CiliumEnvoyConfigs
+  route to: `/envoy-admin` (this Envoy's own admin endpoint) and the original-destination passthrough
+  clusters `egress-cluster`, `ingress-cluster` (plain) and `egress-cluster-tls`, `ingress-cluster-tls`
+  (originating TLS to the original destination, SNI from the request's host);
 - for sidecars with a known pod IP: a static listener `cilia|readiness` on POD_IP:READINESS_PORT
   (default: the admin port) that answers only `GET /ready` by asking the admin endpoint. The kubelet
   probes the pod IP, while admin stays on loopback; the injected sidecar's readiness probe is
@@ -23,6 +27,7 @@ from typing import Any
 
 from cilia import __version__
 from cilia.identity import ProxyId
+from cilia.ir.model import NODE_ADMIN_CLUSTER, NODE_PASSTHROUGH_CLUSTERS
 
 XDS_CLUSTER = "cilia-xds"
 ADMIN_CLUSTER = "cilia-admin"
@@ -114,6 +119,36 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool = False) -> 
             },
         }
     return cluster
+
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UPSTREAM_TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def _passthrough_cluster(name: str, tls: bool) -> dict[str, Any]:
+    """An ORIGINAL_DST cluster: each connection goes where the client meant it to go (as Cilium's)."""
+    options: dict[str, Any] = {"@type": "type.googleapis.com/" + HTTP_OPTIONS,
+                               "common_http_protocol_options": {"idle_timeout": "60s"},
+                               "use_downstream_protocol_config": {}}
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "2s",
+        "cleanup_interval": "2.5s",
+        "typed_extension_protocol_options": {HTTP_OPTIONS: options},
+    }
+    if tls:
+        options["upstream_http_protocol_options"] = {"auto_sni": True}
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls",
+                                       "typed_config": {"@type": UPSTREAM_TLS_TYPE}}
+    return cluster
+
+
+def cilium_node_clusters(admin_port: int) -> list[dict[str, Any]]:
+    """The static clusters of Cilium's node Envoy that CiliumEnvoyConfigs refer to by name."""
+    return [_static_cluster(NODE_ADMIN_CLUSTER, "127.0.0.1", admin_port),
+            *(_passthrough_cluster(n, n.endswith("-tls")) for n in NODE_PASSTHROUGH_CLUSTERS)]
 
 
 def readiness_listener(address: str, port: int) -> dict[str, Any]:
@@ -249,6 +284,8 @@ def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: i
     if pod_ip and wanted and not _shadows_admin(pod_ip, ready_port, admin_port):
         listeners.append(readiness_listener(pod_ip, ready_port))
         clusters.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port))
+    if proxy.role == "node":
+        clusters.extend(cilium_node_clusters(admin_port))
     static: dict[str, Any] = {"clusters": clusters}
     if listeners:
         static["listeners"] = listeners

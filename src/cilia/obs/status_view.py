@@ -74,6 +74,9 @@ def proxy_detail(pid: str, p: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     for t, ts in p.get("types", {}).items():
+        if ts.get("rejected"):
+            lines += ["", f"Rejected {t} (still in force):",
+                      *[f"  {name}: {' '.join(str(text).split())}" for name, text in ts["rejected"].items()]]
         if ts.get("last_nack"):
             standing = "rejected, still in force" if ts.get("state") == "NACKED" else "since superseded"
             lines += ["", f"Last NACK of {t} (version {ts.get('last_nack_version') or '-'}, {standing}):",

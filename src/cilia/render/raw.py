@@ -15,6 +15,8 @@ from typing import Any
 from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
+from cilia.render.validate import validate_message
+
 _loaded = False
 _lock = threading.Lock()
 _ROOT_PACKAGES = ("envoy", "xds", "udpa", "validate", "contrib")
@@ -40,11 +42,18 @@ def load_all_envoy_types() -> None:
 
 
 class RawParseError(ValueError):
-    pass
+    verb = "does not parse"
+
+
+class RawValidationError(RawParseError):
+    """Parses, but breaks a field rule Envoy enforces (render/validate.py)."""
+
+    verb = "is not valid"
 
 
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
-    """The message for `body`, or RawParseError with protobuf's reason."""
+    """The message for `body`, or RawParseError with protobuf's reason (RawValidationError: a field
+    rule Envoy enforces is broken)."""
     load_all_envoy_types()
     full_name = type_url.rsplit("/", 1)[-1]
     try:
@@ -59,4 +68,7 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
         text = str(exc).replace("\n", " ")
         # protobuf appends every field name of the message; the first part says what is wrong.
         raise RawParseError(text.split(".  Available Fields")[0]) from None
+    errors = validate_message(msg)
+    if errors:
+        raise RawValidationError("; ".join(errors))
     return msg

@@ -153,7 +153,7 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
                                 raw.name, same_as=raw)
             except RawParseError as exc:
                 issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
-                                    f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} does not parse: {exc}; "
+                                    f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} {exc.verb}: {exc}; "
                                     "the whole config is left out"))
                 bad = True
                 continue

@@ -10,7 +10,7 @@ from cilia.diagnostics import Issue
 from cilia.ir.model import Bundle, EndpointSet, MeshIR, ServiceRedirect
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.cec import translate_envoy_configs
+from cilia.translate.cec import dangling_cluster_refs, translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gateway import translate_gateway
 from cilia.translate.ingress import translate_ingresses
@@ -117,6 +117,9 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
         redirects.extend(part.redirects)
         statuses.extend(part.statuses)
         issues.extend(part.issues)
+    refs = [r for part in partials for r in part.cluster_refs]
+    if refs:
+        issues.extend(dangling_cluster_refs(bundles, refs))
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
     ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects)), opts)
     return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused)

@@ -34,6 +34,10 @@ class TranslateOptions:
     envoy_tracing_sampling: float = 100.0  # percent of requests traced when tracing is on
     envoy_tracing_service_name: str = "envoy"
     envoy_listener_stat_prefix: bool = False  # set each generated listener's stat_prefix to its name
+    # Controller names whose IngressClasses / GatewayClasses cilia serves: its own, plus any claimed with
+    # --ingress-controller-name / --gateway-controller-name (e.g. Cilium's, to serve Cilium users' classes).
+    ingress_controllers: tuple[str, ...] = ("cilia.io/ingress-controller",)
+    gateway_controllers: tuple[str, ...] = ("cilia.io/gateway-controller",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class Partial:
     redirects: tuple[ServiceRedirect, ...] = ()
     statuses: tuple[ObjectStatus, ...] = ()
     issues: tuple[Issue, ...] = ()
+    # CiliumEnvoyConfig references to clusters, (object, field, cluster), checked against all bundles
+    cluster_refs: tuple[tuple[str, str, str], ...] = ()
 
 
 V = TypeVar("V")

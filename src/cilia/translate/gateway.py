@@ -89,6 +89,7 @@ class GatewayState:
     address: str
     listeners: list[ListenerState]
     accepted: Cond | None = None  # set when the whole Gateway is refused
+    controller: str = CONTROLLER  # the controller name of the Gateway's class (one cilia claims)
 
     @property
     def key(self) -> str:
@@ -96,14 +97,18 @@ class GatewayState:
 
 
 # -- GatewayClass and Gateway ------------------------------------------------------------------------------
-def _class_statuses(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[set[str], list[ObjectStatus]]:
-    ours: set[str] = set()
+def _class_statuses(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[dict[str, str], list[ObjectStatus]]:
+    """GatewayClasses whose controller is one cilia claims (its own, or one given with
+    --gateway-controller-name): class name -> that controller name, and their statuses."""
+    claimed = {CONTROLLER, *opts.gateway_controllers}
+    ours: dict[str, str] = {}
     out = []
     for obj in snapshot.list("GatewayClass"):
-        if obj.spec.controller_name != CONTROLLER:
+        controller = obj.spec.controller_name
+        if controller not in claimed:
             continue
-        ours.add(obj.meta.name)
-        conds = conditions([Cond("Accepted", True, "Accepted", f"handled by {CONTROLLER}")], obj.meta.generation,
+        ours[obj.meta.name] = controller
+        conds = conditions([Cond("Accepted", True, "Accepted", f"handled by {controller}")], obj.meta.generation,
                            previous_status(obj).get("conditions"), fallback_time(obj, opts.status_time))
         out.append(ObjectStatus(obj.api_version, obj.kind, "", obj.meta.name, obj.meta.generation,
                                 {"conditions": conds}))
@@ -208,7 +213,8 @@ def _detect_conflicts(listeners: list[ListenerState]) -> None:
             st.programmable = False
 
 
-def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: set[str]) -> dict[str, GatewayState]:
+def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Mapping[str, str]
+                    ) -> dict[str, GatewayState]:
     out = {}
     for obj in snapshot.list("Gateway"):
         if obj.spec.gateway_class_name not in classes:
@@ -216,7 +222,7 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: se
         address, refused = _gateway_address(obj, opts)
         listeners = [_listener_state(snapshot, obj, li) for li in obj.spec.listeners]
         _detect_conflicts(listeners)
-        gs = GatewayState(obj, address, listeners, refused)
+        gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name])
         if refused is not None:
             for st in listeners:
                 st.programmable = False
@@ -455,7 +461,7 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
         programmed = Cond("Programmed", False, "Invalid", "the Gateway is not accepted")
     else:
         if len(valid) == len(gs.listeners):
-            accepted = Cond("Accepted", True, "Accepted", f"handled by {CONTROLLER}")
+            accepted = Cond("Accepted", True, "Accepted", f"handled by {gs.controller}")
         else:
             bad = ", ".join(st.spec.name for st in gs.listeners if not st.programmable)
             accepted = Cond("Accepted", bool(valid), "ListenersNotValid", f"listener(s) not valid: {bad}")
@@ -470,9 +476,11 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
     return ObjectStatus(obj.api_version, obj.kind, obj.meta.namespace, obj.meta.name, obj.meta.generation, status)
 
 
-def _route_status(route: KubeObject, ours: list[dict[str, Any]]) -> ObjectStatus:
+def _route_status(route: KubeObject, ours: list[dict[str, Any]], controllers: Iterable[str] = (CONTROLLER,)
+                  ) -> ObjectStatus:
+    claimed = {CONTROLLER, *controllers}
     foreign = [p for p in previous_status(route).get("parents") or []
-               if isinstance(p, dict) and p.get("controllerName") != CONTROLLER]
+               if isinstance(p, dict) and p.get("controllerName") not in claimed]
     return ObjectStatus(route.api_version, route.kind, route.meta.namespace, route.meta.name,
                         route.meta.generation, {"parents": [*ours, *foreign]})
 
@@ -533,7 +541,7 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
                 continue
             accepted = _attach(snapshot, gs, route, ref, builder)
             refs = refs_condition(builder) if builder is not None else _stream_refs_condition(snapshot, route)
-            parents[key].append(route_parent_status(route, ref, [accepted, refs], opts.status_time))
+            parents[key].append(route_parent_status(route, ref, [accepted, refs], opts.status_time, gs.controller))
     bundles: list[ir.Bundle] = []
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):
@@ -549,7 +557,7 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     for route in _route_objects(snapshot):
         ours = parents.get((route.kind, route.meta.namespace, route.meta.name))
         if ours:
-            statuses.append(_route_status(route, ours))
+            statuses.append(_route_status(route, ours, opts.gateway_controllers))
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
 
 

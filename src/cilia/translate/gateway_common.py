@@ -480,13 +480,15 @@ def same_parent(a: Mapping[str, Any], ref: ParentRef, route_ns: str) -> bool:
             and (a.get("sectionName") or "") == ref.section_name and a.get("port") == ref.port)
 
 
-def route_parent_status(route: KubeObject, ref: ParentRef, conds: Sequence[Cond], status_time: str) -> dict[str, Any]:
+def route_parent_status(route: KubeObject, ref: ParentRef, conds: Sequence[Cond], status_time: str,
+                        controller: str = CONTROLLER) -> dict[str, Any]:
+    """One `status.parents` entry, written as `controller` (the parent Gateway's class's controller)."""
     prev_conds: Any = None
     for p in previous_status(route).get("parents") or []:
-        if isinstance(p, Mapping) and p.get("controllerName") == CONTROLLER \
+        if isinstance(p, Mapping) and p.get("controllerName") == controller \
                 and isinstance(p.get("parentRef"), Mapping) and same_parent(p["parentRef"], ref, route.meta.namespace):
             prev_conds = p.get("conditions")
-    return {"parentRef": parent_ref_stanza(ref), "controllerName": CONTROLLER,
+    return {"parentRef": parent_ref_stanza(ref), "controllerName": controller,
             "conditions": conditions(conds, route.meta.generation, prev_conds, fallback_time(route, status_time))}
 
 

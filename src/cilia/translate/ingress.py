@@ -3,8 +3,10 @@
 Which Ingresses are ours: those whose class (`spec.ingressClassName`, else the legacy
 `kubernetes.io/ingress.class` annotation, else the one IngressClass annotated
 `ingressclass.kubernetes.io/is-default-class: "true"`) is an IngressClass with controller
-`cilia.io/ingress-controller`. The class name `cilia` is ours even without an IngressClass object
-(unless one by that name names another controller), so plain manifest directories work.
+`cilia.io/ingress-controller` (or another controller name cilia claims: `--ingress-controller-name`,
+e.g. Cilium's `cilium.io/ingress-controller`). The class name `cilia` is ours even without an
+IngressClass object (unless one by that name names another controller), so plain manifest directories
+work; so is `cilium` while cilia claims Cilium's controller name.
 
 Who serves them: every Ingress of class C goes to the `ingress~C` proxies (dedicated mode). Ingresses
 in shared mode (annotation `ingress.cilia.io/loadbalancer-mode: shared`, or `--ingress-default-mode
@@ -79,6 +81,8 @@ from cilia.translate.services import resolve_backend
 from cilia.translate.tls import TlsSecret, host_covered, load_tls_secret
 
 IMPLICIT_CLASS = "cilia"
+# Class names that are ours without an IngressClass object, while cilia claims their controller.
+IMPLICIT_CLASSES = {CONTROLLER: IMPLICIT_CLASS, "cilium.io/ingress-controller": "cilium"}
 FORCE_HTTPS_ANNOTATION = "ingress.cilia.io/force-https"
 MODE_ANNOTATION = "ingress.cilia.io/loadbalancer-mode"
 MODES = ("dedicated", "shared")
@@ -99,18 +103,20 @@ class ClassView:
     issues: tuple[Issue, ...] = ()
 
 
-def ingress_classes(snapshot: InputSnapshot) -> ClassView:
+def ingress_classes(snapshot: InputSnapshot, controllers: Iterable[str] = (CONTROLLER,)) -> ClassView:
+    claimed = {CONTROLLER, *controllers}
     owned: set[str] = set()
     names: set[str] = set()
     defaults: list[str] = []
     for obj in snapshot.list("IngressClass"):
         names.add(obj.meta.name)
-        if obj.spec.controller == CONTROLLER:
+        if obj.spec.controller in claimed:
             owned.add(obj.meta.name)
         if obj.spec.is_default:
             defaults.append(obj.meta.name)
-    if IMPLICIT_CLASS not in names:
-        owned.add(IMPLICIT_CLASS)
+    for controller, implicit in IMPLICIT_CLASSES.items():
+        if controller in claimed and implicit not in names:
+            owned.add(implicit)
     issues: list[Issue] = []
     default = defaults[0] if len(defaults) == 1 else None
     if len(defaults) > 1:
@@ -480,7 +486,7 @@ def _build(snapshot: InputSnapshot, opts: TranslateOptions, prefix: str, key: st
 
 
 def translate_ingresses(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
-    view = ingress_classes(snapshot)
+    view = ingress_classes(snapshot, opts.ingress_controllers)
     issues: list[Issue] = list(view.issues)
     by_class: dict[str, list[KubeObject]] = defaultdict(list)
     shared: list[KubeObject] = []

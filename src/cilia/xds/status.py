@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +24,17 @@ class TypeStatus:
     sent_time: float = 0.0
     acked_time: float = 0.0
     resources_sent: int = 0
+    # Resources the proxy rejected and still does not hold as sent, each with Envoy's words about it. A
+    # Delta proxy is sent only what changed, so a later ACK (of other resources) does not end an earlier
+    # rejection; a new version of the resource that is ACKed, or its removal, does.
+    rejected: dict[str, str] = field(default_factory=dict)
+    unattributed: str = ""  # a standing NACK whose text names none of the several resources it answered
 
     @property
     def state(self) -> str:
         if not self.version_sent:
             return "NOT_SENT"
-        if self.last_nack and self.last_nack_version == self.version_sent:
+        if (self.last_nack and self.last_nack_version == self.version_sent) or self.rejected:
             return "NACKED"
         if self.version_acked == self.version_sent:
             return "SYNCED"
@@ -39,7 +46,60 @@ class TypeStatus:
             "nonce_sent": self.nonce_sent, "resources_sent": self.resources_sent,
             "last_nack": self.last_nack or None, "last_nack_version": self.last_nack_version or None,
             "nacks": self.nacks, "acks": self.acks,
+            **({"rejected": dict(sorted(self.rejected.items()))} if self.rejected else {}),
         }
+
+    def settle(self, carried: tuple[Collection[str], bool] | None, error: str) -> None:
+        """The proxy's answer (`error` empty: ACK) to a response that carried the resources `carried[0]`;
+        `carried[1]`: that response was the whole set, so what it lacks is gone. None: not known."""
+        names, complete = carried if carried is not None else ((), False)
+        if complete:
+            for n in [n for n in self.rejected if n not in names]:
+                del self.rejected[n]
+        if not error:
+            for n in names:
+                self.rejected.pop(n, None)
+            self.unattributed = ""
+            return
+        named = {n for n in names if mentions(error, n)}
+        if named:
+            # Envoy applies what it accepts of a listener or cluster update and names what it rejects.
+            for n in names:
+                if n in named:
+                    self.rejected[n] = about(error, n, names)
+                else:
+                    self.rejected.pop(n, None)
+        elif len(names) == 1:
+            (n,) = names
+            self.rejected[n] = error.strip()
+        else:
+            self.unattributed = error.strip()
+
+    def forget(self, names: Iterable[str]) -> None:
+        """These resources were removed from the proxy: their rejection is over."""
+        for n in names:
+            self.rejected.pop(n, None)
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether Envoy's error text names the resource `name` (not merely a longer name containing it)."""
+    return bool(name) and re.search(r"(?<![\w./-])" + re.escape(name) + r"(?![\w./-]|:\S)", text) is not None
+
+
+def about(text: str, name: str, names: Collection[str] = ()) -> str:
+    """What Envoy's error text says about `name`. Envoy lists rejected resources as `NAME: reason`,
+    joined by newlines (listeners) or commas (clusters): the reason after `name`, up to the next of
+    `names`; else the lines that mention it; else the whole text."""
+    starts = sorted((m.start(), m.end(), n) for n in {*names, name} if n
+                    for m in re.finditer(r"(?<![\w./-])" + re.escape(n) + r": ", text))
+    for i, (_, end, n) in enumerate(starts):
+        if n == name:
+            stop = starts[i + 1][0] if i + 1 < len(starts) else len(text)
+            reason = text[end:stop].strip().rstrip(",").strip()
+            if reason:
+                return reason
+    lines = [line.strip() for line in text.splitlines() if mentions(line, name)]
+    return " ".join(lines) if lines else text.strip()
 
 
 @dataclass(slots=True)

@@ -93,6 +93,8 @@ class _TypeState:
     pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
     # nonce -> (monotonic sent, change seq, version sent)
     sent_info: dict[str, tuple[float, int, str]] = field(default_factory=dict)
+    # nonce -> (names of the resources the response carried, whether it carried the whole set)
+    carried: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     # A pass that completed against view version `synced_key` with no request since (`requests` still equal
     # to `synced_requests`) leaves nothing to do for that type until the view changes.
     synced_key: str = ""
@@ -134,6 +136,7 @@ class BaseStream:
     def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
         ts = self.status.type(type_url)
         sent_at, seq, _ = st.sent_info.pop(nonce, (0.0, 0, ""))
+        ts.settle(st.carried.pop(nonce, None), error)
         if error:
             self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
@@ -152,8 +155,11 @@ class BaseStream:
             ev.set()
 
     async def _send(self, type_url: str, st: _TypeState, payload: bytes, version: str, count: int,
-                    nonce: str) -> asyncio.Event:
+                    nonce: str, names: tuple[str, ...] = (), complete: bool = False) -> asyncio.Event:
         ev = asyncio.Event()
+        st.carried[nonce] = (names, complete)
+        if len(st.carried) > 64:
+            st.carried.pop(next(iter(st.carried)))
         st.pending_acks[nonce] = ev
         if len(st.pending_acks) > 64:  # a proxy that never ACKs must not grow this without bound
             st.pending_acks.pop(next(iter(st.pending_acks)))
@@ -287,6 +293,7 @@ class SotwStream(BaseStream):
             # The proxy did process that response: a make-before-break wait on it is over, though the
             # request itself is superseded (spec: no response to a stale nonce, no state change).
             st.sent_info.pop(nonce, None)
+            st.carried.pop(nonce, None)
             ev = st.pending_acks.pop(nonce, None)
             if ev is not None:
                 ev.set()
@@ -362,7 +369,7 @@ class SotwStream(BaseStream):
         st.sent_version = version
         nonce = self._next_nonce(st)
         payload = self.memo.sotw(version, selected.values(), type_url, nonce)
-        return await self._send(type_url, st, payload, version, len(selected), nonce)
+        return await self._send(type_url, st, payload, version, len(selected), nonce, tuple(selected), True)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
         if type_url != CLUSTER:
@@ -374,7 +381,7 @@ class SotwStream(BaseStream):
             st.sent_version = version
             nonce = self._next_nonce(st)
             await self._send(type_url, st, self.memo.sotw(version, selected.values(), type_url, nonce), version,
-                             len(selected), nonce)
+                             len(selected), nonce, tuple(selected), True)
 
 
 class DeltaStream(BaseStream):
@@ -491,7 +498,8 @@ class DeltaStream(BaseStream):
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
         payload = self.memo.delta(version, updates, type_url, absent, nonce)
-        return await self._send(type_url, st, payload, version, len(updates), nonce)
+        self.status.type(type_url).forget(absent)
+        return await self._send(type_url, st, payload, version, len(updates), nonce, tuple(r.name for r in updates))
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
         desired = self._desired(type_url, st, view)
@@ -505,4 +513,5 @@ class DeltaStream(BaseStream):
                 del st.known[n]
         version = self._system_version(type_url, st, view)
         nonce = self._next_nonce(st)
+        self.status.type(type_url).forget(gone)
         await self._send(type_url, st, self.memo.delta(version, (), type_url, gone, nonce), version, 0, nonce)
