@@ -51,7 +51,9 @@ class World:
         return list(self.cp.admin_json("/debug/status"))
 
 
-def _cec_listener(name: str, port: int, route_config: str) -> str:
+def _cec_listener(namespace: str, name: str, port: int, route_config: str) -> str:
+    """A CiliumEnvoyConfig listener whose RDS name, qualified as Cilium does (`ns/cec/name`), is the name of
+    a route configuration cilia generates (here: GAMMA's `mesh/...` ones)."""
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                     "HttpConnectionManager",
            "stat_prefix": name, "rds": {"route_config_name": route_config},
@@ -62,7 +64,7 @@ def _cec_listener(name: str, port: int, route_config: str) -> str:
            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                            "typed_config": hcm}]}]}
     return json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
-                       "metadata": {"name": name, "namespace": "default"}, "spec": {"resources": [lst]}})
+                       "metadata": {"name": name, "namespace": namespace}, "spec": {"resources": [lst]}})
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +116,8 @@ def world() -> Iterator[World]:
                    rules=[{"matches": [prefix("/gamma")], "filters": [tag("consumer")],
                            "backendRefs": [backend("echo-a", namespace="default")]}]),
         reference_grant("client-routes", "default", "HTTPRoute", "client"),
-        _cec_listener("mesh-default", mesh_ports[0], "mesh/default/echo-a:80"),
-        _cec_listener("mesh-client", mesh_ports[1], "mesh/client/default/echo-a:80"),
+        _cec_listener("mesh", "default", mesh_ports[0], "echo-a:80"),  # -> mesh/default/echo-a:80
+        _cec_listener("mesh", "client", mesh_ports[1], "default/echo-a:80"),  # -> mesh/client/default/echo-a:80
     ]
     md.write("all.yaml", docs(*objects))
     cp = ControlPlaneThread([str(md.path)]).start()
