@@ -34,6 +34,9 @@ class TranslateOptions:
     envoy_tracing_sampling: float = 100.0  # percent of requests traced when tracing is on
     envoy_tracing_service_name: str = "envoy"
     envoy_listener_stat_prefix: bool = False  # set each generated listener's stat_prefix to its name
+    # Kubernetes mode: the only namespaces cilia reads Secrets in (--secrets-namespace); None: all (file mode).
+    # Only used to say why a referenced Secret is missing.
+    secret_namespaces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
