@@ -423,7 +423,8 @@ class ControlPlane:
     def ready_checks(self) -> list[tuple[str, bool, str]]:
         """`/readyz` checks: (name, ok, detail). `leader-election` fails when no replica has led for longer
         than the lease duration (see cilia.k8s.leader)."""
-        checks = [("config", self._started and self.cache.ready, "first configuration built, xDS serving")]
+        serving = self._started and self.cache.ready
+        checks = [("config", serving, "" if serving else "starting: no configuration built or xDS not served yet")]
         if self.kube is not None and self.kube.elector is not None:
             checks.append(("leader-election", *self.kube.elector.healthy()))
         return checks

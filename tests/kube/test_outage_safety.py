@@ -126,3 +126,13 @@ def test_pods_while_cilia_is_down_fails_open_and_is_up(cluster: RealCluster, tmp
         cilia.stop()
         inst.remove()
     assert "Traceback" not in cilia.logs()
+
+
+@pytest.mark.parametrize("components", [("mesh-everywhere",), ("fail-open",), ("mesh-everywhere", "fail-open")])
+def test_webhook_variants_are_valid_for_the_api_server(cluster: RealCluster, components: tuple[str, ...]) -> None:
+    """The optional Components yield configurations the API server accepts (server-side validation)."""
+    config = webhook_config(free_port(), TestCA().pem, *components)
+    out = cluster.kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(config))
+    hooks = json.loads(out.stdout)["webhooks"]
+    assert [h["name"] for h in hooks] == [h["name"] for h in config["webhooks"]]
+    assert [h["namespaceSelector"] for h in hooks] == [h["namespaceSelector"] for h in config["webhooks"]]

@@ -153,6 +153,7 @@ class LeaderElector:
 
     async def run(self) -> None:
         cfg = self.config
+        self._progress_at = self.clock()  # the grace period starts with the election, not the constructor
         try:
             while True:
                 await self.tick()
