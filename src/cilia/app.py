@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import ipaddress
 import logging
@@ -127,6 +128,9 @@ def split_hostport(value: str) -> tuple[str, int]:
 
 class ControlPlane:
     def __init__(self, opts: ServeOptions) -> None:
+        if opts.kubernetes is not None:  # translators name the namespaces Secrets are read in
+            opts = dataclasses.replace(opts, translate=dataclasses.replace(
+                opts.translate, secret_namespaces=tuple(opts.kubernetes.watch.secret_namespaces)))
         self.opts = opts
         self.store = Store()
         self.cache = ConfigCache()
@@ -242,6 +246,8 @@ class ControlPlane:
 
             self.kube = await KubeMode.connect(self.store, self.opts.kubernetes,
                                                on_watch_restart=self._watch_restarted)
+            if self.kube.elector is not None:
+                self.metrics.observe(leader=self.kube.leader_metric)
             await self.kube.initial_sync()
         ca_holder = await self._setup_security()
         self._changed.clear()
@@ -375,7 +381,10 @@ class ControlPlane:
         else:
             assert self.opts.tls_cert and self.opts.tls_key
             ctx = server_ssl_context(self.opts.tls_cert, self.opts.tls_key)
-        runner = await serve_https(make_webhook_app(self._inject_config, self.namespace_meta), host, port, ctx)
+        # Kubernetes mode: a pod may be created right after its namespace, before the watch has it.
+        wait = 2.0 if self.kube is not None else 0.0
+        runner = await serve_https(make_webhook_app(self._inject_config, self.namespace_meta, namespace_wait_s=wait),
+                                   host, port, ctx)
         self.webhook_port = webhook_port(runner)
         log.info("injection webhook listening on %s:%d", host, self.webhook_port)
         return runner
@@ -429,7 +438,23 @@ class ControlPlane:
         return True
 
     def ready(self) -> bool:
-        return self._started and self.cache.ready
+        return all(ok for _, ok, _ in self.ready_checks())
+
+    def ready_checks(self) -> list[tuple[str, bool, str]]:
+        """`/readyz` checks: (name, ok, detail). `leader-election` fails when no replica has led for longer
+        than the lease duration (see cilia.k8s.leader)."""
+        serving = self._started and self.cache.ready
+        checks = [("config", serving, "" if serving else "starting: no configuration built or xDS not served yet")]
+        if self.kube is not None and self.kube.elector is not None:
+            checks.append(("leader-election", *self.kube.elector.healthy()))
+        return checks
+
+    def leader(self) -> dict[str, Any]:
+        """`/debug/leader`: who writes status, or why nobody does."""
+        if self.kube is None:
+            return {"enabled": False, "leading": False, "ready": True,
+                    "message": "file mode: no leader election, status is served at /debug/status"}
+        return self.kube.leader_status()
 
     def all_issues(self) -> tuple[Issue, ...]:
         return (self.result.issues if self.result else ()) + self.render_issues

@@ -101,6 +101,8 @@ def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lease-renew-deadline", type=float, default=10.0,
                    help="seconds the leader keeps trying to renew before it stops leading")
     g.add_argument("--lease-retry-period", type=float, default=2.0, help="seconds between election attempts")
+    g.add_argument("--secrets-namespace", action="append", default=None, metavar="NS",
+                   help="read Secrets (TLS material) only in this namespace; repeatable (default: cilia-secrets)")
     g.add_argument("--no-leader-election", action="store_true",
                    help="always write status (only for a single replica)")
     g.add_argument("--no-status", action="store_true", help="do not write status back to Kubernetes")
@@ -112,6 +114,7 @@ def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:
 
 def _kube_options(args: argparse.Namespace) -> Any:
     from cilia.k8s.kubemode import KubeOptions
+    from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE, WatchOptions
     from cilia.k8s.leader import LeaseConfig
     from cilia.k8s.statuswriter import WriteLimits
 
@@ -119,7 +122,11 @@ def _kube_options(args: argparse.Namespace) -> Any:
                         args.lease_renew_deadline, args.lease_retry_period)
     if not args.no_leader_election:
         lease.check()
+    secrets = tuple(dict.fromkeys(args.secrets_namespace or (DEFAULT_SECRETS_NAMESPACE,)))
+    if not all(secrets):
+        raise ValueError("--secrets-namespace needs a namespace name")
     return KubeOptions(kubeconfig=args.kubeconfig, lease=lease, leader_election=not args.no_leader_election,
+                       watch=WatchOptions(secret_namespaces=secrets),
                        write_status=not args.no_status,
                        status=WriteLimits(min_interval_s=args.status_min_interval, rate_per_s=args.status_qps,
                                           burst=args.status_burst))
@@ -461,10 +468,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         security = _fetch_json(args.admin, "/debug/security")
     except (urllib.error.URLError, OSError):
         security = {}
+    try:
+        leader = _fetch_json(args.admin, "/debug/leader")
+    except (urllib.error.URLError, OSError):
+        leader = {}
     if args.output == "json":
-        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses, "security": security},
-                         indent=2))
+        print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses, "security": security,
+                          "leader": leader}, indent=2))
         return 0
+    from cilia.obs.status_view import leader_line
+
+    if (line := leader_line(leader)) is not None:
+        print(line)
     for listener in security.get("xds", ()):
         if listener.get("insecure"):
             print(f"WARNING: xDS is served in plaintext beyond loopback on {listener['address']} (--xds-insecure)")

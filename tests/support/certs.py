@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 from dataclasses import dataclass
 
@@ -21,6 +22,14 @@ class Pem:
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _san(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address (e.g. a webhook reached at https://127.0.0.1:PORT), else DNS."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 class TestCA:
@@ -48,13 +57,14 @@ class TestCA:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, *dns_names: str, days: int = 1) -> Pem:
+        """A leaf for these names; an entry that is an IP address becomes an IP SAN."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder().subject_name(_name(dns_names[0])).issuer_name(self.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([_san(n) for n in dns_names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )

@@ -5,15 +5,19 @@ two replicas with one writer and failover, and every request allowed by deploy/r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions
+from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE
+from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions, secret_permissions
 from kubefake import FakeApiServer
 from support.kubecp import FAST_LEASE, KubeControlPlane, wait_until
 from support.rbac import rbac_grants
@@ -199,8 +203,11 @@ async def test_two_replicas_one_writer_failover_and_rbac(api: FakeApiServer) -> 
             f"{r.verb} {r.group}/{resource} {r.namespace}/{r.name} is not granted"
         seen.add(Permission(r.group, resource, r.verb))
     # ... the client's own count of its calls agrees, and only declared permissions were used.
-    declared = cluster_permissions() | lease_permissions()
+    declared = cluster_permissions() | lease_permissions() | secret_permissions()
     assert seen <= declared
+    # Secrets were read in the secrets namespace only, never across namespaces.
+    secret_reads = {r.namespace for r in api.requests if r.plural == "secrets"}
+    assert secret_reads == {DEFAULT_SECRETS_NAMESPACE}
     for p in planes:
         calls = {Permission(g, res, v) for (v, g, res) in p.kube.api.calls}
         assert calls <= declared
@@ -292,5 +299,67 @@ async def test_gateway_and_ingress_statuses_written_once_and_converge(api: FakeA
         await wait_until(lambda: plane.cp.counters.rebuilds > rebuilds, what="rebuild")
         await settle(plane)
         assert len(api.find_requests(verb="patch", subresource="status")) == before
+    finally:
+        await plane.stop()
+
+
+async def test_broken_election_shows_in_metrics_readyz_debug_and_status(api: FakeApiServer) -> None:
+    """--lease-namespace names a namespace that does not exist: every view says so, /readyz fails on the
+    leader-election check after the lease duration, and creating the namespace heals it without a restart."""
+    from cilia.cli import main
+    from cilia.k8s.leader import LeaseConfig
+    from cilia.obs.metrics import parse_prometheus
+
+    lease = LeaseConfig("cilia-leader", "missing", "r1", FAST_LEASE.lease_duration_s, FAST_LEASE.renew_deadline_s,
+                        FAST_LEASE.retry_period_s)
+    plane = await KubeControlPlane(api, lease=lease).start()
+
+    async def get(path: str) -> tuple[int, str]:
+        try:
+            return 200, await fetch(plane, path)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        await wait_until(lambda: plane.kube.elector.errors["namespace_not_found"] > 0, what="the error counted")
+        metrics = parse_prometheus((await get("/metrics"))[1])
+        assert metrics['cilia_leader{lease="missing/cilia-leader"}'] == 0
+        assert metrics['cilia_leader_election_errors_total{reason="namespace_not_found"}'] >= 1
+        assert metrics['cilia_leader_election_errors_total{reason="forbidden"}'] == 0
+        leader = json.loads((await get("/debug/leader"))[1])
+        assert leader["message"] == 'not leading: namespaces "missing" not found' and leader["leading"] is False
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert await asyncio.to_thread(main, ["status", "--admin", f"127.0.0.1:{plane.cp.admin_port}"]) == 0
+        assert 'WARNING: leader election (missing/cilia-leader): not leading: namespaces "missing" not found' \
+            in out.getvalue()
+        # Ready until nobody has led for longer than the lease (plus a takeover), then not ready.
+        await wait_until(lambda: not plane.cp.ready(), within=lease.stall_limit_s + 2, what="not ready")
+        code, text = await get("/readyz?verbose")
+        assert code == 503 and "[+]config ok" in text and "readyz check failed" in text
+        assert '[-]leader-election failed: no replica has led for' in text and 'namespaces "missing" not found' in text
+        assert await get("/readyz") == (503, "not ready: leader-election\n")
+        assert await get("/readyz?exclude=leader-election") == (200, "ready\n")
+        assert (await get("/readyz?exclude=nonsense"))[0] == 400
+        assert conditions(api) == {}  # nobody writes status
+
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "missing"}})
+        await wait_until(lambda: plane.kube.is_leader(), within=3, what="leads without a restart")
+        await wait_until(lambda: conditions(api).get("Accepted", {}).get("status") == "True", what="writes status")
+        assert await get("/readyz") == (200, "ready\n")
+        metrics = parse_prometheus((await get("/metrics"))[1])
+        assert metrics['cilia_leader{lease="missing/cilia-leader"}'] == 1
+        leader = json.loads((await get("/debug/leader"))[1])
+        assert leader["leading"] is True and leader["error"] == "" and leader["errors"]["namespace_not_found"] >= 1
+    finally:
+        await plane.stop()
+
+
+async def test_no_leader_election_has_no_election_check(api: FakeApiServer) -> None:
+    plane = await KubeControlPlane(api, leader_election=False).start()
+    try:
+        assert [name for name, _, _ in plane.cp.ready_checks()] == ["config"]
+        assert json.loads(await fetch(plane, "/debug/leader"))["enabled"] is False
+        assert "cilia_leader{" not in await fetch(plane, "/metrics")
     finally:
         await plane.stop()

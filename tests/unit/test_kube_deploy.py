@@ -19,11 +19,13 @@ import yaml
 
 import cilia.k8s.kinds  # noqa: F401
 from cilia.cli import _kube_options, build_parser, main
+from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE, NAMESPACE_SCOPED_KINDS
 from cilia.k8s.leader import LeaseConfig
-from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions
+from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions, role_permissions, secret_permissions
 from cilia.k8s.registry import KindSpec, known_kinds
 from cilia.mesh.inject import InjectConfig
-from support.rbac import DEPLOY, load_docs, rbac_grants
+from support.kustomize import find, render
+from support.rbac import CLUSTER, DEPLOY, load_docs, rbac_grants, readme_permissions
 
 ROOT = DEPLOY.parent
 GOLDEN = ROOT / "tests" / "golden" / "translate"
@@ -42,15 +44,18 @@ PLANNED = (
     ("ReferenceGrant", "gateway.networking.k8s.io", "referencegrants", True),
 )
 EXPECTED_KINDS = {
-    "namespace.yaml": ["Namespace"],
+    "namespace.yaml": ["Namespace", "Namespace"],
     "crds.yaml": ["CustomResourceDefinition", "CustomResourceDefinition"],
-    "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"],
+    "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role", "RoleBinding"],
     "controlplane.yaml": ["Deployment", "Service", "Service", "PodDisruptionBudget"],
     "node-envoy.yaml": ["ServiceAccount", "DaemonSet"],
     "classes.yaml": ["IngressClass", "GatewayClass"],
     "webhook.yaml": ["MutatingWebhookConfiguration"],
     "kustomization.yaml": ["Kustomization"],
+    "optional/mesh-everywhere/kustomization.yaml": ["Component"],
+    "optional/fail-open/kustomization.yaml": ["Component"],
 }
+COMPONENTS = ("mesh-everywhere", "fail-open")
 
 
 def docs(name: str) -> list[dict[str, Any]]:
@@ -77,10 +82,13 @@ def test_every_manifest_parses_with_the_expected_kinds() -> None:
         got = [d["kind"] for d in docs(name)]
         assert got == kinds, name
         for d in docs(name):
-            assert (d.get("apiVersion") and d.get("metadata", {}).get("name")) or d["kind"] == "Kustomization"
-            if d["kind"] in ("Deployment", "Service", "DaemonSet", "Role", "RoleBinding", "ServiceAccount",
-                             "PodDisruptionBudget", "Issuer", "Certificate"):
+            assert (d.get("apiVersion") and d.get("metadata", {}).get("name")) or d["kind"] in ("Kustomization",
+                                                                                                 "Component")
+            if d["kind"] in ("Deployment", "Service", "DaemonSet", "ServiceAccount", "PodDisruptionBudget", "Issuer",
+                             "Certificate"):
                 assert d["metadata"]["namespace"] == "cilia-system", f"{name}: {d['kind']}"
+            if d["kind"] in ("Role", "RoleBinding"):
+                assert d["metadata"]["namespace"] in role_permissions(), f"{name}: {d['kind']}"
     kustomize = one("kustomization.yaml", "Kustomization")
     assert sorted(kustomize["resources"]) == sorted(f for f in EXPECTED_KINDS if "/" not in f
                                                      and f != "kustomization.yaml")
@@ -93,21 +101,80 @@ def test_cluster_role_grants_exactly_the_verbs_the_code_uses() -> None:
     assert have == want, f"missing {sorted(want - have)}, extra {sorted(have - want)}"
     # Everything the running code reads today is covered (the rest waits for its translator modules).
     assert cluster_permissions() <= have
-    assert {Permission(g, r, v) for g, r, v in grants.namespaced} == lease_permissions()
-    assert grants.resource_names[("coordination.k8s.io", "leases", "get")] == (LeaseConfig().name,)
-    assert ("coordination.k8s.io", "leases", "create") not in grants.resource_names  # create cannot be named
-    # Read-only everywhere except status and the Lease; never delete, never Secrets beyond reading.
+    roles = {ns: {Permission(g, r, v) for g, r, v in gs} for ns, gs in grants.roles.items()}
+    assert roles == role_permissions()
+    assert roles["cilia-system"] == lease_permissions() and roles[DEFAULT_SECRETS_NAMESPACE] == secret_permissions()
+    lease_ns = "cilia-system"
+    assert grants.resource_names[(lease_ns, "coordination.k8s.io", "leases", "get")] == (LeaseConfig().name,)
+    assert (lease_ns, "coordination.k8s.io", "leases", "create") not in grants.resource_names  # cannot be named
+    # Read-only everywhere except status and the Lease; never delete; Secrets only through a Role.
     verbs = {v for _, _, v in grants.cluster}
     assert verbs == {"list", "watch", "patch"}
     assert all(r.endswith("/status") for _, r, v in grants.cluster if v == "patch")
+    assert not any(r == "secrets" for _, r, _ in grants.cluster)
+    assert NAMESPACE_SCOPED_KINDS == {"Secret"}
+
+
+def test_readme_permission_table_is_exactly_rbac_yaml() -> None:
+    """Every grant is justified by a line in deploy/README.md, and every line there is granted."""
+    table = readme_permissions()
+    granted = rbac_grants().scoped()
+    assert set(table) == set(granted) == {CLUSTER, "cilia-system", DEFAULT_SECRETS_NAMESPACE}
+    for scope in granted:
+        assert table[scope] == granted[scope], (f"{scope}: only in README {sorted(table[scope] - granted[scope])}, "
+                                                f"only in rbac.yaml {sorted(granted[scope] - table[scope])}")
+
+
+def test_secret_namespaces_of_the_deployment_have_their_role() -> None:
+    """Each --secrets-namespace of the Deployment has the Role that lets cilia read Secrets there, and
+    exists (namespace.yaml)."""
+    _, args = _container_args(one("controlplane.yaml", "Deployment"))
+    opts = _kube_options(build_parser().parse_args(args))
+    secret_ns = opts.watch.secret_namespaces
+    assert secret_ns == (DEFAULT_SECRETS_NAMESPACE,)
+    assert role_permissions(opts.lease.namespace, secret_ns) == {
+        ns: frozenset(Permission(g, r, v) for g, r, v in gs) for ns, gs in rbac_grants().roles.items()}
+    assert set(secret_ns) <= {d["metadata"]["name"] for d in docs("namespace.yaml")}
+    # The flag is repeatable and replaces the default; an empty name is refused.
+    two = _kube_options(build_parser().parse_args(["serve", "--kubernetes", "--secrets-namespace", "a",
+                                                   "--secrets-namespace", "b", "--secrets-namespace", "a"]))
+    assert two.watch.secret_namespaces == ("a", "b")
+    with pytest.raises(ValueError, match="--secrets-namespace"):
+        _kube_options(build_parser().parse_args(["serve", "--kubernetes", "--secrets-namespace", ""]))
+
+
+@pytest.mark.parametrize("components", [(), ("mesh-everywhere",), ("fail-open",), ("mesh-everywhere", "fail-open")])
+def test_components_change_args_and_webhook_together(components: tuple[str, ...]) -> None:
+    """Each optional Component patches cilia's args and the webhook in step: --fail-open <-> Ignore on the
+    sidecar entries, --mesh-default-mode=sidecar <-> unlabelled namespaces sent."""
+    out = render(*components)
+    dep = find(out, "Deployment", "cilia")
+    _, args = _container_args(dep)
+    parsed = build_parser().parse_args(args)
+    hooks = {h["name"]: h for h in find(out, "MutatingWebhookConfiguration")["webhooks"]}
+    sidecar = [hooks["sidecar-namespace.injector.cilia.io"], hooks["sidecar-pod.injector.cilia.io"]]
+    assert parsed.fail_open == ("fail-open" in components)
+    assert {h["failurePolicy"] for h in sidecar} == {"Ignore" if parsed.fail_open else "Fail"}
+    assert hooks["node-namespace.injector.cilia.io"]["failurePolicy"] == "Ignore"
+    assert parsed.mesh_default_mode == ("sidecar" if "mesh-everywhere" in components else "off")
+    ns_expr = sidecar[0]["namespaceSelector"]["matchExpressions"][0]
+    assert (ns_expr["operator"] == "NotIn") == ("mesh-everywhere" in components)
+    # Nothing else of the Deployment changes.
+    base = find(render(), "Deployment", "cilia")
+    extra = [a for a in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+             if a not in base["spec"]["template"]["spec"]["containers"][0]["args"]]
+    assert len(extra) == len(components)
 
 
 def test_bindings_and_service_accounts_line_up() -> None:
     for kind, role_kind, role in (("ClusterRoleBinding", "ClusterRole", "cilia"),
-                                  ("RoleBinding", "Role", "cilia-leader-election")):
-        b = one("rbac.yaml", kind)
+                                  ("RoleBinding", "Role", "cilia-leader-election"),
+                                  ("RoleBinding", "Role", "cilia-secrets")):
+        b = one("rbac.yaml", kind, role)
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role}
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "cilia", "namespace": "cilia-system"}]
+        if kind == "RoleBinding":
+            assert b["metadata"]["namespace"] == one("rbac.yaml", "Role", role)["metadata"]["namespace"]
     dep = one("controlplane.yaml", "Deployment")
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "cilia"
     ds = one("node-envoy.yaml", "DaemonSet")["spec"]["template"]["spec"]
@@ -161,8 +228,9 @@ def test_services_match_ports_webhook_and_injected_xds_address() -> None:
     dep = one("controlplane.yaml", "Deployment")
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items() and admin["spec"]["selector"].items() <= labels.items()
-    hook = one("webhook.yaml", "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"]
-    assert (hook["name"], hook["namespace"], hook["port"]) == ("cilia", "cilia-system", 443)
+    for entry in one("webhook.yaml", "MutatingWebhookConfiguration")["webhooks"]:
+        hook = entry["clientConfig"]["service"]
+        assert (hook["name"], hook["namespace"], hook["port"]) == ("cilia", "cilia-system", 443)
     # The addresses injected sidecars use resolve to this Service's mTLS xDS and issuer ports.
     _, args = _container_args(dep)
     parsed = build_parser().parse_args(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -132,3 +133,113 @@ async def test_leader_that_cannot_renew_steps_down(pair: tuple[FakeApiServer, Re
 def test_timings_are_checked() -> None:
     with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
         LeaseConfig(lease_duration_s=1, renew_deadline_s=2, retry_period_s=0.1).check()
+
+
+# -- an election that cannot work is loud --------------------------------------------------------------------
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "cilia.leader" and r.levelno == logging.ERROR]
+
+
+async def test_missing_lease_namespace_is_reported_and_heals_without_restart(
+        caplog: pytest.LogCaptureFixture) -> None:
+    lease = LeaseConfig(name="cilia-leader", namespace="nope", identity="a", lease_duration_s=0.8,
+                        renew_deadline_s=0.5, retry_period_s=0.1, error_log_interval_s=60.0)
+    async with FakeApiServer() as server:
+        api = await KubeApi.connect(server.kubeconfig_path())
+        elector = LeaderElector(api, lease)
+        task = asyncio.create_task(elector.run())
+        try:
+            with caplog.at_level(logging.INFO, logger="cilia.leader"):
+                # Within one retry period (plus jitter and a loaded machine): error log, counter, message.
+                await wait_until(lambda: _errors(caplog), within=lease.retry_period_s * 1.2 + 0.5, what="error log")
+                assert 'lease nope/cilia-leader (namespace_not_found): namespaces "nope" not found' in \
+                    _errors(caplog)[0]
+                assert elector.errors["namespace_not_found"] >= 1
+                assert elector.message() == 'not leading: namespaces "nope" not found'
+                st = elector.status()
+                assert st["leading"] is False and st["error_reason"] == "namespace_not_found"
+                # Not ready only once nobody has led for longer than the lease (plus takeover time).
+                await wait_until(lambda: not elector.healthy()[0], within=lease.stall_limit_s + 1, what="not ready")
+                ok, why = elector.healthy()
+                assert not ok and 'namespaces "nope" not found' in why and "no replica has led" in why
+                failures = elector.errors["namespace_not_found"]
+                assert failures >= 5 and len(_errors(caplog)) == 1  # rate-limited: the same error once
+                # The namespace appears: this replica leads, without a restart.
+                server.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nope"}})
+                await wait_until(lambda: elector.is_leader, within=3, what="leads once the namespace exists")
+                assert elector.healthy() == (True, "leading") and elector.status()["error"] == ""
+                assert "reachable again" in caplog.text
+                assert elector.errors["namespace_not_found"] >= failures  # a counter never goes back
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await api.close()
+
+
+async def test_rbac_denied_is_reported_again_when_the_reason_changes(caplog: pytest.LogCaptureFixture) -> None:
+    lease = LeaseConfig(name="cilia-leader", namespace="default", identity="a", lease_duration_s=0.8,
+                        renew_deadline_s=0.5, retry_period_s=0.1, error_log_interval_s=60.0)
+    async with FakeApiServer() as server:
+        api = await KubeApi.connect(server.kubeconfig_path())
+        elector = LeaderElector(api, lease)
+        denied = ('leases.coordination.k8s.io "cilia-leader" is forbidden: User "system:serviceaccount:cilia-system:'
+                  'cilia" cannot get resource "leases" in API group "coordination.k8s.io" in the namespace "default"')
+        server.inject_error(403, plural="leases", message=denied, times=None)
+        task = asyncio.create_task(elector.run())
+        try:
+            with caplog.at_level(logging.INFO, logger="cilia.leader"):
+                await wait_until(lambda: elector.errors["forbidden"] >= 3, what="forbidden counted")
+                assert len(_errors(caplog)) == 1 and "(forbidden): " + denied in _errors(caplog)[0]
+                assert elector.message() == f"not leading: {denied}"
+                server.clear_faults()
+                server.inject_error(503, plural="leases", message="etcd is busy", times=None)
+                await wait_until(lambda: elector.errors["server_error"] >= 1, what="server error counted")
+                await wait_until(lambda: len(_errors(caplog)) == 2, what="a new reason is logged at once")
+                assert "(server_error): etcd is busy" in _errors(caplog)[1]
+                server.clear_faults()
+                await wait_until(lambda: elector.is_leader, within=3, what="leads once allowed")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await api.close()
+
+
+async def test_unreachable_api_server_and_unexpected_errors_are_reported() -> None:
+    lease = LeaseConfig(name="cilia-leader", namespace="default", identity="a", lease_duration_s=0.8,
+                        renew_deadline_s=0.5, retry_period_s=0.1)
+    async with FakeApiServer() as server:
+        api = await KubeApi.connect(server.kubeconfig_path())
+    try:  # the server is gone now
+        elector = LeaderElector(api, lease)
+        await elector.tick()
+        assert elector.errors["unreachable"] == 1 and not elector.is_leader
+        assert elector.message().startswith("not leading: ")
+
+        async def broken(*_: object) -> dict[str, object]:
+            raise RuntimeError("a bug")
+
+        elector.api.get = broken  # type: ignore[method-assign]
+        await elector.tick()  # reported, and the election goes on
+        assert elector.errors["error"] == 1 and elector.status()["error"] == "RuntimeError: a bug"
+    finally:
+        await api.close()
+
+
+async def test_followers_stay_ready_while_another_replica_renews(
+        pair: tuple[FakeApiServer, Replica, Replica]) -> None:
+    server, a, b = pair
+    a.start()
+    await wait_until(lambda: a.elector.is_leader, what="a leads")
+    b.start()
+    await asyncio.sleep(LEASE.stall_limit_s + 0.5)
+    assert not b.elector.is_leader
+    assert b.elector.healthy() == (True, "following a")
+    assert b.elector.message() == "not leading: lease default/cilia-leader is held by a"
+    assert sum(b.elector.errors.values()) == 0
+    # The leader stops renewing without releasing and nobody can take over: followers turn not ready.
+    server.inject_error(403, verb="update", plural="leases", times=None)
+    await a.stop(release=False)
+    await wait_until(lambda: not b.elector.healthy()[0], within=LEASE.stall_limit_s + 2, what="b not ready")
+    assert b.elector.errors["forbidden"] >= 1
+    server.clear_faults()
+    await wait_until(lambda: b.elector.is_leader and b.elector.healthy()[0], within=3, what="b leads")

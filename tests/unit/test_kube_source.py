@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -242,3 +243,58 @@ async def test_first_served_version_is_used() -> None:
         finally:
             registry._KINDS.pop("Widget", None)
             await kube.close()
+
+
+def secret(name: str, ns: str, value: str = "x") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": name, "namespace": ns},
+            "data": {"k": base64.b64encode(value.encode()).decode()}}
+
+
+async def test_secrets_are_read_only_in_the_configured_namespaces(api: FakeApiServer,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    for ns in ("tls-a", "tls-b", "apps"):
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    api.create(secret("cert", "tls-a"))
+    api.create(secret("cert", "tls-b"))
+    api.create(secret("token", "apps"))
+    api.create(secret("token", "default"))
+    kube = await KubeApi.connect(api.kubeconfig_path())
+    store = Store()
+    opts = WatchOptions(page_size=2, backoff_initial_s=0.02, backoff_max_s=0.2, crd_retry_s=0.15,
+                        initial_sync_timeout_s=3.0, secret_namespaces=("tls-a", "tls-b"))
+    source = KubernetesSource(store, kube, options=opts)
+    api.inject_error(403, verb="list", plural="secrets", namespace="tls-b", times=1,
+                     message='secrets is forbidden: User "system:serviceaccount:cilia-system:cilia" cannot list')
+    task: asyncio.Task[None] | None = None
+    try:
+        with caplog.at_level(logging.INFO, logger="cilia.source.kube"):
+            await source.initial_sync()
+            task = asyncio.create_task(source.run())
+            await wait_until(lambda: {(o.meta.namespace, o.meta.name) for o in store.snapshot().list("Secret")}
+                             == {("tls-a", "cert"), ("tls-b", "cert")}, what="both namespaces listed")
+        await api.wait_for_watches(2, "secrets")
+        # Never a Secret request across namespaces, nor in a namespace not configured.
+        reads = api.find_requests(plural="secrets")
+        assert {r.namespace for r in reads} == {"tls-a", "tls-b"}
+        assert {r.verb for r in reads} == {"list", "watch"}
+        assert source.served("Secret@tls-a") and source.served("Secret@tls-b") and source.served("Secret") is None
+        text = caplog.text
+        assert "Secrets are read only in: tls-a, tls-b (--secrets-namespace)" in text
+        assert "Secret (namespace tls-b): list failed: 403 Forbidden" in text
+        assert "needs list on secrets from a Role in namespace tls-b" in text
+        # Each namespace's watch and relist touch only that namespace's Secrets.
+        api.update(secret("cert", "tls-a", "y"))
+        api.delete("v1", "Secret", "cert", "tls-b")
+        api.create(secret("other", "apps"))
+        await wait_until(lambda: store.get("Secret", "tls-b", "cert") is None, what="DELETED in tls-b")
+        await wait_until(lambda: store.get("Secret", "tls-a", "cert").spec.data["k"] == b"y", what="MODIFIED tls-a")
+        api.compact()
+        api.drop_watches("secrets")
+        relists = source.relists
+        await wait_until(lambda: source.relists >= relists + 2, what="both namespaces relisted")
+        assert {(o.meta.namespace, o.meta.name) for o in store.snapshot().list("Secret")} == {("tls-a", "cert")}
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await kube.close()

@@ -167,18 +167,19 @@ class KubeApi:
         return out
 
     # -- verbs ------------------------------------------------------------------------------------------
-    async def list(self, res: Resource, *, limit: int = 0, continue_token: str = "",
+    async def list(self, res: Resource, *, namespace: str | None = None, limit: int = 0, continue_token: str = "",
                    request_timeout: float = 60.0) -> dict[str, Any]:
+        """List `res` in every namespace (or cluster-scoped), or only in `namespace`."""
         self._count("list", res)
         query = []
         if limit:
             query.append(("limit", str(limit)))
         if continue_token:
             query.append(("continue", continue_token))
-        return await self._json("GET", res.path(), query=query, request_timeout=request_timeout)
+        return await self._json("GET", res.path(namespace), query=query, request_timeout=request_timeout)
 
-    async def watch(self, res: Resource, resource_version: str, *, timeout_s: int,
-                    read_timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, res: Resource, resource_version: str, *, timeout_s: int, read_timeout_s: float,
+                    namespace: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Yield decoded watch events (dicts with `type` and `object`) until the server ends the stream.
 
         ERROR events are raised as KubeApiError (410 Expired included), anything that is not an event
@@ -189,7 +190,7 @@ class KubeApi:
         if resource_version:
             query.append(("resourceVersion", resource_version))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout_s)
-        resp = await self._call("GET", res.path(), query=query, request_timeout=timeout)
+        resp = await self._call("GET", res.path(namespace), query=query, request_timeout=timeout)
         try:
             while True:
                 try:

@@ -5,7 +5,7 @@ This only builds and connects them; ``cilia.app.ControlPlane`` starts their coro
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,18 @@ class KubeMode:
 
     def is_leader(self) -> bool:
         return self.elector.is_leader if self.elector is not None else True
+
+    def leader_metric(self) -> tuple[str, bool, Mapping[str, int]]:
+        """(lease, leading, errors by reason) for the cilia_leader* metrics."""
+        assert self.elector is not None
+        return self.opts.lease.ref, self.elector.is_leader, self.elector.errors
+
+    def leader_status(self) -> dict[str, Any]:
+        """`/debug/leader`."""
+        if self.elector is not None:
+            return self.elector.status()
+        return {"enabled": False, "leading": True, "ready": True,
+                "message": "leader election is off (--no-leader-election): this replica writes status"}
 
     def _leadership(self, leading: bool) -> None:
         if self.writer is not None:

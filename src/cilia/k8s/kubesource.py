@@ -14,6 +14,10 @@ One loop per kind in ``cilia.k8s.registry.known_kinds()``:
 * **Invalid objects** become issues naming kind, namespace, name and field; the last valid version of
   the object keeps serving.
 
+**Secrets are read only where they are meant for cilia**: in the namespaces of
+``WatchOptions.secret_namespaces`` (``--secrets-namespace``, default ``cilia-secrets``), one list + watch per
+namespace, so the ServiceAccount needs a Role there and no cluster-wide grant on Secrets (deploy/README.md).
+
 ``on_watch_restart(kind, reason)`` is called for every restarted watch (reasons: ``closed`` when the
 server ended the stream, ``expired`` (410), ``gone`` (404), ``error``), for metrics.
 """
@@ -40,6 +44,9 @@ log = logging.getLogger("cilia.source.kube")
 
 SOURCE = "kubernetes"
 SOURCE_VERBS = ("list", "watch")  # every verb the source uses on every kind it reads (see cilia.k8s.rbac)
+# Kinds read namespace by namespace (WatchOptions.secret_namespaces), never cluster-wide.
+NAMESPACE_SCOPED_KINDS = frozenset({"Secret"})
+DEFAULT_SECRETS_NAMESPACE = "cilia-secrets"
 
 RestartHook = Callable[[str, str], None]
 
@@ -53,6 +60,11 @@ class WatchOptions:
     backoff_max_s: float = 30.0
     crd_retry_s: float = 30.0  # how often a kind the server does not serve is looked for again
     initial_sync_timeout_s: float = 30.0  # longest the first list of all kinds may hold up serving
+    secret_namespaces: tuple[str, ...] = (DEFAULT_SECRETS_NAMESPACE,)  # the only namespaces Secrets are read in
+
+    def namespaces_for(self, kind: str) -> tuple[str | None, ...]:
+        """Where `kind` is listed and watched: (None,) is every namespace at once (or a cluster-scoped kind)."""
+        return tuple(dict.fromkeys(self.secret_namespaces)) if kind in NAMESPACE_SCOPED_KINDS else (None,)
 
 
 class Backoff:
@@ -97,12 +109,22 @@ class _Invalid:
 @dataclass(slots=True)
 class _KindState:
     spec: KindSpec
+    namespace: str | None = None  # None: all namespaces (or a cluster-scoped kind)
     resource: Resource | None = None
     rv: str = ""
     listed: bool = False
     served: bool | None = None  # None: not known yet
     invalid: dict[tuple[str, str], _Invalid] = field(default_factory=dict)
     last_error: str = ""
+
+    @property
+    def key(self) -> str:
+        """`Secret@ns` for a kind read in one namespace, else the kind."""
+        return self.spec.kind if self.namespace is None else f"{self.spec.kind}@{self.namespace}"
+
+    @property
+    def what(self) -> str:
+        return self.spec.kind if self.namespace is None else f"{self.spec.kind} (namespace {self.namespace})"
 
 
 def _label(kind: str, namespace: str, name: str) -> str:
@@ -134,13 +156,16 @@ class KubernetesSource:
         self.watch_restarts: Counter[tuple[str, str]] = Counter()
         self.events = 0
         self.relists = 0
-        self._kinds = {s.kind: _KindState(s) for s in (kinds if kinds is not None else known_kinds())}
+        states = [_KindState(s, ns) for s in (kinds if kinds is not None else known_kinds())
+                  for ns in self.opts.namespaces_for(s.kind)]
+        self._kinds = {st.key: st for st in states}  # kind, or `Kind@namespace` for namespace-scoped reads
         self._origin = Origin(source)
         self._published_issues: tuple[Issue, ...] = ()
 
     # -- views --------------------------------------------------------------------------------------
     def served(self, kind: str) -> bool | None:
-        """True when the kind is listed and watched, False when the server does not serve it."""
+        """True when the kind is listed and watched, False when the server does not serve it (`kind` may be
+        `Kind@namespace` for a kind read per namespace)."""
         st = self._kinds.get(kind)
         return None if st is None else st.served
 
@@ -173,6 +198,10 @@ class KubernetesSource:
     async def initial_sync(self, within: float | None = None) -> None:
         """List every kind once (retrying errors for up to `within` seconds), so the first config is complete."""
         deadline = time.monotonic() + (self.opts.initial_sync_timeout_s if within is None else within)
+        scoped = sorted(k for k in NAMESPACE_SCOPED_KINDS if any(st.spec.kind == k for st in self._kinds.values()))
+        for kind in scoped:
+            where = ", ".join(self.opts.secret_namespaces) or "no namespace"
+            log.info("%ss are read only in: %s (--secrets-namespace)", kind, where)
 
         async def one(st: _KindState) -> None:
             backoff = Backoff(self.opts.backoff_initial_s, self.opts.backoff_max_s)
@@ -184,7 +213,7 @@ class KubernetesSource:
                     self._log_error(st, "list", exc)
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
-                    log.warning("%s: no complete initial list yet; serving without it and retrying", st.spec.kind)
+                    log.warning("%s: no complete initial list yet; serving without it and retrying", st.what)
                     return
                 await asyncio.sleep(delay)
 
@@ -193,7 +222,7 @@ class KubernetesSource:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             for st in self._kinds.values():
-                tg.create_task(self._run_kind(st), name=f"kube-watch-{st.spec.kind}")
+                tg.create_task(self._run_kind(st), name=f"kube-watch-{st.key}")
 
     async def _run_kind(self, st: _KindState) -> None:
         backoff = Backoff(self.opts.backoff_initial_s, self.opts.backoff_max_s)
@@ -232,7 +261,7 @@ class KubernetesSource:
                 self._restarted(st, "error")
                 await backoff.sleep()
             except Exception:  # a bug here must not take the control plane down: log, back off, go on
-                log.exception("%s: unexpected error in the watch loop", st.spec.kind)
+                log.exception("%s: unexpected error in the watch loop", st.what)
                 st.listed = False
                 self._restarted(st, "error")
                 await backoff.sleep()
@@ -245,10 +274,14 @@ class KubernetesSource:
     def _log_error(self, st: _KindState, what: str, exc: Exception) -> None:
         text = str(exc)
         if text != st.last_error:
-            log.warning("%s: %s failed: %s (retrying with backoff)", st.spec.kind, what, text)
+            hint = ""
+            if isinstance(exc, KubeApiError) and exc.status == 403:
+                where = f"a Role in namespace {st.namespace}" if st.namespace else "its ClusterRole"
+                hint = f" (cilia's ServiceAccount needs {what} on {st.spec.plural} from {where}: see deploy/README.md)"
+            log.warning("%s: %s failed: %s%s (retrying with backoff)", st.what, what, text, hint)
             st.last_error = text
         else:
-            log.debug("%s: %s failed again: %s", st.spec.kind, what, text)
+            log.debug("%s: %s failed again: %s", st.what, what, text)
 
     # -- list ------------------------------------------------------------------------------------------
     async def _list(self, st: _KindState) -> bool:
@@ -257,13 +290,13 @@ class KubernetesSource:
         for version in spec.versions:
             res = Resource(spec.group, version, spec.plural, spec.namespaced)
             try:
-                items, rv = await self._list_all(res)
+                items, rv = await self._list_all(res, st.namespace)
             except KubeApiError as exc:
                 if exc.status == 404:
                     continue
                 raise
             if st.served is False:
-                log.info("%s is now served (%s): watching it", spec.kind, res.api_version)
+                log.info("%s is now served (%s): watching it", st.what, res.api_version)
             st.served, st.resource, st.last_error = True, res, ""
             self._apply_list(st, res, items)
             st.rv, st.listed = rv, True
@@ -274,17 +307,17 @@ class KubernetesSource:
             log.warning("%s (%s) is not served by the API server (CRD not installed?): %s objects are ignored; "
                         "checking again every %g s", spec.kind, versions, spec.kind, self.opts.crd_retry_s)
         st.served, st.resource, st.listed, st.rv = False, None, False, ""
-        self.store.replace_kind(self.source, spec.kind, ())
+        self.store.replace_kind(self.source, spec.kind, (), st.namespace)
         if st.invalid:
             st.invalid.clear()
             self._publish_issues()
         return False
 
-    async def _list_all(self, res: Resource) -> tuple[list[Any], str]:
+    async def _list_all(self, res: Resource, namespace: str | None = None) -> tuple[list[Any], str]:
         items: list[Any] = []
         token = ""
         for _ in range(100_000):  # bounded: a server handing out continue tokens forever is a bug
-            page = await self.api.list(res, limit=self.opts.page_size, continue_token=token)
+            page = await self.api.list(res, namespace=namespace, limit=self.opts.page_size, continue_token=token)
             md = page.get("metadata") or {}
             page_items = page.get("items") or []
             if not isinstance(page_items, list):
@@ -313,7 +346,7 @@ class KubernetesSource:
                 last_good = mine.get((kind, *key))
                 if last_good is not None:
                     good.append(last_good)
-        self.store.replace_kind(self.source, kind, good)
+        self.store.replace_kind(self.source, kind, good, st.namespace)
         if invalid != st.invalid:
             st.invalid = invalid
             self._publish_issues()
@@ -325,7 +358,7 @@ class KubernetesSource:
         res = st.resource
         timeout = int(self.opts.watch_timeout_s * random.uniform(1.0, 2.0)) or 1
         count = 0
-        async for event in self.api.watch(res, st.rv, timeout_s=timeout,
+        async for event in self.api.watch(res, st.rv, timeout_s=timeout, namespace=st.namespace,
                                           read_timeout_s=timeout + self.opts.read_slack_s):
             etype = event["type"]
             obj = event["object"]

@@ -13,6 +13,14 @@ Every replica serves xDS; only the leader writes. The algorithm is client-go's:
 A leader that dies without releasing is replaced within ``lease_duration + retry_period`` of its
 last renewal. ``leaseDurationSeconds`` in the Lease is informational (whole seconds); the timings in
 force are this replica's, which may be sub-second for tests.
+
+An election that cannot work is loud, never silent: a Lease that cannot be read, created or renewed
+(namespace missing, RBAC denied, API server unreachable) is logged at error level (again when the
+error changes, else at most every ``error_log_interval_s``), counted by reason (``errors``, the metric
+``cilia_leader_election_errors_total``) and shown by ``status()`` (``/debug/leader``, ``cilia status``).
+``healthy()`` turns false when this replica has not led for longer than the lease duration plus two
+retry periods (the time a normal takeover may take) while no other holder renewed the Lease either:
+nobody writes status then, and ``/readyz`` says so.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +46,28 @@ log = logging.getLogger("cilia.leader")
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases", True)
 LEASE_VERBS = ("get", "create", "update")  # every verb the elector uses on leases (see cilia.k8s.rbac)
+# Why an attempt to acquire or renew failed (label `reason` of cilia_leader_election_errors_total).
+ERROR_REASONS = ("namespace_not_found", "forbidden", "unauthorized", "unreachable", "server_error", "invalid",
+                 "error")
+
+
+def error_reason(exc: Exception) -> str:
+    """The metric reason for a failed Lease call."""
+    if not isinstance(exc, KubeApiError):
+        return "error"
+    if exc.status == 404 and exc.message.startswith("namespaces "):
+        return "namespace_not_found"
+    if exc.status == 403:
+        return "forbidden"
+    if exc.status == 401:
+        return "unauthorized"
+    if exc.status == 0:
+        return "unreachable"
+    if exc.status in (408, 429) or exc.status >= 500:
+        return "server_error"
+    if exc.status in (400, 422):
+        return "invalid"
+    return "error"
 
 
 def default_identity() -> str:
@@ -53,6 +84,16 @@ class LeaseConfig:
     lease_duration_s: float = 15.0
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
+    error_log_interval_s: float = 30.0  # an unchanged election error is logged at most this often
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def stall_limit_s(self) -> float:
+        """How long no replica may lead before this one reports the election as failing."""
+        return self.lease_duration_s + 2 * self.retry_period_s
 
     def check(self) -> None:
         if not (0 < self.retry_period_s < self.renew_deadline_s < self.lease_duration_s):
@@ -79,10 +120,18 @@ class LeaderElector:
         self.on_change = on_change
         self.clock = clock
         self.transitions = 0  # times this replica became leader
+        self.errors: Counter[str] = Counter({r: 0 for r in ERROR_REASONS})  # failed attempts by reason
         self._leader = False
         self._last_renew = 0.0
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        self._holder = ""  # holder in the Lease as last read ("" none, or not read yet)
+        self._progress_at = clock()  # last time someone (we, or another holder renewing) held the Lease
+        self._error = ""  # the last attempt's error ("" when it worked)
+        self._error_reason = ""
+        self._error_since: float | None = None
+        self._error_logged_at = -math.inf
+        self._errors_unlogged = 0
 
     @property
     def is_leader(self) -> bool:
@@ -104,6 +153,7 @@ class LeaderElector:
 
     async def run(self) -> None:
         cfg = self.config
+        self._progress_at = self.clock()  # the grace period starts with the election, not the constructor
         try:
             while True:
                 await self.tick()
@@ -120,14 +170,77 @@ class LeaderElector:
         try:
             ok = await self._acquire_or_renew()
         except KubeApiError as exc:
-            log.debug("lease %s/%s: %s", self.config.namespace, self.config.name, exc)
+            self._failed(error_reason(exc), exc.message or str(exc))
             ok = False
+        except Exception as exc:  # a bug must not end the election (nor the control plane): report, go on
+            if not self._error:
+                log.exception("leader election: unexpected error")
+            self._failed("error", f"{type(exc).__name__}: {exc}")
+            ok = False
+        else:
+            self._succeeded()
         now = self.clock()
         if ok:
             self._last_renew = now
+            self._progress_at = now
             self._set_leader(True, "lease acquired")
         elif self._leader and now - self._last_renew > self.config.renew_deadline_s:
             self._set_leader(False, f"could not renew within {self.config.renew_deadline_s:g} s")
+
+    # -- errors, health, status --------------------------------------------------------------------------
+    def _failed(self, reason: str, text: str) -> None:
+        now = self.clock()
+        self.errors[reason] += 1
+        if self._error_since is None:
+            self._error_since = now
+        changed = text != self._error
+        self._error, self._error_reason = text, reason
+        if changed or now - self._error_logged_at >= self.config.error_log_interval_s:
+            more = f" ({self._errors_unlogged} more failures since the last report)" if self._errors_unlogged else ""
+            log.error("leader election: cannot acquire or renew lease %s (%s): %s; %s%s", self.config.ref, reason,
+                      text, "stepping down soon" if self._leader else "not leading (status is written only if "
+                      "another replica leads)", more)
+            self._error_logged_at = now
+            self._errors_unlogged = 0
+        else:
+            self._errors_unlogged += 1
+
+    def _succeeded(self) -> None:
+        if self._error:
+            took = self.clock() - (self._error_since or self.clock())
+            log.info("leader election: lease %s reachable again after %.0f s of errors (last: %s)", self.config.ref,
+                     took, self._error)
+        self._error, self._error_reason, self._error_since, self._errors_unlogged = "", "", None, 0
+        self._error_logged_at = -math.inf
+
+    def healthy(self) -> tuple[bool, str]:
+        """False (with why) once no replica has held the Lease for longer than `stall_limit_s`."""
+        if self._leader:
+            return True, "leading"
+        stalled = self.clock() - self._progress_at
+        if stalled <= self.config.stall_limit_s:
+            return True, f"following {self._holder}" if self._holder else "not leading yet"
+        return False, f"no replica has led for {stalled:.0f} s: {self.message()}"
+
+    def message(self) -> str:
+        """One line: leading, following whom, or why not leading."""
+        if self._leader:
+            return f"leading (lease {self.config.ref}, identity {self.identity})"
+        if self._error:
+            return f"not leading: {self._error}"
+        if self._holder:
+            return f"not leading: lease {self.config.ref} is held by {self._holder}"
+        return f"not leading: lease {self.config.ref} not acquired yet"
+
+    def status(self) -> dict[str, Any]:
+        """The view `/debug/leader` serves."""
+        now = self.clock()
+        ok, why = self.healthy()
+        return {"enabled": True, "lease": self.config.ref, "identity": self.identity, "leading": self._leader,
+                "holder": self._holder, "transitions": self.transitions, "message": self.message(), "ready": ok,
+                "ready_detail": why, "error": self._error, "error_reason": self._error_reason,
+                "error_for_s": round(now - self._error_since, 1) if self._error_since is not None else None,
+                "errors": {k: v for k, v in self.errors.items() if v}}
 
     async def _acquire_or_renew(self) -> bool:
         cfg = self.config
@@ -147,10 +260,13 @@ class LeaderElector:
                     return False  # another replica created it first
                 raise
             self._observe(created.get("spec") or {}, self.clock())
+            self._holder = self.identity
             return True
         spec = lease.get("spec") or {}
-        self._observe(spec, now)
         holder = spec.get("holderIdentity") or ""
+        self._holder = holder
+        if self._observe(spec, now) and holder and holder != self.identity:
+            self._progress_at = now  # another replica renews: the election works
         if holder and holder != self.identity:
             if self._leader:
                 self._set_leader(False, f"the lease is held by {holder}")
@@ -166,6 +282,7 @@ class LeaderElector:
                 return False  # changed under us: look again next period
             raise
         self._observe(updated.get("spec") or {}, self.clock())
+        self._holder = self.identity
         return True
 
     def _observe(self, spec: dict[str, Any], now: float) -> bool:

@@ -156,12 +156,14 @@ class Store:
         self._notify(changed)
         return bool(changed - {ISSUES})
 
-    def replace_kind(self, source: str, kind: str, objects: Iterable[KubeObject]) -> bool:
-        """A relist: `objects` is everything `source` has of `kind`. Unchanged objects change nothing."""
+    def replace_kind(self, source: str, kind: str, objects: Iterable[KubeObject], namespace: str | None = None) -> bool:
+        """A relist: `objects` is everything `source` has of `kind` (in `namespace`, when given: a source
+        that reads a kind namespace by namespace). Unchanged objects change nothing."""
         changed: set[str] = set()
         issues: list[Issue] = []
         wanted = {(o.kind, o.meta.namespace, o.meta.name): o for o in objects}
-        for key in [k for k in self._by_source.get(source, {}) if k[0] == kind and k not in wanted]:
+        for key in [k for k in self._by_source.get(source, {})
+                    if k[0] == kind and (namespace is None or k[1] == namespace) and k not in wanted]:
             self._remove(source, key, changed)
         for key, obj in wanted.items():
             self._put(source, key, obj, changed, issues)

@@ -1,4 +1,10 @@
-"""Admin HTTP: health, readiness, metrics and debug views (DESIGN §5)."""
+"""Admin HTTP: health, readiness, metrics and debug views (DESIGN §5).
+
+`/readyz` runs named checks (`ready_checks()` of the view, when it has one): 200 when all pass, else 503.
+As the Kubernetes API server's, `?verbose` lists every check (`[+]name ok` / `[-]name failed: why`) and
+`?exclude=NAME` (repeatable) leaves a check out, e.g. a readinessProbe that must not depend on
+`leader-election`.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +36,24 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n" if view.healthy() else "unhealthy\n", status=200 if view.healthy() else 503)
 
-    async def readyz(_: web.Request) -> web.Response:
-        ok = view.ready()
-        return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+    async def readyz(req: web.Request) -> web.Response:
+        checks_of = getattr(view, "ready_checks", None)
+        checks: list[tuple[str, bool, str]] = checks_of() if checks_of is not None else [("ready", view.ready(), "")]
+        excluded = set(req.query.getall("exclude", []))
+        unknown = excluded - {name for name, _, _ in checks}
+        if unknown:
+            return web.Response(text=f"unknown check(s) to exclude: {', '.join(sorted(unknown))}\n", status=400)
+        run = [c for c in checks if c[0] not in excluded]
+        ok = all(passed for _, passed, _ in run)
+        failed = [name for name, passed, _ in run if not passed]
+        if "verbose" in req.query:
+            lines = [f"[+]{name} ok" if passed else f"[-]{name} failed: {detail}" for name, passed, detail in run]
+            lines += [f"[~]{name} excluded" for name, _, _ in checks if name in excluded]
+            lines.append("readyz check passed" if ok else "readyz check failed")
+            text = "\n".join(lines) + "\n"
+        else:
+            text = "ready\n" if ok else f"not ready: {', '.join(failed)}\n"
+        return web.Response(text=text, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         text = view.metrics_text()
@@ -67,6 +88,10 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
         source = getattr(view, "security", None)
         return _json(source() if source is not None else {})
 
+    async def leader(_: web.Request) -> web.Response:
+        source = getattr(view, "leader", None)
+        return _json(source() if source is not None else {"enabled": False})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -79,6 +104,7 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     app.router.add_get("/debug/issues", issues)
     app.router.add_get("/debug/agents", agents)
     app.router.add_get("/debug/security", security)
+    app.router.add_get("/debug/leader", leader)
     return app
 
 

@@ -179,6 +179,7 @@ Number = int | float
 ProxyCounts = Callable[[], Mapping[tuple[str, str], int]]  # (role, variant) -> proxies
 SnapshotSizes = Callable[[], Mapping[str, tuple[int, int]]]  # type label -> (resources, bytes)
 Counts = Callable[[], Mapping[str, int]]
+LeaderView = Callable[[], tuple[str, bool, Mapping[str, int]]]  # -> (lease ns/name, leading, errors by reason)
 
 
 class Metrics:
@@ -201,6 +202,7 @@ class Metrics:
         self._proxy_counts: ProxyCounts | None = None
         self._snapshot_sizes: SnapshotSizes | None = None
         self._issue_counts: Counts | None = None
+        self._leader: LeaderView | None = None
         self._object_counts: dict[str, int] = {}
         self._xds_listeners: dict[tuple[str, str, str], int] = {}
 
@@ -248,6 +250,14 @@ class Metrics:
         self.watch_restarts = m.create_counter(
             "cilia_kubernetes_watch_restarts", description="Kubernetes watches restarted, by kind and reason.")
         m.create_observable_gauge(
+            "cilia_leader", [self._obs_leader],
+            description="1 while this replica holds the leader Lease (label lease: namespace/name) and writes "
+                        "status, else 0; absent without leader election.")
+        m.create_observable_counter(
+            "cilia_leader_election_errors", [self._obs_leader_errors],
+            description="Failed attempts to acquire or renew the leader Lease, by reason (namespace_not_found, "
+                        "forbidden, unauthorized, unreachable, server_error, invalid, error).")
+        m.create_observable_gauge(
             "cilia_input_objects", [self._obs_keyed(lambda: self._object_counts, "kind")],
             description="Objects in the input snapshot of the last rebuild, by kind.")
         m.create_observable_gauge(
@@ -263,8 +273,10 @@ class Metrics:
 
     # -- wiring ------------------------------------------------------------------------------------------
     def observe(self, *, proxies: ProxyCounts | None = None, snapshot: SnapshotSizes | None = None,
-                issues: Counts | None = None) -> None:
+                issues: Counts | None = None, leader: LeaderView | None = None) -> None:
         """Views read at collection time (never on the hot path)."""
+        if leader is not None:
+            self._leader = leader
         if proxies is not None:
             self._proxy_counts = proxies
         if snapshot is not None:
@@ -331,6 +343,17 @@ class Metrics:
         def cb(_o: CallbackOptions) -> Iterable[Observation]:
             return [Observation(v, {label: k}) for k, v in sorted(source().items())]
         return cb
+
+    def _obs_leader(self, _o: CallbackOptions) -> Iterable[Observation]:
+        if self._leader is None:
+            return []
+        lease, leading, _ = self._leader()
+        return [Observation(1 if leading else 0, {"lease": lease})]
+
+    def _obs_leader_errors(self, _o: CallbackOptions) -> Iterable[Observation]:
+        if self._leader is None:
+            return []
+        return [Observation(v, {"reason": k}) for k, v in sorted(self._leader()[2].items())]
 
     def _obs_proxies(self, _o: CallbackOptions) -> Iterable[Observation]:
         counts = self._proxy_counts() if self._proxy_counts else {}

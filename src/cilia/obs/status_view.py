@@ -85,3 +85,15 @@ def proxy_detail(pid: str, p: Mapping[str, Any]) -> str:
 
 
 __all__ = ["proxy_detail", "status_table"]
+
+
+def leader_line(leader: Mapping[str, Any]) -> str | None:
+    """`cilia status`'s line about leader election (`/debug/leader`), loud when nobody writes status."""
+    if not leader or not leader.get("enabled"):
+        return None
+    text = f"leader election ({leader.get('lease', '?')}): {leader.get('message', '')}"
+    if not leader.get("ready", True):
+        return f"WARNING: {text}; no replica writes status ({leader.get('ready_detail', '')})"
+    if leader.get("error"):
+        return f"WARNING: {text}"
+    return text

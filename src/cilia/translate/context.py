@@ -38,6 +38,9 @@ class TranslateOptions:
     # --ingress-controller-name / --gateway-controller-name (e.g. Cilium's, to serve Cilium users' classes).
     ingress_controllers: tuple[str, ...] = ("cilia.io/ingress-controller",)
     gateway_controllers: tuple[str, ...] = ("cilia.io/gateway-controller",)
+    # Kubernetes mode: the only namespaces cilia reads Secrets in (--secrets-namespace); None: all (file mode).
+    # Only used to say why a referenced Secret is missing.
+    secret_namespaces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from cilia.translate.gateway_common import (
     route_parent_status,
     same_parent,
 )
+from cilia.translate.tls import secret_not_found
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
 PROTOCOL_KINDS = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GRPCRoute"), "TLS": ("TLSRoute",),
@@ -132,7 +133,8 @@ def _gateway_address(obj: KubeObject, opts: TranslateOptions) -> tuple[str, Cond
     return opts.gateway_address, None
 
 
-def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference) -> tuple[ir.Secret | None, Cond | None]:
+def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference,
+            readable: tuple[str, ...] | None = None) -> tuple[ir.Secret | None, Cond | None]:
     what = f"certificateRef {ref.namespace}/{ref.name}"
     if norm_group(ref.group) != "" or ref.kind != "Secret":
         return None, Cond("ResolvedRefs", False, "InvalidCertificateRef",
@@ -143,7 +145,9 @@ def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference) -> tu
                           f"{gw.meta.namespace} to use it")
     obj = snapshot.get("Secret", ref.namespace, ref.name)
     if obj is None:
-        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef", f"{what}: Secret not found")
+        text = "Secret not found" if readable is None or ref.namespace in readable else \
+            secret_not_found(ref.namespace, ref.name, readable)
+        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef", f"{what}: {text}")
     crt = obj.spec.data.get("tls.crt", b"")
     key = obj.spec.data.get("tls.key", b"")
     if b"-----BEGIN CERTIFICATE-----" not in crt or b"PRIVATE KEY-----" not in key:
@@ -152,7 +156,8 @@ def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference) -> tu
     return ir.Secret(f"{ref.namespace}/{ref.name}", crt, key, sources=(str(obj.ref),)), None
 
 
-def _listener_state(snapshot: InputSnapshot, gw: KubeObject, li: GatewayListener) -> ListenerState:
+def _listener_state(snapshot: InputSnapshot, gw: KubeObject, li: GatewayListener,
+                    readable: tuple[str, ...] | None = None) -> ListenerState:
     kinds = PROTOCOL_KINDS.get(li.protocol, ())
     if li.allowed_routes.kinds:
         wanted = [k for k in li.allowed_routes.kinds if k.group == GROUP and k.kind in kinds]
@@ -170,7 +175,7 @@ def _listener_state(snapshot: InputSnapshot, gw: KubeObject, li: GatewayListener
                      f"route kinds not supported on a {li.protocol} listener: {names}"))
     if li.tls is not None and li.tls.mode == "Terminate":
         for ref in li.tls.certificate_refs:
-            secret, problem = _secret(snapshot, gw, ref)
+            secret, problem = _secret(snapshot, gw, ref, readable)
             if secret is not None:
                 st.secrets.append(secret)
             elif problem is not None and "ResolvedRefs" not in st.conds:
@@ -220,7 +225,7 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Ma
         if obj.spec.gateway_class_name not in classes:
             continue
         address, refused = _gateway_address(obj, opts)
-        listeners = [_listener_state(snapshot, obj, li) for li in obj.spec.listeners]
+        listeners = [_listener_state(snapshot, obj, li, opts.secret_namespaces) for li in obj.spec.listeners]
         _detect_conflicts(listeners)
         gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name])
         if refused is not None:

@@ -326,7 +326,8 @@ class _Group:
                 ns = obj.meta.namespace
                 cached = self.secret_cache.get((ns, t.secret_name))
                 if cached is None:
-                    cached = self.secret_cache[(ns, t.secret_name)] = load_tls_secret(self.snapshot, ns, t.secret_name)
+                    cached = self.secret_cache[(ns, t.secret_name)] = load_tls_secret(
+                        self.snapshot, ns, t.secret_name, self.opts.secret_namespaces)
                 for w in cached.warnings:
                     self.issues.append(Issue(ref, f"{where}.secretName", w, severity="warning"))
                 if cached.secret is None:

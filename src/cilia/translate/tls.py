@@ -101,11 +101,23 @@ def check_tls_pair(cert_pem: bytes, key_pem: bytes, now: float | None = None) ->
     return "", tuple(warnings), _names(leaf)
 
 
-def load_tls_secret(snapshot: InputSnapshot, namespace: str, name: str) -> TlsSecret:
-    """The SDS secret for Secret `namespace/name`, named `namespace/name`."""
+def secret_not_found(namespace: str, name: str, readable: tuple[str, ...] | None = None) -> str:
+    """Why Secret `namespace/name` is missing: not there, or in a namespace cilia does not read Secrets in."""
+    if readable is not None and namespace not in readable:
+        where = ", ".join(readable) or "no namespace"
+        return (f"Secret {namespace}/{name} is not readable: cilia reads Secrets only in {where} "
+                f"(--secrets-namespace; to use this one, add --secrets-namespace={namespace} and a Role there "
+                "as deploy/README.md shows)")
+    return f"Secret {namespace}/{name} not found"
+
+
+def load_tls_secret(snapshot: InputSnapshot, namespace: str, name: str,
+                    readable: tuple[str, ...] | None = None) -> TlsSecret:
+    """The SDS secret for Secret `namespace/name`, named `namespace/name`. `readable`: the namespaces cilia
+    reads Secrets in (None: all), for the error message."""
     obj = snapshot.get("Secret", namespace, name)
     if obj is None:
-        return TlsSecret(None, f"Secret {namespace}/{name} not found")
+        return TlsSecret(None, secret_not_found(namespace, name, readable))
     spec: SecretSpec = obj.spec
     missing = [k for k in ("tls.crt", "tls.key") if not spec.data.get(k)]
     if missing:
