@@ -202,7 +202,7 @@ class ControlPlane:
         if self.kube is not None:
             self.kube.after_rebuild(result.statuses, self.all_issues())
         for issue in world.issues:
-            log.warning("%s", issue)
+            log.warning("%s", issue, extra={"object": issue.object})
 
     def _done(self, snapshot: InputSnapshot, t0: float) -> None:
         dt = time.perf_counter() - t0

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import logging
 import sys
 import urllib.error
 import urllib.request
@@ -141,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cilia", description="Envoy xDS control plane for a service mesh.")
     parser.add_argument("--version", action="version", version=f"cilia {__version__}")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="text lines, or JSON lines (time, level, logger, message, proxy_id, object)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the control plane (xDS, admin, optional webhook)")
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (serve, tr, bs, inj, st, cf, ce):  # the agent parser has its own --log-level
         sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
                         help="log verbosity (also accepted before the command)")
+    for sp in (serve, tr, bs, inj, st, cf, ce, ag):
+        sp.add_argument("--log-format", default=argparse.SUPPRESS, choices=("text", "json"),
+                        help="text or JSON lines (also accepted before the command)")
     return parser
 
 
@@ -576,8 +580,9 @@ COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_boo
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cilia.obs.logs import configure_logging
+
+    configure_logging(str(args.log_level), args.log_format)
     return COMMANDS[args.command](args)
 
 
