@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only this resource type")
     cf.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
 
+    comp = sub.add_parser("completion", help="print a shell completion script (bash, zsh)")
+    comp.add_argument("shell", choices=("bash", "zsh"), help="bash: source <(cilia completion bash); "
+                      "zsh: source <(cilia completion zsh) after compinit")
+
     for sp in (serve, tr, bs, inj, st, cf, ce):  # the agent parser has its own --log-level
         sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
                         help="log verbosity (also accepted before the command)")
@@ -575,6 +579,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_bootstrap, "status": cmd_status,
             "inject": cmd_inject, "agent": cmd_agent, "config": cmd_config, "ca": cmd_ca, "cert": cmd_cert}
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from cilia.completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return 0
+
+
+COMMANDS["completion"] = cmd_completion
 
 
 def main(argv: Sequence[str] | None = None) -> int:
