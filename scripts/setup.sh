@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 iproute2 curl nftables git make openssl
-                 zsh chromium)  # zsh: completion tests; chromium: the admin page test (headless)
+                 zsh chromium chromium-driver)  # zsh: completion tests; chromium: the admin page test (headless)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

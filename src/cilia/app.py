@@ -497,6 +497,10 @@ class ControlPlane:
     def metrics_text(self) -> str:
         return self.metrics.prometheus_text()
 
+    def latency_series(self) -> list[dict[str, float]]:
+        """Change -> ACK latency per minute of the last hour (the admin page's chart)."""
+        return self.metrics.xds.recent.series()
+
 
 class _Stopped(Exception):
     pass
