@@ -250,6 +250,8 @@ class Metrics:
         self._proxy_counts: ProxyCounts | None = None
         self._snapshot_sizes: SnapshotSizes | None = None
         self._issue_counts: Counts | None = None
+        self._sync_counts: ProxyCounts | None = None
+        self._status_writes: Counts | None = None
         self._object_counts: dict[str, int] = {}
         self._xds_listeners: dict[tuple[str, str, str], int] = {}
 
@@ -268,6 +270,15 @@ class Metrics:
         m.create_observable_gauge(
             "cilia_xds_connected_proxies", [self._obs_proxies],
             description="Connected proxies by role and xDS variant.")
+        m.create_observable_gauge(
+            "cilia_xds_proxy_sync", [self._obs_pairs(lambda: self._sync_counts() if self._sync_counts else {},
+                                                      ("role", "state"))],
+            description="Connected proxies by role and sync state: NACKED (a type's last version was rejected), "
+                        "STALE (a version awaits its ACK), SYNCED (every type sent was ACKed), NOT_SENT.")
+        m.create_observable_counter(
+            "cilia_status_writes", [self._obs_keyed(lambda: self._status_writes() if self._status_writes else {},
+                                                    "result")],
+            description="Kubernetes status writes by the leader, by result (written, conflict, not_found, error).")
         m.create_observable_counter(
             "cilia_xds_pushes", [self._obs_pairs(lambda: x.pushes, ("type", "reason"), type_first=True)],
             description="xDS responses sent, by resource type and reason (initial, change, request).")
@@ -312,8 +323,14 @@ class Metrics:
 
     # -- wiring ------------------------------------------------------------------------------------------
     def observe(self, *, proxies: ProxyCounts | None = None, snapshot: SnapshotSizes | None = None,
-                issues: Counts | None = None) -> None:
-        """Views read at collection time (never on the hot path)."""
+                issues: Counts | None = None, sync: ProxyCounts | None = None,
+                status_writes: Counts | None = None) -> None:
+        """Views read at collection time (never on the hot path). `sync`: (role, state) -> proxies;
+        `status_writes`: result -> writes so far."""
+        if sync is not None:
+            self._sync_counts = sync
+        if status_writes is not None:
+            self._status_writes = status_writes
         if proxies is not None:
             self._proxy_counts = proxies
         if snapshot is not None:
