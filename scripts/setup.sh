@@ -61,4 +61,6 @@ fi
 # A real Kubernetes control plane for tests/kube: etcd, kube-apiserver, kube-controller-manager and kubectl,
 # built once from Go modules into ~/.cache/cilia (about 10 minutes cold on 2 cores; instant afterwards).
 bash scripts/local-cluster.sh build >/dev/null
+# helm for the chart tests (deploy/helm/cilia), built the same way (about 3 minutes cold).
+bash scripts/helm.sh >/dev/null
 echo "setup: ready (.venv)"
