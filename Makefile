@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both prepare the machine first.
-.PHONY: setup demo test lint bench golden
+.PHONY: setup demo test lint bench golden proto
 
 setup:
 	@bash scripts/setup.sh
@@ -21,3 +21,7 @@ bench: setup
 
 golden: setup
 	.venv/bin/python -m pytest -q tests/unit/test_golden.py --update-golden
+
+# Regenerate src/cilia/api/ from proto/ with grpcio-tools' protoc (tests check the checked-in code is fresh).
+proto: setup
+	.venv/bin/python scripts/gen_proto.py

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 iproute2 curl nftables git make openssl)
+SYSTEM_PACKAGES=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 iproute2 curl nftables git make openssl
+                 zsh chromium chromium-driver)  # zsh: completion tests; chromium: the admin page test (headless)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -60,4 +61,6 @@ fi
 # A real Kubernetes control plane for tests/kube: etcd, kube-apiserver, kube-controller-manager and kubectl,
 # built once from Go modules into ~/.cache/cilia (about 10 minutes cold on 2 cores; instant afterwards).
 bash scripts/local-cluster.sh build >/dev/null
+# helm for the chart tests (deploy/helm/cilia), built the same way (about 3 minutes cold).
+bash scripts/helm.sh >/dev/null
 echo "setup: ready (.venv)"

@@ -139,6 +139,7 @@ class ControlPlane:
         self.metrics = self.telemetry.metrics
         self.xds = XdsServer(self.cache, self.status, opts.limits, self.telemetry.xds)
         self.metrics.observe(proxies=self._proxy_counts, snapshot=self._snapshot_sizes, issues=self._issue_counts)
+        self.metrics.observe(sync=self._sync_counts, status_writes=self._status_write_counts)
         self._sizes: tuple[object, dict[str, tuple[int, int]]] = (None, {})
         self.render_cache = ResourceCache()
         self.result: TranslationResult | None = None
@@ -206,7 +207,7 @@ class ControlPlane:
         if self.kube is not None:
             self.kube.after_rebuild(result.statuses, self.all_issues())
         for issue in world.issues:
-            log.warning("%s", issue)
+            log.warning("%s", issue, extra={"object": issue.object})
 
     def _done(self, snapshot: InputSnapshot, t0: float) -> None:
         dt = time.perf_counter() - t0
@@ -489,6 +490,25 @@ class ControlPlane:
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def _sync_counts(self) -> dict[tuple[str, str], int]:
+        """Connected proxies by (role, sync state): the worst state among the types each was sent."""
+        counts: dict[tuple[str, str], int] = {}
+        for pid, ps in self.status.proxies.items():
+            if not ps.streams:
+                continue
+            states = {ts.state for ts in ps.types.values()}
+            state = next((s for s in ("NACKED", "STALE", "SYNCED") if s in states), "NOT_SENT")
+            key = (pid.split("~", 1)[0], state)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _status_write_counts(self) -> dict[str, int]:
+        writer = self.kube.writer if self.kube is not None else None
+        if writer is None:
+            return {}
+        st = writer.stats
+        return {"written": st.writes, "conflict": st.conflicts, "not_found": st.not_found, "error": st.errors}
+
     def _issue_counts(self) -> dict[str, int]:
         counts = {"error": 0, "warning": 0}
         for issue in self.all_issues():
@@ -521,6 +541,10 @@ class ControlPlane:
 
     def metrics_text(self) -> str:
         return self.metrics.prometheus_text()
+
+    def latency_series(self) -> list[dict[str, float]]:
+        """Change -> ACK latency per minute of the last hour (the admin page's chart)."""
+        return self.metrics.xds.recent.series()
 
 
 class _Stopped(Exception):

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import logging
 import sys
 import urllib.error
 import urllib.request
@@ -167,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cilia", description="Envoy xDS control plane for a service mesh.")
     parser.add_argument("--version", action="version", version=f"cilia {__version__}")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="text lines, or JSON lines (time, level, logger, message, proxy_id, object)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the control plane (xDS, admin, optional webhook)")
@@ -292,9 +293,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only this resource type")
     cf.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
 
+    an = sub.add_parser("analyze", help="check manifests for mistakes before applying them",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Translate and render the manifests as `cilia serve` would, and report issues, "
+                                    "negative status conditions and cross-object problems (missing Services, Secrets "
+                                    "and ports; Ingress/HTTPRoute overlaps; listeners on one port; GAMMA routes no "
+                                    "mesh pod uses; selectors that select nothing; CiliumEnvoyConfigs Envoy rejects).",
+                        epilog="exit codes: 0 no errors (warnings allowed unless --strict); 1 errors found (or "
+                               "warnings with --strict); 2 the input could not be read, or Envoy was required "
+                               "and not found")
+    an.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+                    help="manifest file or directory (repeatable)")
+    an.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    an.add_argument("--envoy-validate", action=argparse.BooleanOptionalAction, default=None,
+                    help="check CiliumEnvoyConfig resources with `envoy --mode validate` (default: when envoy is "
+                         "installed; --envoy-validate requires it)")
+    an.add_argument("--envoy", default=None, metavar="FILE", help="the envoy binary (default: envoy on PATH)")
+    an.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    _add_translate_options(an)
+
+    comp = sub.add_parser("completion", help="print a shell completion script (bash, zsh)")
+    comp.add_argument("shell", choices=("bash", "zsh"), help="bash: source <(cilia completion bash); "
+                      "zsh: source <(cilia completion zsh) after compinit")
+
     for sp in (serve, tr, bs, inj, st, cf, ce):  # the agent parser has its own --log-level
         sp.add_argument("--log-level", default=argparse.SUPPRESS, choices=("debug", "info", "warning", "error"),
                         help="log verbosity (also accepted before the command)")
+    for sp in (serve, tr, bs, inj, st, cf, ce, ag):
+        sp.add_argument("--log-format", default=argparse.SUPPRESS, choices=("text", "json"),
+                        help="text or JSON lines (also accepted before the command)")
     return parser
 
 
@@ -607,11 +634,51 @@ COMMANDS = {"serve": cmd_serve, "translate": cmd_translate, "bootstrap": cmd_boo
             "inject": cmd_inject, "agent": cmd_agent, "config": cmd_config, "ca": cmd_ca, "cert": cmd_cert}
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from cilia.completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return 0
+
+
+COMMANDS["completion"] = cmd_completion
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import shutil
+
+    from cilia.analyze import EXIT_USAGE, analyze, find_envoy
+    from cilia.errors import CiliaError
+
+    envoy = None
+    if args.envoy_validate is not False:
+        envoy = (shutil.which(args.envoy) if args.envoy else None) or (None if args.envoy else find_envoy())
+        if envoy is None and args.envoy_validate:
+            print(f"cilia: --envoy-validate: {args.envoy or 'envoy'} not found", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        report = analyze(args.paths, _translate_options(args), envoy=envoy)
+    except CiliaError as exc:
+        print(f"cilia: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if envoy is None:
+        report.envoy = "skipped (--no-envoy-validate)" if args.envoy_validate is False else "skipped (no envoy found)"
+    if args.output == "json":
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        sys.stdout.write(report.text())
+    return report.exit_code(args.strict)
+
+
+COMMANDS["analyze"] = cmd_analyze
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cilia.obs.logs import configure_logging
+
+    configure_logging(str(args.log_level), args.log_format)
     return COMMANDS[args.command](args)
 
 

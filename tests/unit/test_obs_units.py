@@ -141,3 +141,35 @@ def test_response_memo_matches_wire_helpers() -> None:
                                                                                     ["gone"], nonce)
         assert memo.sotw("v1", [a], CLUSTER, nonce) == sotw_response("v1", [a], CLUSTER, nonce)
         assert memo.delta("v2", [], CLUSTER, [], nonce) == delta_response("v2", [], CLUSTER, [], nonce)
+
+
+def test_minute_histogram_keeps_the_last_hour_per_minute() -> None:
+    from cilia.obs.metrics import MinuteHistogram
+
+    h = MinuteHistogram()
+    base = 600_000.0  # a monotonic time at the start of a minute
+    for v in (0.002, 0.004, 0.03, 0.2):  # minute 0
+        h.observe(base + 1, v)
+    for _ in range(99):
+        h.observe(base + 60 * 5 + 1, 0.007)  # five minutes later: 99 fast ACKs and one slow
+    h.observe(base + 60 * 5 + 2, 3.0)
+    series = h.series(now=base + 60 * 5 + 30)
+    assert [(s["minutes_ago"], s["count"]) for s in series] == [(5, 4), (0, 100)]
+    old, new = series
+    assert old["max"] == 0.2 and 0.0025 <= old["p50"] <= 0.005
+    assert 0.005 <= new["p50"] <= 0.01 and new["p99"] <= 0.01 and new["max"] == 3.0
+    # An hour on, the ring slot of minute 0 is reused and the old samples are gone.
+    h.observe(base + 3600 + 1, 0.05)
+    later = h.series(now=base + 3600 + 2)
+    assert [(s["minutes_ago"], s["count"]) for s in later] == [(55, 100), (0, 1)]
+    assert h.series(now=base + 3 * 3600) == []
+
+
+def test_acks_of_changes_feed_the_minute_histogram() -> None:
+    m = Metrics()
+    seq = m.xds.begin_change(time.monotonic() - 0.02)
+    m.xds.acked("node~a", "delta", LST, time.monotonic(), seq, "v1")
+    m.xds.acked("node~a", "delta", LST, time.monotonic(), 0, "v1")  # not change-driven
+    m.xds.nacked("node~a", "delta", LST, time.monotonic(), seq, "bad")  # a NACK is no convergence
+    (minute,) = m.xds.recent.series()
+    assert minute["count"] == 1 and 0.02 <= minute["max"] < 1

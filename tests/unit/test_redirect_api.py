@@ -1,15 +1,19 @@
-"""The runtime-built cilia.redirect.v1 messages match proto/cilia/redirect/v1/redirect.proto."""
+"""The generated cilia.redirect.v1 messages match proto/cilia/redirect/v1/redirect.proto, and the
+checked-in generated code is what `make proto` (grpcio-tools' protoc) produces today."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from google.protobuf import any_pb2, descriptor_pb2, json_format
 
 from cilia.api import redirect_v1 as api
 
-PROTO = Path(__file__).resolve().parents[2] / "proto" / "cilia" / "redirect" / "v1" / "redirect.proto"
+ROOT = Path(__file__).resolve().parents[2]
+PROTO = ROOT / "proto" / "cilia" / "redirect" / "v1" / "redirect.proto"
 _SCALARS = {"string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
             "uint32": descriptor_pb2.FieldDescriptorProto.TYPE_UINT32}  # fmt: skip
 
@@ -75,3 +79,17 @@ def test_policy_round_trips_through_any_and_json() -> None:
     assert as_json["pods"][0]["mode"] == "SIDECAR" and as_json["services"][0]["vip"] == "127.96.0.10"
     assert json_format.ParseDict(as_json, api.NodeRedirectPolicy()) == policy
     assert api.NodeRedirectPolicy.FromString(policy.SerializeToString()) == policy
+
+
+def test_checked_in_code_equals_fresh_generation(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert Path("redirect/v1/redirect_pb2.py") in fresh and Path("redirect/v1/redirect_pb2.pyi") in fresh
+    api_dir = ROOT / "src" / "cilia" / "api"
+    for rel in fresh:
+        assert (api_dir / rel).read_text() == (tmp_path / rel).read_text(), f"{rel} is stale: run `make proto`"
+    # The generated module is the one cilia imports, under cilia.api (xds-protos owns other top-level names).
+    assert api.NodeRedirectPolicy.__module__ == "cilia.api.redirect.v1.redirect_pb2"
+    assert api.DESCRIPTOR.name == "cilia/redirect/v1/redirect.proto"

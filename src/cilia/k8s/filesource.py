@@ -32,7 +32,7 @@ class FileSource:
         self._known.add(str(path))
         self._store.replace_source(str(path), result)
         for issue in result.issues:
-            log.warning("%s", issue)
+            log.warning("%s", issue, extra={"object": issue.object})
 
     def _wanted(self, path: Path) -> bool:
         if path.suffix not in MANIFEST_SUFFIXES:

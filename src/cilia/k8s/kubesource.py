@@ -433,7 +433,7 @@ class KubernetesSource:
         issues = tuple(sorted(bad.issue for st in self._kinds.values() for bad in st.invalid.values()))
         if issues != self._published_issues:
             for issue in sorted(set(issues) - set(self._published_issues)):
-                log.warning("%s", issue)
+                log.warning("%s", issue, extra={"object": issue.object})
             self._published_issues = issues
             self.store.set_source_issues(self.issue_source, issues)
 

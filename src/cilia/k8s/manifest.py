@@ -103,6 +103,12 @@ def parse_text(text: str, path: str) -> FileResult:
     return FileResult(path, True, tuple(objects), tuple(issues), tuple(rejected))
 
 
+def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
+    """(document index, parsed document) of a manifest file, List kinds flattened; raises on bad YAML/JSON.
+    For readers of kinds cilia does not model (`cilia analyze` reads policies and workloads)."""
+    yield from _documents(path.read_text(), str(path))
+
+
 def parse_file(path: Path) -> FileResult:
     try:
         size = path.stat().st_size

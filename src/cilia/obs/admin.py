@@ -84,6 +84,18 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     async def agents(_: web.Request) -> web.Response:
         return _json(view.agents())
 
+    async def ui(_: web.Request) -> web.Response:
+        from cilia import __version__
+        from cilia.obs.ui import CONTENT_SECURITY_POLICY, render_page
+
+        latency = getattr(view, "latency_series", None)
+        page = render_page(view.proxies(), view.object_statuses(), view.issues(),
+                           latency() if latency is not None else [], version=f"cilia {__version__}")
+        resp = web.Response(text=page, content_type="text/html", charset="utf-8")
+        resp.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
     async def security(_: web.Request) -> web.Response:
         source = getattr(view, "security", None)
         return _json(source() if source is not None else {})
@@ -105,6 +117,7 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     app.router.add_get("/debug/agents", agents)
     app.router.add_get("/debug/security", security)
     app.router.add_get("/debug/leader", leader)
+    app.router.add_get("/ui", ui)
     return app
 
 

@@ -90,6 +90,52 @@ class LocalHistogram:
                       Histogram(points, AggregationTemporality.CUMULATIVE))
 
 
+class MinuteHistogram:
+    """Samples per minute over the last `minutes`, as bucket counts: a fixed ring of slots, so a sample costs
+    a bisect and two increments however many proxies ACK, and an hour at any scale fits in a few KB."""
+
+    __slots__ = ("bounds", "slots")
+
+    def __init__(self, minutes: int = 60, bounds: tuple[float, ...] = SECONDS_BUCKETS) -> None:
+        self.bounds = bounds
+        # [minute number (monotonic // 60), bucket counts, sample count, largest sample]
+        self.slots: list[list[Any]] = [[-1, [], 0, 0.0] for _ in range(minutes)]
+
+    def observe(self, now: float, value: float) -> None:
+        minute = int(now // 60)
+        s = self.slots[minute % len(self.slots)]
+        if s[0] != minute:
+            s[0], s[1], s[2], s[3] = minute, [0] * (len(self.bounds) + 1), 0, 0.0
+        s[1][bisect.bisect_left(self.bounds, value)] += 1
+        s[2] += 1
+        if value > s[3]:
+            s[3] = value
+
+    def series(self, now: float | None = None) -> list[dict[str, float]]:
+        """Per minute with samples, oldest first: minutes ago (0 = this one), count, p50, p99, max (seconds)."""
+        current = int((time.monotonic() if now is None else now) // 60)
+        out = []
+        for minute, counts, count, largest in sorted((s for s in self.slots if s[2]), key=lambda s: s[0]):
+            age = current - minute
+            if 0 <= age < len(self.slots):
+                out.append({"minutes_ago": age, "count": count, "p50": self._quantile(counts, count, largest, 0.5),
+                            "p99": self._quantile(counts, count, largest, 0.99), "max": largest})
+        return out
+
+    def _quantile(self, counts: list[int], count: int, largest: float, q: float) -> float:
+        """Linear interpolation inside the bucket holding the q-th sample (as Prometheus does), capped by the
+        largest sample seen."""
+        rank = q * count
+        seen = 0
+        for i, c in enumerate(counts):
+            if c and seen + c >= rank:
+                lower = self.bounds[i - 1] if i > 0 else 0.0
+                upper = self.bounds[i] if i < len(self.bounds) else largest
+                return min(largest, lower + (upper - lower) * (rank - seen) / c)
+            seen += c
+        return largest
+
+
 def with_extra(data: MetricsData | None, extra: list[Metric]) -> MetricsData | None:
     """`data` plus `extra` metrics in a scope of their own (the SDK's types are frozen: rebuilt)."""
     if data is None or not extra:
@@ -107,7 +153,8 @@ def with_extra(data: MetricsData | None, extra: list[Metric]) -> MetricsData | N
 class XdsMetrics(XdsObserver):
     """The xDS observer that counts. Every method is a few dict updates (see the module docstring)."""
 
-    __slots__ = ("_batches", "acks", "convergence", "denied", "nacks", "push_bytes", "pushes", "streams", "tracing")
+    __slots__ = ("_batches", "acks", "convergence", "denied", "nacks", "push_bytes", "pushes", "recent", "streams",
+                 "tracing")
 
     def __init__(self, tracing: Tracing | None = None) -> None:
         super().__init__()
@@ -121,6 +168,7 @@ class XdsMetrics(XdsObserver):
         self.convergence = LocalHistogram(
             "cilia_xds_convergence_seconds", "Change observed by a source -> ACK of the response carrying it, "
             "per proxy and type.", "s", "type")
+        self.recent = MinuteHistogram()  # the same samples per minute of the last hour (admin page chart)
         # change seq -> [observed_at, batch span context or None, proxy spans made]
         self._batches: dict[int, list[Any]] = {}
 
@@ -166,6 +214,7 @@ class XdsMetrics(XdsObserver):
         now = time.monotonic()
         if not error:
             self.convergence.observe(type_url, now - batch[0])
+            self.recent.observe(now, now - batch[0])
         tracing = self.tracing
         if tracing.enabled and batch[2] < tracing.max_proxy_spans_per_batch:
             batch[2] += 1
@@ -203,6 +252,8 @@ class Metrics:
         self._snapshot_sizes: SnapshotSizes | None = None
         self._issue_counts: Counts | None = None
         self._leader: LeaderView | None = None
+        self._sync_counts: ProxyCounts | None = None
+        self._status_writes: Counts | None = None
         self._object_counts: dict[str, int] = {}
         self._xds_listeners: dict[tuple[str, str, str], int] = {}
 
@@ -221,6 +272,15 @@ class Metrics:
         m.create_observable_gauge(
             "cilia_xds_connected_proxies", [self._obs_proxies],
             description="Connected proxies by role and xDS variant.")
+        m.create_observable_gauge(
+            "cilia_xds_proxy_sync", [self._obs_pairs(lambda: self._sync_counts() if self._sync_counts else {},
+                                                      ("role", "state"))],
+            description="Connected proxies by role and sync state: NACKED (a type's last version was rejected), "
+                        "STALE (a version awaits its ACK), SYNCED (every type sent was ACKed), NOT_SENT.")
+        m.create_observable_counter(
+            "cilia_status_writes", [self._obs_keyed(lambda: self._status_writes() if self._status_writes else {},
+                                                    "result")],
+            description="Kubernetes status writes by the leader, by result (written, conflict, not_found, error).")
         m.create_observable_counter(
             "cilia_xds_pushes", [self._obs_pairs(lambda: x.pushes, ("type", "reason"), type_first=True)],
             description="xDS responses sent, by resource type and reason (initial, change, request).")
@@ -273,10 +333,16 @@ class Metrics:
 
     # -- wiring ------------------------------------------------------------------------------------------
     def observe(self, *, proxies: ProxyCounts | None = None, snapshot: SnapshotSizes | None = None,
-                issues: Counts | None = None, leader: LeaderView | None = None) -> None:
-        """Views read at collection time (never on the hot path)."""
+                issues: Counts | None = None, leader: LeaderView | None = None, sync: ProxyCounts | None = None,
+                status_writes: Counts | None = None) -> None:
+        """Views read at collection time (never on the hot path). `sync`: (role, state) -> proxies;
+        `status_writes`: result -> writes so far."""
         if leader is not None:
             self._leader = leader
+        if sync is not None:
+            self._sync_counts = sync
+        if status_writes is not None:
+            self._status_writes = status_writes
         if proxies is not None:
             self._proxy_counts = proxies
         if snapshot is not None:
@@ -454,5 +520,5 @@ class WithExtraMetrics(MetricExporter):
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
-__all__ = ["LocalHistogram", "Metrics", "WithExtraMetrics", "XdsMetrics", "parse_prometheus", "render_prometheus",
-           "type_label"]
+__all__ = ["LocalHistogram", "Metrics", "MinuteHistogram", "WithExtraMetrics", "XdsMetrics", "parse_prometheus",
+           "render_prometheus", "type_label"]

@@ -316,7 +316,7 @@ class XdsServer:
         waker = stream.wake
         self.cache.register(waker)
         self.streams.setdefault(str(proxy), []).append(stream)
-        log.info("%s connected (%s)", proxy, "delta" if delta else "sotw")
+        log.info("%s connected (%s)", proxy, "delta" if delta else "sotw", extra={"proxy_id": str(proxy)})
         try:
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(stream.run_writer())
@@ -339,7 +339,7 @@ class XdsServer:
                 self.streams.pop(str(proxy), None)
             self.observer.stream_closed(proxy.role, variant)
             self.status.disconnected(str(proxy))
-            log.info("%s disconnected", proxy)
+            log.info("%s disconnected", proxy, extra={"proxy_id": str(proxy)})
 
     async def _read_loop(self, first: Any, iterator: AsyncIterator[Any], stream: BaseStream,
                          context: grpc.aio.ServicerContext, allowed: frozenset[str], delta: bool) -> None:

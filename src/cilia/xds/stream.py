@@ -143,7 +143,8 @@ class BaseStream:
             ts.last_nack = error
             ts.last_nack_version = ts.version_sent if nonce == st.last_nonce else version
             ts.last_nack_time = time.time()
-            log.warning("%s NACKed %s (nonce %s): %s", self.proxy, type_url.rsplit(".", 1)[-1], nonce, error)
+            log.warning("%s NACKed %s (nonce %s): %s", self.proxy, type_url.rsplit(".", 1)[-1], nonce, error,
+                        extra={"proxy_id": str(self.proxy)})
         else:
             if sent_at:
                 self.observer.acked(self.status.proxy_id, self.variant, type_url, sent_at, seq, version)
