@@ -13,7 +13,6 @@ verbs cilia uses against the ClusterRole in ``deploy/``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -24,10 +23,16 @@ from urllib.parse import quote
 import aiohttp
 
 from cilia.errors import SourceError
+from cilia.untrusted import MAX_NESTING_DEPTH, InputLimitError, loads_json
 
 log = logging.getLogger("cilia.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
+# How far below the top of an answer objects sit: a list's items two levels down, a watch event's object
+# one. Subtrees below MAX_NESTING_DEPTH of an object are cut to a marker when decoding (cilia.untrusted),
+# which parse_object then reports on that object alone, so one hostile object never sinks a whole list.
+_ANSWER_DEPTH = MAX_NESTING_DEPTH + 2
+_EVENT_DEPTH = MAX_NESTING_DEPTH + 1
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -79,8 +84,8 @@ def _error_from_body(status: int, body: Any, headers: Mapping[str, str] | None =
     reason, message = "", ""
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
     try:
-        st = json.loads(text)
-    except ValueError:
+        st = loads_json(text, max_depth=_ANSWER_DEPTH)
+    except (ValueError, InputLimitError):
         st = None
     if isinstance(st, dict):
         reason = str(st.get("reason") or "")
@@ -159,7 +164,7 @@ class KubeApi:
         finally:
             resp.release()
         try:
-            out = json.loads(data)
+            out = loads_json(data, max_depth=_ANSWER_DEPTH, cap=True)
         except ValueError:
             raise KubeApiError(resp.status, "BadResponse", f"not JSON: {data[:120]!r}") from None
         if not isinstance(out, dict):
@@ -203,7 +208,7 @@ class KubeApi:
                 if not line:
                     continue
                 try:
-                    event = json.loads(line)
+                    event = loads_json(line, max_depth=_EVENT_DEPTH, cap=True)
                 except ValueError:
                     raise WatchStreamError(f"not a watch event: {line[:120]!r}") from None
                 if not isinstance(event, dict) or not isinstance(event.get("type"), str):
