@@ -97,6 +97,14 @@ values = st.recursive(
     max_leaves=12)
 
 
+# Regression inputs for crashes the fuzzer found (see the @example lines below).
+CEC_NULL_TYPE = {
+    "apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig", "metadata": {"name": "c", "namespace": "default"},
+    "spec": {"resources": [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "l",
+                            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                            "typed_config": {"@type": None}}]}]}]}}
+
+
 def _deep(depth: int) -> Any:
     value: Any = {"name": "x"}
     for level in range(depth):
@@ -222,6 +230,9 @@ def run_pipeline(docs: list[Any], as_json: bool, opts: TranslateOptions, more: l
 @given(manifests(), st.booleans(), st.sampled_from(range(len(OPTIONS))), st.booleans())
 # Found: a null item in a JSON List reached the depth check as its root and broke its stack (IndexError).
 @example(([None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}], []), True, 0, False)
+# Found: a nested `@type: null` in a CiliumEnvoyConfig resource made protobuf's JSON parser raise
+# AttributeError out of render_world (fixed in cilia.render.raw: an issue on the resource).
+@example(([CEC_NULL_TYPE], []), False, 0, False)
 def test_pipeline_survives_mutated_manifests(case: tuple[list[Any], list[tuple[str, int, Any]]], as_json: bool,
                                              option: int, edit: bool) -> None:
     docs, mutations = case
@@ -257,3 +268,13 @@ def test_every_corpus_case_translates_cleanly(as_json: bool) -> None:
     for docs in CORPUS:
         run_pipeline(copy.deepcopy(docs), as_json, OPTIONS[0])
 
+
+def test_found_crashes_are_issues_on_the_object() -> None:
+    """What each regression input turns into now: an issue naming the object and field."""
+    store = Store()
+    store.replace_source("m.yaml", parse_text(yaml.safe_dump(CEC_NULL_TYPE), "m.yaml"))
+    world = render_world(translate(store.snapshot()).ir)
+    assert [str(i) for i in world.issues] == [
+        "CiliumEnvoyConfig default/c: spec.resources[0]: Listener 'default/c/l' does not parse: "
+        "filter_chains[0].filters[0].typed_config.@type: must be a type URL string, got NoneType; "
+        "the whole config is left out"]

@@ -43,9 +43,23 @@ class RawParseError(ValueError):
     pass
 
 
+def _check_nested_types(body: Mapping[str, Any]) -> None:
+    """Every nested `@type` is a string: protobuf's JSON parser fails on others with AttributeError."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Mapping):
+            if path and "@type" in node and not isinstance(node["@type"], str):
+                raise RawParseError(f"{path}.@type: must be a type URL string, got {type(node['@type']).__name__}")
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+
+
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
     """The message for `body`, or RawParseError with protobuf's reason."""
     load_all_envoy_types()
+    _check_nested_types(body)
     full_name = type_url.rsplit("/", 1)[-1]
     try:
         cls = symbol_database.Default().GetSymbol(full_name)
@@ -59,4 +73,6 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
         text = str(exc).replace("\n", " ")
         # protobuf appends every field name of the message; the first part says what is wrong.
         raise RawParseError(text.split(".  Available Fields")[0]) from None
+    except Exception as exc:  # the parser meets user input here: whatever it raises, the resource is bad
+        raise RawParseError(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]) from None
     return msg
