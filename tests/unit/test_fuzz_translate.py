@@ -226,6 +226,7 @@ def run_pipeline(docs: list[Any], as_json: bool, opts: TranslateOptions, more: l
         pass  # cilia's own errors are allowed to escape a stage; anything else is a crash
 
 
+@pytest.mark.timeout(max(120, EXAMPLES // 10))  # a long run takes about 15 ms per example
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(manifests(), st.booleans(), st.sampled_from(range(len(OPTIONS))), st.booleans())
 # Found: a null item in a JSON List reached the depth check as its root and broke its stack (IndexError).

@@ -271,3 +271,15 @@ def test_deep_admission_review_is_a_review_error() -> None:
         _parse_review(json.dumps(review).encode())
     pod["spec"]["containers"][0]["env"] = nested(95)  # type: ignore[index]
     assert _parse_review(json.dumps(review).encode())["uid"] == "u"
+
+
+# -- cilia inject -f -------------------------------------------------------------------------------------------
+def test_inject_reads_within_the_same_limits() -> None:
+    from cilia.mesh.inject import InjectConfig, InjectError, inject_yaml
+
+    with pytest.raises(InjectError, match=r"input#0: spec\.l\d.*YAML aliases expand"):
+        inject_yaml(laughs(), InjectConfig())
+    with pytest.raises(InjectError, match=r"input#0: a\[0\]: refers to itself"):
+        inject_yaml("a: &x [*x]\n", InjectConfig())
+    with pytest.raises(yaml.YAMLError):
+        inject_yaml("- " * 100_000 + "x\n", InjectConfig())
