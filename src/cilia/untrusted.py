@@ -206,7 +206,8 @@ def check_tree(root: Any, *, max_depth: int = MAX_NESTING_DEPTH, aliases: AliasB
                prefix: str = "") -> None:
     """Check one decoded document without recursion; raise InputLimitError or ValidationError naming the
     field (below `prefix`) when it nests deeper than `max_depth`, holds a TOO_DEEP marker, has a mapping
-    key that is not a string, or (with `aliases`, for YAML) refers to itself or expands past the budget."""
+    key that is not a string, has a string that is not valid Unicode, or (with `aliases`, for YAML)
+    refers to itself or expands past the budget."""
     # Stack entries: (container, depth, path, reached through an alias). With `aliases`, an entry whose
     # container is _LEAVE marks leaving one, so that `ancestors` is exactly the current path.
     stack: list[tuple[Any, int, _Path, bool]] = [(root, 1, None, False)]
@@ -217,8 +218,8 @@ def check_tree(root: Any, *, max_depth: int = MAX_NESTING_DEPTH, aliases: AliasB
             ancestors.pop()
             continue
         if not isinstance(node, dict | list | tuple):  # only the root can be a scalar here
-            if node.__class__ is str and node == TOO_DEEP:
-                raise InputLimitError(format_path(path, prefix), f"nested deeper than {max_depth} levels")
+            if node.__class__ is str:
+                _check_string(node, path, prefix, max_depth)
             continue
         if aliases is not None:
             if id(node) in aliases.seen:
@@ -243,14 +244,33 @@ def check_tree(root: Any, *, max_depth: int = MAX_NESTING_DEPTH, aliases: AliasB
                 if not isinstance(key, str):
                     raise ValidationError(format_path(path, prefix),
                                           f"mapping key {key!r} must be a string, got {type(key).__name__}")
+                if not key.isascii():
+                    _check_unicode(key, path, prefix)
                 if isinstance(value, dict | list | tuple):
                     stack.append((value, depth + 1, (key, path), via_alias))
-                elif value.__class__ is str and value == TOO_DEEP:
-                    raise InputLimitError(format_path((key, path), prefix), f"nested deeper than {max_depth} levels")
+                elif value.__class__ is str:
+                    _check_string(value, (key, path), prefix, max_depth)
         else:
             for index, value in enumerate(node):
                 if isinstance(value, dict | list | tuple):
                     stack.append((value, depth + 1, (index, path), via_alias))
-                elif value.__class__ is str and value == TOO_DEEP:
-                    raise InputLimitError(format_path((index, path), prefix),
-                                          f"nested deeper than {max_depth} levels")
+                elif value.__class__ is str:
+                    _check_string(value, (index, path), prefix, max_depth)
+
+
+def _check_string(value: str, path: _Path, prefix: str, max_depth: int) -> None:
+    if value == TOO_DEEP:
+        raise InputLimitError(format_path(path, prefix), f"nested deeper than {max_depth} levels")
+    if not value.isascii():
+        _check_unicode(value, path, prefix)
+
+
+def _check_unicode(text: str, path: _Path, prefix: str) -> None:
+    """JSON escapes (and the pure-Python YAML parser) can make lone surrogates: not Unicode characters, so
+    nothing can encode them (protobuf raised UnicodeEncodeError deep in rendering)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ValidationError(format_path(path, prefix),
+                              f"{text[:40]!r} is not valid Unicode (lone surrogate {bad!r})") from None

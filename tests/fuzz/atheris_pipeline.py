@@ -5,7 +5,9 @@ translator and render), but the mutations are read from libFuzzer's input bytes,
 new lines of cilia are kept and mutated further. Not part of the pytest suite (atheris is optional):
 
     pip install atheris
-    PYTHONPATH=src python tests/fuzz/atheris_pipeline.py -max_total_time=600 -rss_limit_mb=4096
+    mkdir -p /tmp/cilia-fuzz/corpus
+    PYTHONPATH=src python tests/fuzz/atheris_pipeline.py /tmp/cilia-fuzz/corpus -artifact_prefix=/tmp/cilia-fuzz/ \
+        -max_total_time=600 -max_len=256 -len_control=0 -rss_limit_mb=4096
 
 A crash prints the input; turn it into an `@example` in test_fuzz_translate.py when fixing it.
 """

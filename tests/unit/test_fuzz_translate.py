@@ -83,7 +83,7 @@ ODD_SCALARS = [
     "", " ", "x", "*", "/", "//", "/a/../b", "127.0.0.1", "::1", "127.0.0.1/8", "not-an-ip", "999.1.1.1", "0.0.0.0",
     "80", "-1", "1.5", "0x10", "http", "HTTP", "TCP", "UDP", "SCTP", "h2c", "grpc", "Exact", "PathPrefix",
     "RegularExpression", "ImplementationSpecific", "Prefix", "(", "[a-", "*.example.com", "*", "a" * 300,
-    "h\u00e9llo", "\u0000", "a/b/c", "default/", "/name", "~", "node~", "type.googleapis.com/",
+    "h\u00e9llo", "\u0000", "\udada", "a/b/c", "default/", "/name", "~", "node~", "type.googleapis.com/",
     "type.googleapis.com/google.protobuf.Empty", "type.googleapis.com/envoy.config.listener.v3.Listener",
     "1s", "-5s", "99999999999s", "1.5ms", "abc", "true", "null",
 ]
@@ -103,6 +103,14 @@ CEC_NULL_TYPE = {
     "spec": {"resources": [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "l",
                             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                             "typed_config": {"@type": None}}]}]}]}}
+
+SLICE_SURROGATE = [
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "default"},
+     "spec": {"clusterIP": "127.96.0.10", "ports": [{"name": "http", "port": 80}]}},
+    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+     "metadata": {"name": "s-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "s"}},
+     "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+     "endpoints": [{"addresses": ["127.1.0.1"], "zone": "\udada"}]}]
 
 
 def _deep(depth: int) -> Any:
@@ -234,6 +242,9 @@ def run_pipeline(docs: list[Any], as_json: bool, opts: TranslateOptions, more: l
 # Found: a nested `@type: null` in a CiliumEnvoyConfig resource made protobuf's JSON parser raise
 # AttributeError out of render_world (fixed in cilia.render.raw: an issue on the resource).
 @example(([CEC_NULL_TYPE], []), False, 0, False)
+# Found (atheris): a lone surrogate ("\udada" in JSON) in an EndpointSlice zone made protobuf raise
+# UnicodeEncodeError in render, on every rebuild (fixed in cilia.untrusted.check_tree: not valid Unicode).
+@example((SLICE_SURROGATE, []), True, 0, False)
 def test_pipeline_survives_mutated_manifests(case: tuple[list[Any], list[tuple[str, int, Any]]], as_json: bool,
                                              option: int, edit: bool) -> None:
     docs, mutations = case
@@ -279,3 +290,7 @@ def test_found_crashes_are_issues_on_the_object() -> None:
         "CiliumEnvoyConfig default/c: spec.resources[0]: Listener 'default/c/l' does not parse: "
         "filter_chains[0].filters[0].typed_config.@type: must be a type URL string, got NoneType; "
         "the whole config is left out"]
+    result = parse_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": SLICE_SURROGATE}), "m.json")
+    assert [str(i) for i in result.issues] == [
+        "m.json#0: EndpointSlice default/s-1: endpoints[0].zone: '\\udada' is not valid Unicode "
+        "(lone surrogate '\\udada')"]

@@ -196,6 +196,18 @@ def test_mapping_keys_must_be_strings(text: str, field: str | None) -> None:
     assert err.value.field == field
 
 
+def test_strings_must_be_valid_unicode() -> None:
+    """JSON escapes can make lone surrogates, which nothing can encode (protobuf raised in render)."""
+    doc = loads_json('{"metadata": {"labels": {"a": "ok \\ud83d\\ude00", "b": "x\\udada"}}}')
+    with pytest.raises(ValidationError, match=r"'x\\udada' is not valid Unicode \(lone surrogate") as err:
+        check_tree(doc)
+    assert err.value.field == "metadata.labels.b"
+    with pytest.raises(ValidationError, match="not valid Unicode") as err:
+        check_tree(loads_json('{"spec": {"\\udc00": 1}}'))
+    assert err.value.field == "spec"
+    check_tree(loads_json('{"a": "\\ud83d\\ude00 caf\\u00e9"}'))  # a pair is one character: fine
+
+
 # -- through the manifest parser and the store --------------------------------------------------------------------
 def test_deep_json_file_keeps_the_last_good_objects(tmp_path: Path) -> None:
     f = tmp_path / "svc.json"
