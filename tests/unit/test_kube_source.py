@@ -263,3 +263,21 @@ async def test_too_deep_object_is_an_issue_and_others_still_list_and_watch(h: Ha
     await wait_until(lambda: h.names("Service") == ["a", "b", "c"], what="ADDED c")
     await h.source._list(h.source._kinds["Service"])  # and a relist with the deep object in it works too
     assert h.names("Service") == ["a", "b", "c"] and h.get("Service", "a").spec.ports[0].port == 80
+
+
+async def test_watch_event_over_the_size_limit_ends_the_watch_not_the_source(
+        h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from cilia.k8s import kubeapi
+
+    h.api.create(svc("a"))
+    await h.start()
+    monkeypatch.setattr(kubeapi, "MAX_WATCH_EVENT_BYTES", 4000)
+    big = svc("a", port=81)
+    big["metadata"]["annotations"] = {"blob": "x" * 5000}
+    with caplog.at_level(logging.WARNING, logger="cilia.source.kube"):
+        h.api.update(big)
+        await wait_until(lambda: ("Service", "error") in h.restarts, what="watch restarted")
+    assert any("longer than 4000" in r.getMessage() for r in caplog.records)
+    assert h.get("Service", "a").spec.ports[0].port == 80, "what served stays"
+    monkeypatch.setattr(kubeapi, "MAX_WATCH_EVENT_BYTES", 1 << 20)
+    await wait_until(lambda: h.get("Service", "a").spec.ports[0].port == 81, within=10, what="resumed")
