@@ -15,6 +15,8 @@ from typing import Any
 from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
+from cilia.untrusted import format_path
+
 _loaded = False
 _lock = threading.Lock()
 _ROOT_PACKAGES = ("envoy", "xds", "udpa", "validate", "contrib")
@@ -45,15 +47,16 @@ class RawParseError(ValueError):
 
 def _check_nested_types(body: Mapping[str, Any]) -> None:
     """Every nested `@type` is a string: protobuf's JSON parser fails on others with AttributeError."""
-    stack: list[tuple[Any, str]] = [(body, "")]
+    stack: list[tuple[Any, Any]] = [(v, (k, None)) for k, v in body.items()]  # (node, (key, parent path))
     while stack:
         node, path = stack.pop()
         if isinstance(node, Mapping):
-            if path and "@type" in node and not isinstance(node["@type"], str):
-                raise RawParseError(f"{path}.@type: must be a type URL string, got {type(node['@type']).__name__}")
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+            if "@type" in node and not isinstance(node["@type"], str):
+                raise RawParseError(f"{format_path(path, keep=12)}.@type: must be a type URL string, "
+                                    f"got {type(node['@type']).__name__}")
+            stack.extend((v, (k, path)) for k, v in node.items())
         elif isinstance(node, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+            stack.extend((v, (i, path)) for i, v in enumerate(node))
 
 
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
