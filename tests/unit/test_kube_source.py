@@ -298,3 +298,42 @@ async def test_secrets_are_read_only_in_the_configured_namespaces(api: FakeApiSe
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await kube.close()
+
+
+async def test_too_deep_object_is_an_issue_and_others_still_list_and_watch(h: Harness) -> None:
+    """An object nested past the depth limit (the API server takes 10,000 levels in unknown fields) is an
+    issue on that object alone: its last valid version stays, the list and the watch go on."""
+    deep: Any = "leaf"
+    for _ in range(150):
+        deep = [deep]
+    h.api.create(svc("a", port=80))
+    h.api.create(svc("b", "127.96.0.11"))
+    await h.start()
+    h.api.update({**svc("a", port=81), "extra": deep})
+    await wait_until(lambda: any(i.object == "Service default/a" for i in h.store.issues()), what="issue")
+    issue = next(i for i in h.store.issues() if i.object == "Service default/a")
+    assert issue.field.startswith("extra[0][0]") and "nested deeper than 100 levels" in issue.message
+    assert "last valid version" in issue.message
+    assert h.get("Service", "a").spec.ports[0].port == 80
+    h.api.create(svc("c", "127.96.0.12"))  # the watch still delivers
+    await wait_until(lambda: h.names("Service") == ["a", "b", "c"], what="ADDED c")
+    await h.source._list(h.source._kinds["Service"])  # and a relist with the deep object in it works too
+    assert h.names("Service") == ["a", "b", "c"] and h.get("Service", "a").spec.ports[0].port == 80
+
+
+async def test_watch_event_over_the_size_limit_ends_the_watch_not_the_source(
+        h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from cilia.k8s import kubeapi
+
+    h.api.create(svc("a"))
+    await h.start()
+    monkeypatch.setattr(kubeapi, "MAX_WATCH_EVENT_BYTES", 4000)
+    big = svc("a", port=81)
+    big["metadata"]["annotations"] = {"blob": "x" * 5000}
+    with caplog.at_level(logging.WARNING, logger="cilia.source.kube"):
+        h.api.update(big)
+        await wait_until(lambda: ("Service", "error") in h.restarts, what="watch restarted")
+    assert any("longer than 4000" in r.getMessage() for r in caplog.records)
+    assert h.get("Service", "a").spec.ports[0].port == 80, "what served stays"
+    monkeypatch.setattr(kubeapi, "MAX_WATCH_EVENT_BYTES", 1 << 20)
+    await wait_until(lambda: h.get("Service", "a").spec.ports[0].port == 81, within=10, what="resumed")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import watchfiles
 
-from cilia.k8s.manifest import MANIFEST_SUFFIXES, expand_paths, parse_file
+from cilia.diagnostics import Issue
+from cilia.k8s.manifest import MANIFEST_SUFFIXES, FileResult, expand_paths, parse_file
 from cilia.k8s.store import Store
 
 log = logging.getLogger("cilia.source.file")
@@ -28,7 +29,13 @@ class FileSource:
             self._load_file(path)
 
     def _load_file(self, path: Path) -> None:
-        result = parse_file(path)
+        try:
+            result = parse_file(path)
+        except Exception as exc:  # a bug must not end the watch (and the server): keep what serves
+            log.exception("%s: unexpected error while reading it", path)
+            result = FileResult(str(path), False, (), (
+                Issue("", "", f"not read (internal error: {type(exc).__name__}: {exc}); its previous "
+                              "objects stay in use", str(path)),))
         self._known.add(str(path))
         self._store.replace_source(str(path), result)
         for issue in result.issues:

@@ -13,7 +13,6 @@ verbs cilia uses against the ClusterRole in ``deploy/``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -24,10 +23,19 @@ from urllib.parse import quote
 import aiohttp
 
 from cilia.errors import SourceError
+from cilia.untrusted import MAX_NESTING_DEPTH, InputLimitError, loads_json
 
 log = logging.getLogger("cilia.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
+# How far below the top of an answer objects sit: a list's items two levels down, a watch event's object
+# one. Subtrees below MAX_NESTING_DEPTH of an object are cut to a marker when decoding (cilia.untrusted),
+# which parse_object then reports on that object alone, so one hostile object never sinks a whole list.
+_ANSWER_DEPTH = MAX_NESTING_DEPTH + 2
+_EVENT_DEPTH = MAX_NESTING_DEPTH + 1
+MAX_WATCH_EVENT_BYTES = 8 * 1024 * 1024
+"""Longest watch event (one JSON line) read. The API server keeps objects far smaller (etcd refuses
+values over 1.5 MiB by default); a longer line is a broken stream: the watch ends and resumes."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -79,8 +87,8 @@ def _error_from_body(status: int, body: Any, headers: Mapping[str, str] | None =
     reason, message = "", ""
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
     try:
-        st = json.loads(text)
-    except ValueError:
+        st = loads_json(text, max_depth=_ANSWER_DEPTH)
+    except (ValueError, InputLimitError):
         st = None
     if isinstance(st, dict):
         reason = str(st.get("reason") or "")
@@ -93,6 +101,31 @@ def _error_from_body(status: int, body: Any, headers: Mapping[str, str] | None =
         if value and value.isdigit():
             retry_after = float(value)
     return KubeApiError(status, reason or "Error", message or f"HTTP {status}", retry_after)
+
+
+def _watch_event(line: bytes) -> dict[str, Any] | None:
+    """One line of a watch stream as an event (None for a blank line). ERROR events raise KubeApiError,
+    anything else that is not an event WatchStreamError."""
+    if len(line) > MAX_WATCH_EVENT_BYTES:
+        raise WatchStreamError(f"watch event of {len(line)} bytes, longer than {MAX_WATCH_EVENT_BYTES}")
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = loads_json(line, max_depth=_EVENT_DEPTH, cap=True)
+    except ValueError:
+        raise WatchStreamError(f"not a watch event: {line[:120]!r}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise WatchStreamError(f"not a watch event: {line[:120]!r}")
+    obj = event.get("object")
+    if event["type"] == "ERROR":
+        st = obj if isinstance(obj, dict) else {}
+        code = st.get("code")
+        raise KubeApiError(code if isinstance(code, int) and not isinstance(code, bool) else 500,
+                           str(st.get("reason") or "Error"), str(st.get("message") or "watch error"))
+    if not isinstance(obj, dict):
+        raise WatchStreamError(f"{event['type']} event without an object")
+    return event
 
 
 class KubeApi:
@@ -159,7 +192,7 @@ class KubeApi:
         finally:
             resp.release()
         try:
-            out = json.loads(data)
+            out = loads_json(data, max_depth=_ANSWER_DEPTH, cap=True)
         except ValueError:
             raise KubeApiError(resp.status, "BadResponse", f"not JSON: {data[:120]!r}") from None
         if not isinstance(out, dict):
@@ -192,31 +225,35 @@ class KubeApi:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout_s)
         resp = await self._call("GET", res.path(namespace), query=query, request_timeout=timeout)
         try:
+            # Lines are cut here rather than by the client's readline, so that the length limit is ours.
+            pending: list[bytes] = []
+            pending_size = 0
             while True:
                 try:
-                    line = await resp.content.readline()
+                    chunk = await resp.content.readany()
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     raise KubeApiError(0, "ConnectionError", f"watch stream broke: {type(exc).__name__}: {exc}") \
                         from None
-                if not line:
+                if not chunk:
+                    if pending:
+                        event = _watch_event(b"".join(pending))
+                        if event is not None:
+                            yield event
                     return
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    raise WatchStreamError(f"not a watch event: {line[:120]!r}") from None
-                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                    raise WatchStreamError(f"not a watch event: {line[:120]!r}")
-                obj = event.get("object")
-                if event["type"] == "ERROR":
-                    st = obj if isinstance(obj, dict) else {}
-                    raise KubeApiError(int(st.get("code") or 500), str(st.get("reason") or "Error"),
-                                       str(st.get("message") or "watch error"))
-                if not isinstance(obj, dict):
-                    raise WatchStreamError(f"{event['type']} event without an object")
-                yield event
+                *complete, tail = chunk.split(b"\n")
+                if complete:
+                    complete[0] = b"".join([*pending, complete[0]])
+                    pending.clear()
+                    pending_size = 0
+                    for line in complete:
+                        event = _watch_event(line)
+                        if event is not None:
+                            yield event
+                if tail:
+                    pending.append(tail)
+                    pending_size += len(tail)
+                    if pending_size > MAX_WATCH_EVENT_BYTES:
+                        raise WatchStreamError(f"watch event longer than {MAX_WATCH_EVENT_BYTES} bytes")
         finally:
             resp.release()
             resp.close()

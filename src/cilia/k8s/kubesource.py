@@ -318,7 +318,7 @@ class KubernetesSource:
         token = ""
         for _ in range(100_000):  # bounded: a server handing out continue tokens forever is a bug
             page = await self.api.list(res, namespace=namespace, limit=self.opts.page_size, continue_token=token)
-            md = page.get("metadata") or {}
+            md = _metadata(page)
             page_items = page.get("items") or []
             if not isinstance(page_items, list):
                 raise WatchStreamError(f"list of {res.plural}: items is not a list")
@@ -362,7 +362,7 @@ class KubernetesSource:
                                           read_timeout_s=timeout + self.opts.read_slack_s):
             etype = event["type"]
             obj = event["object"]
-            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            rv = str(_metadata(obj).get("resourceVersion") or "")
             if etype == "BOOKMARK":
                 st.rv = rv or st.rv
                 count += 1
@@ -379,7 +379,7 @@ class KubernetesSource:
 
     def _apply_event(self, st: _KindState, etype: str, raw: dict[str, Any]) -> None:
         kind = st.spec.kind
-        md = raw.get("metadata") or {}
+        md = _metadata(raw)
         name = str(md.get("name") or "")
         ns = str(md.get("namespace") or "") if st.spec.namespaced else ""
         if etype == "DELETED":
@@ -415,8 +415,7 @@ class KubernetesSource:
         return raw
 
     def _invalid(self, st: _KindState, raw: dict[str, Any], exc: ValidationError) -> _Invalid:
-        md = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
-        assert isinstance(md, dict)
+        md = _metadata(raw)
         name = str(md.get("name") or "")
         ns = str(md.get("namespace") or "") if st.spec.namespaced else ""
         kept = (st.spec.kind, ns, name) in self.store.objects_of(self.source)
@@ -436,6 +435,12 @@ class KubernetesSource:
                 log.warning("%s", issue, extra={"object": issue.object})
             self._published_issues = issues
             self.store.set_source_issues(self.issue_source, issues)
+
+
+def _metadata(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`metadata` when it is a mapping; an object from the API may be anything, a bug must not stop a watch."""
+    md = raw.get("metadata")
+    return md if isinstance(md, Mapping) else {}
 
 
 def _observe(obj: KubeObject) -> ObservedObject:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,10 +15,17 @@ from cilia.errors import SourceError, ValidationError
 from cilia.k8s import kinds as _kinds  # noqa: F401  (registers kinds)
 from cilia.k8s.objects import KubeObject, Origin
 from cilia.k8s.registry import IgnoredKind, parse_object
+from cilia.untrusted import (
+    MAX_DOCUMENTS_PER_FILE,
+    MAX_MANIFEST_BYTES,
+    AliasBudget,
+    InputLimitError,
+    load_yaml_documents,
+    loads_json,
+)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+__all__ = ["MANIFEST_SUFFIXES", "MAX_MANIFEST_BYTES", "FileResult", "expand_paths", "parse_file", "parse_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +56,18 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _documents(text: str, path: str) -> Iterator[tuple[int, Any]]:
+    """(document index, raw document), `List` items expanded; at most MAX_DOCUMENTS_PER_FILE of them."""
     if path.endswith(".json"):
-        doc = json.loads(text)
-        yield from _flatten(0, doc)
-        return
-    for index, doc in enumerate(yaml.load_all(text, Loader=_Loader)):
-        if doc is None:
-            continue
-        yield from _flatten(index, doc)
+        docs: Iterator[tuple[int, Any]] = iter([(0, loads_json(text))])
+    else:
+        docs = load_yaml_documents(text)
+    count = 0
+    for index, doc in docs:
+        for item in _flatten(index, doc):
+            count += 1
+            if count > MAX_DOCUMENTS_PER_FILE:
+                raise InputLimitError("", f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file")
+            yield item
 
 
 def _flatten(index: int, doc: Any) -> Iterator[tuple[int, Any]]:
@@ -82,17 +92,22 @@ def _describe(doc: Any) -> tuple[str, tuple[str, str, str] | None]:
 
 
 def parse_text(text: str, path: str) -> FileResult:
+    """Every object of one file. A file that cannot be parsed at all (or is over a limit as a whole) is
+    `ok=False`; a document that is invalid (or too deep, or an alias bomb) is an issue on that document."""
     try:
         docs = list(_documents(text, path))
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+    except InputLimitError as exc:
+        return FileResult(path, False, (), (Issue("", "", f"refused: {exc}", path),))
+    except (yaml.YAMLError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         return FileResult(path, False, (), (Issue("", "", f"cannot parse: {exc}".replace("\n", " "), path),))
     objects: list[KubeObject] = []
     issues: list[Issue] = []
     rejected: list[tuple[str, str, str]] = []
+    aliases = None if path.endswith(".json") else AliasBudget()  # JSON cannot share or loop
     for index, doc in docs:
         origin = Origin(path, index)
         try:
-            objects.append(parse_object(doc, origin))
+            objects.append(parse_object(doc, origin, aliases=aliases))
         except IgnoredKind:
             continue
         except ValidationError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 from cilia.errors import ValidationError
 from cilia.k8s.fields import as_map, get_int, get_str, str_map
 from cilia.k8s.objects import KubeObject, Meta, Origin, content_hash
+from cilia.untrusted import AliasBudget, check_tree
 
 SpecParser = Callable[[Mapping[str, Any], Meta], Any]
 
@@ -73,8 +74,12 @@ class IgnoredKind(Exception):
     """The document is a kind cilia knowingly skips."""
 
 
-def parse_object(raw: Any, origin: Origin | None = None) -> KubeObject:
-    """Validate one raw document into a KubeObject, or raise ValidationError naming the field."""
+def parse_object(raw: Any, origin: Origin | None = None, *, aliases: AliasBudget | None = None) -> KubeObject:
+    """Validate one raw document into a KubeObject, or raise ValidationError naming the field.
+
+    Every object from any source comes through here, so the limits on untrusted input are checked here
+    first (nesting depth, string keys; for YAML, `aliases` is the file's alias budget)."""
+    check_tree(raw, aliases=aliases)
     if not isinstance(raw, Mapping):
         raise ValidationError("", f"document must be a mapping, got {type(raw).__name__}")
     kind = get_str(raw, "kind", "", required=True)

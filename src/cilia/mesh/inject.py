@@ -30,7 +30,9 @@ from typing import Any, TextIO
 import yaml
 
 from cilia import __version__
+from cilia.errors import ValidationError
 from cilia.mesh.mode import MeshMode, parse_mesh_mode, resolve_mesh_mode
+from cilia.untrusted import AliasBudget, check_tree, load_yaml_documents
 
 PROXY_CONTAINER = "cilia-proxy"
 BOOTSTRAP_CONTAINER = "cilia-bootstrap"
@@ -461,6 +463,20 @@ def dump_yaml(docs: Iterable[Any]) -> str:
     )
 
 
+def load_documents(text: str, where: str = "input") -> list[Any]:
+    """The non-empty documents of a YAML (or JSON) stream, within cilia's input limits (depth, YAML
+    aliases, string keys: see cilia.untrusted). Raises yaml.YAMLError, or InjectError naming the field."""
+    docs: list[Any] = []
+    budget = AliasBudget()
+    for index, doc in load_yaml_documents(text):
+        try:
+            check_tree(doc, aliases=budget)
+        except ValidationError as exc:
+            raise InjectError(f"{where}#{index}: {exc}") from None
+        docs.append(doc)
+    return docs
+
+
 def inject_yaml(
     text: str, cfg: InjectConfig, namespaces: Mapping[str, NamespaceMeta] | None = None
 ) -> str:
@@ -469,7 +485,7 @@ def inject_yaml(
     Namespace documents in the input take precedence over `namespaces` for mode selection.
     Empty documents are dropped. Raises InjectError or yaml.YAMLError.
     """
-    docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    docs = load_documents(text)
     known = {**(namespaces or {}), **namespaces_from_documents(docs)}
     return dump_yaml(inject_documents(docs, cfg, known))
 
@@ -493,7 +509,7 @@ def run_inject_cli(
     docs: list[Any] = []
     try:
         if path == "-":
-            docs.extend(d for d in yaml.safe_load_all(sys.stdin.read()) if d is not None)
+            docs.extend(load_documents(sys.stdin.read(), "stdin"))
         else:
             files = _input_files(Path(path))
             if not files:
@@ -502,7 +518,7 @@ def run_inject_cli(
             for file in files:
                 try:
                     text = file.read_text(encoding="utf-8")
-                    docs.extend(d for d in yaml.safe_load_all(text) if d is not None)
+                    docs.extend(load_documents(text, str(file)))
                 except yaml.YAMLError as exc:
                     print(f"cilia inject: {file}: invalid YAML: {exc}", file=err)
                     return 1

@@ -7,7 +7,8 @@ exactly what `cilia inject` prints for that pod.
 
 Error policy:
 - a request that is not a well-formed AdmissionReview (bad JSON, wrong apiVersion/kind, no
-  request.uid, body over the limit) gets HTTP 400 with a plain-text reason;
+  request.uid, body over MAX_REVIEW_BYTES, nested deeper than MAX_REVIEW_DEPTH) gets HTTP 400 with a
+  plain-text reason;
 - a pod that cannot be injected as written (bad `cilia.io/mesh` value, malformed spec) and any
   internal error are answered by the `fail_open` setting: admitted unchanged with a warning, or
   denied with a status message saying why.
@@ -27,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from cilia.mesh.inject import InjectConfig, InjectError, inject_pod_spec, json_patch_for
+from cilia.untrusted import MAX_NESTING_DEPTH, InputLimitError, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ ADMISSION_KIND = "AdmissionReview"
 MAX_REVIEW_BYTES = 1024 * 1024
 """Largest AdmissionReview body accepted (1 MiB); larger bodies get HTTP 400 unread."""
 BODY_READ_TIMEOUT_S = 10.0
+MAX_REVIEW_DEPTH = MAX_NESTING_DEPTH + 2
+"""Deepest nesting accepted in a review: the Pod sits two levels down (`request.object`) and may itself
+nest MAX_NESTING_DEPTH levels; deeper bodies get HTTP 400 without being decoded."""
 
 NamespaceLookup = Callable[[str], tuple[Mapping[str, str], Mapping[str, str]] | None]
 """namespace name -> (labels, annotations), or None when the namespace is not known."""
@@ -71,7 +76,9 @@ def _parse_review(body: bytes) -> dict[str, Any]:
     if not body:
         raise ReviewError("empty body")
     try:
-        review = json.loads(body)
+        review = loads_json(body, max_depth=MAX_REVIEW_DEPTH)
+    except InputLimitError as exc:
+        raise ReviewError(f"body is {exc}") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise ReviewError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(review, dict):

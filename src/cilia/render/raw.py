@@ -16,6 +16,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
 from cilia.render.validate import validate_message
+from cilia.untrusted import format_path
 
 _loaded = False
 _lock = threading.Lock()
@@ -51,10 +52,25 @@ class RawValidationError(RawParseError):
     verb = "is not valid"
 
 
+def _check_nested_types(body: Mapping[str, Any]) -> None:
+    """Every nested `@type` is a string: protobuf's JSON parser fails on others with AttributeError."""
+    stack: list[tuple[Any, Any]] = [(v, (k, None)) for k, v in body.items()]  # (node, (key, parent path))
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Mapping):
+            if "@type" in node and not isinstance(node["@type"], str):
+                raise RawParseError(f"{format_path(path, keep=12)}.@type: must be a type URL string, "
+                                    f"got {type(node['@type']).__name__}")
+            stack.extend((v, (k, path)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (i, path)) for i, v in enumerate(node))
+
+
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
     """The message for `body`, or RawParseError with protobuf's reason (RawValidationError: a field
     rule Envoy enforces is broken)."""
     load_all_envoy_types()
+    _check_nested_types(body)
     full_name = type_url.rsplit("/", 1)[-1]
     try:
         cls = symbol_database.Default().GetSymbol(full_name)
@@ -68,6 +84,8 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
         text = str(exc).replace("\n", " ")
         # protobuf appends every field name of the message; the first part says what is wrong.
         raise RawParseError(text.split(".  Available Fields")[0]) from None
+    except Exception as exc:  # the parser meets user input here: whatever it raises, the resource is bad
+        raise RawParseError(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]) from None
     errors = validate_message(msg)
     if errors:
         raise RawValidationError("; ".join(errors))
