@@ -16,7 +16,6 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
-from google.rpc import code_pb2
 
 from cilia.errors import UnknownProxyRole
 from cilia.identity import ProxyId
@@ -36,6 +35,13 @@ from cilia.security.ca import certificate_info
 from cilia.xds.cache import ConfigCache
 from cilia.xds.csds import MatcherError, client_status
 from cilia.xds.hooks import XdsObserver
+from cilia.xds.limits import (
+    RequestLimitError,
+    check_delta_request,
+    check_discovery_request,
+    check_node_id,
+    error_detail_text,
+)
 from cilia.xds.status import StatusRegistry
 from cilia.xds.stream import BaseStream, DeltaStream, ResponseMemo, SotwStream, StreamLimits
 from cilia.xds.tls import ServerTls
@@ -61,7 +67,6 @@ class ServerLimits:
     max_streams: int = 10_000  # xDS streams held at once, all clients together
     max_streams_per_proxy: int = 16  # streams one node id may hold (ADS + per-type + reconnect overlap)
     max_streams_per_connection: int = 128  # HTTP/2 concurrent streams one connection may open
-    max_node_id_bytes: int = 512  # longer node ids are refused (INVALID_ARGUMENT)
     max_receive_bytes: int = 4 * 1024 * 1024
     max_send_bytes: int = 64 * 1024 * 1024
     handshake_timeout_s: float = 10.0  # a connection that has not finished TLS/HTTP/2 set-up by then is closed
@@ -223,6 +228,10 @@ class XdsServer:
 
     def _fetch_handler(self, type_url: str) -> Callable[..., Any]:
         async def handler(req: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                check_discovery_request(req)
+            except RequestLimitError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             proxy = await self._proxy_id(req.node.id, context)
             await self._authorize(proxy, context)
             if req.type_url and req.type_url != type_url:
@@ -244,13 +253,10 @@ class XdsServer:
         return handler
 
     async def _proxy_id(self, node_id: str, context: grpc.aio.ServicerContext) -> ProxyId:
-        if len(node_id.encode()) > self.limits.max_node_id_bytes:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"node id is {len(node_id.encode())} bytes, over the limit of "
-                                f"{self.limits.max_node_id_bytes}")
         try:
+            check_node_id(node_id)  # before anything keeps or prints it
             return ProxyId.parse(node_id)
-        except UnknownProxyRole as exc:
+        except (UnknownProxyRole, RequestLimitError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
 
@@ -285,6 +291,10 @@ class XdsServer:
         except StopAsyncIteration:
             return
         node = first.node
+        try:
+            (check_delta_request if delta else check_discovery_request)(first)
+        except RequestLimitError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         proxy = await self._proxy_id(node.id, context)
         await self._authorize(proxy, context)
         if len(self.streams.get(str(proxy), ())) >= self.limits.max_streams_per_proxy:
@@ -346,7 +356,12 @@ class XdsServer:
         req = first
         # Per-type services (CDS, EDS, ...) imply the type: the spec makes type_url optional there.
         implied = next(iter(allowed)) if len(allowed) == 1 else ""
+        check = check_delta_request if delta else check_discovery_request
         while True:
+            try:
+                check(req)
+            except RequestLimitError as exc:
+                raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if req.HasField("node"):
                 if req.node.id and req.node.id != first.node.id:
                     # The stream serves the first request's node; spec: the node must stay the same.
@@ -360,9 +375,7 @@ class XdsServer:
                 known = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in allowed))
                 raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"unsupported type_url {type_url!r} on this stream (served: {known})")
-            error = req.error_detail.message if req.HasField("error_detail") else ""
-            if error == "" and req.HasField("error_detail") and req.error_detail.code != code_pb2.OK:
-                error = f"error code {req.error_detail.code}"
+            error = error_detail_text(req)
             try:
                 if delta:
                     assert isinstance(stream, DeltaStream)
