@@ -96,9 +96,11 @@ async def _sotw_all(ch: grpc.aio.Channel, node_id: str, within: float = 3.0) -> 
     received = b""
     code: grpc.StatusCode | None = None
     try:
-        await stream.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id), type_url=CLUSTER))
-        await stream.write(discovery_pb2.DiscoveryRequest(type_url=SECRET, resource_names=ALL_SECRETS))
-        for _ in range(2):
+        # One request at a time: a write racing the server's end of the call would fail on the client
+        # (INTERNAL) and hide the status the server gave.
+        for request in (discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id), type_url=CLUSTER),
+                        discovery_pb2.DiscoveryRequest(type_url=SECRET, resource_names=ALL_SECRETS)):
+            await stream.write(request)
             msg = await asyncio.wait_for(stream.read(), within)
             if msg is grpc.aio.EOF:
                 break
