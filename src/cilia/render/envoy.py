@@ -83,13 +83,19 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 # -- clusters and endpoints -------------------------------------------------------------------------
 def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
+    """One assignment both Envoy and proxyless gRPC accept. gRPC's xDS client drops a locality without a
+    `locality` or a `load_balancing_weight`, so both are always set; the weight is the locality's endpoint
+    count, so gRPC spreads load per endpoint as Envoy does. Envoy reads locality weights only for clusters
+    with locality-weighted balancing (ours have none)."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=es.name)
     for loc in es.localities:
         lle = cla.endpoints.add(priority=loc.priority)
+        lle.locality.SetInParent()
         if loc.zone or loc.region or loc.sub_zone:
             lle.locality.zone = loc.zone
             lle.locality.region = loc.region
             lle.locality.sub_zone = loc.sub_zone
+        lle.load_balancing_weight.value = max(1, len(loc.endpoints))
         for ep in loc.endpoints:
             lbe = lle.lb_endpoints.add(health_status=HEALTH[ep.health])
             lbe.endpoint.address.CopyFrom(socket_address(ep.address, ep.port))
@@ -300,6 +306,8 @@ def _fraction(percent: float) -> percent_pb2.FractionalPercent:
 
 
 def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
+    if rc.client == "grpc":
+        return render_grpc_route_config(rc)
     out = route_pb2.RouteConfiguration(name=rc.name)
     out.validate_clusters.value = False  # a missing cluster gives 503 on that route, not a rejected config
     if rc.ignore_port_in_host_matching:
@@ -437,4 +445,84 @@ def render_secret(s: ir.Secret) -> secret_pb2.Secret:
     elif s.trusted_ca:
         out.validation_context.CopyFrom(common_pb2.CertificateValidationContext(
             trusted_ca=base_pb2.DataSource(inline_bytes=s.trusted_ca)))
+    return out
+
+
+# -- proxyless gRPC clients ---------------------------------------------------------------------------
+# gRPC's xDS client reads a subset of these messages and rejects (NACKs) some things Envoy accepts: a path
+# specifier other than prefix/path/safe_regex, a non-terminal last HTTP filter, a locality without weight.
+# It ignores request timeouts (`timeout`) and reads `max_stream_duration` instead.
+def render_api_listener(al: ir.ApiListener) -> listener_pb2.Listener:
+    """An API listener: an HTTP connection manager with RDS over ADS and the router as its only filter."""
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=al.name)
+    hcm.rds.route_config_name = al.route_config
+    hcm.rds.config_source.CopyFrom(ads_source())
+    hcm.http_filters.add(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    out = listener_pb2.Listener(name=al.name)
+    out.api_listener.api_listener.Pack(hcm)
+    return out
+
+
+def _grpc_route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
+    m = route_components_pb2.RouteMatch()
+    p = match.path
+    if p is None:
+        m.prefix = "/"
+    elif p.kind == "exact":
+        m.path = p.value
+    elif p.kind == "raw_prefix":
+        m.prefix = p.value
+    elif p.kind == "prefix":
+        value = p.value.rstrip("/")
+        if not value:
+            m.prefix = "/"
+        else:  # element-wise: `/foo` matches `/foo` and `/foo/...`; gRPC has no such specifier
+            m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=re.escape(value) + "(/.*)?"))
+    else:
+        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=p.value))
+    if p is not None and p.ignore_case:
+        m.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
+    for h in match.headers:
+        m.headers.append(_header_matcher(h))
+    if match.method:
+        m.headers.append(route_components_pb2.HeaderMatcher(
+            name=":method", string_match=string_pb2.StringMatcher(exact=match.method)))
+    for q in match.query:  # gRPC skips routes with query matches (gRPC requests have no query)
+        qm = m.query_parameters.add(name=q.name)
+        if q.kind == "present":
+            qm.present_match = True
+        else:
+            qm.string_match.CopyFrom(_string_matcher(q.kind, q.value))
+    return m
+
+
+def render_grpc_route(r: ir.Route) -> route_components_pb2.Route:
+    """Forwarding routes become cluster / weighted-cluster actions with the request timeout as
+    `max_stream_duration`; redirects and direct responses (which gRPC cannot follow) stay direct responses,
+    which gRPC fails with UNAVAILABLE. Header rewrites, mirrors and path rewrites do not exist for gRPC."""
+    out = route_components_pb2.Route(name=r.name, match=_grpc_route_match(r.match))
+    live = [b for b in r.backends if b.weight > 0]
+    if r.redirect is not None or r.direct is not None or not live:
+        out.direct_response.status = r.direct.status if r.direct is not None else \
+            (r.redirect.status_code if r.redirect is not None else 500)
+        return out
+    action = out.route
+    if len(live) == 1:
+        action.cluster = live[0].cluster
+    else:
+        for b in live:
+            cw = action.weighted_clusters.clusters.add(name=b.cluster)
+            cw.weight.value = b.weight
+    limits = [ms for ms in (r.timeout_ms, r.per_try_timeout_ms) if ms]
+    if limits:  # without retries the per-try limit bounds the whole call too
+        action.max_stream_duration.max_stream_duration.CopyFrom(duration_ms(min(limits)))
+    return out
+
+
+def render_grpc_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
+    out = route_pb2.RouteConfiguration(name=rc.name)
+    for vh in rc.virtual_hosts:
+        v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
+        for r in vh.routes:
+            v.routes.append(render_grpc_route(r))
     return out

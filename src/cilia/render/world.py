@@ -128,6 +128,7 @@ class RenderedWorld:
 
 BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (LISTENER, "listeners", r.render_listener),
+    (LISTENER, "api_listeners", r.render_api_listener),
     (ROUTE, "routes", r.render_route_config),
     (CLUSTER, "clusters", r.render_cluster),
     (ENDPOINT, "endpoints", r.render_endpoints),

@@ -273,7 +273,7 @@ def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = ())
     return RouteConfig(name, (VirtualHost(name, ("*",), (route,)),), sources)
 
 
-def _route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
+def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
     """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
     names: dict[str, None] = {}
     for vh in rc.virtual_hosts:
@@ -339,7 +339,7 @@ class _Outbound:
             view = replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
         self.views[key] = view
         if view.name not in self.route_clusters:
-            self.route_clusters[view.name] = _route_clusters(self.snapshot, view)
+            self.route_clusters[view.name] = route_clusters(self.snapshot, view)
         return view
 
     def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \
