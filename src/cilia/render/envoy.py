@@ -35,6 +35,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from cilia.ir import model as ir
+from cilia.render.resources import field_bytes
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ACCESS_LOG_FIELDS = {
@@ -461,6 +462,36 @@ def render_api_listener(al: ir.ApiListener) -> listener_pb2.Listener:
     out = listener_pb2.Listener(name=al.name)
     out.api_listener.api_listener.Pack(hcm)
     return out
+
+
+@functools.cache
+def _api_listener_parts() -> tuple[bytes, bytes, dict[str, int]]:
+    """What every API listener shares (the ADS config source, the router filter) serialised once, and the
+    field numbers the rest is written with."""
+    source = ads_source().SerializeToString(deterministic=True)
+    router = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    hcm = hcm_pb2.HttpConnectionManager.DESCRIPTOR.fields_by_name
+    rds = hcm_pb2.Rds.DESCRIPTOR.fields_by_name
+    numbers = {"stat_prefix": hcm["stat_prefix"].number, "rds": hcm["rds"].number,
+               "http_filters": hcm["http_filters"].number, "config_source": rds["config_source"].number,
+               "route_config_name": rds["route_config_name"].number,
+               "name": listener_pb2.Listener.DESCRIPTOR.fields_by_name["name"].number,
+               "api_listener": listener_pb2.Listener.DESCRIPTOR.fields_by_name["api_listener"].number}
+    return source, router.SerializeToString(deterministic=True), numbers
+
+
+HCM_TYPE_URL = b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def api_listener_bytes(al: ir.ApiListener) -> bytes:
+    """`render_api_listener(al)` serialised (deterministically), written without building messages: every
+    Service port has three of these, so this keeps a large cluster's gRPC targets cheap to render."""
+    source, router, f = _api_listener_parts()
+    name = al.name.encode()
+    rds = field_bytes(f["config_source"], source) + field_bytes(f["route_config_name"], al.route_config.encode())
+    hcm = field_bytes(f["stat_prefix"], name) + field_bytes(f["rds"], rds) + field_bytes(f["http_filters"], router)
+    packed = field_bytes(1, HCM_TYPE_URL) + field_bytes(2, hcm)  # google.protobuf.Any
+    return field_bytes(f["name"], name) + field_bytes(f["api_listener"], field_bytes(1, packed))
 
 
 def _grpc_route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:

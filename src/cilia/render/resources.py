@@ -26,7 +26,14 @@ SHORT_NAMES: Final = {LISTENER: "listeners", ROUTE: "routes", CLUSTER: "clusters
 SHORT_TO_TYPE: Final = {v: k for k, v in SHORT_NAMES.items()}
 
 
+_ONE_BYTE: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
 def varint(n: int) -> bytes:
+    if n < 0x80:  # tags and most lengths: no loop (this runs several times per resource and response)
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while True:
         b = n & 0x7F

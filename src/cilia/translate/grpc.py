@@ -36,12 +36,13 @@ request) keeps the xDS server free of per-request translation; at 5,000 two-port
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from cilia.ir.model import ApiListener, Bundle, Cluster, ProxyScope, RouteConfig
 from cilia.k8s.core import ServiceSpec
+from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.context import Memo, Partial, TranslateOptions
 from cilia.translate.gamma import gamma_index
 from cilia.translate.mesh import default_route_config, route_clusters
 from cilia.translate.services import resolve_backend
@@ -62,6 +63,45 @@ def _for_grpc(rc: RouteConfig, names: tuple[str, ...]) -> RouteConfig:
     return replace(rc, name=names[0], virtual_hosts=hosts, client="grpc")
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One Service port as gRPC clients see it without GAMMA routes."""
+
+    port: int
+    names: tuple[str, str, str]
+    cluster: Cluster
+    default_routes: RouteConfig
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceTargets:
+    listeners: tuple[ApiListener, ...]
+    targets: tuple[_Target, ...]
+
+
+# Per Service (content hash, cluster domain): its listeners, clusters and default routes. Unchanged Services
+# yield the very same objects, so a one-Service edit costs one Service here and in rendering.
+_MEMO: Memo[_ServiceTargets] = Memo()
+
+
+def _service_targets(obj: KubeObject, snapshot: InputSnapshot, cluster_domain: str) -> _ServiceTargets:
+    ns, name = obj.meta.namespace, obj.meta.name
+    sources = (str(obj.ref),)
+    listeners: list[ApiListener] = []
+    targets: list[_Target] = []
+    for sp in obj.spec.ports:
+        if sp.protocol not in ("TCP", ""):
+            continue
+        cluster = resolve_backend(snapshot, ns, name, sp.port).cluster
+        if cluster is None:
+            continue
+        names = target_names(ns, name, sp.port, cluster_domain)
+        listeners.extend(ApiListener(n, names[0], sources) for n in names)
+        routes = _for_grpc(default_route_config(names[0], cluster.name, sources), names)
+        targets.append(_Target(sp.port, names, cluster, routes))
+    return _ServiceTargets(tuple(listeners), tuple(targets))
+
+
 def translate_grpc(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     index = gamma_index(snapshot)
     consumers: dict[tuple[str, str, int], set[str]] = defaultdict(set)
@@ -77,32 +117,31 @@ def translate_grpc(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
         spec: ServiceSpec = obj.spec
         if spec.type == "ExternalName":
             continue
+        key = (obj.content_hash, opts.cluster_domain)
+        found = _MEMO.get(key)
+        if found is None:
+            found = _MEMO.put(key, _service_targets(obj, snapshot, opts.cluster_domain))
+        listeners.extend(found.listeners)
         ns, name = obj.meta.namespace, obj.meta.name
-        for sp in spec.ports:
-            if sp.protocol not in ("TCP", ""):
-                continue
-            cluster = resolve_backend(snapshot, ns, name, sp.port).cluster
-            if cluster is None:
-                continue
-            names = target_names(ns, name, sp.port, opts.cluster_domain)
-            sources = (str(obj.ref),)
-            listeners.extend(ApiListener(n, names[0], sources) for n in names)
-            clusters.setdefault(cluster.name, cluster)
-            producer = index.producer.get((ns, name, sp.port))
-            base = producer or default_route_config(names[0], cluster.name, sources)
-            shared = _for_grpc(base, names)
-            for c in route_clusters(snapshot, base):
-                clusters.setdefault(c.name, c)
-            client_namespaces = consumers.get((ns, name, sp.port))
+        for t in found.targets:
+            clusters.setdefault(t.cluster.name, t.cluster)
+            shared = t.default_routes
+            producer = index.producer.get((ns, name, t.port))
+            if producer is not None:
+                shared = _for_grpc(producer, t.names)
+                for c in route_clusters(snapshot, producer):
+                    clusters.setdefault(c.name, c)
+            client_namespaces = consumers.get((ns, name, t.port))
             if not client_namespaces:
                 shared_routes.append(shared)
                 continue
             defaults[frozenset(client_namespaces)].append(shared)
             for client_ns in sorted(client_namespaces):
-                rc = index.consumer[(client_ns, ns, name, sp.port)]
-                per_namespace[client_ns].append(_for_grpc(rc, names))
+                rc = index.consumer[(client_ns, ns, name, t.port)]
+                per_namespace[client_ns].append(_for_grpc(rc, t.names))
                 for c in route_clusters(snapshot, rc):
                     clusters.setdefault(c.name, c)
+    _MEMO.rotate()
     if not listeners:
         return Partial()
     bundles = [Bundle(SHARED_BUNDLE, ProxyScope(GRPC_ROLE), api_listeners=tuple(listeners),
