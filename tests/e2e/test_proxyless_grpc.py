@@ -1,0 +1,186 @@
+"""Proxyless gRPC end to end: grpcio's own xDS client (bootstrap from `cilia bootstrap --grpc`) dials
+`xds:///echo.default.svc.cluster.local:7070` and calls two real gRPC servers on loopback, with no proxy.
+
+One client process and one channel per target for the whole module: every config change below reaches a
+channel that is never re-created (the client counts channel creations).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import pytest
+
+from support.controlplane import ControlPlaneThread, ManifestDir
+from support.grpc_echo import GrpcEcho
+from support.manifests import docs, endpoint_slice, service
+from support.proxyless import DATA_ERRORS_ENV, ProxylessClient, grpc_bootstrap
+
+pytestmark = pytest.mark.e2e
+PROXY = "grpc~default/client"
+TARGET = "xds:///echo.default.svc.cluster.local:7070"
+V2_HEADER = (("x-version", "v2"),)
+
+
+def write_services(md: ManifestDir, v2: GrpcEcho, *servers: GrpcEcho) -> None:
+    """The Service `echo` (all of `servers`) and `echo-v2` (`v2` only)."""
+    parts = [service("echo", 7070, vip="127.96.0.70", port_name="grpc", app_protocol="grpc"),
+             service("echo-v2", 7070, vip="127.96.0.71", port_name="grpc", app_protocol="grpc"),
+             endpoint_slice("echo-v2", [(v2.host, v2.port)], port_name="grpc")]
+    parts += [endpoint_slice("echo", [(s.host, s.port)], name=f"echo-{s.name}", port_name="grpc") for s in servers]
+    md.write("services.yaml", docs(*parts))
+
+
+@dataclass
+class World:
+    cp: ControlPlaneThread
+    md: ManifestDir
+    a: GrpcEcho
+    b: GrpcEcho
+    client: ProxylessClient
+
+    def slices(self, *servers: GrpcEcho) -> None:
+        write_services(self.md, self.b, *servers)
+
+    def proxy_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.cp.admin_json("/debug/proxies").get(PROXY, {})
+        return status
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> float:
+    """Seconds until `check()` held; bounded."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def header_route(value: str, match_type: str = "Exact") -> str:
+    """GAMMA producer route on Service echo:7070: `x-version` matching `value` -> echo-v2, the rest -> echo."""
+    return json.dumps({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "echo-versions", "namespace": "default"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 7070}],
+                 "rules": [{"matches": [{"headers": [{"type": match_type, "name": "x-version", "value": value}]}],
+                            "backendRefs": [{"name": "echo-v2", "port": 7070}]},
+                           {"backendRefs": [{"name": "echo", "port": 7070}]}]}})
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    md = ManifestDir()
+    a, b = GrpcEcho("grpc-a", "127.1.0.11"), GrpcEcho("grpc-b", "127.1.0.12")
+    write_services(md, b, a, b)
+    cp: ControlPlaneThread | None = None
+    client: ProxylessClient | None = None
+    try:
+        cp = ControlPlaneThread([str(md.path)]).start()
+        client = ProxylessClient(grpc_bootstrap(PROXY, cp.xds_port))
+        # Warm up: both subchannels connected, so round robin has both to choose from.
+        seen: set[str] = set()
+        wait_until(lambda: bool(seen.update(client.calls(TARGET, 2))) or seen == {"grpc-a", "grpc-b"},
+                   "the client reaches both servers")
+        yield World(cp, md, a, b, client)
+    finally:
+        if client is not None:
+            client.stop()
+        if cp is not None:
+            cp.stop()
+        a.stop()
+        b.stop()
+        md.cleanup()
+
+
+def test_round_robin_over_both_servers(world: World) -> None:
+    results = world.client.calls(TARGET, 10)
+    assert Counter(results) == {"grpc-a": 5, "grpc-b": 5}, results
+    assert all(x != y for x, y in pairwise(results)), f"not round robin: {results}"
+    # The other names of the same Service port resolve to the same backends.
+    for other in ("xds:///echo.default.svc:7070", "xds:///echo.default:7070"):
+        assert set(world.client.calls(other, 6)) == {"grpc-a", "grpc-b"}
+
+
+def test_unknown_target_fails_fast(world: World) -> None:
+    """A name cilia does not serve is left out of the response and reported NOT_FOUND, so a client that
+    reads per-resource errors fails at once (rather than after gRPC's 15 s does-not-exist timer), on its
+    first channel and on a later one alike."""
+    client = ProxylessClient(grpc_bootstrap("grpc~default/other", world.cp.xds_port), env=DATA_ERRORS_ENV)
+    try:
+        for target in ("xds:///nope.default.svc.cluster.local:7070", "xds:///echo.default.svc.cluster.local:7070",
+                       "xds:///echo.default.svc.cluster.local:7071"):
+            start = time.monotonic()
+            result = client.calls(target, 1, timeout=10)[0]
+            if "echo" in target and target.endswith(":7070"):
+                assert result in ("grpc-a", "grpc-b")
+                continue
+            assert result.startswith("ERR UNAVAILABLE") and "does not exist" in result, result
+            assert time.monotonic() - start < 3, f"{target}: failed after {time.monotonic() - start:.1f}s"
+    finally:
+        client.stop()
+
+
+def test_grpc_route_header_match(world: World) -> None:
+    world.md.write("route.yaml", header_route("v2"))
+    wait_until(lambda: set(world.client.calls(TARGET, 4, V2_HEADER)) == {"grpc-b"}, "x-version: v2 -> v2 only")
+    assert world.client.calls(TARGET, 10, V2_HEADER) == ["grpc-b"] * 10
+    assert Counter(world.client.calls(TARGET, 10)) == {"grpc-a": 5, "grpc-b": 5}
+    assert world.client.calls(TARGET, 6, (("x-version", "v1"),)).count("grpc-a") == 3
+
+
+def test_endpoint_removal_honoured_within_two_seconds(world: World) -> None:
+    try:
+        world.slices(world.b)  # server a leaves Service echo
+        took = wait_until(lambda: world.client.calls(TARGET, 4, timeout=2) == ["grpc-b"] * 4,
+                          "calls go to grpc-b only", timeout=10)
+        assert took < 2.0, f"endpoint removal took {took:.2f}s to reach the client"
+        assert world.client.calls(TARGET, 10) == ["grpc-b"] * 10
+    finally:
+        world.slices(world.a, world.b)
+    wait_until(lambda: set(world.client.calls(TARGET, 4)) == {"grpc-a", "grpc-b"}, "server a back")
+    assert world.client.ask(TARGET)["channels"][TARGET] == 1  # one channel all along
+
+
+def _cilia_status(world: World, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{world.cp.admin_port}",
+                          *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_status_lists_client_acks_and_nack(world: World) -> None:
+    status = json.loads(_cilia_status(world, "-o", "json"))["proxies"][PROXY]
+    assert status["connected"] and status["variant"] == "sotw" and "gRPC" in status["user_agent"]
+    for kind in ("listeners", "routes", "clusters", "endpoints"):
+        ts = status["types"][kind]
+        assert ts["state"] == "SYNCED" and ts["version_acked"] == ts["version_sent"] != "", (kind, ts)
+    table = _cilia_status(world)
+    row = next(line for line in table.splitlines() if line.startswith(PROXY))
+    assert row.split()[1:4] == ["grpc", "yes", "sotw"] and row.count("SYNCED") == 4, row
+
+    # A regular expression Python accepts but RE2 (gRPC's, and Envoy's) does not: gRPC NACKs the routes.
+    good = status["types"]["routes"]["version_acked"]
+    world.md.write("route.yaml", header_route("v(?=2)", "RegularExpression"))
+    wait_until(lambda: world.proxy_status()["types"]["routes"]["state"] == "NACKED", "the client NACKs")
+    routes = world.proxy_status()["types"]["routes"]
+    assert routes["version_acked"] == good and "regex" in routes["last_nack"].lower()
+    assert "echo.default.svc.cluster.local:7070" in routes["last_nack"]
+    table = _cilia_status(world)
+    row = next(line for line in table.splitlines() if line.startswith(PROXY))
+    assert "NACKED" in row and "routes: xDS response validation errors" in row
+    assert "invalid perl operator" in _cilia_status(world, PROXY)  # the full text, for one proxy
+    # The client keeps serving with the last configuration it accepted.
+    assert set(world.client.calls(TARGET, 4)) <= {"grpc-a", "grpc-b"}
+
+    world.md.write("route.yaml", header_route("v2"))
+    wait_until(lambda: world.proxy_status()["types"]["routes"]["state"] == "SYNCED", "a good route is ACKed")
+    assert world.client.calls(TARGET, 4, V2_HEADER) == ["grpc-b"] * 4
