@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -184,3 +185,20 @@ def test_status_lists_client_acks_and_nack(world: World) -> None:
     world.md.write("route.yaml", header_route("v2"))
     wait_until(lambda: world.proxy_status()["types"]["routes"]["state"] == "SYNCED", "a good route is ACKed")
     assert world.client.calls(TARGET, 4, V2_HEADER) == ["grpc-b"] * 4
+
+
+def test_example_runs() -> None:
+    """examples/proxyless: its manifests translate cleanly and its demo shows what the README says."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "cilia", "translate", "-f", str(root / "examples/proxyless"),
+                          "--proxy", PROXY], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "echo.default.svc.cluster.local:7070" in {li["name"] for li in json.loads(out.stdout)["listeners"]}
+    demo = subprocess.run([sys.executable, str(root / "examples/proxyless/demo.py")], capture_output=True,
+                          text=True, timeout=120)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    lines = demo.stdout.splitlines()
+    assert "['grpc-a', 'grpc-b', 'grpc-a', 'grpc-b', 'grpc-a', 'grpc-b']" in lines[1] or \
+        "['grpc-b', 'grpc-a', 'grpc-b', 'grpc-a', 'grpc-b', 'grpc-a']" in lines[1], demo.stdout
+    assert lines[2].endswith("['grpc-b', 'grpc-b', 'grpc-b', 'grpc-b']") and "same channel" in lines[3]
+    assert any(line.startswith(PROXY) and line.count("SYNCED") == 4 for line in lines), demo.stdout
