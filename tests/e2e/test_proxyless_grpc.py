@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from support.controlplane import ControlPlaneThread, ManifestDir
+from support.controlplane import CiliaProcess, ControlPlaneThread, ManifestDir
 from support.grpc_echo import GrpcEcho
 from support.manifests import docs, endpoint_slice, service
+from support.net import free_port
 from support.proxyless import DATA_ERRORS_ENV, ProxylessClient, grpc_bootstrap
 
 pytestmark = pytest.mark.e2e
@@ -202,3 +203,40 @@ def test_example_runs() -> None:
         "['grpc-b', 'grpc-a', 'grpc-b', 'grpc-a', 'grpc-b', 'grpc-a']" in lines[1], demo.stdout
     assert lines[2].endswith("['grpc-b', 'grpc-b', 'grpc-b', 'grpc-b']") and "same channel" in lines[3]
     assert any(line.startswith(PROXY) and line.count("SYNCED") == 4 for line in lines), demo.stdout
+
+
+def test_mtls_client_gets_only_its_own_view(tmp_path: Path) -> None:
+    """`cilia bootstrap --grpc --tls-dir`: gRPC's `tls` channel credentials with `cilia cert`'s files; the
+    certificate of another gRPC client is refused with PERMISSION_DENIED, which fails the channel."""
+    def cilia(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "cilia", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    ca = tmp_path / "ca"
+    cilia("ca", "init", "--dir", str(ca), "--trust-domain", "mesh.test")
+    server = GrpcEcho("grpc-a", "127.1.0.13")
+    md = ManifestDir()
+    md.write("s.yaml", docs(service("echo", 7070, vip="127.96.0.72", port_name="grpc"),
+                            endpoint_slice("echo", [(server.host, server.port)], port_name="grpc")))
+    tls_port = free_port()
+    cp = CiliaProcess([str(md.path)], extra=["--xds-tls", f"127.0.0.1:{tls_port}", "--ca-dir", str(ca)])
+    clients: list[ProxylessClient] = []
+    try:
+        cp.start()
+        for who in ("client", "other"):
+            cilia("cert", "--ca-dir", str(ca), "--proxy", f"grpc~default/{who}", "--out", str(tmp_path / who))
+            clients.append(ProxylessClient(cilia("bootstrap", "--proxy", PROXY, "--grpc", "--xds",
+                                                 f"127.0.0.1:{tls_port}", "--tls-dir", str(tmp_path / who))))
+        own, other = clients
+        assert own.calls(TARGET, 2, timeout=10) == ["grpc-a", "grpc-a"]
+        peer = cp.admin_json("/debug/proxies")[PROXY]["peer"]
+        assert peer["uris"] == ["spiffe://mesh.test/proxy/grpc/default/client"]
+        denied = other.calls(TARGET, 1, timeout=10)[0]
+        assert denied.startswith("ERR UNAVAILABLE") and "PERMISSION_DENIED" in denied, denied
+    finally:
+        for c in clients:
+            c.stop()
+        cp.stop()
+        server.stop()
+        md.cleanup()
