@@ -152,6 +152,38 @@ def test_endpoint_removal_honoured_within_two_seconds(world: World) -> None:
     assert world.client.ask(TARGET)["channels"][TARGET] == 1  # one channel all along
 
 
+def _sticky(world: World, header: str) -> None:
+    """Service `sticky` over both servers, balanced by ring hash (on `header`, else per client channel)."""
+    annotations = {"cilia.io/lb-policy": "ring-hash", **({"cilia.io/hash-header": header} if header else {})}
+    svc = json.loads(service("sticky", 7070, vip="127.96.0.73", port_name="grpc", app_protocol="grpc"))
+    svc["metadata"]["annotations"] = annotations
+    world.md.write("sticky.yaml", docs(json.dumps(svc), *[
+        endpoint_slice("sticky", [(s.host, s.port)], name=f"sticky-{s.name}", port_name="grpc")
+        for s in (world.a, world.b)]))
+
+
+def test_ring_hash_when_the_service_asks(world: World) -> None:
+    sticky = "xds:///sticky.default.svc.cluster.local:7070"
+    try:
+        _sticky(world, "x-user")
+        wait_until(lambda: world.client.calls(sticky, 1, timeout=2)[0] in ("grpc-a", "grpc-b"), "sticky served")
+        chosen = {}
+        for user in range(16):
+            got = set(world.client.calls(sticky, 4, (("x-user", f"user-{user}"),)))
+            assert len(got) == 1, f"user-{user} was spread over {got}"
+            chosen[user] = got.pop()
+        assert set(chosen.values()) == {"grpc-a", "grpc-b"}, chosen  # 16 users on one server: p < 0.001
+        # Without a hash header: one channel is one client, so all its calls stay on one server.
+        _sticky(world, "")
+        wait_until(lambda: len(set(world.client.calls(sticky, 8))) == 1, "hashing on the channel")
+        assert len(set(world.client.calls(sticky, 12, (("x-user", "anyone"),)))) == 1
+        cluster = next(c for c in world.cp.admin_json(f"/debug/config/{PROXY}")["clusters"]
+                       if c["name"] == "default/sticky:7070")
+        assert cluster["lbPolicy"] == "RING_HASH"
+    finally:
+        world.md.remove("sticky.yaml")
+
+
 def _cilia_status(world: World, *args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{world.cp.admin_port}",
                           *args], capture_output=True, text=True, timeout=60)

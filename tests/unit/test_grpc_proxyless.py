@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -196,3 +197,43 @@ def test_bootstrap_cli() -> None:
     assert out.returncode == 2 and "add --grpc" in out.stderr
     out = run("--proxy", "node~n1", "--grpc")
     assert out.returncode == 2 and "grpc~NAMESPACE/POD" in out.stderr
+
+
+# -- ring hash when the Service asks ----------------------------------------------------------------------------
+RING = """apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: default, annotations: ANNOTATIONS}
+spec: {clusterIP: 127.96.0.73, ports: [{name: grpc, port: 7070}]}
+"""
+
+
+def _sticky(annotations: str) -> tuple[TranslationResult, RenderedWorld]:
+    return world_of(RING.replace("ANNOTATIONS", annotations))
+
+
+@pytest.mark.parametrize(("annotations", "policies"), [
+    ('{"cilia.io/lb-policy": ring-hash, "cilia.io/hash-header": X-User}', [("header", "x-user")]),
+    ('{"cilia.io/lb-policy": ring-hash}', [("connection_properties", ""), ("filter_state", "io.grpc.channel_id")]),
+])
+def test_ring_hash_cluster_and_route_hash_policy(annotations: str, policies: list[tuple[str, str]]) -> None:
+    result, world = _sticky(annotations)
+    assert not result.issues
+    view = world.for_proxy(ProxyId.parse("grpc~default/c"))
+    cluster = view.of("type.googleapis.com/envoy.config.cluster.v3.Cluster")["default/sticky:7070"]
+    assert cluster_pb2.Cluster.FromString(cluster.body).lb_policy == cluster_pb2.Cluster.RING_HASH
+    rc = route_pb2.RouteConfiguration.FromString(view.of(ROUTE)["sticky.default.svc.cluster.local:7070"].body)
+    got = []
+    for hp in rc.virtual_hosts[0].routes[0].route.hash_policy:
+        kind = hp.WhichOneof("policy_specifier")
+        got.append((kind, hp.header.header_name if kind == "header" else
+                    hp.filter_state.key if kind == "filter_state" else ""))
+    assert got == policies
+
+
+def test_lb_policy_annotation_errors_are_reported() -> None:
+    result, world = _sticky('{"cilia.io/lb-policy": maglev}')
+    assert any("cilia.io/lb-policy" in i.field and "round-robin" in i.message for i in result.issues)
+    result, _ = _sticky('{"cilia.io/hash-header": x-user}')
+    assert any("no effect without" in i.message for i in result.issues)
+    rc = world.for_proxy(ProxyId.parse("grpc~default/c")).of(ROUTE)["sticky.default.svc.cluster.local:7070"]
+    assert not route_pb2.RouteConfiguration.FromString(rc.body).virtual_hosts[0].routes[0].route.hash_policy

@@ -50,8 +50,18 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """What a request is hashed on for a RING_HASH cluster: a request header, the client's source IP (Envoy),
+    or the client's gRPC channel (proxyless gRPC). Each client uses the kinds it knows, skipping the rest."""
+
+    kind: Literal["header", "source_ip", "grpc_channel"]
+    name: str = ""  # the header, for kind "header"
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
-    """An upstream. `discovery` EDS uses `eds_name` (defaults to `name`)."""
+    """An upstream. `discovery` EDS uses `eds_name` (defaults to `name`). `hash_policy`: for RING_HASH, what
+    routes to this cluster hash requests on (translators copy it into those routes)."""
 
     name: str
     discovery: Literal["EDS", "STRICT_DNS", "LOGICAL_DNS", "STATIC", "ORIGINAL_DST"] = "EDS"
@@ -65,6 +75,7 @@ class Cluster:
     static_endpoints: tuple[Endpoint, ...] = ()
     upstream_tls: UpstreamTls | None = None
     sources: Sources = ()
+    hash_policy: tuple[HashPolicy, ...] = ()
 
 
 # -- HTTP routing -----------------------------------------------------------------------------------
@@ -171,6 +182,7 @@ class Route:
     # e.g. an invalid backendRef keeping its share of traffic): 0 = Envoy's default 503, or 404/500.
     cluster_not_found_status: int = 0
     sources: Sources = ()
+    hash_policy: tuple[HashPolicy, ...] = ()  # for ring-hash backends
 
 
 @dataclass(frozen=True, slots=True)

@@ -292,6 +292,7 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
         pol = action.request_mirror_policies.add(cluster=m.cluster)
         if m.percent is not None:
             pol.runtime_fraction.default_value.CopyFrom(_fraction(m.percent))
+    _hash_policies(action, r.hash_policy)
     if r.timeout_ms is not None:
         action.timeout.CopyFrom(duration_ms(r.timeout_ms))
     if r.per_try_timeout_ms is not None:
@@ -299,6 +300,21 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
     upgrade = action.upgrade_configs.add()
     upgrade.upgrade_type = "websocket"
     return out
+
+
+GRPC_CHANNEL_ID = "io.grpc.channel_id"  # the filter state key gRPC hashes a channel's requests on
+
+
+def _hash_policies(action: route_components_pb2.RouteAction, policies: tuple[ir.HashPolicy, ...]) -> None:
+    """One list for Envoy and gRPC: Envoy skips the channel key (no such filter state), gRPC the source IP."""
+    for hp in policies:
+        out = action.hash_policy.add()
+        if hp.kind == "header":
+            out.header.header_name = hp.name
+        elif hp.kind == "source_ip":
+            out.connection_properties.source_ip = True
+        else:
+            out.filter_state.key = GRPC_CHANNEL_ID
 
 
 def _fraction(percent: float) -> percent_pb2.FractionalPercent:
@@ -544,6 +560,7 @@ def render_grpc_route(r: ir.Route) -> route_components_pb2.Route:
         for b in live:
             cw = action.weighted_clusters.clusters.add(name=b.cluster)
             cw.weight.value = b.weight
+    _hash_policies(action, r.hash_policy)
     limits = [ms for ms in (r.timeout_ms, r.per_try_timeout_ms) if ms]
     if limits:  # without retries the per-try limit bounds the whole call too
         action.max_stream_duration.max_stream_duration.CopyFrom(duration_ms(min(limits)))

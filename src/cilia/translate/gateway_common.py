@@ -366,6 +366,10 @@ class RuleBuilder:
             return fields
         backends, dangling = self._backends(refs)
         fields.update(backends=backends, rewrite=rewrite, mirrors=tuple(mirrors))
+        hashing = next((c.hash_policy for b in backends for c in [self.clusters.get(b.cluster)]
+                        if c is not None and c.hash_policy), ())
+        if hashing:  # a ring-hash Service among the backends: hash as it asks
+            fields["hash_policy"] = hashing
         if dangling:
             fields["cluster_not_found_status"] = 500
         return fields

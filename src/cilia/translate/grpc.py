@@ -97,7 +97,7 @@ def _service_targets(obj: KubeObject, snapshot: InputSnapshot, cluster_domain: s
             continue
         names = target_names(ns, name, sp.port, cluster_domain)
         listeners.extend(ApiListener(n, names[0], sources) for n in names)
-        routes = _for_grpc(default_route_config(names[0], cluster.name, sources), names)
+        routes = _for_grpc(default_route_config(names[0], cluster.name, sources, cluster.hash_policy), names)
         targets.append(_Target(sp.port, names, cluster, routes))
     return _ServiceTargets(tuple(listeners), tuple(targets))
 

@@ -78,6 +78,7 @@ from cilia.ir.model import (
     Cluster,
     Endpoint,
     FilterChain,
+    HashPolicy,
     HttpApp,
     Listener,
     ProxyScope,
@@ -267,9 +268,11 @@ def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[
 
 
 # -- outbound --------------------------------------------------------------------------------------
-def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = ()) -> RouteConfig:
+def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = (),
+                         hash_policy: tuple[HashPolicy, ...] = ()) -> RouteConfig:
     """Everything to the Service's cluster; no request timeout (long-lived streams are normal here)."""
-    route = Route(name="default", match=RouteMatch(), backends=(Backend(cluster),), timeout_ms=0)
+    route = Route(name="default", match=RouteMatch(), backends=(Backend(cluster),), timeout_ms=0,
+                  hash_policy=hash_policy)
     return RouteConfig(name, (VirtualHost(name, ("*",), (route,)),), sources)
 
 
@@ -328,7 +331,8 @@ class _Outbound:
             own = replace(rc, name=base)
         else:
             cluster = self.cluster(sp)
-            own = default_route_config(base, cluster.name if cluster else "", (sp.ref,))
+            own = default_route_config(base, cluster.name if cluster else "", (sp.ref,),
+                                       cluster.hash_policy if cluster else ())
         if shared is None:
             view = own
             if rc is None:
