@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 PROXY = "grpc~default/client"
 TARGET = "xds:///echo.default.svc.cluster.local:7070"
 V2_HEADER = (("x-version", "v2"),)
+FLAKY = "/cilia.test.Echo/Flaky"
 
 
 def write_services(md: ManifestDir, v2: GrpcEcho, *servers: GrpcEcho) -> None:
@@ -182,6 +183,32 @@ def test_ring_hash_when_the_service_asks(world: World) -> None:
         assert cluster["lbPolicy"] == "RING_HASH"
     finally:
         world.md.remove("sticky.yaml")
+
+
+def test_http_route_retry(world: World) -> None:
+    """HTTPRoute `retry` reaches gRPC clients as a retry policy on the statuses its HTTP codes mean."""
+    flaky = "xds:///flaky.default.svc.cluster.local:7070"
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "flaky", "namespace": "default"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "flaky", "port": 7070}],
+                      "rules": [{"backendRefs": [{"name": "flaky", "port": 7070}],
+                                 "retry": {"codes": [503], "attempts": 2, "backoff": "10ms"}}]}}
+    parts = [service("flaky", 7070, vip="127.96.0.74", port_name="grpc", app_protocol="grpc"),
+             *[endpoint_slice("flaky", [(s.host, s.port)], name=f"flaky-{s.name}", port_name="grpc")
+               for s in (world.a, world.b)]]
+    world.a.failing = True
+    try:
+        world.md.write("flaky.yaml", docs(*parts))  # no retry yet: the calls round robin onto the failing server
+        wait_until(lambda: any(r.startswith("ERR UNAVAILABLE") for r in world.client.calls(flaky, 4, method=FLAKY)),
+                   "calls reach the failing server")
+        world.md.write("flaky.yaml", docs(*parts, json.dumps(route)))
+        wait_until(lambda: world.client.calls(flaky, 10, method=FLAKY) == ["grpc-b"] * 10, "retried onto grpc-b")
+        before = world.a.flaky_calls
+        assert world.client.calls(flaky, 10, method=FLAKY) == ["grpc-b"] * 10
+        assert world.a.flaky_calls > before  # the failing server was tried, and the call retried
+    finally:
+        world.a.failing = False
+        world.md.remove("flaky.yaml")
 
 
 def _cilia_status(world: World, *args: str) -> str:

@@ -48,8 +48,8 @@ class ProxylessClient:
         return reply
 
     def calls(self, target: str, n: int = 1, metadata: tuple[tuple[str, str], ...] = (),
-              timeout: float = 5.0) -> list[str]:
-        return list(self.ask(target, n, metadata, timeout)["results"])
+              timeout: float = 5.0, method: str = "/cilia.test.Echo/Call") -> list[str]:
+        return list(self.ask(target, n, metadata, timeout, method)["results"])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

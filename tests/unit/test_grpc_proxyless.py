@@ -237,3 +237,54 @@ def test_lb_policy_annotation_errors_are_reported() -> None:
     assert any("no effect without" in i.message for i in result.issues)
     rc = world.for_proxy(ProxyId.parse("grpc~default/c")).of(ROUTE)["sticky.default.svc.cluster.local:7070"]
     assert not route_pb2.RouteConfiguration.FromString(rc.body).virtual_hosts[0].routes[0].route.hash_policy
+
+
+# -- HTTPRoute retry ---------------------------------------------------------------------------------------------
+RETRY_ROUTE = """apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec: {clusterIP: 127.96.0.70, ports: [{name: grpc, port: 7070}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 7070}]
+  rules:
+  - backendRefs: [{name: echo, port: 7070}]
+    timeouts: {request: 5s, backendRequest: 1s}
+    retry: RETRY
+"""
+
+
+def test_http_route_retry_for_envoy_and_grpc() -> None:
+    result, world = world_of(RETRY_ROUTE.replace("RETRY", "{codes: [503, 500, 400], attempts: 3, backoff: 50ms}"))
+    assert not result.issues
+    grpc_rc = world.for_proxy(ProxyId.parse("grpc~default/c")).of(ROUTE)["echo.default.svc.cluster.local:7070"]
+    action = route_pb2.RouteConfiguration.FromString(grpc_rc.body).virtual_hosts[0].routes[0].route
+    assert action.retry_policy.retry_on == "unavailable,internal"  # 500 has no gRPC status to retry on
+    assert action.retry_policy.num_retries.value == 3
+    assert action.retry_policy.retry_back_off.base_interval.ToMilliseconds() == 50
+    assert action.max_stream_duration.max_stream_duration.ToMilliseconds() == 5000  # all tries together
+    rc = next(rc for b in result.ir.bundles for rc in b.routes if rc.name == "mesh/default/echo:7070")
+    envoy = r.render_route_config(rc).virtual_hosts[0].routes[0].route.retry_policy
+    assert envoy.retry_on == "retriable-status-codes,connect-failure,refused-stream"
+    assert list(envoy.retriable_status_codes) == [503, 500, 400] and envoy.num_retries.value == 3
+    assert envoy.per_try_timeout.ToMilliseconds() == 1000
+
+
+@pytest.mark.parametrize(("retry", "message"), [
+    ("{codes: [200]}", "400-599"),
+    ("{attempts: -1}", ">= 0"),
+    ("{backoff: soon}", "not a duration"),
+])
+def test_http_route_retry_errors(retry: str, message: str) -> None:
+    parsed = parse_text(RETRY_ROUTE.replace("RETRY", retry), "test")
+    assert any("retry" in i.field and message in i.message for i in parsed.issues), parsed.issues
+
+
+def test_zero_attempts_means_no_retry() -> None:
+    _, world = world_of(RETRY_ROUTE.replace("RETRY", "{attempts: 0}"))
+    grpc_rc = world.for_proxy(ProxyId.parse("grpc~default/c")).of(ROUTE)["echo.default.svc.cluster.local:7070"]
+    assert not route_pb2.RouteConfiguration.FromString(grpc_rc.body).virtual_hosts[0].routes[0].route.HasField(
+        "retry_policy")

@@ -164,6 +164,15 @@ class DirectResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry a request up to `attempts` more times on these HTTP status codes (and on connection failures)."""
+
+    attempts: int
+    codes: tuple[int, ...] = ()
+    backoff_ms: int | None = None  # base interval between tries; None: the client's default
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One route. Exactly one of `backends` (forward), `redirect` or `direct` applies."""
 
@@ -183,6 +192,7 @@ class Route:
     cluster_not_found_status: int = 0
     sources: Sources = ()
     hash_policy: tuple[HashPolicy, ...] = ()  # for ring-hash backends
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,6 +297,14 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
         action.timeout.CopyFrom(duration_ms(r.timeout_ms))
     if r.per_try_timeout_ms is not None:
         action.retry_policy.per_try_timeout.CopyFrom(duration_ms(r.per_try_timeout_ms))
+    if r.retry is not None:
+        rp = action.retry_policy
+        rp.retry_on = ",".join((*(["retriable-status-codes"] if r.retry.codes else []), "connect-failure",
+                                "refused-stream"))
+        rp.retriable_status_codes.extend(r.retry.codes)
+        rp.num_retries.value = r.retry.attempts
+        if r.retry.backoff_ms:
+            rp.retry_back_off.base_interval.CopyFrom(duration_ms(r.retry.backoff_ms))
     upgrade = action.upgrade_configs.add()
     upgrade.upgrade_type = "websocket"
     return out
@@ -543,10 +551,17 @@ def _grpc_route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
     return m
 
 
+# HTTP status -> the gRPC status a gRPC client sees for it (gRPC's HTTP mapping), for the statuses gRPC's
+# xDS retry policy can name. Connection failures reach a gRPC client as `unavailable`, which is always
+# retried, as Envoy retries connect failures.
+GRPC_RETRY_STATUS = {400: "internal", 429: "unavailable", 502: "unavailable", 503: "unavailable", 504: "unavailable"}
+
+
 def render_grpc_route(r: ir.Route) -> route_components_pb2.Route:
     """Forwarding routes become cluster / weighted-cluster actions with the request timeout as
-    `max_stream_duration`; redirects and direct responses (which gRPC cannot follow) stay direct responses,
-    which gRPC fails with UNAVAILABLE. Header rewrites, mirrors and path rewrites do not exist for gRPC."""
+    `max_stream_duration` and retries on the gRPC statuses the HTTP codes map to; redirects and direct
+    responses (which gRPC cannot follow) stay direct responses, which gRPC fails with UNAVAILABLE. Header
+    rewrites, mirrors and path rewrites do not exist for gRPC."""
     out = route_components_pb2.Route(name=r.name, match=_grpc_route_match(r.match))
     live = [b for b in r.backends if b.weight > 0]
     if r.redirect is not None or r.direct is not None or not live:
@@ -562,8 +577,17 @@ def render_grpc_route(r: ir.Route) -> route_components_pb2.Route:
             cw.weight.value = b.weight
     _hash_policies(action, r.hash_policy)
     limits = [ms for ms in (r.timeout_ms, r.per_try_timeout_ms) if ms]
+    if r.retry is not None:  # gRPC has no per-try timeout: only the request timeout, over all tries
+        limits = [r.timeout_ms] if r.timeout_ms else []
     if limits:  # without retries the per-try limit bounds the whole call too
         action.max_stream_duration.max_stream_duration.CopyFrom(duration_ms(min(limits)))
+    if r.retry is not None:
+        rp = action.retry_policy
+        rp.retry_on = ",".join(dict.fromkeys([*(GRPC_RETRY_STATUS[c] for c in r.retry.codes if c in GRPC_RETRY_STATUS),
+                                              "unavailable"]))
+        rp.num_retries.value = r.retry.attempts
+        if r.retry.backoff_ms:
+            rp.retry_back_off.base_interval.CopyFrom(duration_ms(r.retry.backoff_ms))
     return out
 
 

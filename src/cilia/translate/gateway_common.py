@@ -409,6 +409,9 @@ class RuleBuilder:
             if "backends" in fields:
                 fields["timeout_ms"] = rule.timeout_request_ms
                 fields["per_try_timeout_ms"] = rule.timeout_backend_ms
+                if rule.retry is not None and rule.retry.attempts != 0:
+                    fields["retry"] = ir.RetryPolicy(1 if rule.retry.attempts is None else rule.retry.attempts,
+                                                     rule.retry.codes, rule.retry.backoff_ms)
             name = f"{prefix}/HTTPRoute/{self.route.meta.namespace}/{self.route.meta.name}/{index}/{j}"
             route = ir.Route(name=name, match=match, sources=(str(self.route.ref),), **fields)
             key = (*_match_key(path, m.method, len(m.headers), len(m.query)), *age, index, j)
