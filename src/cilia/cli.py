@@ -30,7 +30,9 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway-address", default="0.0.0.0",
                    help="address Gateway listeners bind when spec.addresses names no IPAddress (default 0.0.0.0)")
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
-    p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "off"), default="off",
+    p.add_argument("--cluster-domain", default="cluster.local",
+                   help="DNS suffix of Service names: gRPC targets NAME.NS.svc.DOMAIN:PORT (default cluster.local)")
+    p.add_argument("--mesh-default-mode", choices=("node", "sidecar", "proxyless", "off"), default="off",
                    help="mesh mode for namespaces and pods without cilia.io/mesh (default off)")
     p.add_argument("--mesh-capture-address", default="127.0.0.1",
                    help="address the node Envoy's outbound capture listener binds (default 127.0.0.1)")
@@ -70,6 +72,7 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             ingress_status_address=args.ingress_status_address,
                             ingress_default_mode=args.ingress_default_mode, gateway_address=args.gateway_address,
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
+                            cluster_domain=args.cluster_domain,
                             mesh_capture_address=args.mesh_capture_address,
                             mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
                             mesh_inbound_address=args.mesh_inbound_address,
@@ -136,7 +139,7 @@ def _add_inject_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cilia-image", default="ghcr.io/cilia/cilia:0.1.0", help="image of the bootstrap init step")
     p.add_argument("--inject-xds", default="cilia.cilia-system.svc:18000", metavar="HOST:PORT",
                    help="xDS address injected sidecars connect to")
-    p.add_argument("--inject-default-mode", choices=("node", "sidecar", "off"), default=None,
+    p.add_argument("--inject-default-mode", choices=("node", "sidecar", "proxyless", "off"), default=None,
                    help="mesh mode for pods whose namespace/pod say nothing (default: --mesh-default-mode or off)")
     p.add_argument("--fail-open", action="store_true",
                    help="webhook: on an internal error admit the pod unchanged instead of denying it")
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
     _add_translate_options(tr)
 
-    bs = sub.add_parser("bootstrap", help="print an Envoy bootstrap pointing ADS at cilia")
+    bs = sub.add_parser("bootstrap", help="print an Envoy bootstrap (or, --grpc, a gRPC client's xDS bootstrap) "
+                                          "pointing ADS at cilia")
     bs.add_argument("--proxy", required=True, metavar="ROLE~NAME")
     bs.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT")
     bs.add_argument("--admin-port", type=int, default=19901)
@@ -238,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ADS over mTLS with DIR's cert.pem/key.pem/ca.pem (`cilia cert`), watched for renewals")
     bs.add_argument("--trust-domain", default=None,
                     help="trust domain of the xDS server (default: the one in DIR's certificate)")
-    bs.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    bs.add_argument("--grpc", action="store_true",
+                    help="a proxyless gRPC client's xDS bootstrap (GRPC_XDS_BOOTSTRAP) for --proxy grpc~NS/POD; "
+                         "JSON unless -o yaml")
+    bs.add_argument("-o", "--output", choices=("yaml", "json"), default=None, help="yaml (default), json (--grpc)")
 
     ca = sub.add_parser("ca", help="create or rotate cilia's certificate authority")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
@@ -358,17 +365,23 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from cilia.errors import CiliaError
     from cilia.identity import ProxyId
-    from cilia.mesh.bootstrap import bootstrap_config
+    from cilia.mesh.bootstrap import bootstrap_config, grpc_bootstrap_config
 
     try:
         proxy = ProxyId.parse(args.proxy)
-        cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip,
-                               node_name=args.node_name, readiness_port=args.readiness_port,
-                               tls_dir=args.tls_dir, trust_domain=args.trust_domain)
+        if args.grpc:
+            cfg = grpc_bootstrap_config(proxy, args.xds, pod_ip=args.pod_ip, node_name=args.node_name,
+                                        tls_dir=args.tls_dir)
+        elif proxy.role == "grpc":
+            raise ValueError(f"{proxy} is a proxyless gRPC client, not an Envoy: add --grpc for its bootstrap")
+        else:
+            cfg = bootstrap_config(proxy, args.xds, args.admin_port, args.delta, args.pod_ip,
+                                   node_name=args.node_name, readiness_port=args.readiness_port,
+                                   tls_dir=args.tls_dir, trust_domain=args.trust_domain)
     except (CiliaError, ValueError) as exc:
         print(f"cilia: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(_dump(cfg, args.output))
+    sys.stdout.write(_dump(cfg, args.output or ("json" if args.grpc else "yaml")))
     return 0
 
 

@@ -7,7 +7,9 @@ from typing import Final
 
 from cilia.errors import UnknownProxyRole
 
-ROLES: Final = ("node", "sidecar", "gateway", "ingress", "agent")
+ROLES: Final = ("node", "sidecar", "gateway", "ingress", "agent", "grpc")
+# Roles whose NAME is NAMESPACE/NAME.
+NAMESPACED_ROLES: Final = frozenset({"sidecar", "gateway", "grpc"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +19,7 @@ class ProxyId:
 
     @property
     def namespace(self) -> str:
-        """For `sidecar` and `gateway`, the namespace part of NAME."""
+        """For `sidecar`, `gateway` and `grpc`, the namespace part of NAME."""
         return self.name.split("/", 1)[0] if "/" in self.name else ""
 
     @property
@@ -36,6 +38,6 @@ class ProxyId:
             )
         if role not in ROLES:
             raise UnknownProxyRole(f"node id {node_id!r}: unknown role {role!r} (roles: {', '.join(ROLES)})")
-        if role in ("sidecar", "gateway") and name.count("/") != 1:
+        if role in NAMESPACED_ROLES and (name.count("/") != 1 or not all(name.split("/"))):
             raise UnknownProxyRole(f"node id {node_id!r}: {role} NAME must be NAMESPACE/NAME")
         return cls(role, name)

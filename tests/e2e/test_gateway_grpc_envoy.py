@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,42 +13,11 @@ import pytest
 from support.controlplane import ControlPlaneThread, ManifestDir
 from support.envoy import Envoy
 from support.gateway_objects import backend, find_status, gateway, gateway_class, listener, parent_condition, route, tag
+from support.grpc_echo import SERVING, GrpcEcho
 from support.manifests import docs, endpoint_slice, service
 from support.net import free_port
 
 pytestmark = pytest.mark.e2e
-SERVING = b"\x08\x01"  # grpc.health.v1.HealthCheckResponse{status: SERVING}
-NOT_SERVING = b"\x08\x02"
-
-
-class GrpcEcho:
-    """Answers cilia.test.Echo/{Call,Ping} with JSON naming itself, and grpc.health.v1.Health/Check."""
-
-    def __init__(self, name: str, host: str) -> None:
-        self.name = name
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        echo = {m: grpc.unary_unary_rpc_method_handler(self._echo(m)) for m in ("Call", "Ping")}
-        health = {"Check": grpc.unary_unary_rpc_method_handler(self._health)}
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cilia.test.Echo", echo),
-                                              grpc.method_handlers_generic_handler("grpc.health.v1.Health", health)))
-        self.host = host
-        self.port = self.server.add_insecure_port(f"{host}:0")
-        self.server.start()
-
-    @staticmethod
-    def _health(request: bytes, context: grpc.ServicerContext) -> bytes:
-        """SERVING only when the route's RequestHeaderModifier added `x-added: yes`."""
-        return SERVING if ("x-added", "yes") in tuple(context.invocation_metadata()) else NOT_SERVING
-
-    def _echo(self, method: str) -> Any:
-        def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
-            md = {k: v for k, v in context.invocation_metadata()}
-            return json.dumps({"backend": self.name, "method": method, "request": request.decode(),
-                               "metadata": md}).encode()
-        return handle
-
-    def stop(self) -> None:
-        self.server.stop(0)
 
 
 @dataclass

@@ -47,7 +47,7 @@ def test_resolve_mesh_mode(
 BAD: list[tuple[str, dict[str, object] | None, dict[str, object] | None, dict[str, object] | None,
                 dict[str, object] | None, tuple[str, ...]]] = [
     ("pod annotation", None, None, None, {K: "sidecars"},
-     ("Pod shop/web annotation cilia.io/mesh", "'sidecars'", "node, sidecar, off")),
+     ("Pod shop/web annotation cilia.io/mesh", "'sidecars'", "node, sidecar, proxyless, off")),
     ("pod label", None, None, {K: "Sidecar"}, None, ("Pod shop/web label cilia.io/mesh", "'Sidecar'")),
     ("namespace annotation", None, {K: ""}, None, None, ("Namespace 'shop' annotation cilia.io/mesh", "''")),
     ("namespace label", {K: "istio"}, None, None, None, ("Namespace 'shop' label cilia.io/mesh", "'istio'")),

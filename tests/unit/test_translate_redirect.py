@@ -43,6 +43,12 @@ spec: {nodeName: n1, containers: [{name: app}]}
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: grpc-0, namespace: shop, annotations: {cilia.io/mesh: proxyless}}
+spec: {nodeName: n1, containers: [{name: app}]}
+status: {podIP: 127.1.0.7}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: bad-0, namespace: shop, annotations: {cilia.io/mesh: sometimes}}
 spec: {nodeName: n1, containers: [{name: app}]}
 ---
@@ -75,7 +81,8 @@ def test_node_policy_lists_mesh_pods_and_tcp_vips() -> None:
     p = policy_for("n1")
     assert p is not None and p.node_name == "n1" and p.proxy_port == 15001 and p.inbound_port == 15006
     pods = {(x.namespace, x.name): x for x in p.pods}
-    assert set(pods) == {("shop", "web-0"), ("shop", "db-0")}, "legacy (off) and invalid-mode pods are out"
+    assert set(pods) == {("shop", "web-0"), ("shop", "db-0")}, \
+        "legacy (off), proxyless (no redirect: gRPC dials endpoints itself) and invalid-mode pods are out"
     assert pods[("shop", "web-0")].mode == api.NODE and pods[("shop", "web-0")].cgroup_path == "pods/web-0"
     assert list(pods[("shop", "web-0")].pod_ips) == ["127.1.0.5"] and pods[("shop", "web-0")].uid == "u-1"
     assert pods[("shop", "db-0")].mode == api.SIDECAR

@@ -57,8 +57,18 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """What a request is hashed on for a RING_HASH cluster: a request header, the client's source IP (Envoy),
+    or the client's gRPC channel (proxyless gRPC). Each client uses the kinds it knows, skipping the rest."""
+
+    kind: Literal["header", "source_ip", "grpc_channel"]
+    name: str = ""  # the header, for kind "header"
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
-    """An upstream. `discovery` EDS uses `eds_name` (defaults to `name`)."""
+    """An upstream. `discovery` EDS uses `eds_name` (defaults to `name`). `hash_policy`: for RING_HASH, what
+    routes to this cluster hash requests on (translators copy it into those routes)."""
 
     name: str
     discovery: Literal["EDS", "STRICT_DNS", "LOGICAL_DNS", "STATIC", "ORIGINAL_DST"] = "EDS"
@@ -72,6 +82,7 @@ class Cluster:
     static_endpoints: tuple[Endpoint, ...] = ()
     upstream_tls: UpstreamTls | None = None
     sources: Sources = ()
+    hash_policy: tuple[HashPolicy, ...] = ()
 
 
 # -- HTTP routing -----------------------------------------------------------------------------------
@@ -160,6 +171,15 @@ class DirectResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry a request up to `attempts` more times on these HTTP status codes (and on connection failures)."""
+
+    attempts: int
+    codes: tuple[int, ...] = ()
+    backoff_ms: int | None = None  # base interval between tries; None: the client's default
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One route. Exactly one of `backends` (forward), `redirect` or `direct` applies."""
 
@@ -178,6 +198,8 @@ class Route:
     # e.g. an invalid backendRef keeping its share of traffic): 0 = Envoy's default 503, or 404/500.
     cluster_not_found_status: int = 0
     sources: Sources = ()
+    hash_policy: tuple[HashPolicy, ...] = ()  # for ring-hash backends
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +216,9 @@ class RouteConfig:
     virtual_hosts: tuple[VirtualHost, ...]
     sources: Sources = ()
     ignore_port_in_host_matching: bool = False  # match `Host: name:PORT` to the domain `name`
+    # Who reads it: Envoy, or a proxyless gRPC client (rendered with only what gRPC's xDS client
+    # understands: timeouts as max_stream_duration, element-wise prefixes as regexes, nothing Envoy-only).
+    client: Literal["envoy", "grpc"] = "envoy"
 
 
 # -- listeners --------------------------------------------------------------------------------------
@@ -254,6 +279,16 @@ class Listener:
     sources: Sources = ()
     direction: Literal["", "inbound", "outbound"] = ""  # Envoy traffic_direction (stats, tracing)
     stat_prefix: str = ""  # Envoy's listener stats prefix (listener.<prefix>.*); empty = by address
+
+
+@dataclass(frozen=True, slots=True)
+class ApiListener:
+    """A proxyless gRPC client's listener: no socket, an HTTP connection manager taking its routes over RDS.
+    `name` is the `xds:///` target the client dials (`svc.ns.svc.cluster.local:PORT`)."""
+
+    name: str
+    route_config: str
+    sources: Sources = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +378,9 @@ class NodeSelector:
         return True
 
 
+NAMESPACED_ROLES = frozenset({"sidecar", "gateway", "grpc"})  # proxy roles whose NAME is NAMESPACE/NAME
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyScope:
     """Which proxies receive a bundle: by role, optionally by exact name, and (role `node`) by node labels.
@@ -354,24 +392,37 @@ class ProxyScope:
     roles: frozenset[str]
     names: frozenset[str] | None = None
     node_selector: NodeSelector | None = None
-    # Roles whose NAME is NAMESPACE/NAME (sidecar, gateway) match only in these namespaces; other roles
-    # (node serves every namespace) are not filtered by it.
+    # Roles whose NAME is NAMESPACE/NAME (sidecar, gateway, grpc) match only in these namespaces, and not
+    # in `exclude_namespaces`; other roles (node serves every namespace) are not filtered by them.
     namespaces: frozenset[str] | None = None
+    exclude_namespaces: frozenset[str] = frozenset()
 
     def may_overlap(self, other: ProxyScope) -> bool:
         """Whether some proxy could be in both scopes (node selectors are not compared)."""
-        if not self.roles & other.roles:
+        common = self.roles & other.roles
+        if not common:
             return False
-        return self.names is None or other.names is None or bool(self.names & other.names)
+        if not (self.names is None or other.names is None or bool(self.names & other.names)):
+            return False
+        if common <= NAMESPACED_ROLES:
+            for a, b in ((self, other), (other, self)):
+                if a.namespaces is not None and (
+                        (b.namespaces is not None and not a.namespaces & b.namespaces)
+                        or a.namespaces <= b.exclude_namespaces):
+                    return False
+        return True
 
     def matches(self, role: str, name: str, node_labels: Mapping[str, Mapping[str, str]]) -> bool:
         if role not in self.roles:
             return False
         if self.names is not None and name not in self.names:
             return False
-        if self.namespaces is not None and role in ("sidecar", "gateway") and \
-                name.partition("/")[0] not in self.namespaces:
-            return False
+        if role in NAMESPACED_ROLES and (self.namespaces is not None or self.exclude_namespaces):
+            namespace = name.partition("/")[0]
+            if self.namespaces is not None and namespace not in self.namespaces:
+                return False
+            if namespace in self.exclude_namespaces:
+                return False
         if self.node_selector is not None and role == "node" and name in node_labels:
             return self.node_selector.matches(node_labels[name])
         return True
@@ -384,6 +435,7 @@ class Bundle:
     key: str
     scope: ProxyScope
     listeners: tuple[Listener, ...] = ()
+    api_listeners: tuple[ApiListener, ...] = ()  # proxyless gRPC clients' listeners (also LDS resources)
     routes: tuple[RouteConfig, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     endpoints: tuple[EndpointSet, ...] = ()

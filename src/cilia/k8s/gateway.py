@@ -128,6 +128,15 @@ class HTTPMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Retry:
+    """HTTPRoute `rules[].retry` (GEP-1731): retry a backend request on these HTTP status codes."""
+
+    codes: tuple[int, ...] = ()
+    attempts: int | None = None
+    backoff_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPRule:
     name: str
     matches: tuple[HTTPMatch, ...]
@@ -135,6 +144,7 @@ class HTTPRule:
     backend_refs: tuple[BackendRef, ...]
     timeout_request_ms: int | None = None
     timeout_backend_ms: int | None = None
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +546,24 @@ def _timeouts(rule: Mapping[str, Any], path: str) -> tuple[int | None, int | Non
     return req_ms, back_ms
 
 
+def _retry(rule: Mapping[str, Any], path: str) -> Retry | None:
+    if rule.get("retry") is None:
+        return None
+    rp = f"{path}.retry"
+    r = as_map(rule.get("retry"), rp)
+    codes = []
+    for i, code in enumerate(as_list(r.get("codes"), f"{rp}.codes")):
+        if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 599:
+            raise ValidationError(f"{rp}.codes[{i}]", f"must be an HTTP status code 400-599, got {code!r}")
+        codes.append(code)
+    attempts = r.get("attempts")
+    if attempts is not None and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):
+        raise ValidationError(f"{rp}.attempts", f"must be a whole number >= 0, got {attempts!r}")
+    backoff = get_str(r, "backoff", rp)
+    return Retry(tuple(dict.fromkeys(codes)), attempts,
+                 parse_duration_ms(backoff, f"{rp}.backoff") if backoff else None)
+
+
 def _rule_name(rule: Mapping[str, Any], path: str, seen: set[str]) -> str:
     name = get_str(rule, "name", path)
     if name:
@@ -650,7 +678,8 @@ def _parse_http_route(raw: Mapping[str, Any], meta: Meta) -> HTTPRouteSpec:
                                                            "with a PathPrefix path")
         req, back = _timeouts(r, rp)
         rules.append(HTTPRule(_rule_name(r, rp, names), matches or (HTTPMatch(),), filters,
-                              _backend_refs(r.get("backendRefs"), f"{rp}.backendRefs", ns, http=True), req, back))
+                              _backend_refs(r.get("backendRefs"), f"{rp}.backendRefs", ns, http=True), req, back,
+                              _retry(r, rp)))
     return HTTPRouteSpec(_parent_refs(spec, ns), _hostnames(spec, "spec"), tuple(rules))
 
 

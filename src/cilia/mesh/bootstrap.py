@@ -16,6 +16,10 @@ Per role, the bootstrap carries:
   probes the pod IP, while admin stays on loopback; the injected sidecar's readiness probe is
   `/ready` on the admin port, so with the defaults the two meet. Other roles get it only when a
   readiness port is given explicitly.
+
+A proxyless gRPC client (`grpc~NAMESPACE/POD`) gets a gRPC xDS bootstrap instead (`grpc_bootstrap_config`,
+the JSON file `GRPC_XDS_BOOTSTRAP` names): one xDS server (cilia, State-of-the-World ADS, which is what
+gRPC speaks), the same node id and metadata, and plaintext or mTLS channel credentials.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def proxy_metadata(proxy: ProxyId, pod_ip: str, node_name: str) -> dict[str, str
     md: dict[str, str] = {"role": proxy.role, "cilia.io/proxy-name": proxy.name, "cilia.io/version": __version__}
     if proxy.namespace:
         md["namespace"] = proxy.namespace
-    if proxy.role == "sidecar":
+    if proxy.role in ("sidecar", "grpc"):
         md["pod_name"] = proxy.short_name
     elif proxy.role == "gateway":
         md["gateway"] = proxy.short_name
@@ -90,7 +94,7 @@ def stats_tags(proxy: ProxyId) -> list[dict[str, str]]:
     tags = [("cilia_role", proxy.role), ("cilia_proxy", proxy.name)]
     if proxy.role == "node":
         tags.append(("cilia_node", proxy.name))
-    elif proxy.role == "sidecar":
+    elif proxy.role in ("sidecar", "grpc"):
         tags += [("cilia_namespace", proxy.namespace), ("cilia_pod", proxy.short_name)]
     elif proxy.role == "gateway":
         tags += [("cilia_namespace", proxy.namespace), ("cilia_gateway", proxy.short_name)]
@@ -312,4 +316,43 @@ def bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", admin_port: i
         "stats_config": {"stats_tags": stats_tags(proxy)},
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {
             "overload.global_downstream_max_connections": 50000}}]},
+    }
+
+
+GRPC_CERT_REFRESH = "60s"  # how often gRPC re-reads the certificate files (renewals replace them)
+
+
+def grpc_bootstrap_config(proxy: ProxyId, xds: str = "127.0.0.1:18000", *, pod_ip: str | None = None,
+                          node_name: str | None = None, env: Mapping[str, str] | None = None,
+                          tls_dir: str | None = None) -> dict[str, Any]:
+    """The xDS bootstrap of a proxyless gRPC client (`GRPC_XDS_BOOTSTRAP`), as a plain dict (JSON-ready).
+
+    With `tls_dir` (cert.pem, key.pem, ca.pem from `cilia cert`) the client speaks mTLS to cilia and
+    re-reads the files every GRPC_CERT_REFRESH, so renewed certificates are picked up; gRPC checks the
+    server's certificate against the host in `xds`.
+    """
+    if proxy.role != "grpc":
+        raise ValueError(f"--grpc writes a gRPC client's bootstrap: the proxy id must be grpc~NAMESPACE/POD, "
+                         f"got {proxy}")
+    env = os.environ if env is None else env
+    host, port = _split_hostport(xds)
+    pod_ip = (pod_ip if pod_ip is not None else env.get("POD_IP", "")).strip()
+    if pod_ip and not _is_ip(pod_ip):
+        raise ValueError(f"pod IP {pod_ip!r} is not an IP address")
+    node_name = node_name if node_name is not None else env.get("NODE_NAME", "")
+    creds: list[dict[str, Any]] = [{"type": "insecure"}]
+    if tls_dir is not None:
+        d = os.path.abspath(tls_dir)
+        creds = [{"type": "tls", "config": {
+            "ca_certificate_file": f"{d}/ca.pem", "certificate_file": f"{d}/cert.pem",
+            "private_key_file": f"{d}/key.pem", "refresh_interval": GRPC_CERT_REFRESH}}]
+    server_uri = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {
+        "xds_servers": [{"server_uri": server_uri, "channel_creds": creds, "server_features": ["xds_v3"]}],
+        "node": {
+            "id": str(proxy),
+            "cluster": f"cilia-{proxy.role}",
+            "metadata": proxy_metadata(proxy, pod_ip, node_name),
+            "locality": {},
+        },
     }

@@ -8,6 +8,17 @@ A pod whose mesh mode is `sidecar` gets:
 - annotations recording the injection.
 There is no iptables init container: traffic is steered to the proxy by the eBPF agent.
 
+A pod whose mesh mode is `proxyless` (gRPC applications whose gRPC library talks xDS itself) gets no
+proxy at all:
+- the same init container `cilia-bootstrap`, writing the gRPC xDS bootstrap for `grpc~NAMESPACE/POD`
+  (`cilia bootstrap --grpc`) into an emptyDir at `/etc/cilia/grpc-bootstrap.json`;
+- in every application container, that emptyDir mounted read-only at `/etc/cilia` and
+  `GRPC_XDS_BOOTSTRAP` pointing at the file (a container that sets `GRPC_XDS_BOOTSTRAP` itself keeps
+  its own value); clients then dial `xds:///NAME.NAMESPACE.svc.cluster.local:PORT`;
+- with xDS over mTLS, the certificate step in the init container and the `cilia-cert` renewer (gRPC
+  re-reads the files); both run as the application's user (the first container's `runAsUser`, else
+  the pod's), so the application can read its private key.
+
 By default the proxy is a Kubernetes native sidecar (an init container with `restartPolicy:
 Always`, Kubernetes >= 1.29): it starts before the application containers and stops after them,
 so Jobs and CronJobs still complete. `InjectConfig(native_sidecar=False)` appends it to
@@ -43,6 +54,9 @@ CONFIG_VOLUME = "cilia-envoy-config"
 CONFIG_DIR = "/etc/cilia"
 BOOTSTRAP_PATH = f"{CONFIG_DIR}/envoy.yaml"
 TLS_DIR = f"{CONFIG_DIR}/tls"
+GRPC_CONFIG_VOLUME = "cilia-grpc-config"
+GRPC_BOOTSTRAP_PATH = f"{CONFIG_DIR}/grpc-bootstrap.json"
+GRPC_BOOTSTRAP_ENV = "GRPC_XDS_BOOTSTRAP"
 
 ANNOTATION_INJECTED = "cilia.io/injected"
 ANNOTATION_PROXY_ID = "cilia.io/proxy-id"
@@ -183,9 +197,10 @@ def is_injected(pod_or_template: Mapping[str, Any]) -> bool:
     return False
 
 
-def proxy_id_for(namespace: str, pod_name: str | None) -> str:
-    """The sidecar's Envoy node id; a `$(POD_NAME)` template when the name is not known yet."""
-    return f"sidecar~{namespace}/{pod_name or '$(POD_NAME)'}"
+def proxy_id_for(namespace: str, pod_name: str | None, role: str = "sidecar") -> str:
+    """The sidecar's Envoy node id (or, role `grpc`, the proxyless client's); a `$(POD_NAME)` template when
+    the name is not known yet."""
+    return f"{role}~{namespace}/{pod_name or '$(POD_NAME)'}"
 
 
 def _downward_env() -> list[dict[str, Any]]:
@@ -200,21 +215,22 @@ def _downward_env() -> list[dict[str, Any]]:
     ]
 
 
-def _security_context(cfg: InjectConfig) -> dict[str, Any]:
+def _security_context(cfg: InjectConfig, user: tuple[int, int] | None = None) -> dict[str, Any]:
+    uid, gid = user or (cfg.run_as_user, cfg.run_as_user)
     return {
         "runAsNonRoot": True,
-        "runAsUser": cfg.run_as_user,
-        "runAsGroup": cfg.run_as_user,
+        "runAsUser": uid,
+        "runAsGroup": gid,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }
 
 
-def _cert_command(cfg: InjectConfig, *extra: str) -> str:
+def _cert_command(cfg: InjectConfig, *extra: str, role: str = "sidecar") -> str:
     return " ".join([
         "cilia cert --kubernetes",
-        '--proxy "sidecar~${POD_NAMESPACE}/${POD_NAME}"',
+        f'--proxy "{role}~${{POD_NAMESPACE}}/${{POD_NAME}}"',
         f"--issuer {shlex.quote(cfg.cert_issuer)}",
         f"--token-file {TOKEN_DIR}/token",
         f"--out {TLS_DIR}",
@@ -228,6 +244,104 @@ def _tls_env(cfg: InjectConfig) -> list[dict[str, Any]]:
 
 def _tls_mounts(cfg: InjectConfig) -> list[dict[str, Any]]:
     return [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}] if cfg.xds_tls else []
+
+
+def _grpc_bootstrap_container(cfg: InjectConfig, user: tuple[int, int] | None) -> dict[str, Any]:
+    """Init container writing the proxyless gRPC client's xDS bootstrap (and, with mTLS, its certificate)."""
+    command = " ".join([
+        "cilia bootstrap --grpc",
+        '--proxy "grpc~${POD_NAMESPACE}/${POD_NAME}"',
+        f"--xds {shlex.quote(cfg.xds_address)}",
+        *([f"--tls-dir {TLS_DIR}"] if cfg.xds_tls else []),
+        *cfg.bootstrap_extra_args,
+        f"-o json > {GRPC_BOOTSTRAP_PATH}",
+    ])
+    if cfg.xds_tls:
+        command = f"{_cert_command(cfg, role='grpc')} && {command}"
+    return {
+        "name": BOOTSTRAP_CONTAINER,
+        "image": cfg.cilia_image,
+        "command": ["sh", "-c"],
+        "args": [command],
+        "env": [*_downward_env(), *_tls_env(cfg)],
+        "resources": cfg.bootstrap_resources.to_k8s(),
+        "volumeMounts": [{"name": GRPC_CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
+        "securityContext": _security_context(cfg, user),
+    }
+
+
+def _grpc_cert_renewer(cfg: InjectConfig, user: tuple[int, int] | None) -> dict[str, Any]:
+    return {
+        "name": CERT_CONTAINER,
+        "image": cfg.cilia_image,
+        "command": ["sh", "-c"],
+        "args": [_cert_command(cfg, "--renew", role="grpc")],
+        "env": [*_downward_env(), *_tls_env(cfg)],
+        "resources": Resources("5m", "32Mi", "100m", "128Mi").to_k8s(),
+        "volumeMounts": [{"name": GRPC_CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
+        "securityContext": _security_context(cfg, user),
+        "restartPolicy": "Always",
+    }
+
+
+def _app_user(spec: Mapping[str, Any], containers: list[Any]) -> tuple[int, int] | None:
+    """(uid, gid) the application runs as: its first container's security context, else the pod's."""
+    pod_ctx = spec.get("securityContext")
+    pod_ctx = pod_ctx if isinstance(pod_ctx, dict) else {}
+    first = containers[0] if containers and isinstance(containers[0], dict) else {}
+    ctx = first.get("securityContext")
+    ctx = ctx if isinstance(ctx, dict) else {}
+    uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+    gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup", uid))
+    if isinstance(uid, int) and not isinstance(uid, bool) and uid > 0 and isinstance(gid, int):
+        return uid, gid
+    return None
+
+
+def _with_grpc_bootstrap(container: Any, where: str) -> Any:
+    """An application container that reads the bootstrap: the volume mounted, GRPC_XDS_BOOTSTRAP set."""
+    if not isinstance(container, dict):
+        raise InjectError(f"{where} must be a mapping, got {type(container).__name__}")
+    out = dict(container)
+    env = _list(out.get("env"), f"{where}.env")
+    if GRPC_BOOTSTRAP_ENV not in _names(env):
+        out["env"] = [*env, {"name": GRPC_BOOTSTRAP_ENV, "value": GRPC_BOOTSTRAP_PATH}]
+    mounts = _list(out.get("volumeMounts"), f"{where}.volumeMounts")
+    if any(isinstance(m, dict) and m.get("mountPath") == CONFIG_DIR for m in mounts):
+        raise InjectError(f"{where} already mounts something at {CONFIG_DIR}")
+    out["volumeMounts"] = [*mounts, {"name": GRPC_CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}]
+    return out
+
+
+def _inject_proxyless(out: dict[str, Any], meta: dict[str, Any], spec: dict[str, Any], namespace: str,
+                      name: str | None, label: str, annotations: dict[str, Any], cfg: InjectConfig) -> dict[str, Any]:
+    containers = _list(spec.get("containers"), f"{label} spec.containers")
+    if not containers:
+        raise InjectError(f"{label} spec.containers is empty: no gRPC application to configure")
+    init = _list(spec.get("initContainers"), f"{label} spec.initContainers")
+    volumes = _list(spec.get("volumes"), f"{label} spec.volumes")
+    if BOOTSTRAP_CONTAINER in _names(containers) | _names(init):
+        raise InjectError(f"{label} already has a container named {BOOTSTRAP_CONTAINER!r}")
+    if GRPC_CONFIG_VOLUME in _names(volumes):
+        raise InjectError(f"{label} already has a volume named {GRPC_CONFIG_VOLUME!r}")
+    user = _app_user(spec, containers)
+    renewer = [_grpc_cert_renewer(cfg, user)] if cfg.xds_tls else []
+    spec["containers"] = [_with_grpc_bootstrap(c, f"{label} spec.containers[{i}]") for i, c in enumerate(containers)]
+    if cfg.native_sidecar:
+        spec["initContainers"] = [_grpc_bootstrap_container(cfg, user), *renewer, *init]
+    else:
+        spec["initContainers"] = [_grpc_bootstrap_container(cfg, user), *init]
+        spec["containers"] += [{k: v for k, v in c.items() if k != "restartPolicy"} for c in renewer]
+    spec["volumes"] = [*volumes, {"name": GRPC_CONFIG_VOLUME, "emptyDir": {"medium": "Memory"}},
+                       *([token_volume()] if cfg.xds_tls else [])]
+    meta["annotations"] = {
+        **annotations,
+        ANNOTATION_INJECTED: "true",
+        ANNOTATION_PROXY_ID: proxy_id_for(namespace, name, "grpc"),
+        ANNOTATION_VERSION: __version__,
+    }
+    out["metadata"] = meta
+    return out
 
 
 def bootstrap_container(cfg: InjectConfig) -> dict[str, Any]:
@@ -319,7 +433,8 @@ def inject_pod_spec(
     *,
     where: str | None = None,
 ) -> dict[str, Any]:
-    """Return a copy of a Pod (or pod template: `{metadata, spec}`) with the sidecar added.
+    """Return a copy of a Pod (or pod template: `{metadata, spec}`) with the sidecar added (mode `sidecar`)
+    or the gRPC xDS bootstrap (mode `proxyless`).
 
     Unchanged copy when the mesh mode is `node` or `off`, when the object is already injected,
     or for `hostNetwork` pods (a proxy there would take the node's ports). `where` names the
@@ -338,11 +453,13 @@ def inject_pod_spec(
         )
     except ValueError as exc:
         raise InjectError(str(exc)) from exc
-    if mode != "sidecar" or is_injected(out):
+    if mode not in ("sidecar", "proxyless") or is_injected(out):
         return out
     spec = out.get("spec")
     if not isinstance(spec, dict):
         raise InjectError(f"{label} spec must be a mapping, got {type(spec).__name__}")
+    if mode == "proxyless":
+        return _inject_proxyless(out, meta, spec, namespace, name, label, annotations, cfg)
     if spec.get("hostNetwork") is True:
         return out
     containers = _list(spec.get("containers"), f"{label} spec.containers")

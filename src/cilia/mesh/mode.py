@@ -1,4 +1,5 @@
-"""Mesh mode selection: which data path serves a pod (shared node Envoy, a sidecar, or none).
+"""Mesh mode selection: which data path serves a pod (shared node Envoy, a sidecar, the pod's own gRPC
+library talking xDS (`proxyless`: no proxy, no traffic redirection), or none).
 
 The key `cilia.io/mesh` may be set as a label or an annotation on the Namespace and overridden on
 the Pod. Precedence, first present wins:
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, get_args
 
-MeshMode = Literal["node", "sidecar", "off"]
+MeshMode = Literal["node", "sidecar", "proxyless", "off"]
 
 MESH_MODE_KEY = "cilia.io/mesh"
 MESH_MODES: tuple[MeshMode, ...] = get_args(MeshMode)

@@ -1,7 +1,8 @@
 """Sidecar injection admission webhook: AdmissionReview v1 over HTTPS (aiohttp).
 
 POST /mutate takes an `admission.k8s.io/v1` AdmissionReview and answers with the same apiVersion
-and kind; for a Pod CREATE whose mesh mode is `sidecar` the response carries a base64 JSONPatch
+and kind; for a Pod CREATE whose mesh mode is `sidecar` (or `proxyless`: the gRPC xDS bootstrap, no
+proxy) the response carries a base64 JSONPatch
 computed by `json_patch_for(pod, inject_pod_spec(pod, ...))`, so the API server ends up with
 exactly what `cilia inject` prints for that pod.
 

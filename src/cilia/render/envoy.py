@@ -35,6 +35,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from cilia.ir import model as ir
+from cilia.render.resources import field_bytes
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ACCESS_LOG_FIELDS = {
@@ -83,13 +84,19 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 # -- clusters and endpoints -------------------------------------------------------------------------
 def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
+    """One assignment both Envoy and proxyless gRPC accept. gRPC's xDS client drops a locality without a
+    `locality` or a `load_balancing_weight`, so both are always set; the weight is the locality's endpoint
+    count, so gRPC spreads load per endpoint as Envoy does. Envoy reads locality weights only for clusters
+    with locality-weighted balancing (ours have none)."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=es.name)
     for loc in es.localities:
         lle = cla.endpoints.add(priority=loc.priority)
+        lle.locality.SetInParent()
         if loc.zone or loc.region or loc.sub_zone:
             lle.locality.zone = loc.zone
             lle.locality.region = loc.region
             lle.locality.sub_zone = loc.sub_zone
+        lle.load_balancing_weight.value = max(1, len(loc.endpoints))
         for ep in loc.endpoints:
             lbe = lle.lb_endpoints.add(health_status=HEALTH[ep.health])
             lbe.endpoint.address.CopyFrom(socket_address(ep.address, ep.port))
@@ -285,13 +292,37 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
         pol = action.request_mirror_policies.add(cluster=m.cluster)
         if m.percent is not None:
             pol.runtime_fraction.default_value.CopyFrom(_fraction(m.percent))
+    _hash_policies(action, r.hash_policy)
     if r.timeout_ms is not None:
         action.timeout.CopyFrom(duration_ms(r.timeout_ms))
     if r.per_try_timeout_ms is not None:
         action.retry_policy.per_try_timeout.CopyFrom(duration_ms(r.per_try_timeout_ms))
+    if r.retry is not None:
+        rp = action.retry_policy
+        rp.retry_on = ",".join((*(["retriable-status-codes"] if r.retry.codes else []), "connect-failure",
+                                "refused-stream"))
+        rp.retriable_status_codes.extend(r.retry.codes)
+        rp.num_retries.value = r.retry.attempts
+        if r.retry.backoff_ms:
+            rp.retry_back_off.base_interval.CopyFrom(duration_ms(r.retry.backoff_ms))
     upgrade = action.upgrade_configs.add()
     upgrade.upgrade_type = "websocket"
     return out
+
+
+GRPC_CHANNEL_ID = "io.grpc.channel_id"  # the filter state key gRPC hashes a channel's requests on
+
+
+def _hash_policies(action: route_components_pb2.RouteAction, policies: tuple[ir.HashPolicy, ...]) -> None:
+    """One list for Envoy and gRPC: Envoy skips the channel key (no such filter state), gRPC the source IP."""
+    for hp in policies:
+        out = action.hash_policy.add()
+        if hp.kind == "header":
+            out.header.header_name = hp.name
+        elif hp.kind == "source_ip":
+            out.connection_properties.source_ip = True
+        else:
+            out.filter_state.key = GRPC_CHANNEL_ID
 
 
 def _fraction(percent: float) -> percent_pb2.FractionalPercent:
@@ -300,6 +331,8 @@ def _fraction(percent: float) -> percent_pb2.FractionalPercent:
 
 
 def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
+    if rc.client == "grpc":
+        return render_grpc_route_config(rc)
     out = route_pb2.RouteConfiguration(name=rc.name)
     out.validate_clusters.value = False  # a missing cluster gives 503 on that route, not a rejected config
     if rc.ignore_port_in_host_matching:
@@ -437,4 +470,131 @@ def render_secret(s: ir.Secret) -> secret_pb2.Secret:
     elif s.trusted_ca:
         out.validation_context.CopyFrom(common_pb2.CertificateValidationContext(
             trusted_ca=base_pb2.DataSource(inline_bytes=s.trusted_ca)))
+    return out
+
+
+# -- proxyless gRPC clients ---------------------------------------------------------------------------
+# gRPC's xDS client reads a subset of these messages and rejects (NACKs) some things Envoy accepts: a path
+# specifier other than prefix/path/safe_regex, a non-terminal last HTTP filter, a locality without weight.
+# It ignores request timeouts (`timeout`) and reads `max_stream_duration` instead.
+def render_api_listener(al: ir.ApiListener) -> listener_pb2.Listener:
+    """An API listener: an HTTP connection manager with RDS over ADS and the router as its only filter."""
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=al.name)
+    hcm.rds.route_config_name = al.route_config
+    hcm.rds.config_source.CopyFrom(ads_source())
+    hcm.http_filters.add(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    out = listener_pb2.Listener(name=al.name)
+    out.api_listener.api_listener.Pack(hcm)
+    return out
+
+
+@functools.cache
+def _api_listener_parts() -> tuple[bytes, bytes, dict[str, int]]:
+    """What every API listener shares (the ADS config source, the router filter) serialised once, and the
+    field numbers the rest is written with."""
+    source = ads_source().SerializeToString(deterministic=True)
+    router = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    hcm = hcm_pb2.HttpConnectionManager.DESCRIPTOR.fields_by_name
+    rds = hcm_pb2.Rds.DESCRIPTOR.fields_by_name
+    numbers = {"stat_prefix": hcm["stat_prefix"].number, "rds": hcm["rds"].number,
+               "http_filters": hcm["http_filters"].number, "config_source": rds["config_source"].number,
+               "route_config_name": rds["route_config_name"].number,
+               "name": listener_pb2.Listener.DESCRIPTOR.fields_by_name["name"].number,
+               "api_listener": listener_pb2.Listener.DESCRIPTOR.fields_by_name["api_listener"].number}
+    return source, router.SerializeToString(deterministic=True), numbers
+
+
+HCM_TYPE_URL = b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def api_listener_bytes(al: ir.ApiListener) -> bytes:
+    """`render_api_listener(al)` serialised (deterministically), written without building messages: every
+    Service port has three of these, so this keeps a large cluster's gRPC targets cheap to render."""
+    source, router, f = _api_listener_parts()
+    name = al.name.encode()
+    rds = field_bytes(f["config_source"], source) + field_bytes(f["route_config_name"], al.route_config.encode())
+    hcm = field_bytes(f["stat_prefix"], name) + field_bytes(f["rds"], rds) + field_bytes(f["http_filters"], router)
+    packed = field_bytes(1, HCM_TYPE_URL) + field_bytes(2, hcm)  # google.protobuf.Any
+    return field_bytes(f["name"], name) + field_bytes(f["api_listener"], field_bytes(1, packed))
+
+
+def _grpc_route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
+    m = route_components_pb2.RouteMatch()
+    p = match.path
+    if p is None:
+        m.prefix = "/"
+    elif p.kind == "exact":
+        m.path = p.value
+    elif p.kind == "raw_prefix":
+        m.prefix = p.value
+    elif p.kind == "prefix":
+        value = p.value.rstrip("/")
+        if not value:
+            m.prefix = "/"
+        else:  # element-wise: `/foo` matches `/foo` and `/foo/...`; gRPC has no such specifier
+            m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=re.escape(value) + "(/.*)?"))
+    else:
+        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=p.value))
+    if p is not None and p.ignore_case:
+        m.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
+    for h in match.headers:
+        m.headers.append(_header_matcher(h))
+    if match.method:
+        m.headers.append(route_components_pb2.HeaderMatcher(
+            name=":method", string_match=string_pb2.StringMatcher(exact=match.method)))
+    for q in match.query:  # gRPC skips routes with query matches (gRPC requests have no query)
+        qm = m.query_parameters.add(name=q.name)
+        if q.kind == "present":
+            qm.present_match = True
+        else:
+            qm.string_match.CopyFrom(_string_matcher(q.kind, q.value))
+    return m
+
+
+# HTTP status -> the gRPC status a gRPC client sees for it (gRPC's HTTP mapping), for the statuses gRPC's
+# xDS retry policy can name. Connection failures reach a gRPC client as `unavailable`, which is always
+# retried, as Envoy retries connect failures.
+GRPC_RETRY_STATUS = {400: "internal", 429: "unavailable", 502: "unavailable", 503: "unavailable", 504: "unavailable"}
+
+
+def render_grpc_route(r: ir.Route) -> route_components_pb2.Route:
+    """Forwarding routes become cluster / weighted-cluster actions with the request timeout as
+    `max_stream_duration` and retries on the gRPC statuses the HTTP codes map to; redirects and direct
+    responses (which gRPC cannot follow) stay direct responses, which gRPC fails with UNAVAILABLE. Header
+    rewrites, mirrors and path rewrites do not exist for gRPC."""
+    out = route_components_pb2.Route(name=r.name, match=_grpc_route_match(r.match))
+    live = [b for b in r.backends if b.weight > 0]
+    if r.redirect is not None or r.direct is not None or not live:
+        out.direct_response.status = r.direct.status if r.direct is not None else \
+            (r.redirect.status_code if r.redirect is not None else 500)
+        return out
+    action = out.route
+    if len(live) == 1:
+        action.cluster = live[0].cluster
+    else:
+        for b in live:
+            cw = action.weighted_clusters.clusters.add(name=b.cluster)
+            cw.weight.value = b.weight
+    _hash_policies(action, r.hash_policy)
+    limits = [ms for ms in (r.timeout_ms, r.per_try_timeout_ms) if ms]
+    if r.retry is not None:  # gRPC has no per-try timeout: only the request timeout, over all tries
+        limits = [r.timeout_ms] if r.timeout_ms else []
+    if limits:  # without retries the per-try limit bounds the whole call too
+        action.max_stream_duration.max_stream_duration.CopyFrom(duration_ms(min(limits)))
+    if r.retry is not None:
+        rp = action.retry_policy
+        rp.retry_on = ",".join(dict.fromkeys([*(GRPC_RETRY_STATUS[c] for c in r.retry.codes if c in GRPC_RETRY_STATUS),
+                                              "unavailable"]))
+        rp.num_retries.value = r.retry.attempts
+        if r.retry.backoff_ms:
+            rp.retry_back_off.base_interval.CopyFrom(duration_ms(r.retry.backoff_ms))
+    return out
+
+
+def render_grpc_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
+    out = route_pb2.RouteConfiguration(name=rc.name)
+    for vh in rc.virtual_hosts:
+        v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
+        for r in vh.routes:
+            v.routes.append(render_grpc_route(r))
     return out

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 TYPE_PREFIX: Final = "type.googleapis.com/"
+NOT_FOUND: Final = 5  # google.rpc.Code
 LISTENER: Final = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE: Final = TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER: Final = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -26,7 +27,14 @@ SHORT_NAMES: Final = {LISTENER: "listeners", ROUTE: "routes", CLUSTER: "clusters
 SHORT_TO_TYPE: Final = {v: k for k, v in SHORT_NAMES.items()}
 
 
+_ONE_BYTE: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
 def varint(n: int) -> bytes:
+    if n < 0x80:  # tags and most lengths: no loop (this runs several times per resource and response)
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -88,6 +96,17 @@ def delta_response(system_version: str, resources: Iterable[Resource], type_url:
     parts.append(field_bytes(4, type_url.encode()))
     parts.append(field_bytes(5, nonce.encode()))
     parts.extend(field_bytes(6, name.encode()) for name in removed)
+    return b"".join(parts)
+
+
+def not_found_errors(names: Iterable[str]) -> bytes:
+    """DiscoveryResponse.resource_errors (field 7): NOT_FOUND for each name, so a client that subscribed to
+    a name that does not exist learns it at once (gRPC: xDS data error handling, A88)."""
+    parts = []
+    for name in names:
+        status = varint(1 << 3) + varint(NOT_FOUND) + field_bytes(2, b"does not exist")
+        error = field_bytes(1, field_bytes(1, name.encode())) + field_bytes(2, status)  # ResourceName, Status
+        parts.append(field_bytes(7, error))
     return b"".join(parts)
 
 

@@ -56,11 +56,23 @@ class RenderedBundle:
     resources: Mapping[str, Mapping[str, Resource]]
 
 
+@dataclass(slots=True)
+class _BundleRender:
+    """One bundle's render, reused whole while the translator hands back the very same Bundle object."""
+
+    bundle: ir.Bundle
+    rendered: RenderedBundle | None  # None: left out (a resource in it does not parse)
+    issues: tuple[Issue, ...]
+    ids: dict[tuple[str, int], tuple[Any, Resource]]  # the identity-cache entries its nodes use
+    names: dict[str, frozenset[str]]  # by type
+
+
 class ResourceCache:
     """Reuses Resource objects (and their bytes and hashes) for IR nodes seen in an earlier render.
 
     Looked up by identity first: output reused from the previous translation is the very same objects,
-    so unchanged parts of a large config cost no hashing at all; then by value.
+    so unchanged parts of a large config cost no hashing at all; then by value. A Bundle object seen in
+    the last render is not walked again at all.
     """
 
     def __init__(self) -> None:
@@ -68,9 +80,13 @@ class ResourceCache:
         self._next: dict[Any, Resource] = {}
         self._by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
         self._next_by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
+        self._bundles: dict[int, _BundleRender] = {}
+        self._next_bundles: dict[int, _BundleRender] = {}
 
-    def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None) -> Resource:
-        """`same_as`: the object whose identity stands for `node` (when `node` is a fresh wrapper)."""
+    def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None,
+            sink: dict[tuple[str, int], tuple[Any, Resource]] | None = None) -> Resource:
+        """`same_as`: the object whose identity stands for `node` (when `node` is a fresh wrapper);
+        `sink` collects the identity entries used (a bundle's, for reusing it whole)."""
         anchor = node if same_as is None else same_as
         ident = (type_url, id(anchor))
         hit = self._by_id.get(ident) or self._next_by_id.get(ident)
@@ -79,15 +95,33 @@ class ResourceCache:
         else:
             key = (type_url, node)
             found = self._by_node.get(key) or self._next.get(key)
-            res = found if found is not None else Resource.of(type_url, name, build(node))
+            if found is not None:
+                res = found
+            else:
+                built = build(node)  # a message, or its serialised bytes (fast paths)
+                res = Resource(type_url, name, built) if isinstance(built, bytes) else \
+                    Resource.of(type_url, name, built)
             self._next[key] = res
-        self._next_by_id[ident] = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
+        entry = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
+        self._next_by_id[ident] = entry
+        if sink is not None:
+            sink[ident] = entry
         return res
+
+    def bundle(self, bundle: ir.Bundle) -> _BundleRender:
+        hit = self._bundles.get(id(bundle)) or self._next_bundles.get(id(bundle))
+        if hit is None or hit.bundle is not bundle:
+            hit = _render_bundle(bundle, self)
+        else:
+            self._next_by_id.update(hit.ids)
+        self._next_bundles[id(bundle)] = hit
+        return hit
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
         self._by_node, self._next = self._next, {}
         self._by_id, self._next_by_id = self._next_by_id, {}
+        self._bundles, self._next_bundles = self._next_bundles, {}
 
 
 class RenderedWorld:
@@ -128,6 +162,7 @@ class RenderedWorld:
 
 BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (LISTENER, "listeners", r.render_listener),
+    (LISTENER, "api_listeners", r.api_listener_bytes),
     (ROUTE, "routes", r.render_route_config),
     (CLUSTER, "clusters", r.render_cluster),
     (ENDPOINT, "endpoints", r.render_endpoints),
@@ -136,45 +171,66 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
 )
 
 
+def _render_bundle(bundle: ir.Bundle, cache: ResourceCache) -> _BundleRender:
+    resources: dict[str, dict[str, Resource]] = {}
+    ids: dict[tuple[str, int], tuple[Any, Resource]] = {}
+    issues: list[Issue] = []
+    for type_url, attr, build in BUILDERS:
+        for node in getattr(bundle, attr):
+            resources.setdefault(type_url, {})[node.name] = cache.get(type_url, node, build, node.name, sink=ids)
+    for raw in bundle.raw:
+        try:
+            res = cache.get(raw.type_url, _RawKey(raw), lambda k: parse_raw(k.raw.type_url, k.raw.body),
+                            raw.name, same_as=raw, sink=ids)
+        except RawParseError as exc:
+            issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
+                                f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} {exc.verb}: {exc}; "
+                                "the whole config is left out"))
+            continue
+        resources.setdefault(raw.type_url, {})[raw.name] = res
+    for type_url, extra_name, body in bundle.extra:
+        resources.setdefault(type_url, {})[extra_name] = Resource(type_url, extra_name, body)
+    names = {t: frozenset(v) for t, v in resources.items()}
+    if issues:  # a config with a resource that does not parse is rejected whole
+        return _BundleRender(bundle, None, tuple(issues), ids, {})
+    rendered = RenderedBundle(bundle.key, bundle.scope,
+                              MappingProxyType({t: MappingProxyType(v) for t, v in resources.items()}))
+    return _BundleRender(bundle, rendered, (), ids, names)
+
+
 def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generation: int = 0) -> RenderedWorld:
     cache = cache or ResourceCache()
     issues: list[Issue] = []
-    owners: dict[tuple[str, str], list[tuple[str, str, ir.ProxyScope]]] = {}  # -> (who, version, scope)
+    # Per type: every name so far, and (names, resources, who, scope) of each bundle so far, to find names
+    # defined by more than one bundle with set operations rather than a look-up per resource.
+    seen: dict[str, set[str]] = {}
+    prior: dict[str, list[tuple[frozenset[str], Mapping[str, Resource], str, ir.ProxyScope]]] = {}
     rendered: list[RenderedBundle] = []
     for bundle in sorted(model.bundles, key=lambda b: b.key):
-        resources: dict[str, dict[str, Resource]] = {}
-        bad = False
-        for type_url, attr, build in BUILDERS:
-            for node in getattr(bundle, attr):
-                resources.setdefault(type_url, {})[node.name] = cache.get(type_url, node, build, node.name)
-        for raw in bundle.raw:
-            try:
-                res = cache.get(raw.type_url, _RawKey(raw), lambda k: parse_raw(k.raw.type_url, k.raw.body),
-                                raw.name, same_as=raw)
-            except RawParseError as exc:
-                issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
-                                    f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} {exc.verb}: {exc}; "
-                                    "the whole config is left out"))
-                bad = True
-                continue
-            resources.setdefault(raw.type_url, {})[raw.name] = res
-        for type_url, extra_name, body in bundle.extra:
-            resources.setdefault(type_url, {})[extra_name] = Resource(type_url, extra_name, body)
-        if bad:
-            continue  # a config with a resource that does not parse is rejected whole
+        br = cache.bundle(bundle)
+        issues.extend(br.issues)
+        if br.rendered is None:
+            continue
         who = ", ".join(bundle.sources) or bundle.key
-        for type_url, by_name in resources.items():
-            for name, res in by_name.items():
-                for prev_who, prev_version, prev_scope in owners.get((type_url, name), ()):
-                    if prev_version != res.version and prev_scope.may_overlap(bundle.scope):
-                        # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
-                        issues.append(Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also defined, "
-                                            f"differently, by {prev_who}; proxies that receive both use that one",
-                                            severity="warning"))
-                        break
-                owners.setdefault((type_url, name), []).append((who, res.version, bundle.scope))
-        rendered.append(RenderedBundle(bundle.key, bundle.scope,
-                                       MappingProxyType({t: MappingProxyType(v) for t, v in resources.items()})))
+        for type_url, by_name in br.rendered.resources.items():
+            names = br.names[type_url]
+            union = seen.setdefault(type_url, set())
+            before = prior.setdefault(type_url, [])
+            dups = names & union
+            if dups:
+                for name in (n for n in by_name if n in dups):
+                    version = by_name[name].version
+                    for prev_names, prev, prev_who, prev_scope in before:
+                        if name in prev_names and prev[name].version != version and \
+                                prev_scope.may_overlap(bundle.scope):
+                            # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
+                            issues.append(Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also "
+                                                f"defined, differently, by {prev_who}; proxies that receive both "
+                                                "use that one", severity="warning"))
+                            break
+            union |= names
+            before.append((names, by_name, who, bundle.scope))
+        rendered.append(br.rendered)
     pool = {name: cache.get(ENDPOINT, es, r.render_endpoints, name) for name, es in model.endpoints.items()}
     cache.rotate()
     return RenderedWorld(tuple(rendered), MappingProxyType(pool), model.node_labels, tuple(issues), generation)

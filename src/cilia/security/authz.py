@@ -32,6 +32,7 @@ class Peer:
 
 
 LOCAL_PEER = Peer(False)
+POD_ROLES = frozenset({"sidecar", "grpc"})  # roles whose NAME is a pod (NAMESPACE/POD)
 
 
 class PermissionDenied(CiliaError):
@@ -57,9 +58,10 @@ class Authorizer:
     def check_proxy(self, peer: Peer, proxy: ProxyId) -> None:
         """Raise PermissionDenied unless `peer` may hold `proxy`'s xDS view.
 
-        Entitled: the proxy identity `spiffe://TD/proxy/ROLE/NAME` itself; for `sidecar~NS/POD`, also
-        the workload identity `spiffe://TD/ns/NS/sa/SA` of that pod's ServiceAccount (a certificate from
-        another issuer that names only the workload).
+        Entitled: the proxy identity `spiffe://TD/proxy/ROLE/NAME` itself; for `sidecar~NS/POD` and
+        `grpc~NS/POD` (a proxyless gRPC client is the pod's own process), also the workload identity
+        `spiffe://TD/ns/NS/sa/SA` of that pod's ServiceAccount (a certificate from another issuer that
+        names only the workload).
         """
         if not peer.authenticated:
             return
@@ -67,7 +69,7 @@ class Authorizer:
         ids = self._ids(peer)
         if any(str(i) == want for i in ids):
             return
-        if proxy.role == "sidecar" and self.pod_service_account is not None:
+        if proxy.role in POD_ROLES and self.pod_service_account is not None:
             sa = self.pod_service_account(proxy.namespace, proxy.short_name)
             for i in ids:
                 if sa is not None and i.workload == (proxy.namespace, sa):

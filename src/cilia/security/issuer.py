@@ -93,7 +93,7 @@ def entitle(review: TokenReview, proxy: ProxyId, policy: IssuancePolicy) -> tupl
     ns, name = sa
     who = f"ServiceAccount {ns}/{name}"
     td = policy.trust_domain
-    if proxy.role == "sidecar":
+    if proxy.role in ("sidecar", "grpc"):  # a pod's proxy, or the pod itself as a proxyless gRPC client
         pod = review.claim(POD_NAME)
         if not pod:
             raise NotEntitled(f"{who}: the token is not bound to a pod (use a projected token)")

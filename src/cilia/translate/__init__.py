@@ -13,6 +13,7 @@ from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import dangling_cluster_refs, translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gateway import translate_gateway
+from cilia.translate.grpc import translate_grpc
 from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
 from cilia.translate.redirect import translate_redirects
@@ -26,6 +27,7 @@ TRANSLATORS: tuple[Translator, ...] = (
     translate_services,
     translate_envoy_configs,
     translate_mesh,
+    translate_grpc,
     translate_redirects,
     translate_ingresses,
     translate_gateway,

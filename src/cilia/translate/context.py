@@ -18,7 +18,7 @@ class TranslateOptions:
     ingress_status_address: str = ""  # reported in Ingress status.loadBalancer; empty = ingress_address
     ingress_default_mode: str = "dedicated"  # Ingresses without ingress.cilia.io/loadbalancer-mode: dedicated|shared
     local_cluster: str = "default"  # ClusterMesh: the name of this cluster
-    mesh_default_mode: str = "off"  # node | sidecar | off
+    mesh_default_mode: str = "off"  # node | sidecar | proxyless | off
     mesh_capture_port: int = 15001
     mesh_inbound_port: int = 15006
     # Bind addresses of the mesh listeners. "pod-ip" (sidecar listeners only) binds the pod's own IP,
@@ -26,6 +26,7 @@ class TranslateOptions:
     mesh_capture_address: str = "127.0.0.1"  # node~ outbound capture listener
     mesh_sidecar_capture_address: str = "127.0.0.1"  # sidecar~ outbound capture listener
     mesh_inbound_address: str = "0.0.0.0"  # sidecar~ inbound listener
+    cluster_domain: str = "cluster.local"  # DNS suffix of Service names (proxyless gRPC targets)
     gateway_address: str = "0.0.0.0"  # Gateway listeners bind here unless spec.addresses names an IPAddress
     # lastTransitionTime for a status condition that is new or changed; empty: the object's
     # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.

@@ -366,6 +366,10 @@ class RuleBuilder:
             return fields
         backends, dangling = self._backends(refs)
         fields.update(backends=backends, rewrite=rewrite, mirrors=tuple(mirrors))
+        hashing = next((c.hash_policy for b in backends for c in [self.clusters.get(b.cluster)]
+                        if c is not None and c.hash_policy), ())
+        if hashing:  # a ring-hash Service among the backends: hash as it asks
+            fields["hash_policy"] = hashing
         if dangling:
             fields["cluster_not_found_status"] = 500
         return fields
@@ -405,6 +409,9 @@ class RuleBuilder:
             if "backends" in fields:
                 fields["timeout_ms"] = rule.timeout_request_ms
                 fields["per_try_timeout_ms"] = rule.timeout_backend_ms
+                if rule.retry is not None and rule.retry.attempts != 0:
+                    fields["retry"] = ir.RetryPolicy(1 if rule.retry.attempts is None else rule.retry.attempts,
+                                                     rule.retry.codes, rule.retry.backoff_ms)
             name = f"{prefix}/HTTPRoute/{self.route.meta.namespace}/{self.route.meta.name}/{index}/{j}"
             route = ir.Route(name=name, match=match, sources=(str(self.route.ref),), **fields)
             key = (*_match_key(path, m.method, len(m.headers), len(m.query)), *age, index, j)

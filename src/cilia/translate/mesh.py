@@ -78,6 +78,7 @@ from cilia.ir.model import (
     Cluster,
     Endpoint,
     FilterChain,
+    HashPolicy,
     HttpApp,
     Listener,
     ProxyScope,
@@ -267,13 +268,15 @@ def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[
 
 
 # -- outbound --------------------------------------------------------------------------------------
-def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = ()) -> RouteConfig:
+def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = (),
+                         hash_policy: tuple[HashPolicy, ...] = ()) -> RouteConfig:
     """Everything to the Service's cluster; no request timeout (long-lived streams are normal here)."""
-    route = Route(name="default", match=RouteMatch(), backends=(Backend(cluster),), timeout_ms=0)
+    route = Route(name="default", match=RouteMatch(), backends=(Backend(cluster),), timeout_ms=0,
+                  hash_policy=hash_policy)
     return RouteConfig(name, (VirtualHost(name, ("*",), (route,)),), sources)
 
 
-def _route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
+def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
     """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
     names: dict[str, None] = {}
     for vh in rc.virtual_hosts:
@@ -328,7 +331,8 @@ class _Outbound:
             own = replace(rc, name=base)
         else:
             cluster = self.cluster(sp)
-            own = default_route_config(base, cluster.name if cluster else "", (sp.ref,))
+            own = default_route_config(base, cluster.name if cluster else "", (sp.ref,),
+                                       cluster.hash_policy if cluster else ())
         if shared is None:
             view = own
             if rc is None:
@@ -339,7 +343,7 @@ class _Outbound:
             view = replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
         self.views[key] = view
         if view.name not in self.route_clusters:
-            self.route_clusters[view.name] = _route_clusters(self.snapshot, view)
+            self.route_clusters[view.name] = route_clusters(self.snapshot, view)
         return view
 
     def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \

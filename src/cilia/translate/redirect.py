@@ -1,8 +1,9 @@
 """Pods and Services -> per-node eBPF redirect policies, served to `agent~NODE` over xDS.
 
 A node's policy lists its mesh pods (mode `node` or `sidecar`, from `cilia.io/mesh` on the Pod or its
-Namespace) and every Service VIP:port the pods may call. Every node that has a Node object or a mesh
-pod gets a policy, possibly empty, so an agent always learns what to do, including "nothing".
+Namespace; `proxyless` pods are left out: their gRPC library dials endpoints itself) and every Service
+VIP:port the pods may call. Every node that has a Node object or a mesh pod gets a policy, possibly
+empty, so an agent always learns what to do, including "nothing".
 
 A pod's cgroup is its annotation `cilia.io/cgroup` (relative to the agent's cgroup root; empty: the
 agent looks the pod up by UID). A sidecar-mode pod also names its sidecar's cgroup with
@@ -60,7 +61,7 @@ def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
     pods, _ = mesh_pods(snapshot, opts)  # the mesh translator reports bad mode settings
     pods_by_node: dict[str, list[RedirectPod]] = defaultdict(list)
     for pod in pods:
-        if pod.mode == "off" or not pod.node:
+        if pod.mode in ("off", "proxyless") or not pod.node:  # proxyless gRPC dials endpoints itself
             continue
         obj = snapshot.get("Pod", pod.namespace, pod.name)
         assert obj is not None

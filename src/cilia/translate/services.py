@@ -28,15 +28,19 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from cilia.diagnostics import Issue
-from cilia.ir.model import Cluster, Endpoint, EndpointSet, LocalityEndpoints, UpstreamProtocol
+from cilia.ir.model import Cluster, Endpoint, EndpointSet, HashPolicy, LocalityEndpoints, UpstreamProtocol
 from cilia.k8s.core import EndpointSliceSpec, PodSpec, ServicePort, ServiceSpec, SliceEndpoint
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Memo, Partial, TranslateOptions
 
 CLUSTER_LABEL = "cilia.io/cluster"
+LB_POLICY_ANNOTATION = "cilia.io/lb-policy"
+HASH_HEADER_ANNOTATION = "cilia.io/hash-header"
+LB_POLICIES = {"round-robin": "ROUND_ROBIN", "ring-hash": "RING_HASH"}
 GLOBAL_ANNOTATION = "service.cilium.io/global"
 AFFINITY_ANNOTATION = "service.cilium.io/affinity"
 HTTP2_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "grpc", "http2"})
@@ -116,7 +120,22 @@ def resolve_backend(snapshot: InputSnapshot, namespace: str, name: str, port: in
                                                        f"{sp.protocol}; only TCP ports can be backends")
     proto = protocol or upstream_protocol(sp)
     cname = eds_name(namespace, name, sp.port)
-    return BackendLookup(Cluster(name=cname, eds_name=cname, protocol=proto, sources=(str(obj.ref),)), sp)
+    lb, hashing = _balancing(obj.meta.annotations)
+    return BackendLookup(Cluster(name=cname, eds_name=cname, protocol=proto, sources=(str(obj.ref),), lb_policy=lb,
+                                 hash_policy=hashing), sp)
+
+
+def _balancing(annotations: Mapping[str, str]) -> tuple[Literal["ROUND_ROBIN", "RING_HASH"],
+                                                        tuple[HashPolicy, ...]]:
+    """`cilia.io/lb-policy: ring-hash` hashes requests onto a ring of the endpoints: on the header
+    `cilia.io/hash-header` names, else on the client (Envoy: its source IP; gRPC: its channel). An invalid
+    value means round robin (reported by `translate_services`)."""
+    if LB_POLICIES.get(annotations.get(LB_POLICY_ANNOTATION, "").strip().lower()) != "RING_HASH":
+        return "ROUND_ROBIN", ()
+    header = annotations.get(HASH_HEADER_ANNOTATION, "").strip().lower()
+    if header:
+        return "RING_HASH", (HashPolicy("header", header),)
+    return "RING_HASH", (HashPolicy("source_ip"), HashPolicy("grpc_channel"))
 
 
 def _slices_for(snapshot: InputSnapshot, svc_obj: KubeObject,
@@ -222,6 +241,13 @@ def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pod
         issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
                             f"must be local, remote or none, got {affinity!r}; using none", severity="warning"))
         affinity = "none"
+    policy = annotations.get(LB_POLICY_ANNOTATION)
+    if policy is not None and policy.strip().lower() not in LB_POLICIES:
+        issues.append(Issue(ref, f"metadata.annotations.{LB_POLICY_ANNOTATION}",
+                            f"must be {' or '.join(LB_POLICIES)}, got {policy!r}; using round-robin"))
+    if HASH_HEADER_ANNOTATION in annotations and (policy or "").strip().lower() != "ring-hash":
+        issues.append(Issue(ref, f"metadata.annotations.{HASH_HEADER_ANNOTATION}",
+                            f"has no effect without {LB_POLICY_ANNOTATION}: ring-hash", severity="warning"))
     if affinity != "none" and not is_global:
         issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
                             f"has no effect without {GLOBAL_ANNOTATION}: \"true\"", severity="warning"))

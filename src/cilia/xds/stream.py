@@ -23,6 +23,7 @@ from cilia.render.resources import (
     TYPE_ORDER,
     Resource,
     field_bytes,
+    not_found_errors,
     set_version,
 )
 from cilia.render.world import ProxyResources
@@ -32,6 +33,10 @@ from cilia.xds.status import ProxyStatus
 log = logging.getLogger("cilia.xds")
 
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})  # SotW: every response carries the whole set
+# SotW: roles told NOT_FOUND (resource_errors) for subscribed names they never held. gRPC's xDS client does
+# not take a name's absence from a response as "does not exist" for a name it has not received yet (it
+# waits 15 s); with these errors it fails the channel at once. Envoys are not sent them.
+NOT_FOUND_ROLES = frozenset({"grpc"})
 DEPENDENCY_TYPES = frozenset({SECRET, CLUSTER, ENDPOINT})  # referred to by later types
 WILDCARD = "*"
 
@@ -365,11 +370,16 @@ class SotwStream(BaseStream):
                 version = set_version(selected.values())
                 if version == st.sent_version and not st.force:
                     return None
+        held = st.sent
         st.force = False
         st.sent = selected
         st.sent_version = version
         nonce = self._next_nonce(st)
         payload = self.memo.sotw(version, selected.values(), type_url, nonce)
+        if self.proxy.role in NOT_FOUND_ROLES and not st.wildcard:
+            # Only names the client does not hold: a name that was in the last response and is now left out
+            # is a deletion (LDS/CDS), which an error would turn into "keep the cached copy".
+            payload += not_found_errors(sorted(n for n in st.names if n not in selected and n not in held))
         return await self._send(type_url, st, payload, version, len(selected), nonce, tuple(selected), True)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:

@@ -1,0 +1,34 @@
+"""render_world reuses a Bundle it rendered last time whole, with the same issues and conflict warnings."""
+
+from __future__ import annotations
+
+from cilia.identity import ProxyId
+from cilia.ir import model as ir
+from cilia.render.resources import CLUSTER
+from cilia.render.world import ResourceCache, render_world
+
+NODE = ir.ProxyScope(frozenset({"node"}))
+
+
+def test_unchanged_bundles_are_reused_with_their_issues_and_warnings() -> None:
+    a = ir.Bundle("a", NODE, clusters=(ir.Cluster("shared", connect_timeout_ms=1000),), sources=("A",))
+    b = ir.Bundle("b", NODE, clusters=(ir.Cluster("shared", connect_timeout_ms=2000), ir.Cluster("own")),
+                  sources=("B",))
+    bad = ir.Bundle("c", NODE, clusters=(ir.Cluster("c1"),), raw=(ir.RawResource(CLUSTER, "broken", {"type": "NOPE"},
+                                                                                 ("C",)),))
+    cache = ResourceCache()
+    first = render_world(ir.MeshIR((a, b, bad)), cache, 1)
+    second = render_world(ir.MeshIR((a, b, bad)), cache, 2)
+    assert [x.key for x in second.bundles] == ["a", "b"]  # the bundle that does not parse stays out
+    assert all(x is y for x, y in zip(first.bundles, second.bundles, strict=True))
+    assert [i.message for i in first.issues] == [i.message for i in second.issues]
+    assert any("also defined, differently, by A" in i.message for i in second.issues)
+    assert any("does not parse" in i.message for i in second.issues)
+    view = second.for_proxy(ProxyId.parse("node~n"))
+    assert view.of(CLUSTER)["shared"] is first.for_proxy(ProxyId.parse("node~n")).of(CLUSTER)["shared"]
+    # A new Bundle object with an unchanged node re-uses that node's resource (identity cache carried over).
+    b2 = ir.Bundle("b", NODE, clusters=(b.clusters[1], ir.Cluster("more")), sources=("B",))
+    third = render_world(ir.MeshIR((a, b2)), cache, 3)
+    own = third.for_proxy(ProxyId.parse("node~n")).of(CLUSTER)["own"]
+    assert own is view.of(CLUSTER)["own"]
+    assert "shared" in third.for_proxy(ProxyId.parse("node~n")).of(CLUSTER) and not third.issues
