@@ -19,17 +19,17 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 class Grants:
     cluster: frozenset[tuple[str, str, str]]  # from the ClusterRole
     namespaced: frozenset[tuple[str, str, str]]  # from Roles (in cilia-system)
-    resource_names: dict[tuple[str, str, str], tuple[str, ...]]  # grants limited to named objects
+    resource_names: dict[tuple[str, str, str], tuple[str, ...]]  # grants limited to named objects (either kind)
 
     def allows(self, group: str, resource: str, verb: str, namespace: str | None = None, name: str | None = None,
                lease_namespace: str = "cilia-system") -> bool:
         key = (group, resource, verb)
+        names = self.resource_names.get(key)
+        if names is not None and name not in names:
+            return False
         if key in self.cluster:
             return True
-        if key in self.namespaced and namespace in (lease_namespace, None):
-            names = self.resource_names.get(key)
-            return names is None or name in names
-        return False
+        return key in self.namespaced and namespace in (lease_namespace, None)
 
 
 def _rules(role: dict[str, Any]) -> tuple[set[tuple[str, str, str]], dict[tuple[str, str, str], tuple[str, ...]]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions
+from cilia.k8s.rbac import Permission, cluster_permissions, namespace_permissions
 from kubefake import FakeApiServer
 from support.kubecp import FAST_LEASE, KubeControlPlane, wait_until
 from support.rbac import rbac_grants
@@ -199,7 +199,7 @@ async def test_two_replicas_one_writer_failover_and_rbac(api: FakeApiServer) -> 
             f"{r.verb} {r.group}/{resource} {r.namespace}/{r.name} is not granted"
         seen.add(Permission(r.group, resource, r.verb))
     # ... the client's own count of its calls agrees, and only declared permissions were used.
-    declared = cluster_permissions() | lease_permissions()
+    declared = cluster_permissions() | namespace_permissions()
     assert seen <= declared
     for p in planes:
         calls = {Permission(g, res, v) for (v, g, res) in p.kube.api.calls}

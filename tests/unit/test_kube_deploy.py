@@ -20,7 +20,7 @@ import yaml
 import cilia.k8s.kinds  # noqa: F401
 from cilia.cli import _kube_options, build_parser, main
 from cilia.k8s.leader import LeaseConfig
-from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions
+from cilia.k8s.rbac import NAMED, Permission, cluster_permissions, namespace_permissions
 from cilia.k8s.registry import KindSpec, known_kinds
 from cilia.mesh.inject import InjectConfig
 from support.rbac import DEPLOY, load_docs, rbac_grants
@@ -44,7 +44,7 @@ PLANNED = (
 EXPECTED_KINDS = {
     "namespace.yaml": ["Namespace"],
     "crds.yaml": ["CustomResourceDefinition", "CustomResourceDefinition"],
-    "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"],
+    "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role", "RoleBinding"],
     "controlplane.yaml": ["Deployment", "Service", "Service", "PodDisruptionBudget"],
     "node-envoy.yaml": ["ServiceAccount", "DaemonSet"],
     "classes.yaml": ["IngressClass", "GatewayClass"],
@@ -94,19 +94,30 @@ def test_cluster_role_grants_exactly_the_verbs_the_code_uses() -> None:
     assert have == want, f"missing {sorted(want - have)}, extra {sorted(have - want)}"
     # Everything the running code reads today is covered (the rest waits for its translator modules).
     assert cluster_permissions() <= have
-    assert {Permission(g, r, v) for g, r, v in grants.namespaced} == lease_permissions()
+    assert {Permission(g, r, v) for g, r, v in grants.namespaced} == namespace_permissions()
     assert grants.resource_names[("coordination.k8s.io", "leases", "get")] == (LeaseConfig().name,)
     assert ("coordination.k8s.io", "leases", "create") not in grants.resource_names  # create cannot be named
-    # Read-only everywhere except status and the Lease; never delete, never Secrets beyond reading.
-    verbs = {v for _, _, v in grants.cluster}
-    assert verbs == {"list", "watch", "patch"}
-    assert all(r.endswith("/status") for _, r, v in grants.cluster if v == "patch")
+    assert {Permission(*k): v for k, v in grants.resource_names.items()} == dict(NAMED)
+    # Cluster-wide it reads, patches status, and writes only Events, TokenReviews and one named webhook
+    # configuration; never delete, never Secrets beyond reading (the CA Secret is a namespaced grant).
+    writes = {(g, r, v) for g, r, v in grants.cluster if v not in ("list", "watch")}
+    assert {(g, r, v) for g, r, v in writes if not r.endswith("/status")} == {
+        ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update")}
+    assert all(v == "patch" for _, r, v in writes if r.endswith("/status"))
+    assert grants.resource_names[("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update")] == \
+        ("cilia-sidecar-injector",)
+    assert grants.resource_names[("", "secrets", "get")] == ("cilia-ca",)
+    assert not any(r == "secrets" and v not in ("list", "watch") for _, r, v in grants.cluster)
 
 
 def test_bindings_and_service_accounts_line_up() -> None:
     for kind, role_kind, role in (("ClusterRoleBinding", "ClusterRole", "cilia"),
-                                  ("RoleBinding", "Role", "cilia-leader-election")):
-        b = one("rbac.yaml", kind)
+                                  ("RoleBinding", "Role", "cilia-leader-election"),
+                                  ("RoleBinding", "Role", "cilia-ca")):
+        b = one("rbac.yaml", kind, role)
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role}
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "cilia", "namespace": "cilia-system"}]
     dep = one("controlplane.yaml", "Deployment")

@@ -234,6 +234,13 @@ class KubeApi:
         self._count("update", res)
         return await self._json("PUT", res.path(namespace, name), body=dict(body), request_timeout=30.0)
 
+    async def patch(self, res: Resource, namespace: str | None, name: str, patch: Mapping[str, Any],
+                    field_manager: str = "cilia") -> dict[str, Any]:
+        """JSON merge patch (RFC 7386) on the object itself; an empty patch returns it unchanged."""
+        self._count("patch", res)
+        return await self._json("PATCH", res.path(namespace, name), body=dict(patch), content_type=MERGE_PATCH,
+                                query=[("fieldManager", field_manager)], request_timeout=30.0)
+
     async def patch_status(self, res: Resource, namespace: str | None, name: str,
                            patch: Mapping[str, Any], field_manager: str = "cilia") -> dict[str, Any]:
         """JSON merge patch (RFC 7386) on the status subresource."""

@@ -86,6 +86,7 @@ class ObservedObject:
     generation: int
     resource_version: str
     status: Mapping[str, Any] | None
+    uid: str = ""
 
 
 @dataclass(slots=True)
@@ -393,7 +394,7 @@ class KubernetesSource:
         gen = md.get("generation")
         observed = ObservedObject(st.spec.kind, ns, name, str(raw.get("apiVersion")),
                                   gen if isinstance(gen, int) else 0, str(md.get("resourceVersion") or ""),
-                                  status if isinstance(status, Mapping) else None)
+                                  status if isinstance(status, Mapping) else None, str(md.get("uid") or ""))
         return _Invalid(observed, issue)
 
     def _publish_issues(self) -> None:
@@ -408,4 +409,4 @@ class KubernetesSource:
 def _observe(obj: KubeObject) -> ObservedObject:
     status = obj.raw.get("status")
     return ObservedObject(obj.kind, obj.meta.namespace, obj.meta.name, obj.api_version, obj.meta.generation,
-                          obj.meta.resource_version, status if isinstance(status, Mapping) else None)
+                          obj.meta.resource_version, status if isinstance(status, Mapping) else None, obj.meta.uid)
