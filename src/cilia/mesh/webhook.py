@@ -20,7 +20,7 @@ import base64
 import json
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +37,8 @@ BODY_READ_TIMEOUT_S = 10.0
 
 NamespaceLookup = Callable[[str], tuple[Mapping[str, str], Mapping[str, str]] | None]
 """namespace name -> (labels, annotations), or None when the namespace is not known."""
+NamespaceWait = Callable[[str], Awaitable[None]]
+"""Returns once the namespace is known to the lookup, or gives up (bounded) and returns anyway."""
 
 
 class ReviewError(Exception):
@@ -131,8 +133,14 @@ def make_webhook_app(
     namespace_lookup: NamespaceLookup,
     *,
     max_body_bytes: int = MAX_REVIEW_BYTES,
+    namespace_wait: NamespaceWait | None = None,
 ) -> web.Application:
-    """The webhook as an aiohttp application: POST /mutate, GET /healthz."""
+    """The webhook as an aiohttp application: POST /mutate, GET /healthz.
+
+    `namespace_wait` covers a namespace created just before its first Pod (one `kubectl apply` of both):
+    the API server admits the Pod before cilia's watch has delivered the namespace, whose labels decide
+    the mesh mode, so a Pod in a namespace not known yet waits for it (bounded) instead of being judged
+    without them."""
 
     async def mutate(request: web.Request) -> web.Response:
         try:
@@ -140,6 +148,10 @@ def make_webhook_app(
         except ReviewError as exc:
             return _bad_request(str(exc))
         uid = review_request["uid"]
+        namespace = review_request.get("namespace")
+        if namespace_wait is not None and _is_pod_create(review_request) and isinstance(namespace, str) \
+                and namespace and namespace_lookup(namespace) is None:
+            await namespace_wait(namespace)
         try:
             response = _admit(review_request, cfg, namespace_lookup)
         except ReviewError as exc:
