@@ -24,7 +24,7 @@ from cilia.k8s.events import (
     problems_from,
 )
 from cilia.k8s.kubeapi import KubeApi
-from cilia.k8s.kubesource import KubernetesSource, WatchOptions
+from cilia.k8s.kubesource import KubernetesSource, ObservedObject, WatchOptions
 from cilia.k8s.registry import kind_spec
 from cilia.k8s.store import Store
 from cilia.translate.context import ObjectStatus
@@ -256,3 +256,34 @@ async def test_control_plane_reports_an_invalid_config_as_an_event() -> None:
         finally:
             for p in planes:
                 await p.stop()
+
+
+async def test_refusals_that_pass_are_retried_and_terminating_namespaces_skipped(rig: Rig) -> None:
+    # 403 (e.g. an API server whose RBAC caches are still empty after a restart) is tried again.
+    rig.api.inject_error(403, verb="create", plural="events", times=1)
+    rec = rig.recorder("cilia-a", EventLimits(rate_per_s=500, burst=100, series_min_interval_s=0.2, poll_s=0.02,
+                                              error_backoff_max_s=0.3))
+    rec.set_problems([problem()])
+    await wait_until(lambda: len(rig.events()) == 1, what="created after a 403")
+    assert rec.stats.errors == 1 and rec.stats.created == 1
+
+    # In a namespace being deleted the API server refuses new objects: no attempt is made.
+    class Terminating:
+        phase = "Terminating"
+
+        def observed(self, kind: str, namespace: str, name: str) -> ObservedObject | None:
+            if kind == "Namespace":
+                return ObservedObject(kind, "", name, "v1", 0, "1", {"phase": self.phase})
+            return rig.source.observed(kind, namespace, name)
+
+    view = Terminating()
+    rig.leader["cilia-a"] = False
+    other = EventRecorder(rig.kube, view, instance="cilia-b", limits=LIMITS)
+    rig.tasks.append(asyncio.create_task(other.run()))
+    creates = len(rig.api.find_requests(plural="events", verb="create"))
+    other.set_problems([problem(message="another")])
+    await quiet()
+    assert len(rig.events()) == 1 and len(rig.api.find_requests(plural="events", verb="create")) == creates
+    view.phase = "Active"
+    other.wake()
+    await wait_until(lambda: len(rig.events()) == 2, what="created once the namespace is not terminating")

@@ -290,6 +290,9 @@ class EventRecorder:
         seen = self.view.observed(p.kind, p.namespace, p.name)
         if seen is None:
             return  # not an object in the API (file mode, or gone): no Event
+        space = self.view.observed("Namespace", "", event_namespace(p))
+        if space is not None and (space.status or {}).get("phase") == "Terminating":
+            return  # the API server refuses new objects there (403), and the object goes with its namespace
         now = self.clock()
         key = (p.kind, p.namespace, p.name)
         bucket = self._per_object.get(key)

@@ -67,8 +67,10 @@ class KubeApiError(SourceError):
 
     @property
     def retryable(self) -> bool:
-        """Worth trying again unchanged (throttling, server trouble), as opposed to a rejected request."""
-        return self.status in (0, 408, 429) or self.status >= 500
+        """Worth trying again unchanged, as opposed to a rejected request: throttling, server trouble, and
+        401/403, which pass: an API server that has just started answers 403 until its RBAC caches are
+        filled, RBAC applied after cilia grants its permissions late, and a rotated token is re-read."""
+        return self.status in (0, 401, 403, 408, 429) or self.status >= 500
 
 
 class WatchStreamError(SourceError):
