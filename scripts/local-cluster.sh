@@ -196,12 +196,15 @@ cmd_up() {
   local etcd_port etcd_peer api_port kcm_port
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); kcm_port=$(free_port)
 
-  # Audit log of every write (who, which verb, which object): tests read it to count requests by client.
+  # Audit log (DIR/logs/audit.log) of every write, and of every request cilia's ServiceAccount makes:
+  # who, which verb, which object, which answer. Tests read it to count requests by client.
   cat >"$dir/audit-policy.yaml" <<EOF
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived, ResponseStarted]
 rules:
+- level: Metadata
+  users: ["system:serviceaccount:cilia-system:cilia"]
 - level: Metadata
   verbs: [create, update, patch, delete, deletecollection]
 - level: None
@@ -336,7 +339,8 @@ cmd_down() {
     local name pid
     for name in kube-controller-manager kube-apiserver etcd; do
       while read -r n pid; do
-        [ "$n" = "$name" ] && stop_pid "$pid"
+        # kube-apiserver stops listening at once but may take ~10 s to exit; its data goes anyway.
+        [ "$n" = "$name" ] && stop_pid "$pid" "$([ "$n" = kube-apiserver ] && echo 3 || echo 10)"
       done <"$dir/pids"
     done
     rm -f "$dir/pids"
