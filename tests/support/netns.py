@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,10 +71,10 @@ class NetNamespace:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(TESTS))
         self._procs.append(proc)
         assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = proc.stdout.readline()
-        if line.strip() != "ready" or time.monotonic() > deadline:
-            raise RuntimeError(f"echo backends in {self.name} did not start: {line!r}")
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            raise RuntimeError(f"echo backends in {self.name} did not start within {timeout} s: {line!r}")
         return proc
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from cilia.k8s.events import (
 )
 from cilia.k8s.kubeapi import KubeApi
 from cilia.k8s.kubesource import KubernetesSource, ObservedObject, WatchOptions
+from cilia.k8s.leader import LeaseConfig
 from cilia.k8s.registry import kind_spec
 from cilia.k8s.store import Store
 from cilia.translate.context import ObjectStatus
@@ -239,7 +240,9 @@ async def test_control_plane_reports_an_invalid_config_as_an_event() -> None:
         bad["spec"]["resources"] = [{"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
                                      "name": "x"}]
         api.create(bad)
-        planes = [await KubeControlPlane(api, identity=i).start() for i in ("a", "b")]
+        # Lease timings that survive a loaded machine: leadership must not move during the test.
+        lease = LeaseConfig("cilia-leader", "default", "", 5.0, 4.0, 0.2)
+        planes = [await KubeControlPlane(api, identity=i, lease=lease).start() for i in ("a", "b")]
         try:
             await wait_until(lambda: sum(p.kube.is_leader() for p in planes) == 1, what="a leader")
             await wait_until(lambda: len(api.list_objects(EV, "Event", "default")) == 1, what="Event")
