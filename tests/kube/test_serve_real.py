@@ -450,11 +450,18 @@ def test_watches_survive_compaction_and_an_api_server_restart(stack: Stack) -> N
         c.restart_apiserver()
         windows.append((t0, time.time()))
 
+    services = f"/api/v1/namespaces/{NS}/services"
+    seen_rv = c.request("GET", services)[1]["metadata"]["resourceVersion"]  # where cilia's watches are, or before
+    c.kubectl("create", "configmap", "bump", "-n", NS)  # a write cilia does not read: history moves past seen_rv
     with Traffic(stack.url("ingress")) as traffic:
-        # etcd compacts its history past every revision cilia has seen; the API server comes back with an
-        # empty watch cache, so each watch cilia resumes from its last resourceVersion gets 410 Expired.
+        # etcd compacts its history past every revision cilia has seen (the API server does this every 5 min
+        # by itself). While its watch cache holds the history, live watches never notice; the API server
+        # comes back from a restart with an empty cache, and the history is gone from etcd too, so each watch
+        # cilia resumes from its last resourceVersion gets 410 Expired.
         c.compact_etcd()
         restart()
+        code, body = c.request("GET", f"{services}?resourceVersion={seen_rv}&resourceVersionMatch=Exact")
+        assert (code, body.get("reason")) == (410, "Expired"), body
         served = len(known_kinds())  # every kind cilia reads is served here (Gateway API experimental CRDs)
         c.wait_for("every watch expired and relisted",
                    lambda: stack.metric("cilia_kubernetes_watch_restarts", reason="expired") - expired >= served,
