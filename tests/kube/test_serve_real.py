@@ -6,7 +6,8 @@ HTTPRoute and a CiliumEnvoyConfig -> traffic through Envoy to backends in a netw
 test's own (198.18.0.0/15); statuses written through the status subresource; Events for a broken config;
 the API server calling cilia's injection webhook; TokenReview-based certificates that open an mTLS xDS
 stream; and watches that survive etcd compaction and an API server restart without a config re-push.
-The tests run in file order and share the process; the last one checks cilia was never refused (403).
+The tests run in file order and share the process; before the API server restarts (the last test), one
+checks that no request cilia made was refused by authorization.
 """
 
 from __future__ import annotations
