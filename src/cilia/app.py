@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import ipaddress
@@ -154,6 +155,7 @@ class ControlPlane:
         self.ca_source: Any = None  # () -> CertificateAuthority, when a CA is configured
         self._inject_memo: Any = None
         self._changed = asyncio.Event()
+        self._namespaces_changed = asyncio.Event()
         self._first_change = 0.0
         self._last_change = 0.0
         self._changed_kinds: set[str] = set()
@@ -172,6 +174,9 @@ class ControlPlane:
         self.counters.source_events += 1
         self.metrics.source_event(kinds)
         self._changed.set()
+        if "Namespace" in kinds:  # wake every webhook request waiting for a namespace, then start afresh
+            self._namespaces_changed.set()
+            self._namespaces_changed = asyncio.Event()
 
     def _build(self, snapshot: InputSnapshot, batch: Any) -> tuple[TranslationResult, RenderedWorld]:
         """Translate and render; pure apart from the render cache, so it may run off the event loop."""
@@ -383,8 +388,8 @@ class ControlPlane:
             assert self.opts.tls_cert and self.opts.tls_key
             ctx = server_ssl_context(self.opts.tls_cert, self.opts.tls_key)
         # Kubernetes mode: a pod may be created right after its namespace, before the watch has it.
-        wait = 2.0 if self.kube is not None else 0.0
-        runner = await serve_https(make_webhook_app(self._inject_config, self.namespace_meta, namespace_wait_s=wait),
+        wait = self.wait_for_namespace if self.opts.kubernetes is not None else None
+        runner = await serve_https(make_webhook_app(self._inject_config, self.namespace_meta, namespace_wait=wait),
                                    host, port, ctx)
         self.webhook_port = webhook_port(runner)
         log.info("injection webhook listening on %s:%d", host, self.webhook_port)
@@ -397,8 +402,6 @@ class ControlPlane:
             return cfg
         bundle = self.ca_source().bundle_pem.decode()
         if self._inject_memo is None or self._inject_memo.ca_bundle != bundle:
-            import dataclasses
-
             self._inject_memo = dataclasses.replace(cfg, ca_bundle=bundle)
         return self._inject_memo
 
@@ -419,6 +422,22 @@ class ControlPlane:
         self.issuer_port = webhook_port(runner)
         log.info("certificate issuer listening on %s:%d (TokenReview, audience cilia)", host, self.issuer_port)
         return runner
+
+    async def wait_for_namespace(self, namespace: str, within_s: float = 3.0) -> None:
+        """Until the store knows `namespace` (the watch delivers it), at most `within_s`."""
+        deadline = time.monotonic() + within_s
+        while True:
+            changed = self._namespaces_changed  # taken before looking: a change after this sets it
+            if self.store.get("Namespace", "", namespace) is not None:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+        if self.store.get("Namespace", "", namespace) is None:
+            log.warning("webhook: namespace %s is still unknown after %.0f s; deciding without its labels",
+                        namespace, within_s)
 
     def namespace_meta(self, namespace: str) -> tuple[dict[str, str], dict[str, str]] | None:
         """Labels and annotations of a Namespace the store knows, for the webhook's mode decision."""

@@ -112,9 +112,12 @@ def _add_kubernetes_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--status-burst", type=int, default=20, help="status writes allowed at once")
     g.add_argument("--status-min-interval", type=float, default=1.0,
                    help="least seconds between two status writes of one object")
+    g.add_argument("--event-min-interval", type=float, default=10.0,
+                   help="least seconds between two updates of one Event's count (repeats are folded)")
 
 
 def _kube_options(args: argparse.Namespace) -> Any:
+    from cilia.k8s.events import EventLimits
     from cilia.k8s.kubemode import KubeOptions
     from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE, WatchOptions
     from cilia.k8s.leader import LeaseConfig
@@ -131,7 +134,8 @@ def _kube_options(args: argparse.Namespace) -> Any:
                        watch=WatchOptions(secret_namespaces=secrets),
                        write_status=not args.no_status,
                        status=WriteLimits(min_interval_s=args.status_min_interval, rate_per_s=args.status_qps,
-                                          burst=args.status_burst))
+                                          burst=args.status_burst),
+                       events=EventLimits(series_min_interval_s=args.event_min_interval))
 
 
 def _add_inject_options(p: argparse.ArgumentParser) -> None:

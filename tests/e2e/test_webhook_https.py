@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import datetime
@@ -310,3 +311,23 @@ async def test_client_without_the_ca_is_refused(start_webhook: StartWebhook) -> 
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await plain.get(f"{hook.url}/healthz")
     assert await hook.healthy()
+
+
+async def test_pod_of_a_namespace_not_seen_yet_waits_for_it(start_webhook: StartWebhook) -> None:
+    """A namespace and its first Pod applied together: the Pod's review may arrive before the namespace's watch
+    event. With `namespace_wait` the webhook waits for the namespace (its labels decide the mode) and injects."""
+    known: dict[str, NsMeta] = {}
+    waited: list[str] = []
+
+    async def wait(ns: str) -> None:
+        waited.append(ns)
+        await asyncio.sleep(0.2)  # the watch event arrives
+        known[ns] = NAMESPACES["shop"]
+
+    hook = await start_webhook(lookup=known.get, namespace_wait=wait)
+    ops = decode_patch(await hook.review(make_review(make_pod(namespace="fresh"), namespace="fresh")))
+    assert waited == ["fresh"] and any(op["path"] == "/spec/initContainers" for op in ops)
+    # Known namespaces, and requests that are not Pod creations, do not wait.
+    await hook.review(make_review(make_pod(namespace="fresh"), namespace="fresh"))
+    await hook.review(make_review({"kind": "Service"}, namespace="other", kind="Service"))
+    assert waited == ["fresh"]

@@ -171,6 +171,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     ),
     ResourceType("networking.k8s.io", "ingressclasses", "IngressClass", False, ("v1",), False, True),
     ResourceType("coordination.k8s.io", "leases", "Lease", True, ("v1",), False, True),
+    ResourceType("events.k8s.io", "events", "Event", True, ("v1",), False, True, ("ev",)),
     ResourceType(
         GATEWAY,
         "gatewayclasses",

@@ -72,3 +72,26 @@ def echo_backends(*specs: tuple[str, str]) -> Iterator[list[EchoBackend]]:
     finally:
         for b in started:
             b.stop()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m support.backends NAME=HOST:PORT ...`: serve echo backends until stdin closes. Tests run this
+    inside network namespaces they made (see support.netns), where a thread of theirs cannot listen."""
+    import sys
+
+    started = []
+    for spec in argv:
+        name, _, hostport = spec.partition("=")
+        host, _, port = hostport.rpartition(":")
+        started.append(EchoBackend(name, host, int(port)).start())
+    print("ready", flush=True)
+    sys.stdin.read()
+    for b in started:
+        b.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

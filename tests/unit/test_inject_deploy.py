@@ -4,6 +4,7 @@ policy that matches --fail-open, nothing that says nothing sent at all."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -178,7 +179,13 @@ async def test_webhook_waits_for_a_namespace_the_watch_has_not_delivered_yet() -
             known["shop"] = ({MESH_MODE_KEY: "sidecar"}, {})
         return known.get(ns)
 
-    out = await _post(make_webhook_app(InjectConfig(default_mode="off"), lookup, namespace_wait_s=2.0),
+    async def wait(ns: str) -> None:  # as the control plane's: until the lookup knows it, bounded
+        for _ in range(40):
+            if lookup(ns) is not None:
+                return
+            await asyncio.sleep(0.05)
+
+    out = await _post(make_webhook_app(InjectConfig(default_mode="off"), lookup, namespace_wait=wait),
                       _review(_pod({}, {})))
     assert _patched_containers(out)
     calls, known = 0, {}

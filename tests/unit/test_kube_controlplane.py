@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE
-from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions, secret_permissions
+from cilia.k8s.rbac import Permission, cluster_permissions, namespace_permissions, secret_permissions
 from kubefake import FakeApiServer
 from support.kubecp import FAST_LEASE, KubeControlPlane, wait_until
 from support.rbac import rbac_grants
@@ -203,7 +203,7 @@ async def test_two_replicas_one_writer_failover_and_rbac(api: FakeApiServer) -> 
             f"{r.verb} {r.group}/{resource} {r.namespace}/{r.name} is not granted"
         seen.add(Permission(r.group, resource, r.verb))
     # ... the client's own count of its calls agrees, and only declared permissions were used.
-    declared = cluster_permissions() | lease_permissions() | secret_permissions()
+    declared = cluster_permissions() | namespace_permissions() | secret_permissions()
     assert seen <= declared
     # Secrets were read in the secrets namespace only, never across namespaces.
     secret_reads = {r.namespace for r in api.requests if r.plural == "secrets"}

@@ -21,7 +21,14 @@ import cilia.k8s.kinds  # noqa: F401
 from cilia.cli import _kube_options, build_parser, main
 from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE, NAMESPACE_SCOPED_KINDS
 from cilia.k8s.leader import LeaseConfig
-from cilia.k8s.rbac import Permission, cluster_permissions, lease_permissions, role_permissions, secret_permissions
+from cilia.k8s.rbac import (
+    NAMED,
+    Permission,
+    cluster_permissions,
+    namespace_permissions,
+    role_permissions,
+    secret_permissions,
+)
 from cilia.k8s.registry import KindSpec, known_kinds
 from cilia.mesh.inject import InjectConfig
 from support.kustomize import find, render
@@ -105,14 +112,25 @@ def test_cluster_role_grants_exactly_the_verbs_the_code_uses() -> None:
     assert cluster_permissions() <= have
     roles = {ns: {Permission(g, r, v) for g, r, v in gs} for ns, gs in grants.roles.items()}
     assert roles == role_permissions()
-    assert roles["cilia-system"] == lease_permissions() and roles[DEFAULT_SECRETS_NAMESPACE] == secret_permissions()
+    assert roles["cilia-system"] == namespace_permissions()
+    assert roles[DEFAULT_SECRETS_NAMESPACE] == secret_permissions()
     lease_ns = "cilia-system"
     assert grants.resource_names[(lease_ns, "coordination.k8s.io", "leases", "get")] == (LeaseConfig().name,)
     assert (lease_ns, "coordination.k8s.io", "leases", "create") not in grants.resource_names  # cannot be named
-    # Read-only everywhere except status and the Lease; never delete; Secrets only through a Role.
-    verbs = {v for _, _, v in grants.cluster}
-    assert verbs == {"list", "watch", "patch"}
-    assert all(r.endswith("/status") for _, r, v in grants.cluster if v == "patch")
+    named = {Permission(g, r, v): names for (_, g, r, v), names in grants.resource_names.items()}
+    assert named == dict(NAMED)
+    assert grants.resource_names[(lease_ns, "", "secrets", "get")] == ("cilia-ca",)
+    # Cluster-wide it reads, patches status, and writes only Events, TokenReviews and one named webhook
+    # configuration; never delete; Secrets only through Roles (the CA Secret one by name).
+    writes = {(g, r, v) for g, r, v in grants.cluster if v not in ("list", "watch")}
+    assert {(g, r, v) for g, r, v in writes if not r.endswith("/status")} == {
+        ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update")}
+    assert all(v == "patch" for _, r, v in writes if r.endswith("/status"))
+    assert grants.resource_names[(CLUSTER, "admissionregistration.k8s.io", "mutatingwebhookconfigurations",
+                                  "update")] == ("cilia-sidecar-injector",)
     assert not any(r == "secrets" for _, r, _ in grants.cluster)
     assert NAMESPACE_SCOPED_KINDS == {"Secret"}
 
@@ -171,7 +189,8 @@ def test_components_change_args_and_webhook_together(components: tuple[str, ...]
 def test_bindings_and_service_accounts_line_up() -> None:
     for kind, role_kind, role in (("ClusterRoleBinding", "ClusterRole", "cilia"),
                                   ("RoleBinding", "Role", "cilia-leader-election"),
-                                  ("RoleBinding", "Role", "cilia-secrets")):
+                                  ("RoleBinding", "Role", "cilia-secrets"),
+                                  ("RoleBinding", "Role", "cilia-ca")):
         b = one("rbac.yaml", kind, role)
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role}
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "cilia", "namespace": "cilia-system"}]

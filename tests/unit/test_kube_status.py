@@ -219,18 +219,20 @@ async def test_errors_conflicts_and_rejections(rig: Rig) -> None:
     await wait_until(lambda: rig.source.observed("Gateway", "default", "g") is not None)
     rig.api.inject_error(409, verb="patch", subresource="status", times=1)
     rig.api.inject_error(503, verb="patch", subresource="status", times=1)
+    # A real API server answers 403 right after a restart, until its RBAC caches are filled: retried.
+    rig.api.inject_error(403, verb="patch", subresource="status", times=1)
     rig.writer.set_inputs([gw_status("g", cond("Accepted"))], [])
-    await wait_until(lambda: rig.writer.stats.writes == 1, what="written after 409 and 503")
-    assert rig.writer.stats.conflicts == 1 and rig.writer.stats.errors == 1
+    await wait_until(lambda: rig.writer.stats.writes == 1, what="written after 409, 503 and 403")
+    assert rig.writer.stats.conflicts == 1 and rig.writer.stats.errors == 2
     await echoed(rig, "g")
     rig.api.inject_error(422, verb="patch", subresource="status", times=1)
     bad = [gw_status("g", cond("Accepted", "False", "Invalid"))]
     rig.writer.set_inputs(bad, [])
-    await wait_until(lambda: rig.writer.stats.errors == 2, what="rejected")
+    await wait_until(lambda: rig.writer.stats.errors == 3, what="rejected")
     for _ in range(3):
         rig.writer.set_inputs(bad, [])
         await asyncio.sleep(0.05)
-    assert len(rig.patches("g")) == 4  # the rejected patch is not retried while unchanged
+    assert len(rig.patches("g")) == 5  # the rejected patch is not retried while unchanged
     rig.writer.set_inputs([gw_status("g", cond("Accepted", "False", "Invalid", "other"))], [])
     await wait_until(lambda: rig.writer.stats.writes == 2, what="a new status is tried again")
 

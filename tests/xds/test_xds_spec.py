@@ -154,6 +154,24 @@ async def test_delta_legacy_wildcard_needs_empty_subscribe_and_unsubscribe(h: Ha
     call.cancel()
 
 
+async def test_delta_first_wildcard_request_is_answered_even_when_empty(h: Harness) -> None:
+    """A proxy with nothing configured for it yet must still get an answer to its first wildcard request
+    (an empty one): Envoy's initialization waits for it, initial_fetch_timeout (15 s) per type otherwise.
+    Named subscriptions and later requests keep the usual rule: only changes are sent."""
+    h.cache.set_world(world(clusters=(), endpoints={}))
+    call = delta(h)
+    await call.write(dreq(CLUSTER, first=True))
+    r = await read(call)
+    assert r.type_url == CLUSTER and not r.resources and not r.removed_resources and r.nonce
+    await call.write(dreq(CLUSTER, nonce=r.nonce))
+    assert await no_message(call), "an ACK of the empty answer is not answered again"
+    # A named subscription to something that does not exist is answered the usual way (removed).
+    await call.write(dreq(ENDPOINT, sub=("nope",)))
+    r = await read(call)
+    assert r.type_url == ENDPOINT and list(r.removed_resources) == ["nope"]
+    call.cancel()
+
+
 async def test_delta_wildcard_plus_name_unsubscribe_is_answered(h: Harness) -> None:
     """With '*' and a specific name, unsubscribing that name must be answered: the resource again when
     the wildcard covers it, else its name in removed_resources."""

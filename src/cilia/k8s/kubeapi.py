@@ -75,8 +75,10 @@ class KubeApiError(SourceError):
 
     @property
     def retryable(self) -> bool:
-        """Worth trying again unchanged (throttling, server trouble), as opposed to a rejected request."""
-        return self.status in (0, 408, 429) or self.status >= 500
+        """Worth trying again unchanged, as opposed to a rejected request: throttling, server trouble, and
+        401/403, which pass: an API server that has just started answers 403 until its RBAC caches are
+        filled, RBAC applied after cilia grants its permissions late, and a rotated token is re-read."""
+        return self.status in (0, 401, 403, 408, 429) or self.status >= 500
 
 
 class WatchStreamError(SourceError):
@@ -271,6 +273,13 @@ class KubeApi:
         """PUT (replace); carries `metadata.resourceVersion` so a concurrent change answers 409."""
         self._count("update", res)
         return await self._json("PUT", res.path(namespace, name), body=dict(body), request_timeout=30.0)
+
+    async def patch(self, res: Resource, namespace: str | None, name: str, patch: Mapping[str, Any],
+                    field_manager: str = "cilia") -> dict[str, Any]:
+        """JSON merge patch (RFC 7386) on the object itself; an empty patch returns it unchanged."""
+        self._count("patch", res)
+        return await self._json("PATCH", res.path(namespace, name), body=dict(patch), content_type=MERGE_PATCH,
+                                query=[("fieldManager", field_manager)], request_timeout=30.0)
 
     async def patch_status(self, res: Resource, namespace: str | None, name: str,
                            patch: Mapping[str, Any], field_manager: str = "cilia") -> dict[str, Any]:

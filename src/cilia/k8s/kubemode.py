@@ -5,15 +5,19 @@ This only builds and connects them; ``cilia.app.ControlPlane`` starts their coro
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable, Mapping
+import asyncio
+import dataclasses
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cilia import __version__
 from cilia.diagnostics import Issue
 from cilia.errors import SourceError
+from cilia.k8s.events import EventLimits, EventRecorder, problems_from
 from cilia.k8s.kubeapi import KubeApi
 from cilia.k8s.kubesource import KubernetesSource, RestartHook, WatchOptions
-from cilia.k8s.leader import LeaderElector, LeaseConfig
+from cilia.k8s.leader import LeaderElector, LeaseConfig, default_identity
 from cilia.k8s.statuswriter import StatusWriter, WriteLimits
 from cilia.k8s.store import Store
 from cilia.translate.context import ObjectStatus
@@ -26,26 +30,42 @@ class KubeOptions:
     status: WriteLimits = field(default_factory=WriteLimits)
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     leader_election: bool = True  # False: this replica always writes status (run only one then)
-    write_status: bool = True
+    write_status: bool = True  # status and Events
+    events: EventLimits = field(default_factory=EventLimits)
+
+
+def user_agent(identity: str) -> str:
+    """`cilia/VERSION (IDENTITY)`: the API server's audit log tells replicas apart by it."""
+    return f"cilia/{__version__} ({identity})"
 
 
 class KubeMode:
     def __init__(self, store: Store, api: KubeApi, opts: KubeOptions, *,
                  on_watch_restart: RestartHook | None = None) -> None:
+        if not opts.lease.identity:  # one identity for the Lease, the Events and the user agent
+            opts = dataclasses.replace(opts, lease=dataclasses.replace(opts.lease, identity=default_identity()))
         self.opts = opts
+        self.identity = opts.lease.identity
         self.api = api
         self.source = KubernetesSource(store, api, options=opts.watch, on_watch_restart=on_watch_restart)
         self.elector = LeaderElector(api, opts.lease, on_change=self._leadership) if opts.leader_election else None
-        self.writer = StatusWriter(api, self.source, limits=opts.status, is_leader=self.is_leader) \
-            if opts.write_status else None
+        self.leading = asyncio.Event()  # set while this replica leads (always, without leader election)
+        if self.elector is None:
+            self.leading.set()
+        self.events = EventRecorder(api, self.source, instance=self.identity, limits=opts.events,
+                                    is_leader=self.is_leader) if opts.write_status else None
+        self.writer = StatusWriter(api, self.source, limits=opts.status, is_leader=self.is_leader,
+                                   on_recompute=self._problems) if opts.write_status else None
 
     @classmethod
     async def connect(cls, store: Store, opts: KubeOptions, *,
                       on_watch_restart: RestartHook | None = None) -> KubeMode:
         if opts.leader_election:
             opts.lease.check()
+        if not opts.lease.identity:
+            opts = dataclasses.replace(opts, lease=dataclasses.replace(opts.lease, identity=default_identity()))
         try:
-            api = await KubeApi.connect(opts.kubeconfig)
+            api = await KubeApi.connect(opts.kubeconfig, user_agent=user_agent(opts.lease.identity))
         except Exception as exc:  # kubernetes-asyncio raises ConfigException, OSError, yaml errors ...
             where = opts.kubeconfig or "in-cluster config or ~/.kube/config"
             raise SourceError(f"cannot configure the Kubernetes client from {where}: {exc}") from exc
@@ -67,8 +87,18 @@ class KubeMode:
                 "message": "leader election is off (--no-leader-election): this replica writes status"}
 
     def _leadership(self, leading: bool) -> None:
+        if leading:
+            self.leading.set()
+        else:
+            self.leading.clear()
         if self.writer is not None:
             self.writer.wake()
+        if self.events is not None:
+            self.events.wake()
+
+    def _problems(self, issues: Sequence[Issue], statuses: Sequence[ObjectStatus]) -> None:
+        if self.events is not None:
+            self.events.set_problems(problems_from(issues, statuses))
 
     async def initial_sync(self) -> None:
         await self.source.initial_sync()
@@ -80,6 +110,8 @@ class KubeMode:
             coros.append(self.elector.run())
         if self.writer is not None:
             coros.append(self.writer.run(proxy_status))
+        if self.events is not None:
+            coros.append(self.events.run())
         return coros
 
     def after_rebuild(self, statuses: Iterable[ObjectStatus], issues: Iterable[Issue]) -> None:

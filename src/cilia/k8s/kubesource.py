@@ -98,6 +98,7 @@ class ObservedObject:
     generation: int
     resource_version: str
     status: Mapping[str, Any] | None
+    uid: str = ""
 
 
 @dataclass(slots=True)
@@ -425,7 +426,7 @@ class KubernetesSource:
         gen = md.get("generation")
         observed = ObservedObject(st.spec.kind, ns, name, str(raw.get("apiVersion")),
                                   gen if isinstance(gen, int) else 0, str(md.get("resourceVersion") or ""),
-                                  status if isinstance(status, Mapping) else None)
+                                  status if isinstance(status, Mapping) else None, str(md.get("uid") or ""))
         return _Invalid(observed, issue)
 
     def _publish_issues(self) -> None:
@@ -446,4 +447,4 @@ def _metadata(raw: Mapping[str, Any]) -> Mapping[str, Any]:
 def _observe(obj: KubeObject) -> ObservedObject:
     status = obj.raw.get("status")
     return ObservedObject(obj.kind, obj.meta.namespace, obj.meta.name, obj.api_version, obj.meta.generation,
-                          obj.meta.resource_version, status if isinstance(status, Mapping) else None)
+                          obj.meta.resource_version, status if isinstance(status, Mapping) else None, obj.meta.uid)

@@ -266,7 +266,8 @@ class StatusWriter:
 
     def __init__(self, api: KubeApi, view: ObjectView, *, limits: WriteLimits | None = None,
                  is_leader: Callable[[], bool] = lambda: True, field_manager: str = "cilia",
-                 source: str = SOURCE, clock: Callable[[], float] = time.monotonic) -> None:
+                 source: str = SOURCE, clock: Callable[[], float] = time.monotonic,
+                 on_recompute: Callable[[Sequence[Issue], Sequence[ObjectStatus]], None] | None = None) -> None:
         self.api = api
         self.view = view
         self.limits = limits or WriteLimits()
@@ -274,6 +275,7 @@ class StatusWriter:
         self.field_manager = field_manager
         self.source = source
         self.clock = clock
+        self.on_recompute = on_recompute  # told the issues and desired statuses after each change (Events)
         self.stats = WriterStats()
         self._translated: dict[Key, ObjectStatus] = {}
         self._issues: tuple[Issue, ...] = ()
@@ -339,6 +341,8 @@ class StatusWriter:
                                   {**prev.status, "conditions": conds})
             desired[key] = st
         self._desired = desired
+        if self.on_recompute is not None:
+            self.on_recompute(self._issues, tuple(desired.values()))
 
     # -- planning ------------------------------------------------------------------------------------------
     def _plan(self, key: Key) -> _Plan | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -73,4 +74,12 @@ async def publish_ca_bundle(kube: Any, ca_source: Callable[[], CertificateAuthor
                 except KubeApiError as exc:
                     log.error("cannot set the caBundle of MutatingWebhookConfiguration %s: %s", WEBHOOK_CONFIG,
                               exc)
-        await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s)
+            continue
+        # A follower looks again when it becomes the leader, not an interval later.
+        leading = getattr(kube, "leading", None)
+        if isinstance(leading, asyncio.Event):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leading.wait(), interval_s)
+        else:
+            await asyncio.sleep(interval_s)

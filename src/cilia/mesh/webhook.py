@@ -21,9 +21,8 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +43,8 @@ nest MAX_NESTING_DEPTH levels; deeper bodies get HTTP 400 without being decoded.
 
 NamespaceLookup = Callable[[str], tuple[Mapping[str, str], Mapping[str, str]] | None]
 """namespace name -> (labels, annotations), or None when the namespace is not known."""
+NamespaceWait = Callable[[str], Awaitable[None]]
+"""Returns once the namespace is known to the lookup, or gives up (bounded) and returns anyway."""
 
 
 class ReviewError(Exception):
@@ -135,29 +136,20 @@ def _refused(cfg: InjectConfig, code: int, message: str) -> dict[str, Any]:
     return {"allowed": False, "status": {"status": "Failure", "code": code, "message": message}}
 
 
-async def _await_namespace(request: Mapping[str, Any], lookup: NamespaceLookup, within_s: float) -> None:
-    """Give the namespace of a pod being created up to `within_s` to reach `lookup` (a watch that lags
-    the API server by a moment must not decide "namespace says nothing" for its first pods)."""
-    namespace = request.get("namespace")
-    if within_s <= 0 or not isinstance(namespace, str) or not namespace or not _is_pod_create(request):
-        return
-    step = 0.05
-    for _ in range(max(1, math.ceil(within_s / step))):  # bounded poll: the store has no per-key event
-        if lookup(namespace) is not None:
-            return
-        await asyncio.sleep(step)
-
-
 def make_webhook_app(
     cfg: InjectConfig | Callable[[], InjectConfig],
     namespace_lookup: NamespaceLookup,
     *,
     max_body_bytes: int = MAX_REVIEW_BYTES,
-    namespace_wait_s: float = 0.0,
+    namespace_wait: NamespaceWait | None = None,
 ) -> web.Application:
     """The webhook as an aiohttp application: POST /mutate, GET /healthz. `cfg` may be a callable, read
-    per review (the CA bundle it carries changes on rotation). `namespace_wait_s`: how long a review may
-    wait for a namespace the lookup does not know yet (Kubernetes mode)."""
+    per review (the CA bundle it carries changes on rotation).
+
+    `namespace_wait` covers a namespace created just before its first Pod (one `kubectl apply` of both):
+    the API server admits the Pod before cilia's watch has delivered the namespace, whose labels decide
+    the mesh mode, so a Pod in a namespace not known yet waits for it (bounded) instead of being judged
+    without them."""
     config = cfg if callable(cfg) else (lambda: cfg)
 
     async def mutate(request: web.Request) -> web.Response:
@@ -167,7 +159,10 @@ def make_webhook_app(
         except ReviewError as exc:
             return _bad_request(str(exc))
         uid = review_request["uid"]
-        await _await_namespace(review_request, namespace_lookup, namespace_wait_s)
+        namespace = review_request.get("namespace")
+        if namespace_wait is not None and _is_pod_create(review_request) and isinstance(namespace, str) \
+                and namespace and namespace_lookup(namespace) is None:
+            await namespace_wait(namespace)
         try:
             response = _admit(review_request, cfg, namespace_lookup)
         except ReviewError as exc:

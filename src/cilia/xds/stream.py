@@ -434,7 +434,9 @@ class DeltaStream(BaseStream):
             # Legacy wildcard: the first request names nothing, in subscribe nor unsubscribe.
             st.wildcard = (not sub and not unsub) or WILDCARD in sub
             st.known = {n: v for n, v in initial_versions.items()}
-            st.force = False
+            # A first wildcard request is answered even when there is nothing to send: Envoy's initialization
+            # waits for that answer (15 s of initial_fetch_timeout per type otherwise).
+            st.force = st.wildcard
         elif WILDCARD in sub:
             st.wildcard = True
         if WILDCARD in unsub:
@@ -487,7 +489,7 @@ class DeltaStream(BaseStream):
 
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         updates, absent = self._diff(type_url, st, view)
-        return bool(updates or absent)
+        return bool(updates or absent) or st.force
 
     def _system_version(self, type_url: str, st: _TypeState, view: ProxyResources) -> str:
         if st.wildcard and not st.names:
@@ -496,10 +498,11 @@ class DeltaStream(BaseStream):
 
     async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
         updates, absent = self._diff(type_url, st, view)
-        if not updates and not absent:
+        if not updates and not absent and not st.force:
             st.answer.clear()
             self._note_in_sync(type_url, self._system_version(type_url, st, view))
             return None
+        st.force = False
         for r in updates:
             st.known[r.name] = r.version
         for n in absent:
