@@ -53,7 +53,8 @@ PLANNED = (
 EXPECTED_KINDS = {
     "namespace.yaml": ["Namespace", "Namespace"],
     "crds.yaml": ["CustomResourceDefinition", "CustomResourceDefinition"],
-    "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role", "RoleBinding"],
+    "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role", "RoleBinding",
+                  "Role", "RoleBinding"],
     "controlplane.yaml": ["Deployment", "Service", "Service", "PodDisruptionBudget"],
     "node-envoy.yaml": ["ServiceAccount", "DaemonSet"],
     "classes.yaml": ["IngressClass", "GatewayClass"],
