@@ -22,6 +22,9 @@ class Endpoint:
     port: int
     health: Health = "HEALTHY"
     hostname: str = ""
+    # Mesh: which inbound proxy terminates mesh mTLS for this endpoint: "sidecar" (its own sidecar),
+    # "node/NODE" (the node Envoy of NODE, reached through that node's agent); "" = none, plaintext.
+    mesh_tls: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,17 @@ class UpstreamTls:
     sni: str = ""
     ca_secret: str = ""  # SDS name of a validation context; empty = no verification
     alpn: tuple[str, ...] = ()
+    cert_secret: str = ""  # SDS name of the client certificate presented (mTLS)
+    san_prefix: str = ""  # the peer needs a URI SAN starting with this (e.g. spiffe://TD/)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMatch:
+    """Cluster transport socket for the endpoints whose `mesh_tls` equals `mesh_tls`; the others keep the
+    cluster's own (`upstream_tls`, or plaintext)."""
+
+    mesh_tls: str
+    tls: UpstreamTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,8 @@ class Cluster:
     dns_port: int = 0
     static_endpoints: tuple[Endpoint, ...] = ()
     upstream_tls: UpstreamTls | None = None
+    tls_matches: tuple[TlsMatch, ...] = ()
+    socket_mark: int = 0  # SO_MARK on upstream sockets (the eBPF agent leaves marked connects alone)
     sources: Sources = ()
 
 
@@ -194,6 +210,52 @@ class RouteConfig:
 class TlsTermination:
     secret_names: tuple[str, ...]  # SDS secret names (certificate + key)
     alpn: tuple[str, ...] = ("h2", "http/1.1")
+    # Client certificates: required and validated against this SDS trust bundle when set (mTLS) ...
+    client_ca_secret: str = ""
+    san_prefix: str = ""  # ... and their URI SAN must start with this (e.g. spiffe://TD/)
+
+
+# -- authorization (CiliumNetworkPolicy at the mesh inbound) ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class PeerMatch:
+    """The peer's verified identity (URI SAN of its mTLS certificate): `any` also matches peers without one."""
+
+    kind: Literal["any", "exact", "prefix"]
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequestMatch:
+    """Every given part must match: method, path (without query) and host are whole-value regexes."""
+
+    method: str = ""
+    path: str = ""
+    host: str = ""
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """One permission: `peers` (empty = nobody) may reach `ports` (inclusive ranges; empty = any) with
+    requests matching one of `http` (None = any traffic; () = no request, i.e. nothing)."""
+
+    name: str  # unique within its IngressAuthz; Envoy reports it for a denial
+    policy: str  # the object it comes from, "CiliumNetworkPolicy ns/name"
+    peers: tuple[PeerMatch, ...]
+    ports: tuple[tuple[int, int], ...] = ()
+    http: tuple[HttpRequestMatch, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressAuthz:
+    """Who may reach a workload. Deny rules are checked first (deny wins); with `default_deny`, what no
+    allow rule matches is denied too. `stat_prefix` names the Envoy counters of the denials."""
+
+    allow: tuple[AuthzRule, ...] = ()
+    deny: tuple[AuthzRule, ...] = ()
+    default_deny: bool = False
+    stat_prefix: str = ""
+    sources: Sources = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +277,9 @@ class HttpApp:
     use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
     strip_host_port: bool = False  # drop any :port from Host before routing (host matching, redirects)
     tracing: Tracing | None = None
+    # Mesh inbound: replace x-forwarded-client-cert with the verified peer's URI SAN (none: removed)
+    forward_client_cert: bool = False
+    authz: IngressAuthz | None = None  # RBAC filters before the router
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +287,7 @@ class TcpApp:
     backends: tuple[Backend, ...]
     stat_prefix: str = ""
     access_log: bool = True
+    authz: IngressAuthz | None = None  # RBAC network filters before the proxy (L4 rules only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +299,8 @@ class FilterChain:
     destination_port: int = 0
     tls: TlsTermination | None = None
     source_cidrs: tuple[str, ...] = ()  # client address match (mesh: which namespace a client pod is in)
+    transport_protocol: str = ""  # "raw_buffer" / "tls" match (set implicitly to "tls" by `tls`)
+    application_protocols: tuple[str, ...] = ()  # ALPN offered by the client (needs tls_inspector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +324,25 @@ class Secret:
     private_key: bytes = b""
     trusted_ca: bytes = b""
     sources: Sources = ()
+
+
+TRUST_BUNDLE_SECRET = "cilia-trust-bundle"  # SDS validation context: the CA roots of the mesh
+
+
+def workload_secret_name(namespace: str, service_account: str) -> str:
+    """SDS name of a workload certificate: `cilia-workload/NAMESPACE/SERVICE_ACCOUNT`."""
+    return f"cilia-workload/{namespace}/{service_account}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadCert:
+    """A workload certificate a bundle's proxies need, which no input holds: issued at run time by the CA
+    (cilia.security.workload) for `spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT` and served as the SDS
+    secret `secret`, next to the trust bundle secret (cilia.security.workload.TRUST_BUNDLE_SECRET)."""
+
+    secret: str
+    namespace: str
+    service_account: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +390,10 @@ class RedirectPolicy:
     services: tuple[RedirectService, ...]
     proxy_port: int = 0  # 0: the agent's --proxy-address
     inbound_port: int = 0  # 0: the agent's default (15006)
+    # Non-zero: proxies' connects to node-mode pods' IPs go to the node proxy's inbound listener on this
+    # port (mesh mTLS), except connects from sockets carrying `node_inbound_mark` (its own forwards).
+    node_inbound_port: int = 0
+    node_inbound_mark: int = 0
     sources: Sources = ()
 
 
@@ -384,6 +475,7 @@ class Bundle:
     raw: tuple[RawResource, ...] = ()
     redirect_policies: tuple[RedirectPolicy, ...] = ()
     extra: tuple[tuple[str, str, bytes], ...] = ()  # (type_url, name, serialized message) of cilia's own types
+    workload_certs: tuple[WorkloadCert, ...] = ()  # filled in as secrets after translation (not pure)
     sources: Sources = ()
 
 

@@ -15,6 +15,7 @@ from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gateway import translate_gateway
 from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
+from cilia.translate.policy import translate_policies
 from cilia.translate.redirect import translate_redirects
 from cilia.translate.services import translate_services
 from cilia.translate.telemetry import apply_telemetry
@@ -26,6 +27,7 @@ TRANSLATORS: tuple[Translator, ...] = (
     translate_services,
     translate_envoy_configs,
     translate_mesh,
+    translate_policies,
     translate_redirects,
     translate_ingresses,
     translate_gateway,
