@@ -67,6 +67,10 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
         source = getattr(view, "security", None)
         return _json(source() if source is not None else {})
 
+    async def identities(_: web.Request) -> web.Response:
+        source = getattr(view, "identities", None)
+        return _json(source() if source is not None else {"mesh_mtls": False, "proxies": {}})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -79,6 +83,7 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     app.router.add_get("/debug/issues", issues)
     app.router.add_get("/debug/agents", agents)
     app.router.add_get("/debug/security", security)
+    app.router.add_get("/debug/identities", identities)
     return app
 
 

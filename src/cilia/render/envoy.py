@@ -34,7 +34,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
@@ -423,7 +423,7 @@ def _request_permission(h: ir.HttpRequestMatch) -> rbac_pb2.Permission:
     if h.method:
         parts.append(_regex_header(":method", h.method))
     if h.path:
-        parts.append(rbac_pb2.Permission(url_path=string_pb2.PathMatcher(
+        parts.append(rbac_pb2.Permission(url_path=path_pb2.PathMatcher(
             path=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=h.path)))))
     if h.host:
         parts.append(_regex_header(":authority", h.host))
@@ -484,7 +484,7 @@ def _rbac_sets(authz: ir.IngressAuthz, http: bool) -> list[tuple[str, rbac_pb2.R
 
 def _http_rbac_filters(authz: ir.IngressAuthz) -> list[tuple[str, http_rbac_pb2.RBAC]]:
     return [("envoy.filters.http.rbac", http_rbac_pb2.RBAC(
-        rules=rules, rules_stat_prefix=f"{authz.stat_prefix}{suffix}_", track_per_rule_stats=True))
+        rules=rules, rules_stat_prefix=f"{authz.stat_prefix}{suffix}", track_per_rule_stats=True))
         for suffix, rules in _rbac_sets(authz, http=True)]
 
 

@@ -158,7 +158,7 @@ class _Compiler:
             peers = self.peers(obj, entry, clusterwide, report)
             port_rules = entry.to_ports or (None,)
             for j, pr in enumerate(port_rules):
-                name = f"{policy} {entry.path}" + (f".toPorts[{j}]" if pr is not None else "")
+                name = f"{policy.replace(' ', '/')}:{entry.path}" + (f".toPorts[{j}]" if pr is not None else "")
                 if pr is None:
                     out.append(AuthzRule(name, policy, peers))
                     continue
@@ -208,8 +208,7 @@ def compile_policies(snapshot: InputSnapshot, opts: TranslateOptions,
     issues: list[Issue] = []
     for obj in sorted(policies, key=lambda o: (o.kind, o.meta.namespace, o.meta.name)):
         spec: NetworkPolicySpec = obj.spec
-        policy = f"{obj.kind} {obj.meta.namespace}/{obj.meta.name}" if obj.meta.namespace else \
-            f"{obj.kind} {obj.meta.name}"
+        policy = str(obj.ref)
         report = _PolicyReport()
         for note in spec.not_enforced:
             report.notes[note.field] = note.message
