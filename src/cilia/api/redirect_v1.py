@@ -61,6 +61,9 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
             ("inbound_port", 4, _UINT32, _OPTIONAL, ""),
             ("pods", 5, _MESSAGE, _REPEATED, ".cilia.redirect.v1.MeshPod"),
             ("services", 6, _MESSAGE, _REPEATED, ".cilia.redirect.v1.MeshService"),
+            ("node_inbound_port", 7, _UINT32, _OPTIONAL, ""),
+            ("node_inbound_mark", 8, _UINT32, _OPTIONAL, ""),
+            ("node_inbound_address", 9, _STRING, _OPTIONAL, ""),
         ],
     ),
 ]

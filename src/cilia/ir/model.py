@@ -195,6 +195,7 @@ class VirtualHost:
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
     require_tls: bool = False  # redirect plain HTTP to HTTPS
+    authz: IngressAuthz | None = None  # RBAC rules for the listener's `HttpApp.rbac` filters (per route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,9 @@ class HttpApp:
     tracing: Tracing | None = None
     # Mesh inbound: replace x-forwarded-client-cert with the verified peer's URI SAN (none: removed)
     forward_client_cert: bool = False
-    authz: IngressAuthz | None = None  # RBAC filters before the router
+    # RBAC filters before the router (mesh inbound). They carry no rules of their own: the rules are the
+    # route configuration's (`VirtualHost.authz`), so a policy change reaches open connections too.
+    rbac: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +397,7 @@ class RedirectPolicy:
     # port (mesh mTLS), except connects from sockets carrying `node_inbound_mark` (its own forwards).
     node_inbound_port: int = 0
     node_inbound_mark: int = 0
+    node_inbound_address: str = ""  # empty: the node proxy's address
     sources: Sources = ()
 
 

@@ -343,6 +343,9 @@ def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
         v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
         if vh.require_tls:
             v.require_tls = route_components_pb2.VirtualHost.ALL
+        if vh.authz is not None:
+            for name, per in _per_route_rbac(vh.authz).items():
+                v.typed_per_filter_config[name].CopyFrom(pack(per))
         for r in vh.routes:
             v.routes.append(render_route(r))
     return out
@@ -375,8 +378,8 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
     hcm.codec_type = hcm_pb2.HttpConnectionManager.CodecType.Value(app.codec.upper())
     hcm.rds.route_config_name = app.route_config
     hcm.rds.config_source.CopyFrom(ads_source())
-    if app.authz is not None:
-        for name, rbac in _http_rbac_filters(app.authz):
+    if app.rbac:
+        for name, rbac in RBAC_FILTERS:
             hcm.http_filters.add(name=name, typed_config=pack(rbac))
     hcm.http_filters.add(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     if app.forward_client_cert:
@@ -457,41 +460,57 @@ def _rule_policy(rule: ir.AuthzRule, http: bool) -> rbac_pb2.Policy | None:
     return rbac_pb2.Policy(permissions=[perm], principals=[_principal(p) for p in rule.peers])
 
 
-def _rbac_sets(authz: ir.IngressAuthz, http: bool) -> list[tuple[str, rbac_pb2.RBAC]]:
-    """(stat suffix, rules) per RBAC filter: one DENY filter per policy with deny rules (so each policy's
-    denials count apart), then, with default deny, one ALLOW filter holding every allow rule."""
-    out: list[tuple[str, rbac_pb2.RBAC]] = []
-    by_policy: dict[str, list[ir.AuthzRule]] = {}
-    for rule in authz.deny:
-        by_policy.setdefault(rule.policy, []).append(rule)
-    for policy, rules in by_policy.items():
+def _rbac_sets(authz: ir.IngressAuthz, http: bool) -> tuple[rbac_pb2.RBAC | None, rbac_pb2.RBAC | None]:
+    """(deny, allow) rules: the deny rules (DENY: a match is refused), then with default deny the allow
+    rules (ALLOW: no match is refused; no rules at all refuses everything). None: that check is off."""
+    deny = None
+    if authz.deny:
         deny = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
-        for rule in rules:
+        for rule in authz.deny:
             pol = _rule_policy(rule, http)
             if pol is not None:
                 deny.policies[rule.name].CopyFrom(pol)
-        if deny.policies:
-            out.append((f"deny_{policy_stat_name(policy)}", deny))
+    allow = None
     if authz.default_deny:
-        allow = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)  # no policies at all: everything is denied
+        allow = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
         for rule in authz.allow:
             pol = _rule_policy(rule, http)
             if pol is not None:
                 allow.policies[rule.name].CopyFrom(pol)
-        out.append(("default_deny", allow))
+    return deny, allow
+
+
+# The HTTP RBAC filters of a mesh inbound HCM (`HttpApp.rbac`): rules-less (off) at the listener; each
+# virtual host's `typed_per_filter_config` brings the pod's rules (RDS), so policy changes reach requests
+# on connections opened before them. Denials count as http.<hcm>.rbac.<prefix>.denied, and per rule as
+# http.<hcm>.rbac.<prefix>.policy.<rule>.{allowed,denied} (rules are named after their policy).
+RBAC_DENY_FILTER, RBAC_ALLOW_FILTER = "cilia.rbac.deny", "cilia.rbac.default-deny"
+RBAC_STAT_PREFIX = {RBAC_DENY_FILTER: "policy_deny", RBAC_ALLOW_FILTER: "policy_default_deny"}
+RBAC_FILTERS = tuple((name, http_rbac_pb2.RBAC(rules_stat_prefix=prefix, track_per_rule_stats=True))
+                     for name, prefix in RBAC_STAT_PREFIX.items())
+
+
+def _per_route_rbac(authz: ir.IngressAuthz) -> dict[str, http_rbac_pb2.RBACPerRoute]:
+    deny, allow = _rbac_sets(authz, http=True)
+    out = {}
+    for name, rules in ((RBAC_DENY_FILTER, deny), (RBAC_ALLOW_FILTER, allow)):
+        per = http_rbac_pb2.RBACPerRoute()  # without `rbac`: the filter is off for these routes
+        if rules is not None:
+            per.rbac.CopyFrom(http_rbac_pb2.RBAC(rules=rules, rules_stat_prefix=RBAC_STAT_PREFIX[name],
+                                                 track_per_rule_stats=True))
+        out[name] = per
     return out
 
 
-def _http_rbac_filters(authz: ir.IngressAuthz) -> list[tuple[str, http_rbac_pb2.RBAC]]:
-    return [("envoy.filters.http.rbac", http_rbac_pb2.RBAC(
-        rules=rules, rules_stat_prefix=f"{authz.stat_prefix}{suffix}", track_per_rule_stats=True))
-        for suffix, rules in _rbac_sets(authz, http=True)]
-
-
 def _network_rbac_filters(authz: ir.IngressAuthz, stat: str) -> list[listener_components_pb2.Filter]:
-    return [listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(
-        network_rbac_pb2.RBAC(rules=rules, stat_prefix=f"{stat}.{authz.stat_prefix}{suffix}.")))
-        for suffix, rules in _rbac_sets(authz, http=False)]
+    """L4 rules on a TCP chain (checked when a connection opens). Denials count as
+    <chain stat>.policy_deny.rbac.denied / <chain stat>.policy_default_deny.rbac.denied."""
+    out = []
+    for name, rules in zip(RBAC_STAT_PREFIX.values(), _rbac_sets(authz, http=False), strict=True):
+        if rules is not None:
+            out.append(listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(
+                network_rbac_pb2.RBAC(rules=rules, stat_prefix=f"{stat}.{name}."))))
+    return out
 
 
 def _tcp_filter(app: ir.TcpApp, chain_name: str) -> listener_components_pb2.Filter:

@@ -474,8 +474,8 @@ def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateO
         rc: RouteConfig | None = None
         if http:
             rc = RouteConfig(cname, (VirtualHost(cname, ("*",), (Route(
-                "default", RouteMatch(), backends=(Backend(cname),), timeout_ms=0),)),))
-            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=tls is not None, authz=authz)
+                "default", RouteMatch(), backends=(Backend(cname),), timeout_ms=0),), authz=authz),))
+            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=tls is not None, rbac=True)
         else:
             app = TcpApp((Backend(cname),), stat_prefix=stat, authz=authz)
         if tls is not None:

@@ -176,10 +176,12 @@ INBOUND_FORWARD_CLUSTERS: tuple[Cluster, ...] = tuple(
     for proto, name in INBOUND_FORWARD.items())
 
 
-def _forward_route(proto: str) -> RouteConfig:
+def _forward_route(pod: MeshPod, proto: str, authz: IngressAuthz | None) -> RouteConfig:
+    """The pod's own route configuration (its policy rides on it), forwarding to the original destination."""
     cluster = INBOUND_FORWARD[proto]
     route = Route("default", RouteMatch(), backends=(Backend(cluster),), timeout_ms=0)
-    return RouteConfig(f"inbound|node|{proto}", (VirtualHost(cluster, ("*",), (route,)),))
+    return RouteConfig(f"inbound|node|{pod.key}|{proto}", (VirtualHost(cluster, ("*",), (route,), authz=authz),),
+                       (pod.ref,))
 
 
 def node_inbound(node: str, pods: list[MeshPod], authz: Mapping[str, IngressAuthz],
@@ -191,7 +193,7 @@ def node_inbound(node: str, pods: list[MeshPod], authz: Mapping[str, IngressAuth
     name of the pod's workload certificate (the server side of the handshake)."""
     td = opts.mesh_trust_domain
     chains: list[FilterChain] = []
-    routes = {p: _forward_route(p) for p in ("http1", "http2")}
+    routes: list[RouteConfig] = []
     for pod in sorted(pods, key=lambda p: p.key):
         if not pod.ips:
             continue
@@ -201,7 +203,9 @@ def node_inbound(node: str, pods: list[MeshPod], authz: Mapping[str, IngressAuth
         stat = f"inbound_{pod.namespace}_{pod.name}"
         tls = downstream_tls(td, cert_of[pod.key])
         for alpn, proto in ((ALPN_HTTP1, "http1"), (ALPN_H2, "http2")):
-            app = HttpApp(routes[proto].name, stat_prefix=stat, forward_client_cert=True, authz=az)
+            rc = _forward_route(pod, proto, az)
+            routes.append(rc)
+            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=True, rbac=True)
             chains.append(FilterChain(f"{base}|{proto}", app, destination_cidrs=cidrs, tls=tls,
                                       application_protocols=(alpn,)))
         chains.append(FilterChain(f"{base}|tcp", TcpApp((Backend(INBOUND_FORWARD["tcp"]),), stat_prefix=f"{stat}_tcp",
@@ -228,4 +232,4 @@ def node_inbound(node: str, pods: list[MeshPod], authz: Mapping[str, IngressAuth
     listener = Listener(name, opts.mesh_node_inbound_address, opts.mesh_inbound_port, tuple(chains),
                         default_chain=default, listener_filters=("original_dst", "tls_inspector"),
                         sources=tuple(p.ref for p in pods), direction="inbound")
-    return listener, list(routes.values()), list(INBOUND_FORWARD_CLUSTERS)
+    return listener, routes, list(INBOUND_FORWARD_CLUSTERS)
