@@ -60,6 +60,7 @@ class HttpRule:
     path: str = ""
     host: str = ""
     headers: tuple[tuple[str, str | None], ...] = ()  # (name, value or None = present)
+    unenforced: bool = False  # has parts cilia does not enforce (headerMatches): matches no request
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +160,16 @@ def _parse_header(raw: Any, path: str) -> tuple[str, str | None]:
     return name.lower(), value.strip() if sep else None
 
 
+_NOT_RE2 = re.compile(r"\(\?[=!<]|\\[1-9]")  # lookaround and backreferences: Envoy's RE2 has neither
+
+
 def _check_regex(value: str, path: str) -> str:
     try:
         re.compile(value)
     except re.error as exc:
         raise ValidationError(path, f"{value!r} is not a valid regular expression: {exc}") from None
+    if _NOT_RE2.search(value):
+        raise ValidationError(path, f"{value!r} uses lookaround or a backreference, which RE2 (Envoy) does not support")
     return value
 
 
@@ -171,12 +177,13 @@ def _parse_http(raw: Any, path: str, notes: list[NotEnforced]) -> HttpRule:
     r = as_map(raw, path)
     headers = tuple(_parse_header(h, f"{path}.headers[{i}]") for i, h in enumerate(as_list(r.get("headers"),
                                                                                           f"{path}.headers")))
-    if r.get("headerMatches"):
+    unenforced = bool(r.get("headerMatches"))
+    if unenforced:
         notes.append(NotEnforced(f"{path}.headerMatches", "headerMatches (with mismatch actions and secrets) is not "
                                  "enforced; this HTTP rule matches no request"))
     return HttpRule(_check_regex(get_str(r, "method", path), f"{path}.method"),
                     _check_regex(get_str(r, "path", path), f"{path}.path"),
-                    _check_regex(get_str(r, "host", path), f"{path}.host"), headers)
+                    _check_regex(get_str(r, "host", path), f"{path}.host"), headers, unenforced)
 
 
 _UNENFORCED_PORT_FIELDS = {

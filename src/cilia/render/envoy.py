@@ -344,7 +344,7 @@ def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
         if vh.require_tls:
             v.require_tls = route_components_pb2.VirtualHost.ALL
         if vh.authz is not None:
-            for name, per in _per_route_rbac(vh.authz).items():
+            for name, per in render_route_rbac(vh.authz).items():
                 v.typed_per_filter_config[name].CopyFrom(pack(per))
         for r in vh.routes:
             v.routes.append(render_route(r))
@@ -402,13 +402,6 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
 
 
 # -- authorization ------------------------------------------------------------------------------------
-def policy_stat_name(policy: str) -> str:
-    """`CiliumNetworkPolicy ns/name` -> `cnp_ns_name` (stat names and RBAC policy names)."""
-    kind, _, ref = policy.partition(" ")
-    short = {"CiliumNetworkPolicy": "cnp", "CiliumClusterwideNetworkPolicy": "ccnp"}.get(kind, kind.lower())
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{short}_{ref.strip('/')}" if ref else short)
-
-
 def _principal(p: ir.PeerMatch) -> rbac_pb2.Principal:
     if p.kind == "any":
         return rbac_pb2.Principal(any=True)
@@ -490,7 +483,7 @@ RBAC_FILTERS = tuple((name, http_rbac_pb2.RBAC(rules_stat_prefix=prefix, track_p
                      for name, prefix in RBAC_STAT_PREFIX.items())
 
 
-def _per_route_rbac(authz: ir.IngressAuthz) -> dict[str, http_rbac_pb2.RBACPerRoute]:
+def render_route_rbac(authz: ir.IngressAuthz) -> dict[str, http_rbac_pb2.RBACPerRoute]:
     deny, allow = _rbac_sets(authz, http=True)
     out = {}
     for name, rules in ((RBAC_DENY_FILTER, deny), (RBAC_ALLOW_FILTER, allow)):
@@ -502,7 +495,7 @@ def _per_route_rbac(authz: ir.IngressAuthz) -> dict[str, http_rbac_pb2.RBACPerRo
     return out
 
 
-def _network_rbac_filters(authz: ir.IngressAuthz, stat: str) -> list[listener_components_pb2.Filter]:
+def render_network_rbac(authz: ir.IngressAuthz, stat: str) -> list[listener_components_pb2.Filter]:
     """L4 rules on a TCP chain (checked when a connection opens). Denials count as
     <chain stat>.policy_deny.rbac.denied / <chain stat>.policy_default_deny.rbac.denied."""
     out = []
@@ -563,7 +556,7 @@ def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterCha
         out.filters.append(_http_filter(fc.app, fc.name))
     else:
         if fc.app.authz is not None:
-            out.filters.extend(_network_rbac_filters(fc.app.authz, fc.app.stat_prefix or fc.name.replace("/", "_")))
+            out.filters.extend(render_network_rbac(fc.app.authz, fc.app.stat_prefix or fc.name.replace("/", "_")))
         out.filters.append(_tcp_filter(fc.app, fc.name))
     return out
 

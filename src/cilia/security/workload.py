@@ -41,13 +41,14 @@ class Issued:
     uri: str
     cert_pem: bytes
     key_pem: bytes
-    issued_at: float  # time.time()
-    not_after: float  # time.time() scale
+    issued_at: float  # on the component's clock
+    life_s: float  # from issuing to notAfter
+    not_after: dt.datetime
     ca_serial: int  # the CA certificate that signed it
 
     @property
     def renew_at(self) -> float:
-        return self.issued_at + (self.not_after - self.issued_at) * RENEW_FRACTION
+        return self.issued_at + self.life_s * RENEW_FRACTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,8 @@ class WorkloadCertificates:
             return found
         uri = workload_uri(ca.trust_domain, namespace, sa)
         leaf = ca.issue(uris=[uri], ttl=self.ttl, server=True, client=True)
-        issued = Issued(namespace, sa, uri, leaf.cert_pem, leaf.key_pem, now, leaf.not_after.timestamp(),
+        life = max(1.0, (leaf.not_after - dt.datetime.now(dt.UTC)).total_seconds())  # capped by the CA's own life
+        issued = Issued(namespace, sa, uri, leaf.cert_pem, leaf.key_pem, now, life, leaf.not_after,
                         ca.cert.serial_number)
         self._certs[key] = issued
         self.issued_total += 1
@@ -118,8 +120,7 @@ class WorkloadCertificates:
                     used.add((wc.namespace, wc.service_account))
                     secrets.append(Secret(wc.secret, certificate_chain=issued.cert_pem, private_key=issued.key_pem,
                                           sources=(f"ServiceAccount {wc.namespace}/{wc.service_account}",)))
-                    shown.append(Served(wc.secret, issued.uri, _serial(issued.cert_pem),
-                                        dt.datetime.fromtimestamp(issued.not_after, dt.UTC).isoformat()))
+                    shown.append(Served(wc.secret, issued.uri, _serial(issued.cert_pem), issued.not_after.isoformat()))
                 key = f"{b.key}|workload-certs"
                 extra.append(Bundle(key, b.scope, secrets=tuple(secrets), sources=b.sources))
                 served[b.key] = tuple(shown)
@@ -176,9 +177,8 @@ class WorkloadCertificates:
         with self._lock:
             certs = sorted(self._certs.values(), key=lambda c: c.uri)
         return {"issued_total": self.issued_total,
-                "certificates": [{"uri": c.uri, "serial": _serial(c.cert_pem),
-                                  "not_after": dt.datetime.fromtimestamp(c.not_after, dt.UTC).isoformat(),
-                                  "renew_at": dt.datetime.fromtimestamp(c.renew_at, dt.UTC).isoformat()}
+                "certificates": [{"uri": c.uri, "serial": _serial(c.cert_pem), "not_after": c.not_after.isoformat(),
+                                  "renew_in_s": round(c.renew_at - self.clock(), 1)}
                                  for c in certs]}
 
 

@@ -156,6 +156,8 @@ class _Compiler:
             if not entry.has_l3 and not entry.to_ports:
                 continue  # `{}`: matches nothing
             peers = self.peers(obj, entry, clusterwide, report)
+            if not peers:
+                continue  # nobody it can identify: matches nothing
             port_rules = entry.to_ports or (None,)
             for j, pr in enumerate(port_rules):
                 name = f"{policy.replace(' ', '/')}:{entry.path}" + (f".toPorts[{j}]" if pr is not None else "")
@@ -168,7 +170,7 @@ class _Compiler:
                 http = None if pr.http is None else tuple(
                     HttpRequestMatch(h.method, h.path, h.host,
                                      tuple(HeaderMatch(n, "present") if v is None else HeaderMatch(n, "exact", v)
-                                           for n, v in h.headers)) for h in pr.http)
+                                           for n, v in h.headers)) for h in pr.http if not h.unenforced)
                 out.append(AuthzRule(name, policy, peers, ports, http))
         return out
 
