@@ -18,9 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import re
 import ssl
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,23 @@ def service(name: str, vip: str, port: int, target: int, selector: str, backend_
              "metadata": {"name": f"{name}-1", "namespace": "pay", "labels": {"kubernetes.io/service-name": name}},
              "addressType": "IPv4", "ports": [{"name": "http", "port": target}],
              "endpoints": [{"addresses": [backend_ip], "conditions": {"ready": True}}]}]
+
+
+DENY_OTHER = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+              "metadata": {"name": "server-no-other", "namespace": "pay"},
+              "spec": {"endpointSelector": {"matchLabels": {"app": "server"}},
+                       "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "other"}}]}]}}
+
+
+def denials(cp: ControlPlaneThread) -> dict[tuple[str, str], float]:
+    """cilia_policy_denials_total from cilia's /metrics: (policy, reason) -> count."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{cp.admin_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for m in re.finditer(r'^cilia_policy_denials_total\{([^}]*)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        out[(labels["policy"], labels["reason"])] = float(m.group(2))
+    return out
 
 
 def allow_get_public(port: int) -> dict[str, Any]:
@@ -198,7 +217,7 @@ def test_inbound_terminates_mtls_sets_xfcc_and_enforces_policy(mesh: Mesh, tmp_p
                 namespace(mtls), pod("client", CLIENT_IP, "client-sa", client_app),
                 pod("other", OTHER_IP, "other-sa", "other"),
                 pod("server", SERVER_IP, "server-sa", "server", [{"name": "http", "containerPort": app.port}]),
-                *([allow_get_public(app.port)] if policy else [])))
+                *([allow_get_public(app.port), DENY_OTHER] if policy else [])))
 
         write("permissive", policy=False)
         cp = mesh.control_plane()
@@ -245,10 +264,15 @@ def test_inbound_terminates_mtls_sets_xfcc_and_enforces_policy(mesh: Mesh, tmp_p
             assert call("GET", SERVER_IP, app.port, "/public", as_other)[0] == 403
             assert call("GET", SERVER_IP, app.port, "/public", None)[0] == 403  # plaintext: no identity
             denied = server.stats("rbac")
-            assert denied.get(f"http.inbound_{app.port}.rbac.policy_default_deny.denied", 0) == 4, denied
+            assert denied.get(f"http.inbound_{app.port}.rbac.policy_default_deny.denied", 0) == 3, denied
+            assert denied.get(f"http.inbound_{app.port}.rbac.policy_deny.denied", 0) == 1, denied  # deny wins
             st = [s for s in cp.admin_json("/debug/status") if s["kind"] == "CiliumNetworkPolicy"]
             assert [(s["metadata"]["name"], s["status"]["selectedPods"], s["status"]["enforcedPods"]) for s in st] \
-                == [("server-public", 1, 1)], st
+                == [("server-no-other", 1, 1), ("server-public", 1, 1)], st
+            # cilia counts the denials per policy from the inbound proxy's denial log.
+            public, no_other = "CiliumNetworkPolicy pay/server-public", "CiliumNetworkPolicy pay/server-no-other"
+            server.wait_for(lambda: denials(cp) == {(public, "default-deny"): 3, (no_other, "default-deny"): 3,
+                                                    (no_other, "deny"): 1}, timeout=5, what="denials counted")
             assert st[0]["status"]["conditions"][0]["status"] == "True"
 
             # A label change on the client pod flips the outcome within SETTLE_S.

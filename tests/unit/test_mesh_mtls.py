@@ -248,3 +248,18 @@ def test_node_inbound_capture_is_in_the_agent_policy_only_with_mtls() -> None:
     assert r.errors == ()
     assert r.plan.inbound == (InboundPlan("127.1.0.1", 0, Endpoint("127.0.0.1", 15006), 0),)
     assert r.plan.inbound_mark == 0xC1A0
+
+
+def test_denials_are_counted_per_policy() -> None:
+    from cilia.obs.metrics import XdsMetrics
+
+    m = XdsMetrics()
+    m.access_denied("sidecar~pay/server", "CiliumNetworkPolicy/pay/no-other:spec.ingressDeny[0]", "x")
+    m.access_denied("node~n1", "CiliumClusterwideNetworkPolicy/guard:specs[1].ingressDeny[0]", "x")
+    m.access_denied("sidecar~pay/server", "none", "CiliumNetworkPolicy pay/a,CiliumClusterwideNetworkPolicy b")
+    m.access_denied("sidecar~pay/server", "none", "default")
+    assert m.policy_denials == {("CiliumNetworkPolicy pay/no-other", "deny"): 1,
+                                ("CiliumClusterwideNetworkPolicy guard", "deny"): 1,
+                                ("CiliumNetworkPolicy pay/a", "default-deny"): 1,
+                                ("CiliumClusterwideNetworkPolicy b", "default-deny"): 1,
+                                ("(unknown)", "default-deny"): 1}

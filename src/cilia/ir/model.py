@@ -283,6 +283,9 @@ class HttpApp:
     # RBAC filters before the router (mesh inbound). They carry no rules of their own: the rules are the
     # route configuration's (`VirtualHost.authz`), so a policy change reaches open connections too.
     rbac: bool = False
+    # gRPC access log of RBAC denials (status 403) to this cluster, the bootstrap's xDS cluster: cilia
+    # counts them per policy (cilia_policy_denials_total). Empty: none.
+    denial_log_cluster: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -362,6 +363,24 @@ def access_log() -> accesslog_pb2.AccessLog:
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(cfg))
 
 
+DENIAL_LOG_NAME = "cilia-rbac-denials"
+
+
+@functools.cache
+def denial_log(cluster: str) -> accesslog_pb2.AccessLog:
+    """Requests answered 403 go to cilia over gRPC (AccessLogService); it counts RBAC denials per policy
+    from their response code details (`rbac_access_denied_matched_policy[RULE]`) and route name."""
+    cfg = als_pb2.HttpGrpcAccessLogConfig(common_config=als_pb2.CommonGrpcAccessLogConfig(
+        log_name=DENIAL_LOG_NAME, transport_api_version=config_source_pb2.V3,
+        grpc_service=grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+            cluster_name=cluster))))
+    status = accesslog_pb2.StatusCodeFilter(comparison=accesslog_pb2.ComparisonFilter(
+        op=accesslog_pb2.ComparisonFilter.EQ, value=base_pb2.RuntimeUInt32(default_value=403,
+                                                                         runtime_key="cilia.denial_log_status")))
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(cfg),
+                                   filter=accesslog_pb2.AccessLogFilter(status_code_filter=status))
+
+
 def render_tracing(t: ir.Tracing) -> hcm_pb2.HttpConnectionManager.Tracing:
     """HCM tracing with Envoy's OpenTelemetry tracer exporting over gRPC to `t.collector_cluster`."""
     otel = opentelemetry_pb2.OpenTelemetryConfig(service_name=t.service_name)
@@ -395,6 +414,8 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
         hcm.strip_any_host_port = True
     if app.access_log:
         hcm.access_log.append(access_log())
+    if app.denial_log_cluster:
+        hcm.access_log.append(denial_log(app.denial_log_cluster))
     if app.tracing is not None:
         hcm.tracing.CopyFrom(render_tracing(app.tracing))
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",

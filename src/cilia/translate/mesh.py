@@ -98,10 +98,12 @@ from cilia.translate.gamma import mesh_routes_for
 from cilia.translate.meshpods import MeshPod, mesh_pods
 from cilia.translate.meshtls import (
     SIDECAR_WORKLOAD_SECRET,
+    XDS_CLUSTER,
     Identity,
     MtlsMode,
     MtlsOutbound,
     downstream_tls,
+    inbound_route_name,
     mtls_mode,
     node_inbound,
 )
@@ -474,8 +476,9 @@ def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateO
         rc: RouteConfig | None = None
         if http:
             rc = RouteConfig(cname, (VirtualHost(cname, ("*",), (Route(
-                "default", RouteMatch(), backends=(Backend(cname),), timeout_ms=0),), authz=authz),))
-            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=tls is not None, rbac=True)
+                inbound_route_name(authz), RouteMatch(), backends=(Backend(cname),), timeout_ms=0),), authz=authz),))
+            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=tls is not None, rbac=True,
+                          denial_log_cluster=XDS_CLUSTER)
         else:
             app = TcpApp((Backend(cname),), stat_prefix=stat, authz=authz)
         if tls is not None:

@@ -56,6 +56,7 @@ SIDECAR_WORKLOAD_SECRET = "cilia-workload"  # a sidecar's own identity (one per 
 # back to the inbound listener.
 INBOUND_MARK = 0xC1A0
 NODE_INBOUND_LISTENER = "inbound|node"
+XDS_CLUSTER = "cilia-xds"  # the bootstrap's xDS cluster (cilia.mesh.bootstrap): denial logs go there
 INBOUND_FORWARD = {"tcp": "mesh|inbound|tcp", "http1": "mesh|inbound|http1", "http2": "mesh|inbound|http2"}
 BLACKHOLE = "mesh|blackhole"
 
@@ -176,10 +177,15 @@ INBOUND_FORWARD_CLUSTERS: tuple[Cluster, ...] = tuple(
     for proto, name in INBOUND_FORWARD.items())
 
 
+def inbound_route_name(authz: IngressAuthz | None) -> str:
+    """The policies in force name the inbound route, so a denial log entry says whose default deny it was."""
+    return ",".join(authz.sources) if authz is not None and authz.sources else "default"
+
+
 def _forward_route(pod: MeshPod, proto: str, authz: IngressAuthz | None) -> RouteConfig:
     """The pod's own route configuration (its policy rides on it), forwarding to the original destination."""
     cluster = INBOUND_FORWARD[proto]
-    route = Route("default", RouteMatch(), backends=(Backend(cluster),), timeout_ms=0)
+    route = Route(inbound_route_name(authz), RouteMatch(), backends=(Backend(cluster),), timeout_ms=0)
     return RouteConfig(f"inbound|node|{pod.key}|{proto}", (VirtualHost(cluster, ("*",), (route,), authz=authz),),
                        (pod.ref,))
 
@@ -205,7 +211,8 @@ def node_inbound(node: str, pods: list[MeshPod], authz: Mapping[str, IngressAuth
         for alpn, proto in ((ALPN_HTTP1, "http1"), (ALPN_H2, "http2")):
             rc = _forward_route(pod, proto, az)
             routes.append(rc)
-            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=True, rbac=True)
+            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=True, rbac=True,
+                          denial_log_cluster=XDS_CLUSTER)
             chains.append(FilterChain(f"{base}|{proto}", app, destination_cidrs=cidrs, tls=tls,
                                       application_protocols=(alpn,)))
         chains.append(FilterChain(f"{base}|tcp", TcpApp((Backend(INBOUND_FORWARD["tcp"]),), stat_prefix=f"{stat}_tcp",
