@@ -388,7 +388,7 @@ class ControlPlane:
         listeners = [{"transport": t, "address": a, "insecure": i} for t, a, i in self._xds_listeners()]
         out: dict[str, Any] = {"xds": listeners, "admin": self.opts.admin_address,
                                "admin_insecure": not is_loopback_host(split_hostport(self.opts.admin_address)[0]),
-                               "denied_streams": self.xds.denied}
+                               "denied_streams": self.xds.denied, "mesh_mtls": self.workloads is not None}
         if self.ca_source is not None:
             ca = self.ca_source()
             out["trust_domain"] = ca.trust_domain

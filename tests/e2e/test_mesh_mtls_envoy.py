@@ -20,6 +20,8 @@ import http.client
 import json
 import re
 import ssl
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -348,6 +350,13 @@ def test_outbound_wraps_mesh_endpoints_in_mtls_with_the_source_identity(mesh: Me
         mine = ids["proxies"]["sidecar~pay/client"]
         assert [i["identity"] for i in mine] == [f"spiffe://{TD}/ns/pay/sa/client-sa"]
         assert mine[0]["serial"] == f"{x509.load_der_x509_certificate(seen['peer_cert']).serial_number:x}"
+        # `cilia status` lists it, with its expiry.
+        out = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{cp.admin_port}"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        assert f"MESH mTLS: on (trust domain {TD})" in out, out
+        row = next(line.split() for line in out.splitlines() if line.startswith("sidecar~pay/client ") and
+                   "spiffe://" in line)
+        assert row[1:4] == [f"spiffe://{TD}/ns/pay/sa/client-sa", mine[0]["not_after"], mine[0]["serial"]], out
     finally:
         if client is not None:
             client.stop()
