@@ -70,6 +70,7 @@ class ServeOptions:
     trust_domain: str = "cluster.local"  # for a CA that Kubernetes mode creates
     cert_issuer_address: str | None = None  # Kubernetes mode: TokenReview-based certificate issuance (HTTPS)
     issuance: Any = None  # cilia.security.issuer.IssuancePolicy
+    workload_cert_ttl_s: float = 86400.0  # mesh workload certificates (renewed at 2/3 of their life)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -153,6 +154,7 @@ class ControlPlane:
         self.webhook_port = 0
         self.issuer_port = 0
         self.ca_source: Any = None  # () -> CertificateAuthority, when a CA is configured
+        self.workloads: Any = None  # cilia.security.workload.WorkloadCertificates, with a CA (mesh mTLS)
         self._inject_memo: Any = None
         self._changed = asyncio.Event()
         self._namespaces_changed = asyncio.Event()
@@ -183,7 +185,8 @@ class ControlPlane:
         with batch.stage("translate"):
             result = translate(snapshot, self.opts.translate, self.result)
         with batch.stage("render"):
-            world = render_world(result.ir, self.render_cache, snapshot.revision)
+            model = result.ir if self.workloads is None else self.workloads.apply(result.ir)
+            world = render_world(model, self.render_cache, snapshot.revision)
         return result, world
 
     def rebuild(self, first_event_at: float | None = None, kinds: frozenset[str] = frozenset()) -> None:
@@ -329,6 +332,7 @@ class ControlPlane:
             self.ca_source = holder
         if self.ca_source is None:
             return None
+        self._setup_mesh_mtls()
         if o.xds_tls_address:
             self.xds.tls = ServerTls(self.ca_source, o.xds_tls_names)
         self.xds.authorizer = Authorizer(self.ca_source().trust_domain, self._pod_service_account)
@@ -338,6 +342,43 @@ class ControlPlane:
             self._tls_renewals.append(publish_ca_bundle(self.kube, self.ca_source, self.kube.opts.lease.namespace,
                                                         webhook=bool(o.webhook_address and o.webhook_cert_from_ca)))
         return holder
+
+    def _setup_mesh_mtls(self) -> None:
+        """With a CA the mesh runs mTLS: the translator learns the trust domain, and workload certificates
+        are issued and renewed here (a renewal asks for a rebuild, which serves the new secrets)."""
+        import dataclasses
+        import datetime as dt
+
+        from cilia.security.workload import WorkloadCertificates
+
+        ttl = dt.timedelta(seconds=self.opts.workload_cert_ttl_s)
+        self.workloads = WorkloadCertificates(self.ca_source, ttl)
+        translate_opts = dataclasses.replace(self.opts.translate, mesh_trust_domain=self.ca_source().trust_domain)
+        self.opts = dataclasses.replace(self.opts, translate=translate_opts)
+
+        def rebuild() -> None:
+            if not self._changed.is_set():
+                self._first_change = time.monotonic()
+            self._last_change = time.monotonic()
+            self._changed.set()
+
+        self._tls_renewals.append(self.workloads.run(rebuild))
+
+    def identities(self) -> dict[str, Any]:
+        """/debug/identities: mesh mTLS state and, per proxy, the workload identities it is served."""
+        if self.workloads is None:
+            return {"mesh_mtls": False, "message": "no CA configured (--ca-dir, or Kubernetes mode with mTLS): "
+                                                   "mesh traffic between proxies is plaintext", "proxies": {}}
+        world = self.cache.world
+        out: dict[str, Any] = {}
+        for pid in self.status.proxies:
+            proxy = ProxyId.parse(pid)
+            served = self.workloads.served_by(lambda s, p=proxy: s.matches(p.role, p.name, world.node_labels))
+            if served:
+                out[pid] = [{"secret": s.secret, "identity": s.uri, "serial": s.serial, "not_after": s.not_after}
+                            for s in served]
+        return {"mesh_mtls": True, "trust_domain": self.workloads.trust_domain, "proxies": out,
+                **self.workloads.summary()}
 
     def _pod_service_account(self, namespace: str, pod: str) -> str | None:
         obj = self.store.get("Pod", namespace, pod)
@@ -359,7 +400,7 @@ class ControlPlane:
         listeners = [{"transport": t, "address": a, "insecure": i} for t, a, i in self._xds_listeners()]
         out: dict[str, Any] = {"xds": listeners, "admin": self.opts.admin_address,
                                "admin_insecure": not is_loopback_host(split_hostport(self.opts.admin_address)[0]),
-                               "denied_streams": self.xds.denied}
+                               "denied_streams": self.xds.denied, "mesh_mtls": self.workloads is not None}
         if self.ca_source is not None:
             ca = self.ca_source()
             out["trust_domain"] = ca.trust_domain

@@ -41,7 +41,15 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh-inbound-address", default="0.0.0.0",
                    help="address a sidecar's inbound listener binds; 'pod-ip' = the pod's IP (default 0.0.0.0)")
     p.add_argument("--mesh-capture-port", type=int, default=15001, help="outbound capture port (default 15001)")
-    p.add_argument("--mesh-inbound-port", type=int, default=15006, help="sidecar inbound port (default 15006)")
+    p.add_argument("--mesh-inbound-port", type=int, default=15006,
+                   help="sidecar (and, with mesh mTLS, node Envoy) inbound port (default 15006)")
+    p.add_argument("--mesh-node-inbound-address", default="127.0.0.1",
+                   help="address the node Envoy's inbound listener binds with mesh mTLS (default 127.0.0.1)")
+    p.add_argument("--mesh-mtls-default", choices=("permissive", "strict"), default="permissive",
+                   help="mesh mTLS mode of namespaces without cilia.io/mtls (default permissive)")
+    p.add_argument("--mesh-trust-domain", default="", metavar="TD",
+                   help="translate only: render the mesh as with a CA of this trust domain (serve takes it from "
+                        "its CA: with --ca-dir, or in Kubernetes mode with mTLS, the mesh runs mTLS)")
     p.add_argument("--envoy-otel-collector", default="", metavar="HOST:PORT",
                    help="OTLP/gRPC collector Envoy's HTTP listeners send traces to (default: no tracing)")
     p.add_argument("--envoy-tracing-sampling", type=float, default=100.0, metavar="PERCENT",
@@ -77,6 +85,8 @@ def _translate_options(args: argparse.Namespace) -> Any:
                             mesh_sidecar_capture_address=args.mesh_sidecar_capture_address,
                             mesh_inbound_address=args.mesh_inbound_address,
                             mesh_capture_port=args.mesh_capture_port, mesh_inbound_port=args.mesh_inbound_port,
+                            mesh_node_inbound_address=args.mesh_node_inbound_address,
+                            mesh_mtls_default=args.mesh_mtls_default, mesh_trust_domain=args.mesh_trust_domain,
                             envoy_otel_collector=args.envoy_otel_collector,
                             envoy_tracing_sampling=args.envoy_tracing_sampling,
                             envoy_listener_stat_prefix=args.envoy_listener_stat_prefix,
@@ -199,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="extra DNS name or IP on the xDS server certificate (repeatable)")
     sec.add_argument("--cert-issuer", default=None, metavar="HOST:PORT",
                      help="Kubernetes mode: issue proxy certificates to ServiceAccount tokens (HTTPS)")
+    sec.add_argument("--workload-cert-ttl", default="24h", metavar="DURATION",
+                     help="life of mesh workload certificates (renewed at 2/3 of it; default 24h)")
     serve.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT",
                        help="admin HTTP address, loopback only unless --admin-insecure")
     serve.add_argument("--metrics", default=None, metavar="HOST:PORT",
@@ -489,7 +501,7 @@ GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRout
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cilia.obs.status_view import proxy_detail, status_table
+    from cilia.obs.status_view import identity_table, proxy_detail, status_table
 
     try:
         proxies = _fetch_json(args.admin, "/debug/proxies")
@@ -503,22 +515,29 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"cilia: proxy {args.proxy!r} has not connected (known: {', '.join(proxies) or 'none'})",
                   file=sys.stderr)
             return 1
+        try:
+            served = (_fetch_json(args.admin, "/debug/identities").get("proxies") or {}).get(args.proxy, [])
+        except (urllib.error.URLError, OSError):
+            served = []
         if args.output == "json":
-            print(json.dumps({args.proxy: proxies[args.proxy]}, indent=2))
+            print(json.dumps({args.proxy: {**proxies[args.proxy], "identities": served}}, indent=2))
         else:
             sys.stdout.write(proxy_detail(args.proxy, proxies[args.proxy]))
+            for s in served:
+                print(f"Identity:    {s['identity']} (expires {s['not_after']}, serial {s['serial']})")
         return 0
     try:
         security = _fetch_json(args.admin, "/debug/security")
+        identities = _fetch_json(args.admin, "/debug/identities")
     except (urllib.error.URLError, OSError):
-        security = {}
+        security, identities = {}, {}
     try:
         leader = _fetch_json(args.admin, "/debug/leader")
     except (urllib.error.URLError, OSError):
         leader = {}
     if args.output == "json":
         print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses, "security": security,
-                          "leader": leader}, indent=2))
+                          "leader": leader, "identities": identities}, indent=2))
         return 0
     from cilia.obs.status_view import leader_line
 
@@ -530,6 +549,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if security.get("admin_insecure"):
         print(f"WARNING: the admin port {security.get('admin')} is reachable beyond loopback (--admin-insecure)")
     sys.stdout.write(status_table(proxies, []))
+    if identities:
+        sys.stdout.write("\n" + identity_table(identities))
     agents = {pid: p["reported"] for pid, p in proxies.items() if pid.startswith("agent~") and p.get("reported")}
     if agents:
         print("\nAGENT  PHASE  PROGRAMS  MAP ENTRIES  LAST ERROR")
@@ -598,6 +619,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 130
 
 
+def _duration_s(text: str, flag: str) -> float:
+    from cilia.security.ca import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise SystemExit(f"cilia: {flag}: {exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cilia.app import Debounce, ServeOptions, serve
     from cilia.xds.server import ServerLimits
@@ -613,7 +643,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         webhook_names=tuple(args.webhook_names or ("cilia.cilia-system.svc",)),
         trust_domain=args.trust_domain, cert_issuer_address=args.cert_issuer,
         debounce=Debounce(args.debounce_quiet_ms / 1000, args.debounce_max_ms / 1000),
-        translate=_translate_options(args), limits=ServerLimits(max_streams=args.max_streams),
+        translate=dataclasses.replace(_translate_options(args), mesh_trust_domain=""),  # from the CA, if any
+        workload_cert_ttl_s=_duration_s(args.workload_cert_ttl, "--workload-cert-ttl"),
+        limits=ServerLimits(max_streams=args.max_streams),
         watch=not args.no_watch,
         webhook_address=args.webhook, tls_cert=args.tls_cert, tls_key=args.tls_key,
         inject=_inject_config(args) if args.webhook else None,

@@ -96,9 +96,14 @@ class KernelEnv:
             out, err = proc.communicate()
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
-    def curl(self, cgroup: Path, url: str, *headers: str) -> CurlResult:
-        """curl from inside `cgroup`: (exit code, HTTP status or 0, body without trailing newline)."""
+    def curl(self, cgroup: Path, url: str, *headers: str, source: str = "", method: str = "") -> CurlResult:
+        """curl from inside `cgroup`: (exit code, HTTP status or 0, body without trailing newline); with
+        `source`, from that local address (a pod IP: pods share the host's network namespace here)."""
         argv = ["curl", "-s", "-m", "3", "-w", "\n%{http_code}"]
+        if source:
+            argv += ["--interface", source]
+        if method:
+            argv += ["-X", method]
         for h in headers:
             argv += ["-H", h]
         r = self.run_in(cgroup, [*argv, url])

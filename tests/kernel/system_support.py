@@ -200,18 +200,22 @@ def docs(*parts: dict[str, Any]) -> str:
     return "\n---\n".join(json.dumps(p) for p in parts) + "\n"
 
 
-def namespace(name: str, mesh: str | None) -> dict[str, Any]:
+def namespace(name: str, mesh: str | None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     labels = {"cilia.io/mesh": mesh} if mesh else {}
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations or {}}}
 
 
 def pod(ns: str, name: str, node: str, ip: str, annotations: dict[str, str],
-        ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        ports: list[dict[str, Any]] | None = None, service_account: str = "",
+        labels: dict[str, str] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"nodeName": node, "containers": [{"name": "app", "image": "app", "ports": ports or []}]}
+    if service_account:
+        spec["serviceAccountName"] = service_account
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}", "labels": {"app": name},
-                         "annotations": annotations},
-            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app", "ports": ports or []}]},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+            "metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}",
+                         "labels": labels if labels is not None else {"app": name}, "annotations": annotations},
+            "spec": spec, "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
 
 
 def service(ns: str, name: str, vip: str, port: int = 80, target_port: int | None = None,

@@ -230,6 +230,10 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
         short_names=("ccec",),
         categories=("cilium",),
     ),
+    ResourceType(CILIUM, "ciliumnetworkpolicies", "CiliumNetworkPolicy", True, ("v2",), True, short_names=("cnp",),
+                 categories=("cilium",)),
+    ResourceType(CILIUM, "ciliumclusterwidenetworkpolicies", "CiliumClusterwideNetworkPolicy", False, ("v2",), True,
+                 short_names=("ccnp",), categories=("cilium",)),
 )
 
 CRD_RESOURCE = ResourceType(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,9 +13,13 @@ from urllib.parse import parse_qs, urlsplit
 
 
 class EchoBackend:
-    """Serves `{"backend": name, "method", "path", "query", "headers"}` and records every request."""
+    """Serves `{"backend": name, "method", "path", "query", "headers"}` and records every request.
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    With `tls` (a server-side SSLContext) it speaks TLS; each record then also has `peer_cert` (the
+    client certificate, DER, or None) and `alpn`, and a request with `x-close: 1` gets `Connection: close`
+    (so the next one needs a new connection, and a new handshake)."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.requests: list[dict[str, Any]] = []
         backend = self
@@ -33,9 +38,18 @@ class EchoBackend:
                         "raw_path": self.path, "query": parse_qs(url.query),
                         "headers": {k.lower(): v for k, v in self.headers.items()},
                         "body": body.decode(errors="replace")}
-                backend.requests.append(seen)
+                close = False
+                if isinstance(self.connection, ssl.SSLSocket):
+                    seen["alpn"] = self.connection.selected_alpn_protocol()
+                    close = self.headers.get("x-close") == "1"
                 data = json.dumps(seen).encode()
+                if isinstance(self.connection, ssl.SSLSocket):
+                    seen["peer_cert"] = self.connection.getpeercert(binary_form=True)
+                backend.requests.append(seen)
                 self.send_response(200)
+                if close:
+                    self.send_header("connection", "close")
+                    self.close_connection = True
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.send_header("x-backend", backend.name)
@@ -50,6 +64,10 @@ class EchoBackend:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        if tls is not None:  # the handshake happens on the first read, in the request's own thread
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+            self._server.handle_error = lambda *_: None  # type: ignore[method-assign]  # refused handshakes
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"echo-{name}", daemon=True)

@@ -44,12 +44,14 @@ class ControlPlaneThread:
     """Runs ControlPlane on its own event loop in a daemon thread."""
 
     def __init__(self, paths: list[str], *, translate: TranslateOptions | None = None,
-                 debounce: Debounce | None = None, ca_dir: str | None = None) -> None:
-        """With `ca_dir`, xDS is also served over mTLS (`xds_tls_port`) with that CA."""
+                 debounce: Debounce | None = None, ca_dir: str | None = None, xds_tls: bool = True,
+                 **serve: Any) -> None:
+        """With `ca_dir`, the mesh runs mTLS, and (unless `xds_tls=False`) xDS is also served over mTLS
+        (`xds_tls_port`) with that CA. `serve`: further ServeOptions fields."""
         self.opts = ServeOptions(paths=tuple(paths), xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
                                  debounce=debounce or Debounce(0.05, 0.5),
                                  translate=translate or TranslateOptions(), ca_dir=ca_dir,
-                                 xds_tls_address="127.0.0.1:0" if ca_dir else None)
+                                 xds_tls_address="127.0.0.1:0" if ca_dir and xds_tls else None, **serve)
         self.cp: ControlPlane | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()

@@ -52,7 +52,7 @@ PLANNED = (
 )
 EXPECTED_KINDS = {
     "namespace.yaml": ["Namespace", "Namespace"],
-    "crds.yaml": ["CustomResourceDefinition", "CustomResourceDefinition"],
+    "crds.yaml": ["CustomResourceDefinition"] * 4,
     "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role", "RoleBinding",
                   "Role", "RoleBinding"],
     "controlplane.yaml": ["Deployment", "Service", "Service", "PodDisruptionBudget"],
@@ -373,7 +373,8 @@ spec:
 
 def test_crds_have_cilium_shape_and_accept_existing_manifests() -> None:
     by_kind = {d["spec"]["names"]["kind"]: d for d in docs("crds.yaml")}
-    assert set(by_kind) == {"CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig"}
+    assert set(by_kind) == {"CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy",
+                            "CiliumClusterwideNetworkPolicy"}
     for kind, plural, short, scope in (("CiliumEnvoyConfig", "ciliumenvoyconfigs", "cec", "Namespaced"),
                                        ("CiliumClusterwideEnvoyConfig", "ciliumclusterwideenvoyconfigs", "ccec",
                                         "Cluster")):

@@ -88,6 +88,10 @@ async def test_discovery_and_kubeconfig(api: FakeApiServer, kc: ApiClient, tmp_p
         "ciliumenvoyconfigs/status": True,
         "ciliumclusterwideenvoyconfigs": False,
         "ciliumclusterwideenvoyconfigs/status": False,
+        "ciliumnetworkpolicies": True,
+        "ciliumnetworkpolicies/status": True,
+        "ciliumclusterwidenetworkpolicies": False,
+        "ciliumclusterwidenetworkpolicies/status": False,
     }
 
     # the dynamic client discovers kinds purely from /api and /apis

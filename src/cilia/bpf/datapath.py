@@ -45,6 +45,7 @@ STAT_NAMES = (
     "msg_redirect",
 )
 CFG_SOCKMAP = 0
+CFG_INBOUND_MARK = 1
 
 # role -> (program, attach type) pairs attached to a cgroup of that role.
 _ROLE_ATTACH = {
@@ -259,6 +260,7 @@ class Datapath:
                 for i in plan.inbound
             },
         )
+        self._put("cilia_cfg", struct.pack("=I", CFG_INBOUND_MARK), struct.pack("=I", plan.inbound_mark))
         for key in sorted(want - set(self._links)):
             try:
                 self._attach(*key)

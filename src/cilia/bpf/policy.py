@@ -74,6 +74,7 @@ class RedirectPlan:
     proxies: tuple[ProxyPlan, ...] = ()
     inbound: tuple[InboundPlan, ...] = ()
     skipped_services: int = 0  # non-TCP services (never redirected)
+    inbound_mark: int = 0  # SO_MARK of sockets whose connects are never sent to an inbound listener
     # cgroups that only answer SO_ORIGINAL_DST (and join sockhash pairs): the cgroup root when the
     # node proxy's cgroup is not known
     observers: tuple[str, ...] = ()
@@ -168,6 +169,14 @@ def build_plan(
         errors.append(f"policy {policy.node_name}: {exc}; using {default_proxy}")
         node_proxy = default_proxy
     default_inbound = policy.inbound_port or DEFAULT_INBOUND_PORT
+    node_inbound: Endpoint | None = None
+    if policy.node_inbound_port:
+        try:
+            node_inbound = Endpoint(
+                _ipv4(policy.node_inbound_address, "node_inbound_address") if policy.node_inbound_address
+                else node_proxy.ip, _port(policy.node_inbound_port, "node_inbound_port"))
+        except ValueError as exc:
+            errors.append(f"policy {policy.node_name}: {exc}; node-mode pods get no inbound capture")
 
     proxies: dict[str, ProxyPlan] = {}
     if proxy_cgroup:
@@ -228,6 +237,11 @@ def build_plan(
             for ip in ips:
                 inbound[(ip, 0)] = InboundPlan(ip, 0, Endpoint(ip, in_port), sidecar.cgroup_id)
                 proxy_targets.add(Endpoint(ip, in_port))
+        elif node_inbound is not None:
+            # No owner: the node proxy's own forwards to the pod carry the inbound mark instead.
+            for ip in ips:
+                inbound[(ip, 0)] = InboundPlan(ip, 0, node_inbound, 0)
+            proxy_targets.add(node_inbound)
 
     services: dict[Endpoint, str] = {}
     listener_ports: dict[Endpoint, int] = {}
@@ -263,6 +277,7 @@ def build_plan(
         proxies=tuple(sorted(proxies.values())),
         inbound=tuple(sorted(inbound.values())),
         skipped_services=skipped,
+        inbound_mark=policy.node_inbound_mark if node_inbound is not None else 0,
     )
     return PlanResult(plan, tuple(errors))
 

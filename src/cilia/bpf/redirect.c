@@ -17,6 +17,8 @@
 //      payload directly (bpf_msg_redirect_hash), skipping the loopback TCP stack.
 // Sidecar inbound: a proxy connecting to a sidecar pod's IP:port is sent to that pod's inbound
 // capture port (15006), unless the proxy is that pod's own sidecar.
+// Node inbound (mesh mTLS): a proxy connecting to a node-mode pod's IP:port is sent to the node
+// proxy's inbound listener, unless the socket carries the inbound mark (the listener's own forwards).
 
 #include <uapi/linux/bpf.h>
 #include <linux/socket.h>
@@ -85,6 +87,7 @@ struct orig_val {
 
 // Config slots (array map) written by the agent.
 #define CILIA_CFG_SOCKMAP 0
+#define CILIA_CFG_INBOUND_MARK 1
 #define CILIA_CFG_MAX 4
 
 BPF_HASH(cilia_svc, struct svc_key, u32, 65536);
@@ -140,7 +143,8 @@ static __always_inline u64 find_proxy(void)
 }
 
 // Decide where an IPv4 TCP connect to ip:port (network order) goes; 0 = leave it alone.
-static __always_inline int route_v4(u32 ip, u16 port, struct target *out)
+// `mark` is the socket's SO_MARK.
+static __always_inline int route_v4(u32 ip, u16 port, u32 mark, struct target *out)
 {
     struct pod_val *pod = find_pod();
     if (pod) {
@@ -169,6 +173,9 @@ static __always_inline int route_v4(u32 ip, u16 port, struct target *out)
         }
         if (!in || in->owner == proxy)
             return 0;
+        u32 inbound_mark = cfg_get(CILIA_CFG_INBOUND_MARK);
+        if (inbound_mark && mark == inbound_mark)
+            return 0;
         if (in->to.ip == ip && in->to.port == port)
             return 0;
         *out = in->to;
@@ -192,7 +199,7 @@ int cilia_connect4(struct bpf_sock_addr *ctx)
     u32 ip = ctx->user_ip4;
     u16 port = (u16)ctx->user_port;
     struct target t = {};
-    if (!route_v4(ip, port, &t))
+    if (!route_v4(ip, port, ctx->sk->mark, &t))
         return 1;
     remember(ctx, ip, port);
     ctx->user_ip4 = t.ip;
@@ -210,7 +217,7 @@ int cilia_connect6(struct bpf_sock_addr *ctx)
     u32 ip = ctx->user_ip6[3];
     u16 port = (u16)ctx->user_port;
     struct target t = {};
-    if (!route_v4(ip, port, &t))
+    if (!route_v4(ip, port, ctx->sk->mark, &t))
         return 1;
     remember(ctx, ip, port);
     ctx->user_ip6[3] = t.ip;

@@ -29,6 +29,9 @@ class Endpoint:
     port: int
     health: Health = "HEALTHY"
     hostname: str = ""
+    # Mesh: which inbound proxy terminates mesh mTLS for this endpoint: "sidecar" (its own sidecar),
+    # "node/NODE" (the node Envoy of NODE, reached through that node's agent); "" = none, plaintext.
+    mesh_tls: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,17 @@ class UpstreamTls:
     sni: str = ""
     ca_secret: str = ""  # SDS name of a validation context; empty = no verification
     alpn: tuple[str, ...] = ()
+    cert_secret: str = ""  # SDS name of the client certificate presented (mTLS)
+    san_prefix: str = ""  # the peer needs a URI SAN starting with this (e.g. spiffe://TD/)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMatch:
+    """Cluster transport socket for the endpoints whose `mesh_tls` equals `mesh_tls`; the others keep the
+    cluster's own (`upstream_tls`, or plaintext)."""
+
+    mesh_tls: str
+    tls: UpstreamTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,8 @@ class Cluster:
     dns_port: int = 0
     static_endpoints: tuple[Endpoint, ...] = ()
     upstream_tls: UpstreamTls | None = None
+    tls_matches: tuple[TlsMatch, ...] = ()
+    socket_mark: int = 0  # SO_MARK on upstream sockets (the eBPF agent leaves marked connects alone)
     sources: Sources = ()
     hash_policy: tuple[HashPolicy, ...] = ()
 
@@ -208,6 +224,7 @@ class VirtualHost:
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
     require_tls: bool = False  # redirect plain HTTP to HTTPS
+    authz: IngressAuthz | None = None  # RBAC rules for the listener's `HttpApp.rbac` filters (per route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +243,52 @@ class RouteConfig:
 class TlsTermination:
     secret_names: tuple[str, ...]  # SDS secret names (certificate + key)
     alpn: tuple[str, ...] = ("h2", "http/1.1")
+    # Client certificates: required and validated against this SDS trust bundle when set (mTLS) ...
+    client_ca_secret: str = ""
+    san_prefix: str = ""  # ... and their URI SAN must start with this (e.g. spiffe://TD/)
+
+
+# -- authorization (CiliumNetworkPolicy at the mesh inbound) ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class PeerMatch:
+    """The peer's verified identity (URI SAN of its mTLS certificate): `any` also matches peers without one."""
+
+    kind: Literal["any", "exact", "prefix"]
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequestMatch:
+    """Every given part must match: method, path (without query) and host are whole-value regexes."""
+
+    method: str = ""
+    path: str = ""
+    host: str = ""
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """One permission: `peers` (empty = nobody) may reach `ports` (inclusive ranges; empty = any) with
+    requests matching one of `http` (None = any traffic; () = no request, i.e. nothing)."""
+
+    name: str  # unique within its IngressAuthz; Envoy reports it for a denial
+    policy: str  # the object it comes from, "CiliumNetworkPolicy ns/name"
+    peers: tuple[PeerMatch, ...]
+    ports: tuple[tuple[int, int], ...] = ()
+    http: tuple[HttpRequestMatch, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressAuthz:
+    """Who may reach a workload. Deny rules are checked first (deny wins); with `default_deny`, what no
+    allow rule matches is denied too. `stat_prefix` names the Envoy counters of the denials."""
+
+    allow: tuple[AuthzRule, ...] = ()
+    deny: tuple[AuthzRule, ...] = ()
+    default_deny: bool = False
+    stat_prefix: str = ""
+    sources: Sources = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +310,14 @@ class HttpApp:
     use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
     strip_host_port: bool = False  # drop any :port from Host before routing (host matching, redirects)
     tracing: Tracing | None = None
+    # Mesh inbound: replace x-forwarded-client-cert with the verified peer's URI SAN (none: removed)
+    forward_client_cert: bool = False
+    # RBAC filters before the router (mesh inbound). They carry no rules of their own: the rules are the
+    # route configuration's (`VirtualHost.authz`), so a policy change reaches open connections too.
+    rbac: bool = False
+    # gRPC access log of RBAC denials (status 403) to this cluster, the bootstrap's xDS cluster: cilia
+    # counts them per policy (cilia_policy_denials_total). Empty: none.
+    denial_log_cluster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +325,7 @@ class TcpApp:
     backends: tuple[Backend, ...]
     stat_prefix: str = ""
     access_log: bool = True
+    authz: IngressAuthz | None = None  # RBAC network filters before the proxy (L4 rules only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +337,8 @@ class FilterChain:
     destination_port: int = 0
     tls: TlsTermination | None = None
     source_cidrs: tuple[str, ...] = ()  # client address match (mesh: which namespace a client pod is in)
+    transport_protocol: str = ""  # "raw_buffer" / "tls" match (set implicitly to "tls" by `tls`)
+    application_protocols: tuple[str, ...] = ()  # ALPN offered by the client (needs tls_inspector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +372,25 @@ class Secret:
     private_key: bytes = b""
     trusted_ca: bytes = b""
     sources: Sources = ()
+
+
+TRUST_BUNDLE_SECRET = "cilia-trust-bundle"  # SDS validation context: the CA roots of the mesh
+
+
+def workload_secret_name(namespace: str, service_account: str) -> str:
+    """SDS name of a workload certificate: `cilia-workload/NAMESPACE/SERVICE_ACCOUNT`."""
+    return f"cilia-workload/{namespace}/{service_account}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadCert:
+    """A workload certificate a bundle's proxies need, which no input holds: issued at run time by the CA
+    (cilia.security.workload) for `spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT` and served as the SDS
+    secret `secret`, next to the trust bundle secret (cilia.security.workload.TRUST_BUNDLE_SECRET)."""
+
+    secret: str
+    namespace: str
+    service_account: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +438,11 @@ class RedirectPolicy:
     services: tuple[RedirectService, ...]
     proxy_port: int = 0  # 0: the agent's --proxy-address
     inbound_port: int = 0  # 0: the agent's default (15006)
+    # Non-zero: proxies' connects to node-mode pods' IPs go to the node proxy's inbound listener on this
+    # port (mesh mTLS), except connects from sockets carrying `node_inbound_mark` (its own forwards).
+    node_inbound_port: int = 0
+    node_inbound_mark: int = 0
+    node_inbound_address: str = ""  # empty: the node proxy's address
     sources: Sources = ()
 
 
@@ -443,6 +541,7 @@ class Bundle:
     raw: tuple[RawResource, ...] = ()
     redirect_policies: tuple[RedirectPolicy, ...] = ()
     extra: tuple[tuple[str, str, bytes], ...] = ()  # (type_url, name, serialized message) of cilia's own types
+    workload_certs: tuple[WorkloadCert, ...] = ()  # filled in as secrets after translation (not pure)
     sources: Sources = ()
 
 

@@ -33,7 +33,7 @@ IGNORED_KINDS = frozenset({
     "CustomResourceDefinition", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
     "PersistentVolumeClaim", "PersistentVolume", "NetworkPolicy", "HorizontalPodAutoscaler",
     "PodDisruptionBudget", "Lease", "Event", "LimitRange", "ResourceQuota", "PriorityClass",
-    "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "BackendTLSPolicy", "StorageClass",
+    "BackendTLSPolicy", "StorageClass",
 })
 
 

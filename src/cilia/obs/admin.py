@@ -103,6 +103,9 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     async def leader(_: web.Request) -> web.Response:
         source = getattr(view, "leader", None)
         return _json(source() if source is not None else {"enabled": False})
+    async def identities(_: web.Request) -> web.Response:
+        source = getattr(view, "identities", None)
+        return _json(source() if source is not None else {"mesh_mtls": False, "proxies": {}})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -118,6 +121,7 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
     app.router.add_get("/debug/security", security)
     app.router.add_get("/debug/leader", leader)
     app.router.add_get("/ui", ui)
+    app.router.add_get("/debug/identities", identities)
     return app
 
 

@@ -153,8 +153,8 @@ def with_extra(data: MetricsData | None, extra: list[Metric]) -> MetricsData | N
 class XdsMetrics(XdsObserver):
     """The xDS observer that counts. Every method is a few dict updates (see the module docstring)."""
 
-    __slots__ = ("_batches", "acks", "convergence", "denied", "nacks", "push_bytes", "pushes", "recent", "streams",
-                 "tracing")
+    __slots__ = ("_batches", "acks", "convergence", "denied", "nacks", "policy_denials", "push_bytes", "pushes",
+                 "recent", "streams", "tracing")
 
     def __init__(self, tracing: Tracing | None = None) -> None:
         super().__init__()
@@ -165,6 +165,7 @@ class XdsMetrics(XdsObserver):
         self.push_bytes: dict[str, int] = {}
         self.acks: dict[str, int] = {}
         self.nacks: dict[str, int] = {}
+        self.policy_denials: dict[tuple[str, str], int] = {}  # (policy, reason) -> requests refused
         self.convergence = LocalHistogram(
             "cilia_xds_convergence_seconds", "Change observed by a source -> ACK of the response carrying it, "
             "per proxy and type.", "s", "type")
@@ -179,6 +180,18 @@ class XdsMetrics(XdsObserver):
         while len(self._batches) > 64:
             self._batches.pop(next(iter(self._batches)))
         return seq
+
+    def access_denied(self, proxy_id: str, rule: str, route: str) -> None:
+        """Rule names are `Kind/ns/name:field` (cilia.translate.policy); a default-deny refusal counts for
+        every policy the route names (those selecting the pod)."""
+        if rule == "none":
+            keys = [(p, "default-deny") for p in route.split(",") if p and p != "default"] or \
+                [("(unknown)", "default-deny")]
+        else:
+            kind, _, ref = rule.partition(":")[0].partition("/")
+            keys = [(f"{kind} {ref}" if ref else kind, "deny")]
+        for key in keys:
+            self.policy_denials[key] = self.policy_denials.get(key, 0) + 1
 
     # -- hot path --------------------------------------------------------------------------------------
     def stream_opened(self, role: str, variant: str) -> None:
@@ -292,6 +305,10 @@ class Metrics:
         m.create_observable_counter(
             "cilia_xds_nacks", [self._obs_by_type(lambda: x.nacks)],
             description="xDS NACKs (rejected configuration) received, by type.")
+        m.create_observable_counter(
+            "cilia_policy_denials", [self._obs_pairs(lambda: x.policy_denials, ("policy", "reason"))],
+            description="HTTP requests the mesh inbound proxies refused by policy, by policy and reason (deny: an "
+                        "ingressDeny rule; default-deny: no rule of the policies selecting the pod allowed it).")
         self.debounce_wait = m.create_histogram(
             "cilia_debounce_wait_seconds", unit="s", explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
             description="Time a change batch waited in the debounce queue (first event -> rebuild start).")

@@ -50,6 +50,23 @@ def status_table(proxies: Mapping[str, Any], issues: Sequence[Mapping[str, Any]]
     return "\n".join(lines) + "\n"
 
 
+def identity_table(identities: Mapping[str, Any]) -> str:
+    """Mesh mTLS state and, per proxy, the workload identities it is served with their expiry."""
+    if not identities.get("mesh_mtls"):
+        return f"MESH mTLS: off ({identities.get('message') or 'no CA configured'})\n"
+    lines = [f"MESH mTLS: on (trust domain {identities.get('trust_domain', '-')})"]
+    rows = [["PROXY", "IDENTITY", "EXPIRES", "SERIAL"]]
+    for pid, served in sorted((identities.get("proxies") or {}).items()):
+        for s in served:
+            rows.append([pid, s.get("identity", "-"), s.get("not_after", "-"), s.get("serial", "-")])
+    if len(rows) == 1:
+        lines.append("(no proxy carries a workload identity yet)")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=False)) + "  " + r[3] for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -84,7 +101,7 @@ def proxy_detail(pid: str, p: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["proxy_detail", "status_table"]
+__all__ = ["identity_table", "leader_line", "proxy_detail", "status_table"]
 
 
 def leader_line(leader: Mapping[str, Any]) -> str | None:

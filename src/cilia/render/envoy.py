@@ -15,23 +15,28 @@ from envoy.config.core.v3 import (
     grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
+    socket_option_pb2,
     substitution_format_string_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from envoy.type.v3 import percent_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from cilia.ir import model as ir
@@ -60,6 +65,10 @@ CLUSTER_NOT_FOUND_CODES = {
 }
 HEALTH = {"HEALTHY": health_check_pb2.HEALTHY, "UNHEALTHY": health_check_pb2.UNHEALTHY,
           "DRAINING": health_check_pb2.DRAINING}
+# Endpoint metadata (filter `envoy.transport_socket_match`) naming the mesh inbound that terminates
+# mTLS for an endpoint; a cluster's TlsMatch selects its transport socket by it.
+MESH_TLS_KEY = "cilia.mesh"
+SOL_SOCKET, SO_MARK = 1, 36
 
 
 def pack(message: Any) -> any_pb2.Any:
@@ -102,7 +111,33 @@ def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
             lbe.endpoint.address.CopyFrom(socket_address(ep.address, ep.port))
             if ep.hostname:
                 lbe.endpoint.hostname = ep.hostname
+            if ep.mesh_tls:
+                lbe.metadata.filter_metadata["envoy.transport_socket_match"].update({MESH_TLS_KEY: ep.mesh_tls})
     return cla
+
+
+def _validation_sds(ctx: common_pb2.CommonTlsContext, secret: str, san_prefix: str) -> None:
+    """Validate the peer against the SDS trust bundle `secret`, and its URI SAN by prefix when given."""
+    if not san_prefix:
+        sds = ctx.validation_context_sds_secret_config
+        sds.name = secret
+        sds.sds_config.CopyFrom(ads_source())
+        return
+    combined = ctx.combined_validation_context
+    combined.default_validation_context.match_typed_subject_alt_names.add(
+        san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(prefix=san_prefix))
+    combined.validation_context_sds_secret_config.name = secret
+    combined.validation_context_sds_secret_config.sds_config.CopyFrom(ads_source())
+
+
+def _upstream_tls_socket(t: ir.UpstreamTls) -> base_pb2.TransportSocket:
+    tls = tls_pb2.UpstreamTlsContext(sni=t.sni)
+    tls.common_tls_context.alpn_protocols.extend(t.alpn)
+    if t.cert_secret:
+        tls.common_tls_context.tls_certificate_sds_secret_configs.add(name=t.cert_secret, sds_config=ads_source())
+    if t.ca_secret:
+        _validation_sds(tls.common_tls_context, t.ca_secret, t.san_prefix)
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
 
 
 def render_cluster(c: ir.Cluster) -> cluster_pb2.Cluster:
@@ -129,14 +164,15 @@ def render_cluster(c: ir.Cluster) -> cluster_pb2.Cluster:
         opts.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
         out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(opts))
     if c.upstream_tls is not None:
-        tls = tls_pb2.UpstreamTlsContext(sni=c.upstream_tls.sni)
-        tls.common_tls_context.alpn_protocols.extend(c.upstream_tls.alpn)
-        if c.upstream_tls.ca_secret:
-            sds = tls.common_tls_context.validation_context_sds_secret_config
-            sds.name = c.upstream_tls.ca_secret
-            sds.sds_config.CopyFrom(ads_source())
-        out.transport_socket.name = "envoy.transport_sockets.tls"
-        out.transport_socket.typed_config.CopyFrom(pack(tls))
+        out.transport_socket.CopyFrom(_upstream_tls_socket(c.upstream_tls))
+    for m in c.tls_matches:
+        tsm = out.transport_socket_matches.add(name=m.mesh_tls, transport_socket=_upstream_tls_socket(m.tls))
+        tsm.match.update({MESH_TLS_KEY: m.mesh_tls})
+    if c.socket_mark:
+        bind = out.upstream_bind_config
+        bind.source_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=0))
+        bind.socket_options.add(description="cilia mesh inbound forward", level=SOL_SOCKET, name=SO_MARK,
+                                int_value=c.socket_mark, state=socket_option_pb2.SocketOption.STATE_PREBIND)
     return out
 
 
@@ -341,6 +377,9 @@ def render_route_config(rc: ir.RouteConfig) -> route_pb2.RouteConfiguration:
         v = out.virtual_hosts.add(name=vh.name, domains=list(vh.domains))
         if vh.require_tls:
             v.require_tls = route_components_pb2.VirtualHost.ALL
+        if vh.authz is not None:
+            for name, per in render_route_rbac(vh.authz).items():
+                v.typed_per_filter_config[name].CopyFrom(pack(per))
         for r in vh.routes:
             v.routes.append(render_route(r))
     return out
@@ -355,6 +394,24 @@ def access_log() -> accesslog_pb2.AccessLog:
     cfg = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(
         json_format=fmt))
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(cfg))
+
+
+DENIAL_LOG_NAME = "cilia-rbac-denials"
+
+
+@functools.cache
+def denial_log(cluster: str) -> accesslog_pb2.AccessLog:
+    """Requests answered 403 go to cilia over gRPC (AccessLogService); it counts RBAC denials per policy
+    from their response code details (`rbac_access_denied_matched_policy[RULE]`) and route name."""
+    cfg = als_pb2.HttpGrpcAccessLogConfig(common_config=als_pb2.CommonGrpcAccessLogConfig(
+        log_name=DENIAL_LOG_NAME, transport_api_version=config_source_pb2.V3,
+        grpc_service=grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+            cluster_name=cluster))))
+    status = accesslog_pb2.StatusCodeFilter(comparison=accesslog_pb2.ComparisonFilter(
+        op=accesslog_pb2.ComparisonFilter.EQ, value=base_pb2.RuntimeUInt32(default_value=403,
+                                                                         runtime_key="cilia.denial_log_status")))
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(cfg),
+                                   filter=accesslog_pb2.AccessLogFilter(status_code_filter=status))
 
 
 def render_tracing(t: ir.Tracing) -> hcm_pb2.HttpConnectionManager.Tracing:
@@ -373,7 +430,13 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
     hcm.codec_type = hcm_pb2.HttpConnectionManager.CodecType.Value(app.codec.upper())
     hcm.rds.route_config_name = app.route_config
     hcm.rds.config_source.CopyFrom(ads_source())
+    if app.rbac:
+        for name, rbac in RBAC_FILTERS:
+            hcm.http_filters.add(name=name, typed_config=pack(rbac))
     hcm.http_filters.add(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    if app.forward_client_cert:
+        hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        hcm.set_current_client_cert_details.uri = True
     hcm.upgrade_configs.add(upgrade_type="websocket")
     hcm.normalize_path.value = True
     hcm.merge_slashes = True
@@ -384,10 +447,117 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
         hcm.strip_any_host_port = True
     if app.access_log:
         hcm.access_log.append(access_log())
+    if app.denial_log_cluster:
+        hcm.access_log.append(denial_log(app.denial_log_cluster))
     if app.tracing is not None:
         hcm.tracing.CopyFrom(render_tracing(app.tracing))
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
                                           typed_config=pack(hcm))
+
+
+# -- authorization ------------------------------------------------------------------------------------
+def _principal(p: ir.PeerMatch) -> rbac_pb2.Principal:
+    if p.kind == "any":
+        return rbac_pb2.Principal(any=True)
+    m = string_pb2.StringMatcher(exact=p.value) if p.kind == "exact" else string_pb2.StringMatcher(prefix=p.value)
+    return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=m))
+
+
+def _regex_header(name: str, regex: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(header=route_components_pb2.HeaderMatcher(
+        name=name, string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex))))
+
+
+def _request_permission(h: ir.HttpRequestMatch) -> rbac_pb2.Permission:
+    parts = []
+    if h.method:
+        parts.append(_regex_header(":method", h.method))
+    if h.path:
+        parts.append(rbac_pb2.Permission(url_path=path_pb2.PathMatcher(
+            path=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=h.path)))))
+    if h.host:
+        parts.append(_regex_header(":authority", h.host))
+    for hm in h.headers:
+        parts.append(rbac_pb2.Permission(header=_header_matcher(hm)))
+    if not parts:
+        return rbac_pb2.Permission(any=True)
+    return parts[0] if len(parts) == 1 else rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=parts))
+
+
+def _rule_policy(rule: ir.AuthzRule, http: bool) -> rbac_pb2.Policy | None:
+    """The RBAC policy of one rule, or None when it can match nothing here (no peers; HTTP rules on a
+    connection that is not HTTP; an empty request list)."""
+    if not rule.peers or rule.http == () or (rule.http is not None and not http):
+        return None
+    parts = []
+    if rule.ports:
+        ports = [rbac_pb2.Permission(destination_port=lo) if lo == hi else
+                 rbac_pb2.Permission(destination_port_range=range_pb2.Int32Range(start=lo, end=hi + 1))
+                 for lo, hi in rule.ports]
+        parts.append(ports[0] if len(ports) == 1 else rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(
+            rules=ports)))
+    if rule.http is not None:
+        reqs = [_request_permission(h) for h in rule.http]
+        parts.append(reqs[0] if len(reqs) == 1 else rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(
+            rules=reqs)))
+    if not parts:
+        perm = rbac_pb2.Permission(any=True)
+    else:
+        perm = parts[0] if len(parts) == 1 else rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=parts))
+    return rbac_pb2.Policy(permissions=[perm], principals=[_principal(p) for p in rule.peers])
+
+
+def _rbac_sets(authz: ir.IngressAuthz, http: bool) -> tuple[rbac_pb2.RBAC | None, rbac_pb2.RBAC | None]:
+    """(deny, allow) rules: the deny rules (DENY: a match is refused), then with default deny the allow
+    rules (ALLOW: no match is refused; no rules at all refuses everything). None: that check is off."""
+    deny = None
+    if authz.deny:
+        deny = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
+        for rule in authz.deny:
+            pol = _rule_policy(rule, http)
+            if pol is not None:
+                deny.policies[rule.name].CopyFrom(pol)
+    allow = None
+    if authz.default_deny:
+        allow = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
+        for rule in authz.allow:
+            pol = _rule_policy(rule, http)
+            if pol is not None:
+                allow.policies[rule.name].CopyFrom(pol)
+    return deny, allow
+
+
+# The HTTP RBAC filters of a mesh inbound HCM (`HttpApp.rbac`): rules-less (off) at the listener; each
+# virtual host's `typed_per_filter_config` brings the pod's rules (RDS), so policy changes reach requests
+# on connections opened before them. Denials count as http.<hcm>.rbac.<prefix>.denied, and per rule as
+# http.<hcm>.rbac.<prefix>.policy.<rule>.{allowed,denied} (rules are named after their policy).
+RBAC_DENY_FILTER, RBAC_ALLOW_FILTER = "cilia.rbac.deny", "cilia.rbac.default-deny"
+RBAC_STAT_PREFIX = {RBAC_DENY_FILTER: "policy_deny", RBAC_ALLOW_FILTER: "policy_default_deny"}
+RBAC_FILTERS = tuple((name, http_rbac_pb2.RBAC(rules_stat_prefix=prefix, track_per_rule_stats=True))
+                     for name, prefix in RBAC_STAT_PREFIX.items())
+
+
+def render_route_rbac(authz: ir.IngressAuthz) -> dict[str, http_rbac_pb2.RBACPerRoute]:
+    deny, allow = _rbac_sets(authz, http=True)
+    out = {}
+    for name, rules in ((RBAC_DENY_FILTER, deny), (RBAC_ALLOW_FILTER, allow)):
+        per = http_rbac_pb2.RBACPerRoute()  # without `rbac`: the filter is off for these routes
+        if rules is not None:
+            per.rbac.CopyFrom(http_rbac_pb2.RBAC(rules=rules, rules_stat_prefix=RBAC_STAT_PREFIX[name],
+                                                 track_per_rule_stats=True))
+        out[name] = per
+    return out
+
+
+def render_network_rbac(authz: ir.IngressAuthz, stat: str) -> list[listener_components_pb2.Filter]:
+    """L4 rules on a TCP chain (checked when a connection opens). Denials count as
+    <chain stat>.policy_deny.rbac.denied / <chain stat>.policy_default_deny.rbac.denied."""
+    out = []
+    for name, rules in zip(RBAC_STAT_PREFIX.values(), _rbac_sets(authz, http=False), strict=True):
+        if rules is not None:
+            out.append(listener_components_pb2.Filter(name="envoy.filters.network.rbac", typed_config=pack(
+                network_rbac_pb2.RBAC(rules=rules, stat_prefix=f"{stat}.{name}."))))
+    return out
 
 
 def _tcp_filter(app: ir.TcpApp, chain_name: str) -> listener_components_pb2.Filter:
@@ -419,12 +589,19 @@ def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterCha
         out.filter_chain_match.prefix_ranges.append(_cidr(cidr))
     for cidr in fc.source_cidrs:
         out.filter_chain_match.source_prefix_ranges.append(_cidr(cidr))
+    if fc.transport_protocol:
+        out.filter_chain_match.transport_protocol = fc.transport_protocol
+    if fc.application_protocols:
+        out.filter_chain_match.application_protocols.extend(fc.application_protocols)
     if fc.tls is not None:
         out.filter_chain_match.transport_protocol = "tls"
         ctx = tls_pb2.DownstreamTlsContext()
         ctx.common_tls_context.alpn_protocols.extend(fc.tls.alpn)
         for name in fc.tls.secret_names:
             ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=name, sds_config=ads_source())
+        if fc.tls.client_ca_secret:
+            ctx.require_client_certificate.value = True
+            _validation_sds(ctx.common_tls_context, fc.tls.client_ca_secret, fc.tls.san_prefix)
         out.transport_socket.name = "envoy.transport_sockets.tls"
         out.transport_socket.typed_config.CopyFrom(pack(ctx))
     elif fc.server_names and isinstance(fc.app, ir.TcpApp):
@@ -432,6 +609,8 @@ def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterCha
     if isinstance(fc.app, ir.HttpApp):
         out.filters.append(_http_filter(fc.app, fc.name))
     else:
+        if fc.app.authz is not None:
+            out.filters.extend(render_network_rbac(fc.app.authz, fc.app.stat_prefix or fc.name.replace("/", "_")))
         out.filters.append(_tcp_filter(fc.app, fc.name))
     return out
 

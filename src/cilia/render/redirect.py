@@ -9,7 +9,9 @@ MODES = {"node": api.NODE, "sidecar": api.SIDECAR}
 
 
 def render_redirect_policy(p: ir.RedirectPolicy) -> api.NodeRedirectPolicy:
-    out = api.NodeRedirectPolicy(node_name=p.name, proxy_port=p.proxy_port, inbound_port=p.inbound_port)
+    out = api.NodeRedirectPolicy(node_name=p.name, proxy_port=p.proxy_port, inbound_port=p.inbound_port,
+                                 node_inbound_port=p.node_inbound_port, node_inbound_mark=p.node_inbound_mark,
+                                 node_inbound_address=p.node_inbound_address)
     for pod in p.pods:
         out.pods.add(namespace=pod.namespace, name=pod.name, uid=pod.uid, cgroup_path=pod.cgroup_path,
                      pod_ips=list(pod.pod_ips), mode=MODES[pod.mode], sidecar_address=pod.sidecar_address,

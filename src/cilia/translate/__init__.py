@@ -16,6 +16,7 @@ from cilia.translate.gateway import translate_gateway
 from cilia.translate.grpc import translate_grpc
 from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
+from cilia.translate.policy import translate_policies
 from cilia.translate.redirect import translate_redirects
 from cilia.translate.services import translate_services
 from cilia.translate.telemetry import apply_telemetry
@@ -28,6 +29,7 @@ TRANSLATORS: tuple[Translator, ...] = (
     translate_envoy_configs,
     translate_mesh,
     translate_grpc,
+    translate_policies,
     translate_redirects,
     translate_ingresses,
     translate_gateway,

@@ -27,6 +27,10 @@ class TranslateOptions:
     mesh_sidecar_capture_address: str = "127.0.0.1"  # sidecar~ outbound capture listener
     mesh_inbound_address: str = "0.0.0.0"  # sidecar~ inbound listener
     cluster_domain: str = "cluster.local"  # DNS suffix of Service names (proxyless gRPC targets)
+    # Mesh mTLS: the CA's trust domain (the control plane sets it when it has a CA); empty = plaintext mesh.
+    mesh_trust_domain: str = ""
+    mesh_node_inbound_address: str = "127.0.0.1"  # node~ inbound listener (mTLS only), on mesh_inbound_port
+    mesh_mtls_default: str = "permissive"  # strict | permissive, for namespaces without cilia.io/mtls
     gateway_address: str = "0.0.0.0"  # Gateway listeners bind here unless spec.addresses names an IPAddress
     # lastTransitionTime for a status condition that is new or changed; empty: the object's
     # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.

@@ -69,7 +69,6 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import cast
 
 from cilia.diagnostics import Issue
 from cilia.ir.model import (
@@ -80,6 +79,7 @@ from cilia.ir.model import (
     FilterChain,
     HashPolicy,
     HttpApp,
+    IngressAuthz,
     Listener,
     ProxyScope,
     Route,
@@ -88,13 +88,27 @@ from cilia.ir.model import (
     TcpApp,
     UpstreamProtocol,
     VirtualHost,
+    WorkloadCert,
+    workload_secret_name,
 )
-from cilia.k8s.core import ContainerPort, PodSpec, ServicePort, ServiceSpec
+from cilia.k8s.core import ContainerPort, ServicePort, ServiceSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.mesh.mode import MESH_MODE_KEY, MeshMode, resolve_mesh_mode
 from cilia.translate.context import Partial, TranslateOptions
 from cilia.translate.gamma import mesh_routes_for
+from cilia.translate.meshpods import MeshPod, mesh_pods
+from cilia.translate.meshtls import (
+    SIDECAR_WORKLOAD_SECRET,
+    XDS_CLUSTER,
+    Identity,
+    MtlsMode,
+    MtlsOutbound,
+    downstream_tls,
+    inbound_route_name,
+    mtls_mode,
+    node_inbound,
+)
+from cilia.translate.policy import compile_policies
 from cilia.translate.services import resolve_backend, upstream_protocol
 
 MeshRoutesFn = Callable[[InputSnapshot, str, str, str, int], "RouteConfig | None"]
@@ -156,22 +170,6 @@ def is_http_service_port(sp: ServicePort) -> bool:
 
 # -- inputs: pods and services ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class MeshPod:
-    namespace: str
-    name: str
-    mode: MeshMode
-    node: str
-    ips: tuple[str, ...]
-    labels: Mapping[str, str]
-    ports: tuple[ContainerPort, ...]
-    ref: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
 class MeshServicePort:
     namespace: str
     name: str
@@ -207,39 +205,6 @@ def parse_egress_hosts(value: str, namespace: str) -> EgressScope:
     if not hosts:
         raise ValueError("no entries; expected NAMESPACE/SERVICE[,...]")
     return EgressScope(tuple(dict.fromkeys(hosts)))
-
-
-def mesh_pods(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[list[MeshPod], list[Issue]]:
-    """Every pod with its mesh mode (mode `off` included); bad mode values become issues."""
-    pods: list[MeshPod] = []
-    issues: dict[tuple[str, str], Issue] = {}
-    for obj in snapshot.list("Pod"):
-        spec: PodSpec = obj.spec
-        if spec.host_network or spec.phase in ("Succeeded", "Failed"):
-            continue
-        ns_obj = snapshot.get("Namespace", "", obj.meta.namespace)
-        ns_labels = ns_obj.meta.labels if ns_obj is not None else None
-        ns_annotations = ns_obj.meta.annotations if ns_obj is not None else None
-        try:
-            mode = resolve_mesh_mode(ns_labels, ns_annotations, obj.meta.labels, obj.meta.annotations,
-                                     cast(MeshMode, opts.mesh_default_mode),
-                                     namespace=obj.meta.namespace, pod_ref=str(obj.ref))
-        except ValueError as exc:
-            if MESH_MODE_KEY in obj.meta.annotations or MESH_MODE_KEY in obj.meta.labels:
-                where = "annotations" if MESH_MODE_KEY in obj.meta.annotations else "labels"
-                issue = Issue(str(obj.ref), f"metadata.{where}.{MESH_MODE_KEY}", f"{exc}; pod left out of the mesh")
-            elif ns_obj is not None and (MESH_MODE_KEY in ns_obj.meta.annotations or
-                                         MESH_MODE_KEY in ns_obj.meta.labels):
-                where = "annotations" if MESH_MODE_KEY in ns_obj.meta.annotations else "labels"
-                issue = Issue(str(ns_obj.ref), f"metadata.{where}.{MESH_MODE_KEY}",
-                              f"{exc}; its pods are left out of the mesh")
-            else:
-                issue = Issue("TranslateOptions", "mesh_default_mode", str(exc))
-            issues.setdefault((issue.object, issue.field), issue)
-            continue
-        pods.append(MeshPod(obj.meta.namespace, obj.meta.name, mode, spec.node_name, spec.pod_ips,
-                            obj.meta.labels, spec.ports, str(obj.ref)))
-    return pods, list(issues.values())
 
 
 def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[Issue]]:
@@ -469,11 +434,23 @@ def _inbound_protocol(cp: ContainerPort, service_ports: list[ServicePort]) -> tu
     return http, "http2" if h2 else "http1"
 
 
-def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateOptions,
-             issues: list[Issue]) -> _Config:
+def _http_rules_on(authz: IngressAuthz | None, port: int) -> bool:
+    """Whether some rule of `authz` has HTTP rules that apply to `port`."""
+    if authz is None:
+        return False
+    return any(r.http and (not r.ports or any(lo <= port <= hi for lo, hi in r.ports)) for r in authz.allow)
+
+
+def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateOptions, issues: list[Issue],
+             authz: IngressAuthz | None = None, tls_mode: MtlsMode | None = None) -> _Config:
+    """The sidecar's inbound listener. With mesh mTLS (`tls_mode` set) every declared port has an mTLS
+    chain, and a plaintext one (permissive) or a refusing one (strict); undeclared ports reached over
+    mTLS pass through to the original destination after the handshake."""
     services = index.selecting(pod.labels)
     parts: list[tuple[FilterChain, RouteConfig | None, list[Cluster]]] = []
     seen: dict[int, str] = {}
+    tls = downstream_tls(opts.mesh_trust_domain, SIDECAR_WORKLOAD_SECRET) if tls_mode else None
+    plain_match = "raw_buffer" if tls_mode else ""
     for cp in pod.ports:
         if cp.protocol not in ("TCP", ""):
             continue
@@ -489,25 +466,48 @@ def _inbound(index: _SelectorIndex, pod: MeshPod, address: str, opts: TranslateO
             issues.append(Issue(pod.ref, f"spec.containers[{cp.container}].ports",
                                 f"Services disagree whether port {cp.port} is HTTP; inbound is plain TCP",
                                 severity="warning"))
+        if not http and _http_rules_on(authz, cp.port):
+            issues.append(Issue(pod.ref, f"spec.containers[{cp.container}].ports",
+                                f"port {cp.port} is not HTTP, so HTTP rules of "
+                                f"{', '.join(authz.sources if authz else ())} cannot match there: connections "
+                                "they would allow are denied", severity="warning"))
         cname = inbound_cluster_name(cp.port, proto)
         cluster = Cluster(cname, discovery="STATIC", protocol=proto if http else "tcp",
                           static_endpoints=(Endpoint("127.0.0.1", cp.port),))
         chain_name = f"inbound|{cp.port}"
         stat = f"inbound_{cp.port}"
+        app: HttpApp | TcpApp
+        rc: RouteConfig | None = None
         if http:
             rc = RouteConfig(cname, (VirtualHost(cname, ("*",), (Route(
-                "default", RouteMatch(), backends=(Backend(cname),), timeout_ms=0),)),))
-            parts.append((FilterChain(chain_name, HttpApp(rc.name, stat_prefix=stat), destination_port=cp.port),
-                          rc, [cluster]))
+                inbound_route_name(authz), RouteMatch(), backends=(Backend(cname),), timeout_ms=0),), authz=authz),))
+            app = HttpApp(rc.name, stat_prefix=stat, forward_client_cert=tls is not None, rbac=True,
+                          denial_log_cluster=XDS_CLUSTER)
         else:
-            parts.append((FilterChain(chain_name, TcpApp((Backend(cname),), stat_prefix=stat),
-                                      destination_port=cp.port), None, [cluster]))
+            app = TcpApp((Backend(cname),), stat_prefix=stat, authz=authz)
+        if tls is not None:
+            parts.append((FilterChain(f"{chain_name}|mtls", app, destination_port=cp.port, tls=tls), rc, [cluster]))
+        if tls_mode == "strict":
+            parts.append((FilterChain(f"{chain_name}|plaintext-refused", TcpApp(
+                (Backend(BLACKHOLE_CLUSTER),), stat_prefix=f"{stat}_plaintext_refused"), destination_port=cp.port,
+                transport_protocol=plain_match), None, []))
+        else:
+            parts.append((FilterChain(chain_name, app, destination_port=cp.port, transport_protocol=plain_match),
+                          rc, [cluster]))
     name = inbound_listener_name(pod.namespace, pod.name)
-    guards = () if opts.mesh_inbound_port in seen else (_blackhole_chain(f"{name}|direct", opts.mesh_inbound_port),)
+    guards: tuple[FilterChain, ...] = () if opts.mesh_inbound_port in seen else (
+        _blackhole_chain(f"{name}|direct", opts.mesh_inbound_port),)
+    passthrough = _passthrough_chain(f"{name}|passthrough")
+    if authz is not None:
+        assert isinstance(passthrough.app, TcpApp)
+        passthrough = replace(passthrough, app=replace(passthrough.app, authz=authz))
+    if tls is not None:
+        guards += (replace(passthrough, name=f"{name}|mtls-passthrough", tls=tls),)
+    default = _blackhole_chain(f"{name}|plaintext-refused", 0) if tls_mode == "strict" else passthrough
     listener = Listener(name, address, opts.mesh_inbound_port, guards,
-                        default_chain=_passthrough_chain(f"{name}|passthrough"),
-                        listener_filters=("original_dst",), passthrough_cluster=PASSTHROUGH_CLUSTER,
-                        sources=(pod.ref,), direction="inbound")
+                        default_chain=default,
+                        listener_filters=("original_dst", "tls_inspector") if tls else ("original_dst",),
+                        passthrough_cluster=PASSTHROUGH_CLUSTER, sources=(pod.ref,), direction="inbound")
     return _collect(listener, parts, GUARD_CLUSTERS)
 
 
@@ -547,6 +547,20 @@ def _bundle(key: str, scope: ProxyScope, *configs: _Config) -> Bundle:
     return Bundle(key, scope, listeners=listeners, routes=tuple(routes.values()), clusters=tuple(clusters.values()))
 
 
+def _node_identities(pods: list[MeshPod], issues: list[Issue]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(namespace, service account) -> CIDRs of the mode-node pods with that identity (one node's)."""
+    out: dict[tuple[str, str], list[str]] = defaultdict(list)
+    owner: dict[str, MeshPod] = {}
+    for pod in sorted(pods, key=lambda p: p.key):
+        for ip in pod.ips:
+            ip = str(ipaddress.ip_address(ip))
+            if ip in owner:
+                continue  # reported by _node_sources
+            owner[ip] = pod
+            out[(pod.namespace, pod.service_account)].append(_host_cidr(ip))
+    return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
 def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: MeshRoutesFn) -> Partial:
     """The mesh bundles for `node~` and `sidecar~` proxies, with GAMMA routes from `routes_for`."""
     pods, issues = mesh_pods(snapshot, opts)
@@ -554,26 +568,54 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
     issues.extend(svc_issues)
     out = _Outbound(snapshot, routes_for)
     bundles: list[Bundle] = []
+    td = opts.mesh_trust_domain
+    mtls = MtlsOutbound(td) if td else None
+    authz = compile_policies(snapshot, opts, pods).by_pod  # statuses and issues: translate_policies
+    modes: dict[str, MtlsMode] = {}
 
-    # node~NODE: one listener shared by every node that runs mode-node pods.
-    nodes = sorted({p.node for p in pods if p.mode == "node" and p.node})
+    def mode_of(namespace: str) -> MtlsMode:
+        if namespace not in modes:
+            modes[namespace] = mtls_mode(snapshot, namespace, opts, issues)
+        return modes[namespace]
+
+    # node~NODE: without mTLS one listener shared by every node that runs mode-node pods; with mTLS one
+    # per node, whose clients' chains carry their own identities, plus the node's inbound listener.
+    node_pods = [p for p in pods if p.mode == "node"]
+    nodes = sorted({p.node for p in node_pods if p.node})
     if nodes:
         sources = _node_sources(pods, issues)
-        parts = []
-        for sp in services:
-            shared = out.chain(sp, "")
-            if shared is None:
-                continue
-            parts.append(shared)
-            if not sp.http:
-                continue
-            for client_ns, cidrs in sorted(sources.items()):
-                if out.view(sp, client_ns) is not out.view(sp, ""):
-                    part = out.chain(sp, client_ns, cidrs)
-                    if part is not None:
-                        parts.append(part)
-        node_cfg = _outbound_listener(NODE_OUTBOUND_LISTENER, opts.mesh_capture_address, opts, parts, ())
-        bundles.append(_bundle("mesh/node", ProxyScope(frozenset({"node"}), frozenset(nodes)), node_cfg))
+        shared_parts = [p for sp in services for p in [out.chain(sp, "")] if p is not None]
+        if mtls is None:
+            parts = list(shared_parts)
+            for sp in services:
+                if not sp.http:
+                    continue
+                for client_ns, cidrs in sorted(sources.items()):
+                    if out.view(sp, client_ns) is not out.view(sp, ""):
+                        part = out.chain(sp, client_ns, cidrs)
+                        if part is not None:
+                            parts.append(part)
+            node_cfg = _outbound_listener(NODE_OUTBOUND_LISTENER, opts.mesh_capture_address, opts, parts, ())
+            bundles.append(_bundle("mesh/node", ProxyScope(frozenset({"node"}), frozenset(nodes)), node_cfg))
+        for node in nodes:
+            if mtls is None:
+                break
+            on_node = [p for p in node_pods if p.node == node]
+            identities = _node_identities(on_node, issues)
+            parts = list(shared_parts)  # clients without an identity (not a mesh pod): plaintext, as before
+            for (ns, sa), cidrs in sorted(identities.items()):
+                ident = Identity(workload_secret_name(ns, sa), node, f"|{ns}/{sa}", cidrs, f"sa:{ns}/{sa}")
+                parts.extend(mtls.part(p, ident) for sp in services for p in [out.chain(sp, ns)] if p is not None)
+            outbound = _outbound_listener(NODE_OUTBOUND_LISTENER, opts.mesh_capture_address, opts, parts, ())
+            for p in on_node:
+                mode_of(p.namespace)
+            certs = {p.key: workload_secret_name(p.namespace, p.service_account) for p in on_node}
+            listener, rcs, clusters = node_inbound(node, on_node, authz, modes, opts, certs)
+            inbound = _Config((listener,), tuple(rcs), (*clusters, *GUARD_CLUSTERS))
+            wanted = sorted({(p.namespace, p.service_account) for p in on_node})
+            bundles.append(replace(
+                _bundle(f"mesh/node/{node}", ProxyScope(frozenset({"node"}), frozenset({node})), outbound, inbound),
+                workload_certs=tuple(WorkloadCert(workload_secret_name(ns, sa), ns, sa) for ns, sa in wanted)))
 
     # sidecar~NS/POD: the namespace's outbound listener (shared unless bound to the pod IP) + its inbound.
     sidecars: dict[str, list[MeshPod]] = defaultdict(list)
@@ -590,24 +632,44 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
         scope = _egress_scope(snapshot, ns, issues)
         parts = [p for sp in services if scope.allows(sp.namespace, sp.name)
                  for p in [out.chain(sp, ns)] if p is not None]
+        tls_mode = mode_of(ns) if mtls is not None else None
         if not per_pod_outbound:
-            cfg = _outbound_listener(sidecar_outbound_listener_name(ns), opts.mesh_sidecar_capture_address, opts,
-                                     parts, ())
             names = frozenset(p.key for p in ns_pods)
+            sidecar_parts = parts
+            if mtls is not None:
+                # Chains and routes are the same for every sidecar of the namespace; the clusters differ
+                # per node (node-mode endpoints on the sidecar's own node are reached over mTLS too).
+                sidecar_parts = [mtls.part(p, Identity(SIDECAR_WORKLOAD_SECRET, "")) for p in parts]
+                for node in sorted({p.node for p in ns_pods}):
+                    ident = Identity(SIDECAR_WORKLOAD_SECRET, node)
+                    by_name = {c.name: c for p in parts for c in mtls.part(p, ident)[2]}
+                    bundles.append(Bundle(f"mesh/sidecar/{ns}@{node}", ProxyScope(
+                        frozenset({"sidecar"}), frozenset(p.key for p in ns_pods if p.node == node)),
+                        clusters=tuple(by_name.values())))
+            cfg = _outbound_listener(sidecar_outbound_listener_name(ns), opts.mesh_sidecar_capture_address, opts,
+                                     sidecar_parts, ())
+            if mtls is not None:
+                cfg = replace(cfg, clusters=tuple(c for c in cfg.clusters if not c.tls_matches))
             bundles.append(_bundle(f"mesh/sidecar/{ns}", ProxyScope(frozenset({"sidecar"}), names), cfg))
         for pod in ns_pods:
             configs = []
             if per_pod_outbound:
                 address = _bind(opts.mesh_sidecar_capture_address, pod)
                 if address is not None:
+                    pod_parts = parts if mtls is None else \
+                        [mtls.part(p, Identity(SIDECAR_WORKLOAD_SECRET, pod.node)) for p in parts]
                     configs.append(_outbound_listener(sidecar_outbound_listener_name(ns, pod.name), address, opts,
-                                                      parts, (pod.ref,)))
+                                                      pod_parts, (pod.ref,)))
             inbound_address = _bind(opts.mesh_inbound_address, pod)
             if inbound_address is not None:
-                configs.append(_inbound(indexes[ns], pod, inbound_address, opts, issues))
-            if configs:
-                bundles.append(_bundle(f"mesh/sidecar/{pod.key}",
-                                       ProxyScope(frozenset({"sidecar"}), frozenset({pod.key})), *configs))
+                configs.append(_inbound(indexes[ns], pod, inbound_address, opts, issues, authz.get(pod.key),
+                                        tls_mode))
+            own = (WorkloadCert(SIDECAR_WORKLOAD_SECRET, pod.namespace, pod.service_account),) \
+                if mtls is not None else ()
+            if configs or own:
+                bundles.append(replace(_bundle(f"mesh/sidecar/{pod.key}",
+                                               ProxyScope(frozenset({"sidecar"}), frozenset({pod.key})), *configs),
+                                       workload_certs=own))
     return Partial(bundles=tuple(bundles), issues=tuple(issues))
 
 

@@ -12,6 +12,11 @@ gets the sidecar's outbound capture address from the mesh translator's options: 
 `mesh_sidecar_capture_address: pod-ip`, that address when it is a specific IPv4 address, else the
 agent's default (127.0.0.1), always on `mesh_capture_port`. The sidecar's inbound port is the
 policy's `inbound_port` (`mesh_inbound_port`).
+
+With mesh mTLS (`mesh_trust_domain`) a node with node-mode pods also gets `node_inbound_port`
+(`mesh_inbound_port`), `node_inbound_address` (`mesh_node_inbound_address`, when it is a specific IPv4
+address) and `node_inbound_mark`: the agent then sends proxies' connects to those pods' IPs to the node
+Envoy's inbound listener, which terminates mesh mTLS (cilia.translate.meshtls).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import Partial, TranslateOptions
 from cilia.translate.mesh import BIND_POD_IP, MeshPod, mesh_pods
+from cilia.translate.meshtls import INBOUND_MARK
 
 CGROUP_ANNOTATION = "cilia.io/cgroup"
 SIDECAR_CGROUP_ANNOTATION = "cilia.io/sidecar-cgroup"
@@ -83,12 +89,25 @@ def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
         on_node = tuple(pods_by_node.get(node, ()))
         node_services = _with_listeners(services, [r for r in cec_redirects if r.listener_port and
                                                    r.scope.matches("node", node, node_labels)])
+        node_inbound = bool(opts.mesh_trust_domain) and any(p.mode == "node" for p in on_node)
         policy = RedirectPolicy(node, on_node, node_services if on_node else (), proxy_port=opts.mesh_capture_port,
                                 inbound_port=opts.mesh_inbound_port,
+                                node_inbound_port=opts.mesh_inbound_port if node_inbound else 0,
+                                node_inbound_mark=INBOUND_MARK if node_inbound else 0,
+                                node_inbound_address=_ipv4_or_empty(opts.mesh_node_inbound_address)
+                                if node_inbound else "",
                                 sources=tuple(f"Pod {p.namespace}/{p.name}" for p in on_node))
         bundles.append(Bundle(key=f"redirect:{node}", scope=ProxyScope(frozenset({"agent"}), frozenset({node})),
                               redirect_policies=(policy,)))
     return Partial(bundles=tuple(bundles))
+
+
+def _ipv4_or_empty(value: str) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return ""
+    return "" if ip.version != 4 or ip.is_unspecified else str(ip)
 
 
 def _with_listeners(services: tuple[RedirectService, ...],

@@ -21,6 +21,9 @@ Rules:
   `http2` (or `grpc-...`, except `grpc-web`) means HTTP/2.
 - Headless Services (`clusterIP: None`) have no VIP but the same endpoints, so their pool entries are
   the same; ExternalName Services have no endpoints and resolve to a DNS cluster for the name.
+- Mesh mTLS (`mesh_trust_domain` set): an endpoint whose address is a mesh pod's IP says which inbound
+  proxy terminates mesh mTLS for it (`Endpoint.mesh_tls`: `sidecar`, or `node/NODE` for a node-mode
+  pod), so mesh clients wrap only those connections in mTLS; other endpoints stay plaintext.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from cilia.diagnostics import Issue
 from cilia.ir.model import Cluster, Endpoint, EndpointSet, HashPolicy, LocalityEndpoints, UpstreamProtocol
 from cilia.k8s.core import EndpointSliceSpec, PodSpec, ServicePort, ServiceSpec, SliceEndpoint
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
+from cilia.mesh.mode import MeshMode, resolve_mesh_mode
 from cilia.translate.context import Memo, Partial, TranslateOptions
 
 CLUSTER_LABEL = "cilia.io/cluster"
@@ -196,6 +200,31 @@ def _localities(entries: Iterable[Entry], affinity: str, local_cluster: str,
                  for loc in out)
 
 
+def mesh_tls_by_ip(snapshot: InputSnapshot, opts: TranslateOptions) -> dict[str, str]:
+    """Pod IP -> `Endpoint.mesh_tls` for mesh pods (empty without mesh mTLS). Bad mode values are the
+    mesh translator's to report; such pods count as outside the mesh here."""
+    if not opts.mesh_trust_domain:
+        return {}
+    namespaces = {o.meta.name: o.meta for o in snapshot.list("Namespace")}
+    out: dict[str, str] = {}
+    for obj in snapshot.list("Pod"):
+        spec: PodSpec = obj.spec
+        if spec.host_network or spec.phase in ("Succeeded", "Failed") or not spec.pod_ips:
+            continue
+        ns = namespaces.get(obj.meta.namespace)
+        try:
+            mode = resolve_mesh_mode(ns.labels if ns else None, ns.annotations if ns else None, obj.meta.labels,
+                                     obj.meta.annotations, cast(MeshMode, opts.mesh_default_mode))
+        except ValueError:
+            continue
+        tag = "sidecar" if mode == "sidecar" else f"node/{spec.node_name}" if mode == "node" and spec.node_name \
+            else ""
+        if tag:
+            for ip in spec.pod_ips:
+                out.setdefault(ip, tag)
+    return out
+
+
 def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     by_service: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
     for obj in snapshot.list("EndpointSlice"):
@@ -205,6 +234,7 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
     topology = tuple(sorted((n, labels.get(ZONE_LABEL, ""), labels.get(REGION_LABEL, ""))
                             for n, labels in node_labels.items()))
+    mesh_tls = mesh_tls_by_ip(snapshot, opts)
     pool: dict[str, EndpointSet] = {}
     issues: list[Issue] = []
     for svc_obj in snapshot.list("Service"):
@@ -216,10 +246,12 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
         if any(isinstance(sp.target_port, str) for sp in svc.ports):
             targets = sorted({ep.target_pod for slc in slices for ep in slc.endpoints if ep.target_pod})
             via_pods = tuple(pod_objs[t].content_hash if t in pod_objs else "" for t in targets)
-        key = (svc_obj.content_hash, slice_hashes, via_pods, topology, opts.local_cluster)
+        tags = tuple(mesh_tls.get(a, "") for slc in slices for ep in slc.endpoints for a in ep.addresses) \
+            if mesh_tls else ()
+        key = (svc_obj.content_hash, slice_hashes, via_pods, topology, opts.local_cluster, tags)
         cached = _MEMO.get(key)
         if cached is None:
-            cached = _service_endpoints(svc_obj, slices, pods, node_labels, opts)
+            cached = _service_endpoints(svc_obj, slices, pods, node_labels, opts, mesh_tls)
             _MEMO.put(key, cached)
         pool.update(cached[0])
         issues.extend(cached[1])
@@ -228,8 +260,8 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
 
 
 def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pods: dict[str, PodSpec],
-                       node_labels: dict[str, Mapping[str, str]],
-                       opts: TranslateOptions) -> tuple[dict[str, EndpointSet], tuple[Issue, ...]]:
+                       node_labels: dict[str, Mapping[str, str]], opts: TranslateOptions,
+                       mesh_tls: Mapping[str, str]) -> tuple[dict[str, EndpointSet], tuple[Issue, ...]]:
     svc: ServiceSpec = svc_obj.spec
     pool: dict[str, EndpointSet] = {}
     issues: list[Issue] = []
@@ -270,7 +302,8 @@ def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pod
                 zone = ep.zone or labels.get(ZONE_LABEL, "")
                 region = labels.get(REGION_LABEL, "")
                 for addr in ep.addresses:
-                    entry = (cluster, region, zone, Endpoint(addr, port, "HEALTHY", ep.hostname))
+                    entry = (cluster, region, zone, Endpoint(addr, port, "HEALTHY", ep.hostname,
+                                                             mesh_tls.get(addr, "")))
                     if ep.ready or svc.publish_not_ready:
                         ready.append(entry)
                     elif ep.serving and ep.terminating:

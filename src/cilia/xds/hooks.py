@@ -47,5 +47,9 @@ class XdsObserver:
     def nacked(self, proxy_id: str, variant: str, type_url: str, sent_at: float, seq: int, error: str) -> None:
         """The proxy rejected a response; `sent_at`/`seq` as for `acked` (0 when the nonce is unknown)."""
 
+    def access_denied(self, proxy_id: str, rule: str, route: str) -> None:
+        """The proxy's RBAC refused a request: `rule` is the matched deny rule's name, or "none" when no
+        allow rule matched (default deny); `route` the route name (the policies in force there)."""
+
 
 __all__ = ["XdsObserver"]

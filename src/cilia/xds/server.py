@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import json_format
@@ -58,6 +59,8 @@ PER_TYPE_SERVICES = {
 }
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 CSDS_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
+ALS_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+RBAC_DENIED = "rbac_access_denied_matched_policy["
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +190,27 @@ class XdsServer:
                 self._csds_fetch, csds_pb2.ClientStatusRequest.FromString, _serialize),
         }
         handlers.append(grpc.method_handlers_generic_handler(CSDS_SERVICE, csds))
+        als = {"StreamAccessLogs": grpc.stream_unary_rpc_method_handler(
+            self._access_logs, als_pb2.StreamAccessLogsMessage.FromString, _identity)}
+        handlers.append(grpc.method_handlers_generic_handler(ALS_SERVICE, als))
         return handlers
+
+    # -- access logs (mesh inbound RBAC denials) --------------------------------------------------------
+    async def _access_logs(self, requests: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+                           context: grpc.aio.ServicerContext) -> bytes:
+        """Envoy's gRPC access log of 403s from mesh inbound listeners: each RBAC denial is counted for the
+        observer. The stream speaks for the node id of its first message, which the peer must hold."""
+        proxy: ProxyId | None = None
+        async for msg in requests:
+            if proxy is None:
+                proxy = await self._proxy_id(msg.identifier.node.id, context)
+                await self._authorize(proxy, context)
+            for entry in msg.http_logs.log_entry:
+                details = entry.response.response_code_details
+                if details.startswith(RBAC_DENIED) and details.endswith("]"):
+                    self.observer.access_denied(str(proxy), details[len(RBAC_DENIED):-1],
+                                                entry.common_properties.route_name)
+        return b""  # an empty StreamAccessLogsResponse
 
     # -- CSDS ------------------------------------------------------------------------------------------
     async def _csds_answer(self, req: csds_pb2.ClientStatusRequest,

@@ -66,17 +66,23 @@ class MeshService(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., vip: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., listener_port: _Optional[int] = ...) -> None: ...
 
 class NodeRedirectPolicy(_message.Message):
-    __slots__ = ("node_name", "proxy_address", "proxy_port", "inbound_port", "pods", "services")
+    __slots__ = ("node_name", "proxy_address", "proxy_port", "inbound_port", "pods", "services", "node_inbound_port", "node_inbound_mark", "node_inbound_address")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PROXY_PORT_FIELD_NUMBER: _ClassVar[int]
     INBOUND_PORT_FIELD_NUMBER: _ClassVar[int]
     PODS_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NODE_INBOUND_PORT_FIELD_NUMBER: _ClassVar[int]
+    NODE_INBOUND_MARK_FIELD_NUMBER: _ClassVar[int]
+    NODE_INBOUND_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     proxy_address: str
     proxy_port: int
     inbound_port: int
     pods: _containers.RepeatedCompositeFieldContainer[MeshPod]
     services: _containers.RepeatedCompositeFieldContainer[MeshService]
-    def __init__(self, node_name: _Optional[str] = ..., proxy_address: _Optional[str] = ..., proxy_port: _Optional[int] = ..., inbound_port: _Optional[int] = ..., pods: _Optional[_Iterable[_Union[MeshPod, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[MeshService, _Mapping]]] = ...) -> None: ...
+    node_inbound_port: int
+    node_inbound_mark: int
+    node_inbound_address: str
+    def __init__(self, node_name: _Optional[str] = ..., proxy_address: _Optional[str] = ..., proxy_port: _Optional[int] = ..., inbound_port: _Optional[int] = ..., pods: _Optional[_Iterable[_Union[MeshPod, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[MeshService, _Mapping]]] = ..., node_inbound_port: _Optional[int] = ..., node_inbound_mark: _Optional[int] = ..., node_inbound_address: _Optional[str] = ...) -> None: ...
