@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both prepare the machine first.
-.PHONY: setup demo test lint bench golden
+.PHONY: setup demo test lint bench golden conformance
 
 setup:
 	@bash scripts/setup.sh
@@ -21,3 +21,8 @@ bench: setup
 
 golden: setup
 	.venv/bin/python -m pytest -q tests/unit/test_golden.py --update-golden
+
+# Replays the upstream Gateway API conformance scenarios through cilia serve + Envoy (as root: it binds
+# ports 80, 443 and 8080 on loopback addresses) and rewrites docs/conformance/.
+conformance: setup
+	PYTHONPATH=src .venv/bin/python tests/conformance/run.py --report
