@@ -273,6 +273,31 @@ def attached_routes(w: World) -> None:
         "Programmed": ("False", "Invalid"), "ResolvedRefs": ("False", "InvalidCertificateRef")}}})
 
 
+@scenario("HTTPRouteInvalidParentRefSectionNameNotMatchingPort")
+def section_name_not_matching_port(w: World) -> None:
+    gw = "gateway-with-one-not-matching-port-and-section-name-route"
+    w.apply([w.gateway(gw, [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {
+                 "kinds": [{"kind": "HTTPRoute"}], "namespaces": {"from": "All"}}}]),
+             route("httproute-listener-section-name-not-matching-port", [rule(to(V1, kind="Service"))],
+                   parents=[{"name": gw, "namespace": INFRA, "sectionName": "http", "port": 81}])])
+    w.expect_route("httproute-listener-section-name-not-matching-port", gw, Accepted=("False", "NoMatchingParent"))
+    w.expect_gateway(gw, listeners={"http": {"attachedRoutes": 0}})
+
+
+@scenario("GatewayWithAttachedRoutesWithPort8080")
+def attached_routes_8080(w: World) -> None:
+    gw = "gateway-with-two-listeners-and-one-attached-route"
+    allowed = {"kinds": [{"kind": "HTTPRoute"}], "namespaces": {"from": "All"}}
+    w.apply([w.gateway(gw, [{"name": "http-unattached", "port": 8080, "protocol": "HTTP", "allowedRoutes": allowed},
+                            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": allowed}]),
+             route("http-route-4-port-8080", [rule(to(V1))],
+                   parents=[{"kind": "Gateway", "name": gw, "namespace": INFRA, "sectionName": "http"}])])
+    ok = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    w.expect_gateway(gw, listeners={"http-unattached": {"attachedRoutes": 0, "supportedKinds": ["HTTPRoute"],
+                                                        "conditions": ok},
+                                    "http": {"attachedRoutes": 1, "supportedKinds": ["HTTPRoute"], "conditions": ok}})
+
+
 # -- extended HTTPRoute --------------------------------------------------------------------------------
 @scenario("HTTPRouteMethodMatching")
 def method_matching(w: World) -> None:
@@ -374,6 +399,42 @@ def redirect_port_and_scheme(w: World) -> None:
                       ("/scheme-http-and-port-8080", "http://example.org:8080/scheme-http-and-port-8080")):
         w.expect(HTTPS_GATEWAY, Expect(path, host="example.org", status=302, location=loc), port=443,
                  scheme="https")
+
+
+@scenario("HTTPRouteRedirectPort")
+def redirect_port(w: World) -> None:
+    def rd(path: str, **r: Any) -> dict[str, Any]:
+        return {"matches": [prefix(path)], "filters": [{"type": "RequestRedirect", "requestRedirect": r}]}
+
+    w.apply([route("redirect-port", [rd("/port", port=8083), rd("/port-and-host", hostname="example.org", port=8083),
+                                     rd("/port-and-status", port=8083, statusCode=301),
+                                     rd("/port-and-host-and-status", port=8083, hostname="example.org",
+                                        statusCode=302)])])
+    w.expect_route("redirect-port")
+    addr = w.address("same-namespace")
+    w.expect("same-namespace", Expect("/port", status=302, location=f"http://{addr}:8083/port"))
+    w.expect("same-namespace", Expect("/port-and-host", status=302, location="http://example.org:8083/port-and-host"))
+    w.expect("same-namespace", Expect("/port-and-status", status=301, location=f"http://{addr}:8083/port-and-status"))
+    w.expect("same-namespace", Expect("/port-and-host-and-status", status=302,
+                                      location="http://example.org:8083/port-and-host-and-status"))
+
+
+@scenario("HTTPRouteCORSAllowCredentialsBehavior")
+def cors_credentials(w: World) -> None:
+    origin = "https://app.example"
+    w.apply([route("cors-allow-credentials", [
+        rule(to(V1), matches=[prefix("/cors-behavior-creds-false")],
+             filters=[{"type": "CORS", "cors": {"allowOrigins": [origin], "allowCredentials": False}}]),
+        rule(to(V1), matches=[prefix("/cors-behavior-creds-true")],
+             filters=[{"type": "CORS", "cors": {"allowOrigins": [origin], "allowCredentials": True}}])])])
+    w.expect_route("cors-allow-credentials")
+    w.expect("same-namespace", Expect("/cors-behavior-creds-false", headers={"Origin": origin}, backend=V1,
+                                      resp_absent=("access-control-allow-credentials",)))
+    w.expect("same-namespace", Expect("/cors-behavior-creds-true", headers={"Origin": "http://not-app.example"},
+                                      backend=V1, resp_absent=("access-control-allow-credentials",)))
+    w.expect("same-namespace", Expect("/cors-behavior-creds-true", headers={"Origin": origin}, backend=V1,
+                                      resp_headers={"access-control-allow-credentials": "true",
+                                                    "access-control-allow-origin": origin}))
 
 
 @scenario("HTTPRouteTimeoutRequest")

@@ -39,7 +39,8 @@ GATEWAY_API_VERSION = "v1.5.1"  # the release whose CRDs and conformance suite c
 SUPPORTED_FEATURES = frozenset({
     "Gateway", "HTTPRoute", "ReferenceGrant", "GRPCRoute", "TLSRoute", "Mesh",
     "GatewayHTTPSListenerDetectMisdirectedRequests", "HTTPRouteMethodMatching", "HTTPRouteRequestMirror",
-    "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry",
+    "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry", "HTTPRouteParentRefPort",
+    "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS",
 })
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
