@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both prepare the machine first.
-.PHONY: setup demo test lint bench golden proto
+.PHONY: setup demo test lint bench golden proto conformance
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,8 @@ golden: setup
 # Regenerate src/cilia/api/ from proto/ with grpcio-tools' protoc (tests check the checked-in code is fresh).
 proto: setup
 	.venv/bin/python scripts/gen_proto.py
+
+# Replays the upstream Gateway API conformance scenarios through cilia serve + Envoy (as root: it binds
+# ports 80, 443 and 8080 on loopback addresses) and rewrites docs/conformance/.
+conformance: setup
+	PYTHONPATH=src .venv/bin/python tests/conformance/run.py --report

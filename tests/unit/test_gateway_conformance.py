@@ -549,3 +549,82 @@ def test_mesh_consumer_route() -> None:
 
 def namespace(name: str) -> str:
     return yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+# -- behaviours the conformance runner (tests/conformance) found missing -----------------------------
+def _ir_routes(out: Outcome, gateway: str = "same-namespace") -> list[Any]:
+    from cilia.ir import model as ir
+    found: list[ir.Route] = []
+    for p in out.result.partials:
+        for b in p.bundles:
+            if b.key == f"gateway:{INFRA}/{gateway}":
+                found.extend(r for rc in b.routes for vh in rc.virtual_hosts for r in vh.routes)
+    return found
+
+
+def test_gateway_class_supported_version_and_features() -> None:
+    from cilia.translate.gateway_common import SUPPORTED_FEATURES
+    st = run().status("GatewayClass", "cilia")
+    conds = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+    assert conds == {"Accepted": ("True", "Accepted"), "SupportedVersion": ("True", "SupportedVersion")}
+    assert st["supportedFeatures"] == [{"name": f} for f in sorted(SUPPORTED_FEATURES)]
+
+
+def test_gateway_invalid_parameters_ref() -> None:
+    """GatewayInvalidParametersRef (upstream v1.6)."""
+    doc = yaml.safe_load(gateway("gw-params", [{"name": "http", "port": 80, "protocol": "HTTP"}]))
+    doc["spec"]["infrastructure"] = {"parametersRef": {"group": "invalid.io", "kind": "InvalidParameters",
+                                                       "name": "invalid"},
+                                     "labels": {"team": "a"}, "annotations": {"note": "b"}}
+    out = run(yaml.safe_dump(doc))
+    assert out.gateway_conds("gw-params") == {"Accepted": ("False", "InvalidParameters"),
+                                              "Programmed": ("False", "Invalid")}
+
+
+def test_partially_invalid_rule_is_left_out() -> None:
+    rules = [{"matches": [{"path": {"type": "PathPrefix", "value": "/ok"}}], "backendRefs": [to("infra-backend-v1")]},
+             {"matches": [{"path": {"type": "PathPrefix", "value": "/auth"}}], "filters": [{"type": "ExternalAuth"}],
+              "backendRefs": [to("infra-backend-v1")]}]
+    out = run(route("partial", [gw_ref()], rules))
+    assert out.parent("partial", "same-namespace") == {**OK, "PartiallyInvalid": ("True", "UnsupportedValue")}
+    names = [r.name for r in _ir_routes(out)]
+    assert any("/partial/0/" in n for n in names) and not any("/partial/1/" in n for n in names)
+    out = run(route("all-bad", [gw_ref()], [rules[1]]))
+    assert out.parent("all-bad", "same-namespace") == {"Accepted": ("False", "UnsupportedValue"),
+                                                      "ResolvedRefs": ("True", "ResolvedRefs")}
+
+
+def test_backend_ref_url_rewrite_and_redirect() -> None:
+    rewrite = {"type": "URLRewrite", "urlRewrite": {"hostname": "rewritten.example",
+                                                     "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}
+    redirect = {"type": "RequestRedirect", "requestRedirect": {"hostname": "moved.example", "statusCode": 301}}
+    out = run(route("backend-filters", [gw_ref()], [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/rw"}}],
+         "backendRefs": [to("infra-backend-v1", filters=[rewrite])]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/rd"}}],
+         "backendRefs": [to("infra-backend-v1", filters=[redirect])]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/two"}}],
+         "backendRefs": [to("infra-backend-v1", filters=[rewrite]), to("infra-backend-v2")]}]))
+    assert out.parent("backend-filters", "same-namespace")["PartiallyInvalid"] == ("True", "UnsupportedValue")
+    by = {r.match.path.value: r for r in _ir_routes(out)}
+    assert by["/rw"].rewrite is not None and by["/rw"].rewrite.host == "rewritten.example"
+    assert by["/rw"].rewrite.path_full == "/new" and by["/rw"].backends
+    assert by["/rd"].redirect is not None and by["/rd"].redirect.host == "moved.example"
+    assert by["/rd"].redirect.status_code == 301
+    assert "/two" not in by
+
+
+def test_retry_policy_is_rendered() -> None:
+    from cilia.render.envoy import render_route
+    out = run(route("retries", [gw_ref()], [{"retry": {"codes": [500, 503], "attempts": 3, "backoff": "100ms"},
+                                             "backendRefs": [to("infra-backend-v3")]}]))
+    [r] = _ir_routes(out)
+    pol = render_route(r).route.retry_policy
+    assert pol.num_retries.value == 3 and list(pol.retriable_status_codes) == [500, 503]
+    assert "retriable-status-codes" in pol.retry_on and "connect-failure" in pol.retry_on
+    assert pol.retry_back_off.base_interval.ToMilliseconds() == 100
+
+
+def test_retry_codes_are_validated() -> None:
+    with pytest.raises(Exception, match=r"retry\.codes"):
+        run(route("bad-retry", [gw_ref()], [{"retry": {"codes": [200]}, "backendRefs": [to("infra-backend-v3")]}]))

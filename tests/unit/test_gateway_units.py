@@ -173,7 +173,7 @@ def test_a_broken_route_never_disturbs_the_others() -> None:
     broken = [
         route_doc([{"backendRefs": [{"name": "nope", "port": 80}]}], name="b1", hostnames=["good.test"]),
         route_doc([{"backendRefs": [{"group": "x.io", "kind": "Y", "name": "z", "port": 1}]}], name="b2"),
-        route_doc([{"filters": [{"type": "CORS"}], "backendRefs": [{"name": "svc", "port": 80}]}], name="b3",
+        route_doc([{"filters": [{"type": "ExternalAuth"}], "backendRefs": [{"name": "svc", "port": 80}]}], name="b3",
                   hostnames=["good.test"]),
         {**route_doc([{"backendRefs": [{"name": "svc", "port": 80}]}], name="b4"),
          "spec": {"parentRefs": [{"name": "gw", "sectionName": "nope"}], "rules": []}},
@@ -253,7 +253,7 @@ def test_example_translates_cleanly_and_everything_is_accepted() -> None:
     assert [i for i in result.issues if i.severity == "error"] == []
     stanzas = [s.as_dict() for s in result.statuses]
     lines = describe_statuses(stanzas)
-    assert "GatewayClass cilia: Accepted=True(Accepted)" in lines
+    assert "GatewayClass cilia: Accepted=True(Accepted) SupportedVersion=True(SupportedVersion)" in lines
     assert any(line.startswith("Gateway default/demo [127.0.0.1]: Accepted=True(Accepted)") for line in lines)
     parents = [line for line in lines if line.lstrip().startswith("parent ")]
     assert len(parents) == 3 and all("Accepted=True" in p and "ResolvedRefs=True" in p for p in parents)

@@ -181,6 +181,18 @@ class Mirror:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """A CORS policy answered by the proxy (preflights) and added to actual responses."""
+
+    allow_origins: tuple[str, ...] = ()  # exact origins or patterns with `*` wildcards; ("*",) = any
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DirectResponse:
     status: int
     body: str = ""
@@ -213,6 +225,7 @@ class Route:
     # Status for requests whose chosen cluster does not exist (a backend left unresolved on purpose,
     # e.g. an invalid backendRef keeping its share of traffic): 0 = Envoy's default 503, or 404/500.
     cluster_not_found_status: int = 0
+    cors: Cors | None = None
     sources: Sources = ()
     hash_policy: tuple[HashPolicy, ...] = ()  # for ring-hash backends
     retry: RetryPolicy | None = None
@@ -309,6 +322,7 @@ class HttpApp:
     codec: Literal["auto", "http1", "http2"] = "auto"
     use_remote_address: bool = False  # edge proxy: the peer is the client (X-Forwarded-For appended, trusted)
     strip_host_port: bool = False  # drop any :port from Host before routing (host matching, redirects)
+    cors: bool = False  # run the CORS filter (routes with a `cors` policy need it)
     tracing: Tracing | None = None
     # Mesh inbound: replace x-forwarded-client-cert with the verified peer's URI SAN (none: removed)
     forward_client_cert: bool = False

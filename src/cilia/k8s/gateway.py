@@ -88,6 +88,16 @@ class RequestMirror:
 
 
 @dataclass(frozen=True, slots=True)
+class CORSFilter:
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age_s: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class Filter:
     """One HTTPRoute/GRPCRoute filter; exactly the field named by `type` is set."""
 
@@ -98,6 +108,7 @@ class Filter:
     rewrite: URLRewrite | None = None
     mirror: RequestMirror | None = None
     extension: tuple[str, str, str] | None = None  # (group, kind, name)
+    cors: CORSFilter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,10 +267,27 @@ class GatewayAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalObjectReference:
+    group: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayInfrastructure:
+    """`spec.infrastructure`: labels and annotations for what the Gateway is served by, and parameters."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    parameters_ref: LocalObjectReference | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySpec:
     gateway_class_name: str
     listeners: tuple[GatewayListener, ...]
     addresses: tuple[GatewayAddress, ...] = ()
+    infrastructure: GatewayInfrastructure = GatewayInfrastructure()
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,17 +488,47 @@ def _filters(raw: Any, path: str, route_ns: str, *, backend_level: bool = False,
             allowed = ("RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, ExtensionRef" if grpc else
                        "RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite, "
                        "RequestMirror, ExtensionRef")
-            if ftype == "CORS" or ftype == "ExternalAuth":
+            if ftype == "CORS":
+                out.append(Filter(ftype, cors=_cors(f.get("cors"), f"{fp}.cors")))
+                continue
+            if ftype == "ExternalAuth":
                 out.append(Filter(ftype))  # experimental: accepted by the API, reported as unsupported
                 continue
             raise ValidationError(f"{fp}.type", f"must be one of {allowed}, got {ftype!r}")
     # CEL rules of the CRDs.
-    for t in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"):
+    for t in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "CORS"):
         if counts.get(t, 0) > 1:
             raise ValidationError(path, f"{t} may appear at most once")
     if counts.get("RequestRedirect") and counts.get("URLRewrite"):
         raise ValidationError(path, "RequestRedirect and URLRewrite cannot be used together")
     return tuple(out)
+
+
+def _strings(raw: Any, path: str) -> tuple[str, ...]:
+    out = []
+    for i, v in enumerate(as_list(raw, path)):
+        if not isinstance(v, str) or not v:
+            raise ValidationError(f"{path}[{i}]", "must be a non-empty string")
+        out.append(v)
+    return tuple(out)
+
+
+def _cors(raw: Any, path: str) -> CORSFilter:
+    m = as_map(raw, path, required=True)
+    methods = _strings(m.get("allowMethods"), f"{path}.allowMethods")
+    for i, meth in enumerate(methods):
+        if meth != "*" and meth not in HTTP_METHODS:
+            raise ValidationError(f"{path}.allowMethods[{i}]", f"must be * or an HTTP method, got {meth!r}")
+    if "*" in methods and len(methods) > 1:
+        raise ValidationError(f"{path}.allowMethods", "* must be the only entry")
+    creds = m.get("allowCredentials", False)
+    if not isinstance(creds, bool):
+        raise ValidationError(f"{path}.allowCredentials", "must be a boolean")
+    max_age = get_int(m, "maxAge", path, default=5, minimum=1)
+    assert max_age is not None
+    return CORSFilter(_strings(m.get("allowOrigins"), f"{path}.allowOrigins"), methods,
+                      _strings(m.get("allowHeaders"), f"{path}.allowHeaders"),
+                      _strings(m.get("exposeHeaders"), f"{path}.exposeHeaders"), creds, max_age)
 
 
 def _string_match(raw: Any, path: str, what: str) -> StringMatch:
@@ -655,7 +713,30 @@ def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
         ap = f"spec.addresses[{i}]"
         a = as_map(a, ap)
         addrs.append(GatewayAddress(get_str(a, "type", ap, default="IPAddress"), get_str(a, "value", ap)))
-    return GatewaySpec(cls, listeners, tuple(addrs))
+    return GatewaySpec(cls, listeners, tuple(addrs), _infrastructure(spec.get("infrastructure")))
+
+
+def _string_map(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
+    m = as_map(raw, path)
+    out = []
+    for k, v in m.items():
+        if not isinstance(v, str):
+            raise ValidationError(f"{path}.{k}", "must be a string")
+        out.append((str(k), v))
+    return tuple(sorted(out))
+
+
+def _infrastructure(raw: Any) -> GatewayInfrastructure:
+    path = "spec.infrastructure"
+    m = as_map(raw, path)
+    ref: LocalObjectReference | None = None
+    if m.get("parametersRef") is not None:
+        rp = f"{path}.parametersRef"
+        r = as_map(m.get("parametersRef"), rp)
+        ref = LocalObjectReference(get_str(r, "group", rp, default=""), get_str(r, "kind", rp, required=True),
+                                   get_str(r, "name", rp, required=True))
+    return GatewayInfrastructure(_string_map(m.get("labels"), f"{path}.labels"),
+                                 _string_map(m.get("annotations"), f"{path}.annotations"), ref)
 
 
 def _parse_http_route(raw: Mapping[str, Any], meta: Meta) -> HTTPRouteSpec:

@@ -25,6 +25,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
@@ -42,6 +43,7 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from cilia.ir import model as ir
 from cilia.render.resources import field_bytes
 
+CORS_FILTER = "envoy.filters.http.cors"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 ACCESS_LOG_FIELDS = {
     "start_time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
@@ -277,6 +279,8 @@ def _prefix_replacement(matched: str, new: str) -> tuple[str, str]:
 
 def render_route(r: ir.Route) -> route_components_pb2.Route:
     out = route_components_pb2.Route(name=r.name, match=_route_match(r.match))
+    if r.cors is not None:
+        out.typed_per_filter_config[CORS_FILTER].CopyFrom(pack(render_cors(r.cors)))
     out.request_headers_to_add.extend(_header_options(r.request_headers))
     out.request_headers_to_remove.extend(r.request_headers.remove)
     out.response_headers_to_add.extend(_header_options(r.response_headers))
@@ -336,11 +340,12 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
     if r.retry is not None:
         rp = action.retry_policy
         rp.retry_on = ",".join((*(["retriable-status-codes"] if r.retry.codes else []), "connect-failure",
-                                "refused-stream"))
+                                "refused-stream", "reset"))
         rp.retriable_status_codes.extend(r.retry.codes)
         rp.num_retries.value = r.retry.attempts
         if r.retry.backoff_ms:
             rp.retry_back_off.base_interval.CopyFrom(duration_ms(r.retry.backoff_ms))
+            rp.retry_back_off.max_interval.CopyFrom(duration_ms(r.retry.backoff_ms * 10))
     upgrade = action.upgrade_configs.add()
     upgrade.upgrade_type = "websocket"
     return out
@@ -359,6 +364,25 @@ def _hash_policies(action: route_components_pb2.RouteAction, policies: tuple[ir.
             out.connection_properties.source_ip = True
         else:
             out.filter_state.key = GRPC_CHANNEL_ID
+
+
+def _origin_matcher(origin: str) -> string_pb2.StringMatcher:
+    """An allowed origin: exact, or with `*` standing for any characters (periods included)."""
+    if "*" not in origin:
+        return string_pb2.StringMatcher(exact=origin)
+    pattern = ".*".join(re.escape(part) for part in origin.split("*"))
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+
+
+def render_cors(c: ir.Cors) -> cors_pb2.CorsPolicy:
+    out = cors_pb2.CorsPolicy(allow_methods=", ".join(c.allow_methods), allow_headers=", ".join(c.allow_headers),
+                              expose_headers=", ".join(c.expose_headers))
+    out.allow_origin_string_match.extend(_origin_matcher(o) for o in c.allow_origins)
+    if c.max_age_s is not None:
+        out.max_age = str(c.max_age_s)
+    if c.allow_credentials:
+        out.allow_credentials.value = True
+    return out
 
 
 def _fraction(percent: float) -> percent_pb2.FractionalPercent:
@@ -430,6 +454,8 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
     hcm.codec_type = hcm_pb2.HttpConnectionManager.CodecType.Value(app.codec.upper())
     hcm.rds.route_config_name = app.route_config
     hcm.rds.config_source.CopyFrom(ads_source())
+    if app.cors:
+        hcm.http_filters.add(name=CORS_FILTER, typed_config=pack(cors_pb2.Cors()))
     if app.rbac:
         for name, rbac in RBAC_FILTERS:
             hcm.http_filters.add(name=name, typed_config=pack(rbac))

@@ -35,8 +35,8 @@ from cilia.translate.gateway_common import (
     ListenerContext,
     RankedRoute,
     RuleBuilder,
-    refs_condition,
     route_parent_status,
+    rule_conditions,
 )
 
 MESH_ROLES = frozenset({"node", "sidecar"})
@@ -99,7 +99,7 @@ def translate_gamma(snapshot: InputSnapshot, opts: TranslateOptions) -> GammaRes
                         else:
                             consumers[(route.meta.namespace, ref.namespace, ref.name, port)].append(builder)
                 parents[(kind, route.meta.namespace, route.meta.name)].append(
-                    route_parent_status(route, ref, [accepted, refs_condition(builder)], opts.status_time))
+                    route_parent_status(route, ref, [accepted, *rule_conditions(builder)], opts.status_time))
     bundles: list[ir.Bundle] = []
     producer_rc: dict[ServicePortKey, ir.RouteConfig] = {}
     consumer_rc: dict[tuple[str, str, str, int], ir.RouteConfig] = {}

@@ -34,6 +34,8 @@ from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gamma import translate_gamma
 from cilia.translate.gateway_common import (
     CONTROLLER,
+    GATEWAY_API_VERSION,
+    SUPPORTED_FEATURES,
     Cond,
     ListenerContext,
     RankedRoute,
@@ -47,10 +49,10 @@ from cilia.translate.gateway_common import (
     norm_group,
     previous_status,
     ref_permitted,
-    refs_condition,
     resolve_ref,
     route_age,
     route_parent_status,
+    rule_conditions,
     same_parent,
 )
 from cilia.translate.tls import secret_not_found
@@ -109,10 +111,14 @@ def _class_statuses(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[di
         if controller not in claimed:
             continue
         ours[obj.meta.name] = controller
-        conds = conditions([Cond("Accepted", True, "Accepted", f"handled by {controller}")], obj.meta.generation,
-                           previous_status(obj).get("conditions"), fallback_time(obj, opts.status_time))
+        conds = conditions([Cond("Accepted", True, "Accepted", f"handled by {controller}"),
+                            Cond("SupportedVersion", True, "SupportedVersion",
+                                 f"Gateway API {GATEWAY_API_VERSION} is supported")],
+                           obj.meta.generation, previous_status(obj).get("conditions"),
+                           fallback_time(obj, opts.status_time))
         out.append(ObjectStatus(obj.api_version, obj.kind, "", obj.meta.name, obj.meta.generation,
-                                {"conditions": conds}))
+                                {"conditions": conds,
+                                 "supportedFeatures": [{"name": f} for f in sorted(SUPPORTED_FEATURES)]}))
     return ours, out
 
 
@@ -131,6 +137,16 @@ def _gateway_address(obj: KubeObject, opts: TranslateOptions) -> tuple[str, Cond
                                               f"spec.addresses[{i}]: {a.value!r} is not an IP address")
         return a.value, None
     return opts.gateway_address, None
+
+
+def _parameters_problem(obj: KubeObject) -> Cond | None:
+    """cilia takes no parameters object: a Gateway naming one is not accepted (GEP-1867)."""
+    ref = obj.spec.infrastructure.parameters_ref
+    if ref is None:
+        return None
+    return Cond("Accepted", False, "InvalidParameters",
+                f"spec.infrastructure.parametersRef: {ref.group or 'core'}/{ref.kind} {ref.name} is not a "
+                "parameters kind cilia supports (it takes none)")
 
 
 def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference,
@@ -225,6 +241,7 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Ma
         if obj.spec.gateway_class_name not in classes:
             continue
         address, refused = _gateway_address(obj, opts)
+        refused = _parameters_problem(obj) or refused
         listeners = [_listener_state(snapshot, obj, li, opts.secret_namespaces) for li in obj.spec.listeners]
         _detect_conflicts(listeners)
         gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name])
@@ -300,8 +317,14 @@ def _covering_hosts(d: str) -> list[str]:
     return [d, *("*." + ".".join(labels[i:]) for i in range(first, len(labels))), "*"]
 
 
-def _virtual_hosts(listeners: list[ListenerState], ctx: ListenerContext, prefix: str) -> tuple[ir.VirtualHost, ...]:
-    """Virtual hosts for the HTTP listeners sharing one RouteConfig (see module docstring)."""
+def _virtual_hosts(listeners: list[ListenerState], ctx: ListenerContext, prefix: str,
+                   peers: list[ListenerState] | None = None) -> tuple[ir.VirtualHost, ...]:
+    """Virtual hosts for the HTTP listeners sharing one RouteConfig (see module docstring).
+
+    `peers`: the other HTTPS listeners on the port, each with a certificate and filter chain of its own.
+    A Host that one of them serves more specifically than `listeners` (the TLS connection was made for
+    another listener) is answered 421 Misdirected Request, so that the client opens a connection
+    with the right SNI."""
     domains: set[str] = set()
     by_host: dict[str, list[tuple[ListenerState, list[RankedRoute]]]] = defaultdict(list)
     for st in listeners:
@@ -319,6 +342,9 @@ def _virtual_hosts(listeners: list[ListenerState], ctx: ListenerContext, prefix:
         if not owners:
             continue
         owner = max(owners, key=lambda st: host_rank(st.spec.hostname))
+        if any(covers(p.spec.hostname, d) and host_rank(p.spec.hostname) > host_rank(owner.spec.hostname)
+               for p in peers or ()):
+            continue  # served by a more specific peer: answered 421 below
         ranked: dict[str, RankedRoute] = {}
         # Hosts are visited most specific first, so a route listed under several keeps its best rank.
         for h in _covering_hosts(d):
@@ -331,6 +357,13 @@ def _virtual_hosts(listeners: list[ListenerState], ctx: ListenerContext, prefix:
                         ranked[r.route.name] = RankedRoute((-rank[0], -rank[1], *r.key), r.route)
         ordered = tuple(r.route for r in sorted(ranked.values(), key=lambda r: r.key))
         out.append(ir.VirtualHost(name=f"{prefix}/{d}", domains=(d,), routes=ordered))
+    served = {v.domains[0] for v in out}
+    misdirected = sorted({p.spec.hostname or "*" for p in peers or ()} - served,
+                         key=lambda h: (-host_rank(h)[0], -host_rank(h)[1], h))
+    for h in misdirected:
+        route = ir.Route(name=f"{prefix}/misdirected/{h}", match=ir.RouteMatch(),
+                         direct=ir.DirectResponse(421, "misdirected request: the Host belongs to another listener"))
+        out.append(ir.VirtualHost(name=f"{prefix}/misdirected/{h}", domains=(h,), routes=(route,)))
     return tuple(out)
 
 
@@ -344,6 +377,10 @@ def _stream_backends(snapshot: InputSnapshot, route: KubeObject,
                 clusters[res.cluster.name] = res.cluster
                 out.append(ir.Backend(res.cluster.name, ref.weight))
     return tuple(out)
+
+
+def _uses_cors(rc: ir.RouteConfig) -> bool:
+    return any(r.cors is not None for vh in rc.virtual_hosts for r in vh.routes)
 
 
 @dataclass
@@ -373,8 +410,9 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
                     out.clusters.update(att.builder.clusters)
         if family == "http":
             ctx = ListenerContext(port, "http")
-            out.routes.append(ir.RouteConfig(base, _virtual_hosts(group, ctx, base), src))
-            chains.append(ir.FilterChain(base, ir.HttpApp(base, strip_host_port=True)))
+            rconf = ir.RouteConfig(base, _virtual_hosts(group, ctx, base), src, ignore_port_in_host_matching=True)
+            out.routes.append(rconf)
+            chains.append(ir.FilterChain(base, ir.HttpApp(base, cors=_uses_cors(rconf))))
         elif family == "tcp":
             st = group[0]
             atts = sorted(st.routes, key=lambda a: route_age(a.route))
@@ -394,13 +432,15 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
                 assert st.spec.tls is not None
                 if st.spec.protocol == "HTTPS":
                     rc = f"{base}/{st.spec.name}"
-                    out.routes.append(ir.RouteConfig(rc, _virtual_hosts([st], ListenerContext(port, "https"), rc),
-                                                     src))
+                    peers = [o for o in group if o is not st and o.spec.protocol == "HTTPS"]
+                    rconf = ir.RouteConfig(rc, _virtual_hosts([st], ListenerContext(port, "https"), rc, peers), src,
+                                           ignore_port_in_host_matching=True)
+                    out.routes.append(rconf)
                     for s in st.secrets:
                         out.secrets[s.name] = s
                     sni = st.spec.hostname
                     used.add(sni)
-                    chains.append(ir.FilterChain(rc, ir.HttpApp(rc, strip_host_port=True),
+                    chains.append(ir.FilterChain(rc, ir.HttpApp(rc, cors=_uses_cors(rconf)),
                                                  server_names=(sni,) if sni else (),
                                                  tls=ir.TlsTermination(tuple(s.name for s in st.secrets))))
                     continue
@@ -545,8 +585,8 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
                                         f"Gateway {ref.namespace}/{ref.name} not found", severity="warning"))
                 continue
             accepted = _attach(snapshot, gs, route, ref, builder)
-            refs = refs_condition(builder) if builder is not None else _stream_refs_condition(snapshot, route)
-            parents[key].append(route_parent_status(route, ref, [accepted, refs], opts.status_time, gs.controller))
+            refs = rule_conditions(builder) if builder is not None else [_stream_refs_condition(snapshot, route)]
+            parents[key].append(route_parent_status(route, ref, [accepted, *refs], opts.status_time, gs.controller))
     bundles: list[ir.Bundle] = []
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):

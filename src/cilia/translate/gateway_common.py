@@ -32,6 +32,16 @@ from cilia.k8s.store import InputSnapshot
 from cilia.translate.services import resolve_backend, upstream_protocol
 
 CONTROLLER = "cilia.io/gateway-controller"
+GATEWAY_API_VERSION = "v1.5.1"  # the release whose CRDs and conformance suite cilia follows
+# The conformance features (upstream names) cilia claims: GatewayClass status lists them, and the
+# conformance runner (tests/conformance) replays every upstream test of each extended one, passing.
+# Behaviours implemented but not yet verified that way are not claimed.
+SUPPORTED_FEATURES = frozenset({
+    "Gateway", "HTTPRoute", "ReferenceGrant", "GRPCRoute", "TLSRoute", "Mesh",
+    "GatewayHTTPSListenerDetectMisdirectedRequests", "HTTPRouteMethodMatching", "HTTPRouteRequestMirror",
+    "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry", "HTTPRouteParentRefPort",
+    "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS",
+})
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
 WELL_KNOWN_PORTS = {"http": 80, "https": 443}
@@ -262,6 +272,7 @@ class RuleBuilder:
         self.protocol: ir.UpstreamProtocol | None = "http2" if grpc else None
         self._resolved: dict[BackendRef, ResolvedBackend] = {}
         self.problems: list[Problem] = []
+        self.invalid_rules: dict[int, Problem] = {}
         self.clusters: dict[str, ir.Cluster] = {}
 
     def backend(self, ref: BackendRef) -> ResolvedBackend:
@@ -275,8 +286,9 @@ class RuleBuilder:
         return self._resolved[ref]
 
     def resolve_all(self) -> None:
-        """Resolve every reference now, so statuses do not depend on where the route attached."""
-        for rule in self.route.spec.rules:
+        """Resolve every reference now, so statuses do not depend on where the route attached; rules
+        that ask for what cilia cannot do are set aside (`invalid_rules`) and left out of the IR."""
+        for i, rule in enumerate(self.route.spec.rules):
             for ref in rule.backend_refs:
                 self.backend(ref)
                 for f in ref.filters:
@@ -285,22 +297,42 @@ class RuleBuilder:
             for f in rule.filters:
                 if f.mirror is not None:
                     self.backend(f.mirror.backend)
-                if f.type in ("CORS", "ExternalAuth"):
-                    self.problems.append(Problem("Accepted", "UnsupportedValue",
-                                                 f"filter type {f.type} is not supported"))
+                if f.type == "ExternalAuth":
+                    self._invalid(i, f"filter type {f.type} is not supported")
                 if f.type == "ExtensionRef" and f.extension is not None:
                     g, k, n = f.extension
                     self.problems.append(Problem("ResolvedRefs", "InvalidKind",
                                                  f"ExtensionRef {g}/{k} {n} is not supported: the rule answers 500"))
             for ref in rule.backend_refs:
                 for f in ref.filters:
-                    if f.type not in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror"):
-                        self.problems.append(Problem("Accepted", "UnsupportedValue",
-                                                     f"filter type {f.type} is not supported on a backendRef"))
+                    if f.type in ("URLRewrite", "RequestRedirect") and len(rule.backend_refs) > 1:
+                        self._invalid(i, f"a {f.type} filter on a backendRef needs that backendRef to be the "
+                                         "rule's only one")
+                    elif f.type == "URLRewrite" and any(rf.type in ("URLRewrite", "RequestRedirect")
+                                                        for rf in rule.filters):
+                        self._invalid(i, "URLRewrite on a backendRef conflicts with the rule's own "
+                                         "URLRewrite or RequestRedirect")
+                    elif f.type not in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
+                                        "URLRewrite", "RequestRedirect"):
+                        self._invalid(i, f"filter type {f.type} is not supported on a backendRef")
+
+    def _invalid(self, index: int, message: str) -> None:
+        if index not in self.invalid_rules:
+            self.invalid_rules[index] = Problem("Accepted", "UnsupportedValue", f"spec.rules[{index}]: {message}")
 
     @property
     def accepted_problem(self) -> Problem | None:
-        return next((p for p in self.problems if p.condition == "Accepted"), None)
+        """Why the route is not accepted at all: every rule of it is invalid."""
+        if self.invalid_rules and len(self.invalid_rules) == len(self.route.spec.rules):
+            return self.invalid_rules[min(self.invalid_rules)]
+        return None
+
+    @property
+    def partially_invalid(self) -> Problem | None:
+        """Why some (not all) rules were left out: the route's PartiallyInvalid condition."""
+        if self.invalid_rules and len(self.invalid_rules) < len(self.route.spec.rules):
+            return self.invalid_rules[min(self.invalid_rules)]
+        return None
 
     @property
     def refs_problem(self) -> Problem | None:
@@ -337,6 +369,9 @@ class RuleBuilder:
         rewrite: ir.Rewrite | None = None
         mirrors: list[ir.Mirror] = []
         direct: ir.DirectResponse | None = None
+        cors: ir.Cors | None = None
+        # A URLRewrite or RequestRedirect on a rule's only backendRef acts as the rule's own.
+        filters = [*filters, *(f for ref in refs for f in ref.filters if f.type in ("URLRewrite", "RequestRedirect"))]
         for f in filters:
             if f.request_headers is not None:
                 req = _merge_mods(req, _mods(f.request_headers))
@@ -355,9 +390,13 @@ class RuleBuilder:
                 res = self.backend(f.mirror.backend)
                 if res.cluster is not None:
                     mirrors.append(ir.Mirror(res.cluster.name, f.mirror.percent))
+            elif f.cors is not None:
+                c = f.cors
+                cors = ir.Cors(c.allow_origins, c.allow_methods, c.allow_headers, c.expose_headers,
+                               c.allow_credentials, c.max_age_s)
             elif f.type == "ExtensionRef":
                 direct = ir.DirectResponse(500)
-        fields: dict[str, Any] = {"request_headers": req, "response_headers": resp}
+        fields: dict[str, Any] = {"request_headers": req, "response_headers": resp, "cors": cors}
         if direct is not None:
             fields["direct"] = direct
             return fields
@@ -435,6 +474,8 @@ class RuleBuilder:
         """Every rule of the route, for one listener."""
         out: list[RankedRoute] = []
         for i, rule in enumerate(self.route.spec.rules):
+            if i in self.invalid_rules:
+                continue
             if self.grpc:
                 out.extend(self.grpc_rule(i, rule, ctx, prefix))
             else:
@@ -497,6 +538,15 @@ def route_parent_status(route: KubeObject, ref: ParentRef, conds: Sequence[Cond]
             prev_conds = p.get("conditions")
     return {"parentRef": parent_ref_stanza(ref), "controllerName": controller,
             "conditions": conditions(conds, route.meta.generation, prev_conds, fallback_time(route, status_time))}
+
+
+def rule_conditions(builder: RuleBuilder) -> list[Cond]:
+    """ResolvedRefs, and PartiallyInvalid when some rules were left out (GEP-1364)."""
+    out = [refs_condition(builder)]
+    p = builder.partially_invalid
+    if p is not None:
+        out.append(Cond("PartiallyInvalid", True, p.reason, p.message + " (the rule is left out)"))
+    return out
 
 
 def refs_condition(builder: RuleBuilder) -> Cond:

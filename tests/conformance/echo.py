@@ -1,0 +1,123 @@
+"""Echo backends speaking the Gateway API conformance suite's echo contract.
+
+Each answers with a JSON body naming what it saw and who it is: `path` (the request URI, query
+included), `host`, `method`, `proto`, `headers` (canonical name -> list of values), and the pod's
+`namespace`, `service` and `pod`. As the suite's backends do, `/retry/...` fails (`?responseCode=N`,
+else a connection reset) until `?succeedAfter=N` attempts with the same `?uuid=` were made, `/status/N`
+answers N, and `?delay=DURATION` waits before answering.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+_DURATION = re.compile(r"([0-9.]+)(ms|s|m)")
+
+
+def _seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    return sum(float(n) * units[u] for n, u in _DURATION.findall(value))
+
+
+def _canonical(name: str) -> str:
+    return "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-answer (a proxy's timeout) is expected here, not worth a traceback."""
+
+
+class ConformanceEcho:
+    """One backend pod: `pod` is named as the suite names them (`<service>-<suffix>`)."""
+
+    def __init__(self, service: str, namespace: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self.namespace = namespace
+        self.pod = f"{service}-7d5b9c4f6-x{abs(hash((service, namespace))) % 10000:04d}"
+        self.requests: list[dict[str, Any]] = []
+        self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        echo = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                url = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                seen: dict[str, Any] = {
+                    "path": self.path, "host": self.headers.get("host", ""), "method": self.command,
+                    "proto": self.request_version, "headers": {},
+                    "namespace": echo.namespace, "ingress": "", "service": echo.service, "pod": echo.pod}
+                for k, v in self.headers.items():
+                    if k.lower() != "host":
+                        seen["headers"].setdefault(_canonical(k), []).append(v)
+                with echo._lock:
+                    echo.requests.append(seen)
+                if url.path.startswith("/retry/") and not self._retry(query):
+                    return
+                m = re.fullmatch(r"/status/(\d{3})", url.path)
+                if m:
+                    self._send(int(m.group(1)), b"")
+                    return
+                if query.get("delay"):
+                    time.sleep(min(_seconds(query["delay"]), 30.0))
+                self._send(200, json.dumps(seen, indent=1).encode(), "application/json")
+
+            def _retry(self, query: dict[str, str]) -> bool:
+                """Fail this attempt (False) until `succeedAfter` attempts were seen for the uuid."""
+                uuid = query.get("uuid", "")
+                after = int(query.get("succeedAfter", "0") or 0)
+                with echo._lock:
+                    n = echo._attempts.get(uuid, 0)
+                    if n >= after:
+                        return True
+                    echo._attempts[uuid] = n + 1
+                if query.get("responseCode"):
+                    self._send(int(query["responseCode"]), b"")
+                else:  # a TCP reset
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                return False
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_CONNECT = _answer
+            do_TRACE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = _QuietServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"echo-{service}", daemon=True)
+
+    def start(self) -> ConformanceEcho:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,558 @@
+"""The upstream conformance tests the runner replays: each one's manifests restated as data, and its
+expectations (requests, responses, statuses) as checks on the World. Names are the upstream
+ShortNames. `SKIPPED` gives, for every upstream test of the target version not replayed here, why.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from conformance.runner import GW, HTTPS_GATEWAY, Expect, ScenarioFailure, World, scenario
+from support.conformance_base import APP, INFRA, WEB
+
+V1 = "infra-backend-v1"
+V2 = "infra-backend-v2"
+V3 = "infra-backend-v3"
+
+
+# -- manifest helpers ------------------------------------------------------------------------------
+def route(name: str, rules: list[dict[str, Any]], parents: list[dict[str, Any]] | None = None,
+          hostnames: list[str] | None = None, ns: str = INFRA, kind: str = "HTTPRoute") -> dict[str, Any]:
+    spec: dict[str, Any] = {"parentRefs": parents or [{"name": "same-namespace"}], "rules": rules}
+    if hostnames:
+        spec["hostnames"] = hostnames
+    return {"apiVersion": GW, "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def to(name: str, port: int = 8080, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "port": port, **extra}
+
+
+def prefix(value: str) -> dict[str, Any]:
+    return {"path": {"type": "PathPrefix", "value": value}}
+
+
+def exact(value: str) -> dict[str, Any]:
+    return {"path": {"type": "Exact", "value": value}}
+
+
+def rule(*backends: dict[str, Any], matches: list[dict[str, Any]] | None = None,
+         filters: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"backendRefs": list(backends), **extra}
+    if matches:
+        out["matches"] = matches
+    if filters:
+        out["filters"] = filters
+    return out
+
+
+def http_listener(name: str, port: int = 80, hostname: str = "", **extra: Any) -> dict[str, Any]:
+    li: dict[str, Any] = {"name": name, "port": port, "protocol": "HTTP",
+                          "allowedRoutes": {"namespaces": {"from": "Same"}}, **extra}
+    if hostname:
+        li["hostname"] = hostname
+    return li
+
+
+HEADER_MODS = {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+    "set": [{"name": "X-Header-Set", "value": "set-overwrites-values"}],
+    "add": [{"name": "X-Header-Add", "value": "header-val-1"},
+            {"name": "X-Header-Add-Append", "value": "header-val-2"}],
+    "remove": ["X-Header-Remove"]}}
+
+
+def mirror(backend: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "RequestMirror",
+            "requestMirror": {"backendRef": {"name": backend, "namespace": INFRA, "port": 8080}, **extra}}
+
+
+def _mirrored(w: World, backend: str, path: str, since: int) -> int:
+    return sum(1 for r in w.echos[backend].requests[since:] if r["path"].split("?")[0] == path)
+
+
+# -- core HTTPRoute ----------------------------------------------------------------------------------
+@scenario("HTTPRouteSimpleSameNamespace", fast=True)
+def simple_same_namespace(w: World) -> None:
+    w.apply([route("gateway-conformance-infra-test", [rule(to(V1))])])
+    w.expect_route("gateway-conformance-infra-test")
+    w.expect("same-namespace", Expect("/", backend=V1))
+
+
+@scenario("HTTPRouteCrossNamespace")
+def cross_namespace(w: World) -> None:
+    w.apply([route("cross-namespace", [rule(to("web-backend"))],
+                   parents=[{"name": "backend-namespaces", "namespace": INFRA}], ns=WEB)])
+    w.expect_route("cross-namespace", "backend-namespaces", ns=WEB)
+    w.expect("backend-namespaces", Expect("/", backend="web-backend", namespace=WEB))
+
+
+@scenario("HTTPRouteExactPathMatching")
+def exact_path(w: World) -> None:
+    w.apply([route("exact-matching", [rule(to(V1), matches=[exact("/one")]), rule(to(V2), matches=[exact("/two")])])])
+    w.expect_route("exact-matching")
+    w.expect("same-namespace", Expect("/one", backend=V1))
+    w.expect("same-namespace", Expect("/two", backend=V2))
+    for p in ("/", "/one/example", "/two/", "/Two"):
+        w.expect("same-namespace", Expect(p, status=404))
+
+
+@scenario("HTTPRouteListenerPortMatching", fast=True)
+def listener_port_matching(w: World) -> None:
+    gw = "httproute-listener-port-matching"
+    listeners = [http_listener("listener-1", 80, "foo.com"), http_listener("listener-2", 8080, "foo.com"),
+                 http_listener("listener-3", 8080, "bar.com"), http_listener("listener-4", 8090, "foo.com"),
+                 http_listener("listener-5", 8090, "bar.com")]
+    w.apply([w.gateway(gw, listeners),
+             route("backend-v1", [rule(to(V1))], parents=[{"name": gw, "namespace": INFRA, "port": 80}]),
+             route("backend-v2", [rule(to(V2))], parents=[{"name": gw, "namespace": INFRA, "port": 8080}]),
+             route("backend-v3", [rule(to(V3))],
+                   parents=[{"name": gw, "namespace": INFRA, "port": 8090, "sectionName": "listener-4"}])])
+    for r in ("backend-v1", "backend-v2", "backend-v3"):
+        w.expect_route(r, gw)
+    # The Host keeps its port on the way to the backend.
+    w.expect(gw, Expect("/", host="foo.com", backend=V1, req_host="foo.com"))
+    w.expect(gw, Expect("/", host="foo.com:8080", backend=V2, req_host="foo.com:8080"), port=8080)
+    w.expect(gw, Expect("/", host="bar.com:8080", backend=V2, req_host="bar.com:8080"), port=8080)
+    w.expect(gw, Expect("/", host="foo.com:8090", backend=V3, req_host="foo.com:8090"), port=8090)
+    w.expect(gw, Expect("/", host="bar.com:8090", status=404), port=8090)
+
+
+@scenario("HTTPRouteHostnameIntersection")
+def hostname_intersection(w: World) -> None:
+    gw = "httproute-hostname-intersection"
+    w.apply([w.gateway(gw, [http_listener("listener-1", 80, "very.specific.com"),
+                            http_listener("listener-2", 80, "*.wildcard.io"),
+                            http_listener("listener-3", 80, "*.anotherwildcard.io")]),
+             route("specific-host-matches-listener-specific-host", [rule(to(V1), matches=[prefix("/s1")])],
+                   parents=[{"name": gw}], hostnames=["non.matching.com", "*.nonmatchingwildcard.io",
+                                                      "very.specific.com"]),
+             route("specific-host-matches-listener-wildcard-host", [rule(to(V2), matches=[prefix("/s2")])],
+                   parents=[{"name": gw}], hostnames=["non.matching.com", "wildcard.io", "foo.wildcard.io",
+                                                      "bar.wildcard.io", "foo.bar.wildcard.io"]),
+             route("wildcard-host-matches-listener-specific-host", [rule(to(V3), matches=[prefix("/s3")])],
+                   parents=[{"name": gw}], hostnames=["non.matching.com", "*.specific.com"]),
+             route("wildcard-host-matches-listener-wildcard-host", [rule(to(V1), matches=[prefix("/s4")])],
+                   parents=[{"name": gw}], hostnames=["*.anotherwildcard.io"]),
+             route("no-intersecting-hosts", [rule(to(V2), matches=[prefix("/s5")])],
+                   parents=[{"name": gw}], hostnames=["specific.but.wrong.com", "wildcard.io"])])
+    w.expect_route("no-intersecting-hosts", gw, Accepted=("False", "NoMatchingListenerHostname"))
+    w.expect_gateway(gw, listeners={"listener-1": {"attachedRoutes": 2}, "listener-2": {"attachedRoutes": 1},
+                                    "listener-3": {"attachedRoutes": 1}})
+    cases = [("very.specific.com", "/s1", V1), ("very.specific.com:1234", "/s1", V1),
+             ("non.matching.com", "/s1", 404), ("foo.nonmatchingwildcard.io", "/s1", 404),
+             ("foo.wildcard.io", "/s2", V2), ("foo.bar.wildcard.io", "/s2", V2), ("wildcard.io", "/s2", 404),
+             ("very.specific.com", "/s3", V3), ("foo.specific.com", "/s3", 404),
+             ("foo.anotherwildcard.io", "/s4", V1), ("anotherwildcard.io", "/s4", 404),
+             ("specific.but.wrong.com", "/s5", 404), ("wildcard.io", "/s5", 404)]
+    for host, path, want in cases:
+        if isinstance(want, int):
+            w.expect(gw, Expect(path, host=host, status=want))
+        else:
+            w.expect(gw, Expect(path, host=host, backend=want, req_host=host))
+
+
+@scenario("HTTPRouteHTTPSListener", fast=True)
+def https_listener(w: World) -> None:
+    w.apply([route("httproute-https-test", [rule(to(V1))], parents=[{"name": HTTPS_GATEWAY}],
+                   hostnames=["example.org"]),
+             route("httproute-https-test-no-hostname", [rule(to(V2))],
+                   parents=[{"name": HTTPS_GATEWAY, "sectionName": "https-with-hostname"}])])
+    w.expect_route("httproute-https-test", HTTPS_GATEWAY)
+    w.expect_route("httproute-https-test-no-hostname", HTTPS_GATEWAY, section="https-with-hostname")
+    w.expect(HTTPS_GATEWAY, Expect("/", host="example.org", backend=V1), port=443, scheme="https")
+    w.expect(HTTPS_GATEWAY, Expect("/", host="second-example.org", backend=V2), port=443, scheme="https")
+    w.expect(HTTPS_GATEWAY, Expect("/", host="unknown-example.org", status=404), port=443, scheme="https")
+
+
+@scenario("HTTPRouteHTTPSListenerDetectMisdirectedRequests", fast=True)
+def misdirected(w: World) -> None:
+    p = "/detect-misdirected-requests"
+    w.apply([route("https-listener-detect-misdirected-requests-test-1", [rule(to(V1), matches=[prefix(p)])],
+                   parents=[{"name": HTTPS_GATEWAY, "sectionName": "https"}], hostnames=["example.org"]),
+             route("https-listener-detect-misdirected-requests-test-2", [rule(to(V2), matches=[prefix(p)])],
+                   parents=[{"name": HTTPS_GATEWAY, "sectionName": "https-with-hostname"}]),
+             route("https-listener-detect-misdirected-requests-test-3", [rule(to(V3), matches=[prefix(p)])],
+                   parents=[{"name": HTTPS_GATEWAY, "sectionName": "https-with-wildcard-hostname"}]),
+             route("https-listener-detect-misdirected-requests-test-4", [rule(to(V1), matches=[prefix(p)])],
+                   parents=[{"name": HTTPS_GATEWAY, "sectionName": "https-with-hostname-matching-wildcard"}])])
+    for i in range(1, 5):
+        w.expect_route(f"https-listener-detect-misdirected-requests-test-{i}", HTTPS_GATEWAY)
+    cases = [("example.org", "example.org", V1), ("example.org", "second-example.org", 421),
+             ("example.org", "unknown-example.org", 404),
+             ("second-example.org", "second-example.org", V2), ("second-example.org", "example.org", 421),
+             ("second-example.org", "unknown-example.org", 421),
+             ("third-example.wildcard.org", "third-example.wildcard.org", V3),
+             ("third-example.wildcard.org", "fith-example.wildcard.org", V3),
+             ("third-example.wildcard.org", "fourth-example.wildcard.org", 421),
+             ("third-example.wildcard.org", "second-example.org", 421),
+             ("third-example.wildcard.org", "unknown-example.org", 421),
+             ("fourth-example.wildcard.org", "fourth-example.wildcard.org", V1),
+             ("fourth-example.wildcard.org", "fith-example.wildcard.org", 421),
+             ("unknown-example.org", "example.org", V1), ("unknown-example.org", "unknown-example.org", 404)]
+    for sni, host, want in cases:
+        e = Expect(p, host=host, status=want) if isinstance(want, int) else Expect(p, host=host, backend=want)
+        w.expect(HTTPS_GATEWAY, e, port=443, scheme="https", sni=sni)
+
+
+@scenario("HTTPRoutePartiallyInvalidViaInvalidReferenceGrant")
+def partially_invalid_grant(w: World) -> None:
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "reference-grant", "namespace": APP},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": INFRA}],
+                      "to": [{"group": "", "kind": "Service", "name": "app-backend-v1"}]}}
+    w.apply([grant, route("invalid-reference-grant", [
+        rule(to("app-backend-v1", namespace=APP)),
+        rule(to("app-backend-v2", namespace=APP), matches=[prefix("/v2")])])])
+    w.expect_route("invalid-reference-grant", Accepted=("True", "Accepted"),
+                   ResolvedRefs=("False", "RefNotPermitted"))
+    w.expect("same-namespace", Expect("/", backend="app-backend-v1", namespace=APP))
+    w.expect("same-namespace", Expect("/v2", status=500))
+
+
+@scenario("HTTPRouteInvalidNonExistentBackendRef")
+def nonexistent_backend(w: World) -> None:
+    w.apply([route("invalid-nonexistent-backend-ref", [rule(to("nonexistent"))])])
+    w.expect_route("invalid-nonexistent-backend-ref", Accepted=("True", "Accepted"),
+                   ResolvedRefs=("False", "BackendNotFound"))
+    w.expect("same-namespace", Expect("/", status=500))
+
+
+@scenario("HTTPRouteInvalidBackendRefUnknownKind")
+def unknown_kind(w: World) -> None:
+    w.apply([route("invalid-backend-ref-unknown-kind",
+                   [rule({"group": "unknownkind.example.com", "kind": "NonExistent", "name": "infra-backend-v1",
+                          "port": 8080})])])
+    w.expect_route("invalid-backend-ref-unknown-kind", Accepted=("True", "Accepted"),
+                   ResolvedRefs=("False", "InvalidKind"))
+    w.expect("same-namespace", Expect("/", status=500))
+
+
+@scenario("HTTPRouteInvalidCrossNamespaceBackendRef")
+def invalid_cross_namespace_backend(w: World) -> None:
+    w.apply([route("invalid-cross-namespace-backend-ref", [rule(to("web-backend", namespace=WEB))])])
+    w.expect_route("invalid-cross-namespace-backend-ref", Accepted=("True", "Accepted"),
+                   ResolvedRefs=("False", "RefNotPermitted"))
+    w.expect("same-namespace", Expect("/", status=500))
+
+
+@scenario("HTTPRouteInvalidCrossNamespaceParentRef")
+def invalid_cross_namespace_parent(w: World) -> None:
+    w.apply([route("invalid-cross-namespace-parent-ref", [rule(to("web-backend"))],
+                   parents=[{"name": "same-namespace", "namespace": INFRA}], ns=WEB)])
+    w.expect_route("invalid-cross-namespace-parent-ref", ns=WEB, Accepted=("False", "NotAllowedByListeners"))
+    w.expect_gateway("same-namespace", listeners={"http": {"attachedRoutes": 0}})
+
+
+@scenario("GatewayWithAttachedRoutes")
+def attached_routes(w: World) -> None:
+    sel = {"kinds": [{"kind": "HTTPRoute"}], "namespaces": {"from": "Selector", "selector": {
+        "matchLabels": {"kubernetes.io/metadata.name": INFRA}}}}
+    one, two = "gateway-with-one-attached-route", "gateway-with-two-attached-routes"
+    bad = "unresolved-gateway-with-one-attached-unresolved-route"
+    w.apply([w.gateway(one, [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": sel}]),
+             route("http-route-1", [rule(to(V1))], parents=[{"kind": "Gateway", "name": one, "namespace": INFRA}]),
+             w.gateway(two, [{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "foo.example.com",
+                              "allowedRoutes": sel}]),
+             route("http-route-2", [rule(to(V1))], parents=[{"kind": "Gateway", "name": two, "namespace": INFRA}]),
+             route("http-route-3", [rule(to(V1))], parents=[{"kind": "Gateway", "name": two, "namespace": INFRA}]),
+             route("http-route-not-accepted", [rule(to(V1))], hostnames=["not-accepted.test.com"],
+                   parents=[{"kind": "Gateway", "name": two, "namespace": INFRA}]),
+             w.gateway(bad, [{"name": "tls", "port": 443, "protocol": "HTTPS", "allowedRoutes": sel,
+                              "tls": {"mode": "Terminate", "certificateRefs": [
+                                  {"group": "", "kind": "Secret", "name": "does-not-exist"}]}}]),
+             route("http-route-4", [rule(to("does-not-exist"))],
+                   parents=[{"kind": "Gateway", "name": bad, "namespace": INFRA, "sectionName": "tls"}])])
+    ok = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed"),
+          "ResolvedRefs": ("True", "ResolvedRefs")}
+    w.expect_gateway(one, listeners={"http": {"attachedRoutes": 1, "supportedKinds": ["HTTPRoute"],
+                                              "conditions": ok}})
+    w.expect_gateway(two, listeners={"http": {"attachedRoutes": 2, "supportedKinds": ["HTTPRoute"],
+                                              "conditions": ok}})
+    w.expect_gateway(bad, listeners={"tls": {"attachedRoutes": 1, "supportedKinds": ["HTTPRoute"], "conditions": {
+        "Programmed": ("False", "Invalid"), "ResolvedRefs": ("False", "InvalidCertificateRef")}}})
+
+
+@scenario("HTTPRouteInvalidParentRefSectionNameNotMatchingPort")
+def section_name_not_matching_port(w: World) -> None:
+    gw = "gateway-with-one-not-matching-port-and-section-name-route"
+    w.apply([w.gateway(gw, [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {
+                 "kinds": [{"kind": "HTTPRoute"}], "namespaces": {"from": "All"}}}]),
+             route("httproute-listener-section-name-not-matching-port", [rule(to(V1, kind="Service"))],
+                   parents=[{"name": gw, "namespace": INFRA, "sectionName": "http", "port": 81}])])
+    w.expect_route("httproute-listener-section-name-not-matching-port", gw, Accepted=("False", "NoMatchingParent"))
+    w.expect_gateway(gw, listeners={"http": {"attachedRoutes": 0}})
+
+
+@scenario("GatewayWithAttachedRoutesWithPort8080")
+def attached_routes_8080(w: World) -> None:
+    gw = "gateway-with-two-listeners-and-one-attached-route"
+    allowed = {"kinds": [{"kind": "HTTPRoute"}], "namespaces": {"from": "All"}}
+    w.apply([w.gateway(gw, [{"name": "http-unattached", "port": 8080, "protocol": "HTTP", "allowedRoutes": allowed},
+                            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": allowed}]),
+             route("http-route-4-port-8080", [rule(to(V1))],
+                   parents=[{"kind": "Gateway", "name": gw, "namespace": INFRA, "sectionName": "http"}])])
+    ok = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    w.expect_gateway(gw, listeners={"http-unattached": {"attachedRoutes": 0, "supportedKinds": ["HTTPRoute"],
+                                                        "conditions": ok},
+                                    "http": {"attachedRoutes": 1, "supportedKinds": ["HTTPRoute"], "conditions": ok}})
+
+
+# -- extended HTTPRoute --------------------------------------------------------------------------------
+@scenario("HTTPRouteMethodMatching")
+def method_matching(w: World) -> None:
+    w.apply([route("method-matching", [rule(to(V1), matches=[{"method": "POST"}]),
+                                       rule(to(V2), matches=[{"method": "GET"}])])])
+    w.expect_route("method-matching")
+    w.expect("same-namespace", Expect("/", method="POST", backend=V1))
+    w.expect("same-namespace", Expect("/", method="GET", backend=V2))
+    w.expect("same-namespace", Expect("/", method="HEAD", status=404))
+
+
+@scenario("HTTPRouteRequestMirror")
+def request_mirror(w: World) -> None:
+    w.apply([route("request-mirror", [
+        rule(to(V1, namespace=INFRA), matches=[prefix("/mirror")], filters=[mirror(V2)]),
+        rule(to(V1, namespace=INFRA), matches=[prefix("/mirror-and-modify-headers")],
+             filters=[HEADER_MODS, mirror(V2)])])])
+    w.expect_route("request-mirror")
+    since = len(w.echos[V2].requests)
+    w.expect("same-namespace", Expect("/mirror", backend=V1))
+    w.eventually("mirrored to infra-backend-v2", lambda: "" if _mirrored(w, V2, "/mirror", since) else "none")
+    w.expect("same-namespace", Expect("/mirror-and-modify-headers", backend=V1,
+                                      headers={"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1",
+                                               "X-Header-Set": "some-other-value"},
+                                      req_headers={"X-Header-Add": "header-val-1",
+                                                   "X-Header-Add-Append": "append-val-1,header-val-2",
+                                                   "X-Header-Set": "set-overwrites-values"},
+                                      req_absent=("X-Header-Remove",)))
+
+
+@scenario("HTTPRouteRequestPercentageMirror", fast=True)
+def percentage_mirror(w: World) -> None:
+    w.apply([route("request-percentage-mirror", [
+        rule(to(V1, namespace=INFRA), matches=[prefix("/percent-mirror")], filters=[mirror(V2, percent=20)]),
+        rule(to(V1, namespace=INFRA), matches=[prefix("/percent-mirror-fraction")],
+             filters=[mirror(V2, fraction={"numerator": 25, "denominator": 50})]),
+        rule(to(V1, namespace=INFRA), matches=[prefix("/percent-mirror-and-modify-headers")],
+             filters=[HEADER_MODS, mirror(V2, percent=35)])])])
+    w.expect_route("request-percentage-mirror")
+    total = 200
+    for path, percent in (("/percent-mirror", 20), ("/percent-mirror-fraction", 50),
+                          ("/percent-mirror-and-modify-headers", 35)):
+        w.expect("same-namespace", Expect(path, backend=V1))
+        since = len(w.echos[V2].requests)
+        for _ in range(total):
+            r = w.request("same-namespace", Expect(path))
+            if r.status != 200:
+                raise ScenarioFailure(f"{path}: status {r.status}")
+        # Mirrors are sent asynchronously: let the last ones land.
+        w.eventually("mirrors settled", lambda: "", timeout=1)
+        got = 100.0 * _mirrored(w, V2, path, since) / total
+        if abs(got - percent) > 15:  # the suite's tolerance
+            raise ScenarioFailure(f"{path}: {got:.0f}% mirrored, want {percent}% +-15")
+
+
+@scenario("HTTPRouteRedirectPortAndScheme")
+def redirect_port_and_scheme(w: World) -> None:
+    def redirects(cases: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [{"matches": [prefix(p)], "filters": [{"type": "RequestRedirect",
+                                                      "requestRedirect": {"hostname": "example.org", **rd}}]}
+                for p, rd in cases]
+
+    gw8080 = "same-namespace-with-http-listener-on-8080"
+    w.apply([w.gateway(gw8080, [http_listener("http", 8080)]),
+             route("http-route-for-listener-on-port-80", redirects([
+                 ("/scheme-nil-and-port-nil", {}), ("/scheme-nil-and-port-80", {"port": 80}),
+                 ("/scheme-nil-and-port-8080", {"port": 8080}), ("/scheme-https-and-port-nil", {"scheme": "https"}),
+                 ("/scheme-https-and-port-443", {"scheme": "https", "port": 443}),
+                 ("/scheme-https-and-port-8443", {"scheme": "https", "port": 8443})])),
+             route("http-route-for-listener-on-port-8080", redirects([
+                 ("/scheme-nil-and-port-nil", {}), ("/scheme-nil-and-port-80", {"port": 80}),
+                 ("/scheme-https-and-port-nil", {"scheme": "https"})]), parents=[{"name": gw8080}]),
+             route("http-route-for-listener-on-port-443", redirects([
+                 ("/scheme-nil-and-port-nil", {}), ("/scheme-nil-and-port-443", {"port": 443}),
+                 ("/scheme-nil-and-port-8443", {"port": 8443}), ("/scheme-http-and-port-nil", {"scheme": "http"}),
+                 ("/scheme-http-and-port-80", {"scheme": "http", "port": 80}),
+                 ("/scheme-http-and-port-8080", {"scheme": "http", "port": 8080})]),
+                   parents=[{"name": HTTPS_GATEWAY}])])
+    for r, gw in (("http-route-for-listener-on-port-80", "same-namespace"),
+                  ("http-route-for-listener-on-port-8080", gw8080),
+                  ("http-route-for-listener-on-port-443", HTTPS_GATEWAY)):
+        w.expect_route(r, gw)
+    for path, loc in (("/scheme-nil-and-port-nil", "http://example.org/scheme-nil-and-port-nil"),
+                      ("/scheme-nil-and-port-80", "http://example.org/scheme-nil-and-port-80"),
+                      ("/scheme-nil-and-port-8080", "http://example.org:8080/scheme-nil-and-port-8080"),
+                      ("/scheme-https-and-port-nil", "https://example.org/scheme-https-and-port-nil"),
+                      ("/scheme-https-and-port-443", "https://example.org/scheme-https-and-port-443"),
+                      ("/scheme-https-and-port-8443", "https://example.org:8443/scheme-https-and-port-8443")):
+        w.expect("same-namespace", Expect(path, status=302, location=loc))
+    for path, loc in (("/scheme-nil-and-port-nil", "http://example.org:8080/scheme-nil-and-port-nil"),
+                      ("/scheme-nil-and-port-80", "http://example.org/scheme-nil-and-port-80"),
+                      ("/scheme-https-and-port-nil", "https://example.org/scheme-https-and-port-nil")):
+        w.expect(gw8080, Expect(path, status=302, location=loc), port=8080)
+    for path, loc in (("/scheme-nil-and-port-nil", "https://example.org/scheme-nil-and-port-nil"),
+                      ("/scheme-nil-and-port-443", "https://example.org/scheme-nil-and-port-443"),
+                      ("/scheme-nil-and-port-8443", "https://example.org:8443/scheme-nil-and-port-8443"),
+                      ("/scheme-http-and-port-nil", "http://example.org/scheme-http-and-port-nil"),
+                      ("/scheme-http-and-port-80", "http://example.org/scheme-http-and-port-80"),
+                      ("/scheme-http-and-port-8080", "http://example.org:8080/scheme-http-and-port-8080")):
+        w.expect(HTTPS_GATEWAY, Expect(path, host="example.org", status=302, location=loc), port=443,
+                 scheme="https")
+
+
+@scenario("HTTPRouteRedirectPort")
+def redirect_port(w: World) -> None:
+    def rd(path: str, **r: Any) -> dict[str, Any]:
+        return {"matches": [prefix(path)], "filters": [{"type": "RequestRedirect", "requestRedirect": r}]}
+
+    w.apply([route("redirect-port", [rd("/port", port=8083), rd("/port-and-host", hostname="example.org", port=8083),
+                                     rd("/port-and-status", port=8083, statusCode=301),
+                                     rd("/port-and-host-and-status", port=8083, hostname="example.org",
+                                        statusCode=302)])])
+    w.expect_route("redirect-port")
+    addr = w.address("same-namespace")
+    w.expect("same-namespace", Expect("/port", status=302, location=f"http://{addr}:8083/port"))
+    w.expect("same-namespace", Expect("/port-and-host", status=302, location="http://example.org:8083/port-and-host"))
+    w.expect("same-namespace", Expect("/port-and-status", status=301, location=f"http://{addr}:8083/port-and-status"))
+    w.expect("same-namespace", Expect("/port-and-host-and-status", status=302,
+                                      location="http://example.org:8083/port-and-host-and-status"))
+
+
+@scenario("HTTPRouteCORSAllowCredentialsBehavior")
+def cors_credentials(w: World) -> None:
+    origin = "https://app.example"
+    w.apply([route("cors-allow-credentials", [
+        rule(to(V1), matches=[prefix("/cors-behavior-creds-false")],
+             filters=[{"type": "CORS", "cors": {"allowOrigins": [origin], "allowCredentials": False}}]),
+        rule(to(V1), matches=[prefix("/cors-behavior-creds-true")],
+             filters=[{"type": "CORS", "cors": {"allowOrigins": [origin], "allowCredentials": True}}])])])
+    w.expect_route("cors-allow-credentials")
+    w.expect("same-namespace", Expect("/cors-behavior-creds-false", headers={"Origin": origin}, backend=V1,
+                                      resp_absent=("access-control-allow-credentials",)))
+    w.expect("same-namespace", Expect("/cors-behavior-creds-true", headers={"Origin": "http://not-app.example"},
+                                      backend=V1, resp_absent=("access-control-allow-credentials",)))
+    w.expect("same-namespace", Expect("/cors-behavior-creds-true", headers={"Origin": origin}, backend=V1,
+                                      resp_headers={"access-control-allow-credentials": "true",
+                                                    "access-control-allow-origin": origin}))
+
+
+@scenario("HTTPRouteTimeoutRequest")
+def timeout_request(w: World) -> None:
+    w.apply([route("request-timeout", [
+        rule(to(V1), matches=[prefix("/request-timeout")], timeouts={"request": "500ms"}),
+        rule(to(V1), matches=[prefix("/disable-request-timeout")], timeouts={"request": "0s"})])])
+    w.expect_route("request-timeout")
+    w.expect("same-namespace", Expect("/request-timeout", backend=V1))
+    w.expect("same-namespace", Expect("/request-timeout?delay=1s", status=504))
+    w.expect("same-namespace", Expect("/disable-request-timeout?delay=1s", backend=V1))
+
+
+@scenario("HTTPRouteCORS", fast=True)
+def cors(w: World) -> None:
+    def cors_rule(path: str, **c: Any) -> dict[str, Any]:
+        return rule(to(V1), matches=[prefix(path)], filters=[{"type": "CORS", "cors": c}])
+
+    w.apply([route("cors-multiple-origins-methods-headers", [cors_rule(
+                 "/cors-1", allowOrigins=["https://www.foo.com", "https://*.bar.com"], allowMethods=["GET", "OPTIONS"],
+                 allowHeaders=["x-header-1", "x-header-2"], exposeHeaders=["x-header-3", "x-header-4"],
+                 allowCredentials=True, maxAge=3600)]),
+             route("cors-wildcard-methods", [cors_rule("/cors-2", allowOrigins=["https://www.foo.com"],
+                                                       allowMethods=["*"])]),
+             route("cors-wildcard-origin", [cors_rule("/cors-wildcard-origin", allowOrigins=["*"],
+                                                      allowMethods=["PUT"], allowCredentials=False)])])
+    for r in ("cors-multiple-origins-methods-headers", "cors-wildcard-methods", "cors-wildcard-origin"):
+        w.expect_route(r)
+    full = {"access-control-allow-methods": ("GET, OPTIONS", "OPTIONS, GET"),
+            "access-control-allow-headers": ("x-header-1, x-header-2", "x-header-2, x-header-1"),
+            "access-control-expose-headers": ("x-header-3, x-header-4", "x-header-4, x-header-3"),
+            "access-control-max-age": "3600", "access-control-allow-credentials": "true"}
+    pre = {"access-control-request-method": "GET", "access-control-request-headers": "x-header-1, x-header-2"}
+    for origin in ("https://www.foo.com", "https://www.bar.com", "https://xpto.www.bar.com"):
+        w.expect("same-namespace", Expect("/cors-1", method="OPTIONS", headers={"Origin": origin, **pre},
+                                          status=(200, 204),
+                                          resp_headers={"access-control-allow-origin": origin, **full}))
+        if origin != "https://xpto.www.bar.com":
+            w.expect("same-namespace", Expect("/cors-1", headers={"Origin": origin, **pre}, backend=V1,
+                                              resp_headers={"access-control-allow-origin": origin}))
+    w.expect("same-namespace", Expect("/cors-1", method="OPTIONS", status=(200, 204, 403),
+                                      headers={"Origin": "https://foobar.com", "access-control-request-method": "GET"},
+                                      resp_absent=("access-control-allow-origin",)))
+    w.expect("same-namespace", Expect("/cors-1", status=(200,),
+                                      headers={"Origin": "https://foobar.com", "access-control-request-method": "GET"},
+                                      resp_absent=("access-control-allow-origin",)))
+    w.expect("same-namespace", Expect("/cors-2", method="OPTIONS", status=(200, 204),
+                                      headers={"Origin": "https://www.foo.com",
+                                               "access-control-request-method": "POST"},
+                                      resp_headers={"access-control-allow-methods": ("POST", "*"),
+                                                    "access-control-allow-origin": "https://www.foo.com"},
+                                      resp_absent=("access-control-allow-credentials",)))
+    for origin in ("https://foobar.com", "https://foobar.com:12345"):
+        w.expect("same-namespace", Expect("/cors-wildcard-origin", method="OPTIONS", status=(200, 204),
+                                          headers={"Origin": origin, "access-control-request-method": "PUT"},
+                                          resp_headers={"access-control-allow-origin": (origin, "*"),
+                                                        "access-control-allow-methods": "PUT"},
+                                          resp_absent=("access-control-allow-credentials",)))
+
+
+# -- beyond the target version (later upstream releases) -------------------------------------------------
+@scenario("GatewayInvalidParametersRef", fast=True)
+def invalid_parameters_ref(w: World) -> None:
+    gw = w.gateway("gateway-invalid-parameters-ref", [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                   infrastructure={"parametersRef": {"group": "invalid.io", "kind": "InvalidParameters",
+                                                     "name": "invalid"}})
+    w.apply([gw])
+    w.expect_gateway("gateway-invalid-parameters-ref", Accepted=("False", "InvalidParameters"))
+
+
+@scenario("HTTPRouteRetry", fast=True)
+def retry(w: World) -> None:
+    w.apply([route("retries", [
+        rule(to(V3), matches=[prefix("/retry/code-500-attempts-3")], retry={"codes": [500], "attempts": 3}),
+        rule(to(V3), matches=[prefix("/retry/code-all-attempts-2")],
+             retry={"codes": [500, 502, 503, 504], "attempts": 2})])])
+    w.expect_route("retries")
+    cases = [("/retry/code-500-attempts-3", 500, 2, 200), ("/retry/code-500-attempts-3", 500, 4, 500),
+             ("/retry/code-500-attempts-3", 503, 2, 503)]
+    for code in (500, 502, 503, 504):
+        cases += [("/retry/code-all-attempts-2", code, 1, 200), ("/retry/code-all-attempts-2", code, 3, code)]
+    for path, code, after, want in cases:
+        def once(path: str = path, code: int = code, after: int = after, want: int = want) -> str:
+            q = f"?responseCode={code}&succeedAfter={after}&uuid={uuid.uuid4()}"
+            r = w.request("same-namespace", Expect(path + q))
+            return "" if r.status == want else f"{path}{q}: status {r.status}, want {want}"
+        w.eventually("retry", once)
+        w.eventually("retry (again)", once)
+
+
+NOT_REPLAYED = "not replayed by the runner yet: no claim is made either way"
+FEATURE = "feature {} is not supported by cilia"
+
+
+def _skipped() -> dict[str, str]:
+    """Why each upstream test that has no scenario above is skipped."""
+    from conformance.runner import SCENARIOS
+    from conformance.upstream import TESTS
+    reasons = {
+        "BackendTLSPolicy": FEATURE.format("BackendTLSPolicy"),
+        "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate"),
+        "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
+        "ListenerSet": FEATURE.format("ListenerSet"),
+        "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
+        " (cilia creates no infrastructure objects to label)",
+        "UDPRoute": FEATURE.format("UDPRoute"),
+        "TLSRouteModeTerminate": NOT_REPLAYED,
+        "Mesh": "not replayed by the runner yet: GAMMA routing is tested through Envoy in "
+                "tests/e2e/test_mesh_envoy.py and tests/e2e/test_gateway_tls_envoy.py, not in the suite's form",
+        "GRPCRoute": "not replayed by the runner yet: GRPCRoute matching is tested through Envoy in "
+                     "tests/e2e/test_gateway_grpc_envoy.py, not in the suite's form",
+    }
+    out = {}
+    for name, feats in TESTS.items():
+        if name in SCENARIOS:
+            continue
+        out[name] = next((r for f, r in reasons.items() if f in feats), NOT_REPLAYED)
+    return out
+
+
+SKIPPED: dict[str, str] = _skipped()
