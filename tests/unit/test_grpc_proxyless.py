@@ -268,7 +268,7 @@ def test_http_route_retry_for_envoy_and_grpc() -> None:
     assert action.max_stream_duration.max_stream_duration.ToMilliseconds() == 5000  # all tries together
     rc = next(rc for b in result.ir.bundles for rc in b.routes if rc.name == "mesh/default/echo:7070")
     envoy = r.render_route_config(rc).virtual_hosts[0].routes[0].route.retry_policy
-    assert envoy.retry_on == "retriable-status-codes,connect-failure,refused-stream"
+    assert envoy.retry_on == "retriable-status-codes,connect-failure,refused-stream,reset"
     assert list(envoy.retriable_status_codes) == [503, 500, 400] and envoy.num_retries.value == 3
     assert envoy.per_try_timeout.ToMilliseconds() == 1000
 
