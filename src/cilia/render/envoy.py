@@ -199,7 +199,9 @@ def _header_matcher(h: ir.HeaderMatch) -> route_components_pb2.HeaderMatcher:
     return m
 
 
-def _route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
+def _route_match(match: ir.RouteMatch, *, for_grpc: bool = False) -> route_components_pb2.RouteMatch:
+    """`for_grpc`: in forms gRPC's xDS client accepts (it has no `path_separated_prefix`, and it skips
+    routes with query matches, which gRPC requests never carry)."""
     m = route_components_pb2.RouteMatch()
     p = match.path
     if p is None:
@@ -212,6 +214,8 @@ def _route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
         value = p.value.rstrip("/")
         if not value:
             m.prefix = "/"
+        elif for_grpc:  # element-wise: `/foo` matches `/foo` and `/foo/...`
+            m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=re.escape(value) + "(/.*)?"))
         else:
             m.path_separated_prefix = value
     else:
@@ -229,7 +233,7 @@ def _route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
             qm.present_match = True
         else:
             qm.string_match.CopyFrom(_string_matcher(q.kind, q.value))
-    if match.grpc:
+    if match.grpc and not for_grpc:
         m.grpc.SetInParent()
     return m
 
@@ -723,39 +727,6 @@ def api_listener_bytes(al: ir.ApiListener) -> bytes:
     return field_bytes(f["name"], name) + field_bytes(f["api_listener"], field_bytes(1, packed))
 
 
-def _grpc_route_match(match: ir.RouteMatch) -> route_components_pb2.RouteMatch:
-    m = route_components_pb2.RouteMatch()
-    p = match.path
-    if p is None:
-        m.prefix = "/"
-    elif p.kind == "exact":
-        m.path = p.value
-    elif p.kind == "raw_prefix":
-        m.prefix = p.value
-    elif p.kind == "prefix":
-        value = p.value.rstrip("/")
-        if not value:
-            m.prefix = "/"
-        else:  # element-wise: `/foo` matches `/foo` and `/foo/...`; gRPC has no such specifier
-            m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=re.escape(value) + "(/.*)?"))
-    else:
-        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=p.value))
-    if p is not None and p.ignore_case:
-        m.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
-    for h in match.headers:
-        m.headers.append(_header_matcher(h))
-    if match.method:
-        m.headers.append(route_components_pb2.HeaderMatcher(
-            name=":method", string_match=string_pb2.StringMatcher(exact=match.method)))
-    for q in match.query:  # gRPC skips routes with query matches (gRPC requests have no query)
-        qm = m.query_parameters.add(name=q.name)
-        if q.kind == "present":
-            qm.present_match = True
-        else:
-            qm.string_match.CopyFrom(_string_matcher(q.kind, q.value))
-    return m
-
-
 # HTTP status -> the gRPC status a gRPC client sees for it (gRPC's HTTP mapping), for the statuses gRPC's
 # xDS retry policy can name. Connection failures reach a gRPC client as `unavailable`, which is always
 # retried, as Envoy retries connect failures.
@@ -767,7 +738,7 @@ def render_grpc_route(r: ir.Route) -> route_components_pb2.Route:
     `max_stream_duration` and retries on the gRPC statuses the HTTP codes map to; redirects and direct
     responses (which gRPC cannot follow) stay direct responses, which gRPC fails with UNAVAILABLE. Header
     rewrites, mirrors and path rewrites do not exist for gRPC."""
-    out = route_components_pb2.Route(name=r.name, match=_grpc_route_match(r.match))
+    out = route_components_pb2.Route(name=r.name, match=_route_match(r.match, for_grpc=True))
     live = [b for b in r.backends if b.weight > 0]
     if r.redirect is not None or r.direct is not None or not live:
         out.direct_response.status = r.direct.status if r.direct is not None else \
