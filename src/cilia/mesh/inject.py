@@ -246,18 +246,13 @@ def _tls_mounts(cfg: InjectConfig) -> list[dict[str, Any]]:
     return [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}] if cfg.xds_tls else []
 
 
-def _grpc_bootstrap_container(cfg: InjectConfig, user: tuple[int, int] | None) -> dict[str, Any]:
-    """Init container writing the proxyless gRPC client's xDS bootstrap (and, with mTLS, its certificate)."""
-    command = " ".join([
-        "cilia bootstrap --grpc",
-        '--proxy "grpc~${POD_NAMESPACE}/${POD_NAME}"',
-        f"--xds {shlex.quote(cfg.xds_address)}",
-        *([f"--tls-dir {TLS_DIR}"] if cfg.xds_tls else []),
-        *cfg.bootstrap_extra_args,
-        f"-o json > {GRPC_BOOTSTRAP_PATH}",
-    ])
+def _init_container(cfg: InjectConfig, bootstrap_words: list[str], role: str, volume: str,
+                    user: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The init step: (with mTLS, the first certificate, then) `cilia bootstrap ...` into `volume`."""
+    command = " ".join([*bootstrap_words[:-1], *([f"--tls-dir {TLS_DIR}"] if cfg.xds_tls else []),
+                        *cfg.bootstrap_extra_args, bootstrap_words[-1]])
     if cfg.xds_tls:
-        command = f"{_cert_command(cfg, role='grpc')} && {command}"
+        command = f"{_cert_command(cfg, role=role)} && {command}"
     return {
         "name": BOOTSTRAP_CONTAINER,
         "image": cfg.cilia_image,
@@ -265,23 +260,36 @@ def _grpc_bootstrap_container(cfg: InjectConfig, user: tuple[int, int] | None) -
         "args": [command],
         "env": [*_downward_env(), *_tls_env(cfg)],
         "resources": cfg.bootstrap_resources.to_k8s(),
-        "volumeMounts": [{"name": GRPC_CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
+        "volumeMounts": [{"name": volume, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
         "securityContext": _security_context(cfg, user),
     }
 
 
-def _grpc_cert_renewer(cfg: InjectConfig, user: tuple[int, int] | None) -> dict[str, Any]:
+def _renewer_container(cfg: InjectConfig, role: str, volume: str,
+                       user: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Native sidecar renewing the pod's xDS certificate at 2/3 of its life (the client watches the files)."""
     return {
         "name": CERT_CONTAINER,
         "image": cfg.cilia_image,
         "command": ["sh", "-c"],
-        "args": [_cert_command(cfg, "--renew", role="grpc")],
+        "args": [_cert_command(cfg, "--renew", role=role)],
         "env": [*_downward_env(), *_tls_env(cfg)],
         "resources": Resources("5m", "32Mi", "100m", "128Mi").to_k8s(),
-        "volumeMounts": [{"name": GRPC_CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
+        "volumeMounts": [{"name": volume, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
         "securityContext": _security_context(cfg, user),
         "restartPolicy": "Always",
     }
+
+
+def _grpc_bootstrap_container(cfg: InjectConfig, user: tuple[int, int] | None) -> dict[str, Any]:
+    """Init container writing the proxyless gRPC client's xDS bootstrap (and, with mTLS, its certificate)."""
+    return _init_container(cfg, ["cilia bootstrap --grpc", '--proxy "grpc~${POD_NAMESPACE}/${POD_NAME}"',
+                                 f"--xds {shlex.quote(cfg.xds_address)}", f"-o json > {GRPC_BOOTSTRAP_PATH}"],
+                           "grpc", GRPC_CONFIG_VOLUME, user)
+
+
+def _grpc_cert_renewer(cfg: InjectConfig, user: tuple[int, int] | None) -> dict[str, Any]:
+    return _renewer_container(cfg, "grpc", GRPC_CONFIG_VOLUME, user)
 
 
 def _app_user(spec: Mapping[str, Any], containers: list[Any]) -> tuple[int, int] | None:
@@ -347,44 +355,14 @@ def _inject_proxyless(out: dict[str, Any], meta: dict[str, Any], spec: dict[str,
 def bootstrap_container(cfg: InjectConfig) -> dict[str, Any]:
     """Init container writing the Envoy bootstrap for this pod's proxy id into the emptyDir (and, with
     mTLS, the pod's first certificate)."""
-    command = " ".join(
-        [
-            "cilia bootstrap",
-            '--proxy "sidecar~${POD_NAMESPACE}/${POD_NAME}"',
-            f"--xds {shlex.quote(cfg.xds_address)}",
-            f"--admin-port {cfg.admin_port}",
-            *([f"--tls-dir {TLS_DIR}"] if cfg.xds_tls else []),
-            *cfg.bootstrap_extra_args,
-            f"-o yaml > {BOOTSTRAP_PATH}",
-        ]
-    )
-    if cfg.xds_tls:
-        command = f"{_cert_command(cfg)} && {command}"
-    return {
-        "name": BOOTSTRAP_CONTAINER,
-        "image": cfg.cilia_image,
-        "command": ["sh", "-c"],
-        "args": [command],
-        "env": [*_downward_env(), *_tls_env(cfg)],
-        "resources": cfg.bootstrap_resources.to_k8s(),
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
-        "securityContext": _security_context(cfg),
-    }
+    return _init_container(cfg, ["cilia bootstrap", '--proxy "sidecar~${POD_NAMESPACE}/${POD_NAME}"',
+                                 f"--xds {shlex.quote(cfg.xds_address)}", f"--admin-port {cfg.admin_port}",
+                                 f"-o yaml > {BOOTSTRAP_PATH}"], "sidecar", CONFIG_VOLUME)
 
 
 def cert_renewer_container(cfg: InjectConfig) -> dict[str, Any]:
     """Native sidecar renewing the pod's xDS certificate at 2/3 of its life (Envoy watches the files)."""
-    return {
-        "name": CERT_CONTAINER,
-        "image": cfg.cilia_image,
-        "command": ["sh", "-c"],
-        "args": [_cert_command(cfg, "--renew")],
-        "env": [*_downward_env(), *_tls_env(cfg)],
-        "resources": Resources("5m", "32Mi", "100m", "128Mi").to_k8s(),
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR}, *_tls_mounts(cfg)],
-        "securityContext": _security_context(cfg),
-        "restartPolicy": "Always",
-    }
+    return _renewer_container(cfg, "sidecar", CONFIG_VOLUME)
 
 
 def token_volume() -> dict[str, Any]:
