@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 import cilia.k8s.kinds  # noqa: F401
-from cilia.k8s.rbac import NAMED, Permission, cluster_permissions, namespace_permissions
+from cilia.k8s.kubesource import DEFAULT_SECRETS_NAMESPACE
+from cilia.k8s.rbac import NAMED, Permission, cluster_permissions, namespace_permissions, secret_permissions
 from support.realkube import API_AUDIENCE, DEPLOY, RealCluster
 
 
@@ -131,6 +132,9 @@ def test_cilia_service_account_is_allowed_exactly_what_the_code_uses(cluster: Re
             assert not can(p, "default", n), p
         if p in NAMED:
             assert not can(p, "cilia-system", "something-else"), p
+    for p in sorted(secret_permissions()):  # Secrets: only in the secrets namespace (a Role there)
+        assert can(p, DEFAULT_SECRETS_NAMESPACE), p
+        assert not can(p, "default") and not can(p, "cilia-system"), p
 
     # And nothing it does not use.
     for verb, group, resource, ns, name, sub in (

@@ -33,7 +33,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 import cilia.k8s.kinds  # noqa: F401
-from cilia.k8s.rbac import Permission, cluster_permissions, namespace_permissions
+from cilia.k8s.rbac import Permission, cluster_permissions, namespace_permissions, secret_permissions
 from cilia.k8s.registry import known_kinds
 from support.controlplane import CiliaProcess
 from support.envoy import Envoy
@@ -415,7 +415,7 @@ def test_cilia_was_never_refused(stack: Stack) -> None:
     assert len(mine) > 50
     refused = [(e["verb"], e["requestURI"], e["responseStatus"]["code"]) for e in mine if _refused(e)]
     assert refused == []
-    declared = cluster_permissions() | namespace_permissions()
+    declared = cluster_permissions() | namespace_permissions() | secret_permissions()
     used = {Permission(ref(e).get("apiGroup", ""), ref(e)["resource"]
                        + (f"/{ref(e)['subresource']}" if ref(e).get("subresource") else ""), e["verb"])
             for e in mine if ref(e)}
