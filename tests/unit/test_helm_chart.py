@@ -62,6 +62,19 @@ def normalise(o: Obj) -> Obj:
     return o
 
 
+def kustomize_with(tmp: Path, *components: str) -> dict[Key, Obj]:
+    """deploy/ with components of deploy/optional, built by an overlay as their comments tell users to."""
+    if not KUBECTL.is_file():
+        pytest.skip(f"{KUBECTL} missing: run scripts/local-cluster.sh")
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(ROOT / "deploy", tmp)],
+        "components": [os.path.relpath(ROOT / "deploy" / "optional" / c, tmp) for c in components]}))
+    out = subprocess.run([str(KUBECTL), "kustomize", str(tmp)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return by_key(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
 def deploy_objects() -> dict[Key, Obj]:
     """deploy/ as kustomize builds it (kubectl from scripts/local-cluster.sh), else its resources in order."""
     if KUBECTL.is_file():
@@ -141,6 +154,29 @@ def test_each_value_changes_what_it_should() -> None:
     assert no_classes == {("IngressClass", "", "cilia"): ["removed"], ("GatewayClass", "", "cilia"): ["removed"]}
 
 
+def test_secrets_namespaces_get_a_flag_and_a_role_each() -> None:
+    base = render()
+    objs = render("secretsNamespaces={cilia-secrets,team-a,cilia-system}")
+    assert serve_args(objs).secrets_namespace == ["cilia-secrets", "team-a", "cilia-system"]
+    for ns in ("team-a", "cilia-system"):
+        assert objs[("Role", ns, "cilia-secrets")] == {**base[("Role", "cilia-secrets", "cilia-secrets")],
+                                                       "metadata": {**base[("Role", "cilia-secrets",
+                                                                                 "cilia-secrets")]["metadata"],
+                                                                    "namespace": ns}}
+        binding = objs[("RoleBinding", ns, "cilia-secrets")]
+        assert binding["roleRef"]["name"] == "cilia-secrets"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cilia", "namespace": "cilia-system"}]
+    # A Namespace for each, except the release namespace (helm's or namespace.create's to make).
+    assert set(changes(base, objs)) == {
+        ("Deployment", "cilia-system", "cilia"), ("Namespace", "", "team-a"),
+        ("Role", "team-a", "cilia-secrets"), ("RoleBinding", "team-a", "cilia-secrets"),
+        ("Role", "cilia-system", "cilia-secrets"), ("RoleBinding", "cilia-system", "cilia-secrets")}
+    # Namespaces that exist already are not rendered; no Secrets anywhere in the ClusterRole.
+    assert changes(base, render("namespace.createSecretsNamespaces=false")) == {
+        ("Namespace", "", "cilia-secrets"): ["removed"]}
+    assert all("secrets" not in r["resources"] for r in objs[("ClusterRole", "", "cilia")]["rules"])
+
+
 def test_modes_become_flags_the_cli_accepts() -> None:
     base = serve_args(render())
     assert (base.ingress_default_mode, base.mesh_default_mode, base.fail_open) == ("dedicated", "off", False)
@@ -150,13 +186,41 @@ def test_modes_become_flags_the_cli_accepts() -> None:
 
     ignore = render("webhook.failurePolicy=Ignore")
     assert serve_args(ignore).fail_open
-    assert ignore[("MutatingWebhookConfiguration", "", "cilia-sidecar-injector")]["webhooks"][0][
-        "failurePolicy"] == "Ignore"
+    assert [w["failurePolicy"] for w in ignore[("MutatingWebhookConfiguration", "", "cilia-sidecar-injector")][
+        "webhooks"]] == ["Ignore", "Ignore", "Ignore"]
     off = render("webhook.enabled=false")
     assert ("MutatingWebhookConfiguration", "", "cilia-sidecar-injector") not in off
-    assert serve_args(off).webhook is None
+    args = serve_args(off)
+    assert args.webhook is None and not args.webhook_cert_from_ca
+    assert not [a for a in container(off, "Deployment", "cilia", "cilia")["args"] if a.startswith("--inject-")]
     assert [p["name"] for p in off[("Service", "cilia-system", "cilia")]["spec"]["ports"]] == \
            ["grpc-xds-tls", "https-cert-issuer"]
+    # Without the webhook, no grant on its configuration (the CA stays: xDS mTLS needs it).
+    assert set(changes(render(), off)) == {
+        ("MutatingWebhookConfiguration", "", "cilia-sidecar-injector"), ("ClusterRole", "", "cilia"),
+        ("Deployment", "cilia-system", "cilia"), ("Service", "cilia-system", "cilia")}
+    assert all(r["apiGroups"] != ["admissionregistration.k8s.io"] for r in off[("ClusterRole", "", "cilia")]["rules"])
+
+
+@pytest.mark.parametrize(("sets", "components"), [
+    (["webhook.failurePolicy=Ignore"], ["fail-open"]),
+    (["mesh.defaultMode=sidecar"], ["mesh-everywhere"]),
+    (["mesh.defaultMode=sidecar", "webhook.failurePolicy=Ignore"], ["mesh-everywhere", "fail-open"])])
+def test_values_render_what_the_optional_components_do(tmp_path: Path, sets: list[str],
+                                                        components: list[str]) -> None:
+    """webhook.failurePolicy and mesh.defaultMode change the webhook entries (and the flags) exactly as the
+    kustomize components in deploy/optional do; the flags may come in another order."""
+    chart = render("namespace.create=true", *sets)
+    want = kustomize_with(tmp_path, *components)
+    assert set(chart) == set(want)
+    key = ("Deployment", "cilia-system", "cilia")
+    differing = {k: diff(want[k], chart[k]) for k in want if k != key and diff(want[k], chart[k])}
+    assert not differing, f"chart and deploy/ with {components} differ at: {differing}"
+    assert sorted(container(chart, "Deployment", "cilia", "cilia")["args"]) == \
+           sorted(container(want, "Deployment", "cilia", "cilia")["args"])
+    chart[key]["spec"]["template"]["spec"]["containers"][0]["args"] = []
+    want[key]["spec"]["template"]["spec"]["containers"][0]["args"] = []
+    assert not diff(want[key], chart[key])
 
 
 def test_plaintext_xds_when_mtls_is_off() -> None:
@@ -166,6 +230,10 @@ def test_plaintext_xds_when_mtls_is_off() -> None:
     assert args.inject_xds == "cilia.cilia-system.svc:18000" and not args.inject_xds_tls
     assert [(p["name"], p["port"]) for p in objs[("Service", "cilia-system", "cilia")]["spec"]["ports"]] == \
            [("grpc-xds", 18000), ("https-webhook", 443)]
+    # No certificate issuance, so no TokenReviews; the CA stays for the webhook's certificate.
+    assert all(r["apiGroups"] != ["authentication.k8s.io"] for r in objs[("ClusterRole", "", "cilia")]["rules"])
+    assert ("Role", "cilia-system", "cilia-ca") in objs and args.webhook_cert_from_ca
+    assert ("Role", "cilia-system", "cilia-ca") not in render("xds.mtls=false", "webhook.enabled=false")
     ds = objs[("DaemonSet", "cilia-system", "cilia-envoy")]["spec"]["template"]["spec"]
     assert [c["name"] for c in ds["initContainers"]] == ["bootstrap"]
     assert [v["name"] for v in ds["volumes"]] == ["bootstrap"]
@@ -176,20 +244,28 @@ def test_plaintext_xds_when_mtls_is_off() -> None:
 
 def test_release_namespace_is_used_everywhere() -> None:
     objs = render(namespace="mesh-ctl")
-    assert {k[1] for k in objs if k[1]} == {"mesh-ctl"}
+    # Everything in the release namespace but the Secrets reader in the secrets namespace.
+    assert {k for k in objs if k[1] not in ("", "mesh-ctl")} == {("Role", "cilia-secrets", "cilia-secrets"),
+                                                                 ("RoleBinding", "cilia-secrets", "cilia-secrets")}
     args = container(objs, "Deployment", "cilia", "cilia")["args"]
     assert "--webhook-dns-name=cilia.mesh-ctl.svc" in args and "--inject-xds=cilia.mesh-ctl.svc:18443" in args
-    hook = objs[("MutatingWebhookConfiguration", "", "cilia-sidecar-injector")]["webhooks"][0]
-    assert hook["clientConfig"]["service"]["namespace"] == "mesh-ctl"
-    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system", "mesh-ctl"]
-    assert objs[("ClusterRoleBinding", "", "cilia")]["subjects"][0]["namespace"] == "mesh-ctl"
+    hooks = objs[("MutatingWebhookConfiguration", "", "cilia-sidecar-injector")]["webhooks"]
+    assert len(hooks) == 3
+    for hook in hooks:
+        assert hook["clientConfig"]["service"]["namespace"] == "mesh-ctl"
+        assert hook["namespaceSelector"]["matchExpressions"][-1] == {
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "mesh-ctl"]}
+    for key in [("ClusterRoleBinding", "", "cilia"), ("RoleBinding", "cilia-secrets", "cilia-secrets"),
+                ("RoleBinding", "mesh-ctl", "cilia-ca"), ("RoleBinding", "mesh-ctl", "cilia-leader-election")]:
+        assert objs[key]["subjects"][0]["namespace"] == "mesh-ctl"
     assert "cilia.mesh-ctl.svc:18444" in container(objs, "DaemonSet", "cilia-envoy", "bootstrap", init=True)[
         "command"][2]
 
 
 @pytest.mark.parametrize("bad", ["replicas=0", "webhook.failurePolicy=Maybe", "mesh.defaultMode=on",
                                  "ingress.defaultMode=both", "nodeEnvoy.logLevel=loud", "xds.mtls=yes-please",
-                                 "replicaz=2", "resources.limits.memory=lots"])
+                                 "replicaz=2", "resources.limits.memory=lots", "secretsNamespaces={}",
+                                 "secretsNamespaces={Team_A}", "secretsNamespaces={a,a}"])
 def test_values_schema_rejects(bad: str) -> None:
     out = helm("template", "cilia", str(CHART), "--namespace", "cilia-system", "--set", bad)
     assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr, out.stderr
