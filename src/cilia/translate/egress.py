@@ -1,0 +1,196 @@
+"""CiliumEgressGatewayPolicy -> egress plans: which mesh pods' connections to which destinations leave
+through which gateway nodes, with which source address; plus each policy's status and issues.
+
+A plan is what both sides of the path need: the node agent steers the selected pods' connects to the
+destination CIDRs (excluded CIDRs already cut out) into their node proxy, which tunnels them to a
+gateway node's proxy, which connects upstream from `egress_ip`. Two policies that select the same pod
+for overlapping destinations would make the path ambiguous: the older policy wins, as in Cilium.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cilia.diagnostics import Issue
+from cilia.k8s.egress import EGRESS_KIND, EgressPolicySpec
+from cilia.k8s.objects import KubeObject
+from cilia.k8s.store import InputSnapshot
+from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.gateway_common import Cond, conditions, fallback_time, previous_status
+from cilia.translate.meshpods import MeshPod, mesh_pods
+
+API_VERSION = "cilium.io/v2"
+MAX_LISTED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPod:
+    key: str  # NAMESPACE/NAME
+    node: str
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPlan:
+    """One policy as served: `destinations` are the destination CIDRs less the excluded ones."""
+
+    policy: str
+    pods: tuple[EgressPod, ...]
+    destinations: tuple[str, ...]
+    gateway_nodes: tuple[str, ...]
+    egress_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledEgress:
+    plans: tuple[EgressPlan, ...] = ()
+    statuses: tuple[ObjectStatus, ...] = ()
+    issues: tuple[Issue, ...] = field(default_factory=tuple)
+
+
+Net = ipaddress.IPv4Network
+
+
+def subtract(dests: Iterable[Net], excluded: Iterable[Net]) -> list[Net]:
+    """`dests` less `excluded`, as a sorted list of disjoint CIDRs."""
+    nets = list(ipaddress.collapse_addresses(dests))
+    for ex in excluded:
+        out: list[Net] = []
+        for n in nets:
+            if ex.supernet_of(n):
+                continue
+            if n.supernet_of(ex):
+                out.extend(n.address_exclude(ex))
+            else:
+                out.append(n)
+        nets = out
+    return sorted(ipaddress.collapse_addresses(nets))
+
+
+def _overlaps(a: Iterable[Net], b: Iterable[Net]) -> bool:
+    bl = list(b)
+    return any(x.overlaps(y) for x in a for y in bl)
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:MAX_LISTED]) + (" ..." if len(items) > MAX_LISTED else "")
+
+
+def _age_key(obj: KubeObject) -> tuple[bool, str, str]:
+    spec: EgressPolicySpec = obj.spec
+    return (not spec.created, spec.created, obj.meta.name)
+
+
+def _selected(spec: EgressPolicySpec, pods: list[MeshPod], ns_labels: Mapping[str, Mapping[str, str]]) -> list[MeshPod]:
+    out = []
+    for p in pods:
+        for sel in spec.selectors:
+            if not sel.pod_selector.matches(p.labels):
+                continue
+            ns_sel = sel.namespace_selector
+            if ns_sel is not None and not ns_sel.matches(ns_labels.get(p.namespace, {})):
+                continue
+            out.append(p)
+            break
+    return out
+
+
+def _egress_ip(obj: KubeObject, opts: TranslateOptions, issues: list[Issue]) -> str:
+    spec: EgressPolicySpec = obj.spec
+    ref = str(obj.ref)
+    gw = spec.gateway
+    if gw.interface:
+        found = dict(opts.egress_interfaces).get(gw.interface, "")
+        if not found:
+            issues.append(Issue(ref, "spec.egressGateway.interface",
+                                f"interface {gw.interface!r} has no IPv4 address on the gateway node"))
+        return found
+    if not gw.egress_ip:
+        issues.append(Issue(ref, "spec.egressGateway", "names neither egressIP nor interface: connections would "
+                            "leave with the gateway node's own address", severity="warning"))
+        return ""
+    if opts.egress_local_ips is not None and gw.egress_ip not in opts.egress_local_ips:
+        issues.append(Issue(ref, "spec.egressGateway.egressIP",
+                            f"{gw.egress_ip} is not an address of the gateway node; connections from it would fail"))
+        return ""
+    return gw.egress_ip
+
+
+def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledEgress:
+    """Every policy's plan, status and issues, oldest policy first."""
+    policies = sorted(snapshot.list(EGRESS_KIND), key=_age_key)
+    if not policies:
+        return CompiledEgress()
+    pods, _ = mesh_pods(snapshot, opts)
+    pods.sort(key=lambda p: p.key)
+    ns_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Namespace")}
+    nodes = sorted(snapshot.list("Node"), key=lambda o: o.meta.name)
+    claimed: dict[str, list[tuple[str, list[Net]]]] = {}
+    plans, statuses, issues = [], [], []
+    for obj in policies:
+        spec: EgressPolicySpec = obj.spec
+        ref = str(obj.ref)
+        mine: list[Issue] = []
+        dests = subtract(spec.destination_cidrs, spec.excluded_cidrs)
+        if not dests:
+            mine.append(Issue(ref, "spec.excludedCIDRs", "exclude every destination CIDR: the policy steers nothing",
+                              severity="warning"))
+        gateways = tuple(n.meta.name for n in nodes if spec.gateway.node_selector.matches(n.meta.labels))
+        if not gateways:
+            mine.append(Issue(ref, "spec.egressGateway.nodeSelector",
+                              "no node matches: selected pods' connections to the destinations are not steered"))
+        egress_ip = _egress_ip(obj, opts, mine)
+        steered: list[EgressPod] = []
+        not_node: list[str] = []
+        lost: dict[str, list[str]] = {}
+        for p in _selected(spec, pods, ns_labels):
+            if p.mode != "node" or not p.node or not p.ips:
+                not_node.append(p.key)
+                continue
+            winner = next((other for other, nets in claimed.get(p.key, ()) if _overlaps(nets, dests)), None)
+            if winner is not None:
+                lost.setdefault(winner, []).append(p.key)
+                continue
+            claimed.setdefault(p.key, []).append((ref, dests))
+            steered.append(EgressPod(p.key, p.node, p.ips))
+        if not_node:
+            mine.append(Issue(ref, "spec.selectors", f"selects {len(not_node)} pod(s) not in mesh mode node, whose "
+                              f"connections are not steered: {_listed(not_node)}", severity="warning"))
+        for winner, keys in sorted(lost.items()):
+            mine.append(Issue(ref, "spec.destinationCIDRs", f"overlaps the older {winner} for {len(keys)} pod(s) "
+                              f"({_listed(keys)}); the older policy wins for them", severity="warning"))
+        served = bool(gateways) and bool(dests) and not any(i.severity == "error" for i in mine)
+        if served and steered:
+            plans.append(EgressPlan(ref, tuple(steered), tuple(str(d) for d in dests), gateways, egress_ip))
+        statuses.append(_status(obj, opts, served, steered, gateways, egress_ip, mine))
+        issues.extend(mine)
+    return CompiledEgress(tuple(plans), tuple(statuses), tuple(issues))
+
+
+def _status(obj: KubeObject, opts: TranslateOptions, served: bool, pods: list[EgressPod],
+            gateways: tuple[str, ...], egress_ip: str, issues: list[Issue]) -> ObjectStatus:
+    errors = [i for i in issues if i.severity == "error"]
+    if served:
+        cond = Cond("Accepted", True, "Accepted", f"{len(pods)} pod(s) leave through {len(gateways)} gateway node(s)")
+    else:
+        first = errors[0] if errors else next(iter(issues), None)
+        cond = Cond("Accepted", False, "Invalid", f"{first.field}: {first.message}" if first else "steers nothing")
+    status: dict[str, Any] = {
+        "conditions": conditions([cond], obj.meta.generation, previous_status(obj).get("conditions"),
+                                 fallback_time(obj, opts.status_time)),
+        "selectedPods": [p.key for p in pods],
+        "gatewayNodes": list(gateways),
+        "egressIP": egress_ip,
+    }
+    if issues:
+        status["issues"] = [f"{i.field}: {i.message}" for i in issues]
+    return ObjectStatus(API_VERSION, obj.kind, "", obj.meta.name, obj.meta.generation, status)
+
+
+def translate_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    """Registered in TRANSLATORS for the statuses and issues of egress gateway policies."""
+    compiled = compile_egress(snapshot, opts)
+    return Partial(statuses=compiled.statuses, issues=compiled.issues)
