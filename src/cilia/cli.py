@@ -651,6 +651,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         inject=_inject_config(args) if args.webhook else None,
         otlp_endpoint=args.otlp_endpoint,
     )
+    if not args.kubernetes:
+        from cilia.mesh.egresshost import local_ipv4
+
+        # File mode: this machine is the egress gateway node (egressIP must be local; interface -> address).
+        host = local_ipv4()
+        if host is not None:
+            opts = dataclasses.replace(opts, translate=dataclasses.replace(
+                opts.translate, egress_local_ips=host[0], egress_interfaces=host[1]))
     if args.kubernetes:
         try:
             opts = dataclasses.replace(opts, kubernetes=_kube_options(args))

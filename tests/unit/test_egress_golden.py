@@ -1,7 +1,9 @@
 """Egress gateway goldens: tests/golden/egress/<case>/input.yaml (+ options.yaml) -> expected.yaml.
 
 expected.yaml holds every served plan (steered pods, destinations less the excluded CIDRs, gateway
-nodes, source address), every CiliumEgressGatewayPolicy status stanza and every issue. Regenerate with
+nodes, source address), every CiliumEgressGatewayPolicy status stanza and every issue; for the proxies
+a case lists in proxy.txt, the Envoy config egress adds (capture-listener chains, tunnel listener,
+clusters). Regenerate with
 `--update-golden` and review the diff.
 """
 
@@ -13,20 +15,49 @@ from typing import Any
 import pytest
 
 from cilia.translate.egress import compile_egress
-from support.golden import assert_golden, case_options, golden_cases, issue_texts, load_case
+from support.golden import (
+    assert_golden,
+    case_options,
+    case_proxies,
+    golden_cases,
+    issue_texts,
+    load_case,
+    proxy_config,
+    translate_case,
+)
 
 CASES = golden_cases("egress")
 DEFAULTS = {"mesh_default_mode": "node"}
 
 
+def _egress_config(config: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The parts of a proxy's config egress gateways add: `egress|` resources and capture-listener chains."""
+    out: dict[str, list[Any]] = {}
+    for kind, items in config.items():
+        for item in items:
+            name = str(item.get("name", ""))
+            if name.startswith("egress|"):
+                out.setdefault(kind, []).append(item)
+            elif kind == "listeners":
+                chains = [c for c in item.get("filterChains", []) if str(c.get("name", "")).startswith("egress|")]
+                if chains:
+                    out.setdefault(kind, []).append({"name": name, "filterChains": chains})
+    return out
+
+
 def run_case(case: Path) -> dict[str, Any]:
     snapshot, parsed = load_case(case)
-    compiled = compile_egress(snapshot, case_options(case, DEFAULTS))
+    opts = case_options(case, DEFAULTS)
+    compiled = compile_egress(snapshot, opts)
+    envoy = {}
+    if (case / "proxy.txt").is_file():
+        _, _, world = translate_case(case, opts)
+        envoy = {p: _egress_config(proxy_config(world, p)) for p in case_proxies(case, ())}
     plans = [{"policy": p.policy, "pods": [{"key": x.key, "node": x.node, "ips": list(x.ips)} for x in p.pods],
               "destinations": list(p.destinations), "gatewayNodes": list(p.gateway_nodes), "egressIP": p.egress_ip}
              for p in compiled.plans]
     return {"plans": plans, "statuses": [s.as_dict() for s in compiled.statuses],
-            "issues": issue_texts(case, parsed.issues, compiled.issues)}
+            "issues": issue_texts(case, parsed.issues, compiled.issues), **({"envoy": envoy} if envoy else {})}
 
 
 def test_cases_present() -> None:

@@ -99,6 +99,10 @@ class Cluster:
     socket_mark: int = 0  # SO_MARK on upstream sockets (the eBPF agent leaves marked connects alone)
     sources: Sources = ()
     hash_policy: tuple[HashPolicy, ...] = ()
+    bind_address: str = ""  # source address of upstream connections (egress gateway: the egress IP)
+    # ORIGINAL_DST: take the destination from this request header instead of the downstream connection
+    # (egress gateway: ":authority" of the tunnel's CONNECT request)
+    original_dst_header: str = ""
 
 
 # -- HTTP routing -----------------------------------------------------------------------------------
@@ -133,6 +137,7 @@ class RouteMatch:
     query: tuple[QueryMatch, ...] = ()
     method: str = ""
     grpc: bool = False
+    connect: bool = False  # HTTP CONNECT requests (terminated: the route's cluster carries the payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +331,7 @@ class HttpApp:
     tracing: Tracing | None = None
     # Mesh inbound: replace x-forwarded-client-cert with the verified peer's URI SAN (none: removed)
     forward_client_cert: bool = False
+    connect: bool = False  # terminate HTTP/2 CONNECT (egress gateway tunnels)
     # RBAC filters before the router (mesh inbound). They carry no rules of their own: the rules are the
     # route configuration's (`VirtualHost.authz`), so a policy change reaches open connections too.
     rbac: bool = False
@@ -335,11 +341,22 @@ class HttpApp:
 
 
 @dataclass(frozen=True, slots=True)
+class Tunnel:
+    """Carry a TCP proxy's connection in an HTTP/2 CONNECT request (egress gateway): `authority` is the
+    CONNECT target (Envoy's formatter: %DOWNSTREAM_LOCAL_ADDRESS% is the original destination)."""
+
+    authority: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TcpApp:
     backends: tuple[Backend, ...]
     stat_prefix: str = ""
     access_log: bool = True
     authz: IngressAuthz | None = None  # RBAC network filters before the proxy (L4 rules only)
+    tunnel: Tunnel | None = None
+    hash_source_ip: bool = False  # ring-hash backends: pick the upstream host by the client's address
 
 
 @dataclass(frozen=True, slots=True)

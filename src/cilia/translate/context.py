@@ -50,6 +50,8 @@ class TranslateOptions:
     # first IPv4 addresses, (name, address), for `spec.egressGateway.interface` (file mode: this machine).
     egress_local_ips: tuple[str, ...] | None = None
     egress_interfaces: tuple[tuple[str, str], ...] = ()
+    egress_tunnel_address: str = "0.0.0.0"  # gateway nodes' tunnel listener (HTTP/2 CONNECT from node proxies)
+    egress_tunnel_port: int = 15008
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,18 @@ A plan is what both sides of the path need: the node agent steers the selected p
 destination CIDRs (excluded CIDRs already cut out) into their node proxy, which tunnels them to a
 gateway node's proxy, which connects upstream from `egress_ip`. Two policies that select the same pod
 for overlapping destinations would make the path ambiguous: the older policy wins, as in Cilium.
+
+Envoy config (`egress_parts`, `gateway_bundles`):
+* client side, in the node capture listener (mesh translator): per plan one chain matching the
+  destinations (`destination_cidrs`) from the selected pods' IPs (`source_cidrs`), a TCP proxy whose
+  connection is carried in an HTTP/2 CONNECT request to the cluster `egress|POLICY|tunnel` (the gateway
+  nodes' tunnel listeners, ring hash on the client's address: one client's flows stay on one gateway
+  while the set of gateways is unchanged), the original destination as the CONNECT authority and the
+  policy in `x-cilia-egress-policy`;
+* gateway side, on each gateway node (`node~GW`): the tunnel listener `egress|gateway` on
+  `egress_tunnel_address:egress_tunnel_port`, an HTTP/2 connection manager terminating CONNECT whose
+  routes pick, by policy header, the ORIGINAL_DST cluster `egress|POLICY|upstream` that connects to the
+  authority with its source bound to the egress IP. Unknown policies get no route (404).
 """
 
 from __future__ import annotations
@@ -15,6 +27,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cilia.diagnostics import Issue
+from cilia.ir.model import (
+    Backend,
+    Bundle,
+    Cluster,
+    Endpoint,
+    FilterChain,
+    HeaderMatch,
+    HttpApp,
+    Listener,
+    ProxyScope,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    TcpApp,
+    Tunnel,
+    VirtualHost,
+)
+from cilia.k8s.core import NodeSpec
 from cilia.k8s.egress import EGRESS_KIND, EgressPolicySpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
@@ -42,6 +72,7 @@ class EgressPlan:
     destinations: tuple[str, ...]
     gateway_nodes: tuple[str, ...]
     egress_ip: str
+    gateway_addresses: tuple[str, ...] = ()  # the gateway nodes' addresses (tunnel endpoints), by node
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +129,20 @@ def _selected(spec: EgressPolicySpec, pods: list[MeshPod], ns_labels: Mapping[st
     return out
 
 
+def _node_address(node: KubeObject) -> str:
+    """A Node's InternalIP (IPv4), else its first IPv4 address."""
+    spec: NodeSpec = node.spec
+    v4 = [(t, a) for t, a in spec.addresses if _is_v4(a)]
+    return next((a for t, a in v4 if t == "InternalIP"), v4[0][1] if v4 else "")
+
+
+def _is_v4(value: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 def _egress_ip(obj: KubeObject, opts: TranslateOptions, issues: list[Issue]) -> str:
     spec: EgressPolicySpec = obj.spec
     ref = str(obj.ref)
@@ -138,7 +183,13 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
         if not dests:
             mine.append(Issue(ref, "spec.excludedCIDRs", "exclude every destination CIDR: the policy steers nothing",
                               severity="warning"))
-        gateways = tuple(n.meta.name for n in nodes if spec.gateway.node_selector.matches(n.meta.labels))
+        gw_nodes = [n for n in nodes if spec.gateway.node_selector.matches(n.meta.labels)]
+        gateways = tuple(n.meta.name for n in gw_nodes)
+        addresses = tuple(a for n in gw_nodes for a in [_node_address(n)] if a)
+        nameless = [n.meta.name for n in gw_nodes if not _node_address(n)]
+        if nameless:
+            mine.append(Issue(ref, "spec.egressGateway.nodeSelector", f"gateway node(s) without an IPv4 address in "
+                              f"status.addresses are not used: {_listed(nameless)}", severity="warning"))
         if not gateways:
             mine.append(Issue(ref, "spec.egressGateway.nodeSelector",
                               "no node matches: selected pods' connections to the destinations are not steered"))
@@ -164,7 +215,8 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
                               f"({_listed(keys)}); the older policy wins for them", severity="warning"))
         served = bool(gateways) and bool(dests) and not any(i.severity == "error" for i in mine)
         if served and steered:
-            plans.append(EgressPlan(ref, tuple(steered), tuple(str(d) for d in dests), gateways, egress_ip))
+            plans.append(EgressPlan(ref, tuple(steered), tuple(str(d) for d in dests), gateways, egress_ip,
+                                    addresses))
         statuses.append(_status(obj, opts, served, steered, gateways, egress_ip, mine))
         issues.extend(mine)
     return CompiledEgress(tuple(plans), tuple(statuses), tuple(issues))
@@ -191,6 +243,73 @@ def _status(obj: KubeObject, opts: TranslateOptions, served: bool, pods: list[Eg
 
 
 def translate_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
-    """Registered in TRANSLATORS for the statuses and issues of egress gateway policies."""
+    """Registered in TRANSLATORS: the gateway nodes' tunnel listeners, statuses and issues (the client side
+    is in the node capture listener: the mesh translator calls `compile_egress` and `egress_parts`)."""
     compiled = compile_egress(snapshot, opts)
-    return Partial(statuses=compiled.statuses, issues=compiled.issues)
+    return Partial(bundles=tuple(gateway_bundles(compiled.plans, opts)), statuses=compiled.statuses,
+                   issues=compiled.issues)
+
+
+POLICY_HEADER = "x-cilia-egress-policy"
+GATEWAY_LISTENER = "egress|gateway"
+GATEWAY_ROUTES = "egress|gateway"
+
+
+def _policy_name(plan: EgressPlan) -> str:
+    return plan.policy.rpartition(" ")[2]
+
+
+def tunnel_cluster_name(plan: EgressPlan) -> str:
+    return f"egress|{_policy_name(plan)}|tunnel"
+
+
+def upstream_cluster_name(plan: EgressPlan) -> str:
+    return f"egress|{_policy_name(plan)}|upstream"
+
+
+def egress_parts(plans: Iterable[EgressPlan], opts: TranslateOptions
+                 ) -> list[tuple[FilterChain, None, list[Cluster]]]:
+    """The node capture listener's chains (with their clusters) that tunnel selected pods' connections."""
+    parts: list[tuple[FilterChain, None, list[Cluster]]] = []
+    for plan in plans:
+        if not plan.gateway_addresses:
+            continue
+        sources = tuple(sorted({f"{ip}/32" for pod in plan.pods for ip in pod.ips if _is_v4(ip)}))
+        if not sources:
+            continue
+        tunnel = Cluster(tunnel_cluster_name(plan), discovery="STATIC", protocol="http2", lb_policy="RING_HASH",
+                         static_endpoints=tuple(Endpoint(a, opts.egress_tunnel_port) for a in plan.gateway_addresses),
+                         sources=(plan.policy,))
+        name = f"egress|{_policy_name(plan)}"
+        app = TcpApp((Backend(tunnel.name),), stat_prefix=name.replace("|", "_"), hash_source_ip=True,
+                     tunnel=Tunnel("%DOWNSTREAM_LOCAL_ADDRESS%", ((POLICY_HEADER, _policy_name(plan)),)))
+        parts.append((FilterChain(name, app, destination_cidrs=plan.destinations, source_cidrs=sources),
+                      None, [tunnel]))
+    return parts
+
+
+def gateway_bundles(plans: Iterable[EgressPlan], opts: TranslateOptions) -> list[Bundle]:
+    """Per gateway node, its tunnel listener and the upstream clusters of the policies it serves."""
+    by_node: dict[str, list[EgressPlan]] = {}
+    for plan in plans:
+        for node in plan.gateway_nodes:
+            by_node.setdefault(node, []).append(plan)
+    bundles = []
+    for node, mine in sorted(by_node.items()):
+        routes, clusters = [], []
+        for plan in mine:
+            upstream = Cluster(upstream_cluster_name(plan), discovery="ORIGINAL_DST", original_dst_header=":authority",
+                               bind_address=plan.egress_ip, sources=(plan.policy,))
+            clusters.append(upstream)
+            routes.append(Route(_policy_name(plan), RouteMatch(
+                headers=(HeaderMatch(POLICY_HEADER, value=_policy_name(plan)),), connect=True),
+                backends=(Backend(upstream.name),), timeout_ms=0, sources=(plan.policy,)))
+        rc = RouteConfig(GATEWAY_ROUTES, (VirtualHost("egress", ("*",), tuple(routes)),))
+        app = HttpApp(GATEWAY_ROUTES, stat_prefix="egress_gateway", codec="http2", connect=True)
+        listener = Listener(GATEWAY_LISTENER, opts.egress_tunnel_address, opts.egress_tunnel_port, (),
+                            default_chain=FilterChain(GATEWAY_LISTENER, app), direction="outbound",
+                            sources=tuple(p.policy for p in mine))
+        bundles.append(Bundle(f"egress/gateway/{node}", ProxyScope(frozenset({"node"}), frozenset({node})),
+                              listeners=(listener,), routes=(rc,), clusters=tuple(clusters),
+                              sources=tuple(p.policy for p in mine)))
+    return bundles
