@@ -449,6 +449,7 @@ class RedirectPod:
     sidecar_address: str = ""
     sidecar_port: int = 0
     sidecar_cgroup_path: str = ""
+    egress_cidrs: tuple[str, ...] = ()  # node mode: destinations steered into the node proxy (egress gateway)
 
 
 @dataclass(frozen=True, slots=True)
