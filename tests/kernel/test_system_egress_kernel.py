@@ -5,7 +5,8 @@ gateway). "External" HTTP servers on 127.0.8.x record each request's peer addres
 The selected pod's connect to 127.0.8.5 is steered by connect4 into node~a's capture listener, tunnelled
 over HTTP/2 CONNECT to node~gw, and leaves from the egress IP (added to `lo` here, removed after); an
 unselected mesh pod's request and the selected pod's request to an excluded CIDR arrive with their own
-source; an egressIP edit applies to new connections within 2 s; no firewall rule is made.
+source; an egressIP edit applies to new connections within 2 s; with the gateway Envoy stopped the
+connections fail at once and recover when it returns; no firewall rule is made.
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def test_egress_gateway_whole_system(kenv: KernelEnv, egress_ips: None) -> None:
                 time.sleep(0.05)
             assert seen == EGRESS_IPS[1], seen
             assert time.monotonic() - t0 < 2.0, f"took {time.monotonic() - t0:.2f} s"
+
+            # The gateway Envoy gone: the selected pod's connections fail at once (no hang), and never
+            # leave directly; back when it returns.
+            envoys[0].stop()
+            t0 = time.monotonic()
+            r = kenv.curl(client_cg, db_url, source=CLIENT_IP)
+            assert r.rc != 0 and r.status == 0, r
+            assert time.monotonic() - t0 < 1.5, f"failing took {time.monotonic() - t0:.2f} s"
+            assert all(q["peer"] != CLIENT_IP for q in db.requests)
+            envoys[0] = MeshEnvoy(kenv, gw_cg, "node~gw", cp.xds_port)
+            wait_until(lambda: peer(kenv, client_cg, db_url, CLIENT_IP) == EGRESS_IPS[1], 20, "gateway back")
             assert firewall_rules() == rules_before
     except BaseException:
         for e in envoys:
