@@ -103,6 +103,9 @@ class Cluster:
     # ORIGINAL_DST: take the destination from this request header instead of the downstream connection
     # (egress gateway: ":authority" of the tunnel's CONNECT request)
     original_dst_header: str = ""
+    # Non-zero: active TCP health checks (connect only) at this interval; one failure marks a host
+    # unhealthy, one success healthy again (egress gateway tunnels: fail over to another gateway).
+    tcp_health_check_ms: int = 0
 
 
 # -- HTTP routing -----------------------------------------------------------------------------------

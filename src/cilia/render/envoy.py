@@ -170,6 +170,14 @@ def render_cluster(c: ir.Cluster) -> cluster_pb2.Cluster:
     for m in c.tls_matches:
         tsm = out.transport_socket_matches.add(name=m.mesh_tls, transport_socket=_upstream_tls_socket(m.tls))
         tsm.match.update({MESH_TLS_KEY: m.mesh_tls})
+    if c.tcp_health_check_ms:
+        hc = out.health_checks.add()
+        hc.timeout.CopyFrom(duration_ms(c.tcp_health_check_ms))
+        hc.interval.CopyFrom(duration_ms(c.tcp_health_check_ms))
+        hc.no_traffic_interval.CopyFrom(duration_ms(c.tcp_health_check_ms))  # Envoy's default: 60 s
+        hc.unhealthy_threshold.value = 1
+        hc.healthy_threshold.value = 1
+        hc.tcp_health_check.SetInParent()
     if c.original_dst_header:
         out.original_dst_lb_config.use_http_header = True
         out.original_dst_lb_config.http_header_name = c.original_dst_header

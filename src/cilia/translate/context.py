@@ -50,7 +50,8 @@ class TranslateOptions:
     # first IPv4 addresses, (name, address), for `spec.egressGateway.interface` (file mode: this machine).
     egress_local_ips: tuple[str, ...] | None = None
     egress_interfaces: tuple[tuple[str, str], ...] = ()
-    egress_tunnel_address: str = "0.0.0.0"  # gateway nodes' tunnel listener (HTTP/2 CONNECT from node proxies)
+    # Gateway nodes' tunnel listener (HTTP/2 CONNECT from node proxies); "node-ip": the node's address.
+    egress_tunnel_address: str = "0.0.0.0"
     egress_tunnel_port: int = 15008
 
 

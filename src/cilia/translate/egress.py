@@ -11,12 +11,14 @@ Envoy config (`egress_parts`, `gateway_bundles`):
   destinations (`destination_cidrs`) from the selected pods' IPs (`source_cidrs`), a TCP proxy whose
   connection is carried in an HTTP/2 CONNECT request to the cluster `egress|POLICY|tunnel` (the gateway
   nodes' tunnel listeners, ring hash on the client's address: one client's flows stay on one gateway
-  while the set of gateways is unchanged), the original destination as the CONNECT authority and the
+  while the set of healthy gateways is unchanged; a TCP health check every second takes a gateway whose
+  Envoy is gone out of the ring), the original destination as the CONNECT authority and the
   policy in `x-cilia-egress-policy`;
 * gateway side, on each gateway node (`node~GW`): the tunnel listener `egress|gateway` on
-  `egress_tunnel_address:egress_tunnel_port`, an HTTP/2 connection manager terminating CONNECT whose
-  routes pick, by policy header, the ORIGINAL_DST cluster `egress|POLICY|upstream` that connects to the
-  authority with its source bound to the egress IP. Unknown policies get no route (404).
+  `egress_tunnel_address:egress_tunnel_port` (`node-ip`: the node's address), an HTTP/2 connection
+  manager terminating CONNECT whose routes pick, by policy header, the ORIGINAL_DST cluster
+  `egress|POLICY|upstream` that connects to the authority with its source bound to the egress IP.
+  Unknown policies get no route (404).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class EgressPlan:
     destinations: tuple[str, ...]
     gateway_nodes: tuple[str, ...]
     egress_ip: str
-    gateway_addresses: tuple[str, ...] = ()  # the gateway nodes' addresses (tunnel endpoints), by node
+    gateway_addresses: tuple[tuple[str, str], ...] = ()  # (gateway node, its address): the tunnel endpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,7 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
                               severity="warning"))
         gw_nodes = [n for n in nodes if spec.gateway.node_selector.matches(n.meta.labels)]
         gateways = tuple(n.meta.name for n in gw_nodes)
-        addresses = tuple(a for n in gw_nodes for a in [_node_address(n)] if a)
+        addresses = tuple((n.meta.name, a) for n in gw_nodes for a in [_node_address(n)] if a)
         nameless = [n.meta.name for n in gw_nodes if not _node_address(n)]
         if nameless:
             mine.append(Issue(ref, "spec.egressGateway.nodeSelector", f"gateway node(s) without an IPv4 address in "
@@ -251,6 +253,8 @@ def translate_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial
 
 
 POLICY_HEADER = "x-cilia-egress-policy"
+TUNNEL_HEALTH_CHECK_MS = 1000  # how soon a gateway whose Envoy is gone stops getting flows
+NODE_IP = "node-ip"  # egress_tunnel_address: bind each gateway's tunnel listener to its node's address
 GATEWAY_LISTENER = "egress|gateway"
 GATEWAY_ROUTES = "egress|gateway"
 
@@ -278,8 +282,9 @@ def egress_parts(plans: Iterable[EgressPlan], opts: TranslateOptions
         if not sources:
             continue
         tunnel = Cluster(tunnel_cluster_name(plan), discovery="STATIC", protocol="http2", lb_policy="RING_HASH",
-                         static_endpoints=tuple(Endpoint(a, opts.egress_tunnel_port) for a in plan.gateway_addresses),
-                         sources=(plan.policy,))
+                         static_endpoints=tuple(Endpoint(a, opts.egress_tunnel_port)
+                                                for a in dict.fromkeys(a for _, a in plan.gateway_addresses)),
+                         tcp_health_check_ms=TUNNEL_HEALTH_CHECK_MS, sources=(plan.policy,))
         name = f"egress|{_policy_name(plan)}"
         app = TcpApp((Backend(tunnel.name),), stat_prefix=name.replace("|", "_"), hash_source_ip=True,
                      tunnel=Tunnel("%DOWNSTREAM_LOCAL_ADDRESS%", ((POLICY_HEADER, _policy_name(plan)),)))
@@ -291,7 +296,9 @@ def egress_parts(plans: Iterable[EgressPlan], opts: TranslateOptions
 def gateway_bundles(plans: Iterable[EgressPlan], opts: TranslateOptions) -> list[Bundle]:
     """Per gateway node, its tunnel listener and the upstream clusters of the policies it serves."""
     by_node: dict[str, list[EgressPlan]] = {}
+    address_of: dict[str, str] = {}
     for plan in plans:
+        address_of.update(plan.gateway_addresses)
         for node in plan.gateway_nodes:
             by_node.setdefault(node, []).append(plan)
     bundles = []
@@ -306,7 +313,12 @@ def gateway_bundles(plans: Iterable[EgressPlan], opts: TranslateOptions) -> list
                 backends=(Backend(upstream.name),), timeout_ms=0, sources=(plan.policy,)))
         rc = RouteConfig(GATEWAY_ROUTES, (VirtualHost("egress", ("*",), tuple(routes)),))
         app = HttpApp(GATEWAY_ROUTES, stat_prefix="egress_gateway", codec="http2", connect=True)
-        listener = Listener(GATEWAY_LISTENER, opts.egress_tunnel_address, opts.egress_tunnel_port, (),
+        address = opts.egress_tunnel_address
+        if address == NODE_IP:
+            if node not in address_of:
+                continue  # no address: no tunnel endpoint points here either
+            address = address_of[node]
+        listener = Listener(GATEWAY_LISTENER, address, opts.egress_tunnel_port, (),
                             default_chain=FilterChain(GATEWAY_LISTENER, app), direction="outbound",
                             sources=tuple(p.policy for p in mine))
         bundles.append(Bundle(f"egress/gateway/{node}", ProxyScope(frozenset({"node"}), frozenset({node})),
