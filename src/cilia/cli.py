@@ -558,6 +558,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             entries = int(sum((rep.get("map_entries") or {}).values()))
             print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
                   f"{rep.get('last_error') or '-'}")
+    from cilia.obs.status_view import egress_table
+
+    if egress := egress_table(statuses):
+        sys.stdout.write("\n" + egress)
     if statuses:
         from cilia.translate.gateway import describe_statuses
 

@@ -27,6 +27,7 @@ from support.golden import (
 )
 
 CASES = golden_cases("egress")
+GOLDEN_EGRESS = CASES[0].parent
 DEFAULTS = {"mesh_default_mode": "node"}
 
 
@@ -67,3 +68,15 @@ def test_cases_present() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_egress_golden(case: Path, update_golden: bool) -> None:
     assert_golden(case, run_case(case), update_golden)
+
+
+def test_status_lists_egress_gateways() -> None:
+    from cilia.obs.status_view import egress_table
+
+    snapshot, _ = load_case(GOLDEN_EGRESS / "overlap")
+    compiled = compile_egress(snapshot, case_options(GOLDEN_EGRESS / "overlap", DEFAULTS))
+    lines = egress_table([s.as_dict() for s in compiled.statuses]).splitlines()
+    assert lines[0].split() == ["EGRESS", "POLICY", "ACCEPTED", "PODS", "GATEWAY", "NODES", "EGRESS", "IP"]
+    assert [line.split() for line in lines[1:]] == [["old", "True", "1", "gw,gw2", "127.0.9.1"],
+                                                     ["young", "True", "1", "gw,gw2", "127.0.9.2"]]
+    assert egress_table([]) == ""
