@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from bpf_kernel_support import KernelEnv, firewall_rules, free_port
-from system_support import AgentProcess, Fatal, MeshEnvoy, docs, namespace, pod, proxy_synced, wait_until
+from system_support import AgentProcess, Fatal, MeshEnvoy, cilia, docs, namespace, pod, proxy_synced, wait_until
 
 from cilia.mesh.egresshost import local_ipv4
 from cilia.translate.context import TranslateOptions
@@ -127,6 +127,10 @@ def test_egress_gateway_whole_system(kenv: KernelEnv, egress_ips: None) -> None:
             assert peer(kenv, client_cg, direct_url, CLIENT_IP) == CLIENT_IP  # excluded CIDR: direct
             stats = envoys[1].stats("egress")
             assert stats.get("tcp.egress_legacy.downstream_cx_total") == 1, stats
+            table = cilia("status", "--admin", f"127.0.0.1:{cp.admin_port}")
+            assert table.returncode == 0, table.stderr
+            assert ["legacy", "True", "1", "gw,gw2", EGRESS_IPS[0]] in [line.split() for line in
+                                                                        table.stdout.splitlines()], table.stdout
             # One client's flows stay on one gateway (ring hash on its address).
             for _ in range(3):
                 assert peer(kenv, client_cg, db_url, CLIENT_IP) == EGRESS_IPS[0]
