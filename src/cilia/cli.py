@@ -558,6 +558,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             entries = int(sum((rep.get("map_entries") or {}).values()))
             print(f"{pid}  {rep.get('phase', '-')}  {int(rep.get('programs_attached', 0))}  {entries}  "
                   f"{rep.get('last_error') or '-'}")
+    from cilia.obs.status_view import egress_table
+
+    if egress := egress_table(statuses):
+        sys.stdout.write("\n" + egress)
     if statuses:
         from cilia.translate.gateway import describe_statuses
 
@@ -651,6 +655,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         inject=_inject_config(args) if args.webhook else None,
         otlp_endpoint=args.otlp_endpoint,
     )
+    if not args.kubernetes:
+        from cilia.mesh.egresshost import local_ipv4
+
+        # File mode: this machine is the egress gateway node (egressIP must be local; interface -> address).
+        host = local_ipv4()
+        if host is not None:
+            opts = dataclasses.replace(opts, translate=dataclasses.replace(
+                opts.translate, egress_local_ips=host[0], egress_interfaces=host[1]))
     if args.kubernetes:
         try:
             opts = dataclasses.replace(opts, kubernetes=_kube_options(args))

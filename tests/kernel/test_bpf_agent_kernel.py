@@ -325,6 +325,6 @@ async def test_agent_sigkill_then_restart_reclaims_stale_pins(
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    assert "reclaimed 16 stale pins (7 links)" in agent_log(t, "-2")
+    assert "reclaimed 17 stale pins (7 links)" in agent_log(t, "-2")  # 10 maps + 7 links
     assert not pin_dir(t).exists() and not (pin_dir(t).parent / f"{pin_name(NODE)}-stale").exists()
     assert bsys.cgroup_programs(str(t.pod)) == {} and bsys.cgroup_programs(str(t.proxy)) == {}

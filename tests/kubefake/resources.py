@@ -234,6 +234,8 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
                  categories=("cilium",)),
     ResourceType(CILIUM, "ciliumclusterwidenetworkpolicies", "CiliumClusterwideNetworkPolicy", False, ("v2",), True,
                  short_names=("ccnp",), categories=("cilium",)),
+    ResourceType(CILIUM, "ciliumegressgatewaypolicies", "CiliumEgressGatewayPolicy", False, ("v2",),
+                 short_names=("cegp",), categories=("cilium",)),
 )
 
 CRD_RESOURCE = ResourceType(

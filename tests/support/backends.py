@@ -37,7 +37,7 @@ class EchoBackend:
                 seen = {"backend": backend.name, "method": self.command, "path": url.path,
                         "raw_path": self.path, "query": parse_qs(url.query),
                         "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": body.decode(errors="replace")}
+                        "body": body.decode(errors="replace"), "peer": self.client_address[0]}
                 close = False
                 if isinstance(self.connection, ssl.SSLSocket):
                     seen["alpn"] = self.connection.selected_alpn_protocol()

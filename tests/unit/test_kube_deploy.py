@@ -52,7 +52,7 @@ PLANNED = (
 )
 EXPECTED_KINDS = {
     "namespace.yaml": ["Namespace", "Namespace"],
-    "crds.yaml": ["CustomResourceDefinition"] * 4,
+    "crds.yaml": ["CustomResourceDefinition"] * 5,
     "rbac.yaml": ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Role", "RoleBinding",
                   "Role", "RoleBinding"],
     "controlplane.yaml": ["Deployment", "Service", "Service", "PodDisruptionBudget"],
@@ -374,7 +374,7 @@ spec:
 def test_crds_have_cilium_shape_and_accept_existing_manifests() -> None:
     by_kind = {d["spec"]["names"]["kind"]: d for d in docs("crds.yaml")}
     assert set(by_kind) == {"CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy",
-                            "CiliumClusterwideNetworkPolicy"}
+                            "CiliumClusterwideNetworkPolicy", "CiliumEgressGatewayPolicy"}
     for kind, plural, short, scope in (("CiliumEnvoyConfig", "ciliumenvoyconfigs", "cec", "Namespaced"),
                                        ("CiliumClusterwideEnvoyConfig", "ciliumclusterwideenvoyconfigs", "ccec",
                                         "Cluster")):
@@ -408,6 +408,28 @@ def test_crds_have_cilium_shape_and_accept_existing_manifests() -> None:
     errors = []
     _validate(bad, crd_schema("CiliumEnvoyConfig"), "cec", errors)
     assert len(errors) == 2
+
+
+def test_egress_gateway_crd_accepts_the_golden_policies_and_rejects_a_missing_gateway() -> None:
+    crd = next(d for d in docs("crds.yaml") if d["spec"]["names"]["kind"] == "CiliumEgressGatewayPolicy")
+    assert crd["spec"]["scope"] == "Cluster" and crd["metadata"]["name"] == "ciliumegressgatewaypolicies.cilium.io"
+    schema = crd_schema("CiliumEgressGatewayPolicy")
+    spec = schema["properties"]["spec"]["properties"]
+    assert set(spec) == {"selectors", "destinationCIDRs", "excludedCIDRs", "egressGateway"}
+    assert set(spec["egressGateway"]["properties"]) == {"nodeSelector", "egressIP", "interface"}
+    samples = [d for case in sorted((ROOT / "tests" / "golden" / "egress").iterdir())
+               for d in yaml.safe_load_all((case / "input.yaml").read_text())
+               if isinstance(d, dict) and d.get("kind") == "CiliumEgressGatewayPolicy"]
+    good = [d for d in samples if d["metadata"]["name"] not in ("no-gateway", "bad-cidr")]
+    assert len(good) >= 5
+    for sample in good:
+        errors: list[str] = []
+        _validate(sample, schema, sample["metadata"]["name"], errors)
+        assert errors == [], errors
+    (missing,) = [d for d in samples if d["metadata"]["name"] == "no-gateway"]
+    errors = []
+    _validate(missing, schema, "no-gateway", errors)
+    assert errors == ["no-gateway.spec.egressGateway: required"]
 
 
 def test_crd_status_schema_accepts_what_the_writer_writes() -> None:

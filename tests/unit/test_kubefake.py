@@ -92,6 +92,7 @@ async def test_discovery_and_kubeconfig(api: FakeApiServer, kc: ApiClient, tmp_p
         "ciliumnetworkpolicies/status": True,
         "ciliumclusterwidenetworkpolicies": False,
         "ciliumclusterwidenetworkpolicies/status": False,
+        "ciliumegressgatewaypolicies": False,
     }
 
     # the dynamic client discovers kinds purely from /api and /apis

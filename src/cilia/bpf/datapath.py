@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PROGRAMS = ("cilia_connect4", "cilia_connect6", "cilia_sockops", "cilia_getsockopt", "cilia_sk_msg")
 MAPS = (
     "cilia_svc",
+    "cilia_egress",
     "cilia_pods",
     "cilia_proxies",
     "cilia_inbound",
@@ -43,6 +44,7 @@ STAT_NAMES = (
     "origdst_miss",
     "sockmap_add",
     "msg_redirect",
+    "egress_redirected",
 )
 CFG_SOCKMAP = 0
 CFG_INBOUND_MARK = 1
@@ -105,6 +107,12 @@ def reclaim(pin_dir: str) -> ReclaimResult:
 
 def _ip_bytes(ip: str) -> bytes:
     return socket.inet_aton(ip)
+
+
+def _egress_key(cgroup_id: int, cidr: str) -> bytes:
+    """An LPM trie key: prefix length (64 cgroup id bits + the CIDR's), cgroup id as two u32, address."""
+    ip, _, plen = cidr.partition("/")
+    return struct.pack("=III", 64 + int(plen), cgroup_id & 0xFFFFFFFF, cgroup_id >> 32) + _ip_bytes(ip)
 
 
 def _target(ep: Endpoint) -> bytes:
@@ -249,6 +257,8 @@ class Datapath:
                 for p in plan.pods
             },
         )
+        self._sync_map("cilia_egress", {_egress_key(p.cgroup_id, cidr): struct.pack("=I", 1)
+                                        for p in plan.pods for cidr in p.egress})
         self._sync_map(
             "cilia_proxies", {struct.pack("=Q", p.cgroup_id): struct.pack("=I", 1) for p in plan.proxies}
         )
@@ -275,6 +285,7 @@ class Datapath:
         out = {}
         for name in (
             "cilia_svc",
+            "cilia_egress",
             "cilia_pods",
             "cilia_proxies",
             "cilia_inbound",

@@ -42,6 +42,7 @@ class PodPlan:
     cgroup_id: int
     mode: int
     proxy: Endpoint
+    egress: tuple[str, ...] = ()  # node mode: IPv4 CIDRs whose connects also go to `proxy` (egress gateway)
 
 
 @dataclass(frozen=True, order=True)
@@ -143,6 +144,16 @@ def _ipv4(value: str, where: str) -> str:
         raise ValueError(f"{where}: {value!r} is not an IPv4 address") from None
 
 
+def _cidr4(value: str, where: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{where}: {value!r} is not a CIDR") from None
+    if net.version != 4:
+        raise ValueError(f"{where}: {value!r} is not IPv4")
+    return str(net)
+
+
 def _port(value: int, where: str) -> int:
     if not 0 < value < 65536:
         raise ValueError(f"{where}: port {value} is out of range 1-65535")
@@ -225,10 +236,12 @@ def build_plan(
                 in_port = _port(pod.inbound_port or default_inbound, f"pod {ref} inbound_port")
             else:
                 target = node_proxy
+            egress = tuple(_cidr4(c, f"pod {ref} egress_cidrs") for c in pod.egress_cidrs) \
+                if mode == MODE_NODE else ()
         except (LookupError, ValueError) as exc:
             errors.append(f"pod {ref}: {exc}")
             continue
-        pods[cgroup] = PodPlan(ref, cgroup, cgroup_id_of(cgroup), mode, target)
+        pods[cgroup] = PodPlan(ref, cgroup, cgroup_id_of(cgroup), mode, target, egress)
         proxy_targets.add(target)
         for ip in ips:
             pod_ips[ip] = ref

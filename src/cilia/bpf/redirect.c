@@ -15,6 +15,8 @@
 //      from the 4-tuple record, so Envoy's original_dst listener filter picks the VIP's chain.
 //   4. With sockmap on, both ends enter a sockhash once established and sk_msg splices their
 //      payload directly (bpf_msg_redirect_hash), skipping the loopback TCP stack.
+// Egress gateway: a node-mode pod's connect to an IPv4 CIDR listed for its cgroup (cilia_egress, a
+// longest-prefix-match trie keyed by cgroup id + address) goes to the node proxy the same way.
 // Sidecar inbound: a proxy connecting to a sidecar pod's IP:port is sent to that pod's inbound
 // capture port (15006), unless the proxy is that pod's own sidecar.
 // Node inbound (mesh mTLS): a proxy connecting to a node-mode pod's IP:port is sent to the node
@@ -83,6 +85,7 @@ struct orig_val {
 #define CILIA_STAT_ORIGDST_MISS 3
 #define CILIA_STAT_SOCKMAP_ADD 4
 #define CILIA_STAT_MSG_REDIRECT 5
+#define CILIA_STAT_EGRESS 6
 #define CILIA_STAT_MAX 8
 
 // Config slots (array map) written by the agent.
@@ -90,7 +93,16 @@ struct orig_val {
 #define CILIA_CFG_INBOUND_MARK 1
 #define CILIA_CFG_MAX 4
 
+// Egress gateway destinations of one pod cgroup: prefixlen counts the 64 cgroup id bits + the CIDR's.
+struct egress_key {
+    u32 prefixlen;
+    u32 cg_lo;
+    u32 cg_hi;
+    u32 ip;  // network order
+};
+
 BPF_HASH(cilia_svc, struct svc_key, u32, 65536);
+BPF_LPM_TRIE(cilia_egress, struct egress_key, u32, 16384);
 BPF_HASH(cilia_pods, u64, struct pod_val, 16384);
 BPF_HASH(cilia_proxies, u64, u32, 16384);
 BPF_HASH(cilia_inbound, struct svc_key, struct inbound_val, 16384);
@@ -113,8 +125,8 @@ static __always_inline u32 cfg_get(u32 idx)
     return v ? *v : 0;
 }
 
-// The mesh pod entry of the calling task: its cgroup or the nearest registered ancestor.
-static __always_inline struct pod_val *find_pod(void)
+// The mesh pod entry of the calling task: its cgroup or the nearest registered ancestor (its id in *cg).
+static __always_inline struct pod_val *find_pod(u64 *cg)
 {
 #pragma unroll
     for (int level = CILIA_MAX_DEPTH; level >= 0; level--) {
@@ -122,8 +134,10 @@ static __always_inline struct pod_val *find_pod(void)
         if (id == 0)
             continue;
         struct pod_val *p = cilia_pods.lookup(&id);
-        if (p)
+        if (p) {
+            *cg = id;
             return p;
+        }
     }
     return 0;
 }
@@ -146,12 +160,23 @@ static __always_inline u64 find_proxy(void)
 // `mark` is the socket's SO_MARK.
 static __always_inline int route_v4(u32 ip, u16 port, u32 mark, struct target *out)
 {
-    struct pod_val *pod = find_pod();
+    u64 cg = 0;
+    struct pod_val *pod = find_pod(&cg);
     if (pod) {
         struct svc_key k = {.ip = ip, .port = port};
         u32 *svc = cilia_svc.lookup(&k);
-        if (!svc)
-            return 0;
+        if (!svc) {
+            if (pod->mode != 1)
+                return 0;
+            struct egress_key ek = {.prefixlen = 96, .cg_lo = (u32)cg, .cg_hi = (u32)(cg >> 32), .ip = ip};
+            if (!cilia_egress.lookup(&ek))
+                return 0;
+            if (pod->proxy.ip == ip && pod->proxy.port == port)
+                return 0;
+            *out = pod->proxy;
+            stat_inc(CILIA_STAT_EGRESS);
+            return 1;
+        }
         // Never rewrite a connect that already goes to the proxy.
         if (pod->proxy.ip == ip && pod->proxy.port == port)
             return 0;

@@ -99,6 +99,13 @@ class Cluster:
     socket_mark: int = 0  # SO_MARK on upstream sockets (the eBPF agent leaves marked connects alone)
     sources: Sources = ()
     hash_policy: tuple[HashPolicy, ...] = ()
+    bind_address: str = ""  # source address of upstream connections (egress gateway: the egress IP)
+    # ORIGINAL_DST: take the destination from this request header instead of the downstream connection
+    # (egress gateway: ":authority" of the tunnel's CONNECT request)
+    original_dst_header: str = ""
+    # Non-zero: active TCP health checks (connect only) at this interval; one failure marks a host
+    # unhealthy, one success healthy again (egress gateway tunnels: fail over to another gateway).
+    tcp_health_check_ms: int = 0
 
 
 # -- HTTP routing -----------------------------------------------------------------------------------
@@ -133,6 +140,7 @@ class RouteMatch:
     query: tuple[QueryMatch, ...] = ()
     method: str = ""
     grpc: bool = False
+    connect: bool = False  # HTTP CONNECT requests (terminated: the route's cluster carries the payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +334,7 @@ class HttpApp:
     tracing: Tracing | None = None
     # Mesh inbound: replace x-forwarded-client-cert with the verified peer's URI SAN (none: removed)
     forward_client_cert: bool = False
+    connect: bool = False  # terminate HTTP/2 CONNECT (egress gateway tunnels)
     # RBAC filters before the router (mesh inbound). They carry no rules of their own: the rules are the
     # route configuration's (`VirtualHost.authz`), so a policy change reaches open connections too.
     rbac: bool = False
@@ -335,11 +344,22 @@ class HttpApp:
 
 
 @dataclass(frozen=True, slots=True)
+class Tunnel:
+    """Carry a TCP proxy's connection in an HTTP/2 CONNECT request (egress gateway): `authority` is the
+    CONNECT target (Envoy's formatter: %DOWNSTREAM_LOCAL_ADDRESS% is the original destination)."""
+
+    authority: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TcpApp:
     backends: tuple[Backend, ...]
     stat_prefix: str = ""
     access_log: bool = True
     authz: IngressAuthz | None = None  # RBAC network filters before the proxy (L4 rules only)
+    tunnel: Tunnel | None = None
+    hash_source_ip: bool = False  # ring-hash backends: pick the upstream host by the client's address
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +452,7 @@ class RedirectPod:
     sidecar_address: str = ""
     sidecar_port: int = 0
     sidecar_cgroup_path: str = ""
+    egress_cidrs: tuple[str, ...] = ()  # node mode: destinations steered into the node proxy (egress gateway)
 
 
 @dataclass(frozen=True, slots=True)

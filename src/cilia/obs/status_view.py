@@ -67,6 +67,25 @@ def identity_table(identities: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def egress_table(statuses: Sequence[Mapping[str, Any]]) -> str:
+    """One row per CiliumEgressGatewayPolicy: served or not, selected pods, gateway nodes, source address."""
+    rows = [["EGRESS POLICY", "ACCEPTED", "PODS", "GATEWAY NODES", "EGRESS IP"]]
+    for st in statuses:
+        if st.get("kind") != "CiliumEgressGatewayPolicy":
+            continue
+        status = st.get("status") or {}
+        accepted = next((c.get("status", "-") for c in status.get("conditions") or () if c.get("type") == "Accepted"),
+                        "-")
+        rows.append([str(st.get("metadata", {}).get("name", "-")), str(accepted),
+                     str(len(status.get("selectedPods") or ())), ",".join(status.get("gatewayNodes") or ()) or "-",
+                     str(status.get("egressIP") or "-")])
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n"
+                   for r in rows)
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"

@@ -170,9 +170,24 @@ def render_cluster(c: ir.Cluster) -> cluster_pb2.Cluster:
     for m in c.tls_matches:
         tsm = out.transport_socket_matches.add(name=m.mesh_tls, transport_socket=_upstream_tls_socket(m.tls))
         tsm.match.update({MESH_TLS_KEY: m.mesh_tls})
+    if c.tcp_health_check_ms:
+        hc = out.health_checks.add()
+        hc.timeout.CopyFrom(duration_ms(c.tcp_health_check_ms))
+        hc.interval.CopyFrom(duration_ms(c.tcp_health_check_ms))
+        hc.no_traffic_interval.CopyFrom(duration_ms(c.tcp_health_check_ms))  # Envoy's default: 60 s
+        hc.unhealthy_threshold.value = 1
+        hc.healthy_threshold.value = 1
+        hc.tcp_health_check.SetInParent()
+    if c.original_dst_header:
+        out.original_dst_lb_config.use_http_header = True
+        out.original_dst_lb_config.http_header_name = c.original_dst_header
+    if c.bind_address:
+        out.upstream_bind_config.source_address.CopyFrom(address_pb2.SocketAddress(address=c.bind_address,
+                                                                                   port_value=0))
     if c.socket_mark:
         bind = out.upstream_bind_config
-        bind.source_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=0))
+        if not c.bind_address:
+            bind.source_address.CopyFrom(address_pb2.SocketAddress(address="0.0.0.0", port_value=0))
         bind.socket_options.add(description="cilia mesh inbound forward", level=SOL_SOCKET, name=SO_MARK,
                                 int_value=c.socket_mark, state=socket_option_pb2.SocketOption.STATE_PREBIND)
     return out
@@ -235,6 +250,9 @@ def _route_match(match: ir.RouteMatch, *, for_grpc: bool = False) -> route_compo
             qm.string_match.CopyFrom(_string_matcher(q.kind, q.value))
     if match.grpc and not for_grpc:
         m.grpc.SetInParent()
+    if match.connect:
+        m.ClearField("prefix")
+        m.connect_matcher.SetInParent()
     return m
 
 
@@ -352,6 +370,8 @@ def render_route(r: ir.Route) -> route_components_pb2.Route:
             rp.retry_back_off.max_interval.CopyFrom(duration_ms(r.retry.backoff_ms * 10))
     upgrade = action.upgrade_configs.add()
     upgrade.upgrade_type = "websocket"
+    if r.match.connect:
+        action.upgrade_configs.add(upgrade_type="CONNECT").connect_config.SetInParent()
     return out
 
 
@@ -468,6 +488,9 @@ def _http_filter(app: ir.HttpApp, chain_name: str) -> listener_components_pb2.Fi
         hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
         hcm.set_current_client_cert_details.uri = True
     hcm.upgrade_configs.add(upgrade_type="websocket")
+    if app.connect:
+        hcm.upgrade_configs.add(upgrade_type="CONNECT")
+        hcm.http2_protocol_options.allow_connect = True
     hcm.normalize_path.value = True
     hcm.merge_slashes = True
     hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT
@@ -600,6 +623,13 @@ def _tcp_filter(app: ir.TcpApp, chain_name: str) -> listener_components_pb2.Filt
             tcp.weighted_clusters.clusters.add(name=b.cluster, weight=b.weight)
     if app.access_log:
         tcp.access_log.append(access_log())
+    if app.tunnel is not None:
+        tunnel = tcp.tunneling_config
+        tunnel.hostname = app.tunnel.authority
+        for k, v in app.tunnel.headers:
+            tunnel.headers_to_add.add(header=base_pb2.HeaderValue(key=k, value=v))
+    if app.hash_source_ip:
+        tcp.hash_policy.add().source_ip.SetInParent()
     return listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=pack(tcp))
 
 

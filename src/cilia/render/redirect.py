@@ -15,7 +15,8 @@ def render_redirect_policy(p: ir.RedirectPolicy) -> api.NodeRedirectPolicy:
     for pod in p.pods:
         out.pods.add(namespace=pod.namespace, name=pod.name, uid=pod.uid, cgroup_path=pod.cgroup_path,
                      pod_ips=list(pod.pod_ips), mode=MODES[pod.mode], sidecar_address=pod.sidecar_address,
-                     sidecar_port=pod.sidecar_port, sidecar_cgroup_path=pod.sidecar_cgroup_path)
+                     sidecar_port=pod.sidecar_port, sidecar_cgroup_path=pod.sidecar_cgroup_path,
+                     egress_cidrs=list(pod.egress_cidrs))
     for svc in p.services:
         out.services.add(namespace=svc.namespace, name=svc.name, vip=svc.vip, port=svc.port, protocol=api.TCP,
                          listener_port=svc.listener_port)

@@ -12,6 +12,7 @@ from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import dangling_cluster_refs, translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.egress import translate_egress
 from cilia.translate.gateway import translate_gateway
 from cilia.translate.grpc import translate_grpc
 from cilia.translate.ingress import translate_ingresses
@@ -33,6 +34,7 @@ TRANSLATORS: tuple[Translator, ...] = (
     translate_redirects,
     translate_ingresses,
     translate_gateway,
+    translate_egress,
 )
 
 

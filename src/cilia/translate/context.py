@@ -46,6 +46,13 @@ class TranslateOptions:
     # Kubernetes mode: the only namespaces cilia reads Secrets in (--secrets-namespace); None: all (file mode).
     # Only used to say why a referenced Secret is missing.
     secret_namespaces: tuple[str, ...] | None = None
+    # Egress gateways: the gateway node's IPv4 addresses (None: unknown, not checked) and its interfaces'
+    # first IPv4 addresses, (name, address), for `spec.egressGateway.interface` (file mode: this machine).
+    egress_local_ips: tuple[str, ...] | None = None
+    egress_interfaces: tuple[tuple[str, str], ...] = ()
+    # Gateway nodes' tunnel listener (HTTP/2 CONNECT from node proxies); "node-ip": the node's address.
+    egress_tunnel_address: str = "0.0.0.0"
+    egress_tunnel_port: int = 15008
 
 
 @dataclass(frozen=True, slots=True)

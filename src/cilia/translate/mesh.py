@@ -95,6 +95,7 @@ from cilia.k8s.core import ContainerPort, ServicePort, ServiceSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.egress import compile_egress, egress_parts
 from cilia.translate.gamma import mesh_routes_for
 from cilia.translate.meshpods import MeshPod, mesh_pods
 from cilia.translate.meshtls import (
@@ -585,6 +586,8 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
     if nodes:
         sources = _node_sources(pods, issues)
         shared_parts = [p for sp in services for p in [out.chain(sp, "")] if p is not None]
+        # Egress gateway policies: selected pods' connections to their destinations go through a tunnel.
+        shared_parts.extend(egress_parts(compile_egress(snapshot, opts).plans, opts))
         if mtls is None:
             parts = list(shared_parts)
             for sp in services:

@@ -13,6 +13,9 @@ gets the sidecar's outbound capture address from the mesh translator's options: 
 agent's default (127.0.0.1), always on `mesh_capture_port`. The sidecar's inbound port is the
 policy's `inbound_port` (`mesh_inbound_port`).
 
+A node-mode pod selected by an egress gateway policy also lists the policy's destination CIDRs
+(`egress_cidrs`): the agent sends its connects there to the node proxy too (cilia.translate.egress).
+
 With mesh mTLS (`mesh_trust_domain`) a node with node-mode pods also gets `node_inbound_port`
 (`mesh_inbound_port`), `node_inbound_address` (`mesh_node_inbound_address`, when it is a specific IPv4
 address) and `node_inbound_mark`: the agent then sends proxies' connects to those pods' IPs to the node
@@ -30,6 +33,7 @@ from cilia.k8s.core import ServiceSpec
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.cec import translate_envoy_configs
 from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.egress import compile_egress
 from cilia.translate.mesh import BIND_POD_IP, MeshPod, mesh_pods
 from cilia.translate.meshtls import INBOUND_MARK
 
@@ -66,6 +70,7 @@ def sidecar_capture_address(pod: MeshPod, opts: TranslateOptions) -> str:
 def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     pods, _ = mesh_pods(snapshot, opts)  # the mesh translator reports bad mode settings
     pods_by_node: dict[str, list[RedirectPod]] = defaultdict(list)
+    egress = _egress_by_pod(snapshot, opts)
     for pod in pods:
         if pod.mode in ("off", "proxyless") or not pod.node:  # proxyless gRPC dials endpoints itself
             continue
@@ -73,7 +78,8 @@ def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
         assert obj is not None
         cgroup = obj.meta.annotations.get(CGROUP_ANNOTATION, "")
         if pod.mode == "node":
-            pods_by_node[pod.node].append(RedirectPod(pod.namespace, pod.name, obj.meta.uid, cgroup, pod.ips, "node"))
+            pods_by_node[pod.node].append(RedirectPod(pod.namespace, pod.name, obj.meta.uid, cgroup, pod.ips, "node",
+                                                      egress_cidrs=egress.get(pod.key, ())))
             continue
         pods_by_node[pod.node].append(RedirectPod(
             pod.namespace, pod.name, obj.meta.uid, cgroup, pod.ips, "sidecar",
@@ -100,6 +106,18 @@ def translate_redirects(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
         bundles.append(Bundle(key=f"redirect:{node}", scope=ProxyScope(frozenset({"agent"}), frozenset({node})),
                               redirect_policies=(policy,)))
     return Partial(bundles=tuple(bundles))
+
+
+def _egress_by_pod(snapshot: InputSnapshot, opts: TranslateOptions) -> dict[str, tuple[str, ...]]:
+    """Pod key -> the destination CIDRs its egress gateway policies steer into the node proxy (only where
+    the node proxy has a chain for them: the policy has a gateway node with an address)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for plan in compile_egress(snapshot, opts).plans:
+        if not plan.gateway_addresses:
+            continue
+        for pod in plan.pods:
+            out[pod.key].extend(plan.destinations)
+    return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
 
 
 def _ipv4_or_empty(value: str) -> str:

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cilia/redirect/v1/redirect.proto\x12\x11\x63ilia.redirect.v1\"\xed\x01\n\x07MeshPod\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63group_path\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x0f\n\x07pod_ips\x18\x05 \x03(\t\x12,\n\x04mode\x18\x06 \x01(\x0e\x32\x1e.cilia.redirect.v1.CaptureMode\x12\x17\n\x0fsidecar_address\x18\x07 \x01(\t\x12\x14\n\x0csidecar_port\x18\x08 \x01(\r\x12\x14\n\x0cinbound_port\x18\t \x01(\r\x12\x1b\n\x13sidecar_cgroup_path\x18\n \x01(\t\"\x8f\x01\n\x0bMeshService\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03vip\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12-\n\x08protocol\x18\x05 \x01(\x0e\x32\x1b.cilia.redirect.v1.Protocol\x12\x15\n\rlistener_port\x18\x06 \x01(\r\"\x98\x02\n\x12NodeRedirectPolicy\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x15\n\rproxy_address\x18\x02 \x01(\t\x12\x12\n\nproxy_port\x18\x03 \x01(\r\x12\x14\n\x0cinbound_port\x18\x04 \x01(\r\x12(\n\x04pods\x18\x05 \x03(\x0b\x32\x1a.cilia.redirect.v1.MeshPod\x12\x30\n\x08services\x18\x06 \x03(\x0b\x32\x1e.cilia.redirect.v1.MeshService\x12\x19\n\x11node_inbound_port\x18\x07 \x01(\r\x12\x19\n\x11node_inbound_mark\x18\x08 \x01(\r\x12\x1c\n\x14node_inbound_address\x18\t \x01(\t*B\n\x0b\x43\x61ptureMode\x12\x1c\n\x18\x43\x41PTURE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04NODE\x10\x01\x12\x0b\n\x07SIDECAR\x10\x02*6\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x07\n\x03TCP\x10\x01\x12\x07\n\x03UDP\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cilia/redirect/v1/redirect.proto\x12\x11\x63ilia.redirect.v1\"\x83\x02\n\x07MeshPod\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63group_path\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x0f\n\x07pod_ips\x18\x05 \x03(\t\x12,\n\x04mode\x18\x06 \x01(\x0e\x32\x1e.cilia.redirect.v1.CaptureMode\x12\x17\n\x0fsidecar_address\x18\x07 \x01(\t\x12\x14\n\x0csidecar_port\x18\x08 \x01(\r\x12\x14\n\x0cinbound_port\x18\t \x01(\r\x12\x1b\n\x13sidecar_cgroup_path\x18\n \x01(\t\x12\x14\n\x0c\x65gress_cidrs\x18\x0b \x03(\t\"\x8f\x01\n\x0bMeshService\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03vip\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12-\n\x08protocol\x18\x05 \x01(\x0e\x32\x1b.cilia.redirect.v1.Protocol\x12\x15\n\rlistener_port\x18\x06 \x01(\r\"\x98\x02\n\x12NodeRedirectPolicy\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x15\n\rproxy_address\x18\x02 \x01(\t\x12\x12\n\nproxy_port\x18\x03 \x01(\r\x12\x14\n\x0cinbound_port\x18\x04 \x01(\r\x12(\n\x04pods\x18\x05 \x03(\x0b\x32\x1a.cilia.redirect.v1.MeshPod\x12\x30\n\x08services\x18\x06 \x03(\x0b\x32\x1e.cilia.redirect.v1.MeshService\x12\x19\n\x11node_inbound_port\x18\x07 \x01(\r\x12\x19\n\x11node_inbound_mark\x18\x08 \x01(\r\x12\x1c\n\x14node_inbound_address\x18\t \x01(\t*B\n\x0b\x43\x61ptureMode\x12\x1c\n\x18\x43\x41PTURE_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04NODE\x10\x01\x12\x0b\n\x07SIDECAR\x10\x02*6\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x07\n\x03TCP\x10\x01\x12\x07\n\x03UDP\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cilia.api.redirect.v1.redirect_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPTUREMODE']._serialized_start=724
-  _globals['_CAPTUREMODE']._serialized_end=790
-  _globals['_PROTOCOL']._serialized_start=792
-  _globals['_PROTOCOL']._serialized_end=846
+  _globals['_CAPTUREMODE']._serialized_start=746
+  _globals['_CAPTUREMODE']._serialized_end=812
+  _globals['_PROTOCOL']._serialized_start=814
+  _globals['_PROTOCOL']._serialized_end=868
   _globals['_MESHPOD']._serialized_start=56
-  _globals['_MESHPOD']._serialized_end=293
-  _globals['_MESHSERVICE']._serialized_start=296
-  _globals['_MESHSERVICE']._serialized_end=439
-  _globals['_NODEREDIRECTPOLICY']._serialized_start=442
-  _globals['_NODEREDIRECTPOLICY']._serialized_end=722
+  _globals['_MESHPOD']._serialized_end=315
+  _globals['_MESHSERVICE']._serialized_start=318
+  _globals['_MESHSERVICE']._serialized_end=461
+  _globals['_NODEREDIRECTPOLICY']._serialized_start=464
+  _globals['_NODEREDIRECTPOLICY']._serialized_end=744
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ TCP: Protocol
 UDP: Protocol
 
 class MeshPod(_message.Message):
-    __slots__ = ("namespace", "name", "cgroup_path", "uid", "pod_ips", "mode", "sidecar_address", "sidecar_port", "inbound_port", "sidecar_cgroup_path")
+    __slots__ = ("namespace", "name", "cgroup_path", "uid", "pod_ips", "mode", "sidecar_address", "sidecar_port", "inbound_port", "sidecar_cgroup_path", "egress_cidrs")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CGROUP_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class MeshPod(_message.Message):
     SIDECAR_PORT_FIELD_NUMBER: _ClassVar[int]
     INBOUND_PORT_FIELD_NUMBER: _ClassVar[int]
     SIDECAR_CGROUP_PATH_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_CIDRS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     name: str
     cgroup_path: str
@@ -47,7 +48,8 @@ class MeshPod(_message.Message):
     sidecar_port: int
     inbound_port: int
     sidecar_cgroup_path: str
-    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., cgroup_path: _Optional[str] = ..., uid: _Optional[str] = ..., pod_ips: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[CaptureMode, str]] = ..., sidecar_address: _Optional[str] = ..., sidecar_port: _Optional[int] = ..., inbound_port: _Optional[int] = ..., sidecar_cgroup_path: _Optional[str] = ...) -> None: ...
+    egress_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., cgroup_path: _Optional[str] = ..., uid: _Optional[str] = ..., pod_ips: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[CaptureMode, str]] = ..., sidecar_address: _Optional[str] = ..., sidecar_port: _Optional[int] = ..., inbound_port: _Optional[int] = ..., sidecar_cgroup_path: _Optional[str] = ..., egress_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MeshService(_message.Message):
     __slots__ = ("namespace", "name", "vip", "port", "protocol", "listener_port")

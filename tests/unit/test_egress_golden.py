@@ -1,0 +1,82 @@
+"""Egress gateway goldens: tests/golden/egress/<case>/input.yaml (+ options.yaml) -> expected.yaml.
+
+expected.yaml holds every served plan (steered pods, destinations less the excluded CIDRs, gateway
+nodes, source address), every CiliumEgressGatewayPolicy status stanza and every issue; for the proxies
+a case lists in proxy.txt, the Envoy config egress adds (capture-listener chains, tunnel listener,
+clusters). Regenerate with
+`--update-golden` and review the diff.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cilia.translate.egress import compile_egress
+from support.golden import (
+    assert_golden,
+    case_options,
+    case_proxies,
+    golden_cases,
+    issue_texts,
+    load_case,
+    proxy_config,
+    translate_case,
+)
+
+CASES = golden_cases("egress")
+GOLDEN_EGRESS = CASES[0].parent
+DEFAULTS = {"mesh_default_mode": "node"}
+
+
+def _egress_config(config: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The parts of a proxy's config egress gateways add: `egress|` resources and capture-listener chains."""
+    out: dict[str, list[Any]] = {}
+    for kind, items in config.items():
+        for item in items:
+            name = str(item.get("name", ""))
+            if name.startswith("egress|"):
+                out.setdefault(kind, []).append(item)
+            elif kind == "listeners":
+                chains = [c for c in item.get("filterChains", []) if str(c.get("name", "")).startswith("egress|")]
+                if chains:
+                    out.setdefault(kind, []).append({"name": name, "filterChains": chains})
+    return out
+
+
+def run_case(case: Path) -> dict[str, Any]:
+    snapshot, parsed = load_case(case)
+    opts = case_options(case, DEFAULTS)
+    compiled = compile_egress(snapshot, opts)
+    envoy = {}
+    if (case / "proxy.txt").is_file():
+        _, _, world = translate_case(case, opts)
+        envoy = {p: _egress_config(proxy_config(world, p)) for p in case_proxies(case, ())}
+    plans = [{"policy": p.policy, "pods": [{"key": x.key, "node": x.node, "ips": list(x.ips)} for x in p.pods],
+              "destinations": list(p.destinations), "gatewayNodes": list(p.gateway_nodes), "egressIP": p.egress_ip}
+             for p in compiled.plans]
+    return {"plans": plans, "statuses": [s.as_dict() for s in compiled.statuses],
+            "issues": issue_texts(case, parsed.issues, compiled.issues), **({"envoy": envoy} if envoy else {})}
+
+
+def test_cases_present() -> None:
+    assert {"basic", "overlap", "no-gateway", "interface"} <= {c.name for c in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_egress_golden(case: Path, update_golden: bool) -> None:
+    assert_golden(case, run_case(case), update_golden)
+
+
+def test_status_lists_egress_gateways() -> None:
+    from cilia.obs.status_view import egress_table
+
+    snapshot, _ = load_case(GOLDEN_EGRESS / "overlap")
+    compiled = compile_egress(snapshot, case_options(GOLDEN_EGRESS / "overlap", DEFAULTS))
+    lines = egress_table([s.as_dict() for s in compiled.statuses]).splitlines()
+    assert lines[0].split() == ["EGRESS", "POLICY", "ACCEPTED", "PODS", "GATEWAY", "NODES", "EGRESS", "IP"]
+    assert [line.split() for line in lines[1:]] == [["old", "True", "1", "gw,gw2", "127.0.9.1"],
+                                                     ["young", "True", "1", "gw,gw2", "127.0.9.2"]]
+    assert egress_table([]) == ""
