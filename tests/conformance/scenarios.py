@@ -298,6 +298,119 @@ def attached_routes_8080(w: World) -> None:
                                     "http": {"attachedRoutes": 1, "supportedKinds": ["HTTPRoute"], "conditions": ok}})
 
 
+def hdr(**pairs: str) -> dict[str, Any]:
+    """A match on exact header values (names as given)."""
+    return {"headers": [{"name": k, "value": v} for k, v in pairs.items()]}
+
+
+@scenario("HTTPRouteHeaderMatching")
+def header_matching(w: World) -> None:
+    w.apply([route("header-matching", [
+        rule(to(V1), matches=[hdr(version="one")]), rule(to(V2), matches=[hdr(version="two")]),
+        rule(to(V1), matches=[hdr(version="two", color="orange")]),
+        rule(to(V1), matches=[hdr(color="blue"), hdr(color="green")]),
+        rule(to(V2), matches=[hdr(color="red"), hdr(color="yellow")])])])
+    w.expect_route("header-matching")
+    cases: list[tuple[dict[str, str], str | int]] = [
+        ({"Version": "one"}, V1), ({"Version": "two"}, V2), ({"Version": "two", "Color": "orange"}, V1),
+        ({"Version": "two", "Color": "blue"}, V2), ({"Color": "orange"}, 404), ({"Some-Other-Header": "one"}, 404),
+        ({"Color": "blue"}, V1), ({"Color": "green"}, V1), ({"Color": "red"}, V2), ({"Color": "yellow"}, V2),
+        ({"Color": "purple"}, 404)]
+    for headers, want in cases:
+        e = Expect("/", headers=headers, status=want) if isinstance(want, int) else \
+            Expect("/", headers=headers, backend=want)
+        w.expect("same-namespace", e)
+
+
+@scenario("HTTPRouteMatching")
+def matching(w: World) -> None:
+    w.apply([route("matching", [
+        rule(to(V1), matches=[prefix("/"), hdr(version="one")]),
+        rule(to(V2), matches=[prefix("/v2"), hdr(version="two")])])])
+    w.expect_route("matching")
+    for path, headers, want in (("/", {}, V1), ("/example", {}, V1), ("/", {"Version": "one"}, V1),
+                                ("/v2", {}, V2), ("/v2/example", {}, V2), ("/", {"Version": "two"}, V2)):
+        w.expect("same-namespace", Expect(path, headers=headers, backend=want))
+
+
+@scenario("HTTPRouteMatchingAcrossRoutes")
+def matching_across_routes(w: World) -> None:
+    w.apply([route("matching-part1", [rule(to(V1), matches=[prefix("/"), hdr(version="one")])],
+                   hostnames=["example.com", "example.net"]),
+             route("matching-part2", [rule(to(V2), matches=[prefix("/v2"), hdr(version="two")])],
+                   hostnames=["example.com"])])
+    w.expect_route("matching-part1")
+    w.expect_route("matching-part2")
+    cases = [("example.com", "/", {}, V1), ("example.com", "/example", {}, V1), ("example.net", "/example", {}, V1),
+             ("example.com", "/example", {"Version": "one"}, V1), ("example.com", "/v2", {}, V2),
+             ("example.net", "/v2", {}, V1), ("example.com", "/v2/example", {}, V2),
+             ("example.com", "/", {"Version": "two"}, V2)]
+    for host, path, headers, want in cases:
+        w.expect("same-namespace", Expect(path, host=host, headers=headers, backend=want))
+
+
+@scenario("HTTPRouteWeight")
+def weight(w: World) -> None:
+    w.apply([route("weighted-backends", [rule(to(V1, weight=70), to(V2, weight=30), to(V3, weight=0))])])
+    w.expect_route("weighted-backends")
+    w.expect("same-namespace", Expect("/", status=200))
+    total, counts = 500, {V1: 0, V2: 0, V3: 0}
+    for _ in range(total):
+        pod = str(w.request("same-namespace", Expect("/")).echo.get("pod", ""))
+        backend = next((b for b in counts if pod.startswith(b + "-")), "")
+        if not backend:
+            raise ScenarioFailure(f"answered by {pod!r}")
+        counts[backend] += 1
+    if counts[V3]:
+        raise ScenarioFailure(f"{counts[V3]} requests reached the weight-0 backend")
+    for backend, want in ((V1, 0.7), (V2, 0.3)):
+        if abs(counts[backend] / total - want) > 0.05:  # the suite's tolerance
+            raise ScenarioFailure(f"{backend}: {counts[backend]}/{total}, want {want:.0%} +-5%")
+
+
+def grant(name: str, service: str, ns: str = WEB) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": INFRA}],
+                     "to": [{"group": "", "kind": "Service", "name": service}]}}
+
+
+@scenario("HTTPRouteReferenceGrant")
+def reference_grant(w: World) -> None:
+    w.apply([route("reference-grant", [rule(to("web-backend", namespace=WEB))]),
+             grant("reference-grant", "web-backend")])
+    w.expect_route("reference-grant")
+    w.expect("same-namespace", Expect("/", backend="web-backend", namespace=WEB))
+
+
+@scenario("HTTPRouteInvalidReferenceGrant")
+def invalid_reference_grant(w: World) -> None:
+    w.apply([route("reference-grant", [rule(to("web-backend", namespace=WEB))]),
+             grant("reference-grant", "not-web-backend")])
+    w.expect_route("reference-grant", Accepted=("True", "Accepted"), ResolvedRefs=("False", "RefNotPermitted"))
+    w.expect("same-namespace", Expect("/", status=500))
+
+
+@scenario("HTTPRouteListenerHostnameMatching")
+def listener_hostname_matching(w: World) -> None:
+    gw = "httproute-listener-hostname-matching"
+    hosts = ("bar.com", "foo.bar.com", "*.bar.com", "*.foo.com")
+    w.apply([w.gateway(gw, [http_listener(f"listener-{i}", 80, h) for i, h in enumerate(hosts, 1)]),
+             route("backend-v1", [rule(to(V1))], parents=[{"name": gw, "sectionName": "listener-1"}]),
+             route("backend-v2", [rule(to(V2))], parents=[{"name": gw, "sectionName": "listener-2"}]),
+             route("backend-v3", [rule(to(V3))], parents=[{"name": gw, "sectionName": "listener-3"},
+                                                          {"name": gw, "sectionName": "listener-4"}])])
+    w.expect_route("backend-v1", gw)
+    w.expect_route("backend-v2", gw)
+    w.expect_route("backend-v3", gw, section="listener-3")
+    w.expect_route("backend-v3", gw, section="listener-4")
+    for host, want in (("bar.com", V1), ("foo.bar.com", V2), ("baz.bar.com", V3), ("boo.bar.com", V3),
+                       ("multiple.prefixes.bar.com", V3), ("multiple.prefixes.foo.com", V3), ("foo.com", 404),
+                       ("no.matching.host", 404)):
+        w.expect(gw, Expect("/", host=host, status=want) if isinstance(want, int) else
+                 Expect("/", host=host, backend=want))
+
+
 # -- extended HTTPRoute --------------------------------------------------------------------------------
 @scenario("HTTPRouteMethodMatching")
 def method_matching(w: World) -> None:
