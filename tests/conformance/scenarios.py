@@ -411,6 +411,121 @@ def listener_hostname_matching(w: World) -> None:
                  Expect("/", host=host, backend=want))
 
 
+@scenario("HTTPRoutePathMatchOrder")
+def path_match_order(w: World) -> None:
+    w.apply([route("path-matching-order", [
+        rule(to(V1), matches=[exact("/match")]), rule(to(V2), matches=[exact("/match/exact")]),
+        rule(to(V3), matches=[exact("/match/exact/one")]), rule(to(V3), matches=[prefix("/match/")]),
+        rule(to(V1), matches=[prefix("/match/prefix/")]), rule(to(V2), matches=[prefix("/match/prefix/one")])])])
+    w.expect_route("path-matching-order")
+    for path, want in (("/match/exact/one", V3), ("/match/exact", V2), ("/match", V1),
+                       ("/match/prefix/one/any", V2), ("/match/prefix/any", V1), ("/match/any", V3)):
+        w.expect("same-namespace", Expect(path, backend=want))
+
+
+def header_mod(path: str, **mod: Any) -> dict[str, Any]:
+    return rule(to(V1), matches=[prefix(path)],
+                filters=[{"type": "RequestHeaderModifier", "requestHeaderModifier": mod}])
+
+
+def _pairs(**kv: str) -> list[dict[str, str]]:
+    return [{"name": k.replace("_", "-"), "value": v} for k, v in kv.items()]
+
+
+@scenario("HTTPRouteRequestHeaderModifier")
+def request_header_modifier(w: World) -> None:
+    w.apply([route("request-header-modifier", [
+        header_mod("/set", set=_pairs(X_Header_Set="set-overwrites-values")),
+        header_mod("/add", add=_pairs(X_Header_Add="add-appends-values")),
+        header_mod("/remove", remove=["X-Header-Remove"]),
+        header_mod("/multiple", set=_pairs(X_Header_Set_1="header-set-1", X_Header_Set_2="header-set-2"),
+                   add=_pairs(X_Header_Add_1="header-add-1", X_Header_Add_2="header-add-2",
+                              X_Header_Add_3="header-add-3"),
+                   remove=["X-Header-Remove-1", "X-Header-Remove-2"]),
+        header_mod("/case-insensitivity", set=_pairs(X_Header_Set="header-set"),
+                   add=_pairs(X_Header_Add="header-add"), remove=["X-Header-Remove"])])])
+    w.expect_route("request-header-modifier")
+    other = {"Some-Other-Header": "val"}
+    cases: list[tuple[str, dict[str, str], dict[str, str], tuple[str, ...]]] = [
+        ("/set", other, {**other, "X-Header-Set": "set-overwrites-values"}, ()),
+        ("/set", {**other, "X-Header-Set": "some-other-value"}, {**other, "X-Header-Set": "set-overwrites-values"},
+         ()),
+        ("/add", other, {**other, "X-Header-Add": "add-appends-values"}, ()),
+        ("/add", {**other, "X-Header-Add": "some-other-value"},
+         {**other, "X-Header-Add": "some-other-value,add-appends-values"}, ()),
+        ("/remove", {"X-Header-Remove": "val"}, {}, ("X-Header-Remove",)),
+        ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
+                       "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val"},
+         {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2", "X-Header-Add-1": "header-add-1",
+          "X-Header-Add-2": "add-val-2,header-add-2", "X-Header-Add-3": "header-add-3",
+          "Another-Header": "another-header-val"}, ("X-Header-Remove-1", "X-Header-Remove-2")),
+        ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
+                                 "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
+         {"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
+          "Another-Header": "another-header-val"}, ("x-header-remove", "X-Header-Remove"))]
+    for path, sent, seen, absent in cases:
+        w.expect("same-namespace", Expect(path, headers=sent, backend=V1, req_path=path, req_headers=seen,
+                                          req_absent=absent))
+
+
+@scenario("HTTPRouteRedirectHostAndStatus")
+def redirect_host_and_status(w: World) -> None:
+    def rd(path: str, **r: Any) -> dict[str, Any]:
+        return {"matches": [prefix(path)], "filters": [{"type": "RequestRedirect", "requestRedirect": r}]}
+
+    w.apply([route("redirect-host-and-status", [rd("/hostname-redirect", hostname="example.org"),
+                                                rd("/host-and-status", hostname="example.org", statusCode=301)])])
+    w.expect_route("redirect-host-and-status")
+    w.expect("same-namespace", Expect("/hostname-redirect", status=302,
+                                      location="http://example.org/hostname-redirect"))
+    w.expect("same-namespace", Expect("/host-and-status", status=301, location="http://example.org/host-and-status"))
+
+
+@scenario("HTTPRouteInvalidParentRefNotMatchingSectionName")
+def parent_ref_not_matching_section_name(w: World) -> None:
+    w.apply([route("httproute-listener-not-matching-route-port", [rule(to(V1, kind="Service"))],
+                   parents=[{"name": "same-namespace", "namespace": INFRA, "port": 80, "sectionName": "http1"}])])
+    w.expect_route("httproute-listener-not-matching-route-port", Accepted=("False", "NoMatchingParent"))
+    w.expect_gateway("same-namespace", listeners={"http": {"attachedRoutes": 0}})
+
+
+def _generation(doc: dict[str, Any], gen: int) -> dict[str, Any]:
+    """The object as the API server would store it after `gen` spec changes."""
+    doc["metadata"]["generation"] = gen
+    return doc
+
+
+def _expect_generation(w: World, kind: str, name: str, gen: int) -> None:
+    def check() -> str:
+        st = w.status(kind, name)
+        have = st and st["metadata"].get("generation")
+        return "" if have == gen else f"status reports generation {have}, want {gen}"
+    w.eventually(f"{kind} {name} generation", check)
+
+
+@scenario("HTTPRouteObservedGenerationBump")
+def route_observed_generation_bump(w: World) -> None:
+    name = "observed-generation-bump"
+    w.apply([_generation(route(name, [rule(to(V1))]), 1)])
+    w.expect_route(name)
+    w.apply([_generation(route(name, [rule(to(V1), matches=[prefix("/bump")])]), 2)])
+    _expect_generation(w, "HTTPRoute", name, 2)
+    w.expect_route(name)  # every condition's observedGeneration is the new generation
+    w.expect("same-namespace", Expect("/bump", backend=V1))
+
+
+@scenario("GatewayObservedGenerationBump")
+def gateway_observed_generation_bump(w: World) -> None:
+    gw = "gateway-observed-generation-bump"
+    listeners = [http_listener("http", 80)]
+    ok = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    w.apply([_generation(w.gateway(gw, listeners), 1)])
+    w.expect_gateway(gw, listeners={"http": {"conditions": ok}}, **ok)
+    w.apply([_generation(w.gateway(gw, [*listeners, http_listener("http-8080", 8080)]), 2)])
+    _expect_generation(w, "Gateway", gw, 2)
+    w.expect_gateway(gw, listeners={"http": {"conditions": ok}, "http-8080": {"conditions": ok}}, **ok)
+
+
 # -- extended HTTPRoute --------------------------------------------------------------------------------
 @scenario("HTTPRouteMethodMatching")
 def method_matching(w: World) -> None:
