@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.echo import ConformanceEcho
-from support.conformance_base import APP, BACKENDS, INFRA, WEB, backend_service, namespace
+from conformance.echo import GRPC_SERVICE, ConformanceEcho, ConformanceGrpcEcho
+from support.conformance_base import APP, BACKENDS, GRPC_BACKENDS, INFRA, WEB, backend_service, namespace
 from support.controlplane import CiliaProcess, ManifestDir
 from support.envoy import Envoy
 from support.gateway_tls import TestCA
@@ -81,6 +81,7 @@ class World:
 
     def __init__(self) -> None:
         self.echos: dict[str, ConformanceEcho] = {}
+        self.grpc_echos: dict[str, ConformanceGrpcEcho] = {}
         self.addresses: dict[str, str] = {}
         self.md = ManifestDir()
         self.ca = TestCA()
@@ -155,6 +156,9 @@ class World:
         for name, (ns, vip, _host) in BACKENDS.items():
             e = self.echos[name]
             services.append(backend_service(name, ns, vip, e.host, e.port))
+        for name, (ns, vip, host) in GRPC_BACKENDS.items():
+            g = self.grpc_echos[name] = ConformanceGrpcEcho(name, ns, host).start()
+            services.append(backend_service(name, ns, vip, g.host, g.port, app_protocol="kubernetes.io/h2c"))
         self.md.write("base-services.yaml", "\n---\n".join(services) + "\n")
         self.md.write("base-gateways.yaml", self.text(self.base_docs()))
         self.cilia = CiliaProcess([str(self.md.path)]).start()
@@ -168,6 +172,8 @@ class World:
             self.cilia.stop()
         for e in self.echos.values():
             e.stop()
+        for g in self.grpc_echos.values():
+            g.stop()
         self.md.cleanup()
 
     # -- what a scenario uses -----------------------------------------------------------------------
@@ -279,6 +285,40 @@ class World:
             if time.monotonic() > deadline:
                 raise ScenarioFailure(f"{e.method} {e.host}{e.path} via {gateway}:{port}: {last}")
             time.sleep(0.05 if not last else 0.2)
+
+    def grpc_call(self, gateway: str, method: str, host: str = "",
+                  metadata: Mapping[str, str] | None = None, port: int = 80) -> tuple[str, dict[str, Any]]:
+        """One unary call of the suite's echo service through the Gateway: (status code name, echo)."""
+        import grpc
+
+        authority = host or self.address(gateway)
+        with grpc.insecure_channel(f"{self.address(gateway)}:{port}",
+                                   options=[("grpc.default_authority", authority)]) as ch:
+            stub = ch.unary_unary(f"/{GRPC_SERVICE}/{method}")
+            try:
+                body = stub(b"", metadata=tuple((k.lower(), v) for k, v in (metadata or {}).items()), timeout=5)
+            except grpc.RpcError as exc:
+                return str(exc.code().name), {}  # type: ignore[attr-defined]
+        data = json.loads(body)
+        return "OK", data if isinstance(data, dict) else {}
+
+    def expect_grpc(self, gateway: str, method: str, *, host: str = "", metadata: Mapping[str, str] | None = None,
+                    backend: str = "", code: str = "OK", port: int = 80) -> None:
+        """Call until the answer holds twice in a row: status `code`, and when OK, from `backend`."""
+        ok = 0
+
+        def check() -> str:
+            nonlocal ok
+            got, echo = self.grpc_call(gateway, method, host, metadata, port)
+            problem = ""
+            if got != code:
+                problem = f"status {got}, want {code}"
+            elif backend and not str(echo.get("pod", "")).startswith(backend + "-"):
+                problem = f"answered by {echo.get('pod')!r}, want {backend}"
+            ok = 0 if problem else ok + 1
+            return problem or ("" if ok >= 2 else "once")
+
+        self.eventually(f"gRPC {method} {host} {dict(metadata or {})} via {gateway}:{port}", check)
 
     def eventually(self, what: str, fn: Callable[[], str], timeout: float = WAIT) -> None:
         """Wait until `fn` returns '' (its text says what still differs)."""
