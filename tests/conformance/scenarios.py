@@ -537,6 +537,63 @@ def gateway_observed_generation_bump(w: World) -> None:
                      Accepted=ok["Accepted"], Programmed=ok["Programmed"])
 
 
+# -- core ReferenceGrant to Gateway certificates ------------------------------------------------------
+def _secret_gateway(w: World, name: str) -> dict[str, Any]:
+    return w.gateway(name, [{"name": "https", "port": 443, "protocol": "HTTPS",
+                             "allowedRoutes": {"namespaces": {"from": "All"}},
+                             "tls": {"certificateRefs": [{"group": "", "kind": "Secret", "name": "certificate",
+                                                          "namespace": WEB}]}}])
+
+
+def secret_grant(name: str, frm: dict[str, str] | None = None, to: dict[str, str] | None = None,
+                 ns: str = WEB) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": INFRA,
+                               **(frm or {})}],
+                     "to": [{"group": "", "kind": "Secret", **(to if to is not None else {"name": "certificate"})}]}}
+
+
+@scenario("GatewaySecretInvalidReferenceGrant")
+def secret_invalid_grant(w: World) -> None:
+    gw = "gateway-secret-invalid-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB),
+             secret_grant("reference-grant-wrong-namespace", ns=APP),
+             secret_grant("reference-grant-wrong-from-group", frm={"group": "not-the-group-youre-looking-for"}),
+             secret_grant("reference-grant-wrong-from-kind", frm={"kind": "HTTPRoute"}),
+             secret_grant("reference-grant-wrong-from-namespace",
+                          frm={"namespace": "not-the-namespace-youre-looking-for"}),
+             secret_grant("reference-grant-wrong-to-group", to={"group": "not-the-group-youre-looking-for",
+                                                                "name": "not-the-certificate-youre-looking-for"}),
+             secret_grant("reference-grant-wrong-to-kind", to={"kind": "Service", "name": "certificate"}),
+             secret_grant("reference-grant-wrong-to-name", to={"name": "not-the-certificate-youre-looking-for"})])
+    w.expect_gateway(gw, listeners={"https": {"conditions": {"ResolvedRefs": ("False", "RefNotPermitted")}}})
+
+
+@scenario("GatewaySecretMissingReferenceGrant")
+def secret_missing_grant(w: World) -> None:
+    gw = "gateway-secret-missing-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB)])
+    w.expect_gateway(gw, listeners={"https": {"conditions": {"ResolvedRefs": ("False", "RefNotPermitted")}}})
+
+
+@scenario("GatewaySecretReferenceGrantAllInNamespace")
+def secret_grant_all_in_namespace(w: World) -> None:
+    gw = "gateway-secret-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB),
+             secret_grant("reference-grant-all-in-namespace", to={})])
+    ok = {"ResolvedRefs": ("True", "ResolvedRefs"), "Programmed": ("True", "Programmed")}
+    w.expect_gateway(gw, listeners={"https": {"attachedRoutes": 0, "conditions": ok}})
+
+
+@scenario("GatewaySecretReferenceGrantSpecific")
+def secret_grant_specific(w: World) -> None:
+    gw = "gateway-secret-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB), secret_grant("reference-grant-specific")])
+    ok = {"ResolvedRefs": ("True", "ResolvedRefs"), "Programmed": ("True", "Programmed")}
+    w.expect_gateway(gw, listeners={"https": {"attachedRoutes": 0, "conditions": ok}})
+
+
 # -- core GRPCRoute ---------------------------------------------------------------------------------
 G1, G2, G3 = "grpc-infra-backend-v1", "grpc-infra-backend-v2", "grpc-infra-backend-v3"
 
