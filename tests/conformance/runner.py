@@ -373,7 +373,8 @@ class World:
 
     def expect_gateway(self, gateway: str, ns: str = INFRA, *, listeners: Mapping[str, Mapping[str, Any]] | None = None,
                        **want: tuple[str, str]) -> dict[str, Any]:
-        """The Gateway's conditions, and per listener: `attachedRoutes`, `supportedKinds`, conditions."""
+        """The Gateway's conditions, and per listener: `attachedRoutes`, `supportedKinds` (exactly) or
+        `supportedKindsInclude` (at least these), conditions."""
         out: dict[str, Any] = {}
 
         def check() -> str:
@@ -394,6 +395,10 @@ class World:
                 if "supportedKinds" in exp and sorted(k["kind"] for k in li["supportedKinds"]) != \
                         sorted(exp["supportedKinds"]):
                     return f"listener {name} supportedKinds {li['supportedKinds']}, want {exp['supportedKinds']}"
+                if "supportedKindsInclude" in exp and not set(exp["supportedKindsInclude"]) <= \
+                        {k["kind"] for k in li["supportedKinds"]}:
+                    # The suite checks these as a subset: an implementation may support more kinds.
+                    return f"listener {name} supportedKinds {li['supportedKinds']}, want {exp['supportedKindsInclude']}"
                 problem = self._conds(st, li["conditions"], exp.get("conditions", {}))
                 if problem:
                     return f"listener {name}: {problem}"

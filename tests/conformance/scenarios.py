@@ -537,6 +537,50 @@ def gateway_observed_generation_bump(w: World) -> None:
                      Accepted=ok["Accepted"], Programmed=ok["Programmed"])
 
 
+# -- core Gateway -------------------------------------------------------------------------------------
+@scenario("GatewayInvalidRouteKind")
+def invalid_route_kind(w: World) -> None:
+    def gw(name: str, *kinds: str) -> dict[str, Any]:
+        return w.gateway(name, [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {
+            "namespaces": {"from": "All"}, "kinds": [{"kind": k} for k in kinds]}}])
+
+    both = "gateway-supported-and-invalid-route-kind"
+    w.apply([gw("gateway-only-invalid-route-kind", "InvalidRoute"), gw(both, "InvalidRoute", "HTTPRoute"),
+             route(f"{both}-control", [rule(to(V1))], parents=[{"name": both, "sectionName": "http"}],
+                   hostnames=["supported-route-kind.example.com"])])
+    bad = {"ResolvedRefs": ("False", "InvalidRouteKinds")}
+    w.expect_gateway("gateway-only-invalid-route-kind",
+                     listeners={"http": {"supportedKinds": [], "attachedRoutes": 0, "conditions": bad}})
+    # The control route attaches: the listener still serves the kinds it supports.
+    w.expect_gateway(both, listeners={"http": {"supportedKinds": ["HTTPRoute"], "attachedRoutes": 1,
+                                               "conditions": bad}})
+
+
+@scenario("GatewayInvalidTLSConfiguration")
+def invalid_tls_configuration(w: World) -> None:
+    refs = {"nonexistent-secret": {"group": "", "kind": "Secret", "name": "nonexistent-certificate"},
+            "unsupported-group": {"group": "wrong.group.company.io", "kind": "Secret",
+                                  "name": "tls-validity-checks-certificate"},
+            "unsupported-kind": {"group": "", "kind": "WrongKind", "name": "tls-validity-checks-certificate"},
+            "malformed-secret": {"group": "", "kind": "Secret", "name": "malformed-certificate"}}
+    hello = "SGVsbG8gd29ybGQK"  # not PEM, and the same bytes for certificate and key
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                                   "metadata": {"name": "malformed-certificate", "namespace": INFRA},
+                                   "data": {"tls.crt": hello, "tls.key": hello}}]
+    for case, ref in refs.items():
+        gw = f"gateway-certificate-{case}"
+        docs += [w.gateway(gw, [http_listener("http", 80),
+                                {"name": "https", "port": 443, "protocol": "HTTPS",
+                                 "allowedRoutes": {"namespaces": {"from": "All"}}, "tls": {"certificateRefs": [ref]}}]),
+                 route(f"{gw}-control", [rule(to(V1))], parents=[{"name": gw, "sectionName": "http"}],
+                       hostnames=[f"{case.replace('-secret', '')}-certificate.example.com"])]
+    w.apply(docs)
+    for case in refs:
+        w.expect_gateway(f"gateway-certificate-{case}", listeners={"https": {
+            "supportedKindsInclude": ["HTTPRoute"], "attachedRoutes": 0,
+            "conditions": {"ResolvedRefs": ("False", "InvalidCertificateRef")}}})
+
+
 # -- core ReferenceGrant to Gateway certificates ------------------------------------------------------
 def _secret_gateway(w: World, name: str) -> dict[str, Any]:
     return w.gateway(name, [{"name": "https", "port": 443, "protocol": "HTTPS",
