@@ -581,6 +581,62 @@ def invalid_tls_configuration(w: World) -> None:
             "conditions": {"ResolvedRefs": ("False", "InvalidCertificateRef")}}})
 
 
+@scenario("GatewayClassObservedGenerationBump")
+def gateway_class_observed_generation_bump(w: World) -> None:
+    name = "gatewayclass-observed-generation-bump"
+
+    def gc(gen: int, description: str) -> dict[str, Any]:
+        return {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": name, "generation": gen},
+                "spec": {"controllerName": "cilia.io/gateway-controller", "description": description}}
+
+    def accepted(gen: int) -> Callable[[], str]:
+        def check() -> str:
+            st = w.status("GatewayClass", name, ns="")
+            if st is None:
+                return "no status"
+            if st["metadata"].get("generation") != gen:
+                return f"status reports generation {st['metadata'].get('generation')}, want {gen}"
+            return World._conds(st, st["status"]["conditions"], {"Accepted": ("True", "Accepted")})
+        return check
+
+    w.apply([gc(1, "old")])
+    w.eventually("GatewayClass accepted", accepted(1))
+    w.apply([gc(2, "new")])
+    w.eventually("GatewayClass accepted at the new generation", accepted(2))
+
+
+@scenario("GatewayModifyListeners")
+def modify_listeners(w: World) -> None:
+    https = {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": "secure.test.com",
+             "allowedRoutes": {"namespaces": {"from": "All"}},
+             "tls": {"certificateRefs": [{"group": "", "kind": "Secret", "name": "tls-validity-checks-certificate",
+                                          "namespace": INFRA}]}}
+    http = {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}
+    add, remove = "gateway-add-listener", "gateway-remove-listener"
+
+    def docs(gen: int, add_listeners: list[dict[str, Any]], remove_listeners: list[dict[str, Any]]) -> list[Any]:
+        return [_generation(w.gateway(add, add_listeners), gen),
+                route("http-route-1", [rule(to("foo-svc"))], parents=[{"kind": "Gateway", "name": add,
+                                                                      "namespace": INFRA}]),
+                _generation(w.gateway(remove, remove_listeners), gen),
+                route("http-route-2", [rule(to("foo-svc"))], parents=[{"kind": "Gateway", "name": remove,
+                                                                      "namespace": INFRA}])]
+
+    ready = {"attachedRoutes": 1, "supportedKindsInclude": ["HTTPRoute"],
+             "conditions": {"Accepted": ("True", "*"), "ResolvedRefs": ("True", "*")}}
+    w.apply(docs(1, [https], [https, http]))
+    w.expect_gateway(add, listeners={"https": ready})
+    w.expect_gateway(remove, listeners={"https": ready, "http": ready})
+    w.apply(docs(2, [https, {**http, "hostname": "data.test.com"}], [http]))
+    _expect_generation(w, "Gateway", add, 2)
+    _expect_generation(w, "Gateway", remove, 2)
+    w.expect_gateway(add, listeners={"https": ready, "http": ready})
+    st = w.expect_gateway(remove, listeners={"http": ready})
+    names = [li["name"] for li in st["status"]["listeners"]]
+    if names != ["http"]:
+        raise ScenarioFailure(f"{remove}: listener statuses {names}, want only http")
+
+
 # -- core ReferenceGrant to Gateway certificates ------------------------------------------------------
 def _secret_gateway(w: World, name: str) -> dict[str, Any]:
     return w.gateway(name, [{"name": "https", "port": 443, "protocol": "HTTPS",
