@@ -759,6 +759,46 @@ def grpc_weight(w: World) -> None:
         lambda: str(w.grpc_call("same-namespace", "Echo")[1].get("pod", "")), {G1: 0.7, G2: 0.3, G3: 0.0}))
 
 
+# -- core TLSRoute -----------------------------------------------------------------------------------
+def tls_route(name: str, parent: dict[str, Any], hostnames: tuple[str, ...] = ("tls.example.com",)) -> dict[str, Any]:
+    doc = route(name, [rule(to("tls-backend", 443))], parents=[parent], hostnames=list(hostnames), kind="TLSRoute")
+    doc["apiVersion"] = "gateway.networking.k8s.io/v1alpha3"
+    return doc
+
+
+@scenario("TLSRouteInvalidNoMatchingListener")
+def tls_route_no_matching_listener(w: World) -> None:
+    def gw(name: str, listener: dict[str, Any], *kinds: str) -> dict[str, Any]:
+        allowed = {"namespaces": {"from": "Same"}, "kinds": [{"kind": k} for k in kinds]}
+        return w.gateway(name, [{**listener, "allowedRoutes": allowed}])
+
+    http = {"name": "http", "port": 80, "protocol": "HTTP"}
+    https = {"name": "https", "port": 443, "protocol": "HTTPS", "tls": {"mode": "Terminate", "certificateRefs": [
+        {"name": "tls-validity-checks-certificate", "namespace": INFRA}]}}
+    w.apply([gw("gateway-http-only", http, "TLSRoute"), gw("gateway-tls-httproute-only", http, "HTTPRoute"),
+             gw("gateway-https-only", https, "TLSRoute"),
+             tls_route("tlsroute-no-matching-listener", {"name": "gateway-http-only"}),
+             tls_route("tlsroute-not-allowed-kind", {"name": "gateway-tls-httproute-only"}),
+             tls_route("tlsroute-wrong-protocol", {"name": "gateway-https-only"}),
+             tls_route("tlsroute-wrong-section-name", {"name": "gateway-http-only",
+                                                       "sectionName": "nonexistent-listener"})])
+    w.expect_route("tlsroute-no-matching-listener", "gateway-http-only", kind="TLSRoute",
+                   Accepted=("False", "NoMatchingParent"))
+    w.expect_route("tlsroute-wrong-section-name", "gateway-http-only", kind="TLSRoute",
+                   Accepted=("False", "NoMatchingParent"))
+    for r, g in (("tlsroute-not-allowed-kind", "gateway-tls-httproute-only"),
+                 ("tlsroute-wrong-protocol", "gateway-https-only")):
+        w.expect_route(r, g, kind="TLSRoute", Accepted=("False", "*"))
+    for r in ("tlsroute-no-matching-listener", "tlsroute-not-allowed-kind", "tlsroute-wrong-protocol",
+              "tlsroute-wrong-section-name"):
+        st = w.status("TLSRoute", r) or {}
+        accepted = [p["parentRef"]["name"] for p in st.get("status", {}).get("parents", [])
+                    if any(c["type"] == "Accepted" and c["status"] == "True" for c in p["conditions"])]
+        if accepted:
+            raise ScenarioFailure(f"TLSRoute {r} accepted by {accepted}")
+    w.expect_gateway("gateway-http-only", listeners={"http": {"attachedRoutes": 0}})
+
+
 # -- extended HTTPRoute --------------------------------------------------------------------------------
 @scenario("HTTPRouteMethodMatching")
 def method_matching(w: World) -> None:
