@@ -799,6 +799,41 @@ def tls_route_no_matching_listener(w: World) -> None:
     w.expect_gateway("gateway-http-only", listeners={"http": {"attachedRoutes": 0}})
 
 
+def _tls_backend_ref_case(w: World, suffix: str, ref: dict[str, Any], reason: str) -> None:
+    gw, name = f"gateway-tlsroute-invalid-backend-ref-{suffix}", f"invalid-backend-ref-{suffix}"
+    doc = route(name, [rule(ref)], parents=[{"name": gw, "namespace": INFRA}], hostnames=["example.com"],
+                kind="TLSRoute")
+    doc["apiVersion"] = "gateway.networking.k8s.io/v1alpha3"
+    w.apply([w.gateway(gw, [{"name": "tls", "protocol": "TLS", "port": 443, "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}}}]), doc])
+    w.expect_gateway(gw, Accepted=("True", "*"))
+    w.expect_route(name, gw, kind="TLSRoute", Accepted=("True", "Accepted"), ResolvedRefs=("False", reason))
+
+
+@scenario("TLSRouteInvalidBackendRefNonexistent")
+def tls_route_nonexistent_backend(w: World) -> None:
+    _tls_backend_ref_case(w, "nonexistent", {"name": "nonexistent", "namespace": INFRA, "port": 443},
+                          "BackendNotFound")
+
+
+@scenario("TLSRouteInvalidBackendRefUnknownKind")
+def tls_route_unknown_kind_backend(w: World) -> None:
+    _tls_backend_ref_case(w, "unknown-kind", {"group": "unknownkind.example.com", "kind": "NonExistent",
+                                              "name": "tls-backend", "port": 443}, "InvalidKind")
+
+
+@scenario("HTTPRouteDisallowedKind")
+def http_route_disallowed_kind(w: World) -> None:
+    gw = "tlsroutes-only"
+    w.apply([w.gateway(gw, [{"name": "tls", "port": 443, "protocol": "TLS", "hostname": "*.example.com",
+                             "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TLSRoute"}]}}]),
+             route("disallowed-kind", [rule(to(V1))], parents=[{"name": gw}],
+                   hostnames=["disallowed-kind.example.com"])])
+    w.expect_route("disallowed-kind", gw, Accepted=("False", "NotAllowedByListeners"))
+    w.expect_gateway(gw, listeners={"tls": {"attachedRoutes": 0}})
+
+
 # -- extended HTTPRoute --------------------------------------------------------------------------------
 @scenario("HTTPRouteMethodMatching")
 def method_matching(w: World) -> None:
