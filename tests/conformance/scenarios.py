@@ -822,6 +822,46 @@ def tls_route_unknown_kind_backend(w: World) -> None:
                                               "name": "tls-backend", "port": 443}, "InvalidKind")
 
 
+@scenario("TLSRouteInvalidNoMatchingListenerHostname")
+def tls_route_no_matching_listener_hostname(w: World) -> None:
+    gw = "gateway-tls-hostname"
+    doc = route("tlsroute-hostname-mismatch", [rule(to("tls-backend", 443))], parents=[{"name": gw, "port": 443}],
+                hostnames=["www.example1.com"], kind="TLSRoute")
+    w.apply([w.gateway(gw, [{"name": "tls", "port": 443, "protocol": "TLS", "hostname": "www.example.com",
+                             "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TLSRoute"}]}}]),
+             doc])
+    w.expect_route("tlsroute-hostname-mismatch", gw, kind="TLSRoute", Accepted=("False", "NoMatchingListenerHostname"))
+    w.expect_gateway(gw, listeners={"tls": {"attachedRoutes": 0}})
+
+
+@scenario("TLSRouteInvalidReferenceGrant")
+def tls_route_invalid_reference_grant(w: World) -> None:
+    def g(name: str, ns: str = APP, frm: dict[str, str] | None = None, to_: dict[str, str] | None = None
+          ) -> dict[str, Any]:
+        return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute", "namespace": INFRA,
+                                   **(frm or {})}],
+                         "to": [{"group": "", "kind": "Service", "name": "tls-backend", **(to_ or {})}]}}
+
+    gw = "gateway-tlsroute"
+    w.apply([g("reference-grant-wrong-namespace", ns=INFRA),
+             g("reference-grant-wrong-from-group", frm={"group": "not-the-group-youre-looking-for"}),
+             g("reference-grant-wrong-from-kind", frm={"kind": "Gateway"}),
+             g("reference-grant-wrong-from-namespace", frm={"namespace": "not-the-namespace-youre-looking-for"}),
+             g("reference-grant-wrong-to-group", to_={"group": "not-the-group-youre-looking-for"}),
+             g("reference-grant-wrong-to-kind", to_={"kind": "Secret"}),
+             g("reference-grant-wrong-to-name", to_={"name": "not-the-service-youre-looking-for"}),
+             route("gateway-conformance-infra-test", [rule(to("tls-backend", 443, namespace=APP))],
+                   parents=[{"name": gw}], hostnames=["abc.example.com"], kind="TLSRoute"),
+             w.gateway(gw, [{"name": "https", "port": 443, "protocol": "TLS", "hostname": "*.example.com",
+                             "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TLSRoute"}]}}])])
+    w.expect_route("gateway-conformance-infra-test", gw, kind="TLSRoute", Accepted=("True", "Accepted"),
+                   ResolvedRefs=("False", "RefNotPermitted"))
+
+
 @scenario("HTTPRouteDisallowedKind")
 def http_route_disallowed_kind(w: World) -> None:
     gw = "tlsroutes-only"
