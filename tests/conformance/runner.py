@@ -3,9 +3,10 @@
 The world: the suite's base manifests (namespaces, the `same-namespace`, `all-namespaces`,
 `backend-namespaces` and `same-namespace-with-https-listener` Gateways, the backend Services) with
 each Gateway bound to a loopback address of its own (`spec.addresses`) on the suite's own ports (80,
-443, 8080: the runner runs as root), and echo backends speaking the suite's echo contract (echo.py)
-behind the Services' EndpointSlices. One `cilia serve` watches the manifest directory; one Envoy
-(`node~conformance`, shared mode) serves every Gateway. Each scenario writes its manifests, then
+443, 8080: the runner runs as root), and echo backends speaking the suite's echo contract (echo.py;
+the gRPC ones serve the suite's GrpcEcho service, answering JSON) behind the Services'
+EndpointSlices. One `cilia serve` watches the manifest directory; one Envoy (`node~conformance`,
+shared mode) serves every Gateway. Each scenario writes its manifests, then
 checks traffic and statuses until they hold (the suite's eventual consistency), then removes them.
 """
 
