@@ -121,3 +121,47 @@ class ConformanceEcho:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+GRPC_SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
+GRPC_METHODS = ("Echo", "EchoTwo", "EchoThree")
+
+
+class ConformanceGrpcEcho:
+    """One gRPC backend pod serving the suite's echo service (`GrpcEcho/{Echo,EchoTwo,EchoThree}`).
+
+    It answers with JSON rather than the suite's protobuf `EchoResponse`: the same facts (the pod's
+    `namespace`, `service` and `pod`, the `method` called, the request `headers`), read the same way
+    by the runner; no generated protobuf code is needed on either side."""
+
+    def __init__(self, service: str, namespace: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+
+        self.service = service
+        self.namespace = namespace
+        self.pod = f"{service}-7d5b9c4f6-x{abs(hash((service, namespace))) % 10000:04d}"
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=8))
+        handlers = {m: grpc.unary_unary_rpc_method_handler(self._handler(m)) for m in GRPC_METHODS}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),))
+        self.host = host
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind a gRPC server to {host}:{port}")
+
+    def _handler(self, method: str) -> Any:
+        def handle(request: bytes, context: Any) -> bytes:
+            headers: dict[str, list[str]] = {}
+            for k, v in context.invocation_metadata():
+                headers.setdefault(k, []).append(str(v))
+            return json.dumps({"namespace": self.namespace, "service": self.service, "pod": self.pod,
+                               "method": method, "headers": headers}).encode()
+        return handle
+
+    def start(self) -> ConformanceGrpcEcho:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(0)

@@ -3,9 +3,10 @@
 The world: the suite's base manifests (namespaces, the `same-namespace`, `all-namespaces`,
 `backend-namespaces` and `same-namespace-with-https-listener` Gateways, the backend Services) with
 each Gateway bound to a loopback address of its own (`spec.addresses`) on the suite's own ports (80,
-443, 8080: the runner runs as root), and echo backends speaking the suite's echo contract (echo.py)
-behind the Services' EndpointSlices. One `cilia serve` watches the manifest directory; one Envoy
-(`node~conformance`, shared mode) serves every Gateway. Each scenario writes its manifests, then
+443, 8080: the runner runs as root), and echo backends speaking the suite's echo contract (echo.py;
+the gRPC ones serve the suite's GrpcEcho service, answering JSON) behind the Services'
+EndpointSlices. One `cilia serve` watches the manifest directory; one Envoy (`node~conformance`,
+shared mode) serves every Gateway. Each scenario writes its manifests, then
 checks traffic and statuses until they hold (the suite's eventual consistency), then removes them.
 """
 
@@ -23,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.echo import ConformanceEcho
-from support.conformance_base import APP, BACKENDS, INFRA, WEB, backend_service, namespace
+from conformance.echo import GRPC_SERVICE, ConformanceEcho, ConformanceGrpcEcho
+from support.conformance_base import APP, BACKENDS, GRPC_BACKENDS, INFRA, WEB, backend_service, namespace
 from support.controlplane import CiliaProcess, ManifestDir
 from support.envoy import Envoy
 from support.gateway_tls import TestCA
@@ -33,7 +34,7 @@ GW = "gateway.networking.k8s.io/v1"
 HTTPS_GATEWAY = "same-namespace-with-https-listener"
 CERT_NAMES = ("example.org", "*.example.org", "second-example.org", "*.wildcard.org", "fourth-example.wildcard.org",
               "abc.example.com", "*.example.com")
-STATUS_KINDS = ("Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
+STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
 WAIT = 20.0  # seconds a scenario's expectation may take to hold (config propagation)
 
 
@@ -81,6 +82,7 @@ class World:
 
     def __init__(self) -> None:
         self.echos: dict[str, ConformanceEcho] = {}
+        self.grpc_echos: dict[str, ConformanceGrpcEcho] = {}
         self.addresses: dict[str, str] = {}
         self.md = ManifestDir()
         self.ca = TestCA()
@@ -155,6 +157,9 @@ class World:
         for name, (ns, vip, _host) in BACKENDS.items():
             e = self.echos[name]
             services.append(backend_service(name, ns, vip, e.host, e.port))
+        for name, (ns, vip, host) in GRPC_BACKENDS.items():
+            g = self.grpc_echos[name] = ConformanceGrpcEcho(name, ns, host).start()
+            services.append(backend_service(name, ns, vip, g.host, g.port, app_protocol="kubernetes.io/h2c"))
         self.md.write("base-services.yaml", "\n---\n".join(services) + "\n")
         self.md.write("base-gateways.yaml", self.text(self.base_docs()))
         self.cilia = CiliaProcess([str(self.md.path)]).start()
@@ -168,6 +173,8 @@ class World:
             self.cilia.stop()
         for e in self.echos.values():
             e.stop()
+        for g in self.grpc_echos.values():
+            g.stop()
         self.md.cleanup()
 
     # -- what a scenario uses -----------------------------------------------------------------------
@@ -280,6 +287,40 @@ class World:
                 raise ScenarioFailure(f"{e.method} {e.host}{e.path} via {gateway}:{port}: {last}")
             time.sleep(0.05 if not last else 0.2)
 
+    def grpc_call(self, gateway: str, method: str, host: str = "",
+                  metadata: Mapping[str, str] | None = None, port: int = 80) -> tuple[str, dict[str, Any]]:
+        """One unary call of the suite's echo service through the Gateway: (status code name, echo)."""
+        import grpc
+
+        authority = host or self.address(gateway)
+        with grpc.insecure_channel(f"{self.address(gateway)}:{port}",
+                                   options=[("grpc.default_authority", authority)]) as ch:
+            stub = ch.unary_unary(f"/{GRPC_SERVICE}/{method}")
+            try:
+                body = stub(b"", metadata=tuple((k.lower(), v) for k, v in (metadata or {}).items()), timeout=5)
+            except grpc.RpcError as exc:
+                return str(exc.code().name), {}  # type: ignore[attr-defined]
+        data = json.loads(body)
+        return "OK", data if isinstance(data, dict) else {}
+
+    def expect_grpc(self, gateway: str, method: str, *, host: str = "", metadata: Mapping[str, str] | None = None,
+                    backend: str = "", code: str = "OK", port: int = 80) -> None:
+        """Call until the answer holds twice in a row: status `code`, and when OK, from `backend`."""
+        ok = 0
+
+        def check() -> str:
+            nonlocal ok
+            got, echo = self.grpc_call(gateway, method, host, metadata, port)
+            problem = ""
+            if got != code:
+                problem = f"status {got}, want {code}"
+            elif backend and not str(echo.get("pod", "")).startswith(backend + "-"):
+                problem = f"answered by {echo.get('pod')!r}, want {backend}"
+            ok = 0 if problem else ok + 1
+            return problem or ("" if ok >= 2 else "once")
+
+        self.eventually(f"gRPC {method} {host} {dict(metadata or {})} via {gateway}:{port}", check)
+
     def eventually(self, what: str, fn: Callable[[], str], timeout: float = WAIT) -> None:
         """Wait until `fn` returns '' (its text says what still differs)."""
         deadline = time.monotonic() + timeout
@@ -333,7 +374,8 @@ class World:
 
     def expect_gateway(self, gateway: str, ns: str = INFRA, *, listeners: Mapping[str, Mapping[str, Any]] | None = None,
                        **want: tuple[str, str]) -> dict[str, Any]:
-        """The Gateway's conditions, and per listener: `attachedRoutes`, `supportedKinds`, conditions."""
+        """The Gateway's conditions, and per listener: `attachedRoutes`, `supportedKinds` (exactly) or
+        `supportedKindsInclude` (at least these), conditions."""
         out: dict[str, Any] = {}
 
         def check() -> str:
@@ -354,6 +396,10 @@ class World:
                 if "supportedKinds" in exp and sorted(k["kind"] for k in li["supportedKinds"]) != \
                         sorted(exp["supportedKinds"]):
                     return f"listener {name} supportedKinds {li['supportedKinds']}, want {exp['supportedKinds']}"
+                if "supportedKindsInclude" in exp and not set(exp["supportedKindsInclude"]) <= \
+                        {k["kind"] for k in li["supportedKinds"]}:
+                    # The suite checks these as a subset: an implementation may support more kinds.
+                    return f"listener {name} supportedKinds {li['supportedKinds']}, want {exp['supportedKindsInclude']}"
                 problem = self._conds(st, li["conditions"], exp.get("conditions", {}))
                 if problem:
                     return f"listener {name}: {problem}"

@@ -6,8 +6,10 @@ ShortNames. `SKIPPED` gives, for every upstream test of the target version not r
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from conformance.echo import GRPC_SERVICE
 from conformance.runner import GW, HTTPS_GATEWAY, Expect, ScenarioFailure, World, scenario
 from support.conformance_base import APP, INFRA, WEB
 
@@ -298,6 +300,580 @@ def attached_routes_8080(w: World) -> None:
                                     "http": {"attachedRoutes": 1, "supportedKinds": ["HTTPRoute"], "conditions": ok}})
 
 
+def hdr(**pairs: str) -> dict[str, Any]:
+    """A match on exact header values (names as given)."""
+    return {"headers": [{"name": k, "value": v} for k, v in pairs.items()]}
+
+
+@scenario("HTTPRouteHeaderMatching")
+def header_matching(w: World) -> None:
+    w.apply([route("header-matching", [
+        rule(to(V1), matches=[hdr(version="one")]), rule(to(V2), matches=[hdr(version="two")]),
+        rule(to(V1), matches=[hdr(version="two", color="orange")]),
+        rule(to(V1), matches=[hdr(color="blue"), hdr(color="green")]),
+        rule(to(V2), matches=[hdr(color="red"), hdr(color="yellow")])])])
+    w.expect_route("header-matching")
+    cases: list[tuple[dict[str, str], str | int]] = [
+        ({"Version": "one"}, V1), ({"Version": "two"}, V2), ({"Version": "two", "Color": "orange"}, V1),
+        ({"Version": "two", "Color": "blue"}, V2), ({"Color": "orange"}, 404), ({"Some-Other-Header": "one"}, 404),
+        ({"Color": "blue"}, V1), ({"Color": "green"}, V1), ({"Color": "red"}, V2), ({"Color": "yellow"}, V2),
+        ({"Color": "purple"}, 404)]
+    for headers, want in cases:
+        e = Expect("/", headers=headers, status=want) if isinstance(want, int) else \
+            Expect("/", headers=headers, backend=want)
+        w.expect("same-namespace", e)
+
+
+@scenario("HTTPRouteMatching")
+def matching(w: World) -> None:
+    w.apply([route("matching", [
+        rule(to(V1), matches=[prefix("/"), hdr(version="one")]),
+        rule(to(V2), matches=[prefix("/v2"), hdr(version="two")])])])
+    w.expect_route("matching")
+    for path, headers, want in (("/", {}, V1), ("/example", {}, V1), ("/", {"Version": "one"}, V1),
+                                ("/v2", {}, V2), ("/v2/example", {}, V2), ("/", {"Version": "two"}, V2)):
+        w.expect("same-namespace", Expect(path, headers=headers, backend=want))
+
+
+@scenario("HTTPRouteMatchingAcrossRoutes")
+def matching_across_routes(w: World) -> None:
+    w.apply([route("matching-part1", [rule(to(V1), matches=[prefix("/"), hdr(version="one")])],
+                   hostnames=["example.com", "example.net"]),
+             route("matching-part2", [rule(to(V2), matches=[prefix("/v2"), hdr(version="two")])],
+                   hostnames=["example.com"])])
+    w.expect_route("matching-part1")
+    w.expect_route("matching-part2")
+    cases = [("example.com", "/", {}, V1), ("example.com", "/example", {}, V1), ("example.net", "/example", {}, V1),
+             ("example.com", "/example", {"Version": "one"}, V1), ("example.com", "/v2", {}, V2),
+             ("example.net", "/v2", {}, V1), ("example.com", "/v2/example", {}, V2),
+             ("example.com", "/", {"Version": "two"}, V2)]
+    for host, path, headers, want in cases:
+        w.expect("same-namespace", Expect(path, host=host, headers=headers, backend=want))
+
+
+@scenario("HTTPRouteWeight")
+def weight(w: World) -> None:
+    w.apply([route("weighted-backends", [rule(to(V1, weight=70), to(V2, weight=30), to(V3, weight=0))])])
+    w.expect_route("weighted-backends")
+    w.expect("same-namespace", Expect("/", status=200))
+    w.eventually("weighted distribution", lambda: _distribution(
+        lambda: str(w.request("same-namespace", Expect("/")).echo.get("pod", "")), {V1: 0.7, V2: 0.3, V3: 0.0}))
+
+
+def _distribution(pod: Callable[[], str], want: dict[str, float], total: int = 500) -> str:
+    """What is wrong with how `total` requests spread over the backends ('' when each is within the
+    suite's 5% of its share). As the suite does, the caller retries this until it converges."""
+    counts = dict.fromkeys(want, 0)
+    for _ in range(total):
+        answered = pod()
+        backend = next((b for b in counts if answered.startswith(b + "-")), "")
+        if not backend:
+            return f"answered by {answered!r}"
+        counts[backend] += 1
+    for backend, share in want.items():
+        if share == 0 and counts[backend]:
+            return f"{counts[backend]} requests reached the weight-0 backend {backend}"
+        if abs(counts[backend] / total - share) > 0.05:
+            return f"{backend}: {counts[backend]}/{total}, want {share:.0%} +-5%"
+    return ""
+
+
+def grant(name: str, service: str, ns: str = WEB) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": INFRA}],
+                     "to": [{"group": "", "kind": "Service", "name": service}]}}
+
+
+@scenario("HTTPRouteReferenceGrant")
+def reference_grant(w: World) -> None:
+    w.apply([route("reference-grant", [rule(to("web-backend", namespace=WEB))]),
+             grant("reference-grant", "web-backend")])
+    w.expect_route("reference-grant")
+    w.expect("same-namespace", Expect("/", backend="web-backend", namespace=WEB))
+
+
+@scenario("HTTPRouteInvalidReferenceGrant")
+def invalid_reference_grant(w: World) -> None:
+    w.apply([route("reference-grant", [rule(to("web-backend", namespace=WEB))]),
+             grant("reference-grant", "not-web-backend")])
+    w.expect_route("reference-grant", Accepted=("True", "Accepted"), ResolvedRefs=("False", "RefNotPermitted"))
+    w.expect("same-namespace", Expect("/", status=500))
+
+
+@scenario("HTTPRouteListenerHostnameMatching")
+def listener_hostname_matching(w: World) -> None:
+    gw = "httproute-listener-hostname-matching"
+    hosts = ("bar.com", "foo.bar.com", "*.bar.com", "*.foo.com")
+    w.apply([w.gateway(gw, [http_listener(f"listener-{i}", 80, h) for i, h in enumerate(hosts, 1)]),
+             route("backend-v1", [rule(to(V1))], parents=[{"name": gw, "sectionName": "listener-1"}]),
+             route("backend-v2", [rule(to(V2))], parents=[{"name": gw, "sectionName": "listener-2"}]),
+             route("backend-v3", [rule(to(V3))], parents=[{"name": gw, "sectionName": "listener-3"},
+                                                          {"name": gw, "sectionName": "listener-4"}])])
+    w.expect_route("backend-v1", gw)
+    w.expect_route("backend-v2", gw)
+    w.expect_route("backend-v3", gw, section="listener-3")
+    w.expect_route("backend-v3", gw, section="listener-4")
+    for host, want in (("bar.com", V1), ("foo.bar.com", V2), ("baz.bar.com", V3), ("boo.bar.com", V3),
+                       ("multiple.prefixes.bar.com", V3), ("multiple.prefixes.foo.com", V3), ("foo.com", 404),
+                       ("no.matching.host", 404)):
+        w.expect(gw, Expect("/", host=host, status=want) if isinstance(want, int) else
+                 Expect("/", host=host, backend=want))
+
+
+@scenario("HTTPRoutePathMatchOrder")
+def path_match_order(w: World) -> None:
+    w.apply([route("path-matching-order", [
+        rule(to(V1), matches=[exact("/match")]), rule(to(V2), matches=[exact("/match/exact")]),
+        rule(to(V3), matches=[exact("/match/exact/one")]), rule(to(V3), matches=[prefix("/match/")]),
+        rule(to(V1), matches=[prefix("/match/prefix/")]), rule(to(V2), matches=[prefix("/match/prefix/one")])])])
+    w.expect_route("path-matching-order")
+    for path, want in (("/match/exact/one", V3), ("/match/exact", V2), ("/match", V1),
+                       ("/match/prefix/one/any", V2), ("/match/prefix/any", V1), ("/match/any", V3)):
+        w.expect("same-namespace", Expect(path, backend=want))
+
+
+def header_mod(path: str, **mod: Any) -> dict[str, Any]:
+    return rule(to(V1), matches=[prefix(path)],
+                filters=[{"type": "RequestHeaderModifier", "requestHeaderModifier": mod}])
+
+
+def _pairs(**kv: str) -> list[dict[str, str]]:
+    return [{"name": k.replace("_", "-"), "value": v} for k, v in kv.items()]
+
+
+@scenario("HTTPRouteRequestHeaderModifier")
+def request_header_modifier(w: World) -> None:
+    w.apply([route("request-header-modifier", [
+        header_mod("/set", set=_pairs(X_Header_Set="set-overwrites-values")),
+        header_mod("/add", add=_pairs(X_Header_Add="add-appends-values")),
+        header_mod("/remove", remove=["X-Header-Remove"]),
+        header_mod("/multiple", set=_pairs(X_Header_Set_1="header-set-1", X_Header_Set_2="header-set-2"),
+                   add=_pairs(X_Header_Add_1="header-add-1", X_Header_Add_2="header-add-2",
+                              X_Header_Add_3="header-add-3"),
+                   remove=["X-Header-Remove-1", "X-Header-Remove-2"]),
+        header_mod("/case-insensitivity", set=_pairs(X_Header_Set="header-set"),
+                   add=_pairs(X_Header_Add="header-add"), remove=["X-Header-Remove"])])])
+    w.expect_route("request-header-modifier")
+    other = {"Some-Other-Header": "val"}
+    cases: list[tuple[str, dict[str, str], dict[str, str], tuple[str, ...]]] = [
+        ("/set", other, {**other, "X-Header-Set": "set-overwrites-values"}, ()),
+        ("/set", {**other, "X-Header-Set": "some-other-value"}, {**other, "X-Header-Set": "set-overwrites-values"},
+         ()),
+        ("/add", other, {**other, "X-Header-Add": "add-appends-values"}, ()),
+        ("/add", {**other, "X-Header-Add": "some-other-value"},
+         {**other, "X-Header-Add": "some-other-value,add-appends-values"}, ()),
+        ("/remove", {"X-Header-Remove": "val"}, {}, ("X-Header-Remove",)),
+        ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
+                       "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val"},
+         {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2", "X-Header-Add-1": "header-add-1",
+          "X-Header-Add-2": "add-val-2,header-add-2", "X-Header-Add-3": "header-add-3",
+          "Another-Header": "another-header-val"}, ("X-Header-Remove-1", "X-Header-Remove-2")),
+        ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
+                                 "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
+         {"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
+          "Another-Header": "another-header-val"}, ("x-header-remove", "X-Header-Remove"))]
+    for path, sent, seen, absent in cases:
+        w.expect("same-namespace", Expect(path, headers=sent, backend=V1, req_path=path, req_headers=seen,
+                                          req_absent=absent))
+
+
+@scenario("HTTPRouteRedirectHostAndStatus")
+def redirect_host_and_status(w: World) -> None:
+    def rd(path: str, **r: Any) -> dict[str, Any]:
+        return {"matches": [prefix(path)], "filters": [{"type": "RequestRedirect", "requestRedirect": r}]}
+
+    w.apply([route("redirect-host-and-status", [rd("/hostname-redirect", hostname="example.org"),
+                                                rd("/host-and-status", hostname="example.org", statusCode=301)])])
+    w.expect_route("redirect-host-and-status")
+    w.expect("same-namespace", Expect("/hostname-redirect", status=302,
+                                      location="http://example.org/hostname-redirect"))
+    w.expect("same-namespace", Expect("/host-and-status", status=301, location="http://example.org/host-and-status"))
+
+
+@scenario("HTTPRouteInvalidParentRefNotMatchingSectionName")
+def parent_ref_not_matching_section_name(w: World) -> None:
+    w.apply([route("httproute-listener-not-matching-route-port", [rule(to(V1, kind="Service"))],
+                   parents=[{"name": "same-namespace", "namespace": INFRA, "port": 80, "sectionName": "http1"}])])
+    w.expect_route("httproute-listener-not-matching-route-port", Accepted=("False", "NoMatchingParent"))
+    w.expect_gateway("same-namespace", listeners={"http": {"attachedRoutes": 0}})
+
+
+def _generation(doc: dict[str, Any], gen: int) -> dict[str, Any]:
+    """The object as the API server would store it after `gen` spec changes."""
+    doc["metadata"]["generation"] = gen
+    return doc
+
+
+def _expect_generation(w: World, kind: str, name: str, gen: int) -> None:
+    def check() -> str:
+        st = w.status(kind, name)
+        have = st and st["metadata"].get("generation")
+        return "" if have == gen else f"status reports generation {have}, want {gen}"
+    w.eventually(f"{kind} {name} generation", check)
+
+
+@scenario("HTTPRouteObservedGenerationBump")
+def route_observed_generation_bump(w: World) -> None:
+    name = "observed-generation-bump"
+    w.apply([_generation(route(name, [rule(to(V1))]), 1)])
+    w.expect_route(name)
+    w.apply([_generation(route(name, [rule(to(V1), matches=[prefix("/bump")])]), 2)])
+    _expect_generation(w, "HTTPRoute", name, 2)
+    w.expect_route(name)  # every condition's observedGeneration is the new generation
+    w.expect("same-namespace", Expect("/bump", backend=V1))
+
+
+@scenario("GatewayObservedGenerationBump")
+def gateway_observed_generation_bump(w: World) -> None:
+    gw = "gateway-observed-generation-bump"
+    listeners = [http_listener("http", 80)]
+    ok = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    w.apply([_generation(w.gateway(gw, listeners), 1)])
+    w.expect_gateway(gw, listeners={"http": {"conditions": ok}}, Accepted=ok["Accepted"], Programmed=ok["Programmed"])
+    w.apply([_generation(w.gateway(gw, [*listeners, http_listener("http-8080", 8080)]), 2)])
+    _expect_generation(w, "Gateway", gw, 2)
+    w.expect_gateway(gw, listeners={"http": {"conditions": ok}, "http-8080": {"conditions": ok}},
+                     Accepted=ok["Accepted"], Programmed=ok["Programmed"])
+
+
+# -- core Gateway -------------------------------------------------------------------------------------
+@scenario("GatewayInvalidRouteKind")
+def invalid_route_kind(w: World) -> None:
+    def gw(name: str, *kinds: str) -> dict[str, Any]:
+        return w.gateway(name, [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {
+            "namespaces": {"from": "All"}, "kinds": [{"kind": k} for k in kinds]}}])
+
+    both = "gateway-supported-and-invalid-route-kind"
+    w.apply([gw("gateway-only-invalid-route-kind", "InvalidRoute"), gw(both, "InvalidRoute", "HTTPRoute"),
+             route(f"{both}-control", [rule(to(V1))], parents=[{"name": both, "sectionName": "http"}],
+                   hostnames=["supported-route-kind.example.com"])])
+    bad = {"ResolvedRefs": ("False", "InvalidRouteKinds")}
+    w.expect_gateway("gateway-only-invalid-route-kind",
+                     listeners={"http": {"supportedKinds": [], "attachedRoutes": 0, "conditions": bad}})
+    # The control route attaches: the listener still serves the kinds it supports.
+    w.expect_gateway(both, listeners={"http": {"supportedKinds": ["HTTPRoute"], "attachedRoutes": 1,
+                                               "conditions": bad}})
+
+
+@scenario("GatewayInvalidTLSConfiguration")
+def invalid_tls_configuration(w: World) -> None:
+    refs = {"nonexistent-secret": {"group": "", "kind": "Secret", "name": "nonexistent-certificate"},
+            "unsupported-group": {"group": "wrong.group.company.io", "kind": "Secret",
+                                  "name": "tls-validity-checks-certificate"},
+            "unsupported-kind": {"group": "", "kind": "WrongKind", "name": "tls-validity-checks-certificate"},
+            "malformed-secret": {"group": "", "kind": "Secret", "name": "malformed-certificate"}}
+    hello = "SGVsbG8gd29ybGQK"  # not PEM, and the same bytes for certificate and key
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                                   "metadata": {"name": "malformed-certificate", "namespace": INFRA},
+                                   "data": {"tls.crt": hello, "tls.key": hello}}]
+    for case, ref in refs.items():
+        gw = f"gateway-certificate-{case}"
+        docs += [w.gateway(gw, [http_listener("http", 80),
+                                {"name": "https", "port": 443, "protocol": "HTTPS",
+                                 "allowedRoutes": {"namespaces": {"from": "All"}}, "tls": {"certificateRefs": [ref]}}]),
+                 route(f"{gw}-control", [rule(to(V1))], parents=[{"name": gw, "sectionName": "http"}],
+                       hostnames=[f"{case.replace('-secret', '')}-certificate.example.com"])]
+    w.apply(docs)
+    for case in refs:
+        w.expect_gateway(f"gateway-certificate-{case}", listeners={"https": {
+            "supportedKindsInclude": ["HTTPRoute"], "attachedRoutes": 0,
+            "conditions": {"ResolvedRefs": ("False", "InvalidCertificateRef")}}})
+
+
+@scenario("GatewayClassObservedGenerationBump")
+def gateway_class_observed_generation_bump(w: World) -> None:
+    name = "gatewayclass-observed-generation-bump"
+
+    def gc(gen: int, description: str) -> dict[str, Any]:
+        return {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": name, "generation": gen},
+                "spec": {"controllerName": "cilia.io/gateway-controller", "description": description}}
+
+    def accepted(gen: int) -> Callable[[], str]:
+        def check() -> str:
+            st = w.status("GatewayClass", name, ns="")
+            if st is None:
+                return "no status"
+            if st["metadata"].get("generation") != gen:
+                return f"status reports generation {st['metadata'].get('generation')}, want {gen}"
+            return World._conds(st, st["status"]["conditions"], {"Accepted": ("True", "Accepted")})
+        return check
+
+    w.apply([gc(1, "old")])
+    w.eventually("GatewayClass accepted", accepted(1))
+    w.apply([gc(2, "new")])
+    w.eventually("GatewayClass accepted at the new generation", accepted(2))
+
+
+@scenario("GatewayModifyListeners")
+def modify_listeners(w: World) -> None:
+    https = {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": "secure.test.com",
+             "allowedRoutes": {"namespaces": {"from": "All"}},
+             "tls": {"certificateRefs": [{"group": "", "kind": "Secret", "name": "tls-validity-checks-certificate",
+                                          "namespace": INFRA}]}}
+    http = {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}
+    add, remove = "gateway-add-listener", "gateway-remove-listener"
+
+    def docs(gen: int, add_listeners: list[dict[str, Any]], remove_listeners: list[dict[str, Any]]) -> list[Any]:
+        return [_generation(w.gateway(add, add_listeners), gen),
+                route("http-route-1", [rule(to("foo-svc"))], parents=[{"kind": "Gateway", "name": add,
+                                                                      "namespace": INFRA}]),
+                _generation(w.gateway(remove, remove_listeners), gen),
+                route("http-route-2", [rule(to("foo-svc"))], parents=[{"kind": "Gateway", "name": remove,
+                                                                      "namespace": INFRA}])]
+
+    ready = {"attachedRoutes": 1, "supportedKindsInclude": ["HTTPRoute"],
+             "conditions": {"Accepted": ("True", "*"), "ResolvedRefs": ("True", "*")}}
+    w.apply(docs(1, [https], [https, http]))
+    w.expect_gateway(add, listeners={"https": ready})
+    w.expect_gateway(remove, listeners={"https": ready, "http": ready})
+    w.apply(docs(2, [https, {**http, "hostname": "data.test.com"}], [http]))
+    _expect_generation(w, "Gateway", add, 2)
+    _expect_generation(w, "Gateway", remove, 2)
+    w.expect_gateway(add, listeners={"https": ready, "http": ready})
+    st = w.expect_gateway(remove, listeners={"http": ready})
+    names = [li["name"] for li in st["status"]["listeners"]]
+    if names != ["http"]:
+        raise ScenarioFailure(f"{remove}: listener statuses {names}, want only http")
+
+
+# -- core ReferenceGrant to Gateway certificates ------------------------------------------------------
+def _secret_gateway(w: World, name: str) -> dict[str, Any]:
+    return w.gateway(name, [{"name": "https", "port": 443, "protocol": "HTTPS",
+                             "allowedRoutes": {"namespaces": {"from": "All"}},
+                             "tls": {"certificateRefs": [{"group": "", "kind": "Secret", "name": "certificate",
+                                                          "namespace": WEB}]}}])
+
+
+def secret_grant(name: str, frm: dict[str, str] | None = None, to: dict[str, str] | None = None,
+                 ns: str = WEB) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": INFRA,
+                               **(frm or {})}],
+                     "to": [{"group": "", "kind": "Secret", **(to if to is not None else {"name": "certificate"})}]}}
+
+
+@scenario("GatewaySecretInvalidReferenceGrant")
+def secret_invalid_grant(w: World) -> None:
+    gw = "gateway-secret-invalid-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB),
+             secret_grant("reference-grant-wrong-namespace", ns=APP),
+             secret_grant("reference-grant-wrong-from-group", frm={"group": "not-the-group-youre-looking-for"}),
+             secret_grant("reference-grant-wrong-from-kind", frm={"kind": "HTTPRoute"}),
+             secret_grant("reference-grant-wrong-from-namespace",
+                          frm={"namespace": "not-the-namespace-youre-looking-for"}),
+             secret_grant("reference-grant-wrong-to-group", to={"group": "not-the-group-youre-looking-for",
+                                                                "name": "not-the-certificate-youre-looking-for"}),
+             secret_grant("reference-grant-wrong-to-kind", to={"kind": "Service", "name": "certificate"}),
+             secret_grant("reference-grant-wrong-to-name", to={"name": "not-the-certificate-youre-looking-for"})])
+    w.expect_gateway(gw, listeners={"https": {"conditions": {"ResolvedRefs": ("False", "RefNotPermitted")}}})
+
+
+@scenario("GatewaySecretMissingReferenceGrant")
+def secret_missing_grant(w: World) -> None:
+    gw = "gateway-secret-missing-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB)])
+    w.expect_gateway(gw, listeners={"https": {"conditions": {"ResolvedRefs": ("False", "RefNotPermitted")}}})
+
+
+@scenario("GatewaySecretReferenceGrantAllInNamespace")
+def secret_grant_all_in_namespace(w: World) -> None:
+    gw = "gateway-secret-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB),
+             secret_grant("reference-grant-all-in-namespace", to={})])
+    ok = {"ResolvedRefs": ("True", "ResolvedRefs"), "Programmed": ("True", "Programmed")}
+    w.expect_gateway(gw, listeners={"https": {"attachedRoutes": 0, "conditions": ok}})
+
+
+@scenario("GatewaySecretReferenceGrantSpecific")
+def secret_grant_specific(w: World) -> None:
+    gw = "gateway-secret-reference-grant"
+    w.apply([_secret_gateway(w, gw), w.tls_secret("certificate", WEB), secret_grant("reference-grant-specific")])
+    ok = {"ResolvedRefs": ("True", "ResolvedRefs"), "Programmed": ("True", "Programmed")}
+    w.expect_gateway(gw, listeners={"https": {"attachedRoutes": 0, "conditions": ok}})
+
+
+# -- core GRPCRoute ---------------------------------------------------------------------------------
+G1, G2, G3 = "grpc-infra-backend-v1", "grpc-infra-backend-v2", "grpc-infra-backend-v3"
+
+
+def grpc_method(method: str) -> dict[str, Any]:
+    return {"method": {"type": "Exact", "service": GRPC_SERVICE, "method": method}}
+
+
+@scenario("GRPCExactMethodMatching", fast=True)
+def grpc_exact_method(w: World) -> None:
+    w.apply([route("exact-matching", [rule(to(G1), matches=[grpc_method("Echo")]),
+                                      rule(to(G2), matches=[grpc_method("EchoTwo")])], kind="GRPCRoute")])
+    w.expect_route("exact-matching", kind="GRPCRoute")
+    w.expect_grpc("same-namespace", "Echo", backend=G1)
+    w.expect_grpc("same-namespace", "EchoTwo", backend=G2)
+    w.expect_grpc("same-namespace", "EchoThree", code="UNIMPLEMENTED")
+
+
+@scenario("GRPCRouteHeaderMatching")
+def grpc_header_matching(w: World) -> None:
+    w.apply([route("grpc-header-matching", [
+        rule(to(G1), matches=[hdr(version="one")]), rule(to(G2), matches=[hdr(version="two")]),
+        rule(to(G1), matches=[hdr(version="two", color="orange")]),
+        rule(to(G1), matches=[hdr(color="blue"), hdr(color="green")]),
+        rule(to(G2), matches=[hdr(color="red"), hdr(color="yellow")])], kind="GRPCRoute")])
+    w.expect_route("grpc-header-matching", kind="GRPCRoute")
+    cases: list[tuple[dict[str, str], str]] = [
+        ({"version": "one"}, G1), ({"version": "two"}, G2), ({"version": "two", "color": "orange"}, G1),
+        ({"version": "two", "color": "blue"}, G2), ({"color": "orange"}, ""), ({"some-other-header": "one"}, ""),
+        ({"color": "blue"}, G1), ({"color": "green"}, G1), ({"color": "red"}, G2), ({"color": "yellow"}, G2),
+        ({"color": "purple"}, "")]
+    for md, want in cases:
+        w.expect_grpc("same-namespace", "Echo", metadata=md, backend=want, code="OK" if want else "UNIMPLEMENTED")
+
+
+@scenario("GRPCRouteListenerHostnameMatching")
+def grpc_listener_hostname_matching(w: World) -> None:
+    gw = "grpcroute-listener-hostname-matching"
+    hosts = ("bar.com", "foo.bar.com", "*.bar.com", "*.foo.com")
+    w.apply([w.gateway(gw, [http_listener(f"listener-{i}", 80, h) for i, h in enumerate(hosts, 1)]),
+             route("backend-v1", [rule(to(G1))], parents=[{"name": gw, "sectionName": "listener-1"}],
+                   kind="GRPCRoute"),
+             route("backend-v2", [rule(to(G2))], parents=[{"name": gw, "sectionName": "listener-2"}],
+                   kind="GRPCRoute"),
+             route("backend-v3", [rule(to(G3))], parents=[{"name": gw, "sectionName": "listener-3"},
+                                                          {"name": gw, "sectionName": "listener-4"}],
+                   kind="GRPCRoute")])
+    for r in ("backend-v1", "backend-v2", "backend-v3"):
+        w.expect_route(r, gw, kind="GRPCRoute")
+    for host, want in (("bar.com", G1), ("foo.bar.com", G2), ("baz.bar.com", G3), ("boo.bar.com", G3),
+                       ("multiple.prefixes.bar.com", G3), ("multiple.prefixes.foo.com", G3), ("foo.com", ""),
+                       ("no.matching.host", "")):
+        w.expect_grpc(gw, "Echo", host=host, backend=want, code="OK" if want else "UNIMPLEMENTED")
+
+
+@scenario("GRPCRouteWeight")
+def grpc_weight(w: World) -> None:
+    w.apply([route("weighted-backends", [rule(to(G1, weight=70), to(G2, weight=30), to(G3, weight=0))],
+                   kind="GRPCRoute")])
+    w.expect_route("weighted-backends", kind="GRPCRoute")
+    w.expect_grpc("same-namespace", "Echo")
+    w.eventually("weighted distribution", lambda: _distribution(
+        lambda: str(w.grpc_call("same-namespace", "Echo")[1].get("pod", "")), {G1: 0.7, G2: 0.3, G3: 0.0}))
+
+
+# -- core TLSRoute -----------------------------------------------------------------------------------
+def tls_route(name: str, parent: dict[str, Any], hostnames: tuple[str, ...] = ("tls.example.com",)) -> dict[str, Any]:
+    doc = route(name, [rule(to("tls-backend", 443))], parents=[parent], hostnames=list(hostnames), kind="TLSRoute")
+    doc["apiVersion"] = "gateway.networking.k8s.io/v1alpha3"
+    return doc
+
+
+@scenario("TLSRouteInvalidNoMatchingListener")
+def tls_route_no_matching_listener(w: World) -> None:
+    def gw(name: str, listener: dict[str, Any], *kinds: str) -> dict[str, Any]:
+        allowed = {"namespaces": {"from": "Same"}, "kinds": [{"kind": k} for k in kinds]}
+        return w.gateway(name, [{**listener, "allowedRoutes": allowed}])
+
+    http = {"name": "http", "port": 80, "protocol": "HTTP"}
+    https = {"name": "https", "port": 443, "protocol": "HTTPS", "tls": {"mode": "Terminate", "certificateRefs": [
+        {"name": "tls-validity-checks-certificate", "namespace": INFRA}]}}
+    w.apply([gw("gateway-http-only", http, "TLSRoute"), gw("gateway-tls-httproute-only", http, "HTTPRoute"),
+             gw("gateway-https-only", https, "TLSRoute"),
+             tls_route("tlsroute-no-matching-listener", {"name": "gateway-http-only"}),
+             tls_route("tlsroute-not-allowed-kind", {"name": "gateway-tls-httproute-only"}),
+             tls_route("tlsroute-wrong-protocol", {"name": "gateway-https-only"}),
+             tls_route("tlsroute-wrong-section-name", {"name": "gateway-http-only",
+                                                       "sectionName": "nonexistent-listener"})])
+    w.expect_route("tlsroute-no-matching-listener", "gateway-http-only", kind="TLSRoute",
+                   Accepted=("False", "NoMatchingParent"))
+    w.expect_route("tlsroute-wrong-section-name", "gateway-http-only", kind="TLSRoute",
+                   Accepted=("False", "NoMatchingParent"))
+    for r, g in (("tlsroute-not-allowed-kind", "gateway-tls-httproute-only"),
+                 ("tlsroute-wrong-protocol", "gateway-https-only")):
+        w.expect_route(r, g, kind="TLSRoute", Accepted=("False", "*"))
+    for r in ("tlsroute-no-matching-listener", "tlsroute-not-allowed-kind", "tlsroute-wrong-protocol",
+              "tlsroute-wrong-section-name"):
+        st = w.status("TLSRoute", r) or {}
+        accepted = [p["parentRef"]["name"] for p in st.get("status", {}).get("parents", [])
+                    if any(c["type"] == "Accepted" and c["status"] == "True" for c in p["conditions"])]
+        if accepted:
+            raise ScenarioFailure(f"TLSRoute {r} accepted by {accepted}")
+    w.expect_gateway("gateway-http-only", listeners={"http": {"attachedRoutes": 0}})
+
+
+def _tls_backend_ref_case(w: World, suffix: str, ref: dict[str, Any], reason: str) -> None:
+    gw, name = f"gateway-tlsroute-invalid-backend-ref-{suffix}", f"invalid-backend-ref-{suffix}"
+    doc = route(name, [rule(ref)], parents=[{"name": gw, "namespace": INFRA}], hostnames=["example.com"],
+                kind="TLSRoute")
+    doc["apiVersion"] = "gateway.networking.k8s.io/v1alpha3"
+    w.apply([w.gateway(gw, [{"name": "tls", "protocol": "TLS", "port": 443, "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}}}]), doc])
+    w.expect_gateway(gw, Accepted=("True", "*"))
+    w.expect_route(name, gw, kind="TLSRoute", Accepted=("True", "Accepted"), ResolvedRefs=("False", reason))
+
+
+@scenario("TLSRouteInvalidBackendRefNonexistent")
+def tls_route_nonexistent_backend(w: World) -> None:
+    _tls_backend_ref_case(w, "nonexistent", {"name": "nonexistent", "namespace": INFRA, "port": 443},
+                          "BackendNotFound")
+
+
+@scenario("TLSRouteInvalidBackendRefUnknownKind")
+def tls_route_unknown_kind_backend(w: World) -> None:
+    _tls_backend_ref_case(w, "unknown-kind", {"group": "unknownkind.example.com", "kind": "NonExistent",
+                                              "name": "tls-backend", "port": 443}, "InvalidKind")
+
+
+@scenario("TLSRouteInvalidNoMatchingListenerHostname")
+def tls_route_no_matching_listener_hostname(w: World) -> None:
+    gw = "gateway-tls-hostname"
+    doc = route("tlsroute-hostname-mismatch", [rule(to("tls-backend", 443))], parents=[{"name": gw, "port": 443}],
+                hostnames=["www.example1.com"], kind="TLSRoute")
+    w.apply([w.gateway(gw, [{"name": "tls", "port": 443, "protocol": "TLS", "hostname": "www.example.com",
+                             "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TLSRoute"}]}}]),
+             doc])
+    w.expect_route("tlsroute-hostname-mismatch", gw, kind="TLSRoute", Accepted=("False", "NoMatchingListenerHostname"))
+    w.expect_gateway(gw, listeners={"tls": {"attachedRoutes": 0}})
+
+
+@scenario("TLSRouteInvalidReferenceGrant")
+def tls_route_invalid_reference_grant(w: World) -> None:
+    def g(name: str, ns: str = APP, frm: dict[str, str] | None = None, to_: dict[str, str] | None = None
+          ) -> dict[str, Any]:
+        return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute", "namespace": INFRA,
+                                   **(frm or {})}],
+                         "to": [{"group": "", "kind": "Service", "name": "tls-backend", **(to_ or {})}]}}
+
+    gw = "gateway-tlsroute"
+    w.apply([g("reference-grant-wrong-namespace", ns=INFRA),
+             g("reference-grant-wrong-from-group", frm={"group": "not-the-group-youre-looking-for"}),
+             g("reference-grant-wrong-from-kind", frm={"kind": "Gateway"}),
+             g("reference-grant-wrong-from-namespace", frm={"namespace": "not-the-namespace-youre-looking-for"}),
+             g("reference-grant-wrong-to-group", to_={"group": "not-the-group-youre-looking-for"}),
+             g("reference-grant-wrong-to-kind", to_={"kind": "Secret"}),
+             g("reference-grant-wrong-to-name", to_={"name": "not-the-service-youre-looking-for"}),
+             route("gateway-conformance-infra-test", [rule(to("tls-backend", 443, namespace=APP))],
+                   parents=[{"name": gw}], hostnames=["abc.example.com"], kind="TLSRoute"),
+             w.gateway(gw, [{"name": "https", "port": 443, "protocol": "TLS", "hostname": "*.example.com",
+                             "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TLSRoute"}]}}])])
+    w.expect_route("gateway-conformance-infra-test", gw, kind="TLSRoute", Accepted=("True", "Accepted"),
+                   ResolvedRefs=("False", "RefNotPermitted"))
+
+
+@scenario("HTTPRouteDisallowedKind")
+def http_route_disallowed_kind(w: World) -> None:
+    gw = "tlsroutes-only"
+    w.apply([w.gateway(gw, [{"name": "tls", "port": 443, "protocol": "TLS", "hostname": "*.example.com",
+                             "tls": {"mode": "Passthrough"},
+                             "allowedRoutes": {"namespaces": {"from": "Same"}, "kinds": [{"kind": "TLSRoute"}]}}]),
+             route("disallowed-kind", [rule(to(V1))], parents=[{"name": gw}],
+                   hostnames=["disallowed-kind.example.com"])])
+    w.expect_route("disallowed-kind", gw, Accepted=("False", "NotAllowedByListeners"))
+    w.expect_gateway(gw, listeners={"tls": {"attachedRoutes": 0}})
+
+
 # -- extended HTTPRoute --------------------------------------------------------------------------------
 @scenario("HTTPRouteMethodMatching")
 def method_matching(w: World) -> None:
@@ -544,8 +1120,6 @@ def _skipped() -> dict[str, str]:
         "TLSRouteModeTerminate": NOT_REPLAYED,
         "Mesh": "not replayed by the runner yet: GAMMA routing is tested through Envoy in "
                 "tests/e2e/test_mesh_envoy.py and tests/e2e/test_gateway_tls_envoy.py, not in the suite's form",
-        "GRPCRoute": "not replayed by the runner yet: GRPCRoute matching is tested through Envoy in "
-                     "tests/e2e/test_gateway_grpc_envoy.py, not in the suite's form",
     }
     out = {}
     for name, feats in TESTS.items():

@@ -170,6 +170,18 @@ def test_http_route_disallowed_kind() -> None:
     assert out.listener("tlsroutes-only", "tls")["attachedRoutes"] == 0
 
 
+def test_tls_route_to_listener_whose_protocol_cannot_carry_it() -> None:
+    """TLSRouteInvalidNoMatchingListener: an HTTP listener that lists TLSRoute in allowedRoutes is still
+    no parent for a TLSRoute (NoMatchingParent), unlike a listener that leaves the kind out."""
+    gw = gateway("gateway-http-only", [{"name": "http", "port": 80, "protocol": "HTTP",
+                                        "allowedRoutes": {"namespaces": {"from": "Same"},
+                                                          "kinds": [{"kind": "TLSRoute"}]}}])
+    out = run(gw, route("tls", [gw_ref("gateway-http-only")], [{"backendRefs": [to("tls-backend", 443)]}],
+                        hostnames=["tls.example.com"], kind="TLSRoute"))
+    assert out.parent("tls", "gateway-http-only", kind="TLSRoute")["Accepted"] == ("False", "NoMatchingParent")
+    assert out.listener("gateway-http-only", "http")["attachedRoutes"] == 0
+
+
 # -- backendRefs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("ref", "reason"), [
     (to("web-backend", ns=WEB), "RefNotPermitted"),  # HTTPRouteInvalidCrossNamespaceBackendRef

@@ -275,6 +275,17 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
         return Cond("Accepted", False, "NoMatchingParent",
                     f"Gateway {gs.key} has no listener matching sectionName {ref.section_name!r}"
                     + (f" and port {ref.port}" if ref.port is not None else ""))
+    # A listener that names the route's kind in allowedRoutes but whose protocol cannot carry it is no
+    # parent for the route at all (conformance TLSRouteInvalidNoMatchingListener); one whose allowedRoutes
+    # leave the kind out refuses it (NotAllowedByListeners, conformance HTTPRouteDisallowedKind).
+    def wrong_protocol(st: ListenerState) -> bool:
+        return route.kind not in PROTOCOL_KINDS.get(st.spec.protocol, ()) and any(
+            k.kind == route.kind and k.group == GROUP for k in st.spec.allowed_routes.kinds)
+
+    if all(wrong_protocol(st) for st in candidates):
+        return Cond("Accepted", False, "NoMatchingParent",
+                    f"no listener of Gateway {gs.key} selected by the parentRef has a protocol that carries "
+                    f"{route.kind}s")
     allowed = [st for st in candidates if _allowed(st, gs.obj, route, snapshot)]
     if not allowed:
         return Cond("Accepted", False, "NotAllowedByListeners",
