@@ -19,6 +19,11 @@ Envoy config (`egress_parts`, `gateway_bundles`):
   manager terminating CONNECT whose routes pick, by policy header, the ORIGINAL_DST cluster
   `egress|POLICY|upstream` that connects to the authority with its source bound to the egress IP.
   Unknown policies get no route (404).
+* with mesh mTLS (`mesh_trust_domain`): the client chains and tunnel clusters are per node and selected
+  ServiceAccount (`egress|POLICY|tunnel|NS/SA`, presenting that workload's certificate, accepting only a
+  node identity `spiffe://TD/node/` as the gateway); the gateway listener has one mTLS chain requiring
+  a workload certificate of the trust domain and serving the node identity (`WorkloadCert(node=GW)`).
+  Without it the tunnel is plaintext and each policy carries a warning that it is unauthenticated.
 """
 
 from __future__ import annotations
