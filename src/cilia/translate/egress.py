@@ -211,10 +211,6 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
             mine.append(Issue(ref, "spec.egressGateway.nodeSelector",
                               "no node matches: selected pods' connections to the destinations are not steered"))
         egress_ip = _egress_ip(obj, opts, mine)
-        if not opts.mesh_trust_domain:
-            mine.append(Issue(ref, "spec.egressGateway", "the tunnel to the gateway nodes is unauthenticated (no CA: "
-                              "mesh mTLS is off): any client that reaches a gateway's tunnel port can egress "
-                              "from its egress IP", severity="warning"))
         steered: list[EgressPod] = []
         not_node: list[str] = []
         lost: dict[str, list[str]] = {}
@@ -235,6 +231,10 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
             mine.append(Issue(ref, "spec.destinationCIDRs", f"overlaps the older {winner} for {len(keys)} pod(s) "
                               f"({_listed(keys)}); the older policy wins for them", severity="warning"))
         served = bool(gateways) and bool(dests) and not any(i.severity == "error" for i in mine)
+        if served and not opts.mesh_trust_domain:
+            mine.append(Issue(ref, "spec.egressGateway", "the tunnel to the gateway nodes is unauthenticated (no CA: "
+                              "mesh mTLS is off): any client that reaches a gateway's tunnel port can egress "
+                              "from its egress IP", severity="warning"))
         if served and steered:
             plans.append(EgressPlan(ref, tuple(steered), tuple(str(d) for d in dests), gateways, egress_ip,
                                     addresses))
