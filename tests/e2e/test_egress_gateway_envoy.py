@@ -5,6 +5,10 @@ The node agent's redirect of the pod's connects is not part of this test: the tu
 way node~a's capture chain opens it (HTTP/2 CONNECT to the gateway's tunnel listener, the original
 destination as authority, the policy in a header), and node~a must accept its egress chain (no NACK).
 The gateway's upstream connection must come from the policy's egress IP, added to `lo` here (root).
+
+With a CA (mesh mTLS) the tunnel is mTLS: the test's client holds a workload certificate of the trust
+domain, as node~a's tunnel cluster does; a tunnel without one (plaintext, or TLS without a client
+certificate, or a certificate of another CA) is refused, and the gateway shows its node identity.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,8 +27,13 @@ import pytest
 h2_connection = pytest.importorskip("h2.connection")
 h2_config = pytest.importorskip("h2.config")
 h2_events = pytest.importorskip("h2.events")
+h2_exceptions = pytest.importorskip("h2.exceptions")
+
+from cryptography import x509  # noqa: E402
 
 from cilia.mesh.egresshost import local_ipv4  # noqa: E402
+from cilia.security.ca import init_ca_dir, load_ca_dir, new_ca  # noqa: E402
+from cilia.security.spiffe import workload_uri  # noqa: E402
 from cilia.translate.context import TranslateOptions  # noqa: E402
 from support.backends import EchoBackend  # noqa: E402
 from support.controlplane import ControlPlaneThread, ManifestDir  # noqa: E402
@@ -80,12 +90,19 @@ def egress_ips() -> Iterator[None]:
             subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], capture_output=True)
 
 
-def connect_get(tunnel_port: int, authority: str, egress_policy: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def connect_get(tunnel_port: int, authority: str, egress_policy: str, timeout: float = 5.0,
+                tls: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     """An HTTP/1.1 GET carried in an HTTP/2 CONNECT to the gateway: (CONNECT status, HTTP response)."""
     conn = h2_connection.H2Connection(h2_config.H2Configuration(client_side=True, header_encoding="utf-8"))
     status = 0
     body = b""
-    with socket.create_connection(("127.0.0.1", tunnel_port), timeout=timeout) as sock:
+    raw = socket.create_connection(("127.0.0.1", tunnel_port), timeout=timeout)
+    try:
+        wrapped = tls.wrap_socket(raw) if tls is not None else raw
+    except OSError:
+        raw.close()
+        raise
+    with wrapped as sock:
         conn.initiate_connection()
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, [(":method", "CONNECT"), (":authority", authority),
@@ -114,11 +131,41 @@ def connect_get(tunnel_port: int, authority: str, egress_policy: str, timeout: f
     return status, body
 
 
-def _status_or_0(tunnel_port: int, authority: str) -> int:
+def _status_or_0(tunnel_port: int, authority: str, tls: ssl.SSLContext | None = None) -> int:
     try:
-        return connect_get(tunnel_port, authority, "legacy", timeout=2)[0]
-    except OSError:
+        return connect_get(tunnel_port, authority, "legacy", timeout=2, tls=tls)[0]
+    except OSError:  # ssl.SSLError too
         return 0
+
+
+def tls_client(ca_pem: bytes, cert: tuple[bytes, bytes] | None, tmp: Path) -> ssl.SSLContext:
+    """A client context trusting `ca_pem`, presenting `cert` (PEM chain, key) when given; the gateway is
+    checked by its URI SAN below, not by host name."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca_pem.decode())
+    ctx.set_alpn_protocols(["h2"])
+    if cert is not None:
+        (tmp / "c.pem").write_bytes(cert[0])
+        (tmp / "k.pem").write_bytes(cert[1])
+        ctx.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
+    return ctx
+
+
+def server_uris(port: int, ctx: ssl.SSLContext) -> list[str]:
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) as sock:
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return list(x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def refused(port: int, authority: str, ctx: ssl.SSLContext | None) -> bool:
+    """No CONNECT gets through: the handshake fails or the connection is closed without a response."""
+    try:
+        return connect_get(port, authority, "legacy", timeout=3, tls=ctx)[0] == 0
+    except (OSError, h2_exceptions.ProtocolError):  # ssl.SSLError is an OSError
+        return True
 
 
 def _complete(response: bytes) -> bool:
@@ -171,6 +218,7 @@ def test_selected_connection_leaves_from_the_egress_ip(egress_ips: None, tmp_pat
                   if s["kind"] == "CiliumEgressGatewayPolicy"}
         assert status["legacy"]["selectedPods"] == ["shop/client"]
         assert status["legacy"]["gatewayNodes"] == ["gw"] and status["legacy"]["egressIP"] == EGRESS_IPS[0]
+        assert any("unauthenticated" in i for i in status["legacy"]["issues"])  # no CA
 
         # Directly (no tunnel), the server sees the ordinary loopback source.
         direct = socket.create_connection((EXTERNAL, server_port), timeout=5)
@@ -199,6 +247,74 @@ def test_selected_connection_leaves_from_the_egress_ip(egress_ips: None, tmp_pat
             time.sleep(0.05)
         assert peer == EGRESS_IPS[1], peer
         assert time.monotonic() - t0 < 2.0, f"took {time.monotonic() - t0:.2f} s"
+    except BaseException:
+        for e in envoys:
+            print(e.proxy, e.log_tail())
+        raise
+    finally:
+        for e in envoys:
+            e.stop()
+        cp.stop()
+        server.stop()
+        md.cleanup()
+
+
+TD = "egress.test"
+
+
+def test_mtls_tunnel_requires_a_workload_certificate(egress_ips: None, tmp_path: Path) -> None:
+    host = local_ipv4()
+    assert host is not None and set(EGRESS_IPS) <= set(host[0])
+    ca_dir = tmp_path / "ca"
+    init_ca_dir(ca_dir, TD)
+    ca = load_ca_dir(ca_dir)
+    server = EchoBackend("external", host=EXTERNAL).start()
+    authority = f"{EXTERNAL}:{server.port}"
+    md = ManifestDir()
+    md.write("world.yaml", NODES_AND_PODS)
+    md.write("policy.yaml", policy(EGRESS_IPS[0]))
+    tunnel_port = free_port()
+    opts = TranslateOptions(mesh_default_mode="node", mesh_capture_port=free_port(),
+                            egress_tunnel_address="127.0.0.1", egress_tunnel_port=tunnel_port,
+                            egress_local_ips=host[0], egress_interfaces=host[1])
+    cp = ControlPlaneThread([str(md.path)], translate=opts, ca_dir=str(ca_dir), xds_tls=False).start()
+    envoys: list[Envoy] = []
+    try:
+        for proxy in ("node~gw", "node~a"):
+            envoy = Envoy(proxy, cp.xds_port).start()
+            envoys.append(envoy)
+            envoy.wait_for(lambda p=proxy: synced(cp, p), timeout=30, what=f"{proxy} synced (secrets too)")
+        status = {s["metadata"]["name"]: s["status"] for s in cp.admin_json("/debug/status")
+                  if s["kind"] == "CiliumEgressGatewayPolicy"}
+        assert not any("unauthenticated" in i for i in status["legacy"].get("issues", []))
+
+        leaf = ca.issue(uris=[workload_uri(TD, "shop", "default")], client=True)
+        (tmp_path / "good").mkdir()
+        good = tls_client(ca.bundle_pem, (leaf.cert_pem, leaf.key_pem), tmp_path / "good")
+        envoys[0].wait_for(lambda: _status_or_0(tunnel_port, authority, good) == 200,
+                           timeout=20, what="gateway mTLS tunnel listener up")
+        # The gateway is the node identity of the trust domain.
+        assert server_uris(tunnel_port, good) == [f"spiffe://{TD}/node/gw"]
+        code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
+        assert code == 200 and peer_of(response) == EGRESS_IPS[0]
+
+        # Refused: plaintext; TLS without a client certificate; a workload certificate of another CA; a
+        # certificate of the trust domain that is no workload (a node identity, say).
+        assert refused(tunnel_port, authority, None)
+        (tmp_path / "none").mkdir()
+        assert refused(tunnel_port, authority, tls_client(ca.bundle_pem, None, tmp_path / "none"))
+        other = new_ca(TD)
+        stranger = other.issue(uris=[workload_uri(TD, "shop", "default")], client=True)
+        (tmp_path / "other").mkdir()
+        assert refused(tunnel_port, authority,
+                       tls_client(ca.bundle_pem, (stranger.cert_pem, stranger.key_pem), tmp_path / "other"))
+        node_leaf = ca.issue(uris=[f"spiffe://{TD}/node/a"], client=True)
+        (tmp_path / "node").mkdir()
+        assert refused(tunnel_port, authority,
+                       tls_client(ca.bundle_pem, (node_leaf.cert_pem, node_leaf.key_pem), tmp_path / "node"))
+        # ... and the good one still works.
+        code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
+        assert code == 200 and peer_of(response) == EGRESS_IPS[0]
     except BaseException:
         for e in envoys:
             print(e.proxy, e.log_tail())

@@ -7,7 +7,8 @@ over HTTP/2 CONNECT to node~gw, and leaves from the egress IP (added to `lo` her
 unselected mesh pod's request and the selected pod's request to an excluded CIDR arrive with their own
 source; an egressIP edit applies to new connections within 2 s. Two gateway nodes (127.0.0.1, 127.0.0.2):
 one client's flows stay on one; its Envoy stopped, they move to the other; both stopped, connections fail
-at once and recover when one returns; no firewall rule is made.
+at once and recover when one returns; no firewall rule is made. With a CA (mesh mTLS) the same path
+runs over an mTLS tunnel (both Envoys count the handshake).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bpf_kernel_support import KernelEnv, firewall_rules, free_port
 from system_support import AgentProcess, Fatal, MeshEnvoy, cilia, docs, namespace, pod, proxy_synced, wait_until
 
 from cilia.mesh.egresshost import local_ipv4
+from cilia.security.ca import init_ca_dir
 from cilia.translate.context import TranslateOptions
 from support.backends import echo_backends
 from support.controlplane import ControlPlaneThread, ManifestDir
@@ -171,6 +173,84 @@ def test_egress_gateway_whole_system(kenv: KernelEnv, egress_ips: None) -> None:
     except BaseException:
         if len(envoys) > 1 and envoys[1].proc.poll() is None:  # node~a's view of the gateways
             print([line for line in envoys[1].admin("/clusters").splitlines() if "egress|" in line])
+        for e in envoys:
+            print(e.proxy, e.tail())
+        if agent is not None:
+            print(agent.text()[-3000:])
+        raise
+    finally:
+        if agent is not None:
+            agent.stop()
+        for e in reversed(envoys):
+            e.stop()
+        cp.stop()
+        md.cleanup()
+
+
+TD = "egress.test"
+
+
+def test_egress_gateway_over_mesh_mtls(kenv: KernelEnv, egress_ips: None, tmp_path: Path) -> None:
+    """With a CA the tunnel node~a -> node~gw is mTLS (the client pod's ServiceAccount certificate, the
+    gateway's node identity), and the selected pod still leaves from the egress IP."""
+    host = local_ipv4()
+    assert host is not None and set(EGRESS_IPS) <= set(host[0])
+    init_ca_dir(tmp_path / "ca", TD)
+    proxy_cg = kenv.cgroup("egress-mtls/a-proxy")
+    gw_cg = kenv.cgroup("egress-mtls/gw-proxy")
+    client_cg = kenv.cgroup("egress-mtls/pods/client")
+    other_cg = kenv.cgroup("egress-mtls/pods/other")
+    capture_port, tunnel_port = free_port(), free_port()
+    md = ManifestDir()
+    md.write("world.yaml", docs(
+        node("a", {}), node("gw", {"egress": "true"}), namespace("shop", "node"),
+        pod("shop", "client", "a", CLIENT_IP, {"cilia.io/cgroup": kenv.rel(client_cg)}),
+        pod("shop", "other", "a", OTHER_IP, {"cilia.io/cgroup": kenv.rel(other_cg)}),
+    ))
+    md.write("policy.yaml", policy(EGRESS_IPS[0]))
+    opts = TranslateOptions(mesh_capture_port=capture_port, mesh_capture_address="127.0.0.1",
+                            mesh_inbound_port=free_port(), mesh_node_inbound_address="127.0.0.1",
+                            egress_tunnel_address="node-ip", egress_tunnel_port=tunnel_port,
+                            egress_local_ips=host[0], egress_interfaces=host[1])
+    cp = ControlPlaneThread([str(md.path)], translate=opts, ca_dir=str(tmp_path / "ca"), xds_tls=False).start()
+    envoys: list[MeshEnvoy] = []
+    agent: AgentProcess | None = None
+    try:
+        with echo_backends(("legacy-db", "127.0.8.5")) as (db,):
+            envoys.append(MeshEnvoy(kenv, gw_cg, "node~gw", cp.xds_port))
+            envoys.append(MeshEnvoy(kenv, proxy_cg, "node~a", cp.xds_port))
+            for proxy in ("node~gw", "node~a"):
+                wait_until(lambda p=proxy: proxy_synced(cp.admin_json("/debug/proxies"), p,
+                                                        ("listeners", "clusters", "secrets")), 20, f"{proxy} SYNCED")
+            status = {s["metadata"]["name"]: s["status"] for s in cp.admin_json("/debug/status")
+                      if s["kind"] == "CiliumEgressGatewayPolicy"}
+            assert not any("unauthenticated" in i for i in status["legacy"].get("issues", [])), status
+            agent = AgentProcess(kenv, xds_port=cp.xds_port, node="a", proxy_cgroup=proxy_cg,
+                                 proxy_address=f"127.0.0.1:{capture_port}", sockmap=False)
+
+            def ready() -> dict[str, Any] | None:
+                p = cp.admin_json("/debug/proxies").get("agent~a")
+                if p and p["types"].get("redirects", {}).get("state") == "NACKED":
+                    raise Fatal(f"agent~a NACKed: {p['types']['redirects']['last_nack']}")
+                rep = (p or {}).get("reported") or {}
+                return dict(rep) if rep.get("map_entries", {}).get("cilia_egress") == 1 else None
+
+            wait_until(ready, READY_TIMEOUT, "agent~a policy applied")
+            db_url = f"http://127.0.8.5:{db.port}/"
+            seen = ""
+            for _ in range(40):  # the node identity secret may follow the listener by a moment
+                seen = peer(kenv, client_cg, db_url, CLIENT_IP)
+                if seen == EGRESS_IPS[0]:
+                    break
+                time.sleep(0.1)
+            assert seen == EGRESS_IPS[0]
+            assert peer(kenv, other_cg, db_url, OTHER_IP) == OTHER_IP  # not selected: its own source
+            client_stats = envoys[1].stats("ssl.handshake")
+            assert client_stats.get("cluster.egress|legacy|tunnel|shop/default.ssl.handshake", 0) >= 1, client_stats
+            gw_stats = envoys[0].stats("ssl.handshake")
+            assert gw_stats.get(f"listener.127.0.0.1_{tunnel_port}.ssl.handshake", 0) >= 1, gw_stats
+            assert tunnels(envoys[0]) >= 1
+    except BaseException:
         for e in envoys:
             print(e.proxy, e.tail())
         if agent is not None:

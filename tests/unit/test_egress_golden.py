@@ -62,7 +62,24 @@ def run_case(case: Path) -> dict[str, Any]:
 
 
 def test_cases_present() -> None:
-    assert {"basic", "overlap", "no-gateway", "interface"} <= {c.name for c in CASES}
+    assert {"basic", "overlap", "no-gateway", "interface", "mtls"} <= {c.name for c in CASES}
+
+
+def test_mtls_tunnel_names_the_certificates_both_sides_need() -> None:
+    """With a trust domain each gateway node's bundle names its node identity, and the client node's
+    bundle names the certificate of the ServiceAccount its tunnel chain presents."""
+    from cilia.ir.model import WorkloadCert
+
+    case = GOLDEN_EGRESS / "mtls"
+    _, result, _ = translate_case(case, case_options(case, DEFAULTS))
+    certs = {b.key: b.workload_certs for b in result.ir.bundles if b.workload_certs}
+    for gw in ("gw", "gw2"):
+        assert certs[f"egress/gateway/{gw}"] == (WorkloadCert("cilia-node-identity", "", "", node=gw),)
+    assert WorkloadCert("cilia-workload/shop/default", "shop", "default") in certs["mesh/node/a"]
+    # Without one: no certificates, and the policy says its tunnel is unauthenticated.
+    _, plain, _ = translate_case(GOLDEN_EGRESS / "basic", case_options(GOLDEN_EGRESS / "basic", DEFAULTS))
+    assert not any(b.workload_certs for b in plain.ir.bundles)
+    assert any("unauthenticated" in i.message and i.severity == "warning" for i in plain.issues)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -263,3 +263,17 @@ def test_denials_are_counted_per_policy() -> None:
                                 ("CiliumNetworkPolicy pay/a", "default-deny"): 1,
                                 ("CiliumClusterwideNetworkPolicy b", "default-deny"): 1,
                                 ("(unknown)", "default-deny"): 1}
+
+
+def test_node_identity_certificates_for_egress_gateways(tmp_path: Path) -> None:
+    """A WorkloadCert naming a node is issued as `spiffe://TD/node/NODE`, apart from any ServiceAccount."""
+    init_ca_dir(tmp_path / "ca", TD)
+    wc = WorkloadCertificates(CaDirSource(tmp_path / "ca"))
+    node = WorkloadCert("cilia-node-identity", "", "", node="gw")
+    sa = WorkloadCert("cilia-workload", "gw", "default")  # would clash with a (namespace, sa) key scheme
+    secrets = {s.name: s for b in wc.apply(_model(node, sa)).bundles for s in b.secrets}
+    assert _uri(secrets["cilia-node-identity"].certificate_chain) == [f"spiffe://{TD}/node/gw"]
+    assert _uri(secrets["cilia-workload"].certificate_chain) == [f"spiffe://{TD}/ns/gw/sa/default"]
+    assert wc.issued_total == 2
+    wc.apply(_model(node))
+    assert [c["uri"] for c in wc.summary()["certificates"]] == [f"spiffe://{TD}/node/gw"]

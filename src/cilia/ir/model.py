@@ -425,6 +425,7 @@ class WorkloadCert:
     secret: str
     namespace: str
     service_account: str
+    node: str = ""  # set: the node identity `spiffe://TD/node/NODE` instead (an egress gateway's server side)
 
 
 @dataclass(frozen=True, slots=True)

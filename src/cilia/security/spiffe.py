@@ -2,6 +2,7 @@
 
 - `spiffe://TD/proxy/ROLE/NAME`  a proxy's xDS client identity; NAME keeps its `/` (`sidecar/ns/pod`)
 - `spiffe://TD/ns/NS/sa/SA`      a workload (ServiceAccount) identity
+- `spiffe://TD/node/NODE`        a node proxy acting for its node (the egress gateway's tunnel listener)
 - `spiffe://TD/admin/NAME`       an operator or tool allowed to read every proxy's config (CSDS)
 - `spiffe://TD/cilia/xds`        the control plane itself (the xDS server certificate)
 """
@@ -34,6 +35,10 @@ def proxy_id_uri(td: str, proxy: ProxyId) -> str:
 
 def workload_uri(td: str, namespace: str, service_account: str) -> str:
     return f"spiffe://{td}/ns/{namespace}/sa/{service_account or 'default'}"
+
+
+def node_uri(td: str, node: str) -> str:
+    return f"spiffe://{td}/node/{node}"
 
 
 def admin_uri(td: str, name: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from cilia.ir.model import TRUST_BUNDLE_SECRET, Bundle, MeshIR, Secret
 from cilia.security.ca import DEFAULT_LEAF_TTL, CertificateAuthority
-from cilia.security.spiffe import workload_uri
+from cilia.security.spiffe import node_uri, workload_uri
 
 log = logging.getLogger("cilia.workload")
 RENEW_FRACTION = 2 / 3
@@ -80,12 +80,12 @@ class WorkloadCertificates:
         return self.ca_source().trust_domain
 
     # -- the build side -------------------------------------------------------------------------------
-    def _current(self, ca: CertificateAuthority, namespace: str, sa: str, now: float) -> Issued:
-        key = (namespace, sa)
+    def _current(self, ca: CertificateAuthority, namespace: str, sa: str, now: float, node: str = "") -> Issued:
+        key = ("", f"node/{node}") if node else (namespace, sa)  # no namespace is empty: no clash
         found = self._certs.get(key)
         if found is not None and found.ca_serial == ca.cert.serial_number and now < found.renew_at:
             return found
-        uri = workload_uri(ca.trust_domain, namespace, sa)
+        uri = node_uri(ca.trust_domain, node) if node else workload_uri(ca.trust_domain, namespace, sa)
         leaf = ca.issue(uris=[uri], ttl=self.ttl, server=True, client=True)
         life = max(1.0, (leaf.not_after - dt.datetime.now(dt.UTC)).total_seconds())  # capped by the CA's own life
         issued = Issued(namespace, sa, uri, leaf.cert_pem, leaf.key_pem, now, life, leaf.not_after,
@@ -116,10 +116,11 @@ class WorkloadCertificates:
                 secrets = [trust]
                 shown = []
                 for wc in b.workload_certs:
-                    issued = self._current(ca, wc.namespace, wc.service_account, now)
-                    used.add((wc.namespace, wc.service_account))
+                    issued = self._current(ca, wc.namespace, wc.service_account, now, wc.node)
+                    used.add(("", f"node/{wc.node}") if wc.node else (wc.namespace, wc.service_account))
+                    source = f"Node {wc.node}" if wc.node else f"ServiceAccount {wc.namespace}/{wc.service_account}"
                     secrets.append(Secret(wc.secret, certificate_chain=issued.cert_pem, private_key=issued.key_pem,
-                                          sources=(f"ServiceAccount {wc.namespace}/{wc.service_account}",)))
+                                          sources=(source,)))
                     shown.append(Served(wc.secret, issued.uri, _serial(issued.cert_pem), issued.not_after.isoformat()))
                 key = f"{b.key}|workload-certs"
                 extra.append(Bundle(key, b.scope, secrets=tuple(secrets), sources=b.sources))

@@ -19,6 +19,11 @@ Envoy config (`egress_parts`, `gateway_bundles`):
   manager terminating CONNECT whose routes pick, by policy header, the ORIGINAL_DST cluster
   `egress|POLICY|upstream` that connects to the authority with its source bound to the egress IP.
   Unknown policies get no route (404).
+* with mesh mTLS (`mesh_trust_domain`): the client chains and tunnel clusters are per node and selected
+  ServiceAccount (`egress|POLICY|tunnel|NS/SA`, presenting that workload's certificate, accepting only a
+  node identity `spiffe://TD/node/` as the gateway); the gateway listener has one mTLS chain requiring
+  a workload certificate of the trust domain and serving the node identity (`WorkloadCert(node=GW)`).
+  Without it the tunnel is plaintext and each policy carries a warning that it is unauthenticated.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from cilia.diagnostics import Issue
 from cilia.ir.model import (
+    TRUST_BUNDLE_SECRET,
     Backend,
     Bundle,
     Cluster,
@@ -43,8 +49,12 @@ from cilia.ir.model import (
     RouteConfig,
     RouteMatch,
     TcpApp,
+    TlsTermination,
     Tunnel,
+    UpstreamTls,
     VirtualHost,
+    WorkloadCert,
+    workload_secret_name,
 )
 from cilia.k8s.core import NodeSpec
 from cilia.k8s.egress import EGRESS_KIND, EgressPolicySpec
@@ -63,6 +73,11 @@ class EgressPod:
     key: str  # NAMESPACE/NAME
     node: str
     ips: tuple[str, ...]
+    service_account: str = "default"
+
+    @property
+    def namespace(self) -> str:
+        return self.key.partition("/")[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +223,7 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
                 lost.setdefault(winner, []).append(p.key)
                 continue
             claimed.setdefault(p.key, []).append((ref, dests))
-            steered.append(EgressPod(p.key, p.node, p.ips))
+            steered.append(EgressPod(p.key, p.node, p.ips, p.service_account))
         if not_node:
             mine.append(Issue(ref, "spec.selectors", f"selects {len(not_node)} pod(s) not in mesh mode node, whose "
                               f"connections are not steered: {_listed(not_node)}", severity="warning"))
@@ -216,6 +231,10 @@ def compile_egress(snapshot: InputSnapshot, opts: TranslateOptions) -> CompiledE
             mine.append(Issue(ref, "spec.destinationCIDRs", f"overlaps the older {winner} for {len(keys)} pod(s) "
                               f"({_listed(keys)}); the older policy wins for them", severity="warning"))
         served = bool(gateways) and bool(dests) and not any(i.severity == "error" for i in mine)
+        if served and not opts.mesh_trust_domain:
+            mine.append(Issue(ref, "spec.egressGateway", "the tunnel to the gateway nodes is unauthenticated (no CA: "
+                              "mesh mTLS is off): any client that reaches a gateway's tunnel port can egress "
+                              "from its egress IP", severity="warning"))
         if served and steered:
             plans.append(EgressPlan(ref, tuple(steered), tuple(str(d) for d in dests), gateways, egress_ip,
                                     addresses))
@@ -257,6 +276,7 @@ TUNNEL_HEALTH_CHECK_MS = 1000  # how soon a gateway whose Envoy is gone stops ge
 NODE_IP = "node-ip"  # egress_tunnel_address: bind each gateway's tunnel listener to its node's address
 GATEWAY_LISTENER = "egress|gateway"
 GATEWAY_ROUTES = "egress|gateway"
+GATEWAY_CERT_SECRET = "cilia-node-identity"  # with mesh mTLS: the gateway node's own certificate (SDS)
 
 
 def _policy_name(plan: EgressPlan) -> str:
@@ -271,25 +291,52 @@ def upstream_cluster_name(plan: EgressPlan) -> str:
     return f"egress|{_policy_name(plan)}|upstream"
 
 
-def egress_parts(plans: Iterable[EgressPlan], opts: TranslateOptions
+def gateway_san_prefix(td: str) -> str:
+    """What a client accepts as the gateway: a node identity, which only node proxies are issued."""
+    return f"spiffe://{td}/node/"
+
+
+def tunnel_client_san_prefix(td: str) -> str:
+    """What a gateway accepts as a client: a workload identity (ServiceAccount) of the trust domain."""
+    return f"spiffe://{td}/ns/"
+
+
+def egress_parts(plans: Iterable[EgressPlan], opts: TranslateOptions, node: str = ""
                  ) -> list[tuple[FilterChain, None, list[Cluster]]]:
-    """The node capture listener's chains (with their clusters) that tunnel selected pods' connections."""
+    """The node capture listener's chains (with their clusters) that tunnel selected pods' connections.
+
+    Without mesh mTLS one chain per policy, shared by every node. With it (`node` given) one chain per
+    policy and ServiceAccount of the selected pods on `node`: the tunnel is mTLS with that workload's
+    certificate, and the gateway must show a node identity of the trust domain."""
+    td = opts.mesh_trust_domain
     parts: list[tuple[FilterChain, None, list[Cluster]]] = []
     for plan in plans:
         if not plan.gateway_addresses:
             continue
-        sources = tuple(sorted({f"{ip}/32" for pod in plan.pods for ip in pod.ips if _is_v4(ip)}))
-        if not sources:
-            continue
-        tunnel = Cluster(tunnel_cluster_name(plan), discovery="STATIC", protocol="http2", lb_policy="RING_HASH",
-                         static_endpoints=tuple(Endpoint(a, opts.egress_tunnel_port)
-                                                for a in dict.fromkeys(a for _, a in plan.gateway_addresses)),
-                         tcp_health_check_ms=TUNNEL_HEALTH_CHECK_MS, sources=(plan.policy,))
-        name = f"egress|{_policy_name(plan)}"
-        app = TcpApp((Backend(tunnel.name),), stat_prefix=name.replace("|", "_"), hash_source_ip=True,
-                     tunnel=Tunnel("%DOWNSTREAM_LOCAL_ADDRESS%", ((POLICY_HEADER, _policy_name(plan)),)))
-        parts.append((FilterChain(name, app, destination_cidrs=plan.destinations, source_cidrs=sources),
-                      None, [tunnel]))
+        groups: dict[tuple[str, str], list[EgressPod]] = {}
+        for pod in plan.pods:
+            if not td:
+                groups.setdefault(("", ""), []).append(pod)
+            elif pod.node == node:
+                groups.setdefault((pod.namespace, pod.service_account), []).append(pod)
+        for (ns, sa), pods in sorted(groups.items()):
+            sources = tuple(sorted({f"{ip}/32" for pod in pods for ip in pod.ips if _is_v4(ip)}))
+            if not sources:
+                continue
+            suffix = f"|{ns}/{sa}" if td else ""
+            tls = UpstreamTls(ca_secret=TRUST_BUNDLE_SECRET, alpn=("h2",), cert_secret=workload_secret_name(ns, sa),
+                              san_prefix=gateway_san_prefix(td)) if td else None
+            tunnel = Cluster(tunnel_cluster_name(plan) + suffix, discovery="STATIC", protocol="http2",
+                             lb_policy="RING_HASH",
+                             static_endpoints=tuple(Endpoint(a, opts.egress_tunnel_port)
+                                                    for a in dict.fromkeys(a for _, a in plan.gateway_addresses)),
+                             tcp_health_check_ms=TUNNEL_HEALTH_CHECK_MS, upstream_tls=tls, sources=(plan.policy,))
+            name = f"egress|{_policy_name(plan)}" + (f"|sa:{ns}/{sa}" if td else "")
+            stat = f"egress|{_policy_name(plan)}" + (f"|{ns}|{sa}" if td else "")
+            app = TcpApp((Backend(tunnel.name),), stat_prefix=stat.replace("|", "_"), hash_source_ip=True,
+                         tunnel=Tunnel("%DOWNSTREAM_LOCAL_ADDRESS%", ((POLICY_HEADER, _policy_name(plan)),)))
+            parts.append((FilterChain(name, app, destination_cidrs=plan.destinations, source_cidrs=sources),
+                          None, [tunnel]))
     return parts
 
 
@@ -318,10 +365,23 @@ def gateway_bundles(plans: Iterable[EgressPlan], opts: TranslateOptions) -> list
             if node not in address_of:
                 continue  # no address: no tunnel endpoint points here either
             address = address_of[node]
-        listener = Listener(GATEWAY_LISTENER, address, opts.egress_tunnel_port, (),
-                            default_chain=FilterChain(GATEWAY_LISTENER, app), direction="outbound",
-                            sources=tuple(p.policy for p in mine))
+        td = opts.mesh_trust_domain
+        certs: tuple[WorkloadCert, ...] = ()
+        if td:
+            # Only mesh proxies' tunnels: a client certificate of a workload of the trust domain is
+            # required (no matching chain for plaintext: refused); the server side is the node identity.
+            tls = TlsTermination((GATEWAY_CERT_SECRET,), alpn=("h2",), client_ca_secret=TRUST_BUNDLE_SECRET,
+                                 san_prefix=tunnel_client_san_prefix(td))
+            certs = (WorkloadCert(GATEWAY_CERT_SECRET, "", "", node=node),)
+            listener = Listener(GATEWAY_LISTENER, address, opts.egress_tunnel_port,
+                                (FilterChain(f"{GATEWAY_LISTENER}|mtls", app, tls=tls),),
+                                listener_filters=("tls_inspector",), direction="outbound",
+                                sources=tuple(p.policy for p in mine))
+        else:
+            listener = Listener(GATEWAY_LISTENER, address, opts.egress_tunnel_port, (),
+                                default_chain=FilterChain(GATEWAY_LISTENER, app), direction="outbound",
+                                sources=tuple(p.policy for p in mine))
         bundles.append(Bundle(f"egress/gateway/{node}", ProxyScope(frozenset({"node"}), frozenset({node})),
                               listeners=(listener,), routes=(rc,), clusters=tuple(clusters),
-                              sources=tuple(p.policy for p in mine)))
+                              sources=tuple(p.policy for p in mine), workload_certs=certs))
     return bundles

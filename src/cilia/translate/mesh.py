@@ -587,7 +587,10 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
         sources = _node_sources(pods, issues)
         shared_parts = [p for sp in services for p in [out.chain(sp, "")] if p is not None]
         # Egress gateway policies: selected pods' connections to their destinations go through a tunnel.
-        shared_parts.extend(egress_parts(compile_egress(snapshot, opts).plans, opts))
+        # With mTLS the tunnels are per node and identity (below).
+        egress_plans = compile_egress(snapshot, opts).plans
+        if mtls is None:
+            shared_parts.extend(egress_parts(egress_plans, opts))
         if mtls is None:
             parts = list(shared_parts)
             for sp in services:
@@ -609,6 +612,7 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
             for (ns, sa), cidrs in sorted(identities.items()):
                 ident = Identity(workload_secret_name(ns, sa), node, f"|{ns}/{sa}", cidrs, f"sa:{ns}/{sa}")
                 parts.extend(mtls.part(p, ident) for sp in services for p in [out.chain(sp, ns)] if p is not None)
+            parts.extend(egress_parts(egress_plans, opts, node))
             outbound = _outbound_listener(NODE_OUTBOUND_LISTENER, opts.mesh_capture_address, opts, parts, ())
             for p in on_node:
                 mode_of(p.namespace)
