@@ -51,7 +51,11 @@ class Envoy:
              "--disable-hot-restart", "--concurrency", "1"],
             stdout=logf, stderr=subprocess.STDOUT)
         if wait_ready:
-            self.wait_admin(timeout)
+            try:
+                self.wait_admin(timeout)
+            except BaseException:
+                self.stop()  # the caller never gets this Envoy to stop it
+                raise
         return self
 
     def wait_admin(self, timeout: float = 20.0) -> None:
