@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import percentile, rss_mb
-from bench.xds_bench import ROUTE_NAME, Server, _expect
+from bench.xds_bench import ROUTE_NAME, Server, _expect, stop_workers
 from bench.xds_clients import ClientSpec, worker_main
 from cilia.identity import ProxyId
 from cilia.security.ca import init_ca_dir, write_credentials
@@ -175,15 +175,7 @@ def run(clients: int = 200, changes: int = 10, handshakes: int = 2000, idle: int
     finally:
         if attacker is not None and attacker.is_alive():
             attacker.terminate()
-        for _, conn in workers:
-            try:
-                conn.send(("stop",))
-            except (OSError, BrokenPipeError):
-                pass
-        for p, _ in workers:
-            p.join(15)
-            if p.is_alive():
-                p.terminate()
+        stop_workers(workers)
         server.stop()
     return out
 

@@ -250,18 +250,23 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
             out["metrics_scrape_ms"] = (time.monotonic() - t) * 1000
             out["metrics_lines"] = len(text.splitlines())
     finally:
-        for _, conn in workers:
-            try:
-                conn.send(("stop",))
-            except (OSError, BrokenPipeError):
-                pass
-        for p, _ in workers:
-            p.join(15)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+        stop_workers(workers)
         server.stop()
     return out
+
+
+def stop_workers(workers: list[tuple[Any, Any]]) -> None:
+    """Ask every client worker process to stop; terminate those that do not within 15 s."""
+    for _, conn in workers:
+        try:
+            conn.send(("stop",))
+        except (OSError, BrokenPipeError):
+            pass
+    for p, _ in workers:
+        p.join(15)
+        if p.is_alive():
+            p.terminate()
+            p.join(5)
 
 
 def _expect(workers: list[tuple[Any, Any]], marker: int,
