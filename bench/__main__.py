@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--routes", type=int, default=10_000, help="translation: routes (default 10000)")
     p.add_argument("--envoy-routes", type=int, default=1000, help="real Envoy: routes (default 1000)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: xds,translate,envoy")
-    p.add_argument("--profile", type=Path, default=None, help="py-spy the cilia server into this folder")
+    p.add_argument("--profile", type=Path, default=None, help="py-spy the cilia and floor servers into this folder")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     started = time.monotonic()
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers = [x for x in args.servers.split(",") if x and not (args.no_floor and x == "floor")]
                 for server in servers:
                     prof = None
-                    if args.profile is not None and server == "cilia":
+                    if args.profile is not None and server in ("cilia", "floor"):
                         args.profile.mkdir(parents=True, exist_ok=True)
-                        prof = args.profile / f"cilia-{variant}-{n}.txt"
+                        prof = args.profile / f"{server}-{variant}-{n}.txt"
                     changes = args.changes if n <= 1000 else max(3, args.changes // 2)
                     r = run_case(XdsCase(server, n, variant == "delta", changes), profile=prof)
                     print(f"  {server} {variant} {n}: all ACKed p50 {r['all_acked_p50_ms']:.0f} ms, "

@@ -287,3 +287,57 @@ def test_status_registry_forgets_old_disconnected_proxies() -> None:
     reg.connected("node~n1", "delta", "envoy")
     assert set(reg.proxies) == {"sidecar~ns/p3", "sidecar~ns/p4", "node~n1"}
     assert reg.proxies["node~n1"].streams == 1
+
+
+# -- Fan-out: streams in the same state share their diff, yet keep their own protocol state ---------------
+async def test_delta_streams_share_state_until_one_diverges(h: Harness) -> None:
+    calls = [Call(h.ads(h.channel()).DeltaAggregatedResources()) for _ in range(3)]
+    first = []
+    for i, call in enumerate(calls):
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(f"node~p{i}"), type_url=ENDPOINT,
+                                                             resource_names_subscribe=["c1", "c2"]))
+        r = await read(call)
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, response_nonce=r.nonce))
+        first.append(r)
+    await asyncio.sleep(0.1)
+    streams = [h.server.streams[f"node~p{i}"][0] for i in range(3)]
+    known = [s.types[ENDPOINT].known for s in streams]
+    assert known[0] is known[1] is known[2], "streams in the same state share one mapping of what they hold"
+    # The third proxy unsubscribes from c2: its state is copied, the others' is untouched.
+    await calls[2].write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, resource_names_unsubscribe=["c2"]))
+    await asyncio.sleep(0.1)
+    assert dict(streams[0].types[ENDPOINT].known) == {r.name: r.version for r in first[0].resources}
+    assert set(streams[2].types[ENDPOINT].known) == {"c1"}
+    h.cache.set_world(world(endpoints={"c1": 1111, "c2": 2222}, gen=2))
+    out = [await read(c) for c in calls]
+    assert [sorted(x.name for x in r.resources) for r in out] == [["c1", "c2"], ["c1", "c2"], ["c1"]]
+    # Each stream has its own nonce sequence, and each ACK is tracked per stream.
+    assert out[0].nonce == out[1].nonce == out[2].nonce == "2"
+    await calls[0].write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, response_nonce=out[0].nonce))
+    await calls[1].write(discovery_pb2.DeltaDiscoveryRequest(
+        type_url=ENDPOINT, response_nonce=out[1].nonce, error_detail=status_pb2.Status(code=3, message="bad")))
+    await asyncio.sleep(0.1)
+    states = [h.status.proxies[f"node~p{i}"].types[ENDPOINT].state for i in range(3)]
+    assert states == ["SYNCED", "NACKED", "STALE"]
+    for c in calls:
+        c.cancel()
+
+
+def test_config_cache_reselects_bundles_only_when_scopes_change() -> None:
+    from cilia.identity import ProxyId
+    from cilia.ir import model as ir
+    from cilia.render.world import render_world
+    from cilia.xds.cache import ConfigCache
+
+    def scoped(names: frozenset[str] | None, cluster: str) -> Any:
+        b = ir.Bundle("b", ir.ProxyScope(frozenset({"node"}), names=names), clusters=(ir.Cluster(cluster),))
+        return render_world(ir.MeshIR((b,)))
+
+    cache = ConfigCache()
+    n1, n2 = ProxyId.parse("node~n1"), ProxyId.parse("node~n2")
+    cache.set_world(scoped(frozenset({"n1"}), "a"))
+    assert set(cache.resources_for(n1).of(CLUSTER)) == {"a"} and not cache.resources_for(n2).of(CLUSTER)
+    cache.set_world(scoped(frozenset({"n1"}), "b"))  # same scopes, new content: the selection is kept
+    assert set(cache.resources_for(n1).of(CLUSTER)) == {"b"} and not cache.resources_for(n2).of(CLUSTER)
+    cache.set_world(scoped(frozenset({"n2"}), "b"))  # the scope moved: selected again
+    assert not cache.resources_for(n1).of(CLUSTER) and set(cache.resources_for(n2).of(CLUSTER)) == {"b"}

@@ -133,17 +133,34 @@ class RenderedWorld:
         self.node_labels = node_labels
         self.issues = issues
         self.generation = generation
-        self._by_keys: dict[tuple[str, ...], ProxyResources] = {}
+        self._by_keys: dict[tuple[int, ...], ProxyResources] = {}
+        self._selection_key: tuple[object, ...] | None = None
 
     def bundles_for(self, proxy: ProxyId) -> tuple[RenderedBundle, ...]:
         return tuple(b for b in self.bundles if b.scope.matches(proxy.role, proxy.name, self.node_labels))
 
+    def selection_key(self) -> tuple[object, ...]:
+        """What decides which bundles a proxy receives: worlds with equal keys select alike."""
+        key = self._selection_key
+        if key is None:
+            key = self._selection_key = (tuple((b.key, b.scope) for b in self.bundles), self.node_labels)
+        return key
+
+    def keys_for(self, proxy: ProxyId) -> tuple[int, ...]:
+        """Which of `bundles` (by position) `proxy` receives; the same in any world with an equal
+        `selection_key`."""
+        labels = self.node_labels
+        return tuple(i for i, b in enumerate(self.bundles) if b.scope.matches(proxy.role, proxy.name, labels))
+
     def for_proxy(self, proxy: ProxyId) -> ProxyResources:
-        chosen = self.bundles_for(proxy)
-        keys = tuple(b.key for b in chosen)
+        return self.view_of(self.keys_for(proxy))
+
+    def view_of(self, keys: tuple[int, ...]) -> ProxyResources:
+        """The view of a proxy that receives the bundles at positions `keys` (as `keys_for` gives them)."""
         cached = self._by_keys.get(keys)
         if cached is not None:
             return cached
+        chosen = [self.bundles[i] for i in keys]
         by_type: dict[str, dict[str, Resource]] = {}
         for b in chosen:
             for type_url, resources in b.resources.items():
@@ -155,7 +172,7 @@ class RenderedWorld:
             endpoints = {**self.pool, **by_type[ENDPOINT]}
         frozen: dict[str, Mapping[str, Resource]] = {t: MappingProxyType(v) for t, v in by_type.items()}
         frozen[ENDPOINT] = MappingProxyType(dict(endpoints)) if endpoints is not self.pool else self.pool
-        result = ProxyResources(frozen, keys)
+        result = ProxyResources(frozen, tuple(b.key for b in chosen))
         self._by_keys[keys] = result
         return result
 

@@ -8,6 +8,8 @@ from types import MappingProxyType
 from cilia.identity import ProxyId
 from cilia.render.world import ProxyResources, RenderedWorld
 
+MAX_REMEMBERED_PROXIES = 100_000  # bundle selections kept across worlds; past that they are recomputed
+
 
 def empty_world() -> RenderedWorld:
     return RenderedWorld((), MappingProxyType({}), MappingProxyType({}), (), 0)
@@ -18,6 +20,7 @@ class ConfigCache:
         self._world = empty_world()
         self._wakers: set[asyncio.Event] = set()
         self._views: dict[ProxyId, ProxyResources] = {}  # per proxy, for the current world
+        self._keys: dict[ProxyId, tuple[int, ...]] = {}  # per proxy, its bundles' keys while scopes stay
         self.ready = False  # set once the first real world is in
 
     @property
@@ -25,6 +28,8 @@ class ConfigCache:
         return self._world
 
     def set_world(self, world: RenderedWorld) -> None:
+        if world.selection_key() != self._world.selection_key():
+            self._keys = {}  # scopes or node labels changed: which bundles a proxy gets may have too
         self._world = world
         self._views = {}
         self.ready = True
@@ -35,7 +40,13 @@ class ConfigCache:
         """Each stream asks on every pass; matching scopes once per proxy and world keeps that O(1)."""
         view = self._views.get(proxy)
         if view is None:
-            view = self._views[proxy] = self._world.for_proxy(proxy)
+            # While no bundle's scope changed, a proxy's bundles are the same ones: no matching per change.
+            keys = self._keys.get(proxy)
+            if keys is None:
+                if len(self._keys) >= MAX_REMEMBERED_PROXIES:
+                    self._keys.clear()
+                keys = self._keys[proxy] = self._world.keys_for(proxy)
+            view = self._views[proxy] = self._world.view_of(keys)
         return view
 
     def register(self, waker: asyncio.Event) -> None:

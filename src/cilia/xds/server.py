@@ -330,18 +330,17 @@ class XdsServer:
         pstatus.node = node
         pstatus.peer = peer_certificate(context)
         self.observer.stream_opened(proxy.role, variant)
-        write_lock = asyncio.Lock()
-
         max_send = self.limits.max_send_bytes
+        context_write = context.write
 
         async def write(payload: bytes) -> None:
+            # Only the stream's writer task writes, one response at a time: no lock needed.
             if len(payload) > max_send:
                 # grpc would fail the write deep inside its batch code; end the stream with a clear status.
                 raise _StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"response for {proxy} is {len(payload)} bytes, over the server's "
                                    f"max_send_bytes ({max_send})")
-            async with write_lock:
-                await context.write(payload)
+            await context_write(payload)
 
         cls = DeltaStream if delta else SotwStream
         stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream,
@@ -402,8 +401,9 @@ class XdsServer:
             try:
                 if delta:
                     assert isinstance(stream, DeltaStream)
+                    versions = req.initial_resource_versions
                     stream.handle(type_url, req.resource_names_subscribe, req.resource_names_unsubscribe,
-                                  dict(req.initial_resource_versions), req.response_nonce, error)
+                                  dict(versions) if versions else {}, req.response_nonce, error)
                 else:
                     assert isinstance(stream, SotwStream)
                     stream.handle(type_url, req.version_info, req.resource_names, req.response_nonce, error)

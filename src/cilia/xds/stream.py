@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from cilia.identity import ProxyId
 from cilia.render.resources import (
@@ -28,7 +29,7 @@ from cilia.render.resources import (
 )
 from cilia.render.world import ProxyResources
 from cilia.xds.hooks import XdsObserver
-from cilia.xds.status import ProxyStatus
+from cilia.xds.status import ProxyStatus, TypeStatus
 
 log = logging.getLogger("cilia.xds")
 
@@ -50,13 +51,119 @@ class StreamLimits:
 Writer = Callable[[bytes], Awaitable[None]]
 
 
-class ResponseMemo:
-    """Serialised response bodies shared by all streams: one change fanned out to a thousand proxies is
-    encoded once; each stream only appends its nonce (and, Delta, its removals). Bounded."""
+class Selection:
+    """What a subscription (wildcard, names) selects from one view of one type, and its version: shared by
+    every stream with that subscription to that view, so a change fanned out to many proxies selects and
+    hashes once. Never mutated."""
 
-    def __init__(self, limit: int = 1024) -> None:
+    __slots__ = ("resources", "sotw_head", "version")
+
+    def __init__(self, resources: Mapping[str, Resource], version: str) -> None:
+        self.resources = resources
+        self.version = version
+        self.sotw_head = b""  # SotW response up to the nonce, filled on first use
+
+
+class Transition:
+    """A Delta stream holding `known` (name -> version) of one type, subscribed to `names`, brought to
+    `sel`: what to send and what it holds afterwards. Streams in the same state share one transition, so
+    the diff and the response body are computed once per distinct state, not once per stream."""
+
+    __slots__ = ("absent", "after", "carried", "head", "known", "sel", "tail", "updates")
+
+    def __init__(self, known: Mapping[str, str], sel: Selection, updates: tuple[Resource, ...],
+                 absent: tuple[str, ...], after: Mapping[str, str], head: bytes, tail: bytes) -> None:
+        self.known = known  # held, so the id() in the memo key stays this object's
+        self.sel = sel
+        self.updates = updates
+        self.absent = absent
+        self.after = after
+        self.head = head  # the response before the nonce
+        self.tail = tail  # after it (removed names)
+        self.carried: tuple[tuple[str, ...], bool] = (tuple(r.name for r in updates), False)
+
+
+EMPTY_KNOWN: Mapping[str, str] = MappingProxyType({})
+
+
+class ResponseMemo:
+    """Selections, Delta transitions and serialised response bodies shared by all streams: one change fanned
+    out to a thousand proxies is selected, diffed and encoded once per distinct subscription and state;
+    each stream only appends its nonce. Bounded: past `limit` entries a table starts over."""
+
+    def __init__(self, limit: int = 4096) -> None:
         self._prefixes: dict[tuple[object, ...], bytes] = {}
+        self._selections: dict[tuple[object, ...], Selection] = {}
+        self._transitions: dict[tuple[object, ...], Transition] = {}
         self.limit = limit
+
+    def select(self, view: ProxyResources, type_url: str, wildcard: bool, names: frozenset[str]) -> Selection:
+        """The resources of `type_url` in `view` that a stream subscribed to `names` (and "*" when
+        `wildcard`) receives, with their version."""
+        key = (view, type_url, wildcard, names)
+        sel = self._selections.get(key)
+        if sel is None:
+            resources = view.of(type_url)
+            if wildcard:
+                # Every named resource that exists is covered by the wildcard already.
+                sel = Selection(resources, view.version(type_url))
+            else:
+                chosen = {n: resources[n] for n in sorted(names) if n in resources}
+                sel = Selection(chosen, set_version(chosen.values()))
+            if len(self._selections) >= self.limit:
+                self._selections.clear()
+            self._selections[key] = sel
+        return sel
+
+    def transition(self, type_url: str, known: Mapping[str, str], sel: Selection,
+                   names: frozenset[str]) -> Transition:
+        """Delta updates: what `sel` has that `known` lacks at that version, and subscribed names that do
+        not exist (said once, as removed)."""
+        key = (type_url, id(known), id(sel), names)
+        tr = self._transitions.get(key)
+        if tr is None or tr.known is not known or tr.sel is not sel:
+            desired = sel.resources
+            updates = tuple(r for n, r in desired.items() if known.get(n) != r.version)
+            absent = tuple(n for n in sorted(names) if n not in desired and n not in known)
+            after = dict(known)
+            for r in updates:
+                after[r.name] = r.version
+            for n in absent:
+                after[n] = ""
+            tr = self._new_transition(key, known, sel, updates, absent, after if (updates or absent) else known,
+                                      type_url)
+        return tr
+
+    def removals(self, type_url: str, known: Mapping[str, str], sel: Selection,
+                 names: frozenset[str]) -> Transition:
+        """Delta removals: what `known` holds that `sel` no longer has (`updates` is empty)."""
+        key = ("-", type_url, id(known), id(sel), names)
+        tr = self._transitions.get(key)
+        if tr is None or tr.known is not known or tr.sel is not sel:
+            desired = sel.resources
+            gone = tuple(n for n, v in known.items() if v and n not in desired)
+            after = {n: ("" if n in gone else v) for n, v in known.items() if n in names or n not in gone}
+            tr = self._new_transition(key, known, sel, (), gone, after if gone else known, type_url)
+        return tr
+
+    def _new_transition(self, key: tuple[object, ...], known: Mapping[str, str], sel: Selection,
+                        updates: tuple[Resource, ...], absent: tuple[str, ...], after: Mapping[str, str],
+                        type_url: str) -> Transition:
+        head = b"".join([field_bytes(1, sel.version.encode()), *(field_bytes(2, r.delta_bytes) for r in updates),
+                         field_bytes(4, type_url.encode())])
+        tail = b"".join(field_bytes(6, n.encode()) for n in absent)
+        tr = Transition(known, sel, updates, absent, after, head, tail)
+        if len(self._transitions) >= self.limit:
+            self._transitions.clear()
+        self._transitions[key] = tr
+        return tr
+
+    def sotw_head(self, sel: Selection, type_url: str) -> bytes:
+        """The SotW response for a selection, up to the nonce."""
+        head = sel.sotw_head
+        if not head:
+            head = sel.sotw_head = self._prefix(False, sel.version, tuple(sel.resources.values()), type_url)
+        return head
 
     def _prefix(self, delta: bool, version: str, resources: tuple[Resource, ...], type_url: str) -> bytes:
         key = (delta, type_url, version, resources)
@@ -78,34 +185,40 @@ class ResponseMemo:
 
     def sotw(self, version: str, resources: Iterable[Resource], type_url: str, nonce: str) -> bytes:
         """Same bytes as `sotw_response`."""
-        return self._prefix(False, version, tuple(resources), type_url) + field_bytes(5, nonce.encode())
+        return self.sotw_prefix(version, resources, type_url) + field_bytes(5, nonce.encode())
+
+    def sotw_prefix(self, version: str, resources: Iterable[Resource], type_url: str) -> bytes:
+        return self._prefix(False, version, tuple(resources), type_url)
+
+
+# What a response in flight carried, by nonce: (monotonic sent, change seq, version sent, (names of the
+# resources carried, whether it was the whole set), event set on its ACK or None when nothing waits on it).
+Sent = tuple[float, int, str, tuple[tuple[str, ...], bool], asyncio.Event | None]
+MAX_IN_FLIGHT = 64  # responses remembered per type; a proxy that never ACKs must not grow this without bound
 
 
 @dataclass(slots=True)
 class _TypeState:
+    ts: TypeStatus
     initialized: bool = False
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()
     named: bool = False  # SotW: the stream has named resources for this type (ends legacy wildcard)
-    answer: set[str] = field(default_factory=set)  # Delta: unsubscribed while wildcard; say removed if not served
+    answer: set[str] | None = None  # Delta: unsubscribed while wildcard; say removed if not served
     nonce_seq: int = 0
     last_nonce: str = ""
-    # SotW: what the last response carried; Delta: what the client holds (name -> version, "" = absent)
-    sent: dict[str, Resource] = field(default_factory=dict)
-    known: dict[str, str] = field(default_factory=dict)
+    # SotW: what the last response carried. Delta: what the client holds (name -> version, "" = absent),
+    # never changed in place: streams in the same state share one mapping (see ResponseMemo.transition).
+    sent: Mapping[str, Resource] = field(default_factory=dict)
+    known: Mapping[str, str] = field(default_factory=lambda: EMPTY_KNOWN)
     sent_version: str = ""
     force: bool = False  # a request that must be answered even when nothing changed
-    pending_acks: dict[str, asyncio.Event] = field(default_factory=dict)
-    # nonce -> (monotonic sent, change seq, version sent)
-    sent_info: dict[str, tuple[float, int, str]] = field(default_factory=dict)
-    # nonce -> (names of the resources the response carried, whether it carried the whole set)
-    carried: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
+    in_flight: dict[str, Sent] = field(default_factory=dict)
     # A pass that completed against view version `synced_key` with no request since (`requests` still equal
     # to `synced_requests`) leaves nothing to do for that type until the view changes.
     synced_key: str = ""
     requests: int = 0
     synced_requests: int = -1
-    desired_memo: tuple[ProxyResources, int, Mapping[str, Resource]] | None = None  # Delta, named subscriptions
 
 
 class BaseStream:
@@ -116,7 +229,7 @@ class BaseStream:
                  observer: XdsObserver | None = None, memo: ResponseMemo | None = None) -> None:
         self.proxy = proxy
         self.observer = observer or XdsObserver()
-        self.memo = memo or ResponseMemo(limit=8)
+        self.memo = memo or ResponseMemo(limit=64)
         self._synced_seq = self.observer.change_seq
         self._change_driven = False  # the current sync pass carries a new change batch
         self._resources = resources
@@ -125,12 +238,14 @@ class BaseStream:
         self.allowed_types = allowed_types
         self.limits = limits
         self.types: dict[str, _TypeState] = {}
+        self._order: tuple[tuple[str, _TypeState], ...] = ()  # self.types in push order
         self.wake = asyncio.Event()
 
     def _state(self, type_url: str) -> _TypeState:
         st = self.types.get(type_url)
         if st is None:
-            st = self.types[type_url] = _TypeState()
+            st = self.types[type_url] = _TypeState(self.status.type(type_url))
+            self._order = tuple((t, self.types[t]) for t in self._ordered_types())
         return st
 
     def _next_nonce(self, st: _TypeState) -> str:
@@ -139,9 +254,13 @@ class BaseStream:
         return st.last_nonce
 
     def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
-        ts = self.status.type(type_url)
-        sent_at, seq, _ = st.sent_info.pop(nonce, (0.0, 0, ""))
-        ts.settle(st.carried.pop(nonce, None), error)
+        ts = st.ts
+        sent = st.in_flight.pop(nonce, None)
+        if sent is None:
+            sent_at, seq, carried, ev = 0.0, 0, None, None
+        else:
+            sent_at, seq, _, carried, ev = sent
+        ts.settle(carried, error)
         if error:
             self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
@@ -156,20 +275,15 @@ class BaseStream:
             ts.acks += 1
             ts.version_acked = version
             ts.acked_time = time.time()
-        ev = st.pending_acks.pop(nonce, None)
         if ev is not None:
             ev.set()
 
     async def _send(self, type_url: str, st: _TypeState, payload: bytes, version: str, count: int,
-                    nonce: str, names: tuple[str, ...] = (), complete: bool = False) -> asyncio.Event:
-        ev = asyncio.Event()
-        st.carried[nonce] = (names, complete)
-        if len(st.carried) > 64:
-            st.carried.pop(next(iter(st.carried)))
-        st.pending_acks[nonce] = ev
-        if len(st.pending_acks) > 64:  # a proxy that never ACKs must not grow this without bound
-            st.pending_acks.pop(next(iter(st.pending_acks)))
-        ts = self.status.type(type_url)
+                    nonce: str, carried: tuple[tuple[str, ...], bool]) -> asyncio.Event | None:
+        """Write one response. Returns an event set on its ACK for dependency types (make-before-break
+        waits on it); other types need none."""
+        ev = asyncio.Event() if type_url in DEPENDENCY_TYPES else None
+        ts = st.ts
         ts.version_sent = version
         ts.nonce_sent = nonce
         ts.resources_sent = count
@@ -178,17 +292,17 @@ class BaseStream:
             reason = "initial"
         else:
             reason = "change" if self._change_driven else "request"
-        seq = self._synced_seq if reason == "change" else 0
-        st.sent_info[nonce] = (time.monotonic(), seq, version)
-        if len(st.sent_info) > 64:
-            st.sent_info.pop(next(iter(st.sent_info)))
+        in_flight = st.in_flight
+        in_flight[nonce] = (time.monotonic(), self._synced_seq if reason == "change" else 0, version, carried, ev)
+        if len(in_flight) > MAX_IN_FLIGHT:
+            del in_flight[next(iter(in_flight))]
         self.observer.pushed(type_url, reason, len(payload))
         await self._write(payload)
         return ev
 
-    def _note_in_sync(self, type_url: str, version: str) -> None:
+    def _note_in_sync(self, st: _TypeState, version: str) -> None:
         """A proxy that reconnected holding the current config is in sync without being sent anything."""
-        ts = self.status.type(type_url)
+        ts = st.ts
         if not ts.version_sent:
             ts.version_sent = ts.version_acked = version
 
@@ -217,15 +331,16 @@ class BaseStream:
         self._synced_seq = seq
         for _ in range(64):  # bounded: every round sends something or waits for the proxy
             view = self._resources(self.proxy)
-            types = self._ordered_types()
             restart = False
             # Types whose resources for this proxy did not change since a completed pass, with no
             # request since, are skipped: a change to one type costs the other types nothing.
-            start = {t: (view.version(t), self.types[t].requests) for t in types}
-            todo = [t for t in types if self.types[t].initialized
-                    and (self.types[t].synced_key, self.types[t].synced_requests) != start[t]]
-            for type_url in todo:
-                st = self.types[type_url]
+            todo: list[tuple[str, _TypeState, str, int]] = []
+            for t, st in self._order:
+                if st.initialized:
+                    key = view.version(t)
+                    if key != st.synced_key or st.requests != st.synced_requests:
+                        todo.append((t, st, key, st.requests))
+            for type_url, st, _, _ in todo:
                 if type_url not in DEPENDENCY_TYPES:
                     outstanding = [ev for ev in outstanding if not ev.is_set()]
                     if outstanding and self.has_updates(type_url, st, view):
@@ -240,15 +355,14 @@ class BaseStream:
                                  self.limits.ack_wait_s)
                         outstanding = []
                 ev = await self.push_updates(type_url, st, view)
-                if ev is not None and type_url in DEPENDENCY_TYPES:
+                if ev is not None:
                     outstanding.append(ev)
             if restart:
                 continue
-            for type_url in reversed(todo):
-                await self.push_removals(type_url, self.types[type_url], view)
-            for type_url in todo:
-                st = self.types[type_url]
-                st.synced_key, st.synced_requests = start[type_url]
+            for type_url, st, _, _ in reversed(todo):
+                await self.push_removals(type_url, st, view)
+            for _, st, key, requests in todo:
+                st.synced_key, st.synced_requests = key, requests
             return
 
     async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
@@ -298,11 +412,9 @@ class SotwStream(BaseStream):
             log.debug("%s: stale nonce %s for %s (current %s), ignored", self.proxy, nonce, type_url, st.last_nonce)
             # The proxy did process that response: a make-before-break wait on it is over, though the
             # request itself is superseded (spec: no response to a stale nonce, no state change).
-            st.sent_info.pop(nonce, None)
-            st.carried.pop(nonce, None)
-            ev = st.pending_acks.pop(nonce, None)
-            if ev is not None:
-                ev.set()
+            sent = st.in_flight.pop(nonce, None)
+            if sent is not None and sent[4] is not None:
+                sent[4].set()
             return
         acked = bool(nonce) and nonce == st.last_nonce
         if acked:
@@ -324,43 +436,28 @@ class SotwStream(BaseStream):
             st.sent_version = version_info
             st.force = not version_info
             st.wildcard = wildcard
-            st.names = new_names
+            st.names = frozenset(new_names)
             wake = True
         elif wildcard != st.wildcard or new_names != st.names:
             st.wildcard = wildcard
-            st.names = new_names
+            st.names = frozenset(new_names)
             st.force = True
             wake = True
         if wake:
             st.requests += 1
             self.wake.set()
 
-    def _selected(self, type_url: str, st: _TypeState, view: ProxyResources) -> dict[str, Resource]:
-        resources = view.of(type_url)
-        if st.wildcard:
-            out = dict(resources)
-            for n in st.names:
-                if n in resources:
-                    out[n] = resources[n]
-            return out
-        return {n: resources[n] for n in st.names if n in resources}
-
-    def _version(self, type_url: str, st: _TypeState, selected: Mapping[str, Resource],
-                 view: ProxyResources) -> str:
-        if st.wildcard and not st.names:
-            return view.version(type_url)
-        return set_version(selected.values())
-
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
-        selected = self._selected(type_url, st, view)
-        return st.force or self._version(type_url, st, selected, view) != st.sent_version
+        return st.force or self.memo.select(view, type_url, st.wildcard, st.names).version != st.sent_version
 
     async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
-        selected = self._selected(type_url, st, view)
-        version = self._version(type_url, st, selected, view)
+        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        selected = sel.resources
+        version = sel.version
         if not st.force and version == st.sent_version:
-            self._note_in_sync(type_url, version)
+            self._note_in_sync(st, version)
             return None
+        head = b""
         if type_url == CLUSTER:
             # Hold clusters that are going away until listeners and routes stop using them (not those the
             # proxy unsubscribed from: it no longer wants them).
@@ -370,29 +467,32 @@ class SotwStream(BaseStream):
                 version = set_version(selected.values())
                 if version == st.sent_version and not st.force:
                     return None
-        held = st.sent
+                head = self.memo.sotw_prefix(version, selected.values(), type_url)
+        if not head:
+            head = self.memo.sotw_head(sel, type_url)
+        held_before = st.sent
         st.force = False
         st.sent = selected
         st.sent_version = version
         nonce = self._next_nonce(st)
-        payload = self.memo.sotw(version, selected.values(), type_url, nonce)
+        payload = head + field_bytes(5, nonce.encode())
         if self.proxy.role in NOT_FOUND_ROLES and not st.wildcard:
             # Only names the client does not hold: a name that was in the last response and is now left out
             # is a deletion (LDS/CDS), which an error would turn into "keep the cached copy".
-            payload += not_found_errors(sorted(n for n in st.names if n not in selected and n not in held))
-        return await self._send(type_url, st, payload, version, len(selected), nonce, tuple(selected), True)
+            payload += not_found_errors(sorted(n for n in st.names if n not in selected and n not in held_before))
+        return await self._send(type_url, st, payload, version, len(selected), nonce, (tuple(selected), True))
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
         if type_url != CLUSTER:
             return
-        selected = self._selected(type_url, st, view)
-        if set(st.sent) - set(selected):
-            version = self._version(type_url, st, selected, view)
+        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        selected = sel.resources
+        if any(n not in selected for n in st.sent):
             st.sent = selected
-            st.sent_version = version
+            st.sent_version = sel.version
             nonce = self._next_nonce(st)
-            await self._send(type_url, st, self.memo.sotw(version, selected.values(), type_url, nonce), version,
-                             len(selected), nonce, tuple(selected), True)
+            payload = self.memo.sotw_head(sel, type_url) + field_bytes(5, nonce.encode())
+            await self._send(type_url, st, payload, sel.version, len(selected), nonce, (tuple(selected), True))
 
 
 class DeltaStream(BaseStream):
@@ -417,23 +517,24 @@ class DeltaStream(BaseStream):
                initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
         st = self._state(type_url)
         if nonce:
-            if nonce in st.pending_acks or nonce == st.last_nonce:
+            sent = st.in_flight.get(nonce)
+            if sent is not None or nonce == st.last_nonce:
                 # Several responses may be in flight: the ACK is for the version sent with that nonce.
-                info = st.sent_info.get(nonce)
-                version = info[2] if info is not None else self.status.type(type_url).version_sent
+                version = sent[2] if sent is not None else st.ts.version_sent
                 self._ack(type_url, st, nonce, version, error)
             else:
                 log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
         sub = set(subscribe)
         unsub = set(unsubscribe)
-        # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
-        wake = not nonce or not st.initialized or bool(sub or unsub)
         first = not st.initialized
+        # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
+        if nonce and not first and not sub and not unsub:
+            return
         if first:
             st.initialized = True
             # Legacy wildcard: the first request names nothing, in subscribe nor unsubscribe.
             st.wildcard = (not sub and not unsub) or WILDCARD in sub
-            st.known = {n: v for n, v in initial_versions.items()}
+            st.known = dict(initial_versions) if initial_versions else EMPTY_KNOWN
             # A first wildcard request is answered even when there is nothing to send: Envoy's initialization
             # waits for that answer (15 s of initial_fetch_timeout per type otherwise).
             st.force = st.wildcard
@@ -443,89 +544,65 @@ class DeltaStream(BaseStream):
             st.wildcard = False
         sub.discard(WILDCARD)
         unsub.discard(WILDCARD)
-        st.names |= sub
-        st.names -= unsub
-        if len(st.names) > self.limits.max_subscriptions:
-            raise ValueError(f"{len(st.names)} resource names for {type_url}: over the limit of "
+        names = (st.names | sub) - unsub
+        if len(names) > self.limits.max_subscriptions:
+            raise ValueError(f"{len(names)} resource names for {type_url}: over the limit of "
                              f"{self.limits.max_subscriptions}")
-        for n in unsub:
-            st.known.pop(n, None)  # the client dropped it; a later subscribe must resend
-            if st.wildcard:
-                # Spec: with "*" plus this name, the client cannot tell whether to keep it, so it is
-                # answered: sent again if the wildcard covers it, else named in removed_resources.
-                st.answer.add(n)
-        if not first:
-            # Spec: a subscribe must be answered even if the client seems to hold the current version
-            # (it may have forgotten it). On a new stream, initial_resource_versions say what it holds.
-            for n in sub:
-                st.known.pop(n, None)
-                st.answer.discard(n)
-        if wake:
-            st.requests += 1
-            self.wake.set()
-
-    def _desired(self, type_url: str, st: _TypeState, view: ProxyResources) -> Mapping[str, Resource]:
-        resources = view.of(type_url)
-        if st.wildcard and not st.names:
-            return resources
-        memo = st.desired_memo
-        if memo is not None and memo[0] is view and memo[1] == st.requests:
-            return memo[2]  # names change only with a request, which bumps st.requests
-        out = dict(resources) if st.wildcard else {}
-        for n in st.names:
-            if n in resources:
-                out[n] = resources[n]
-        st.desired_memo = (view, st.requests, out)
-        return out
-
-    def _diff(self, type_url: str, st: _TypeState, view: ProxyResources) -> tuple[list[Resource], list[str]]:
-        desired = self._desired(type_url, st, view)
-        known = st.known
-        updates = [r for n, r in desired.items() if known.get(n) != r.version]
-        # Named resources that do not exist: say so once, as removed, so the proxy stops waiting.
-        absent = [n for n in st.names if n not in desired and n not in known]
-        absent.extend(n for n in st.answer if n not in desired and n not in st.names)
-        return updates, absent
+        if names != st.names:
+            st.names = names
+        # `known` is shared with other streams (copy on write): the client dropped these, or (a subscribe
+        # on a stream it has used before) may have forgotten them; either way they are sent again.
+        drop = unsub if first else unsub | sub
+        if any(n in st.known for n in drop):
+            st.known = {n: v for n, v in st.known.items() if n not in drop}
+        if st.wildcard and unsub:
+            # Spec: with "*" plus this name, the client cannot tell whether to keep it, so it is
+            # answered: sent again if the wildcard covers it, else named in removed_resources.
+            st.answer = (st.answer or set()) | unsub
+        if st.answer and not first:
+            st.answer -= sub
+        st.requests += 1
+        self.wake.set()
 
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
-        updates, absent = self._diff(type_url, st, view)
-        return bool(updates or absent) or st.force
+        if st.force:
+            return True
+        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        tr = self.memo.transition(type_url, st.known, sel, st.names)
+        return bool(tr.updates or tr.absent or self._answered(st, sel))
 
-    def _system_version(self, type_url: str, st: _TypeState, view: ProxyResources) -> str:
-        if st.wildcard and not st.names:
-            return view.version(type_url)
-        return set_version(self._desired(type_url, st, view).values())
+    @staticmethod
+    def _answered(st: _TypeState, sel: Selection) -> list[str]:
+        """Names the client unsubscribed from while wildcard that it is not sent: told removed."""
+        if not st.answer:
+            return []
+        return sorted(n for n in st.answer if n not in sel.resources and n not in st.names)
 
     async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
-        updates, absent = self._diff(type_url, st, view)
-        if not updates and not absent and not st.force:
-            st.answer.clear()
-            self._note_in_sync(type_url, self._system_version(type_url, st, view))
+        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        tr = self.memo.transition(type_url, st.known, sel, st.names)
+        extra = self._answered(st, sel)
+        st.answer = None
+        if not tr.updates and not tr.absent and not extra and not st.force:
+            self._note_in_sync(st, sel.version)
             return None
         st.force = False
-        for r in updates:
-            st.known[r.name] = r.version
-        for n in absent:
-            if n in st.names:
-                st.known[n] = ""
-        st.answer.clear()
-        version = self._system_version(type_url, st, view)
+        st.known = tr.after
         nonce = self._next_nonce(st)
-        payload = self.memo.delta(version, updates, type_url, absent, nonce)
-        self.status.type(type_url).forget(absent)
-        return await self._send(type_url, st, payload, version, len(updates), nonce, tuple(r.name for r in updates))
+        payload = tr.head + field_bytes(5, nonce.encode()) + tr.tail
+        if extra:
+            payload += b"".join(field_bytes(6, n.encode()) for n in extra)
+        if tr.absent or extra:
+            st.ts.forget((*tr.absent, *extra))
+        return await self._send(type_url, st, payload, sel.version, len(tr.updates), nonce, tr.carried)
 
     async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
-        desired = self._desired(type_url, st, view)
-        gone = [n for n, v in st.known.items() if v and n not in desired]
-        if not gone:
+        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        tr = self.memo.removals(type_url, st.known, sel, st.names)
+        if not tr.absent:
             return
-        for n in gone:
-            if n in st.names:
-                st.known[n] = ""
-            else:
-                del st.known[n]
-        version = self._system_version(type_url, st, view)
+        st.known = tr.after
         nonce = self._next_nonce(st)
-        self.status.type(type_url).forget(gone)
-        await self._send(type_url, st, self.memo.delta(version, (), type_url, gone, nonce), version, 0, nonce)
+        st.ts.forget(tr.absent)
+        await self._send(type_url, st, tr.head + field_bytes(5, nonce.encode()) + tr.tail, sel.version, 0, nonce,
+                         tr.carried)
