@@ -16,7 +16,7 @@ from bench.common import machine, table, write_result
 
 XDS_HEADER = ["server", "xDS", "clients", "held", "connect s", "RSS MB", "CPU ms/change", "ack p50 ms",
               "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all ms", "cilia/floor p99",
-              "cilia/gcp p99", "cilia/gcp CPU"]
+              "cilia/gcp p99", "cilia/gcp CPU", "missed"]
 
 
 def _cpu_per_change(r: dict[str, Any]) -> float:
@@ -37,7 +37,8 @@ def xds_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
                      r["all_acked_max_ms"], r["trigger_to_all_acked_p50_ms"],
                      r["client_ack_p99_ms"] / f["client_ack_p99_ms"] if (f and mine) else nan,
                      r["client_ack_p99_ms"] / g["client_ack_p99_ms"] if (g and mine) else nan,
-                     _cpu_per_change(r) / max(1e-9, _cpu_per_change(g)) if (g and mine) else nan])
+                     _cpu_per_change(r) / max(1e-9, _cpu_per_change(g)) if (g and mine) else nan,
+                     r.get("missed_receipts", 0)])
     return rows
 
 

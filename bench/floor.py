@@ -2,7 +2,7 @@
 on a trigger, writes one pre-serialised route response to every stream. No config model, no per-stream
 state beyond the nonce: what grpc.aio itself costs per stream. Run as a process:
 
-    python -m bench.floor PORT ROUTE_NAME   (prints "ready PORT", then serves until SIGTERM)
+    python -m bench.floor PORT ROUTE_NAME [CONTROL_PORT]   (prints "ready PORT", then serves until SIGTERM)
 
 Trigger: unary `/bench.Floor/Push` with the marker number as ASCII bytes.
 """
@@ -114,15 +114,20 @@ class Floor:
             "Push": grpc.unary_unary_rpc_method_handler(push, _identity, _identity)})
 
 
-async def main(port: int, route_name: str) -> None:
+async def main(port: int, route_name: str, control_port: int = 0) -> None:
+    """With `control_port`, the xDS port is bound with SO_REUSEPORT (several floor processes share it, the
+    kernel spreading connections over them) and each process takes its trigger on its own control port."""
     floor = Floor(route_name)
     # The same grpc core limits as cilia's server, so both hold a connect storm alike.
-    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), ("grpc.so_reuseport", 0),
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000),
+                                      ("grpc.so_reuseport", 1 if control_port else 0),
                                       ("grpc.server.max_pending_requests", 50_000),
                                       ("grpc.server.max_pending_requests_hard_limit", 100_000)],
                              maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers([floor.handlers(), floor.control()])
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if control_port:
+        server.add_insecure_port(f"127.0.0.1:{control_port}")
     await server.start()
     # The same collector settings as `cilia serve` (cilia.app.serve), so the comparison is of the work
     # per stream, not of runtime settings.
@@ -139,4 +144,4 @@ async def main(port: int, route_name: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0))

@@ -22,6 +22,7 @@ from bench.common import cec_manifest as common_cec
 from bench.xds_clients import ClientSpec, worker_main
 
 ROUTE_NAME = "default/bench/routes"
+MAX_WORKERS = 16  # client processes; past 4,000 clients each holds more than 250
 
 
 def free_port() -> int:
@@ -170,7 +171,7 @@ class XdsCase:
     clients: int
     delta: bool
     changes: int = 10
-    processes: int = 0  # 0: one per 250 clients, at least 2
+    processes: int = 0  # 0: one per 250 clients, at least 2, at most MAX_WORKERS
 
 
 def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None) -> dict[str, Any]:
@@ -179,7 +180,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
     cores = os.cpu_count() or 1
     server_cpu = 0 if cores >= 2 else None
     client_cpus = list(range(1, cores)) if cores >= 2 else [None]
-    nproc = case.processes or max(2, -(-case.clients // 250))
+    nproc = case.processes or min(MAX_WORKERS, max(2, -(-case.clients // 250)))
     server = Server(case.server, server_cpu)
     server.start()
     ctx = mp.get_context("spawn")
@@ -207,6 +208,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         time.sleep(0.5)
         out["rss_idle_mb"] = rss_idle
         out["rss_connected_mb"] = rss_mb(server.proc.pid)
+        stream_errors: list[str] = []
         cpu0 = cpu_seconds(server.proc.pid)
         spy = None
         if profile is not None:
@@ -218,12 +220,15 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         all_acked: list[float] = []
         e2e: list[float] = []
         incomplete = 0
+        missed = 0  # client x change pairs that never saw the change
         for k in range(1, case.changes + 1):
             t_trigger = time.monotonic()
             server.trigger(k)
             got, _, missing, errors = _expect(workers, k, timeout_s)
             if missing:
                 incomplete += 1
+                missed += missing
+            stream_errors = errors
             if not got:
                 continue
             t0 = min(r for _, r, _ in got)
@@ -239,6 +244,9 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         out["rss_after_mb"] = rss_mb(server.proc.pid)
         out["changes"] = case.changes
         out["changes_incomplete"] = incomplete
+        out["missed_receipts"] = missed
+        out["stream_errors"] = stream_errors if case.changes else []
+        out["all_acked_ms"] = [x * 1000 for x in all_acked]
         out["client_ack_p50_ms"] = percentile(fan, 50) * 1000
         out["client_ack_p99_ms"] = percentile(fan, 99) * 1000
         out["all_acked_p50_ms"] = percentile(all_acked, 50) * 1000

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -175,8 +176,22 @@ class Worker:
             conn.send(("stopped", sorted({c.error for c in self.clients if c.error})[:5]))
 
 
+def raise_fd_limit() -> int:
+    """Lift this process's open-file soft limit to its hard limit (one socket per client); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
 def worker_main(spec: ClientSpec, conn: Connection) -> None:
     """multiprocessing entry point."""
+    raise_fd_limit()
     if spec.cpu is not None and hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, {spec.cpu})

@@ -621,6 +621,7 @@ async def serve(opts: ServeOptions) -> int:
     collections run less often, since a full collection over thousands of streams' objects pauses the
     loop for ~200 ms at 2,000 proxies (see bench/README.md)."""
     malloc = _tune_malloc()
+    _raise_fd_limit()
     cp = ControlPlane(opts)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -646,6 +647,19 @@ async def serve(opts: ServeOptions) -> int:
         await cp.run(started)
         trim.cancel()
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Each xDS stream holds a socket: lift the open-file soft limit to the hard one (10,000 proxies need
+    more than the common default of 1,024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            log.warning("cannot raise the open-file limit from %d to %d", soft, hard)
 
 
 MALLOC_ARENA_MAX = 2
