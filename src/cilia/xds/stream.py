@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -513,7 +513,7 @@ class DeltaStream(BaseStream):
             out.append((name, version, res if res is not None and res.version == version else None))
         return out
 
-    def handle(self, type_url: str, subscribe: Iterable[str], unsubscribe: Iterable[str],
+    def handle(self, type_url: str, subscribe: Collection[str], unsubscribe: Collection[str],
                initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
         st = self._state(type_url)
         if nonce:
@@ -524,12 +524,12 @@ class DeltaStream(BaseStream):
                 self._ack(type_url, st, nonce, version, error)
             else:
                 log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
-        sub = set(subscribe)
-        unsub = set(unsubscribe)
         first = not st.initialized
         # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
-        if nonce and not first and not sub and not unsub:
+        if nonce and not first and not subscribe and not unsubscribe:
             return
+        sub = set(subscribe)
+        unsub = set(unsubscribe)
         if first:
             st.initialized = True
             # Legacy wildcard: the first request names nothing, in subscribe nor unsubscribe.
