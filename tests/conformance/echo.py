@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 import re
 import socket
+import socketserver
+import ssl
 import struct
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,7 +43,9 @@ class _QuietServer(ThreadingHTTPServer):
 class ConformanceEcho:
     """One backend pod: `pod` is named as the suite names them (`<service>-<suffix>`)."""
 
-    def __init__(self, service: str, namespace: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, service: str, namespace: str, host: str = "127.0.0.1", port: int = 0,
+                 tls: tuple[bytes, bytes] | None = None) -> None:
+        """`tls`: (certificate PEM, key PEM) to serve HTTPS with, as the suite's TLS backends do."""
         self.service = service
         self.namespace = namespace
         self.pod = f"{service}-7d5b9c4f6-x{abs(hash((service, namespace))) % 10000:04d}"
@@ -110,6 +116,9 @@ class ConformanceEcho:
 
         self._server = _QuietServer((host, port), Handler)
         self._server.daemon_threads = True
+        if tls is not None:  # the handshake happens in the handler's thread, on its first read
+            self._server.socket = server_context(*tls).wrap_socket(self._server.socket, server_side=True,
+                                                                   do_handshake_on_connect=False)
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"echo-{service}", daemon=True)
@@ -121,6 +130,90 @@ class ConformanceEcho:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="cilia-echo-") as tmp:
+        (Path(tmp) / "c.pem").write_bytes(cert_pem)
+        (Path(tmp) / "k.pem").write_bytes(key_pem)
+        ctx.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+    return ctx
+
+
+TCP_WELCOME = "Gateway API Test TCP Server\n"
+
+
+class ConformanceTcpEcho:
+    """One pod of the suite's TCP backend: a plain port and a TLS port (its own certificate), each
+    greeting with `TCP_WELCOME`, then answering lines: `PING` -> `PONG`, `IS_TLS` -> `true`/`false`,
+    `TEST` -> JSON naming the pod (`namespace`, `service`, `pod`), `isTLS` and, over TLS, `tls`
+    (`serverName`: the SNI it was reached with, `version`)."""
+
+    def __init__(self, service: str, namespace: str, tls: tuple[bytes, bytes], host: str = "127.0.0.1") -> None:
+        self.service = service
+        self.namespace = namespace
+        self.pod = f"{service}-7d5b9c4f6-x{abs(hash((service, namespace))) % 10000:04d}"
+        self.host = host
+        ctx = server_context(*tls)
+        echo = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                conn = self.connection
+                seen: dict[str, Any] = {"namespace": echo.namespace, "ingress": "", "service": echo.service,
+                                        "pod": echo.pod, "isTLS": isinstance(conn, ssl.SSLSocket)}
+                try:
+                    conn.settimeout(10)
+                    if isinstance(conn, ssl.SSLSocket):
+                        conn.do_handshake()
+                        seen["tls"] = {"version": conn.version() or "", "serverName": getattr(conn, "sni", ""),
+                                       "cipherSuite": (conn.cipher() or ("",))[0]}
+                    self.wfile.write(TCP_WELCOME.encode())
+                    for raw in self.rfile:
+                        line = raw.decode(errors="replace").strip()
+                        if line == "PING":
+                            out = "PONG"
+                        elif line == "IS_TLS":
+                            out = "true" if seen["isTLS"] else "false"
+                        elif line == "TEST":
+                            out = json.dumps(seen)
+                        else:
+                            out = line
+                        self.wfile.write((out + "\n").encode())
+                except (OSError, ssl.SSLError):
+                    pass
+
+        def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
+            sock.sni = name or ""  # type: ignore[union-attr]
+
+        ctx.sni_callback = on_sni  # type: ignore[assignment]
+        self.plain = _QuietTcpServer((host, 0), Handler)
+        self.tls = _QuietTcpServer((host, 0), Handler)
+        self.tls.socket = ctx.wrap_socket(self.tls.socket, server_side=True, do_handshake_on_connect=False)
+        self.plain_port = int(self.plain.server_address[1])
+        self.tls_port = int(self.tls.server_address[1])
+        self._threads = [threading.Thread(target=s.serve_forever, name=f"tcp-echo-{service}", daemon=True)
+                         for s in (self.plain, self.tls)]
+
+    def start(self) -> ConformanceTcpEcho:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        for s in (self.plain, self.tls):
+            s.shutdown()
+            s.server_close()
+
+
+class _QuietTcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-answer is expected here, not worth a traceback."""
 
 
 GRPC_SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"

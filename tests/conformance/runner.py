@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.echo import GRPC_SERVICE, ConformanceEcho, ConformanceGrpcEcho
+from conformance.echo import GRPC_SERVICE, ConformanceEcho, ConformanceGrpcEcho, ConformanceTcpEcho
 from support.conformance_base import APP, BACKENDS, GRPC_BACKENDS, INFRA, WEB, backend_service, namespace
 from support.controlplane import CiliaProcess, ManifestDir
 from support.envoy import Envoy
-from support.gateway_tls import TestCA
+from support.gateway_tls import KeyPair, TestCA
 
 GW = "gateway.networking.k8s.io/v1"
 HTTPS_GATEWAY = "same-namespace-with-https-listener"
@@ -36,6 +36,14 @@ CERT_NAMES = ("example.org", "*.example.org", "second-example.org", "*.wildcard.
               "abc.example.com", "*.example.com")
 STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
 WAIT = 20.0  # seconds a scenario's expectation may take to hold (config propagation)
+# The suite's TLS backends: name -> (namespace, VIP, endpoint address). `tls-backend*` serve the echo
+# contract over HTTPS (Service port 443); `tcp-backend` speaks the suite's TCP protocol, plain on
+# Service port 3000 and over TLS on 8443. Each serves the World's certificate (CERT_NAMES).
+TLS_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "tls-backend": (INFRA, "127.96.1.21", "127.1.1.21"),
+    "tls-backend-2": (INFRA, "127.96.1.22", "127.1.1.22"),
+}
+TCP_BACKENDS: dict[str, tuple[str, str, str]] = {"tcp-backend": (INFRA, "127.96.1.23", "127.1.1.23")}
 
 
 class ScenarioFailure(AssertionError):
@@ -83,6 +91,7 @@ class World:
     def __init__(self) -> None:
         self.echos: dict[str, ConformanceEcho] = {}
         self.grpc_echos: dict[str, ConformanceGrpcEcho] = {}
+        self.tcp_echos: dict[str, ConformanceTcpEcho] = {}
         self.addresses: dict[str, str] = {}
         self.md = ManifestDir()
         self.ca = TestCA()
@@ -160,6 +169,14 @@ class World:
         for name, (ns, vip, host) in GRPC_BACKENDS.items():
             g = self.grpc_echos[name] = ConformanceGrpcEcho(name, ns, host).start()
             services.append(backend_service(name, ns, vip, g.host, g.port, app_protocol="kubernetes.io/h2c"))
+        tls = (self.cert.cert_pem, self.cert.key_pem)
+        for name, (ns, vip, host) in TLS_BACKENDS.items():
+            e = self.echos[name] = ConformanceEcho(name, ns, host, tls=tls).start()
+            services.append(_service(name, ns, vip, host, {"https": (443, e.port)}))
+        for name, (ns, vip, host) in TCP_BACKENDS.items():
+            t = self.tcp_echos[name] = ConformanceTcpEcho(name, ns, tls, host).start()
+            services.append(_service(name, ns, vip, host, {"echo-tcp-plain": (3000, t.plain_port),
+                                                           "echo-tcp-tls": (8443, t.tls_port)}))
         self.md.write("base-services.yaml", "\n---\n".join(services) + "\n")
         self.md.write("base-gateways.yaml", self.text(self.base_docs()))
         self.cilia = CiliaProcess([str(self.md.path)]).start()
@@ -175,6 +192,8 @@ class World:
             e.stop()
         for g in self.grpc_echos.values():
             g.stop()
+        for t in self.tcp_echos.values():
+            t.stop()
         self.md.cleanup()
 
     # -- what a scenario uses -----------------------------------------------------------------------
@@ -208,12 +227,16 @@ class World:
                 return dict(s)
         return None
 
-    def request(self, gateway: str, e: Expect, port: int = 80, scheme: str = "http", sni: str = "") -> Reply:
+    def request(self, gateway: str, e: Expect, port: int = 80, scheme: str = "http", sni: str = "",
+                client: KeyPair | None = None) -> Reply:
+        """One request; over HTTPS with `sni` (else the Host), presenting `client`'s certificate if given."""
         addr = self.address(gateway)
         conn: http.client.HTTPConnection
         if scheme == "https":
             ctx = self.ca.client_context()
             ctx.check_hostname = False
+            if client is not None:
+                _load_client_cert(ctx, client)
             raw = socket.create_connection((addr, port), timeout=5)
             tls = ctx.wrap_socket(raw, server_hostname=sni or e.host or None)
             conn = http.client.HTTPConnection(addr, port, timeout=5)
@@ -269,14 +292,14 @@ class World:
         return ""
 
     def expect(self, gateway: str, e: Expect, *, port: int = 80, scheme: str = "http", sni: str = "",
-               timeout: float = WAIT) -> Reply:
+               timeout: float = WAIT, client: KeyPair | None = None) -> Reply:
         """Send `e` until it holds twice in a row (the suite's eventual consistency)."""
         deadline = time.monotonic() + timeout
         ok = 0
         last = ""
         while True:
             try:
-                reply = self.request(gateway, e, port, scheme, sni)
+                reply = self.request(gateway, e, port, scheme, sni, client)
                 last = self.check(reply, e)
             except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
                 last = f"request failed: {exc!r}"
@@ -407,6 +430,28 @@ class World:
 
         self.eventually(f"Gateway {ns}/{gateway} status", check)
         return out
+
+
+def _service(name: str, ns: str, vip: str, address: str, ports: Mapping[str, tuple[int, int]]) -> str:
+    """A Service with named ports (name -> (port, the backend's real port)) and its EndpointSlice."""
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": {"clusterIP": vip, "ports": [{"name": n, "protocol": "TCP", "port": p, "targetPort": t}
+                                                for n, (p, t) in ports.items()]}}
+    eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": f"{name}-1", "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+           "addressType": "IPv4", "ports": [{"name": n, "port": t} for n, (_p, t) in ports.items()],
+           "endpoints": [{"addresses": [address], "conditions": {"ready": True}}]}
+    return json.dumps(svc) + "\n---\n" + json.dumps(eps)
+
+
+def _load_client_cert(ctx: ssl.SSLContext, pair: KeyPair) -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="cilia-client-") as tmp:
+        (Path(tmp) / "c.pem").write_bytes(pair.cert_pem)
+        (Path(tmp) / "k.pem").write_bytes(pair.key_pem)
+        ctx.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
 
 
 # -- scenarios ------------------------------------------------------------------------------------
