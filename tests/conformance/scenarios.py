@@ -1116,6 +1116,8 @@ def retry(w: World) -> None:
         w.eventually("retry (again)", once)
 
 
+from conformance import scenarios_http  # noqa: E402,F401  (registers scenarios)
+
 NOT_REPLAYED = "not replayed by the runner yet: no claim is made either way"
 FEATURE = "feature {} is not supported by cilia"
 
@@ -1133,6 +1135,9 @@ def _skipped() -> dict[str, str]:
         " (cilia creates no infrastructure objects to label)",
         "UDPRoute": FEATURE.format("UDPRoute"),
         "TLSRouteModeTerminate": NOT_REPLAYED,
+        "GatewayStaticAddresses": FEATURE.format("GatewayStaticAddresses") +
+        " (cilia has no notion of an address it cannot use: every IPAddress is bound as given, so it never "
+        "reports Programmed=False/AddressNotUsable)",
         "Mesh": "not replayed by the runner yet: GAMMA routing is tested through Envoy in "
                 "tests/e2e/test_mesh_envoy.py and tests/e2e/test_gateway_tls_envoy.py, not in the suite's form",
     }
