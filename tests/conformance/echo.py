@@ -4,11 +4,15 @@ Each answers with a JSON body naming what it saw and who it is: `path` (the requ
 included), `host`, `method`, `proto`, `headers` (canonical name -> list of values), and the pod's
 `namespace`, `service` and `pod`. As the suite's backends do, `/retry/...` fails (`?responseCode=N`,
 else a connection reset) until `?succeedAfter=N` attempts with the same `?uuid=` were made, `/status/N`
-answers N, and `?delay=DURATION` waits before answering.
+answers N, and `?delay=DURATION` waits before answering. `X-Echo-Set-Header: NAME:VALUE,...` makes
+it answer with those response headers; `/ws` upgraded to a WebSocket echoes every text and binary
+message back. `ConformanceH2CEcho` answers the same JSON over HTTP/2 with prior knowledge (h2c).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import socket
@@ -24,6 +28,63 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 _DURATION = re.compile(r"([0-9.]+)(ms|s|m)")
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _set_headers(value: str) -> list[tuple[str, str]]:
+    """The response headers an `X-Echo-Set-Header` value asks for (`name:value` pairs, comma-separated)."""
+    out = []
+    for item in value.split(","):
+        name, sep, val = item.partition(":")
+        if sep and name.strip():
+            out.append((name.strip(), val.strip()))
+    return out
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        buf += chunk
+    return buf
+
+
+def ws_read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One WebSocket frame (RFC 6455): (opcode, unmasked payload). Fragments are not reassembled:
+    the suite sends small single-frame messages."""
+    b0, b1 = _recv_exact(sock, 2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", _recv_exact(sock, 2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", _recv_exact(sock, 8))[0]
+    mask = _recv_exact(sock, 4) if b1 & 0x80 else b""
+    data = _recv_exact(sock, n)
+    if mask:
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+    return b0 & 0x0F, data
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes = b"") -> bytes:
+    """A final WebSocket frame; clients mask theirs (`mask`: 4 bytes), servers do not."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if mask:
+        payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    return head + mask + payload
+
+
+def ws_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
 
 
 def _seconds(value: str) -> float:
@@ -73,6 +134,9 @@ class ConformanceEcho:
                         seen["headers"].setdefault(_canonical(k), []).append(v)
                 with echo._lock:
                     echo.requests.append(seen)
+                if url.path == "/ws" and self.headers.get("upgrade", "").lower() == "websocket":
+                    self._websocket()
+                    return
                 if url.path.startswith("/retry/") and not self._retry(query):
                     return
                 m = re.fullmatch(r"/status/(\d{3})", url.path)
@@ -100,8 +164,34 @@ class ConformanceEcho:
                     self.connection.close()
                 return False
 
+            def _websocket(self) -> None:
+                """Accept the upgrade, then echo each text/binary message until the client closes."""
+                self.send_response(101)
+                self.send_header("upgrade", "websocket")
+                self.send_header("connection", "Upgrade")
+                self.send_header("sec-websocket-accept", ws_accept(self.headers.get("sec-websocket-key", "")))
+                self.end_headers()
+                self.wfile.flush()
+                self.close_connection = True
+                sock = self.connection
+                sock.settimeout(30)
+                try:
+                    for _ in range(1000):  # bounded: a test sends a handful of messages
+                        op, data = ws_read_frame(sock)
+                        if op in (1, 2):
+                            sock.sendall(ws_frame(op, data))
+                        elif op == 9:
+                            sock.sendall(ws_frame(10, data))
+                        elif op == 8:
+                            sock.sendall(ws_frame(8, data[:2]))
+                            return
+                except (OSError, ConnectionError, ValueError):
+                    return
+
             def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
                 self.send_response(code)
+                for k, v in _set_headers(self.headers.get("x-echo-set-header", "")):
+                    self.send_header(k, v)
                 self.send_header("content-type", ctype)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -258,3 +348,82 @@ class ConformanceGrpcEcho:
 
     def stop(self) -> None:
         self.server.stop(0)
+
+
+class ConformanceH2CEcho:
+    """The same pod's HTTP/2 cleartext port (the suite's `kubernetes.io/h2c` port 3001): answers every
+    request with the echo JSON (`proto` is `HTTP/2.0`), over prior-knowledge HTTP/2 only."""
+
+    def __init__(self, http: ConformanceEcho, port: int = 0) -> None:
+        self.echo = http
+        self.host = http.host
+        self._sock = socket.create_server((http.host, port))
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"h2c-{http.service}", daemon=True)
+
+    def start(self) -> ConformanceH2CEcho:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        h2c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        h2c.initiate_connection()
+        conn.settimeout(30)
+        requests: dict[int, list[tuple[str, str]]] = {}
+        try:
+            conn.sendall(h2c.data_to_send())
+            while not self._stop.is_set():
+                data = conn.recv(65535)
+                if not data:
+                    return
+                for ev in h2c.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        requests[ev.stream_id] = [(_text(k), _text(v)) for k, v in ev.headers]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in requests:
+                        body = json.dumps(self._seen(requests.pop(ev.stream_id))).encode()
+                        h2c.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/json"),
+                                                        ("content-length", str(len(body)))])
+                        h2c.send_data(ev.stream_id, body, end_stream=True)
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        return
+                conn.sendall(h2c.data_to_send())
+        except Exception:  # a broken peer ends only its own connection
+            return
+        finally:
+            conn.close()
+
+    def _seen(self, headers: list[tuple[str, str]]) -> dict[str, Any]:
+        pseudo = {k: v for k, v in headers if k.startswith(":")}
+        seen: dict[str, Any] = {"path": pseudo.get(":path", ""), "host": pseudo.get(":authority", ""),
+                                "method": pseudo.get(":method", ""), "proto": "HTTP/2.0", "headers": {},
+                                "namespace": self.echo.namespace, "ingress": "", "service": self.echo.service,
+                                "pod": self.echo.pod}
+        for k, v in headers:
+            if not k.startswith(":"):
+                seen["headers"].setdefault(_canonical(k), []).append(v)
+        with self.echo._lock:
+            self.echo.requests.append(seen)
+        return seen
+
+
+def _text(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v

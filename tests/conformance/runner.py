@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.echo import GRPC_SERVICE, ConformanceEcho, ConformanceGrpcEcho, ConformanceTcpEcho
+from conformance.echo import GRPC_SERVICE, ConformanceEcho, ConformanceGrpcEcho, ConformanceH2CEcho, ConformanceTcpEcho
 from support.conformance_base import APP, BACKENDS, GRPC_BACKENDS, INFRA, WEB, backend_service, namespace
 from support.controlplane import CiliaProcess, ManifestDir
 from support.envoy import Envoy
@@ -44,6 +44,26 @@ TLS_BACKENDS: dict[str, tuple[str, str, str]] = {
     "tls-backend-2": (INFRA, "127.96.1.22", "127.1.1.22"),
 }
 TCP_BACKENDS: dict[str, tuple[str, str, str]] = {"tcp-backend": (INFRA, "127.96.1.23", "127.1.1.23")}
+
+
+# Backends that, as the suite's infra-backend-v1, also serve h2c (port 8081, appProtocol
+# kubernetes.io/h2c) and WebSocket (port 8082, appProtocol kubernetes.io/ws) besides plain HTTP on 8080.
+H2C_WS_BACKENDS = ("infra-backend-v1",)
+DEFAULT_ADDRESS = "127.0.62.250"  # `cilia serve --gateway-address`
+
+
+def _multi_port_service(name: str, ns: str, vip: str, e: ConformanceEcho, h: ConformanceH2CEcho) -> str:
+    ports = [("first-port", 8080, e.port, ""), ("second-port", 8081, h.port, "kubernetes.io/h2c"),
+             ("third-port", 8082, e.port, "kubernetes.io/ws")]
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": {"clusterIP": vip, "ports": [
+               {"name": n, "protocol": "TCP", "port": p, "targetPort": t, **({"appProtocol": a} if a else {})}
+               for n, p, t, a in ports]}}
+    eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": f"{name}-1", "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+           "addressType": "IPv4", "ports": [{"name": n, "port": t} for n, _p, t, _a in ports],
+           "endpoints": [{"addresses": [e.host], "conditions": {"ready": True}}]}
+    return json.dumps(svc) + "\n---\n" + json.dumps(eps)
 
 
 class ScenarioFailure(AssertionError):
@@ -92,6 +112,7 @@ class World:
         self.echos: dict[str, ConformanceEcho] = {}
         self.grpc_echos: dict[str, ConformanceGrpcEcho] = {}
         self.tcp_echos: dict[str, ConformanceTcpEcho] = {}
+        self.h2c_echos: dict[str, ConformanceH2CEcho] = {}
         self.addresses: dict[str, str] = {}
         self.md = ManifestDir()
         self.ca = TestCA()
@@ -165,7 +186,11 @@ class World:
                     namespace(WEB, **{"gateway-conformance": "backend"})]
         for name, (ns, vip, _host) in BACKENDS.items():
             e = self.echos[name]
-            services.append(backend_service(name, ns, vip, e.host, e.port))
+            if name in H2C_WS_BACKENDS:
+                h = self.h2c_echos[name] = ConformanceH2CEcho(e).start()
+                services.append(_multi_port_service(name, ns, vip, e, h))
+            else:
+                services.append(backend_service(name, ns, vip, e.host, e.port))
         for name, (ns, vip, host) in GRPC_BACKENDS.items():
             g = self.grpc_echos[name] = ConformanceGrpcEcho(name, ns, host).start()
             services.append(backend_service(name, ns, vip, g.host, g.port, app_protocol="kubernetes.io/h2c"))
@@ -179,7 +204,8 @@ class World:
                                                            "echo-tcp-tls": (8443, t.tls_port)}))
         self.md.write("base-services.yaml", "\n---\n".join(services) + "\n")
         self.md.write("base-gateways.yaml", self.text(self.base_docs()))
-        self.cilia = CiliaProcess([str(self.md.path)]).start()
+        # Gateways asking for an address without a value get this one (GatewayOptionalAddressValue).
+        self.cilia = CiliaProcess([str(self.md.path)], extra=["--gateway-address", DEFAULT_ADDRESS]).start()
         self.envoy = Envoy("node~conformance", self.cilia.xds_port).start()
         return self
 
@@ -194,6 +220,8 @@ class World:
             g.stop()
         for t in self.tcp_echos.values():
             t.stop()
+        for h in self.h2c_echos.values():
+            h.stop()
         self.md.cleanup()
 
     # -- what a scenario uses -----------------------------------------------------------------------
@@ -251,7 +279,10 @@ class World:
             conn.endheaders()
             resp = conn.getresponse()
             body = resp.read()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+            headers: dict[str, str] = {}
+            for k, v in resp.getheaders():  # repeated fields read as one, comma-joined (as the suite does)
+                headers[k.lower()] = f"{headers[k.lower()]},{v}" if k.lower() in headers else v
+            return Reply(resp.status, headers, body)
         finally:
             conn.close()
 

@@ -1116,7 +1116,9 @@ def retry(w: World) -> None:
         w.eventually("retry (again)", once)
 
 
-from conformance import scenarios_tls  # noqa: E402,F401  (registers scenarios)
+# Each module registers its scenarios when imported.
+from conformance import scenarios_http  # noqa: E402,F401,I001
+from conformance import scenarios_tls  # noqa: E402, F401
 
 NOT_REPLAYED = "not replayed by the runner yet: no claim is made either way"
 FEATURE = "feature {} is not supported by cilia"
@@ -1134,6 +1136,9 @@ def _skipped() -> dict[str, str]:
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",
         "UDPRoute": FEATURE.format("UDPRoute"),
+        "GatewayStaticAddresses": FEATURE.format("GatewayStaticAddresses") +
+        " (cilia has no notion of an address it cannot use: every IPAddress is bound as given, so it never "
+        "reports Programmed=False/AddressNotUsable)",
         "Mesh": "not replayed by the runner yet: GAMMA routing is tested through Envoy in "
                 "tests/e2e/test_mesh_envoy.py and tests/e2e/test_gateway_tls_envoy.py, not in the suite's form",
     }

@@ -41,6 +41,11 @@ SUPPORTED_FEATURES = frozenset({
     "GatewayHTTPSListenerDetectMisdirectedRequests", "HTTPRouteMethodMatching", "HTTPRouteRequestMirror",
     "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry", "HTTPRouteParentRefPort",
     "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS", "TLSRouteModeTerminate", "TLSRouteModeMixed",
+    "HTTPRouteDestinationPortMatching", "HTTPRouteQueryParamMatching", "HTTPRoutePathRewrite", "HTTPRouteHostRewrite",
+    "HTTPRoutePathRedirect", "HTTPRouteSchemeRedirect", "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteRequestMultipleMirrors", "HTTPRouteBackendTimeout", "HTTPRouteNamedRouteRule", "GRPCRouteNamedRouteRule",
+    "GatewayHTTPListenerIsolation", "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
+    "GatewayAddressEmpty",
 })
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
