@@ -36,6 +36,9 @@ CERT_NAMES = ("example.org", "*.example.org", "second-example.org", "*.wildcard.
               "abc.example.com", "*.example.com")
 STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
 WAIT = 20.0  # seconds a scenario's expectation may take to hold (config propagation)
+# Extra `cilia serve` flags and start hooks that scenario modules add at import (e.g. the mesh side).
+SERVE_ARGS: list[str] = []
+START_HOOKS: list[Callable[[World], None]] = []
 
 
 class ScenarioFailure(AssertionError):
@@ -90,6 +93,7 @@ class World:
         self.cilia: CiliaProcess | None = None
         self.envoy: Envoy | None = None
         self._applied: list[tuple[str, str, str]] = []
+        self.cleanups: list[Callable[[], None]] = []  # run by stop(), last added first
 
     # -- setup ------------------------------------------------------------------------------------
     def address(self, gateway: str) -> str:
@@ -162,11 +166,15 @@ class World:
             services.append(backend_service(name, ns, vip, g.host, g.port, app_protocol="kubernetes.io/h2c"))
         self.md.write("base-services.yaml", "\n---\n".join(services) + "\n")
         self.md.write("base-gateways.yaml", self.text(self.base_docs()))
-        self.cilia = CiliaProcess([str(self.md.path)]).start()
+        self.cilia = CiliaProcess([str(self.md.path)], extra=SERVE_ARGS).start()
         self.envoy = Envoy("node~conformance", self.cilia.xds_port).start()
+        for hook in START_HOOKS:
+            hook(self)
         return self
 
     def stop(self) -> None:
+        for fn in reversed(self.cleanups):
+            fn()
         if self.envoy is not None:
             self.envoy.stop()
         if self.cilia is not None:

@@ -1,0 +1,189 @@
+"""Mesh (GAMMA) scenarios: the suite's mesh namespace, its `echo`, `echo-v1` and `echo-v2` Services
+and their echo pods, with requests sent from the `echo-v1` pod as the suite's echo client does.
+
+cilia serves a mesh client without a kernel here: the client pod's sidecar Envoy
+(`sidecar~gateway-conformance-mesh/<echo-v1 pod>`) binds its outbound capture listener on 0.0.0.0 at
+the Services' port 80, so a request sent to a Service's ClusterIP:80 lands on it with the ClusterIP
+as its local address, which is what picks the Service's filter chain (no original destination to
+restore: the same arrangement as the end-to-end mesh tests). ClusterIPs and pod addresses are
+loopback addresses of the runner's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conformance.echo import ConformanceEcho
+from conformance.runner import GW, SERVE_ARGS, START_HOOKS, Expect, World, scenario
+from conformance.scenarios import _distribution
+from support.conformance_base import doc
+from support.envoy import Envoy
+
+MESH = "gateway-conformance-mesh"
+MESH_PORT = 80  # the Services' `http` port, and the sidecar's capture port
+ECHO_PORT = 8080  # the pods' HTTP port (`http-alt` and the target of `http`)
+VIPS = {"echo": "127.96.5.1", "echo-v1": "127.96.5.2", "echo-v2": "127.96.5.3"}
+PODS = {"v1": "127.1.5.1", "v2": "127.1.5.2"}
+
+SERVE_ARGS.extend(["--mesh-capture-port", str(MESH_PORT), "--mesh-sidecar-capture-address", "0.0.0.0"])
+
+
+def _service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+    ports = [{"name": "http", "port": MESH_PORT, "appProtocol": "http", "targetPort": ECHO_PORT},
+             {"name": "http-alt", "port": ECHO_PORT, "appProtocol": "http"}]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
+            "spec": {"clusterIP": VIPS[name], "selector": selector, "ports": ports}}
+
+
+def _slice(service: str, pods: list[tuple[str, str]]) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service}-1", "namespace": MESH, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": ECHO_PORT}, {"name": "http-alt", "port": ECHO_PORT}],
+            "endpoints": [{"addresses": [ip], "targetRef": {"kind": "Pod", "name": pod, "namespace": MESH},
+                           "conditions": {"ready": True}} for pod, ip in pods]}
+
+
+def _pod(echo: ConformanceEcho, version: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": echo.pod, "namespace": MESH, "labels": {"app": "echo", "version": version}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "echo", "image": "echo",
+                                                           "ports": [{"containerPort": ECHO_PORT}]}]},
+            "status": {"phase": "Running", "podIP": PODS[version]}}
+
+
+def start_mesh(world: World) -> None:
+    """The mesh namespace, its Services and pods, and the client pod's sidecar Envoy."""
+    echos = {v: ConformanceEcho(f"echo-{v}", MESH, ip, ECHO_PORT).start() for v, ip in PODS.items()}
+    for e in echos.values():
+        world.cleanups.append(e.stop)
+    world.echos.update({f"mesh-{v}": e for v, e in echos.items()})
+    docs = [{"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": MESH, "labels": {"gateway-conformance": "mesh", "cilia.io/mesh": "sidecar"}}},
+            _service("echo", {"app": "echo"}), _service("echo-v1", {"app": "echo", "version": "v1"}),
+            _service("echo-v2", {"app": "echo", "version": "v2"}),
+            _slice("echo", [(e.pod, PODS[v]) for v, e in echos.items()]),
+            _slice("echo-v1", [(echos["v1"].pod, PODS["v1"])]), _slice("echo-v2", [(echos["v2"].pod, PODS["v2"])]),
+            *[_pod(e, v) for v, e in echos.items()]]
+    world.md.write("base-mesh.yaml", "\n---\n".join(doc(d) for d in docs) + "\n")
+    for name, vip in VIPS.items():  # requests to a Service's hostname go to its ClusterIP
+        for host in (name, f"{name}.{MESH}", f"{name}.{MESH}.svc", f"{name}.{MESH}.svc.cluster.local"):
+            world.addresses[host] = vip
+    assert world.cilia is not None
+    sidecar = Envoy(f"sidecar~{MESH}/{echos['v1'].pod}", world.cilia.xds_port).start()
+    world.cleanups.append(sidecar.stop)
+
+
+START_HOOKS.append(start_mesh)
+
+
+def mesh_route(name: str, rules: list[dict[str, Any]], *, service: str = "echo", port: int | None = MESH_PORT,
+               kind: str = "HTTPRoute") -> dict[str, Any]:
+    ref: dict[str, Any] = {"group": "", "kind": "Service", "name": service}
+    if port is not None:
+        ref["port"] = port
+    return {"apiVersion": GW, "kind": kind, "metadata": {"name": name, "namespace": MESH},
+            "spec": {"parentRefs": [ref], "rules": rules}}
+
+
+def backend(name: str, port: int = ECHO_PORT, weight: int | None = None) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": name, "port": port}
+    if weight is not None:
+        ref["weight"] = weight
+    return ref
+
+
+def expect(world: World, e: Expect, host: str = "echo") -> None:
+    """The client pod sends `e` to the Service `host` (its ClusterIP, Host header `host`)."""
+    e.host = e.host or host
+    if e.backend:
+        e.namespace = MESH
+    world.expect(e.host, e, port=MESH_PORT)
+
+
+def expect_route_accepted(world: World, route: str, service: str = "echo", kind: str = "HTTPRoute") -> None:
+    world.expect_route(route, service, kind=kind, ns=MESH, gw_ns=MESH)
+
+
+@scenario("MeshBasic")
+def mesh_basic(world: World) -> None:
+    expect(world, Expect("/", status=200))
+
+
+@scenario("MeshHTTPRouteSimpleSameNamespace")
+def simple_same_namespace(world: World) -> None:
+    world.apply([mesh_route("gateway-conformance-mesh-test", [{"backendRefs": [backend("echo-v1")]}])])
+    expect_route_accepted(world, "gateway-conformance-mesh-test")
+    expect(world, Expect("/", backend="echo-v1"))
+
+
+@scenario("MeshTrafficSplit")
+def traffic_split(world: World) -> None:
+    def exact(p: str) -> list[dict[str, Any]]:
+        return [{"path": {"type": "Exact", "value": p}}]
+
+    world.apply([mesh_route("mesh-split", [{"matches": exact("/v1"), "backendRefs": [backend("echo-v1", 80)]},
+                                           {"matches": exact("/v2"), "backendRefs": [backend("echo-v2", 80)]}],
+                            port=None)])
+    expect(world, Expect("/v1", backend="echo-v1"))
+    expect(world, Expect("/v2", backend="echo-v2"))
+
+
+@scenario("MeshHTTPRouteMatching")
+def matching(world: World) -> None:
+    def rule(prefix: str, version: str, to: str) -> dict[str, Any]:
+        return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}},
+                            {"headers": [{"name": "version", "value": version}]}], "backendRefs": [backend(to)]}
+
+    world.apply([mesh_route("mesh-matching", [rule("/", "one", "echo-v1"), rule("/v2", "two", "echo-v2")])])
+    for path, headers, to in [("/", {}, "echo-v1"), ("/example", {}, "echo-v1"), ("/", {"Version": "one"}, "echo-v1"),
+                              ("/v2", {}, "echo-v2"), ("/v2/example", {}, "echo-v2"),
+                              ("/", {"Version": "two"}, "echo-v2"), ("/v2/", {}, "echo-v2"),
+                              ("/v2example", {}, "echo-v1"), ("/foo/v2/example", {}, "echo-v1")]:
+        expect(world, Expect(path, headers=headers, backend=to))
+
+
+@scenario("MeshHTTPRouteWeight")
+def mesh_weight(world: World) -> None:
+    world.apply([mesh_route("mesh-weighted-backends",
+                            [{"backendRefs": [backend("echo-v1", weight=70), backend("echo-v2", weight=30)]}])])
+    expect(world, Expect("/", status=200))
+    world.eventually("weighted distribution", lambda: _distribution(
+        lambda: str(world.request("echo", Expect("/", host="echo"), MESH_PORT).echo.get("pod", "")),
+        {"echo-v1": 0.7, "echo-v2": 0.3}))
+
+
+@scenario("MeshHTTPRouteRewritePath")
+def rewrite_path(world: World) -> None:
+    headers = {"set": [{"name": "X-Header-Set", "value": "set-overwrites-values"}],
+               "add": [{"name": "X-Header-Add", "value": "header-val-1"},
+                       {"name": "X-Header-Add-Append", "value": "header-val-2"}],
+               "remove": ["X-Header-Remove"]}
+
+    def rule(prefix: str, path: dict[str, str], modify: bool = False) -> dict[str, Any]:
+        filters: list[dict[str, Any]] = [{"type": "URLRewrite", "urlRewrite": {"path": path}}]
+        if modify:
+            filters.append({"type": "RequestHeaderModifier", "requestHeaderModifier": headers})
+        return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}], "filters": filters,
+                "backendRefs": [backend("echo-v1", MESH_PORT)]}
+
+    def prefix(v: str) -> dict[str, str]:
+        return {"type": "ReplacePrefixMatch", "replacePrefixMatch": v}
+
+    def full(v: str) -> dict[str, str]:
+        return {"type": "ReplaceFullPath", "replaceFullPath": v}
+
+    world.apply([mesh_route("mesh-rewrite-path", [
+        rule("/prefix/one", prefix("/one")), rule("/strip-prefix", prefix("/")), rule("/full/one", full("/one")),
+        rule("/full/rewrite-path-and-modify-headers", full("/test"), True),
+        rule("/prefix/rewrite-path-and-modify-headers", prefix("/prefix"), True)])])
+    for path, seen in [("/prefix/one/two", "/one/two"), ("/strip-prefix/three", "/three"), ("/strip-prefix", "/"),
+                       ("/full/one/two", "/one")]:
+        expect(world, Expect(path, backend="echo-v1", req_path=seen))
+    sent = {"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1", "X-Header-Set": "set-val"}
+    seen_headers = {"X-Header-Add": "header-val-1", "X-Header-Add-Append": "append-val-1,header-val-2",
+                    "X-Header-Set": "set-overwrites-values"}
+    for path, seen in [("/full/rewrite-path-and-modify-headers/test", "/test"),
+                       ("/prefix/rewrite-path-and-modify-headers/one", "/prefix/one")]:
+        expect(world, Expect(path, headers=sent, backend="echo-v1", req_path=seen, req_headers=seen_headers,
+                             req_absent=("X-Header-Remove",)))
