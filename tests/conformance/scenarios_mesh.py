@@ -11,6 +11,7 @@ loopback addresses of the runner's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from conformance.echo import ConformanceEcho
@@ -187,3 +188,86 @@ def rewrite_path(world: World) -> None:
                        ("/prefix/rewrite-path-and-modify-headers/one", "/prefix/one")]:
         expect(world, Expect(path, headers=sent, backend="echo-v1", req_path=seen, req_headers=seen_headers,
                              req_absent=("X-Header-Remove",)))
+
+
+def _redirect_rule(prefix: str, **redirect: Any) -> dict[str, Any]:
+    path = redirect.pop("path", None)
+    if path is not None:
+        kind, value = path
+        redirect["path"] = {"type": kind, ("replacePrefixMatch" if kind == "ReplacePrefixMatch" else
+                                           "replaceFullPath"): value}
+    return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+            "filters": [{"type": "RequestRedirect", "requestRedirect": redirect}]}
+
+
+def _redirects(world: World, name: str, rules: list[dict[str, Any]],
+               cases: list[tuple[str, int, str]]) -> None:
+    """Apply a route of redirect rules; each case: request path, status, Location."""
+    world.apply([mesh_route(name, rules)])
+    expect_route_accepted(world, name)
+    for path, status, location in cases:
+        expect(world, Expect(path, status=status, location=location))
+
+
+@scenario("MeshHTTPRouteRedirectPath")
+def redirect_path(world: World) -> None:
+    pre, full = "ReplacePrefixMatch", "ReplaceFullPath"
+    _redirects(world, "mesh-redirect-path", [
+        _redirect_rule("/original-prefix", path=(pre, "/replacement-prefix")),
+        _redirect_rule("/full", path=(full, "/full-path-replacement")),
+        _redirect_rule("/path-and-host", hostname="example.org", path=(pre, "/replacement-prefix")),
+        _redirect_rule("/path-and-status", path=(pre, "/replacement-prefix"), statusCode=301),
+        _redirect_rule("/full-path-and-host", hostname="example.org", path=(full, "/replacement-full")),
+        _redirect_rule("/full-path-and-status", path=(full, "/replacement-full"), statusCode=301)],
+        [("/original-prefix/lemon", 302, "http://echo/replacement-prefix/lemon"),
+         ("/full/path/original", 302, "http://echo/full-path-replacement"),
+         ("/path-and-host", 302, "http://example.org/replacement-prefix"),
+         ("/path-and-status", 301, "http://echo/replacement-prefix"),
+         ("/full-path-and-host", 302, "http://example.org/replacement-full"),
+         ("/full-path-and-status", 301, "http://echo/replacement-full")])
+
+
+@scenario("MeshHTTPRouteRedirectHostAndStatus")
+def redirect_host_and_status(world: World) -> None:
+    _redirects(world, "mesh-redirect-host-and-status", [
+        _redirect_rule("/hostname-redirect", hostname="example.org"),
+        _redirect_rule("/host-and-status", statusCode=301, hostname="example.org")],
+        [("/hostname-redirect", 302, "http://example.org/hostname-redirect"),
+         ("/host-and-status", 301, "http://example.org/host-and-status")])
+
+
+def _status_redirect(code: int) -> Callable[[World], None]:
+    def run(world: World) -> None:
+        _redirects(world, f"mesh-redirect-{code}", [_redirect_rule("/redirect", statusCode=code)],
+                   [("/redirect", code, "http://echo/redirect")])
+    return run
+
+
+for _code in (303, 307, 308):
+    scenario(f"MeshHTTPRoute{_code}Redirect")(_status_redirect(_code))
+
+
+@scenario("MeshHTTPRouteSchemeRedirect")
+def scheme_redirect(world: World) -> None:
+    _redirects(world, "mesh-scheme-redirect", [
+        _redirect_rule("/scheme", scheme="https"),
+        _redirect_rule("/scheme-and-host", hostname="example.org", scheme="https"),
+        _redirect_rule("/scheme-and-status", scheme="https", statusCode=301),
+        _redirect_rule("/scheme-and-host-and-status", scheme="https", statusCode=302, hostname="example.org")],
+        [("/scheme", 302, "https://echo/scheme"),
+         ("/scheme-and-host", 302, "https://example.org/scheme-and-host"),
+         ("/scheme-and-status", 301, "https://echo/scheme-and-status"),
+         ("/scheme-and-host-and-status", 302, "https://example.org/scheme-and-host-and-status")])
+
+
+@scenario("MeshHTTPRouteRedirectPort")
+def port_redirect(world: World) -> None:
+    _redirects(world, "mesh-port-redirect", [
+        _redirect_rule("/port", port=8083),
+        _redirect_rule("/port-and-host", hostname="example.org", port=8083),
+        _redirect_rule("/port-and-status", port=8083, statusCode=301),
+        _redirect_rule("/port-and-host-and-status", port=8083, hostname="example.org", statusCode=302)],
+        [("/port", 302, "http://echo:8083/port"),
+         ("/port-and-host", 302, "http://example.org:8083/port-and-host"),
+         ("/port-and-status", 301, "http://echo:8083/port-and-status"),
+         ("/port-and-host-and-status", 302, "http://example.org:8083/port-and-host-and-status")])
