@@ -271,3 +271,107 @@ def port_redirect(world: World) -> None:
          ("/port-and-host", 302, "http://example.org:8083/port-and-host"),
          ("/port-and-status", 301, "http://echo:8083/port-and-status"),
          ("/port-and-host-and-status", 302, "http://example.org:8083/port-and-host-and-status")])
+
+
+def _pairs(**kv: str) -> list[dict[str, str]]:
+    return [{"name": k.replace("_", "-"), "value": v} for k, v in kv.items()]
+
+
+# The suite's request-header-modifier rules (path prefix -> modifier) and cases, as its Gateway test has them.
+HEADER_MODS: list[tuple[str, dict[str, Any]]] = [
+    ("/set", {"set": _pairs(X_Header_Set="set-overwrites-values")}),
+    ("/add", {"add": _pairs(X_Header_Add="add-appends-values")}),
+    ("/remove", {"remove": ["X-Header-Remove"]}),
+    ("/multiple", {"set": _pairs(X_Header_Set_1="header-set-1", X_Header_Set_2="header-set-2"),
+                   "add": _pairs(X_Header_Add_1="header-add-1", X_Header_Add_2="header-add-2",
+                                 X_Header_Add_3="header-add-3"),
+                   "remove": ["X-Header-Remove-1", "X-Header-Remove-2"]}),
+    ("/case-insensitivity", {"set": _pairs(X_Header_Set="header-set"), "add": _pairs(X_Header_Add="header-add"),
+                             "remove": ["X-Header-Remove"]})]
+_OTHER = {"Some-Other-Header": "val"}
+HEADER_CASES: list[tuple[str, dict[str, str], dict[str, str], tuple[str, ...]]] = [
+    ("/set", _OTHER, {**_OTHER, "X-Header-Set": "set-overwrites-values"}, ()),
+    ("/set", {**_OTHER, "X-Header-Set": "some-other-value"}, {**_OTHER, "X-Header-Set": "set-overwrites-values"}, ()),
+    ("/add", _OTHER, {**_OTHER, "X-Header-Add": "add-appends-values"}, ()),
+    ("/add", {**_OTHER, "X-Header-Add": "some-other-value"},
+     {**_OTHER, "X-Header-Add": "some-other-value,add-appends-values"}, ()),
+    ("/remove", {"X-Header-Remove": "val"}, {}, ("X-Header-Remove",)),
+    ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
+                   "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val"},
+     {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2", "X-Header-Add-1": "header-add-1",
+      "X-Header-Add-2": "add-val-2,header-add-2", "X-Header-Add-3": "header-add-3",
+      "Another-Header": "another-header-val"}, ("X-Header-Remove-1", "X-Header-Remove-2")),
+    ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
+                             "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
+     {"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
+      "Another-Header": "another-header-val"}, ("x-header-remove", "X-Header-Remove"))]
+
+
+def _header_modifier(world: World, name: str, on_backend: bool) -> None:
+    rules = []
+    for path, mod in HEADER_MODS:
+        f = [{"type": "RequestHeaderModifier", "requestHeaderModifier": mod}]
+        ref = backend("echo-v1")
+        rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": path}}], "backendRefs": [ref]}
+        if on_backend:
+            ref["filters"] = f
+        else:
+            rule["filters"] = f
+        rules.append(rule)
+    world.apply([mesh_route(name, rules)])
+    expect_route_accepted(world, name)
+    for path, sent, seen, absent in HEADER_CASES:
+        expect(world, Expect(path, headers=sent, backend="echo-v1", req_headers=seen, req_absent=absent))
+
+
+@scenario("MeshHTTPRouteRequestHeaderModifier")
+def request_header_modifier(world: World) -> None:
+    _header_modifier(world, "mesh-request-header-modifier", on_backend=False)
+
+
+@scenario("MeshHTTPRouteBackendRequestHeaderModifier")
+def backend_request_header_modifier(world: World) -> None:
+    _header_modifier(world, "mesh-request-header-modifier-backend", on_backend=True)
+
+
+@scenario("MeshHTTPRouteNamedRule")
+def named_rule(world: World) -> None:
+    world.apply([mesh_route("mesh-http-named-rules", [
+        {"name": "named-rule", "matches": [{"path": {"type": "PathPrefix", "value": "/named"}}],
+         "backendRefs": [backend("echo-v1")]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/unnamed"}}], "backendRefs": [backend("echo-v2")]}])])
+    expect_route_accepted(world, "mesh-http-named-rules")
+    expect(world, Expect("/named", backend="echo-v1", req_path="/named"))
+    expect(world, Expect("/unnamed", backend="echo-v2", req_path="/unnamed"))
+
+
+@scenario("MeshHTTPRouteQueryParamMatching")
+def query_param_matching(world: World) -> None:
+    def q(name: str, value: str) -> dict[str, str]:
+        return {"name": name, "value": value}
+
+    def pre(p: str) -> dict[str, str]:
+        return {"type": "PathPrefix", "value": p}
+
+    def r(to: str, *matches: dict[str, Any]) -> dict[str, Any]:
+        return {"matches": list(matches), "backendRefs": [backend(to)]}
+
+    world.apply([mesh_route("mesh-query-param-matching", [
+        r("echo-v1", {"queryParams": [q("animal", "whale")]}),
+        r("echo-v2", {"queryParams": [q("animal", "dolphin")]}),
+        r("echo-v1", {"path": pre("/path1"), "queryParams": [q("animal", "whale")]}),
+        r("echo-v2", {"headers": [q("version", "one")], "queryParams": [q("animal", "whale")]}),
+        r("echo-v1", {"path": pre("/path3"), "queryParams": [q("animal", "shark")]},
+          {"path": pre("/path4"), "headers": [q("version", "three")], "queryParams": [q("animal", "kraken")]}),
+        r("echo-v1", {"path": pre("/path5")}),
+        r("echo-v2", {"queryParams": [q("animal", "hydra")]})])])
+    expect_route_accepted(world, "mesh-query-param-matching")
+    cases: list[tuple[str, dict[str, str], str]] = [
+        ("/?animal=whale", {}, "echo-v1"), ("/?animal=dolphin", {}, "echo-v2"),
+        ("/?animal=whale&otherparam=irrelevant", {}, "echo-v1"), ("/?animal=dolphin&color=yellow", {}, "echo-v2"),
+        ("/?color=blue", {}, ""), ("/?animal=dog", {}, ""), ("/?animal=whaledolphin", {}, ""), ("/", {}, ""),
+        ("/path1?animal=whale", {}, "echo-v1"), ("/?animal=whale", {"version": "one"}, "echo-v2"),
+        ("/path3?animal=shark", {}, "echo-v1"), ("/path4?animal=kraken", {"version": "three"}, "echo-v1"),
+        ("/?animal=shark", {}, ""), ("/path4?animal=kraken", {}, ""), ("/path5?animal=hydra", {}, "echo-v1")]
+    for path, headers, to in cases:
+        expect(world, Expect(path, headers=headers, backend=to, status=200 if to else 404))
