@@ -3,10 +3,14 @@ and their echo pods, with requests sent from the `echo-v1` pod as the suite's ec
 
 cilia serves a mesh client without a kernel here: the client pod's sidecar Envoy
 (`sidecar~gateway-conformance-mesh/<echo-v1 pod>`) binds its outbound capture listener on 0.0.0.0 at
-the Services' port 80, so a request sent to a Service's ClusterIP:80 lands on it with the ClusterIP
-as its local address, which is what picks the Service's filter chain (no original destination to
-restore: the same arrangement as the end-to-end mesh tests). ClusterIPs and pod addresses are
-loopback addresses of the runner's own.
+a Service port, so a request sent to a Service's ClusterIP:port lands on it with the ClusterIP:port
+as its local address, which is what picks the Service port's filter chain (no original destination
+to restore: the same arrangement as the end-to-end mesh tests). The capture port is one per `cilia
+serve`, so each further Service port the suite sends to (8080, 7070) has a `cilia serve` of its own
+(same manifests, `--mesh-capture-port` = that port) and a sidecar Envoy for the same pod: together
+they stand for the one capture listener that receives every port in a cluster. ClusterIPs and pod
+addresses are loopback addresses of the runner's own; the pods listen on 18080 (HTTP) and 17070
+(gRPC) rather than the suite's 8080 and 7070, which the capture sockets hold on 0.0.0.0.
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from conformance.echo import ConformanceEcho
+from conformance.echo import ConformanceEcho, ConformanceGrpcEcho
 from conformance.runner import GW, SERVE_ARGS, START_HOOKS, Expect, World, scenario
 from conformance.scenarios import _distribution
 from support.conformance_base import doc
+from support.controlplane import CiliaProcess
 from support.envoy import Envoy
 
 MESH = "gateway-conformance-mesh"
-MESH_PORT = 80  # the Services' `http` port, and the sidecar's capture port
-ECHO_PORT = 8080  # the pods' HTTP port (`http-alt` and the target of `http`)
+MESH_PORT = 80  # the Services' `http` port, and the main `cilia serve`'s capture port
+ALT_PORT = 8080  # the Services' `http-alt` port
+GRPC_PORT = 7070  # the Services' `grpc` port
+ECHO_PORT = 18080  # the pods' HTTP port (the target of `http` and `http-alt`)
+ECHO_GRPC_PORT = 17070  # the pods' gRPC port
 VIPS = {"echo": "127.96.5.1", "echo-v1": "127.96.5.2", "echo-v2": "127.96.5.3"}
 PODS = {"v1": "127.1.5.1", "v2": "127.1.5.2"}
 
@@ -31,7 +39,8 @@ SERVE_ARGS.extend(["--mesh-capture-port", str(MESH_PORT), "--mesh-sidecar-captur
 
 def _service(name: str, selector: dict[str, str]) -> dict[str, Any]:
     ports = [{"name": "http", "port": MESH_PORT, "appProtocol": "http", "targetPort": ECHO_PORT},
-             {"name": "http-alt", "port": ECHO_PORT, "appProtocol": "http"}]
+             {"name": "http-alt", "port": ALT_PORT, "appProtocol": "http", "targetPort": ECHO_PORT},
+             {"name": "grpc", "port": GRPC_PORT, "appProtocol": "grpc", "targetPort": ECHO_GRPC_PORT}]
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
             "spec": {"clusterIP": VIPS[name], "selector": selector, "ports": ports}}
 
@@ -40,7 +49,8 @@ def _slice(service: str, pods: list[tuple[str, str]]) -> dict[str, Any]:
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": f"{service}-1", "namespace": MESH, "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",
-            "ports": [{"name": "http", "port": ECHO_PORT}, {"name": "http-alt", "port": ECHO_PORT}],
+            "ports": [{"name": "http", "port": ECHO_PORT}, {"name": "http-alt", "port": ECHO_PORT},
+                      {"name": "grpc", "port": ECHO_GRPC_PORT}],
             "endpoints": [{"addresses": [ip], "targetRef": {"kind": "Pod", "name": pod, "namespace": MESH},
                            "conditions": {"ready": True}} for pod, ip in pods]}
 
@@ -56,9 +66,11 @@ def _pod(echo: ConformanceEcho, version: str) -> dict[str, Any]:
 def start_mesh(world: World) -> None:
     """The mesh namespace, its Services and pods, and the client pod's sidecar Envoy."""
     echos = {v: ConformanceEcho(f"echo-{v}", MESH, ip, ECHO_PORT).start() for v, ip in PODS.items()}
-    for e in echos.values():
+    grpc_echos = {v: ConformanceGrpcEcho(f"echo-{v}", MESH, ip, ECHO_GRPC_PORT).start() for v, ip in PODS.items()}
+    for e in [*echos.values(), *grpc_echos.values()]:
         world.cleanups.append(e.stop)
     world.echos.update({f"mesh-{v}": e for v, e in echos.items()})
+    world.grpc_echos.update({f"mesh-{v}": g for v, g in grpc_echos.items()})
     docs = [{"apiVersion": "v1", "kind": "Namespace",
              "metadata": {"name": MESH, "labels": {"gateway-conformance": "mesh", "cilia.io/mesh": "sidecar"}}},
             _service("echo", {"app": "echo"}), _service("echo-v1", {"app": "echo", "version": "v1"}),
@@ -71,8 +83,14 @@ def start_mesh(world: World) -> None:
         for host in (name, f"{name}.{MESH}", f"{name}.{MESH}.svc", f"{name}.{MESH}.svc.cluster.local"):
             world.addresses[host] = vip
     assert world.cilia is not None
-    sidecar = Envoy(f"sidecar~{MESH}/{echos['v1'].pod}", world.cilia.xds_port).start()
-    world.cleanups.append(sidecar.stop)
+    client = f"sidecar~{MESH}/{echos['v1'].pod}"
+    world.cleanups.append(Envoy(client, world.cilia.xds_port).start().stop)
+    for port in (ALT_PORT, GRPC_PORT):
+        cp = CiliaProcess([str(world.md.path)], extra=["--mesh-capture-port", str(port),
+                                                       "--mesh-sidecar-capture-address", "0.0.0.0"])
+        world.cleanups.append(cp.stop)
+        cp.start()
+        world.cleanups.append(Envoy(client, cp.xds_port).start().stop)
 
 
 START_HOOKS.append(start_mesh)
@@ -87,7 +105,7 @@ def mesh_route(name: str, rules: list[dict[str, Any]], *, service: str = "echo",
             "spec": {"parentRefs": [ref], "rules": rules}}
 
 
-def backend(name: str, port: int = ECHO_PORT, weight: int | None = None) -> dict[str, Any]:
+def backend(name: str, port: int = ALT_PORT, weight: int | None = None) -> dict[str, Any]:
     ref: dict[str, Any] = {"name": name, "port": port}
     if weight is not None:
         ref["weight"] = weight
@@ -375,3 +393,112 @@ def query_param_matching(world: World) -> None:
         ("/?animal=shark", {}, ""), ("/path4?animal=kraken", {}, ""), ("/path5?animal=hydra", {}, "echo-v1")]
     for path, headers, to in cases:
         expect(world, Expect(path, headers=headers, backend=to, status=200 if to else 404))
+
+
+def _response_header(value: str) -> dict[str, Any]:
+    return {"type": "ResponseHeaderModifier",
+            "responseHeaderModifier": {"set": [{"name": "X-Header-Set", "value": value}]}}
+
+
+def _frontend_route() -> dict[str, Any]:
+    return mesh_route("mesh-split-v1", [{"filters": [_response_header("set")],
+                                         "backendRefs": [backend("echo-v2", MESH_PORT)]}], service="echo-v2", port=None)
+
+
+@scenario("MeshFrontend")
+def frontend(world: World) -> None:
+    """A route on echo-v2 applies to its Service address only. The suite's second case sends to the
+    pod's own address: no Service address, so no route (here the request reaches the pod directly,
+    as cilia's capture would pass it through)."""
+    world.apply([_frontend_route()])
+    expect_route_accepted(world, "mesh-split-v1", "echo-v2")
+    expect(world, Expect("/", backend="echo-v2", resp_headers={"X-Header-Set": "set"}), "echo-v2")
+    world.addresses["echo-v2-pod"] = PODS["v2"]
+    world.expect("echo-v2-pod", Expect("/", host=f"{PODS['v2']}:{ECHO_PORT}", backend="echo-v2", namespace=MESH,
+                                       resp_absent=("X-Header-Set",)), port=ECHO_PORT)
+
+
+@scenario("MeshFrontendHostname")
+def frontend_hostname(world: World) -> None:
+    """The Service address picks the route, not the Host header."""
+    world.apply([_frontend_route()])
+    expect_route_accepted(world, "mesh-split-v1", "echo-v2")
+    world.expect("echo-v2", Expect("/", host="echo-v1", backend="echo-v2", namespace=MESH,
+                                   resp_headers={"X-Header-Set": "set"}), port=MESH_PORT)
+    world.expect("echo-v1", Expect("/", host="echo-v2", backend="echo-v1", namespace=MESH,
+                                   resp_absent=("X-Header-Set",)), port=MESH_PORT)
+
+
+@scenario("MeshPorts")
+def ports(world: World) -> None:
+    world.apply([
+        mesh_route("mesh-split-v1", [{"filters": [_response_header("v1")],
+                                      "backendRefs": [backend("echo-v1", MESH_PORT)]}], service="echo-v1"),
+        mesh_route("mesh-split-v2", [{"filters": [_response_header("v2")],
+                                      "backendRefs": [backend("echo-v2", MESH_PORT)]}], service="echo-v2", port=None)])
+    expect_route_accepted(world, "mesh-split-v1", "echo-v1")
+    expect_route_accepted(world, "mesh-split-v2", "echo-v2")
+    for host, port, to, header in [("echo-v1", MESH_PORT, "echo-v1", "v1"), ("echo-v1", ALT_PORT, "echo-v1", ""),
+                                   ("echo-v2", MESH_PORT, "echo-v2", "v2"), ("echo-v2", ALT_PORT, "echo-v2", "v2")]:
+        e = Expect("/", host=host if port == MESH_PORT else f"{host}:{port}", backend=to, namespace=MESH,
+                   resp_headers={"X-Header-Set": header} if header else {},
+                   resp_absent=() if header else ("X-Header-Set",))
+        world.expect(host, e, port=port)
+
+
+@scenario("MeshGRPCRouteWeight")
+def grpc_weight(world: World) -> None:
+    route = mesh_route("mesh-grpc-weight", [{"backendRefs": [backend("echo-v1", GRPC_PORT, 70),
+                                                             backend("echo-v2", GRPC_PORT, 30),
+                                                             backend("echo-v3", GRPC_PORT, 0)]}],
+                       port=GRPC_PORT, kind="GRPCRoute")
+    world.apply([route])
+    host = f"echo:{GRPC_PORT}"
+    world.expect_grpc("echo", "Echo", host=host, port=GRPC_PORT)
+
+    def pod() -> str:
+        code, echo = world.grpc_call("echo", "Echo", host, port=GRPC_PORT)
+        return str(echo.get("pod", code))
+
+    world.eventually("weighted distribution", lambda: _distribution(pod, {"echo-v1": 0.7, "echo-v2": 0.3}))
+
+
+CONSUMER = "gateway-conformance-mesh-consumer"
+CONSUMER_POD_IP = "127.1.5.9"
+
+
+@scenario("MeshConsumerRoute")
+def consumer_route(world: World) -> None:
+    """A route in the consumer namespace applies to that namespace's clients only. The consumer pod's
+    sidecar (a `cilia serve` and Envoy of its own while the scenario runs) binds its capture listener
+    on echo-v1's ClusterIP:80, which takes that address from the producer client's 0.0.0.0 socket; once
+    it is gone the producer client's own sidecar answers again."""
+    pod = "echo-v1-consumer-0"
+    world.apply([
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": CONSUMER,
+                      "labels": {"gateway-conformance": "mesh-consumer", "cilia.io/mesh": "sidecar"}}},
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": pod, "namespace": CONSUMER, "labels": {"app": "echo", "version": "v1"}},
+         "spec": {"nodeName": "node-1", "containers": [{"name": "echo", "image": "echo"}]},
+         "status": {"phase": "Running", "podIP": CONSUMER_POD_IP}},
+        {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "mesh-echo-add-header", "namespace": CONSUMER},
+         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo-v1", "namespace": MESH}],
+                  "rules": [{"filters": [_response_header("set")],
+                             "backendRefs": [{"name": "echo-v1", "namespace": MESH, "port": MESH_PORT}]}]}}])
+    world.expect_route("mesh-echo-add-header", "echo-v1", ns=CONSUMER, gw_ns=MESH)
+    host = f"echo-v1.{MESH}"
+    cp = CiliaProcess([str(world.md.path)], extra=["--mesh-capture-port", str(MESH_PORT),
+                                                   "--mesh-sidecar-capture-address", VIPS["echo-v1"]])
+    envoy: Envoy | None = None
+    try:
+        cp.start()
+        envoy = Envoy(f"sidecar~{CONSUMER}/{pod}", cp.xds_port).start()
+        world.expect(host, Expect("/", host=host, backend="echo-v1", namespace=MESH,
+                                  resp_headers={"X-Header-Set": "set"}), port=MESH_PORT)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        cp.stop()
+    world.expect(host, Expect("/", host=host, backend="echo-v1", namespace=MESH, resp_absent=("X-Header-Set",)),
+                 port=MESH_PORT)
