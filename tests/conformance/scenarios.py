@@ -1135,9 +1135,8 @@ def _skipped() -> dict[str, str]:
         " (cilia creates no infrastructure objects to label)",
         "UDPRoute": FEATURE.format("UDPRoute"),
         "TLSRouteModeTerminate": NOT_REPLAYED,
-        "Mesh": "not replayed by the runner yet (scenarios_mesh.py replays the mesh tests written so far; "
-                "this one needs the suite's consumer namespace, other Service ports than 80 or gRPC from the "
-                "client pod, which its World does not have yet): no claim is made either way",
+        "Mesh": "not replayed by the runner yet (scenarios_mesh.py replays the suite's mesh tests from a sidecar "
+                "client): no claim is made either way",
     }
     out = {}
     for name, feats in TESTS.items():

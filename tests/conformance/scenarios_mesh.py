@@ -67,8 +67,8 @@ def start_mesh(world: World) -> None:
     """The mesh namespace, its Services and pods, and the client pod's sidecar Envoy."""
     echos = {v: ConformanceEcho(f"echo-{v}", MESH, ip, ECHO_PORT).start() for v, ip in PODS.items()}
     grpc_echos = {v: ConformanceGrpcEcho(f"echo-{v}", MESH, ip, ECHO_GRPC_PORT).start() for v, ip in PODS.items()}
-    for e in [*echos.values(), *grpc_echos.values()]:
-        world.cleanups.append(e.stop)
+    world.cleanups.extend(e.stop for e in echos.values())
+    world.cleanups.extend(g.stop for g in grpc_echos.values())
     world.echos.update({f"mesh-{v}": e for v, e in echos.items()})
     world.grpc_echos.update({f"mesh-{v}": g for v, g in grpc_echos.items()})
     docs = [{"apiVersion": "v1", "kind": "Namespace",
@@ -129,7 +129,7 @@ def mesh_basic(world: World) -> None:
     expect(world, Expect("/", status=200))
 
 
-@scenario("MeshHTTPRouteSimpleSameNamespace")
+@scenario("MeshHTTPRouteSimpleSameNamespace", fast=True)
 def simple_same_namespace(world: World) -> None:
     world.apply([mesh_route("gateway-conformance-mesh-test", [{"backendRefs": [backend("echo-v1")]}])])
     expect_route_accepted(world, "gateway-conformance-mesh-test")

@@ -41,6 +41,9 @@ SUPPORTED_FEATURES = frozenset({
     "GatewayHTTPSListenerDetectMisdirectedRequests", "HTTPRouteMethodMatching", "HTTPRouteRequestMirror",
     "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry", "HTTPRouteParentRefPort",
     "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS",
+    "MeshClusterIPMatching", "MeshConsumerRoute", "MeshHTTPRouteRewritePath", "MeshHTTPRouteSchemeRedirect",
+    "MeshHTTPRouteRedirectPort", "MeshHTTPRouteRedirectPath", "MeshHTTPRouteQueryParamMatching",
+    "MeshHTTPRouteNamedRouteRule", "MeshHTTPRouteBackendRequestHeaderModification",
 })
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
