@@ -64,6 +64,9 @@ def _multi_port_service(name: str, ns: str, vip: str, e: ConformanceEcho, h: Con
            "addressType": "IPv4", "ports": [{"name": n, "port": t} for n, _p, t, _a in ports],
            "endpoints": [{"addresses": [e.host], "conditions": {"ready": True}}]}
     return json.dumps(svc) + "\n---\n" + json.dumps(eps)
+# Extra `cilia serve` flags and start hooks that scenario modules add at import (e.g. the mesh side).
+SERVE_ARGS: list[str] = []
+START_HOOKS: list[Callable[[World], None]] = []
 
 
 class ScenarioFailure(AssertionError):
@@ -120,6 +123,7 @@ class World:
         self.cilia: CiliaProcess | None = None
         self.envoy: Envoy | None = None
         self._applied: list[tuple[str, str, str]] = []
+        self.cleanups: list[Callable[[], None]] = []  # run by stop(), last added first
 
     # -- setup ------------------------------------------------------------------------------------
     def address(self, gateway: str) -> str:
@@ -205,11 +209,16 @@ class World:
         self.md.write("base-services.yaml", "\n---\n".join(services) + "\n")
         self.md.write("base-gateways.yaml", self.text(self.base_docs()))
         # Gateways asking for an address without a value get this one (GatewayOptionalAddressValue).
-        self.cilia = CiliaProcess([str(self.md.path)], extra=["--gateway-address", DEFAULT_ADDRESS]).start()
+        self.cilia = CiliaProcess([str(self.md.path)],
+                                   extra=["--gateway-address", DEFAULT_ADDRESS, *SERVE_ARGS]).start()
         self.envoy = Envoy("node~conformance", self.cilia.xds_port).start()
+        for hook in START_HOOKS:
+            hook(self)
         return self
 
     def stop(self) -> None:
+        for fn in reversed(self.cleanups):
+            fn()
         if self.envoy is not None:
             self.envoy.stop()
         if self.cilia is not None:

@@ -258,3 +258,22 @@ def test_example_translates_cleanly_and_everything_is_accepted() -> None:
     parents = [line for line in lines if line.lstrip().startswith("parent ")]
     assert len(parents) == 3 and all("Accepted=True" in p and "ResolvedRefs=True" in p for p in parents)
     assert "  parent Service default/blue:80: Accepted=True(Accepted) ResolvedRefs=True(ResolvedRefs)" in lines
+
+
+def test_mesh_route_backends_in_other_namespaces_need_no_reference_grant() -> None:
+    """GAMMA routes reach backends in any namespace without a ReferenceGrant; Gateway routes still need one."""
+    rules = [{"backendRefs": [{"name": "svc", "namespace": "default", "port": 80}]}]
+    consumer = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "c", "namespace": "client"},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "svc", "namespace": "default"}],
+                         "rules": rules}}
+    north_south = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "ns", "namespace": "client"},
+                   "spec": {"parentRefs": [{"name": "gw", "namespace": "default"}], "rules": rules}}
+    snap = snapshot(consumer, north_south)
+    rc = mesh_routes_for(snap, "client", "default", "svc", 80)
+    assert rc is not None and [b.cluster for b in rc.virtual_hosts[0].routes[0].backends] == ["default/svc:80"]
+    out = translate_gateway(snap, TranslateOptions())
+    by_name = {s.as_dict()["metadata"]["name"]: s.as_dict() for s in out.statuses}
+    conds = {c["type"]: c for c in by_name["c"]["status"]["parents"][0]["conditions"]}
+    assert conds["ResolvedRefs"]["status"] == "True"
+    refused = [c for p in by_name["ns"]["status"]["parents"] for c in p["conditions"] if c["type"] == "ResolvedRefs"]
+    assert refused and refused[0]["reason"] == "RefNotPermitted"

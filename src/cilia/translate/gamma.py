@@ -85,7 +85,7 @@ def translate_gamma(snapshot: InputSnapshot, opts: TranslateOptions) -> GammaRes
             refs = [r for r in route.spec.parent_refs if r.is_service]
             if not refs:
                 continue
-            builder = RuleBuilder(snapshot, route, grpc=kind == "GRPCRoute")
+            builder = RuleBuilder(snapshot, route, grpc=kind == "GRPCRoute", mesh=True)
             builder.resolve_all()
             for ref in refs:
                 accepted, ports = _service_parent(snapshot, route, ref.namespace, ref.name, ref.port)

@@ -46,6 +46,11 @@ SUPPORTED_FEATURES = frozenset({
     "HTTPRouteRequestMultipleMirrors", "HTTPRouteBackendTimeout", "HTTPRouteNamedRouteRule", "GRPCRouteNamedRouteRule",
     "GatewayHTTPListenerIsolation", "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
     "GatewayAddressEmpty",
+    "MeshClusterIPMatching", "MeshConsumerRoute", "MeshHTTPRouteRewritePath", "MeshHTTPRouteSchemeRedirect",
+    "MeshHTTPRouteRedirectPort", "MeshHTTPRouteRedirectPath", "MeshHTTPRouteQueryParamMatching",
+    "MeshHTTPRouteNamedRouteRule", "MeshHTTPRouteBackendRequestHeaderModification",
+    "HTTPRoute303RedirectStatusCode", "HTTPRoute307RedirectStatusCode", "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteResponseHeaderModification",
 })
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
@@ -185,14 +190,17 @@ class ResolvedBackend:
 
 
 def resolve_ref(snapshot: InputSnapshot, route: KubeObject, ref: BackendRef,
-                protocol: ir.UpstreamProtocol | None) -> ResolvedBackend:
-    """A backendRef of `route` -> cluster, or the ResolvedRefs reason it fails with."""
+                protocol: ir.UpstreamProtocol | None, mesh: bool = False) -> ResolvedBackend:
+    """A backendRef of `route` -> cluster, or the ResolvedRefs reason it fails with. For mesh (GAMMA)
+    routes a backend in another namespace needs no ReferenceGrant: a mesh route only augments how
+    clients reach Services they can reach anyway (GEP-1294)."""
     what = f"{ref.kind} {ref.namespace}/{ref.name}"
     if norm_group(ref.group) != "" or ref.kind != "Service":
         return ResolvedBackend(None, Problem("ResolvedRefs", "InvalidKind",
                                              f"backendRef {ref.group}/{ref.kind} {ref.name}: only core Services "
                                              "are supported"))
-    if not ref_permitted(snapshot, route.kind, route.meta.namespace, "", "Service", ref.namespace, ref.name):
+    if not mesh and not ref_permitted(snapshot, route.kind, route.meta.namespace, "", "Service", ref.namespace,
+                                      ref.name):
         return ResolvedBackend(None, Problem("ResolvedRefs", "RefNotPermitted",
                                              f"backendRef {what}: no ReferenceGrant in {ref.namespace} allows "
                                              f"references from {route.kind}s in {route.meta.namespace}"))
@@ -270,10 +278,11 @@ def _string_matches(items: Iterable[Any]) -> tuple[ir.HeaderMatch, ...]:
 class RuleBuilder:
     """Turns HTTPRoute/GRPCRoute rules into ranked IR routes, resolving backends once per route."""
 
-    def __init__(self, snapshot: InputSnapshot, route: KubeObject, grpc: bool = False) -> None:
+    def __init__(self, snapshot: InputSnapshot, route: KubeObject, grpc: bool = False, mesh: bool = False) -> None:
         self.snapshot = snapshot
         self.route = route
         self.grpc = grpc
+        self.mesh = mesh
         self.protocol: ir.UpstreamProtocol | None = "http2" if grpc else None
         self._resolved: dict[BackendRef, ResolvedBackend] = {}
         self.problems: list[Problem] = []
@@ -282,7 +291,7 @@ class RuleBuilder:
 
     def backend(self, ref: BackendRef) -> ResolvedBackend:
         if ref not in self._resolved:
-            res = resolve_ref(self.snapshot, self.route, ref, self.protocol)
+            res = resolve_ref(self.snapshot, self.route, ref, self.protocol, self.mesh)
             self._resolved[ref] = res
             if res.problem is not None:
                 self.problems.append(res.problem)
