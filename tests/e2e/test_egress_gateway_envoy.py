@@ -36,7 +36,7 @@ from cilia.security.ca import init_ca_dir, load_ca_dir, new_ca  # noqa: E402
 from cilia.security.spiffe import workload_uri  # noqa: E402
 from cilia.translate.context import TranslateOptions  # noqa: E402
 from support.backends import EchoBackend  # noqa: E402
-from support.controlplane import ControlPlaneThread, ManifestDir  # noqa: E402
+from support.controlplane import ControlPlaneThread, ManifestDir, policy_denials  # noqa: E402
 from support.envoy import Envoy  # noqa: E402
 from support.net import free_port  # noqa: E402
 
@@ -315,6 +315,22 @@ def test_mtls_tunnel_requires_a_workload_certificate(egress_ips: None, tmp_path:
         # ... and the good one still works.
         code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
         assert code == 200 and peer_of(response) == EGRESS_IPS[0]
+
+        # A valid mesh workload certificate that the policy does not select is refused (403) for it;
+        # so is any client naming a policy the gateway does not serve. Both count as denials.
+        intruder = ca.issue(uris=[workload_uri(TD, "shop", "intruder")], client=True)
+        (tmp_path / "intruder").mkdir()
+        bad = tls_client(ca.bundle_pem, (intruder.cert_pem, intruder.key_pem), tmp_path / "intruder")
+        assert connect_get(tunnel_port, authority, "legacy", tls=bad)[0] == 403
+        assert connect_get(tunnel_port, authority, "nosuch", tls=good)[0] == 403
+        code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
+        assert code == 200 and peer_of(response) == EGRESS_IPS[0]
+        want = {("CiliumEgressGatewayPolicy legacy", "default-deny"): 1.0,
+                ("CiliumEgressGatewayPolicy (unknown)", "default-deny"): 1.0}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not want.items() <= policy_denials(cp).items():
+            time.sleep(0.1)
+        assert want.items() <= policy_denials(cp).items(), policy_denials(cp)
     except BaseException:
         for e in envoys:
             print(e.proxy, e.log_tail())

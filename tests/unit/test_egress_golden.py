@@ -9,6 +9,7 @@ clusters). Regenerate with
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,36 @@ def test_status_lists_egress_gateways() -> None:
     assert [line.split() for line in lines[1:]] == [["old", "True", "1", "gw,gw2", "127.0.9.1"],
                                                      ["young", "True", "1", "gw,gw2", "127.0.9.2"]]
     assert egress_table([]) == ""
+
+
+def test_gateway_lets_a_policy_be_claimed_only_by_its_selected_workloads() -> None:
+    """With mesh mTLS the gateway's route configuration carries default-deny RBAC: per policy, the
+    policy header together with the workload identities of exactly the pods that policy selects."""
+    from cilia.ir.model import HeaderMatch, PeerMatch
+    from cilia.translate.egress import POLICY_HEADER, UNKNOWN_POLICY_ROUTE, tunnel_authz
+
+    case = GOLDEN_EGRESS / "overlap"
+    opts = case_options(case, DEFAULTS)
+    snapshot, _ = load_case(case)
+    compiled = compile_egress(snapshot, replace(opts, mesh_trust_domain="td.test"))
+    authz = tunnel_authz(compiled.plans, "td.test")
+    assert authz.default_deny and not authz.deny
+    by_name = {r.name: r for r in authz.allow}
+    for plan in compiled.plans:
+        name = plan.policy.rpartition(" ")[2]
+        rule = by_name[f"CiliumEgressGatewayPolicy/{name}"]
+        assert rule.http is not None and rule.http[0].headers == (HeaderMatch(POLICY_HEADER, value=name),)
+        assert set(rule.peers) == {PeerMatch("exact", f"spiffe://td.test/ns/{p.namespace}/sa/{p.service_account}")
+                                   for p in plan.pods}
+    # Rendered on every gateway node, with a catch-all route so an unserved policy is refused by RBAC.
+    result = translate_case(case, replace(opts, mesh_trust_domain="td.test"))[1]
+    gateways = [b for b in result.ir.bundles if b.key.startswith("egress/gateway/")]
+    assert gateways
+    for b in gateways:
+        (vh,) = b.routes[0].virtual_hosts
+        assert vh.authz is not None and vh.authz.allow == authz.allow
+        assert vh.routes[-1].name == UNKNOWN_POLICY_ROUTE
+    # Without mesh mTLS there is no identity to check: no RBAC.
+    plain = translate_case(case, opts)[1]
+    assert all(b.routes[0].virtual_hosts[0].authz is None
+               for b in plain.ir.bundles if b.key.startswith("egress/gateway/"))
