@@ -18,9 +18,11 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,6 +133,56 @@ def connect_get(tunnel_port: int, authority: str, egress_policy: str, timeout: f
     return status, body
 
 
+class OpenTunnel:
+    """One CONNECT tunnel through the gateway, held open: a flow in progress."""
+
+    def __init__(self, tunnel_port: int, authority: str, egress_policy: str, timeout: float = 5.0) -> None:
+        self.conn = h2_connection.H2Connection(h2_config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.sock = socket.create_connection(("127.0.0.1", tunnel_port), timeout=timeout)
+        self.conn.initiate_connection()
+        self.sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.sid, [(":method", "CONNECT"), (":authority", authority),
+                                          ("x-cilia-egress-policy", egress_policy)])
+        self.sock.sendall(self.conn.data_to_send())
+        self.status = 0
+        self.received = b""
+        while not self.status:
+            self._pump()
+
+    def _pump(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("tunnel closed")
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2_events.ResponseReceived):
+                self.status = int(dict(ev.headers)[":status"])
+            elif isinstance(ev, h2_events.DataReceived):
+                self.received += ev.data
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, self.sid)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def exchange(self, payload: bytes, timeout: float = 10.0) -> bytes:
+        """Send `payload` (an HTTP/1.1 request) through the tunnel; the complete response."""
+        for i in range(0, len(payload), 16384):  # within HTTP/2's default frame size and window
+            self.conn.send_data(self.sid, payload[i:i + 16384])
+            self.sock.sendall(self.conn.data_to_send())
+        deadline = time.monotonic() + timeout
+        while not _complete(self.received) and time.monotonic() < deadline:
+            self._pump()
+        return self.received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def egress_status(cp: ControlPlaneThread, gateway_admin: int) -> dict[str, Any]:
+    """`cilia status -o json --envoy-admin gw=...`: the gateway's egress counters per policy."""
+    out = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{cp.admin_port}",
+                          "--envoy-admin", f"gw=127.0.0.1:{gateway_admin}", "-o", "json"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return dict(json.loads(out)["egress_traffic"]["gw"]["policies"])
+
+
 def _status_or_0(tunnel_port: int, authority: str, tls: ssl.SSLContext | None = None) -> int:
     try:
         return connect_get(tunnel_port, authority, "legacy", timeout=2, tls=tls)[0]
@@ -235,6 +287,33 @@ def test_selected_connection_leaves_from_the_egress_ip(egress_ips: None, tmp_pat
         assert code == 200 and peer_of(response) == EGRESS_IPS[0]
         # A tunnel for no policy is refused by the gateway.
         assert connect_get(tunnel_port, f"{EXTERNAL}:{server_port}", "nosuch")[0] == 404
+
+        # `cilia status` shows the gateway's flows and bytes for the policy, read from its Envoy: a flow
+        # held open with a 100 kB request in it, then closed.
+        before = egress_status(cp, envoys[0].admin_port)["legacy"]
+        body = os.urandom(100_000)
+        request = (f"POST / HTTP/1.1\r\nHost: {EXTERNAL}:{server_port}\r\ncontent-length: {len(body)}\r\n\r\n"
+                   .encode() + body)
+        tunnel = OpenTunnel(tunnel_port, f"{EXTERNAL}:{server_port}", "legacy")
+        try:
+            assert tunnel.status == 200
+            response = tunnel.exchange(request)
+            assert peer_of(response) == EGRESS_IPS[0]
+            during = egress_status(cp, envoys[0].admin_port)["legacy"]
+        finally:
+            tunnel.close()
+        assert during["flows"] == before["flows"] + 1 and during["total"] == before["total"] + 1
+        assert during["bytes_sent"] - before["bytes_sent"] >= len(request)
+        assert during["bytes_received"] - before["bytes_received"] >= len(response)
+        deadline = time.monotonic() + 10
+        while egress_status(cp, envoys[0].admin_port)["legacy"]["flows"] != before["flows"]:
+            assert time.monotonic() < deadline, "the closed flow is still counted as open"
+            time.sleep(0.2)
+        # The table view names the policy and gateway node.
+        table = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{cp.admin_port}",
+                                "--envoy-admin", f"gw=127.0.0.1:{envoys[0].admin_port}"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        assert any(line.split()[:2] == ["legacy", "gw"] for line in table.splitlines() if line.strip()), table
 
         # Another egress IP takes effect for new connections within 2 s.
         md.write("policy.yaml", policy(EGRESS_IPS[1]))

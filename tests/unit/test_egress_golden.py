@@ -131,3 +131,32 @@ def test_gateway_lets_a_policy_be_claimed_only_by_its_selected_workloads() -> No
     plain = translate_case(case, opts)[1]
     assert all(b.routes[0].virtual_hosts[0].authz is None
                for b in plain.ir.bundles if b.key.startswith("egress/gateway/"))
+
+
+def test_status_egress_traffic_from_gateway_envoy_stats() -> None:
+    """Envoy's /stats JSON -> per policy flows/bytes (policy names may hold dots); histograms and other
+    clusters are ignored; an unreadable gateway Envoy shows up as an error row, not a crash."""
+    from cilia.cli import egress_gateway_traffic
+    from cilia.obs.status_view import egress_traffic, egress_traffic_table
+    from support.net import free_port
+
+    stats = {"stats": [
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_active", "value": 2},
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_total", "value": 7},
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_tx_bytes_total", "value": 1234},
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_rx_bytes_total", "value": 99},
+        {"name": "cluster.egress|legacy.db|tunnel.upstream_cx_active", "value": 5},
+        {"name": "cluster.other.upstream_cx_active", "value": 3},
+        {"histograms": {"computed_quantiles": []}},
+    ]}
+    traffic = egress_traffic(stats)
+    assert traffic == {"legacy.db": {"flows": 2, "total": 7, "bytes_sent": 1234, "bytes_received": 99}}
+    down = f"127.0.0.1:{free_port()}"
+    table = egress_traffic_table({"gw": {"policies": traffic}, **egress_gateway_traffic([f"gw2={down}"])})
+    lines = table.splitlines()
+    assert lines[0].split() == ["EGRESS", "POLICY", "GATEWAY", "NODE", "FLOWS", "TOTAL", "BYTES", "SENT", "BYTES",
+                                "RECEIVED"]
+    assert lines[1].split() == ["legacy.db", "gw", "2", "7", "1234", "99"]
+    assert lines[2] == "egress gateway Envoy(s) not read:"
+    assert lines[3].startswith(f"  gw2: cannot read Envoy admin at {down}")
+    assert egress_traffic_table({}) == ""
