@@ -8,7 +8,10 @@ The gateway's upstream connection must come from the policy's egress IP, added t
 
 With a CA (mesh mTLS) the tunnel is mTLS: the test's client holds a workload certificate of the trust
 domain, as node~a's tunnel cluster does; a tunnel without one (plaintext, or TLS without a client
-certificate, or a certificate of another CA) is refused, and the gateway shows its node identity.
+certificate, or a certificate of another CA) is refused, and the gateway shows its node identity. A
+valid workload certificate of a ServiceAccount the policy does not select gets 403 for that policy (from
+a test client and from a real client Envoy tunnelling as node proxies do), counted by cilia.
+`cilia status --envoy-admin gw=...` shows the gateway's flows and bytes per policy.
 """
 
 from __future__ import annotations
@@ -173,6 +176,54 @@ class OpenTunnel:
 
     def close(self) -> None:
         self.sock.close()
+
+
+H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def tunnel_client_envoy(tunnel_port: int, authority: str, egress_policy: str, cert: tuple[bytes, bytes],
+                        ca_pem: bytes) -> tuple[Envoy, int]:
+    """A real Envoy tunnelling each connection to its listener (returned port) to the gateway as a node
+    proxy does (HTTP/2 CONNECT over mTLS, the policy in its header), with the given certificate."""
+    listen = free_port()
+    envoy = Envoy("tunnel~client", 0, bootstrap="{}")
+    tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+           "common_tls_context": {
+               "alpn_protocols": ["h2"],
+               "tls_certificates": [{"certificate_chain": {"inline_string": cert[0].decode()},
+                                     "private_key": {"inline_string": cert[1].decode()}}],
+               "validation_context": {"trusted_ca": {"inline_string": ca_pem.decode()}}}}
+    envoy.config.write_text(json.dumps({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": envoy.admin_port}}},
+        "node": {"id": "tunnel~client", "cluster": "test"},
+        "static_resources": {
+            "listeners": [{"name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                               "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                               "stat_prefix": "tunnel", "cluster": "gateway",
+                               "tunneling_config": {"hostname": authority, "headers_to_add": [
+                                   {"header": {"key": "x-cilia-egress-policy", "value": egress_policy}}]}}}]}]}],
+            "clusters": [{"name": "gateway", "type": "STATIC", "connect_timeout": "2s",
+                          "typed_extension_protocol_options": {H2_OPTIONS: {
+                              "@type": f"type.googleapis.com/{H2_OPTIONS}",
+                              "explicit_http_config": {"http2_protocol_options": {}}}},
+                          "load_assignment": {"cluster_name": "gateway", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                              "address": {"socket_address": {"address": "127.0.0.1", "port_value": tunnel_port}}}}]}]},
+                          "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls}}]}}))
+    return envoy.start(), listen
+
+
+def get_through(port: int, authority: str) -> bytes:
+    """A GET to the client Envoy's listener: the response, or b"" when the tunnel was refused."""
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+        try:
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
 
 
 def egress_status(cp: ControlPlaneThread, gateway_admin: int) -> dict[str, Any]:
@@ -404,7 +455,24 @@ def test_mtls_tunnel_requires_a_workload_certificate(egress_ips: None, tmp_path:
         assert connect_get(tunnel_port, authority, "nosuch", tls=good)[0] == 403
         code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
         assert code == 200 and peer_of(response) == EGRESS_IPS[0]
-        want = {("CiliumEgressGatewayPolicy legacy", "default-deny"): 1.0,
+
+        # The same through real client Envoys, as node proxies tunnel: the entitled identity's connection
+        # leaves from the egress IP; the not entitled one's tunnel is refused and nothing reaches the
+        # destination from it.
+        entitled, entitled_port = tunnel_client_envoy(tunnel_port, authority, "legacy", (leaf.cert_pem, leaf.key_pem),
+                                                      ca.bundle_pem)
+        envoys.append(entitled)
+        rogue, rogue_port = tunnel_client_envoy(tunnel_port, authority, "legacy",
+                                                (intruder.cert_pem, intruder.key_pem), ca.bundle_pem)
+        envoys.append(rogue)
+        assert peer_of(get_through(entitled_port, authority)) == EGRESS_IPS[0]
+        seen = len(server.requests)
+        assert get_through(rogue_port, authority) == b""
+        assert len(server.requests) == seen
+        assert peer_of(get_through(entitled_port, authority)) == EGRESS_IPS[0]
+        gw_rbac = envoys[0].stats("egress_gateway.rbac")
+        assert gw_rbac.get("http.egress_gateway.rbac.policy_default_deny.denied", 0) >= 3, gw_rbac
+        want = {("CiliumEgressGatewayPolicy legacy", "default-deny"): 2.0,
                 ("CiliumEgressGatewayPolicy (unknown)", "default-deny"): 1.0}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not want.items() <= policy_denials(cp).items():
