@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -308,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("proxy", nargs="?", default=None, metavar="PROXY_ID", help="show one proxy in full")
     st.add_argument("--admin", default="127.0.0.1:19000", metavar="HOST:PORT")
     st.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    st.add_argument("--envoy-admin", action="append", default=[], metavar="NODE=HOST:PORT",
+                    help="an egress gateway node's Envoy admin address: list its egress flows and bytes per "
+                         "policy (repeatable)")
 
     cf = sub.add_parser("config", help="dump the configuration a proxy was sent (from the admin endpoint)")
     cf.add_argument("proxy", metavar="PROXY_ID")
@@ -500,6 +504,24 @@ def _fetch_json(admin: str, path: str) -> Any:
 GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"})
 
 
+def egress_gateway_traffic(envoy_admins: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per gateway node (`NODE=HOST:PORT`): its Envoy's egress counters per policy, or why they could
+    not be read. Envoy admin stays on the node's loopback, so the caller names where it is reachable."""
+    from cilia.obs.status_view import EGRESS_STATS_FILTER, egress_traffic
+
+    out: dict[str, dict[str, Any]] = {}
+    query = urllib.parse.urlencode({"format": "json", "filter": EGRESS_STATS_FILTER})
+    for spec in envoy_admins:
+        node, sep, admin = spec.rpartition("=")
+        if not sep:
+            node = admin
+        try:
+            out[node] = {"policies": egress_traffic(_fetch_json(admin, f"/stats?{query}"))}
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            out[node] = {"error": f"cannot read Envoy admin at {admin}: {exc}"}
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from cilia.obs.status_view import identity_table, proxy_detail, status_table
 
@@ -535,9 +557,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         leader = _fetch_json(args.admin, "/debug/leader")
     except (urllib.error.URLError, OSError):
         leader = {}
+    traffic = egress_gateway_traffic(args.envoy_admin)
     if args.output == "json":
         print(json.dumps({"proxies": proxies, "issues": issues, "statuses": statuses, "security": security,
-                          "leader": leader, "identities": identities}, indent=2))
+                          "leader": leader, "identities": identities,
+                          **({"egress_traffic": traffic} if args.envoy_admin else {})}, indent=2))
         return 0
     from cilia.obs.status_view import leader_line
 
@@ -562,6 +586,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if egress := egress_table(statuses):
         sys.stdout.write("\n" + egress)
+    if args.envoy_admin:
+        from cilia.obs.status_view import egress_traffic_table
+
+        sys.stdout.write("\n" + egress_traffic_table(traffic))
     if statuses:
         from cilia.translate.gateway import describe_statuses
 

@@ -8,7 +8,10 @@ The gateway's upstream connection must come from the policy's egress IP, added t
 
 With a CA (mesh mTLS) the tunnel is mTLS: the test's client holds a workload certificate of the trust
 domain, as node~a's tunnel cluster does; a tunnel without one (plaintext, or TLS without a client
-certificate, or a certificate of another CA) is refused, and the gateway shows its node identity.
+certificate, or a certificate of another CA) is refused, and the gateway shows its node identity. A
+valid workload certificate of a ServiceAccount the policy does not select gets 403 for that policy (from
+a test client and from a real client Envoy tunnelling as node proxies do), counted by cilia.
+`cilia status --envoy-admin gw=...` shows the gateway's flows and bytes per policy.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +41,7 @@ from cilia.security.ca import init_ca_dir, load_ca_dir, new_ca  # noqa: E402
 from cilia.security.spiffe import workload_uri  # noqa: E402
 from cilia.translate.context import TranslateOptions  # noqa: E402
 from support.backends import EchoBackend  # noqa: E402
-from support.controlplane import ControlPlaneThread, ManifestDir  # noqa: E402
+from support.controlplane import ControlPlaneThread, ManifestDir, policy_denials  # noqa: E402
 from support.envoy import Envoy  # noqa: E402
 from support.net import free_port  # noqa: E402
 
@@ -129,6 +134,104 @@ def connect_get(tunnel_port: int, authority: str, egress_policy: str, timeout: f
             if ended or (status and status != 200) or _complete(body):
                 break
     return status, body
+
+
+class OpenTunnel:
+    """One CONNECT tunnel through the gateway, held open: a flow in progress."""
+
+    def __init__(self, tunnel_port: int, authority: str, egress_policy: str, timeout: float = 5.0) -> None:
+        self.conn = h2_connection.H2Connection(h2_config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.sock = socket.create_connection(("127.0.0.1", tunnel_port), timeout=timeout)
+        self.conn.initiate_connection()
+        self.sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.sid, [(":method", "CONNECT"), (":authority", authority),
+                                          ("x-cilia-egress-policy", egress_policy)])
+        self.sock.sendall(self.conn.data_to_send())
+        self.status = 0
+        self.received = b""
+        while not self.status:
+            self._pump()
+
+    def _pump(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("tunnel closed")
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2_events.ResponseReceived):
+                self.status = int(dict(ev.headers)[":status"])
+            elif isinstance(ev, h2_events.DataReceived):
+                self.received += ev.data
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, self.sid)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def exchange(self, payload: bytes, timeout: float = 10.0) -> bytes:
+        """Send `payload` (an HTTP/1.1 request) through the tunnel; the complete response."""
+        for i in range(0, len(payload), 16384):  # within HTTP/2's default frame size and window
+            self.conn.send_data(self.sid, payload[i:i + 16384])
+            self.sock.sendall(self.conn.data_to_send())
+        deadline = time.monotonic() + timeout
+        while not _complete(self.received) and time.monotonic() < deadline:
+            self._pump()
+        return self.received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def tunnel_client_envoy(tunnel_port: int, authority: str, egress_policy: str, cert: tuple[bytes, bytes],
+                        ca_pem: bytes) -> tuple[Envoy, int]:
+    """A real Envoy tunnelling each connection to its listener (returned port) to the gateway as a node
+    proxy does (HTTP/2 CONNECT over mTLS, the policy in its header), with the given certificate."""
+    listen = free_port()
+    envoy = Envoy("tunnel~client", 0, bootstrap="{}")
+    tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+           "common_tls_context": {
+               "alpn_protocols": ["h2"],
+               "tls_certificates": [{"certificate_chain": {"inline_string": cert[0].decode()},
+                                     "private_key": {"inline_string": cert[1].decode()}}],
+               "validation_context": {"trusted_ca": {"inline_string": ca_pem.decode()}}}}
+    envoy.config.write_text(json.dumps({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": envoy.admin_port}}},
+        "node": {"id": "tunnel~client", "cluster": "test"},
+        "static_resources": {
+            "listeners": [{"name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                               "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                               "stat_prefix": "tunnel", "cluster": "gateway",
+                               "tunneling_config": {"hostname": authority, "headers_to_add": [
+                                   {"header": {"key": "x-cilia-egress-policy", "value": egress_policy}}]}}}]}]}],
+            "clusters": [{"name": "gateway", "type": "STATIC", "connect_timeout": "2s",
+                          "typed_extension_protocol_options": {H2_OPTIONS: {
+                              "@type": f"type.googleapis.com/{H2_OPTIONS}",
+                              "explicit_http_config": {"http2_protocol_options": {}}}},
+                          "load_assignment": {"cluster_name": "gateway", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                              "address": {"socket_address": {"address": "127.0.0.1", "port_value": tunnel_port}}}}]}]},
+                          "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls}}]}}))
+    return envoy.start(), listen
+
+
+def get_through(port: int, authority: str) -> bytes:
+    """A GET to the client Envoy's listener: the response, or b"" when the tunnel was refused."""
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+        try:
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
+
+
+def egress_status(cp: ControlPlaneThread, gateway_admin: int) -> dict[str, Any]:
+    """`cilia status -o json --envoy-admin gw=...`: the gateway's egress counters per policy."""
+    out = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{cp.admin_port}",
+                          "--envoy-admin", f"gw=127.0.0.1:{gateway_admin}", "-o", "json"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return dict(json.loads(out)["egress_traffic"]["gw"]["policies"])
 
 
 def _status_or_0(tunnel_port: int, authority: str, tls: ssl.SSLContext | None = None) -> int:
@@ -236,6 +339,33 @@ def test_selected_connection_leaves_from_the_egress_ip(egress_ips: None, tmp_pat
         # A tunnel for no policy is refused by the gateway.
         assert connect_get(tunnel_port, f"{EXTERNAL}:{server_port}", "nosuch")[0] == 404
 
+        # `cilia status` shows the gateway's flows and bytes for the policy, read from its Envoy: a flow
+        # held open with a 100 kB request in it, then closed.
+        before = egress_status(cp, envoys[0].admin_port)["legacy"]
+        body = os.urandom(100_000)
+        request = (f"POST / HTTP/1.1\r\nHost: {EXTERNAL}:{server_port}\r\ncontent-length: {len(body)}\r\n\r\n"
+                   .encode() + body)
+        tunnel = OpenTunnel(tunnel_port, f"{EXTERNAL}:{server_port}", "legacy")
+        try:
+            assert tunnel.status == 200
+            response = tunnel.exchange(request)
+            assert peer_of(response) == EGRESS_IPS[0]
+            during = egress_status(cp, envoys[0].admin_port)["legacy"]
+        finally:
+            tunnel.close()
+        assert during["flows"] == before["flows"] + 1 and during["total"] == before["total"] + 1
+        assert during["bytes_sent"] - before["bytes_sent"] >= len(request)
+        assert during["bytes_received"] - before["bytes_received"] >= len(response)
+        deadline = time.monotonic() + 10
+        while egress_status(cp, envoys[0].admin_port)["legacy"]["flows"] != before["flows"]:
+            assert time.monotonic() < deadline, "the closed flow is still counted as open"
+            time.sleep(0.2)
+        # The table view names the policy and gateway node.
+        table = subprocess.run([sys.executable, "-m", "cilia", "status", "--admin", f"127.0.0.1:{cp.admin_port}",
+                                "--envoy-admin", f"gw=127.0.0.1:{envoys[0].admin_port}"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        assert any(line.split()[:2] == ["legacy", "gw"] for line in table.splitlines() if line.strip()), table
+
         # Another egress IP takes effect for new connections within 2 s.
         md.write("policy.yaml", policy(EGRESS_IPS[1]))
         t0 = time.monotonic()
@@ -315,6 +445,39 @@ def test_mtls_tunnel_requires_a_workload_certificate(egress_ips: None, tmp_path:
         # ... and the good one still works.
         code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
         assert code == 200 and peer_of(response) == EGRESS_IPS[0]
+
+        # A valid mesh workload certificate that the policy does not select is refused (403) for it;
+        # so is any client naming a policy the gateway does not serve. Both count as denials.
+        intruder = ca.issue(uris=[workload_uri(TD, "shop", "intruder")], client=True)
+        (tmp_path / "intruder").mkdir()
+        bad = tls_client(ca.bundle_pem, (intruder.cert_pem, intruder.key_pem), tmp_path / "intruder")
+        assert connect_get(tunnel_port, authority, "legacy", tls=bad)[0] == 403
+        assert connect_get(tunnel_port, authority, "nosuch", tls=good)[0] == 403
+        code, response = connect_get(tunnel_port, authority, "legacy", tls=good)
+        assert code == 200 and peer_of(response) == EGRESS_IPS[0]
+
+        # The same through real client Envoys, as node proxies tunnel: the entitled identity's connection
+        # leaves from the egress IP; the not entitled one's tunnel is refused and nothing reaches the
+        # destination from it.
+        entitled, entitled_port = tunnel_client_envoy(tunnel_port, authority, "legacy", (leaf.cert_pem, leaf.key_pem),
+                                                      ca.bundle_pem)
+        envoys.append(entitled)
+        rogue, rogue_port = tunnel_client_envoy(tunnel_port, authority, "legacy",
+                                                (intruder.cert_pem, intruder.key_pem), ca.bundle_pem)
+        envoys.append(rogue)
+        assert peer_of(get_through(entitled_port, authority)) == EGRESS_IPS[0]
+        seen = len(server.requests)
+        assert get_through(rogue_port, authority) == b""
+        assert len(server.requests) == seen
+        assert peer_of(get_through(entitled_port, authority)) == EGRESS_IPS[0]
+        gw_rbac = envoys[0].stats("egress_gateway.rbac")
+        assert gw_rbac.get("http.egress_gateway.rbac.policy_default_deny.denied", 0) >= 3, gw_rbac
+        want = {("CiliumEgressGatewayPolicy legacy", "default-deny"): 2.0,
+                ("CiliumEgressGatewayPolicy (unknown)", "default-deny"): 1.0}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not want.items() <= policy_denials(cp).items():
+            time.sleep(0.1)
+        assert want.items() <= policy_denials(cp).items(), policy_denials(cp)
     except BaseException:
         for e in envoys:
             print(e.proxy, e.log_tail())

@@ -18,13 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
-import re
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from cilia.security.ca import CertificateAuthority, init_ca_dir, load_ca_dir, ne
 from cilia.translate.context import TranslateOptions
 from support.backends import EchoBackend, echo_backends
 from support.controlplane import ControlPlaneThread, ManifestDir
+from support.controlplane import policy_denials as denials
 from support.envoy import Envoy
 from support.net import free_port
 
@@ -82,17 +81,6 @@ DENY_OTHER = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
               "metadata": {"name": "server-no-other", "namespace": "pay"},
               "spec": {"endpointSelector": {"matchLabels": {"app": "server"}},
                        "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "other"}}]}]}}
-
-
-def denials(cp: ControlPlaneThread) -> dict[tuple[str, str], float]:
-    """cilia_policy_denials_total from cilia's /metrics: (policy, reason) -> count."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{cp.admin_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for m in re.finditer(r'^cilia_policy_denials_total\{([^}]*)\} (\S+)$', text, re.M):
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        out[(labels["policy"], labels["reason"])] = float(m.group(2))
-    return out
 
 
 def allow_get_public(port: int) -> dict[str, Any]:

@@ -8,7 +8,8 @@ unselected mesh pod's request and the selected pod's request to an excluded CIDR
 source; an egressIP edit applies to new connections within 2 s. Two gateway nodes (127.0.0.1, 127.0.0.2):
 one client's flows stay on one; its Envoy stopped, they move to the other; both stopped, connections fail
 at once and recover when one returns; no firewall rule is made. With a CA (mesh mTLS) the same path
-runs over an mTLS tunnel (both Envoys count the handshake).
+runs over an mTLS tunnel (both Envoys count the handshake; the gateway's RBAC allows the client pod's
+identity for the policy), and `cilia status --envoy-admin` shows the gateway's flows and bytes.
 """
 
 from __future__ import annotations
@@ -250,6 +251,18 @@ def test_egress_gateway_over_mesh_mtls(kenv: KernelEnv, egress_ips: None, tmp_pa
             gw_stats = envoys[0].stats("ssl.handshake")
             assert gw_stats.get(f"listener.127.0.0.1_{tunnel_port}.ssl.handshake", 0) >= 1, gw_stats
             assert tunnels(envoys[0]) >= 1
+            # The gateway's RBAC let node~a claim the policy with the client pod's identity ...
+            rbac = envoys[0].stats("egress_gateway.rbac")
+            assert rbac.get("http.egress_gateway.rbac.policy_default_deny.allowed", 0) >= 1, rbac
+            assert rbac.get("http.egress_gateway.rbac.policy_default_deny.denied", 0) == 0, rbac
+            # ... and `cilia status` shows the flows and bytes that went through it.
+            out = cilia("status", "--admin", f"127.0.0.1:{cp.admin_port}", "--envoy-admin",
+                        f"gw=127.0.0.1:{envoys[0].admin_port}", "-o", "json")
+            assert out.returncode == 0, out.stderr
+            flows = json.loads(out.stdout)["egress_traffic"]["gw"]["policies"]["legacy"]
+            assert flows["total"] >= 1, flows
+            assert flows["bytes_sent"] >= len(f"GET / HTTP/1.1\r\nHost: 127.0.8.5:{db.port}\r\n\r\n"), flows
+            assert flows["bytes_received"] >= len(json.dumps({"peer": EGRESS_IPS[0]})), flows
     except BaseException:
         for e in envoys:
             print(e.proxy, e.tail())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,14 @@ class CiliaProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def policy_denials(cp: ControlPlaneThread) -> dict[tuple[str, str], float]:
+    """cilia_policy_denials_total from cilia's /metrics: (policy, reason) -> count."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{cp.admin_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for m in re.finditer(r'^cilia_policy_denials_total\{([^}]*)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        out[(labels["policy"], labels["reason"])] = float(m.group(2))
+    return out

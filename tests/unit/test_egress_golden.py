@@ -9,6 +9,7 @@ clusters). Regenerate with
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,65 @@ def test_status_lists_egress_gateways() -> None:
     assert [line.split() for line in lines[1:]] == [["old", "True", "1", "gw,gw2", "127.0.9.1"],
                                                      ["young", "True", "1", "gw,gw2", "127.0.9.2"]]
     assert egress_table([]) == ""
+
+
+def test_gateway_lets_a_policy_be_claimed_only_by_its_selected_workloads() -> None:
+    """With mesh mTLS the gateway's route configuration carries default-deny RBAC: per policy, the
+    policy header together with the workload identities of exactly the pods that policy selects."""
+    from cilia.ir.model import HeaderMatch, PeerMatch
+    from cilia.translate.egress import POLICY_HEADER, UNKNOWN_POLICY_ROUTE, tunnel_authz
+
+    case = GOLDEN_EGRESS / "overlap"
+    opts = case_options(case, DEFAULTS)
+    snapshot, _ = load_case(case)
+    compiled = compile_egress(snapshot, replace(opts, mesh_trust_domain="td.test"))
+    authz = tunnel_authz(compiled.plans, "td.test")
+    assert authz.default_deny and not authz.deny
+    by_name = {r.name: r for r in authz.allow}
+    for plan in compiled.plans:
+        name = plan.policy.rpartition(" ")[2]
+        rule = by_name[f"CiliumEgressGatewayPolicy/{name}"]
+        assert rule.http is not None and rule.http[0].headers == (HeaderMatch(POLICY_HEADER, value=name),)
+        assert set(rule.peers) == {PeerMatch("exact", f"spiffe://td.test/ns/{p.namespace}/sa/{p.service_account}")
+                                   for p in plan.pods}
+    # Rendered on every gateway node, with a catch-all route so an unserved policy is refused by RBAC.
+    result = translate_case(case, replace(opts, mesh_trust_domain="td.test"))[1]
+    gateways = [b for b in result.ir.bundles if b.key.startswith("egress/gateway/")]
+    assert gateways
+    for b in gateways:
+        (vh,) = b.routes[0].virtual_hosts
+        assert vh.authz is not None and vh.authz.allow == authz.allow
+        assert vh.routes[-1].name == UNKNOWN_POLICY_ROUTE
+    # Without mesh mTLS there is no identity to check: no RBAC.
+    plain = translate_case(case, opts)[1]
+    assert all(b.routes[0].virtual_hosts[0].authz is None
+               for b in plain.ir.bundles if b.key.startswith("egress/gateway/"))
+
+
+def test_status_egress_traffic_from_gateway_envoy_stats() -> None:
+    """Envoy's /stats JSON -> per policy flows/bytes (policy names may hold dots); histograms and other
+    clusters are ignored; an unreadable gateway Envoy shows up as an error row, not a crash."""
+    from cilia.cli import egress_gateway_traffic
+    from cilia.obs.status_view import egress_traffic, egress_traffic_table
+    from support.net import free_port
+
+    stats = {"stats": [
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_active", "value": 2},
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_total", "value": 7},
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_tx_bytes_total", "value": 1234},
+        {"name": "cluster.egress|legacy.db|upstream.upstream_cx_rx_bytes_total", "value": 99},
+        {"name": "cluster.egress|legacy.db|tunnel.upstream_cx_active", "value": 5},
+        {"name": "cluster.other.upstream_cx_active", "value": 3},
+        {"histograms": {"computed_quantiles": []}},
+    ]}
+    traffic = egress_traffic(stats)
+    assert traffic == {"legacy.db": {"flows": 2, "total": 7, "bytes_sent": 1234, "bytes_received": 99}}
+    down = f"127.0.0.1:{free_port()}"
+    table = egress_traffic_table({"gw": {"policies": traffic}, **egress_gateway_traffic([f"gw2={down}"])})
+    lines = table.splitlines()
+    assert lines[0].split() == ["EGRESS", "POLICY", "GATEWAY", "NODE", "FLOWS", "TOTAL", "BYTES", "SENT", "BYTES",
+                                "RECEIVED"]
+    assert lines[1].split() == ["legacy.db", "gw", "2", "7", "1234", "99"]
+    assert lines[2] == "egress gateway Envoy(s) not read:"
+    assert lines[3].startswith(f"  gw2: cannot read Envoy admin at {down}")
+    assert egress_traffic_table({}) == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -84,6 +85,51 @@ def egress_table(statuses: Sequence[Mapping[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n"
                    for r in rows)
+
+
+# A gateway Envoy's per-policy upstream cluster `egress|POLICY|upstream` (cilia.translate.egress) counts
+# the connections it opens for tunnels of that policy: one per flow, its bytes are the flow's payload.
+_CX = r"upstream_cx_(active|total|tx_bytes_total|rx_bytes_total)$"
+EGRESS_STATS_FILTER = r"^cluster\.egress\|.+\|upstream\." + _CX  # Envoy admin's /stats?filter=
+_EGRESS_STAT = re.compile(r"^cluster\.egress\|(.+)\|upstream\." + _CX)
+EGRESS_COUNTERS = {"active": "flows", "total": "total", "tx_bytes_total": "bytes_sent",
+                   "rx_bytes_total": "bytes_received"}
+
+
+def egress_traffic(stats: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Per policy, from a gateway Envoy's `/stats?format=json`: open flows, flows so far, bytes sent to
+    the destinations and received from them."""
+    out: dict[str, dict[str, int]] = {}
+    for entry in stats.get("stats") or ():
+        if not isinstance(entry, Mapping) or "value" not in entry:
+            continue  # histograms
+        m = _EGRESS_STAT.match(str(entry.get("name", "")))
+        if m is None:
+            continue
+        counters = out.setdefault(m.group(1), dict.fromkeys(EGRESS_COUNTERS.values(), 0))
+        counters[EGRESS_COUNTERS[m.group(2)]] = int(entry["value"])
+    return out
+
+
+def egress_traffic_table(traffic: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per gateway node and policy; a gateway whose Envoy could not be read shows its error."""
+    rows = [["EGRESS POLICY", "GATEWAY NODE", "FLOWS", "TOTAL", "BYTES SENT", "BYTES RECEIVED"]]
+    errors = []
+    for node, per in sorted(traffic.items()):
+        if "error" in per:
+            errors.append(f"  {node}: {per['error']}")
+            continue
+        for policy, c in sorted(per.get("policies", {}).items()):
+            rows.append([policy, node, *(str(c.get(k, 0)) for k in EGRESS_COUNTERS.values())])
+    lines = []
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
+    elif traffic:
+        lines = ["(no egress gateway policy is served by these Envoys)"]
+    if errors:
+        lines += ["egress gateway Envoy(s) not read:", *errors]
+    return "".join(line + "\n" for line in lines)
 
 
 def _when(ts: float | None) -> str:

@@ -18,11 +18,14 @@ Envoy config (`egress_parts`, `gateway_bundles`):
   `egress_tunnel_address:egress_tunnel_port` (`node-ip`: the node's address), an HTTP/2 connection
   manager terminating CONNECT whose routes pick, by policy header, the ORIGINAL_DST cluster
   `egress|POLICY|upstream` that connects to the authority with its source bound to the egress IP.
-  Unknown policies get no route (404).
+  Without mesh mTLS unknown policies get no route (404).
 * with mesh mTLS (`mesh_trust_domain`): the client chains and tunnel clusters are per node and selected
   ServiceAccount (`egress|POLICY|tunnel|NS/SA`, presenting that workload's certificate, accepting only a
   node identity `spiffe://TD/node/` as the gateway); the gateway listener has one mTLS chain requiring
-  a workload certificate of the trust domain and serving the node identity (`WorkloadCert(node=GW)`).
+  a workload certificate of the trust domain and serving the node identity (`WorkloadCert(node=GW)`),
+  and RBAC (default deny) letting a CONNECT claim a policy only with the workload identity of one of
+  its selected pods' ServiceAccounts; an unserved policy meets a catch-all route, so it is refused
+  (403) and counted too.
   Without it the tunnel is plaintext and each policy carries a warning that it is unauthenticated.
 """
 
@@ -36,14 +39,19 @@ from typing import Any
 from cilia.diagnostics import Issue
 from cilia.ir.model import (
     TRUST_BUNDLE_SECRET,
+    AuthzRule,
     Backend,
     Bundle,
     Cluster,
+    DirectResponse,
     Endpoint,
     FilterChain,
     HeaderMatch,
     HttpApp,
+    HttpRequestMatch,
+    IngressAuthz,
     Listener,
+    PeerMatch,
     ProxyScope,
     Route,
     RouteConfig,
@@ -60,9 +68,11 @@ from cilia.k8s.core import NodeSpec
 from cilia.k8s.egress import EGRESS_KIND, EgressPolicySpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
+from cilia.security.spiffe import workload_uri
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gateway_common import Cond, conditions, fallback_time, previous_status
 from cilia.translate.meshpods import MeshPod, mesh_pods
+from cilia.translate.meshtls import XDS_CLUSTER
 
 API_VERSION = "cilium.io/v2"
 MAX_LISTED = 5
@@ -277,6 +287,7 @@ NODE_IP = "node-ip"  # egress_tunnel_address: bind each gateway's tunnel listene
 GATEWAY_LISTENER = "egress|gateway"
 GATEWAY_ROUTES = "egress|gateway"
 GATEWAY_CERT_SECRET = "cilia-node-identity"  # with mesh mTLS: the gateway node's own certificate (SDS)
+UNKNOWN_POLICY_ROUTE = "CiliumEgressGatewayPolicy (unknown)"  # tunnels naming no policy this gateway serves
 
 
 def _policy_name(plan: EgressPlan) -> str:
@@ -340,6 +351,21 @@ def egress_parts(plans: Iterable[EgressPlan], opts: TranslateOptions, node: str 
     return parts
 
 
+def tunnel_authz(plans: Iterable[EgressPlan], td: str) -> IngressAuthz:
+    """Who may use which policy at a gateway: a CONNECT naming a policy (`x-cilia-egress-policy`) is let
+    through only from the workload identities (`spiffe://TD/ns/NS/sa/SA`, the certificate the client
+    node proxy presents for them) of that policy's selected pods; anything else is denied."""
+    rules = []
+    for plan in plans:
+        peers = tuple(PeerMatch("exact", uri) for uri in sorted({workload_uri(td, p.namespace, p.service_account)
+                                                                  for p in plan.pods}))
+        claims = HttpRequestMatch(headers=(HeaderMatch(POLICY_HEADER, value=_policy_name(plan)),))
+        rules.append(AuthzRule(f"CiliumEgressGatewayPolicy/{_policy_name(plan)}", plan.policy, peers,
+                               http=(claims,)))
+    return IngressAuthz(allow=tuple(rules), default_deny=True, stat_prefix="egress_gateway",
+                        sources=tuple(p.policy for p in plans))
+
+
 def gateway_bundles(plans: Iterable[EgressPlan], opts: TranslateOptions) -> list[Bundle]:
     """Per gateway node, its tunnel listener and the upstream clusters of the policies it serves."""
     by_node: dict[str, list[EgressPlan]] = {}
@@ -350,22 +376,30 @@ def gateway_bundles(plans: Iterable[EgressPlan], opts: TranslateOptions) -> list
             by_node.setdefault(node, []).append(plan)
     bundles = []
     for node, mine in sorted(by_node.items()):
-        routes, clusters = [], []
+        td = opts.mesh_trust_domain
+        routes: list[Route] = []
+        clusters = []
         for plan in mine:
             upstream = Cluster(upstream_cluster_name(plan), discovery="ORIGINAL_DST", original_dst_header=":authority",
                                bind_address=plan.egress_ip, sources=(plan.policy,))
             clusters.append(upstream)
-            routes.append(Route(_policy_name(plan), RouteMatch(
+            routes.append(Route(plan.policy, RouteMatch(
                 headers=(HeaderMatch(POLICY_HEADER, value=_policy_name(plan)),), connect=True),
                 backends=(Backend(upstream.name),), timeout_ms=0, sources=(plan.policy,)))
-        rc = RouteConfig(GATEWAY_ROUTES, (VirtualHost("egress", ("*",), tuple(routes)),))
-        app = HttpApp(GATEWAY_ROUTES, stat_prefix="egress_gateway", codec="http2", connect=True)
+        authz = None
+        if td:
+            # Refused by RBAC (403, counted): a CONNECT for an unknown policy, or one whose client is
+            # none of the policy's selected workloads. The catch-all route only names the refusal.
+            routes.append(Route(UNKNOWN_POLICY_ROUTE, RouteMatch(connect=True), direct=DirectResponse(403)))
+            authz = tunnel_authz(mine, td)
+        rc = RouteConfig(GATEWAY_ROUTES, (VirtualHost("egress", ("*",), tuple(routes), authz=authz),))
+        app = HttpApp(GATEWAY_ROUTES, stat_prefix="egress_gateway", codec="http2", connect=True, rbac=bool(td),
+                      denial_log_cluster=XDS_CLUSTER if td else "")
         address = opts.egress_tunnel_address
         if address == NODE_IP:
             if node not in address_of:
                 continue  # no address: no tunnel endpoint points here either
             address = address_of[node]
-        td = opts.mesh_trust_domain
         certs: tuple[WorkloadCert, ...] = ()
         if td:
             # Only mesh proxies' tunnels: a client certificate of a workload of the trust domain is
