@@ -82,7 +82,7 @@ def _httproute(g: int, k: int, services: int, variant: int = 0) -> dict[str, Any
 def _ingress(i: int, services: int, variant: int = 0) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": f"ing-{i}", "namespace": "bench"},
-            "spec": {"ingressClassName": "cilium",
+            "spec": {"ingressClassName": "cilia",
                      "rules": [{"host": f"i{i}.example", "http": {"paths": [
                          {"path": f"/p{variant}", "pathType": "Prefix",
                           "backend": {"service": {"name": f"svc-{i % services}", "port": {"number": 80}}}}]}}]}}
