@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                       t["scratch_total_s"], t["endpoint_edit_ms"], t["route_edit_ms"]]],
                     ["services", "routes", "parse s", "translate s", "render s", "scratch total s",
                      "endpoint edit ms", "route edit ms"]))
+        print(f"\nOne-object edits (translate + render; {t['gateways']} Gateways, {t['httproutes']} HTTPRoutes, "
+              f"{t['ingresses']} Ingresses alongside)")
+        print(table([[kind, e["translate"], e["render"], e["total"]] for kind, e in t["edits_ms"].items()],
+                    ["edited kind", "translate ms", "render ms", "total ms"]))
 
     if "envoy" not in skip:
         from bench.envoy_bench import run as run_envoy

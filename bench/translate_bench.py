@@ -52,6 +52,42 @@ def _cec(c: int, services: int, variant: int = 0) -> dict[str, Any]:
                      "resources": resources}}
 
 
+GATEWAYS = 20
+ROUTES_PER_GATEWAY = 50
+INGRESSES = 200
+
+
+def _gateway_objs(services: int) -> list[dict[str, Any]]:
+    """GatewayClass + Gateways, one port each (so each is its own listener)."""
+    out: list[dict[str, Any]] = [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                                  "metadata": {"name": "cilia"},
+                                  "spec": {"controllerName": "cilia.io/gateway-controller"}}]
+    out += [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": f"gw-{g}", "namespace": "bench"},
+             "spec": {"gatewayClassName": "cilia", "listeners": [{"name": "http", "port": 20000 + g,
+                                                                  "protocol": "HTTP"}]}}
+            for g in range(GATEWAYS)]
+    return out
+
+
+def _httproute(g: int, k: int, services: int, variant: int = 0) -> dict[str, Any]:
+    svc = (g * ROUTES_PER_GATEWAY + k) % services
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": f"hr-{g}-{k}", "namespace": "bench"},
+            "spec": {"parentRefs": [{"name": f"gw-{g}"}], "hostnames": [f"h{k}.gw{g}.example"],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": f"/r{k}/v{variant}"}}],
+                                "backendRefs": [{"name": f"svc-{svc}", "port": 80}]}]}}
+
+
+def _ingress(i: int, services: int, variant: int = 0) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": f"ing-{i}", "namespace": "bench"},
+            "spec": {"ingressClassName": "cilia",
+                     "rules": [{"host": f"i{i}.example", "http": {"paths": [
+                         {"path": f"/p{variant}", "pathType": "Prefix",
+                          "backend": {"service": {"name": f"svc-{i % services}", "port": {"number": 80}}}}]}}]}}
+
+
 def _docs(objs: list[dict[str, Any]]) -> str:
     return "\n---\n".join(json.dumps(o) for o in objs) + "\n"
 
@@ -60,11 +96,20 @@ def run(services: int = 5000, routes: int = 10_000) -> dict[str, Any]:
     cecs = max(1, routes // ROUTES_PER_CEC)
     store = Store()
     t = time.perf_counter()
-    store.replace_source("services", parse_text(_docs([_service(i) for i in range(services)]), "services"))
     store.replace_source("slices", parse_text(_docs([_slice(i) for i in range(1, services)]), "slices"))
     store.replace_source("slice-0", parse_text(_docs([_slice(0)]), "slice-0"))
     store.replace_source("cecs", parse_text(_docs([_cec(c, services) for c in range(1, cecs)]), "cecs"))
     store.replace_source("cec-0", parse_text(_docs([_cec(0, services)]), "cec-0"))
+    store.replace_source("svc-0", parse_text(_docs([_service(0)]), "svc-0"))
+    store.replace_source("services", parse_text(_docs([_service(i) for i in range(1, services)]), "services"))
+    store.replace_source("gateways", parse_text(_docs(_gateway_objs(services)), "gateways"))
+    store.replace_source("httproutes", parse_text(_docs(
+        [_httproute(g, k, services) for g in range(GATEWAYS) for k in range(ROUTES_PER_GATEWAY)
+         if (g, k) != (0, 0)]), "httproutes"))
+    store.replace_source("hr-0", parse_text(_docs([_httproute(0, 0, services)]), "hr-0"))
+    store.replace_source("ingresses", parse_text(_docs([_ingress(i, services) for i in range(1, INGRESSES)]),
+                                                 "ingresses"))
+    store.replace_source("ing-0", parse_text(_docs([_ingress(0, services)]), "ing-0"))
     parse_s = time.perf_counter() - t
     opts = TranslateOptions()
     cache = ResourceCache()
@@ -90,11 +135,20 @@ def run(services: int = 5000, routes: int = 10_000) -> dict[str, Any]:
 
     ep = [edit("slice-0", _docs([_slice(0, host_octet=2 + k % 2)])) for k in range(5)]
     rt = [edit("cec-0", _docs([_cec(0, services, variant=1 + k % 2)])) for k in range(3)]
+    edits = {"endpointslice": ep, "cec": rt}
+    edits["httproute"] = [edit("hr-0", _docs([_httproute(0, 0, services, variant=1 + k % 2)])) for k in range(3)]
+    edits["ingress"] = [edit("ing-0", _docs([_ingress(0, services, variant=1 + k % 2)])) for k in range(3)]
+    svc_variants = [_service(0), {**_service(0), "metadata": {**_service(0)["metadata"], "labels": {"v": "1"}}}]
+    edits["service"] = [edit("svc-0", _docs([svc_variants[1 - k % 2]])) for k in range(3)]
     ep_best = min(ep, key=sum)
     rt_best = min(rt, key=sum)
+    per_kind = {kind: min(runs, key=sum) for kind, runs in edits.items()}
     return {"services": services, "routes": cecs * ROUTES_PER_CEC, "cecs": cecs, "issues": issues,
             "parse_s": parse_s, "translate_s": translate_s, "render_s": render_s,
             "scratch_total_s": translate_s + render_s,
             "endpoint_edit_ms": sum(ep_best) * 1000, "endpoint_edit_translate_ms": ep_best[0] * 1000,
             "route_edit_ms": sum(rt_best) * 1000, "route_edit_translate_ms": rt_best[0] * 1000,
-            "route_edit_render_ms": rt_best[1] * 1000}
+            "route_edit_render_ms": rt_best[1] * 1000,
+            "gateways": GATEWAYS, "httproutes": GATEWAYS * ROUTES_PER_GATEWAY, "ingresses": INGRESSES,
+            "edits_ms": {kind: {"translate": best[0] * 1000, "render": best[1] * 1000,
+                                "total": sum(best) * 1000} for kind, best in per_kind.items()}}

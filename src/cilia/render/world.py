@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -82,6 +83,8 @@ class ResourceCache:
         self._next_by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
         self._bundles: dict[int, _BundleRender] = {}
         self._next_bundles: dict[int, _BundleRender] = {}
+        self.conflicts = _Conflicts()
+        self._pool: dict[str, tuple[ir.EndpointSet, Resource]] = {}
 
     def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None,
             sink: dict[tuple[str, int], tuple[Any, Resource]] | None = None) -> Resource:
@@ -116,6 +119,18 @@ class ResourceCache:
             self._next_by_id.update(hit.ids)
         self._next_bundles[id(bundle)] = hit
         return hit
+
+    def endpoint_pool(self, endpoints: Mapping[str, ir.EndpointSet]) -> dict[str, Resource]:
+        """Every endpoint set's resource; a set that is the very object of the last render costs a look-up."""
+        last = self._pool
+        kept: dict[str, tuple[ir.EndpointSet, Resource]] = {}
+        for name, es in endpoints.items():
+            hit = last.get(name)
+            if hit is None or hit[0] is not es:
+                hit = (es, self.get(ENDPOINT, es, r.render_endpoints, name))
+            kept[name] = hit
+        self._pool = kept
+        return {name: hit[1] for name, hit in kept.items()}
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
@@ -215,52 +230,121 @@ def _render_bundle(bundle: ir.Bundle, cache: ResourceCache) -> _BundleRender:
     return _BundleRender(bundle, rendered, (), ids, names)
 
 
+class _Conflicts:
+    """Names defined by more than one bundle, kept across renders so an edit costs what it changed.
+
+    `owners[type][name]` lists the rendered bundles defining that name, in bundle-key order; a bundle's
+    warnings depend only on its own resources and on the earlier owners of its names, so they are
+    recomputed only for bundles that changed or share a name with one that did.
+    """
+
+    __slots__ = ("order", "owners", "warnings")
+
+    def __init__(self) -> None:
+        self.order: list[_BundleRender] = []
+        self.owners: dict[str, dict[str, list[_BundleRender]]] = {}
+        self.warnings: dict[int, tuple[Issue, ...]] = {}
+
+    def update(self, brs: list[_BundleRender]) -> list[tuple[Issue, ...]]:
+        live = [br for br in brs if br.rendered is not None]
+        before = {id(br): br for br in self.order}
+        now = {id(br): br for br in live}
+        removed = [br for i, br in before.items() if i not in now]
+        added = [br for i, br in now.items() if i not in before]
+        dirty: set[tuple[str, str]] = set()
+        for br in removed:
+            for type_url, names in br.names.items():
+                by_name = self.owners[type_url]
+                for name in names:
+                    owners = by_name[name]
+                    owners.remove(br)
+                    if not owners:
+                        del by_name[name]
+                    dirty.add((type_url, name))
+        rank = {id(br): i for i, br in enumerate(live)}
+        for br in added:
+            for type_url, names in br.names.items():
+                by_name = self.owners.setdefault(type_url, {})
+                for name in names:
+                    owners = by_name.setdefault(name, [])
+                    owners.append(br)
+                    if len(owners) > 1:
+                        owners.sort(key=lambda o: rank[id(o)])
+                    dirty.add((type_url, name))
+        recheck = {id(o) for type_url, name in dirty for o in self.owners.get(type_url, {}).get(name, ())}
+        warnings: dict[int, tuple[Issue, ...]] = {}
+        out: list[tuple[Issue, ...]] = []
+        for br in live:
+            key = id(br)
+            got = self.warnings.get(key) if key not in recheck else None
+            if got is None:
+                got = self._warnings_of(br)
+            warnings[key] = got
+        self.order, self.warnings = live, warnings
+        for br in brs:
+            out.append(warnings.get(id(br), ()))
+        return out
+
+    def _warnings_of(self, br: _BundleRender) -> tuple[Issue, ...]:
+        assert br.rendered is not None
+        bundle = br.bundle
+        who = ", ".join(bundle.sources) or bundle.key
+        found: list[Issue] = []
+        for type_url, by_name in br.rendered.resources.items():
+            owners_of = self.owners[type_url]
+            for name, res in by_name.items():
+                owners = owners_of[name]
+                if len(owners) < 2 or owners[0] is br:
+                    continue
+                for prev in owners:
+                    if prev is br:
+                        break
+                    assert prev.rendered is not None
+                    if prev.rendered.resources[type_url][name].version != res.version and \
+                            prev.bundle.scope.may_overlap(bundle.scope):
+                        prev_who = ", ".join(prev.bundle.sources) or prev.bundle.key
+                        # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
+                        found.append(Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also "
+                                           f"defined, differently, by {prev_who}; proxies that receive both "
+                                           "use that one", severity="warning"))
+                        break
+        return tuple(found)
+
+
 def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generation: int = 0) -> RenderedWorld:
     cache = cache or ResourceCache()
     issues: list[Issue] = []
-    # Per type: every name so far, and (names, resources, who, scope) of each bundle so far, to find names
-    # defined by more than one bundle with set operations rather than a look-up per resource.
-    seen: dict[str, set[str]] = {}
-    prior: dict[str, list[tuple[frozenset[str], Mapping[str, Resource], str, ir.ProxyScope]]] = {}
+    brs = [cache.bundle(bundle) for bundle in sorted(model.bundles, key=lambda b: b.key)]
+    if len({br.bundle.key for br in brs}) != len(brs):
+        cache.conflicts = _Conflicts()  # equal keys: their order is the model's; index from scratch
+    warnings = cache.conflicts.update(brs)
     rendered: list[RenderedBundle] = []
-    for bundle in sorted(model.bundles, key=lambda b: b.key):
-        br = cache.bundle(bundle)
+    for br, warned in zip(brs, warnings, strict=True):
         issues.extend(br.issues)
-        if br.rendered is None:
-            continue
-        who = ", ".join(bundle.sources) or bundle.key
-        for type_url, by_name in br.rendered.resources.items():
-            names = br.names[type_url]
-            union = seen.setdefault(type_url, set())
-            before = prior.setdefault(type_url, [])
-            dups = names & union
-            if dups:
-                for name in (n for n in by_name if n in dups):
-                    version = by_name[name].version
-                    for prev_names, prev, prev_who, prev_scope in before:
-                        if name in prev_names and prev[name].version != version and \
-                                prev_scope.may_overlap(bundle.scope):
-                            # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
-                            issues.append(Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also "
-                                                f"defined, differently, by {prev_who}; proxies that receive both "
-                                                "use that one", severity="warning"))
-                            break
-            union |= names
-            before.append((names, by_name, who, bundle.scope))
-        rendered.append(br.rendered)
-    pool = {name: cache.get(ENDPOINT, es, r.render_endpoints, name) for name, es in model.endpoints.items()}
+        issues.extend(warned)
+        if br.rendered is not None:
+            rendered.append(br.rendered)
+    pool = cache.endpoint_pool(model.endpoints)
     cache.rotate()
     return RenderedWorld(tuple(rendered), MappingProxyType(pool), model.node_labels, tuple(issues), generation)
 
 
-@dataclass(frozen=True, slots=True)
 class _RawKey:
-    """Hashable identity of a raw resource (its JSON body is a dict)."""
+    """Hashable identity of a raw resource (its JSON body is a dict). The hash comes from the body's
+    canonical JSON (C speed); equality stays dict equality, so a hash mismatch only costs a re-parse."""
 
-    raw: ir.RawResource
+    __slots__ = ("_hash", "raw")
+
+    def __init__(self, raw: ir.RawResource) -> None:
+        self.raw = raw
+        try:
+            text = json.dumps(raw.body, sort_keys=True, separators=(",", ":"), default=repr)
+        except (TypeError, ValueError):  # keys of mixed types: fall back to a walk
+            text = repr(_freeze(raw.body))
+        self._hash = hash((raw.type_url, raw.name, text))
 
     def __hash__(self) -> int:
-        return hash((self.raw.type_url, self.raw.name, _freeze(self.raw.body)))
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _RawKey) and self.raw.type_url == other.raw.type_url and \
