@@ -136,6 +136,10 @@ class World:
                                          https("https-with-hostname-matching-wildcard",
                                                "fourth-example.wildcard.org")]),
             self.tls_secret("tls-validity-checks-certificate"),
+            # The CA the suite's BackendTLSPolicies trust (key ca.crt).
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "tls-checks-ca-certificate", "namespace": INFRA},
+             "data": {"ca.crt": self.ca.pem.decode()}},
         ]
         return docs
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.runner import GW, Expect, World, scenario
-from conformance.scenarios import exact, route, rule, to
+from conformance.scenarios import _expect_generation, _generation, exact, route, rule, to
 from support.conformance_base import INFRA
 
 
@@ -79,3 +79,15 @@ def invalid_kind(w: World) -> None:
         policy("invalid-kind", name, [{"group": "invalid.io", "kind": "InvalidKind", "name": "invalid-kind"}]),
     ])
     _invalid_ca(w, name, [("invalid-kind", "InvalidKind")])
+
+
+@scenario("BackendTLSPolicyObservedGenerationBump")
+def observed_generation_bump(w: World) -> None:
+    svc = "observed-generation-bump-test"
+    ca = [{"group": "", "kind": "ConfigMap", "name": "tls-checks-ca-certificate"}]
+    base = [route("backendtlspolicy-observed-generation-bump", [rule(to(svc, 443))]), https_service(svc)]
+    w.apply([*base, _generation(policy("observed-generation-bump", svc, ca), 1)])
+    expect_policy(w, "observed-generation-bump", Accepted=("True", "Accepted"), ResolvedRefs=("True", "ResolvedRefs"))
+    w.apply([*base, _generation(policy("observed-generation-bump", svc, ca, hostname="foo.example.com"), 2)])
+    _expect_generation(w, "BackendTLSPolicy", "observed-generation-bump", 2)
+    expect_policy(w, "observed-generation-bump", Accepted=("True", "*"))  # and observedGeneration 2
