@@ -130,7 +130,7 @@ def test_kubernetes_objects_served_to_envoy(world: tuple[KubeWorld, list[EchoBac
 
         def expire() -> None:
             api.drop_watches()
-            api.create({"apiVersion": "v1", "kind": "ConfigMap",
+            api.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",  # a kind cilia does not read
                         "metadata": {"name": "bump", "namespace": "default"}})
             api.compact()
 

@@ -210,6 +210,8 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     ),
     ResourceType(GATEWAY, "tlsroutes", "TLSRoute", True, ("v1alpha2",), True, categories=("gateway-api",)),
     ResourceType(GATEWAY, "tcproutes", "TCPRoute", True, ("v1alpha2",), True, categories=("gateway-api",)),
+    ResourceType(GATEWAY, "backendtlspolicies", "BackendTLSPolicy", True, ("v1", "v1alpha3"), True,
+                 short_names=("btlspolicy",), categories=("gateway-api",)),
     ResourceType(
         CILIUM,
         "ciliumenvoyconfigs",

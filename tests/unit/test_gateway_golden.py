@@ -17,7 +17,7 @@ from support.golden import assert_golden, proxy_config, translate_case
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "gateway"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
-GATEWAY_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"}
+GATEWAY_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "BackendTLSPolicy"}
 
 
 def _proxies(text: str) -> list[str]:

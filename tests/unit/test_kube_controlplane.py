@@ -125,7 +125,8 @@ async def test_status_once_per_change_and_relist_without_rebuild(api: FakeApiSer
         # Every watch expires (410): relist everything, change nothing, rebuild and push nothing.
         relists = source.relists
         api.drop_watches()
-        api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bump", "namespace": "default"}})
+        api.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",  # a kind cilia does not read
+                    "metadata": {"name": "bump", "namespace": "default"}})
         api.compact()
         await wait_until(lambda: source.relists >= relists + served, what="all kinds relisted")
         await asyncio.sleep(0.3)

@@ -23,6 +23,8 @@ FAST = WatchOptions(page_size=2, backoff_initial_s=0.02, backoff_max_s=0.2, crd_
                     initial_sync_timeout_s=3.0)
 CILIUM = "cilium.io"
 
+LEASE = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "c", "namespace": "default"}}
+
 
 def svc(name: str, vip: str = "127.96.0.10", port: Any = 80, ns: str = "default") -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
@@ -151,7 +153,7 @@ async def test_watch_drop_and_abort_resume_from_resource_version(h: Harness) -> 
 
 async def test_bookmarks_advance_the_resume_point(h: Harness) -> None:
     await h.start()
-    h.api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}})
+    h.api.create(LEASE)  # a kind cilia does not read: only the resourceVersion moves
     rv = str(h.api.resource_version)
     await wait_until(lambda: h.source._kinds["Service"].rv == rv, what="bookmark RV")
     watches_before = len(h.api.find_requests(verb="watch", plural="services"))
@@ -169,7 +171,7 @@ async def test_410_relists_without_emptying_the_store(h: Harness) -> None:
     removed: list[frozenset[str]] = []
     h.store.subscribe(removed.append)
     h.api.drop_watches("services")
-    h.api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}})
+    h.api.create(LEASE)  # a kind cilia does not read: only the resourceVersion moves
     h.api.compact()  # the resume point is gone: 410 Expired
     await wait_until(lambda: ("Service", "expired") in h.restarts, what="410 seen")
     await wait_until(lambda: h.api.watch_count("services") == 1, what="watching again")

@@ -59,6 +59,13 @@ class UpstreamTls:
     alpn: tuple[str, ...] = ()
     cert_secret: str = ""  # SDS name of the client certificate presented (mTLS)
     san_prefix: str = ""  # the peer needs a URI SAN starting with this (e.g. spiffe://TD/)
+    san_exact: tuple[SanMatch, ...] = ()  # the peer needs one of these SANs (exact), with `ca_secret`
+
+
+@dataclass(frozen=True, slots=True)
+class SanMatch:
+    kind: Literal["DNS", "URI"]
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +412,7 @@ class Secret:
     certificate_chain: bytes = b""
     private_key: bytes = b""
     trusted_ca: bytes = b""
+    trusted_ca_file: str = ""  # a CA bundle on the proxy's disk (the system roots)
     sources: Sources = ()
 
 

@@ -1,3 +1,3 @@
 """Importing this module registers every kind cilia reads."""
 
-from cilia.k8s import cilium, ciliumpolicy, core, egress, gateway, ingress  # noqa: F401
+from cilia.k8s import backendtls, cilium, ciliumpolicy, core, egress, gateway, ingress  # noqa: F401

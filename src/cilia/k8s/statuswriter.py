@@ -51,7 +51,8 @@ log = logging.getLogger("cilia.status")
 # Kinds whose status cilia writes, and the one verb it uses on their status subresource (cilia.k8s.rbac).
 STATUS_KINDS = frozenset({
     "Ingress", "GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute",
-    "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy",
+    "BackendTLSPolicy", "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
 })
 STATUS_VERBS = ("patch",)
 CEC_KINDS = ("CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig")

@@ -137,7 +137,15 @@ def _upstream_tls_socket(t: ir.UpstreamTls) -> base_pb2.TransportSocket:
     tls.common_tls_context.alpn_protocols.extend(t.alpn)
     if t.cert_secret:
         tls.common_tls_context.tls_certificate_sds_secret_configs.add(name=t.cert_secret, sds_config=ads_source())
-    if t.ca_secret:
+    if t.ca_secret and t.san_exact:
+        combined = tls.common_tls_context.combined_validation_context
+        for san in t.san_exact:
+            combined.default_validation_context.match_typed_subject_alt_names.add(
+                san_type=common_pb2.SubjectAltNameMatcher.SanType.Value(san.kind),
+                matcher=string_pb2.StringMatcher(exact=san.value))
+        combined.validation_context_sds_secret_config.name = t.ca_secret
+        combined.validation_context_sds_secret_config.sds_config.CopyFrom(ads_source())
+    elif t.ca_secret:
         _validation_sds(tls.common_tls_context, t.ca_secret, t.san_prefix)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
 
@@ -709,6 +717,9 @@ def render_secret(s: ir.Secret) -> secret_pb2.Secret:
     elif s.trusted_ca:
         out.validation_context.CopyFrom(common_pb2.CertificateValidationContext(
             trusted_ca=base_pb2.DataSource(inline_bytes=s.trusted_ca)))
+    elif s.trusted_ca_file:
+        out.validation_context.CopyFrom(common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(filename=s.trusted_ca_file)))
     return out
 
 

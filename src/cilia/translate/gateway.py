@@ -30,6 +30,8 @@ from cilia.ir import model as ir
 from cilia.k8s.gateway import GROUP, GatewayListener, ObjectReference, ParentRef
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
+from cilia.translate.backendtls import referenced_secrets
+from cilia.translate.backendtls_status import Ancestor, policy_statuses
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gamma import translate_gamma
 from cilia.translate.gateway_common import (
@@ -580,6 +582,7 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     classes, statuses = _class_statuses(snapshot, opts)
     gateways = _gateway_states(snapshot, opts, classes)
     parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    used_by: dict[tuple[str, str], set[Ancestor]] = defaultdict(set)  # Service -> Gateways (BackendTLSPolicy)
     for route in _route_objects(snapshot):
         builder = None
         if route.kind in ("HTTPRoute", "GRPCRoute"):
@@ -596,6 +599,12 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
                                         f"Gateway {ref.namespace}/{ref.name} not found", severity="warning"))
                 continue
             accepted = _attach(snapshot, gs, route, ref, builder)
+            if accepted.ok:
+                for rule in route.spec.rules:
+                    for bref in getattr(rule, "backend_refs", ()):
+                        if norm_group(bref.group) == "" and bref.kind == "Service":
+                            used_by[(bref.namespace, bref.name)].add((gs.obj.meta.namespace, gs.obj.meta.name,
+                                                                       gs.controller))
             refs = rule_conditions(builder) if builder is not None else [_stream_refs_condition(snapshot, route)]
             parents[key].append(route_parent_status(route, ref, [accepted, *refs], opts.status_time, gs.controller))
     bundles: list[ir.Bundle] = []
@@ -603,8 +612,13 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     for gkey in sorted(gateways):
         gs = gateways[gkey]
         gir = _gateway_ir(snapshot, gs, issues)
+        for sec in referenced_secrets(snapshot, gir.clusters.values()):
+            gir.secrets[sec.name] = sec
         bundles.extend(_bundles(gs, gir, shared_taken, issues))
         statuses.append(_gateway_status(gs, opts))
+    tls_statuses, tls_issues = policy_statuses(snapshot, used_by, opts.status_time)
+    statuses.extend(tls_statuses)
+    issues.extend(tls_issues)
     mesh = translate_gamma(snapshot, opts)
     bundles.extend(mesh.bundles)
     issues.extend(mesh.issues)

@@ -29,6 +29,8 @@ from cilia.k8s.gateway import (
 )
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
+from cilia.translate.backendtls import apply as apply_backend_tls
+from cilia.translate.backendtls import backend_tls
 from cilia.translate.services import resolve_backend, upstream_protocol
 
 CONTROLLER = "cilia.io/gateway-controller"
@@ -213,6 +215,14 @@ def resolve_ref(snapshot: InputSnapshot, route: KubeObject, ref: BackendRef,
         cluster = replace(cluster, name=f"{cluster.name}|{protocol}", protocol=protocol)
     elif protocol == "tcp" and lookup.service_port is not None and upstream_protocol(lookup.service_port) == "http2":
         cluster = replace(cluster, name=f"{cluster.name}|tcp", protocol="tcp")
+    if lookup.service_port is not None:
+        btls = backend_tls(snapshot, ref.namespace, ref.name, lookup.service_port)
+        if btls is not None:
+            if btls.tls is None:
+                # Fail closed (500): never plaintext where a policy asks for verified TLS. The route itself
+                # stays valid; the policy's status says what is wrong.
+                return ResolvedBackend(None)
+            cluster = apply_backend_tls(cluster, btls)
     return ResolvedBackend(cluster)
 
 
