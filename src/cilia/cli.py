@@ -497,7 +497,8 @@ def _fetch_json(admin: str, path: str) -> Any:
         return json.load(resp)
 
 
-GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"})
+GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute",
+                               "ListenerSet"})
 
 
 def cmd_status(args: argparse.Namespace) -> int:

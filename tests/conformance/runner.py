@@ -34,7 +34,7 @@ GW = "gateway.networking.k8s.io/v1"
 HTTPS_GATEWAY = "same-namespace-with-https-listener"
 CERT_NAMES = ("example.org", "*.example.org", "second-example.org", "*.wildcard.org", "fourth-example.wildcard.org",
               "abc.example.com", "*.example.com")
-STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute")
+STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "ListenerSet")
 WAIT = 20.0  # seconds a scenario's expectation may take to hold (config propagation)
 
 

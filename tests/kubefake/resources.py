@@ -210,6 +210,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     ),
     ResourceType(GATEWAY, "tlsroutes", "TLSRoute", True, ("v1alpha2",), True, categories=("gateway-api",)),
     ResourceType(GATEWAY, "tcproutes", "TCPRoute", True, ("v1alpha2",), True, categories=("gateway-api",)),
+    ResourceType(GATEWAY, "listenersets", "ListenerSet", True, ("v1",), True, categories=("gateway-api",)),
     ResourceType(
         CILIUM,
         "ciliumenvoyconfigs",

@@ -55,6 +55,7 @@ from cilia.translate.gateway_common import (
     rule_conditions,
     same_parent,
 )
+from cilia.translate.listenerset import translate_listener_sets, with_attached
 from cilia.translate.tls import secret_not_found
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
@@ -579,6 +580,9 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     issues: list[Issue] = []
     classes, statuses = _class_statuses(snapshot, opts)
     gateways = _gateway_states(snapshot, opts, classes)
+    listener_sets = translate_listener_sets(snapshot, {k: g.obj for k, g in gateways.items()}, opts)
+    statuses.extend(listener_sets.statuses)
+    issues.extend(listener_sets.issues)
     parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for route in _route_objects(snapshot):
         builder = None
@@ -604,7 +608,7 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
         gs = gateways[gkey]
         gir = _gateway_ir(snapshot, gs, issues)
         bundles.extend(_bundles(gs, gir, shared_taken, issues))
-        statuses.append(_gateway_status(gs, opts))
+        statuses.append(with_attached(_gateway_status(gs, opts), listener_sets))
     mesh = translate_gamma(snapshot, opts)
     bundles.extend(mesh.bundles)
     issues.extend(mesh.issues)

@@ -1,0 +1,106 @@
+"""ListenerSets (gateway.networking.k8s.io/v1): admission by their parent Gateway, and their status.
+
+A Gateway admits ListenerSets only as its `spec.allowedListeners.namespaces.from` says: `None` (the
+default) admits none, `Same` those in its own namespace, `All` any, `Selector` those whose namespace's
+labels match. The Gateway reports how many it admitted in `status.attachedListenerSets`.
+
+The listeners of an admitted ListenerSet are not yet merged into the parent Gateway's Envoy listeners,
+so an admitted ListenerSet is reported Accepted but not Programmed (reason Pending): the status says
+exactly what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from cilia.diagnostics import Issue
+from cilia.k8s.gateway import GROUP
+from cilia.k8s.objects import KubeObject
+from cilia.k8s.store import InputSnapshot
+from cilia.translate.context import ObjectStatus, TranslateOptions
+from cilia.translate.gateway_common import (
+    Cond,
+    conditions,
+    fallback_time,
+    namespace_labels,
+    norm_group,
+    previous_status,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSetResult:
+    """Statuses of the ListenerSets cilia's Gateways are asked to take, issues, and per Gateway key
+    (`NS/NAME`) how many it admitted."""
+
+    statuses: tuple[ObjectStatus, ...]
+    issues: tuple[Issue, ...]
+    attached: Mapping[str, int]
+    reported: frozenset[str]  # Gateway keys whose status carries attachedListenerSets
+
+
+def admits(snapshot: InputSnapshot, gw: KubeObject, ls: KubeObject) -> bool:
+    """Whether Gateway `gw`'s allowedListeners lets ListenerSet `ls` attach."""
+    al = gw.spec.allowed_listeners
+    if al.namespaces_from == "All":
+        return True
+    if al.namespaces_from == "Same":
+        return bool(ls.meta.namespace == gw.meta.namespace)
+    if al.namespaces_from == "Selector":
+        assert al.selector is not None
+        return bool(al.selector.matches(namespace_labels(snapshot, ls.meta.namespace)))
+    return False
+
+
+def _status(ls: KubeObject, accepted: Cond, programmed: Cond, opts: TranslateOptions) -> ObjectStatus:
+    prev = previous_status(ls)
+    conds = conditions([accepted, programmed], ls.meta.generation, prev.get("conditions"),
+                       fallback_time(ls, opts.status_time), owned=("Accepted", "Programmed"))
+    return ObjectStatus(ls.api_version, ls.kind, ls.meta.namespace, ls.meta.name, ls.meta.generation,
+                        {"conditions": conds})
+
+
+def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, KubeObject],
+                            opts: TranslateOptions) -> ListenerSetResult:
+    """Admission and status of every ListenerSet whose parentRef names one of `gateways` (cilia's, by
+    `NS/NAME`). A ListenerSet whose parent is missing gets an issue; one whose parent is another
+    controller's is left alone (no status)."""
+    statuses: list[ObjectStatus] = []
+    issues: list[Issue] = []
+    attached: dict[str, int] = {key: 0 for key in gateways}
+    for ls in snapshot.list("ListenerSet"):
+        ref = ls.spec.parent_ref
+        if norm_group(ref.group) != GROUP or ref.kind != "Gateway":
+            issues.append(Issue(str(ls.ref), "spec.parentRef",
+                                f"parentRef must be a {GROUP} Gateway, got {ref.group}/{ref.kind}", severity="warning"))
+            continue
+        key = f"{ref.namespace}/{ref.name}"
+        gw = gateways.get(key)
+        if gw is None:
+            if snapshot.get("Gateway", ref.namespace, ref.name) is None:
+                issues.append(Issue(str(ls.ref), "spec.parentRef", f"Gateway {key} not found", severity="warning"))
+            continue
+        if not admits(snapshot, gw, ls):
+            frm = gw.spec.allowed_listeners.namespaces_from
+            why = f"Gateway {key} does not allow ListenerSets from namespace {ls.meta.namespace} " \
+                  f"(spec.allowedListeners.namespaces.from: {frm})"
+            statuses.append(_status(ls, Cond("Accepted", False, "NotAllowed", why),
+                                    Cond("Programmed", False, "NotAllowed", why), opts))
+            continue
+        attached[key] += 1
+        statuses.append(_status(ls, Cond("Accepted", True, "Accepted", f"attached to Gateway {key}"),
+                                Cond("Programmed", False, "Pending",
+                                     "listeners of ListenerSets are not served yet"), opts))
+    reported = frozenset(key for key, gw in gateways.items()
+                         if gw.spec.allowed_listeners.namespaces_from != "None" or attached[key])
+    return ListenerSetResult(tuple(statuses), tuple(issues), attached, reported)
+
+
+def with_attached(status: ObjectStatus, result: ListenerSetResult) -> ObjectStatus:
+    """A Gateway's status with `attachedListenerSets` added: for Gateways cilia handles that allow
+    ListenerSets or have some attached (absent reads as 0, so other Gateways' status stays as it was)."""
+    key = f"{status.namespace}/{status.name}"
+    if status.kind != "Gateway" or key not in result.attached or key not in result.reported:
+        return status
+    return replace(status, status={**status.status, "attachedListenerSets": result.attached[key]})

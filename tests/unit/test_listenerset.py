@@ -1,0 +1,118 @@
+"""ListenerSet: parsing of the kind and of a Gateway's allowedListeners, admission by the parent Gateway,
+ListenerSet conditions and the Gateway's attachedListenerSets (as the upstream ListenerSet conformance
+tests assert them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+import cilia.k8s.kinds  # noqa: F401  (registers the kinds)
+from cilia.errors import ValidationError
+from cilia.k8s.registry import parse_object
+from support.conformance_base import INFRA, WEB
+from unit.test_gateway_conformance import GW, Outcome, run
+
+OTHER = "listenerset-other"
+
+
+def gateway(name: str, allowed: dict[str, Any] | None = None, ns: str = INFRA) -> dict[str, Any]:
+    spec: dict[str, Any] = {"gatewayClassName": "cilia",
+                            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "gw.example"}]}
+    if allowed is not None:
+        spec["allowedListeners"] = {"namespaces": allowed}
+    return {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "spec": spec}
+
+
+def listener_set(name: str, parent: str, ns: str = INFRA, parent_ns: str | None = INFRA) -> dict[str, Any]:
+    ref: dict[str, Any] = {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": parent}
+    if parent_ns is not None:
+        ref["namespace"] = parent_ns
+    return {"apiVersion": GW, "kind": "ListenerSet", "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "spec": {"parentRef": ref,
+                     "listeners": [{"name": "extra", "port": 80, "protocol": "HTTP", "hostname": f"{name}.example"}]}}
+
+
+def namespace(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def outcome(*docs: dict[str, Any]) -> Outcome:
+    return run(*(yaml.safe_dump(d) for d in docs))
+
+
+def ls_conds(out: Outcome, name: str, ns: str = INFRA) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in out.status("ListenerSet", name, ns)["conditions"]}
+
+
+def test_listener_set_parses_with_parent_namespace_defaulted() -> None:
+    obj = parse_object(listener_set("ls", "gw", ns=WEB, parent_ns=None))
+    assert obj.spec.parent_ref.namespace == WEB
+    assert [li.name for li in obj.spec.listeners] == ["extra"]
+    assert parse_object(gateway("gw")).spec.allowed_listeners.namespaces_from == "None"
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda d: d["spec"].pop("parentRef"), "spec.parentRef"),
+    (lambda d: d["spec"].update(listeners=[]), "spec.listeners"),
+    (lambda d: d["spec"]["listeners"].append(dict(d["spec"]["listeners"][0])), "spec.listeners[1].name"),
+])
+def test_bad_listener_set_names_the_field(mutate: Any, field: str) -> None:
+    doc = listener_set("ls", "gw")
+    mutate(doc)
+    with pytest.raises(ValidationError) as err:
+        parse_object(doc)
+    assert field in str(err.value)
+
+
+def test_bad_allowed_listeners_names_the_field() -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_object(gateway("gw", {"from": "Everywhere"}))
+    assert "spec.allowedListeners.namespaces.from" in str(err.value)
+    with pytest.raises(ValidationError) as err:
+        parse_object(gateway("gw", {"from": "Selector"}))
+    assert "spec.allowedListeners.namespaces.selector" in str(err.value)
+
+
+def test_default_gateway_does_not_allow_listener_sets() -> None:
+    """ListenerSetDefaultNotAllowed."""
+    out = outcome(gateway("gw"), listener_set("ls", "gw"))
+    assert out.gateway_conds("gw")["Accepted"] == ("True", "Accepted")
+    assert out.status("Gateway", "gw").get("attachedListenerSets", 0) == 0
+    assert ls_conds(out, "ls") == {"Accepted": ("False", "NotAllowed"), "Programmed": ("False", "NotAllowed")}
+
+
+@pytest.mark.parametrize(("allowed", "admitted"), [
+    ({"from": "None"}, set()),
+    ({"from": "Same"}, {INFRA}),
+    ({"from": "All"}, {INFRA, WEB, OTHER}),
+    ({"from": "Selector", "selector": {"matchLabels": {"listenersets": "yes"}}}, {OTHER}),
+])
+def test_allowed_listeners_namespaces(allowed: dict[str, Any], admitted: set[str]) -> None:
+    """ListenerSetAllowedNamespace{None,Same,Selector}: each namespace's ListenerSet is admitted or not."""
+    docs = [namespace(OTHER, {"listenersets": "yes"}), gateway("gw", allowed)]
+    docs += [listener_set(f"ls-{ns}", "gw", ns=ns) for ns in (INFRA, WEB, OTHER)]
+    out = outcome(*docs)
+    assert out.status("Gateway", "gw").get("attachedListenerSets", 0) == len(admitted)
+    assert ("attachedListenerSets" in out.status("Gateway", "gw")) == (allowed["from"] != "None")
+    for ns in (INFRA, WEB, OTHER):
+        accepted = ls_conds(out, f"ls-{ns}", ns)["Accepted"]
+        assert accepted == (("True", "Accepted") if ns in admitted else ("False", "NotAllowed")), ns
+
+
+def test_missing_parent_is_an_issue_and_no_status() -> None:
+    out = outcome(gateway("gw", {"from": "All"}), listener_set("ls", "nope"))
+    assert out.status("Gateway", "gw")["attachedListenerSets"] == 0
+    with pytest.raises(KeyError):
+        out.status("ListenerSet", "ls")
+    assert any("Gateway gateway-conformance-infra/nope not found" in i.message and i.field == "spec.parentRef"
+               for i in out.result.issues)
+
+
+def test_admitted_listener_set_is_not_reported_programmed() -> None:
+    """Its listeners are not served yet: Accepted, but Programmed stays False (Pending)."""
+    out = outcome(gateway("gw", {"from": "Same"}), listener_set("ls", "gw"))
+    assert ls_conds(out, "ls") == {"Accepted": ("True", "Accepted"), "Programmed": ("False", "Pending")}
