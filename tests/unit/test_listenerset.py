@@ -112,7 +112,38 @@ def test_missing_parent_is_an_issue_and_no_status() -> None:
                for i in out.result.issues)
 
 
-def test_admitted_listener_set_is_not_reported_programmed() -> None:
-    """Its listeners are not served yet: Accepted, but Programmed stays False (Pending)."""
-    out = outcome(gateway("gw", {"from": "Same"}), listener_set("ls", "gw"))
-    assert ls_conds(out, "ls") == {"Accepted": ("True", "Accepted"), "Programmed": ("False", "Pending")}
+def http_route(name: str, parent: dict[str, Any], hostnames: list[str]) -> dict[str, Any]:
+    return {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": name, "namespace": INFRA, "generation": 1},
+            "spec": {"parentRefs": [parent], "hostnames": hostnames,
+                     "rules": [{"backendRefs": [{"name": "infra-backend-v1", "port": 8080}]}]}}
+
+
+def test_route_attaches_to_listener_set_listener_and_is_served_on_the_gateway_port() -> None:
+    """ListenerSetHTTPRouting: a route whose parent is the ListenerSet is served on the shared port; a
+    parentRef to the Gateway reaches only the Gateway's own listeners."""
+    ls_ref = {"group": "gateway.networking.k8s.io", "kind": "ListenerSet", "name": "ls", "sectionName": "extra"}
+    out = outcome(gateway("gw", {"from": "Same"}), listener_set("ls", "gw"),
+                  http_route("via-ls", ls_ref, ["ls.example"]),
+                  http_route("via-gw", {"name": "gw"}, ["ls.example"]))
+    assert ls_conds(out, "ls") == {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    [li] = out.status("ListenerSet", "ls")["listeners"]
+    assert li["name"] == "extra" and li["attachedRoutes"] == 1
+    assert out.parent("via-ls", "ls", section="extra")["Accepted"] == ("True", "Accepted")
+    assert out.parent("via-gw", "gw")["Accepted"] == ("False", "NoMatchingListenerHostname")
+    assert [li["name"] for li in out.status("Gateway", "gw")["listeners"]] == ["http"]
+    routes = [r for b in out.result.ir.bundles for r in b.routes if r.name == f"gateway/{INFRA}/gw/80"]
+    assert routes
+    domains = {d for vh in routes[0].virtual_hosts for d in vh.domains}
+    assert "ls.example" in domains and "gw.example" in domains
+
+
+def test_gateway_listener_wins_a_hostname_conflict() -> None:
+    """ListenerSetHostnameConflict: the ListenerSet listener on the Gateway's port and hostname conflicts."""
+    ls = listener_set("ls", "gw")
+    ls["spec"]["listeners"][0]["hostname"] = "gw.example"
+    out = outcome(gateway("gw", {"from": "Same"}), ls)
+    [li] = out.status("ListenerSet", "ls")["listeners"]
+    conds = {c["type"]: (c["status"], c["reason"]) for c in li["conditions"]}
+    assert conds["Conflicted"] == ("True", "HostnameConflict")
+    assert ls_conds(out, "ls")["Accepted"] == ("False", "ListenersNotValid")
+    assert out.listener_conds("gw", "http")["Conflicted"] == ("False", "NoConflicts")

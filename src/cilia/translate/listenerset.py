@@ -4,15 +4,19 @@ A Gateway admits ListenerSets only as its `spec.allowedListeners.namespaces.from
 default) admits none, `Same` those in its own namespace, `All` any, `Selector` those whose namespace's
 labels match. The Gateway reports how many it admitted in `status.attachedListenerSets`.
 
-The listeners of an admitted ListenerSet are not yet merged into the parent Gateway's Envoy listeners,
-so an admitted ListenerSet is reported Accepted but not Programmed (reason Pending): the status says
-exactly what is served.
+The listeners of admitted ListenerSets are merged into the parent Gateway's (translate/gateway.py): they
+share its ports and Envoy listeners, the Gateway's own listeners first, then the ListenerSets oldest
+first (creationTimestamp, then namespace/name), so on a port, hostname or protocol conflict the earlier
+listener wins and the later one is reported Conflicted. Routes attach to them with a parentRef of kind
+ListenerSet (optionally naming one listener in sectionName); a parentRef to the Gateway reaches only the
+Gateway's own listeners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cilia.diagnostics import Issue
 from cilia.k8s.gateway import GROUP
@@ -26,6 +30,7 @@ from cilia.translate.gateway_common import (
     namespace_labels,
     norm_group,
     previous_status,
+    route_age,
 )
 
 
@@ -37,7 +42,16 @@ class ListenerSetResult:
     statuses: tuple[ObjectStatus, ...]
     issues: tuple[Issue, ...]
     attached: Mapping[str, int]
+    admitted: Mapping[str, tuple[KubeObject, ...]]  # Gateway key -> its ListenerSets, in precedence order
     reported: frozenset[str]  # Gateway keys whose status carries attachedListenerSets
+
+    def parent_of(self, ns: str, name: str) -> tuple[str, KubeObject] | None:
+        """The Gateway key that admitted ListenerSet ns/name, and the ListenerSet; None if none did."""
+        for key, sets in self.admitted.items():
+            for ls in sets:
+                if ls.meta.namespace == ns and ls.meta.name == name:
+                    return key, ls
+        return None
 
 
 def admits(snapshot: InputSnapshot, gw: KubeObject, ls: KubeObject) -> bool:
@@ -53,12 +67,35 @@ def admits(snapshot: InputSnapshot, gw: KubeObject, ls: KubeObject) -> bool:
     return False
 
 
-def _status(ls: KubeObject, accepted: Cond, programmed: Cond, opts: TranslateOptions) -> ObjectStatus:
+def _status(ls: KubeObject, accepted: Cond, programmed: Cond, opts: TranslateOptions,
+            listeners: Sequence[Mapping[str, Any]] = ()) -> ObjectStatus:
     prev = previous_status(ls)
     conds = conditions([accepted, programmed], ls.meta.generation, prev.get("conditions"),
                        fallback_time(ls, opts.status_time), owned=("Accepted", "Programmed"))
-    return ObjectStatus(ls.api_version, ls.kind, ls.meta.namespace, ls.meta.name, ls.meta.generation,
-                        {"conditions": conds})
+    status: dict[str, Any] = {"conditions": conds}
+    if listeners:
+        status["listeners"] = list(listeners)
+    return ObjectStatus(ls.api_version, ls.kind, ls.meta.namespace, ls.meta.name, ls.meta.generation, status)
+
+
+def listener_set_status(ls: KubeObject, listeners: Sequence[Mapping[str, Any]], valid: int, parent_ok: bool,
+                        parent: str, opts: TranslateOptions) -> ObjectStatus:
+    """An admitted ListenerSet's status: its listeners' stanzas (as a Gateway's), and Accepted/Programmed
+    while its parent is accepted and at least one of its listeners is valid."""
+    if not parent_ok:
+        why = f"parent Gateway {parent} is not accepted"
+        return _status(ls, Cond("Accepted", False, "ParentNotAccepted", why),
+                       Cond("Programmed", False, "Invalid", why), opts, listeners)
+    if not valid:
+        why = "no listener is valid (see status.listeners)"
+        return _status(ls, Cond("Accepted", False, "ListenersNotValid", why),
+                       Cond("Programmed", False, "Invalid", why), opts, listeners)
+    if valid < len(listeners):
+        accepted = Cond("Accepted", True, "ListenersNotValid", "some listeners are not valid (see status.listeners)")
+    else:
+        accepted = Cond("Accepted", True, "Accepted", f"attached to Gateway {parent}")
+    return _status(ls, accepted, Cond("Programmed", True, "Programmed", f"served by Gateway {parent}"), opts,
+                   listeners)
 
 
 def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, KubeObject],
@@ -69,6 +106,7 @@ def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, Kube
     statuses: list[ObjectStatus] = []
     issues: list[Issue] = []
     attached: dict[str, int] = {key: 0 for key in gateways}
+    admitted: dict[str, list[KubeObject]] = {}
     for ls in snapshot.list("ListenerSet"):
         ref = ls.spec.parent_ref
         if norm_group(ref.group) != GROUP or ref.kind != "Gateway":
@@ -89,12 +127,11 @@ def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, Kube
                                     Cond("Programmed", False, "NotAllowed", why), opts))
             continue
         attached[key] += 1
-        statuses.append(_status(ls, Cond("Accepted", True, "Accepted", f"attached to Gateway {key}"),
-                                Cond("Programmed", False, "Pending",
-                                     "listeners of ListenerSets are not served yet"), opts))
+        admitted.setdefault(key, []).append(ls)
     reported = frozenset(key for key, gw in gateways.items()
                          if gw.spec.allowed_listeners.namespaces_from != "None" or attached[key])
-    return ListenerSetResult(tuple(statuses), tuple(issues), attached, reported)
+    ordered = {key: tuple(sorted(sets, key=route_age)) for key, sets in admitted.items()}
+    return ListenerSetResult(tuple(statuses), tuple(issues), attached, ordered, reported)
 
 
 def with_attached(status: ObjectStatus, result: ListenerSetResult) -> ObjectStatus:
