@@ -1116,6 +1116,8 @@ def retry(w: World) -> None:
         w.eventually("retry (again)", once)
 
 
+from conformance import scenarios_listenerset  # noqa: E402,F401  (registers scenarios)
+
 NOT_REPLAYED = "not replayed by the runner yet: no claim is made either way"
 FEATURE = "feature {} is not supported by cilia"
 

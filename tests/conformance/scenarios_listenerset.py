@@ -1,0 +1,144 @@
+"""ListenerSet scenarios (upstream conformance/tests/listenerset-*), restated: Gateways that do or do not
+admit ListenerSets by namespace, and the conditions and counts the suite asserts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from conformance.runner import GW, World, scenario
+from conformance.scenarios import http_listener
+from support.conformance_base import INFRA
+
+GROUP = "gateway.networking.k8s.io"
+NOT_ALLOWED = {"Accepted": ("False", "NotAllowed"), "Programmed": ("False", "NotAllowed")}
+ADMITTED = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+LISTENER_OK = {"Accepted": ("True", "*"), "ResolvedRefs": ("True", "*"), "Programmed": ("True", "*")}
+
+
+def all_ns_listener(name: str, hostname: str, port: int = 80) -> dict[str, Any]:
+    return http_listener(name, port, hostname, allowedRoutes={"namespaces": {"from": "All"}})
+
+
+def gateway(w: World, name: str, frm: str | None, selector: Mapping[str, str] | None = None,
+            listeners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if frm is not None:
+        ns: dict[str, Any] = {"from": frm}
+        if selector is not None:
+            ns["selector"] = {"matchLabels": dict(selector)}
+        spec["allowedListeners"] = {"namespaces": ns}
+    return w.gateway(name, listeners or [all_ns_listener("gateway-listener", "gateway-listener.com")], **spec)
+
+
+def listener_set(name: str, parent: str, listeners: list[dict[str, Any]], ns: str = INFRA) -> dict[str, Any]:
+    return {"apiVersion": GW, "kind": "ListenerSet", "metadata": {"name": name, "namespace": ns},
+            "spec": {"parentRef": {"kind": "Gateway", "group": GROUP, "name": parent, "namespace": INFRA},
+                     "listeners": listeners}}
+
+
+def namespace(name: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    md: dict[str, Any] = {"name": name}
+    if labels:
+        md["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": md}
+
+
+def expect_attached(w: World, gateway: str, count: int) -> None:
+    """GatewayMustHaveAttachedListeners: Accepted, and status.attachedListenerSets (absent reads 0)."""
+    def check() -> str:
+        st = w.status("Gateway", gateway)
+        if st is None:
+            return "no status"
+        problem = w._conds(st, st["status"]["conditions"], {"Accepted": ("True", "*")})
+        have = st["status"].get("attachedListenerSets", 0)
+        return problem or ("" if have == count else f"attachedListenerSets {have}, want {count}")
+    w.eventually(f"Gateway {gateway} attachedListenerSets", check)
+
+
+def expect_listener_set(w: World, name: str, ns: str = INFRA, *,
+                        listeners: Mapping[str, Mapping[str, Any]] | None = None,
+                        **want: tuple[str, str]) -> None:
+    """The ListenerSet's conditions, and per listener: attachedRoutes, supportedKinds, conditions."""
+    def check() -> str:
+        st = w.status("ListenerSet", name, ns)
+        if st is None:
+            return "no status"
+        problem = w._conds(st, st["status"]["conditions"], want)
+        if problem:
+            return problem
+        by = {li["name"]: li for li in st["status"].get("listeners") or []}
+        for lname, exp in (listeners or {}).items():
+            li = by.get(lname)
+            if li is None:
+                return f"no listener status {lname}"
+            if "attachedRoutes" in exp and li["attachedRoutes"] != exp["attachedRoutes"]:
+                return f"listener {lname} attachedRoutes {li['attachedRoutes']}, want {exp['attachedRoutes']}"
+            if "supportedKinds" in exp and sorted(k["kind"] for k in li["supportedKinds"]) != \
+                    sorted(exp["supportedKinds"]):
+                return f"listener {lname} supportedKinds {li['supportedKinds']}, want {exp['supportedKinds']}"
+            problem = w._conds(st, li["conditions"], exp.get("conditions", {}))
+            if problem:
+                return f"listener {lname}: {problem}"
+        return ""
+    w.eventually(f"ListenerSet {ns}/{name} status", check)
+
+
+@scenario("ListenerSetDefaultNotAllowed", fast=True)
+def default_not_allowed(w: World) -> None:
+    gw = "gateway-default-does-not-allow-listenerset"
+    w.apply([gateway(w, gw, None),
+             listener_set("listenerset-default-not-allowed", gw,
+                          [all_ns_listener("listenerset-default-not-allowed-listener",
+                                           "listenerset-default-not-allowed-listener.com")])])
+    expect_attached(w, gw, 0)
+    expect_listener_set(w, "listenerset-default-not-allowed", **NOT_ALLOWED)
+
+
+@scenario("ListenerSetAllowedNamespaceNone", fast=True)
+def allowed_namespace_none(w: World) -> None:
+    gw = "gateway-does-not-allow-listenerset"
+    w.apply([gateway(w, gw, "None"),
+             listener_set("listenerset-not-allowed", gw,
+                          [all_ns_listener("listener-set-listener", "listener-set-listener.com")])])
+    expect_attached(w, gw, 0)
+    expect_listener_set(w, "listenerset-not-allowed", **NOT_ALLOWED)
+
+
+@scenario("ListenerSetAllowedNamespaceSame", fast=True)
+def allowed_namespace_same(w: World) -> None:
+    gw = "gateway-allows-listenerset-in-same-namespace"
+    other = "gateway-api-listenerset-not-allowed-ns"
+    w.apply([gateway(w, gw, "Same"),
+             listener_set("listenerset-in-same-namespace", gw,
+                          [all_ns_listener("listenerset-in-same-namespace-listener",
+                                           "listenerset-in-same-namespace-listener.com")]),
+             namespace(other),
+             listener_set("listenerset-in-different-namespace", gw,
+                          [all_ns_listener("listenerset-in-different-namespace-listener",
+                                           "listenerset-in-different-namespace-listener")], ns=other)])
+    expect_attached(w, gw, 1)
+    expect_listener_set(w, "listenerset-in-same-namespace",
+                        listeners={"listenerset-in-same-namespace-listener": {"conditions": LISTENER_OK}},
+                        **ADMITTED)
+    expect_listener_set(w, "listenerset-in-different-namespace", other, **NOT_ALLOWED)
+
+
+@scenario("ListenerSetAllowedNamespaceSelector", fast=True)
+def allowed_namespace_selector(w: World) -> None:
+    gw = "gateway-allows-listenerset-in-selected-namespace"
+    yes, no = "gateway-api-listenerset-selector-allowed-ns", "gateway-api-listenerset-selector-not-allowed-ns"
+    w.apply([gateway(w, gw, "Selector", {"allowed": "ns"}),
+             namespace(yes, {"allowed": "ns"}),
+             listener_set("listenerset-in-selected-namespace", gw,
+                          [all_ns_listener("listenerset-in-selected-namespace-listener",
+                                           "listenerset-in-selected-namespace-listener.com")], ns=yes),
+             namespace(no),
+             listener_set("listenerset-not-in-selected-namespace", gw,
+                          [all_ns_listener("listenerset-not-in-selected-namespace-listener",
+                                           "listenerset-not-in-selected-namespace-listener.com")], ns=no)])
+    expect_attached(w, gw, 1)
+    expect_listener_set(w, "listenerset-in-selected-namespace", yes,
+                        listeners={"listenerset-in-selected-namespace-listener": {"conditions": LISTENER_OK}},
+                        **ADMITTED)
+    expect_listener_set(w, "listenerset-not-in-selected-namespace", no, **NOT_ALLOWED)
