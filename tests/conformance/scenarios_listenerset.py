@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from conformance.runner import GW, World, scenario
-from conformance.scenarios import http_listener
+from conformance.runner import GW, Expect, World, scenario
+from conformance.scenarios import V1, V2, V3, http_listener, prefix, route, rule, to
 from support.conformance_base import INFRA
 
 GROUP = "gateway.networking.k8s.io"
 NOT_ALLOWED = {"Accepted": ("False", "NotAllowed"), "Programmed": ("False", "NotAllowed")}
 ADMITTED = {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+HTTP_KINDS = ["HTTPRoute", "GRPCRoute"]
 LISTENER_OK = {"Accepted": ("True", "*"), "ResolvedRefs": ("True", "*"), "Programmed": ("True", "*")}
 
 
@@ -142,3 +143,63 @@ def allowed_namespace_selector(w: World) -> None:
                         listeners={"listenerset-in-selected-namespace-listener": {"conditions": LISTENER_OK}},
                         **ADMITTED)
     expect_listener_set(w, "listenerset-not-in-selected-namespace", no, **NOT_ALLOWED)
+
+
+def ls_ref(name: str, section: str = "") -> dict[str, Any]:
+    ref = {"kind": "ListenerSet", "group": GROUP, "name": name, "namespace": INFRA}
+    if section:
+        ref["sectionName"] = section
+    return ref
+
+
+@scenario("ListenerSetHTTPRouting")
+def http_routing(w: World) -> None:
+    gw = "gateway-with-listener-sets-http-routing"
+    ls1, ls2 = "listener-set-http-routing-1", "listener-set-http-routing-2"
+    gw_ref = {"name": gw, "namespace": INFRA}
+    w.apply([
+        gateway(w, gw, "All", listeners=[all_ns_listener("gateway-listener-1", "gateway-listener-1.com"),
+                                         all_ns_listener("gateway-listener-2", "gateway-listener-2.com")]),
+        *(listener_set(ls, gw, [all_ns_listener(f"{ls}-listener-{i}", f"{ls}-listener-{i}.com") for i in (1, 2)])
+          for ls in (ls1, ls2)),
+        route("attaches-to-all-listeners", [rule(to(V1), matches=[prefix("/route")])],
+              parents=[gw_ref, ls_ref(ls1), ls_ref(ls2)]),
+        route("gateway-route", [rule(to(V2), matches=[prefix("/gateway-route")])], parents=[gw_ref]),
+        route("gateway-section-route", [rule(to(V3), matches=[prefix("/gateway-section-route")])],
+              parents=[{**gw_ref, "sectionName": "gateway-listener-1"}]),
+        route(f"{ls1}-route", [rule(to(V2), matches=[prefix(f"/{ls1}-route")])], parents=[ls_ref(ls1)]),
+        route(f"{ls1}-section-route", [rule(to(V3), matches=[prefix(f"/{ls1}-section-route")])],
+              parents=[ls_ref(ls1, f"{ls1}-listener-1")]),
+        route(f"{ls2}-route", [rule(to(V2), matches=[prefix(f"/{ls2}-route")])], parents=[ls_ref(ls2)]),
+    ])
+    for r in ("attaches-to-all-listeners", "gateway-route", "gateway-section-route"):
+        w.expect_route(r, gw, section="gateway-listener-1" if r == "gateway-section-route" else "")
+    expect_attached(w, gw, 2)
+    for r in ("attaches-to-all-listeners", f"{ls1}-route", f"{ls1}-section-route"):
+        w.expect_route(r, ls1, section=f"{ls1}-listener-1" if r.endswith("section-route") else "")
+    for r in ("attaches-to-all-listeners", f"{ls2}-route"):
+        w.expect_route(r, ls2)
+    expect_listener_set(w, ls1, listeners={
+        f"{ls1}-listener-1": {"supportedKinds": HTTP_KINDS, "attachedRoutes": 3, "conditions": LISTENER_OK},
+        f"{ls1}-listener-2": {"supportedKinds": HTTP_KINDS, "attachedRoutes": 2, "conditions": LISTENER_OK}},
+        **ADMITTED)
+    expect_listener_set(w, ls2, listeners={
+        f"{ls2}-listener-{i}": {"supportedKinds": HTTP_KINDS, "attachedRoutes": 2, "conditions": LISTENER_OK}
+        for i in (1, 2)}, **ADMITTED)
+    gw_hosts = ["gateway-listener-1.com", "gateway-listener-2.com"]
+    ls1_hosts = [f"{ls1}-listener-1.com", f"{ls1}-listener-2.com"]
+    ls2_hosts = [f"{ls2}-listener-1.com", f"{ls2}-listener-2.com"]
+    served: dict[str, dict[str, str]] = {  # path -> host -> backend; every other host answers 404
+        "/route": dict.fromkeys(gw_hosts + ls1_hosts + ls2_hosts, V1),
+        "/gateway-route": dict.fromkeys(gw_hosts, V2),
+        "/gateway-section-route": {"gateway-listener-1.com": V3},
+        f"/{ls1}-route": dict.fromkeys(ls1_hosts, V2),
+        f"/{ls1}-section-route": {f"{ls1}-listener-1.com": V3},
+        f"/{ls2}-route": dict.fromkeys(ls2_hosts, V2),
+    }
+    for path, hosts in served.items():
+        for host in gw_hosts + ls1_hosts + ls2_hosts:
+            if host in hosts:
+                w.expect(gw, Expect(path, host=host, backend=hosts[host]))
+            elif path != "/route":
+                w.expect(gw, Expect(path, host=host, status=404))
