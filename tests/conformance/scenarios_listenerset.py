@@ -203,3 +203,52 @@ def http_routing(w: World) -> None:
                 w.expect(gw, Expect(path, host=host, backend=hosts[host]))
             elif path != "/route":
                 w.expect(gw, Expect(path, host=host, status=404))
+
+
+def _conflict_scenario(w: World, kind: str, other: Mapping[str, Any]) -> None:
+    """ListenerSet{Hostname,Protocol}Conflict: on the Gateway's port, a ListenerSet listener that clashes
+    with a Gateway listener, or with an earlier ListenerSet's, is Conflicted; the earlier one keeps serving.
+    `other` is the clashing listener's protocol and hostname."""
+    word = kind.lower()
+    gw = f"gateway-with-listenerset-{word}-conflict"
+    vs_gw, vs_ls = f"{word}-conflict-with-gateway-listener", f"{word}-conflict-with-listener-set-listener"
+    reason = f"{kind}Conflict"
+    conflicted = {"Accepted": ("False", reason), "Programmed": ("False", reason), "Conflicted": ("True", reason)}
+
+    def li(name: str, hostname: str = "") -> dict[str, Any]:
+        return all_ns_listener(name, hostname or f"{name}.com")
+
+    def clash(name: str) -> dict[str, Any]:
+        out = {**li(name), **other}  # same name, so the same hostname as the listener it clashes with
+        return {k: v for k, v in out.items() if v is not None}
+
+    sets = {f"listenerset-with-{word}-conflict-with-gateway-1": [li("listener-set-1-listener"), clash(vs_gw),
+                                                                 li(vs_ls)],
+            f"listenerset-with-{word}-conflict-with-gateway-2": [clash(vs_gw)],
+            f"listenerset-with-{word}-conflict-with-listener-set-1": [li("listener-set-2-listener"), clash(vs_ls)],
+            f"listenerset-with-{word}-conflict-with-listener-set-2": [clash(vs_ls)]}
+    w.apply([gateway(w, gw, "Same", listeners=[li("gateway-listener"), li(vs_gw)]),
+             *(listener_set(name, gw, listeners) for name, listeners in sets.items())])
+    w.expect_gateway(gw, Accepted=("True", "*"), listeners={"gateway-listener": {"conditions": LISTENER_OK},
+                                                            vs_gw: {"conditions": LISTENER_OK}})
+    expect_attached(w, gw, 2)
+    partial = {"Accepted": ("True", "*"), "Programmed": ("True", "Programmed")}
+    invalid = {"Accepted": ("False", "ListenersNotValid"), "Programmed": ("False", "ListenersNotValid")}
+    names = list(sets)
+    expect_listener_set(w, names[0], listeners={"listener-set-1-listener": {"conditions": LISTENER_OK},
+                                                vs_gw: {"conditions": conflicted}, vs_ls: {"conditions": LISTENER_OK}},
+                        **partial)
+    expect_listener_set(w, names[1], listeners={vs_gw: {"conditions": conflicted}}, **invalid)
+    expect_listener_set(w, names[2], listeners={"listener-set-2-listener": {"conditions": LISTENER_OK},
+                                                vs_ls: {"conditions": conflicted}}, **partial)
+    expect_listener_set(w, names[3], listeners={vs_ls: {"conditions": conflicted}}, **invalid)
+
+
+@scenario("ListenerSetHostnameConflict", fast=True)
+def hostname_conflict(w: World) -> None:
+    _conflict_scenario(w, "Hostname", {})
+
+
+@scenario("ListenerSetProtocolConflict", fast=True)
+def protocol_conflict(w: World) -> None:
+    _conflict_scenario(w, "Protocol", {"protocol": "TCP", "hostname": None})

@@ -145,5 +145,29 @@ def test_gateway_listener_wins_a_hostname_conflict() -> None:
     [li] = out.status("ListenerSet", "ls")["listeners"]
     conds = {c["type"]: (c["status"], c["reason"]) for c in li["conditions"]}
     assert conds["Conflicted"] == ("True", "HostnameConflict")
-    assert ls_conds(out, "ls")["Accepted"] == ("False", "ListenersNotValid")
+    assert conds["Programmed"] == ("False", "HostnameConflict")
+    assert ls_conds(out, "ls") == {"Accepted": ("False", "ListenersNotValid"),
+                                   "Programmed": ("False", "ListenersNotValid")}
     assert out.listener_conds("gw", "http")["Conflicted"] == ("False", "NoConflicts")
+    # A ListenerSet none of whose listeners is valid is admitted but not counted as attached.
+    assert out.status("Gateway", "gw")["attachedListenerSets"] == 0
+
+
+def test_older_listener_set_wins_a_protocol_conflict() -> None:
+    """ListenerSetProtocolConflict: a TCP listener on an HTTP port of an earlier ListenerSet conflicts."""
+    first, second = listener_set("a-first", "gw"), listener_set("b-second", "gw")
+    second["spec"]["listeners"][0] = {"name": "tcp", "port": 80, "protocol": "TCP"}
+    out = outcome(gateway("gw", {"from": "Same"}), second, first)
+    assert ls_conds(out, "a-first") == {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    [li] = out.status("ListenerSet", "b-second")["listeners"]
+    assert {c["type"]: c["reason"] for c in li["conditions"]}["Conflicted"] == "ProtocolConflict"
+    assert out.status("Gateway", "gw")["attachedListenerSets"] == 1
+
+
+def test_parent_gateway_not_accepted() -> None:
+    gw = gateway("gw", {"from": "Same"})
+    gw["spec"]["addresses"] = [{"type": "Hostname", "value": "gw.example"}]
+    out = outcome(gw, listener_set("ls", "gw"))
+    assert out.gateway_conds("gw")["Accepted"][0] == "False"
+    assert ls_conds(out, "ls")["Accepted"] == ("False", "ParentNotAccepted")
+    assert not [b for b in out.result.ir.bundles for li in b.listeners if li.name.startswith(f"gateway/{INFRA}/gw/")]

@@ -553,6 +553,8 @@ def _listener_status(gs: GatewayState, st: ListenerState, previous: dict[str, An
     conds.setdefault("ResolvedRefs", Cond("ResolvedRefs", True, "ResolvedRefs", "all references resolved"))
     if st.programmable:
         conds["Programmed"] = Cond("Programmed", True, "Programmed", "listener programmed")
+    elif st.owner is not None and conflicted is not None:  # a ListenerSet's listener names why (GEP-1713)
+        conds["Programmed"] = Cond("Programmed", False, conflicted.reason, conflicted.message)
     else:
         conds["Programmed"] = Cond("Programmed", False, "Invalid", "listener is not valid: nothing programmed")
     order = ["Accepted", "Conflicted", "ResolvedRefs", "Programmed", "OverlappingTLSConfig"]
@@ -679,8 +681,11 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
         gs = gateways[gkey]
         gir = _gateway_ir(snapshot, gs, issues)
         bundles.extend(_bundles(gs, gir, shared_taken, issues))
-        statuses.append(with_attached(_gateway_status(gs, opts), listener_sets))
-        statuses.extend(_listener_set_statuses(gs, listener_sets.admitted.get(gkey, ()), opts))
+        ls_statuses = _listener_set_statuses(gs, listener_sets.admitted.get(gkey, ()), opts)
+        accepted_sets = sum(any(c["type"] == "Accepted" and c["status"] == "True" for c in st.status["conditions"])
+                            for st in ls_statuses)
+        statuses.append(with_attached(_gateway_status(gs, opts), listener_sets, accepted_sets))
+        statuses.extend(ls_statuses)
     mesh = translate_gamma(snapshot, opts)
     bundles.extend(mesh.bundles)
     issues.extend(mesh.issues)

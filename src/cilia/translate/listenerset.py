@@ -36,12 +36,11 @@ from cilia.translate.gateway_common import (
 
 @dataclass(frozen=True, slots=True)
 class ListenerSetResult:
-    """Statuses of the ListenerSets cilia's Gateways are asked to take, issues, and per Gateway key
-    (`NS/NAME`) how many it admitted."""
+    """Statuses of the ListenerSets cilia's Gateways refuse, issues, and per Gateway key (`NS/NAME`)
+    the ListenerSets it admitted."""
 
     statuses: tuple[ObjectStatus, ...]
     issues: tuple[Issue, ...]
-    attached: Mapping[str, int]
     admitted: Mapping[str, tuple[KubeObject, ...]]  # Gateway key -> its ListenerSets, in precedence order
     reported: frozenset[str]  # Gateway keys whose status carries attachedListenerSets
 
@@ -89,7 +88,7 @@ def listener_set_status(ls: KubeObject, listeners: Sequence[Mapping[str, Any]], 
     if not valid:
         why = "no listener is valid (see status.listeners)"
         return _status(ls, Cond("Accepted", False, "ListenersNotValid", why),
-                       Cond("Programmed", False, "Invalid", why), opts, listeners)
+                       Cond("Programmed", False, "ListenersNotValid", why), opts, listeners)
     if valid < len(listeners):
         accepted = Cond("Accepted", True, "ListenersNotValid", "some listeners are not valid (see status.listeners)")
     else:
@@ -105,7 +104,6 @@ def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, Kube
     controller's is left alone (no status)."""
     statuses: list[ObjectStatus] = []
     issues: list[Issue] = []
-    attached: dict[str, int] = {key: 0 for key in gateways}
     admitted: dict[str, list[KubeObject]] = {}
     for ls in snapshot.list("ListenerSet"):
         ref = ls.spec.parent_ref
@@ -126,18 +124,18 @@ def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, Kube
             statuses.append(_status(ls, Cond("Accepted", False, "NotAllowed", why),
                                     Cond("Programmed", False, "NotAllowed", why), opts))
             continue
-        attached[key] += 1
         admitted.setdefault(key, []).append(ls)
     reported = frozenset(key for key, gw in gateways.items()
-                         if gw.spec.allowed_listeners.namespaces_from != "None" or attached[key])
+                         if gw.spec.allowed_listeners.namespaces_from != "None" or key in admitted)
     ordered = {key: tuple(sorted(sets, key=route_age)) for key, sets in admitted.items()}
-    return ListenerSetResult(tuple(statuses), tuple(issues), attached, ordered, reported)
+    return ListenerSetResult(tuple(statuses), tuple(issues), ordered, reported)
 
 
-def with_attached(status: ObjectStatus, result: ListenerSetResult) -> ObjectStatus:
-    """A Gateway's status with `attachedListenerSets` added: for Gateways cilia handles that allow
-    ListenerSets or have some attached (absent reads as 0, so other Gateways' status stays as it was)."""
+def with_attached(status: ObjectStatus, result: ListenerSetResult, accepted: int) -> ObjectStatus:
+    """A Gateway's status with `attachedListenerSets` (the admitted ListenerSets that are Accepted) added:
+    for Gateways that allow ListenerSets or have some attached (absent reads as 0, so other Gateways'
+    status stays as it was)."""
     key = f"{status.namespace}/{status.name}"
-    if status.kind != "Gateway" or key not in result.attached or key not in result.reported:
+    if status.kind != "Gateway" or key not in result.reported:
         return status
-    return replace(status, status={**status.status, "attachedListenerSets": result.attached[key]})
+    return replace(status, status={**status.status, "attachedListenerSets": accepted})
