@@ -1130,7 +1130,6 @@ def _skipped() -> dict[str, str]:
         "BackendTLSPolicy": FEATURE.format("BackendTLSPolicy"),
         "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate"),
         "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
-        "ListenerSet": FEATURE.format("ListenerSet"),
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",
         "UDPRoute": FEATURE.format("UDPRoute"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from conformance.runner import GW, Expect, World, scenario
 from conformance.scenarios import V1, V2, V3, http_listener, prefix, route, rule, to
-from support.conformance_base import INFRA
+from support.conformance_base import INFRA, WEB
 
 GROUP = "gateway.networking.k8s.io"
 NOT_ALLOWED = {"Accepted": ("False", "NotAllowed"), "Programmed": ("False", "NotAllowed")}
@@ -252,3 +252,89 @@ def hostname_conflict(w: World) -> None:
 @scenario("ListenerSetProtocolConflict", fast=True)
 def protocol_conflict(w: World) -> None:
     _conflict_scenario(w, "Protocol", {"protocol": "TCP", "hostname": None})
+
+
+@scenario("ListenerSetAllowedRoutesNamespaces")
+def allowed_routes_namespaces(w: World) -> None:
+    gw = "gateway-with-listener-sets-test-allowed-routes"
+    ls = "listenerset-test-allowed-routes-namespaces"
+    yes, no = "gateway-api-routes-allowed-ns", "gateway-api-routes-not-allowed-ns"
+    base = "listener-set-listener-allowed-routes"
+    listeners = [all_ns_listener(f"{base}-all", f"{base}-all.com"),
+                 http_listener(f"{base}-same", 80, f"{base}-same.com"),
+                 http_listener(f"{base}-selector", 80, f"{base}-selector.com",
+                               allowedRoutes={"namespaces": {"from": "Selector",
+                                                             "selector": {"matchLabels": {"allowed": "ns"}}}})]
+    routes = {"route-in-same-namespace": (INFRA, V1), "route-in-selected-namespace": (yes, V2),
+              "route-not-in-selected-namespace": (no, V3)}
+    w.apply([gateway(w, gw, "All"), listener_set(ls, gw, listeners), namespace(yes, {"allowed": "ns"}), namespace(no),
+             *(route(name, [rule(to(backend, namespace=INFRA), matches=[prefix(f"/{name}")])], parents=[ls_ref(ls)],
+                     ns=ns) for name, (ns, backend) in routes.items()),
+             {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+              "metadata": {"name": f"{ls}-reference-grant", "namespace": INFRA},
+              "spec": {"from": [{"group": GROUP, "kind": "HTTPRoute", "namespace": yes},
+                                {"group": GROUP, "kind": "HTTPRoute", "namespace": no}],
+                       "to": [{"group": "", "kind": "Service"}]}}])
+    expect_attached(w, gw, 1)
+    for name, (ns, _) in routes.items():
+        w.expect_route(name, ls, ns=ns)
+    expect_listener_set(w, ls, listeners={
+        f"{base}-all": {"supportedKinds": HTTP_KINDS, "attachedRoutes": 3, "conditions": LISTENER_OK},
+        f"{base}-same": {"supportedKinds": HTTP_KINDS, "attachedRoutes": 1, "conditions": LISTENER_OK},
+        f"{base}-selector": {"supportedKinds": HTTP_KINDS, "attachedRoutes": 1, "conditions": LISTENER_OK}})
+    served = {"all": {"route-in-same-namespace": V1, "route-in-selected-namespace": V2,
+                      "route-not-in-selected-namespace": V3},
+              "same": {"route-in-same-namespace": V1}, "selector": {"route-in-selected-namespace": V2}}
+    for which, backends in served.items():
+        for name in routes:
+            want = backends.get(name)
+            e = Expect(f"/{name}", host=f"{base}-{which}.com", **({"backend": want} if want else {"status": 404}))
+            w.expect(gw, e)
+
+
+@scenario("ListenerSetAllowedRoutesSupportedKinds", fast=True)
+def allowed_routes_supported_kinds(w: World) -> None:
+    gw = "gateway-with-listener-sets-test-supported-route-kinds"
+    ls = "listenerset-test-allowed-routes-supported-kinds"
+    tls_only = "listener-set-listener-allowed-routes-tls-only"
+    w.apply([gateway(w, gw, "All"),
+             listener_set(ls, gw, [{"name": tls_only, "port": 443, "protocol": "TLS", "hostname": f"{tls_only}.com",
+                                    "allowedRoutes": {"namespaces": {"from": "All"}, "kinds": [{"kind": "HTTPRoute"}]},
+                                    "tls": {"mode": "Passthrough"}}])])
+    w.expect_gateway(gw, Accepted=("True", "*"))
+    expect_listener_set(w, ls, listeners={tls_only: {"conditions": {"ResolvedRefs": ("False", "InvalidRouteKinds")}}})
+
+
+@scenario("ListenerSetReferenceGrant", fast=True)
+def reference_grant(w: World) -> None:
+    gw = "gateway-with-listener-sets-test-reference-grant"
+    other = "gateway-api-listener-sets-test-reference-grant-ns"
+    cert = {"group": "", "kind": "Secret", "name": "certificate", "namespace": WEB}
+
+    def https(name: str, hostname: str) -> dict[str, Any]:
+        return {"name": name, "port": 443, "protocol": "HTTPS", "hostname": hostname,
+                "allowedRoutes": {"namespaces": {"from": "All"}}, "tls": {"certificateRefs": [cert]}}
+
+    def grant(name: str, kind: str) -> dict[str, Any]:
+        return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                "metadata": {"name": name, "namespace": WEB},
+                "spec": {"from": [{"group": GROUP, "kind": kind, "namespace": INFRA}],
+                         "to": [{"group": "", "kind": "Secret"}]}}
+
+    w.apply([gateway(w, gw, "All", listeners=[https("gateway-listener", "gateway-listener.com")]),
+             w.tls_secret("certificate", WEB), grant("reference-grant-for-gateway", "Gateway"),
+             listener_set("listenerset-with-reference-grant", gw,
+                          [https("listenerset-with-reference-grant-listener",
+                                 "listenerset-with-reference-grant-listener.com")]),
+             grant("reference-grant-for-listener-set", "ListenerSet"), namespace(other),
+             listener_set("listenerset-without-reference-grant", gw,
+                          [https("listenerset-without-reference-grant-listener",
+                                 "listenerset-without-reference-grant-listener-1.com")], ns=other)])
+    w.expect_gateway(gw, Accepted=("True", "*"))
+    expect_listener_set(w, "listenerset-with-reference-grant", Accepted=("True", "*"), Programmed=("True", "*"),
+                        listeners={"listenerset-with-reference-grant-listener":
+                                   {"conditions": {"ResolvedRefs": ("True", "*")}}})
+    expect_listener_set(w, "listenerset-without-reference-grant", other,
+                        Accepted=("False", "ListenersNotValid"), Programmed=("False", "ListenersNotValid"),
+                        listeners={"listenerset-without-reference-grant-listener":
+                                   {"conditions": {"ResolvedRefs": ("False", "RefNotPermitted")}}})

@@ -17,7 +17,7 @@ from support.golden import assert_golden, proxy_config, translate_case
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "gateway"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
-GATEWAY_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"}
+GATEWAY_KINDS = {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "ListenerSet"}
 
 
 def _proxies(text: str) -> list[str]:
@@ -43,7 +43,8 @@ def render_case(case: Path) -> dict[str, Any]:
 def test_cases_present() -> None:
     want = {"http-basic", "matches", "precedence", "filters", "redirects-rewrites", "mirror-weights-timeouts",
             "invalid-backends", "reference-grant", "listener-conflicts", "https-certs", "tls-passthrough-tcp",
-            "attachment", "addresses", "grpc-route", "gamma", "status-preserved", "isolation", "foreign-class"}
+            "attachment", "addresses", "grpc-route", "gamma", "status-preserved", "isolation", "foreign-class",
+            "listenerset"}
     assert want <= set(CASES)
 
 

@@ -171,3 +171,25 @@ def test_parent_gateway_not_accepted() -> None:
     assert out.gateway_conds("gw")["Accepted"][0] == "False"
     assert ls_conds(out, "ls")["Accepted"] == ("False", "ParentNotAccepted")
     assert not [b for b in out.result.ir.bundles for li in b.listeners if li.name.startswith(f"gateway/{INFRA}/gw/")]
+
+
+def test_same_namespace_routes_means_the_listener_sets_namespace() -> None:
+    """allowedRoutes from: Same on a ListenerSet listener admits routes of the ListenerSet's namespace,
+    not of the Gateway's."""
+    ls = listener_set("ls", "gw", ns=WEB)
+    ls["spec"]["listeners"][0]["allowedRoutes"] = {"namespaces": {"from": "Same"}}
+    ref = {"group": "gateway.networking.k8s.io", "kind": "ListenerSet", "name": "ls", "namespace": WEB}
+    in_web = http_route("in-web", ref, ["ls.example"])
+    in_web["metadata"]["namespace"] = WEB
+    in_web["spec"]["rules"][0]["backendRefs"][0]["name"] = "web-backend"
+    out = outcome(gateway("gw", {"from": "All"}), ls, in_web, http_route("in-infra", ref, ["ls.example"]))
+    assert out.parent("in-web", "ls", ns=WEB)["Accepted"] == ("True", "Accepted")
+    assert out.parent("in-infra", "ls")["Accepted"] == ("False", "NotAllowedByListeners")
+
+
+def test_route_to_a_listener_set_that_is_not_admitted_is_an_issue() -> None:
+    ref = {"group": "gateway.networking.k8s.io", "kind": "ListenerSet", "name": "ls"}
+    out = outcome(gateway("gw"), listener_set("ls", "gw"), http_route("r", ref, ["ls.example"]))
+    with pytest.raises(KeyError):
+        out.status("HTTPRoute", "r")
+    assert any(i.field == "spec.parentRefs[0]" and "not attached" in i.message for i in out.result.issues)

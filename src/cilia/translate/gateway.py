@@ -333,7 +333,7 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
         return Cond("Accepted", False, "NoMatchingParent",
                     f"no listener of Gateway {gs.key} selected by the parentRef has a protocol that carries "
                     f"{route.kind}s")
-    allowed = [st for st in candidates if _allowed(st, gs.obj, route, snapshot)]
+    allowed = [st for st in candidates if _allowed(st, st.owner or gs.obj, route, snapshot)]
     if not allowed:
         return Cond("Accepted", False, "NotAllowedByListeners",
                     f"no listener of Gateway {gs.key} allows {route.kind}s from namespace {route.meta.namespace}")

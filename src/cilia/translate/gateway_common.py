@@ -40,7 +40,7 @@ SUPPORTED_FEATURES = frozenset({
     "Gateway", "HTTPRoute", "ReferenceGrant", "GRPCRoute", "TLSRoute", "Mesh",
     "GatewayHTTPSListenerDetectMisdirectedRequests", "HTTPRouteMethodMatching", "HTTPRouteRequestMirror",
     "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry", "HTTPRouteParentRefPort",
-    "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS",
+    "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS", "ListenerSet",
 })
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
