@@ -4,18 +4,24 @@ tests assert them)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 import cilia.k8s.kinds  # noqa: F401  (registers the kinds)
+from cilia.analyze import envoy_validate
 from cilia.errors import ValidationError
 from cilia.k8s.registry import parse_object
+from support.certs import TestCA
 from support.conformance_base import INFRA, WEB
+from support.envoy import envoy_binary
+from support.golden import proxy_config, translate_case
 from unit.test_gateway_conformance import GW, Outcome, run
 
 OTHER = "listenerset-other"
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "gateway" / "listenerset"
 
 
 def gateway(name: str, allowed: dict[str, Any] | None = None, ns: str = INFRA) -> dict[str, Any]:
@@ -193,3 +199,21 @@ def test_route_to_a_listener_set_that_is_not_admitted_is_an_issue() -> None:
     with pytest.raises(KeyError):
         out.status("HTTPRoute", "r")
     assert any(i.field == "spec.parentRefs[0]" and "not attached" in i.message for i in out.result.issues)
+
+
+def test_golden_listener_set_config_is_valid_for_envoy(tmp_path: Path) -> None:
+    """The golden case's config (ListenerSet listeners merged on ports 80 and 443), with a real certificate
+    in place of the case's placeholder, passes `envoy --mode validate`."""
+    pem = TestCA().issue("shop.example")
+    text = (GOLDEN / "input.yaml").read_text()
+    for old, new in (("-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n", pem.cert.decode()),
+                     ("-----BEGIN PRIVATE KEY-----\\nMIIB\\n-----END PRIVATE KEY-----\\n", pem.key.decode())):
+        assert old in text
+        text = text.replace(old, new.replace("\n", "\\n"))
+    (tmp_path / "input.yaml").write_text(text)
+    _, result, world = translate_case(tmp_path)
+    assert not [i for i in result.issues if i.severity == "error"]
+    config = proxy_config(world, "gateway~infra/gw")
+    names = {li["name"] for li in config["listeners"]}
+    assert {"gateway/infra/gw/80", "gateway/infra/gw/443"} <= names
+    assert envoy_validate(envoy_binary(), config) == ""
