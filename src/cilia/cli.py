@@ -501,7 +501,8 @@ def _fetch_json(admin: str, path: str) -> Any:
         return json.load(resp)
 
 
-GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"})
+GATEWAY_API_KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute",
+                               "ListenerSet"})
 
 
 def egress_gateway_traffic(envoy_admins: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,7 @@ GW = "gateway.networking.k8s.io/v1"
 HTTPS_GATEWAY = "same-namespace-with-https-listener"
 CERT_NAMES = ("example.org", "*.example.org", "second-example.org", "*.wildcard.org", "fourth-example.wildcard.org",
               "abc.example.com", "*.example.com")
-STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "BackendTLSPolicy")
+STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "BackendTLSPolicy", "ListenerSet")
 WAIT = 20.0  # seconds a scenario's expectation may take to hold (config propagation)
 # The suite's TLS backends: name -> (namespace, VIP, endpoint address). `tls-backend*` serve the echo
 # contract over HTTPS (Service port 443); `tcp-backend` speaks the suite's TCP protocol, plain on

@@ -1119,6 +1119,7 @@ def retry(w: World) -> None:
 # Each module registers its scenarios when imported.
 from conformance import scenarios_backendtls  # noqa: E402,F401,I001
 from conformance import scenarios_http  # noqa: E402, F401
+from conformance import scenarios_listenerset  # noqa: E402, F401
 from conformance import scenarios_mesh  # noqa: E402, F401
 from conformance import scenarios_tls  # noqa: E402, F401
 
@@ -1136,7 +1137,6 @@ def _skipped() -> dict[str, str]:
                             "SNI, CA and SAN checks through Envoy",
         "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate"),
         "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
-        "ListenerSet": FEATURE.format("ListenerSet"),
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",
         "UDPRoute": FEATURE.format("UDPRoute"),

@@ -212,6 +212,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType(GATEWAY, "tcproutes", "TCPRoute", True, ("v1alpha2",), True, categories=("gateway-api",)),
     ResourceType(GATEWAY, "backendtlspolicies", "BackendTLSPolicy", True, ("v1", "v1alpha3"), True,
                  short_names=("btlspolicy",), categories=("gateway-api",)),
+    ResourceType(GATEWAY, "listenersets", "ListenerSet", True, ("v1",), True, categories=("gateway-api",)),
     ResourceType(
         CILIUM,
         "ciliumenvoyconfigs",

@@ -49,6 +49,7 @@ PLANNED = (
     ("TLSRoute", "gateway.networking.k8s.io", "tlsroutes", True),
     ("TCPRoute", "gateway.networking.k8s.io", "tcproutes", True),
     ("ReferenceGrant", "gateway.networking.k8s.io", "referencegrants", True),
+    ("ListenerSet", "gateway.networking.k8s.io", "listenersets", True),
 )
 EXPECTED_KINDS = {
     "namespace.yaml": ["Namespace", "Namespace"],

@@ -283,11 +283,36 @@ class GatewayInfrastructure:
 
 
 @dataclass(frozen=True, slots=True)
+class AllowedListeners:
+    """`spec.allowedListeners`: which namespaces' ListenerSets may attach (None: none may)."""
+
+    namespaces_from: str = "None"  # None | Same | All | Selector
+    selector: LabelSelector | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySpec:
     gateway_class_name: str
     listeners: tuple[GatewayListener, ...]
     addresses: tuple[GatewayAddress, ...] = ()
     infrastructure: GatewayInfrastructure = GatewayInfrastructure()
+    allowed_listeners: AllowedListeners = AllowedListeners()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayParentRef:
+    """A ListenerSet's `spec.parentRef` (namespace resolved to the ListenerSet's when omitted)."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSetSpec:
+    parent_ref: GatewayParentRef
+    listeners: tuple[GatewayListener, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,7 +738,42 @@ def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
         ap = f"spec.addresses[{i}]"
         a = as_map(a, ap)
         addrs.append(GatewayAddress(get_str(a, "type", ap, default="IPAddress"), get_str(a, "value", ap)))
-    return GatewaySpec(cls, listeners, tuple(addrs), _infrastructure(spec.get("infrastructure")))
+    return GatewaySpec(cls, listeners, tuple(addrs), _infrastructure(spec.get("infrastructure")),
+                       _allowed_listeners(spec.get("allowedListeners")))
+
+
+def _allowed_listeners(raw: Any) -> AllowedListeners:
+    path = "spec.allowedListeners"
+    m = as_map(raw, path)
+    ns = as_map(m.get("namespaces"), f"{path}.namespaces")
+    frm = get_str(ns, "from", f"{path}.namespaces", default="None")
+    if frm not in ("None", "Same", "All", "Selector"):
+        raise ValidationError(f"{path}.namespaces.from", f"must be None, Same, All or Selector, got {frm!r}")
+    selector = None
+    if frm == "Selector":
+        if ns.get("selector") is None:
+            raise ValidationError(f"{path}.namespaces.selector", "is required when from is Selector")
+        selector = parse_label_selector(ns.get("selector"), f"{path}.namespaces.selector")
+    return AllowedListeners(frm, selector)
+
+
+def _parse_listener_set(raw: Mapping[str, Any], meta: Meta) -> ListenerSetSpec:
+    spec = as_map(raw.get("spec"), "spec", required=True)
+    pr = as_map(spec.get("parentRef"), "spec.parentRef", required=True)
+    parent = GatewayParentRef(get_str(pr, "group", "spec.parentRef", default=GROUP),
+                              get_str(pr, "kind", "spec.parentRef", default="Gateway"),
+                              get_str(pr, "namespace", "spec.parentRef") or meta.namespace,
+                              get_str(pr, "name", "spec.parentRef", required=True))
+    listeners = tuple(_listener(item, f"spec.listeners[{i}]", meta.namespace)
+                      for i, item in enumerate(as_list(spec.get("listeners"), "spec.listeners", required=True)))
+    if not listeners:
+        raise ValidationError("spec.listeners", "at least one listener is required")
+    names: set[str] = set()
+    for i, li in enumerate(listeners):
+        if li.name in names:
+            raise ValidationError(f"spec.listeners[{i}].name", f"listener name {li.name!r} is used twice")
+        names.add(li.name)
+    return ListenerSetSpec(parent, listeners)
 
 
 def _string_map(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
@@ -862,3 +922,4 @@ register_kind("GRPCRoute", GROUP, ("v1", "v1alpha2"), True, _parse_grpc_route)
 register_kind("TLSRoute", GROUP, ("v1alpha2", "v1alpha3", "v1"), True, _parse_tls_route)
 register_kind("TCPRoute", GROUP, ("v1alpha2", "v1alpha3", "v1"), True, _parse_tcp_route)
 register_kind("ReferenceGrant", GROUP, ("v1beta1", "v1"), True, _parse_reference_grant)
+register_kind("ListenerSet", GROUP, ("v1",), True, _parse_listener_set)

@@ -50,7 +50,7 @@ log = logging.getLogger("cilia.status")
 
 # Kinds whose status cilia writes, and the one verb it uses on their status subresource (cilia.k8s.rbac).
 STATUS_KINDS = frozenset({
-    "Ingress", "GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute",
+    "Ingress", "GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "ListenerSet",
     "BackendTLSPolicy", "CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig", "CiliumNetworkPolicy",
     "CiliumClusterwideNetworkPolicy",
 })

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,12 @@ from cilia.translate.gateway_common import (
     rule_conditions,
     same_parent,
 )
+from cilia.translate.listenerset import (
+    ListenerSetResult,
+    listener_set_status,
+    translate_listener_sets,
+    with_attached,
+)
 from cilia.translate.tls import secret_not_found
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
@@ -83,6 +89,14 @@ class ListenerState:
     attached: int = 0
     routes: list[Attachment] = field(default_factory=list)
     programmable: bool = True
+    owner: KubeObject | None = None  # the ListenerSet the listener comes from; None: the Gateway's own
+
+    @property
+    def key(self) -> str:
+        """Unique among the Gateway's listeners (a ListenerSet may reuse a Gateway listener's name)."""
+        if self.owner is None:
+            return self.spec.name
+        return f"{self.owner.meta.namespace}/{self.owner.meta.name}/{self.spec.name}"
 
     def fail(self, cond: Cond) -> None:
         self.conds[cond.type] = cond
@@ -157,9 +171,9 @@ def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference,
     if norm_group(ref.group) != "" or ref.kind != "Secret":
         return None, Cond("ResolvedRefs", False, "InvalidCertificateRef",
                           f"{what}: {ref.group or 'core'}/{ref.kind} is not supported (only core Secrets)")
-    if not ref_permitted(snapshot, "Gateway", gw.meta.namespace, "", "Secret", ref.namespace, ref.name):
+    if not ref_permitted(snapshot, gw.kind, gw.meta.namespace, "", "Secret", ref.namespace, ref.name):
         return None, Cond("ResolvedRefs", False, "RefNotPermitted",
-                          f"{what}: no ReferenceGrant in {ref.namespace} allows Gateways in "
+                          f"{what}: no ReferenceGrant in {ref.namespace} allows {gw.kind}s in "
                           f"{gw.meta.namespace} to use it")
     obj = snapshot.get("Secret", ref.namespace, ref.name)
     if obj is None:
@@ -254,6 +268,38 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Ma
     return out
 
 
+def _merge_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState],
+                        admitted: Mapping[str, Sequence[KubeObject]], opts: TranslateOptions) -> None:
+    """Add the listeners of each Gateway's admitted ListenerSets (in precedence order) after its own, so
+    that on a conflict the Gateway's listener, then the older ListenerSet's, wins (GEP-1713)."""
+    for gkey, sets in admitted.items():
+        gs = gateways[gkey]
+        for ls in sets:
+            for li in ls.spec.listeners:
+                st = _listener_state(snapshot, ls, li, opts.secret_namespaces)
+                st.owner = ls
+                if gs.accepted is not None:
+                    st.programmable = False
+                gs.listeners.append(st)
+        if sets:
+            _detect_conflicts(gs.listeners)
+
+
+def _listener_set_statuses(gs: GatewayState, sets: Iterable[KubeObject], opts: TranslateOptions
+                           ) -> list[ObjectStatus]:
+    out = []
+    for ls in sets:
+        prev = previous_status(ls)
+        when = fallback_time(ls, opts.status_time)
+        prev_listeners: dict[str, Any] = {str(li.get("name")): li.get("conditions")
+                                          for li in prev.get("listeners") or [] if isinstance(li, dict)}
+        mine = [st for st in gs.listeners if st.owner is ls]
+        stanzas = [_listener_status(gs, st, prev_listeners, when) for st in mine]
+        out.append(listener_set_status(ls, stanzas, sum(st.programmable for st in mine), gs.accepted is None,
+                                       gs.key, opts))
+    return out
+
+
 # -- routes ------------------------------------------------------------------------------------------------
 def _allowed(st: ListenerState, gw: KubeObject, route: KubeObject, snapshot: InputSnapshot) -> bool:
     if route.kind not in st.supported:
@@ -268,10 +314,11 @@ def _allowed(st: ListenerState, gw: KubeObject, route: KubeObject, snapshot: Inp
 
 
 def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: ParentRef,
-            builder: RuleBuilder | None) -> Cond:
-    """Attach `route` to the listeners `ref` selects; returns the route's Accepted condition there."""
-    candidates = [st for st in gs.listeners
-                  if (not ref.section_name or st.spec.name == ref.section_name)
+            builder: RuleBuilder | None, owner: KubeObject | None = None) -> Cond:
+    """Attach `route` to the listeners `ref` selects (of ListenerSet `owner`, else the Gateway's own);
+    returns the route's Accepted condition there."""
+    candidates = [st for st in gs.listeners if st.owner is owner
+                  and (not ref.section_name or st.spec.name == ref.section_name)
                   and (ref.port is None or st.spec.port == ref.port)]
     if not candidates:
         return Cond("Accepted", False, "NoMatchingParent",
@@ -288,7 +335,7 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
         return Cond("Accepted", False, "NoMatchingParent",
                     f"no listener of Gateway {gs.key} selected by the parentRef has a protocol that carries "
                     f"{route.kind}s")
-    allowed = [st for st in candidates if _allowed(st, gs.obj, route, snapshot)]
+    allowed = [st for st in candidates if _allowed(st, st.owner or gs.obj, route, snapshot)]
     if not allowed:
         return Cond("Accepted", False, "NotAllowedByListeners",
                     f"no listener of Gateway {gs.key} allows {route.kind}s from namespace {route.meta.namespace}")
@@ -309,6 +356,20 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
         st.attached += 1
         st.routes.append(Attachment(route, builder, hosts))
     return Cond("Accepted", True, "Accepted", "attached to Gateway " + gs.key)
+
+
+def _attach_to_listener_set(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState],
+                            listener_sets: ListenerSetResult, route: KubeObject, ref: ParentRef,
+                            builder: RuleBuilder | None, opts: TranslateOptions) -> dict[str, Any] | None:
+    """Attach `route` to an admitted ListenerSet's listeners; its status.parents entry, or None when no
+    Gateway of cilia's admitted that ListenerSet."""
+    found = listener_sets.parent_of(ref.namespace, ref.name)
+    if found is None:
+        return None
+    gs = gateways[found[0]]
+    accepted = _attach(snapshot, gs, route, ref, builder, found[1])
+    refs = rule_conditions(builder) if builder is not None else [_stream_refs_condition(snapshot, route)]
+    return route_parent_status(route, ref, [accepted, *refs], opts.status_time, gs.controller)
 
 
 def _stream_refs_condition(snapshot: InputSnapshot, route: KubeObject) -> Cond:
@@ -435,7 +496,7 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
                     chains.append(ir.FilterChain(base, ir.TcpApp(backends)))
                 for extra in atts[1:]:
                     issues.append(Issue(str(extra.route.ref), "spec.parentRefs",
-                                        f"listener {st.spec.name} of Gateway {gs.key} already serves "
+                                        f"listener {st.key} of Gateway {gs.key} already serves "
                                         f"{atts[0].route.ref}; only one TCPRoute is used per listener",
                                         severity="warning"))
         else:
@@ -444,7 +505,7 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
             for st in group:
                 assert st.spec.tls is not None
                 if st.spec.protocol == "HTTPS":
-                    rc = f"{base}/{st.spec.name}"
+                    rc = f"{base}/{st.key}"
                     peers = [o for o in group if o is not st and o.spec.protocol == "HTTPS"]
                     rconf = ir.RouteConfig(rc, _virtual_hosts([st], ListenerContext(port, "https"), rc, peers), src,
                                            ignore_port_in_host_matching=True)
@@ -470,7 +531,7 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
                         continue
                     used.update(names or ("",))
                     tls = ir.TlsTermination(tuple(s.name for s in st.secrets), alpn=()) if terminate else None
-                    chain_name = f"{base}/{st.spec.name}/{att.route.meta.namespace}/{att.route.meta.name}"
+                    chain_name = f"{base}/{st.key}/{att.route.meta.namespace}/{att.route.meta.name}"
                     chains.append(ir.FilterChain(chain_name, ir.TcpApp(backends), server_names=names, tls=tls))
         if chains:
             out.listeners.append(ir.Listener(base, gs.address, port, tuple(chains), listener_filters=filters,
@@ -494,10 +555,12 @@ def _listener_status(gs: GatewayState, st: ListenerState, previous: dict[str, An
     conds.setdefault("ResolvedRefs", Cond("ResolvedRefs", True, "ResolvedRefs", "all references resolved"))
     if st.programmable:
         conds["Programmed"] = Cond("Programmed", True, "Programmed", "listener programmed")
+    elif st.owner is not None and conflicted is not None:  # a ListenerSet's listener names why (GEP-1713)
+        conds["Programmed"] = Cond("Programmed", False, conflicted.reason, conflicted.message)
     else:
         conds["Programmed"] = Cond("Programmed", False, "Invalid", "listener is not valid: nothing programmed")
     order = ["Accepted", "Conflicted", "ResolvedRefs", "Programmed", "OverlappingTLSConfig"]
-    generation = gs.obj.meta.generation
+    generation = (st.owner or gs.obj).meta.generation
     return {
         "name": st.spec.name,
         "supportedKinds": [{"group": GROUP, "kind": k} for k in st.supported],
@@ -513,15 +576,16 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
     when = fallback_time(obj, opts.status_time)
     prev_listeners: dict[str, Any] = {str(li.get("name")): li.get("conditions")
                                       for li in prev.get("listeners") or [] if isinstance(li, dict)}
-    valid = [st for st in gs.listeners if st.programmable]
+    own = [st for st in gs.listeners if st.owner is None]
+    valid = [st for st in own if st.programmable]
     if gs.accepted is not None:
         accepted = gs.accepted
         programmed = Cond("Programmed", False, "Invalid", "the Gateway is not accepted")
     else:
-        if len(valid) == len(gs.listeners):
+        if len(valid) == len(own):
             accepted = Cond("Accepted", True, "Accepted", f"handled by {gs.controller}")
         else:
-            bad = ", ".join(st.spec.name for st in gs.listeners if not st.programmable)
+            bad = ", ".join(st.spec.name for st in own if not st.programmable)
             accepted = Cond("Accepted", bool(valid), "ListenersNotValid", f"listener(s) not valid: {bad}")
         programmed = (Cond("Programmed", True, "Programmed", f"listening on {gs.address}") if valid else
                       Cond("Programmed", False, "Invalid", "no valid listener"))
@@ -529,7 +593,7 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
         "addresses": [{"type": "IPAddress", "value": gs.address}],
         "conditions": conditions([accepted, programmed], obj.meta.generation, prev.get("conditions"), when,
                                  owned=("Accepted", "Programmed")),
-        "listeners": [_listener_status(gs, st, prev_listeners, when) for st in gs.listeners],
+        "listeners": [_listener_status(gs, st, prev_listeners, when) for st in own],
     }
     return ObjectStatus(obj.api_version, obj.kind, obj.meta.namespace, obj.meta.name, obj.meta.generation, status)
 
@@ -581,6 +645,10 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     issues: list[Issue] = []
     classes, statuses = _class_statuses(snapshot, opts)
     gateways = _gateway_states(snapshot, opts, classes)
+    listener_sets = translate_listener_sets(snapshot, {k: g.obj for k, g in gateways.items()}, opts)
+    statuses.extend(listener_sets.statuses)
+    issues.extend(listener_sets.issues)
+    _merge_listener_sets(snapshot, gateways, listener_sets.admitted, opts)
     parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     used_by: dict[tuple[str, str], set[Ancestor]] = defaultdict(set)  # Service -> Gateways (BackendTLSPolicy)
     for route in _route_objects(snapshot):
@@ -590,6 +658,15 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
             builder.resolve_all()
         key = (route.kind, route.meta.namespace, route.meta.name)
         for i, ref in enumerate(route.spec.parent_refs):
+            if ref.group == GROUP and ref.kind == "ListenerSet":
+                stanza = _attach_to_listener_set(snapshot, gateways, listener_sets, route, ref, builder, opts)
+                if stanza is None:
+                    issues.append(Issue(str(route.ref), f"spec.parentRefs[{i}]",
+                                        f"ListenerSet {ref.namespace}/{ref.name} not found or not attached to a "
+                                        "Gateway", severity="warning"))
+                else:
+                    parents[key].append(stanza)
+                continue
             if not ref.is_gateway:
                 continue
             gs = gateways.get(f"{ref.namespace}/{ref.name}")
@@ -615,7 +692,11 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
         for sec in referenced_secrets(snapshot, gir.clusters.values()):
             gir.secrets[sec.name] = sec
         bundles.extend(_bundles(gs, gir, shared_taken, issues))
-        statuses.append(_gateway_status(gs, opts))
+        ls_statuses = _listener_set_statuses(gs, listener_sets.admitted.get(gkey, ()), opts)
+        accepted_sets = sum(any(c["type"] == "Accepted" and c["status"] == "True" for c in st.status["conditions"])
+                            for st in ls_statuses)
+        statuses.append(with_attached(_gateway_status(gs, opts), listener_sets, accepted_sets))
+        statuses.extend(ls_statuses)
     tls_statuses, tls_issues = policy_statuses(snapshot, used_by, opts.status_time)
     statuses.extend(tls_statuses)
     issues.extend(tls_issues)
