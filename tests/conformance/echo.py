@@ -129,6 +129,10 @@ class ConformanceEcho:
                     "path": self.path, "host": self.headers.get("host", ""), "method": self.command,
                     "proto": self.request_version, "headers": {},
                     "namespace": echo.namespace, "ingress": "", "service": echo.service, "pod": echo.pod}
+                conn = self.connection
+                if isinstance(conn, ssl.SSLSocket):  # as the suite's echo: the SNI it was reached with
+                    seen["tls"] = {"version": conn.version() or "", "serverName": getattr(conn, "sni", ""),
+                                   "cipherSuite": (conn.cipher() or ("",))[0]}
                 for k, v in self.headers.items():
                     if k.lower() != "host":
                         seen["headers"].setdefault(_canonical(k), []).append(v)
@@ -207,8 +211,10 @@ class ConformanceEcho:
         self._server = _QuietServer((host, port), Handler)
         self._server.daemon_threads = True
         if tls is not None:  # the handshake happens in the handler's thread, on its first read
-            self._server.socket = server_context(*tls).wrap_socket(self._server.socket, server_side=True,
-                                                                   do_handshake_on_connect=False)
+            ctx = server_context(*tls)
+            ctx.sni_callback = _record_sni  # type: ignore[assignment]
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"echo-{service}", daemon=True)
@@ -220,6 +226,11 @@ class ConformanceEcho:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _record_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
+    """Keep the SNI the client sent on its socket (`sni`), for the echo to report."""
+    sock.sni = name or ""  # type: ignore[union-attr]
 
 
 def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
@@ -275,10 +286,7 @@ class ConformanceTcpEcho:
                 except (OSError, ssl.SSLError):
                     pass
 
-        def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
-            sock.sni = name or ""  # type: ignore[union-attr]
-
-        ctx.sni_callback = on_sni  # type: ignore[assignment]
+        ctx.sni_callback = _record_sni  # type: ignore[assignment]
         self.plain = _QuietTcpServer((host, 0), Handler)
         self.tls = _QuietTcpServer((host, 0), Handler)
         self.tls.socket = ctx.wrap_socket(self.tls.socket, server_side=True, do_handshake_on_connect=False)

@@ -38,12 +38,14 @@ STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute",
 WAIT = 20.0  # seconds a scenario's expectation may take to hold (config propagation)
 # The suite's TLS backends: name -> (namespace, VIP, endpoint address). `tls-backend*` serve the echo
 # contract over HTTPS (Service port 443); `tcp-backend` speaks the suite's TCP protocol, plain on
-# Service port 3000 and over TLS on 8443. Each serves the World's certificate (CERT_NAMES).
+# Service port 3000 and over TLS on 8443. Each serves the suite's `tls-checks-certificate`
+# (BACKEND_CERT_NAMES, signed by the CA in the `tls-checks-ca-certificate` ConfigMap).
 TLS_BACKENDS: dict[str, tuple[str, str, str]] = {
     "tls-backend": (INFRA, "127.96.1.21", "127.1.1.21"),
     "tls-backend-2": (INFRA, "127.96.1.22", "127.1.1.22"),
 }
 TCP_BACKENDS: dict[str, tuple[str, str, str]] = {"tcp-backend": (INFRA, "127.96.1.23", "127.1.1.23")}
+BACKEND_CERT_NAMES = ("abc.example.com", "spiffe://abc.example.com/test-identity", "other.example.com")
 
 
 # Backends that, as the suite's infra-backend-v1, also serve h2c (port 8081, appProtocol
@@ -103,6 +105,7 @@ class Expect:
     req_host: str | None = None
     req_headers: Mapping[str, str] = field(default_factory=dict)
     req_absent: tuple[str, ...] = ()
+    req_sni: str | None = None  # the TLS server name a TLS backend was reached with
     resp_headers: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
     resp_absent: tuple[str, ...] = ()
     location: str | None = None  # an exact Location header (redirects)
@@ -120,6 +123,8 @@ class World:
         self.md = ManifestDir()
         self.ca = TestCA()
         self.cert = self.ca.issue(*CERT_NAMES)
+        self.backend_cert = self.ca.issue(*BACKEND_CERT_NAMES)
+        self.mismatch_ca = TestCA()  # trusted by no backend (`mismatch-ca-certificate`)
         self.cilia: CiliaProcess | None = None
         self.envoy: Envoy | None = None
         self._applied: list[tuple[str, str, str]] = []
@@ -174,6 +179,10 @@ class World:
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "tls-checks-ca-certificate", "namespace": INFRA},
              "data": {"ca.crt": self.ca.pem.decode()}},
+            # A CA that signed no backend's certificate: validation against it must fail.
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "mismatch-ca-certificate", "namespace": INFRA},
+             "data": {"ca.crt": self.mismatch_ca.pem.decode()}},
         ]
         return docs
 
@@ -202,7 +211,7 @@ class World:
         for name, (ns, vip, host) in GRPC_BACKENDS.items():
             g = self.grpc_echos[name] = ConformanceGrpcEcho(name, ns, host).start()
             services.append(backend_service(name, ns, vip, g.host, g.port, app_protocol="kubernetes.io/h2c"))
-        tls = (self.cert.cert_pem, self.cert.key_pem)
+        tls = (self.backend_cert.cert_pem, self.backend_cert.key_pem)
         for name, (ns, vip, host) in TLS_BACKENDS.items():
             e = self.echos[name] = ConformanceEcho(name, ns, host, tls=tls).start()
             services.append(_service(name, ns, vip, host, {"https": (443, e.port)}))
@@ -314,7 +323,8 @@ class World:
         for k in e.resp_absent:
             if k.lower() in reply.headers:
                 return f"response header {k} present: {reply.headers[k.lower()]!r}"
-        if e.backend or e.req_path is not None or e.req_host is not None or e.req_headers or e.req_absent:
+        if (e.backend or e.req_path is not None or e.req_host is not None or e.req_headers or e.req_absent
+                or e.req_sni is not None):
             seen = reply.echo
             if not seen:
                 return "no echo body"
@@ -326,6 +336,9 @@ class World:
                 return f"backend saw path {seen.get('path')!r}, want {e.req_path!r}"
             if e.req_host is not None and seen.get("host") != e.req_host:
                 return f"backend saw host {seen.get('host')!r}, want {e.req_host!r}"
+            sni = (seen.get("tls") or {}).get("serverName")
+            if e.req_sni is not None and sni != e.req_sni:
+                return f"backend saw SNI {sni!r}, want {e.req_sni!r}"
             hdrs = {k.lower(): v for k, v in (seen.get("headers") or {}).items()}
             for k, v in e.req_headers.items():
                 if ",".join(hdrs.get(k.lower(), [])) != v:

@@ -1132,10 +1132,9 @@ def _skipped() -> dict[str, str]:
     from conformance.runner import SCENARIOS
     from conformance.upstream import TESTS
     reasons = {
-        "BackendTLSPolicy": "not replayed by the runner yet: it needs a TLS-speaking backend (the suite's "
-                            "tls-backend) in the runner's world; tests/e2e/test_backend_tls_envoy.py covers "
-                            "SNI, CA and SAN checks through Envoy",
-        "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate"),
+        "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate") +
+        " (not implemented: a Gateway's spec.tls.backend.clientCertificateRef is not read, so Envoy presents "
+        "no client certificate to TLS backends)",
         "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",

@@ -24,8 +24,13 @@ class KeyPair:
     key_pem: bytes
 
 
+def _san(name: str) -> x509.GeneralName:
+    """A URI SAN for a name with a scheme (`spiffe://...`), a DNS SAN otherwise."""
+    return x509.UniformResourceIdentifier(name) if "://" in name else x509.DNSName(name)
+
+
 class TestCA:
-    """A throwaway CA: issues server certificates for DNS names."""
+    """A throwaway CA: issues server certificates for DNS names (and URIs, given with their scheme)."""
 
     __test__ = False
 
@@ -49,7 +54,7 @@ class TestCA:
                 .issuer_name(self.name).public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(hours=2))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
                 .sign(self.key, hashes.SHA256()))
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
