@@ -28,7 +28,7 @@ _KINDS: dict[str, KindSpec] = {}
 
 # Kinds cilia does not consume but that commonly sit in the same manifests; they are skipped quietly.
 IGNORED_KINDS = frozenset({
-    "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "ConfigMap",
+    "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob",
     "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
     "CustomResourceDefinition", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
     "PersistentVolumeClaim", "PersistentVolume", "NetworkPolicy", "HorizontalPodAutoscaler",
