@@ -41,6 +41,7 @@ SUPPORTED_FEATURES = frozenset({
     "GatewayHTTPSListenerDetectMisdirectedRequests", "HTTPRouteMethodMatching", "HTTPRouteRequestMirror",
     "HTTPRouteRequestPercentageMirror", "HTTPRouteRequestTimeout", "HTTPRouteRetry", "HTTPRouteParentRefPort",
     "HTTPRoutePortRedirect", "GatewayPort8080", "HTTPRouteCORS", "TLSRouteModeTerminate", "TLSRouteModeMixed",
+    "GatewayFrontendClientCertificateValidation", "GatewayFrontendClientCertificateValidationInsecureFallback",
 })
 EPOCH = "1970-01-01T00:00:00Z"
 INVALID_BACKEND = "cilia/invalid-backend"  # never defined: requests routed to it get 500
