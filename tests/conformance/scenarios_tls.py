@@ -272,11 +272,11 @@ def tls_mixed_termination(w: World) -> None:
 
 
 # -- frontend client certificate validation ----------------------------------------------------------------
-def _frontend_scenario(name: str) -> Callable[[Callable[[World], None]], Callable[[World], None]]:
-    """Registered once cilia claims GatewayFrontendClientCertificateValidation; until then the upstream
-    tests stay skipped with that reason (scenarios.SKIPPED). These replays have not been run yet."""
+def _frontend_scenario(name: str, fast: bool = False) -> Callable[[Callable[[World], None]], Callable[[World], None]]:
+    """Registered while cilia claims GatewayFrontendClientCertificateValidation; otherwise the upstream
+    tests stay skipped with that reason (scenarios.SKIPPED)."""
     if _claims("GatewayFrontendClientCertificateValidation"):
-        return scenario(name)
+        return scenario(name, fast)
     return lambda fn: fn
 
 
@@ -339,7 +339,7 @@ def _two_routes(gw: str, first: str, second: str) -> list[dict[str, Any]]:
             route(second, [rule(to("infra-backend-v2"))], parents=[{"name": gw, "sectionName": "https-with-hostname"}])]
 
 
-@_frontend_scenario("GatewayFrontendClientCertificateValidation")
+@_frontend_scenario("GatewayFrontendClientCertificateValidation", fast=True)
 def frontend_client_cert_validation(w: World) -> None:
     gw = "client-validation-default"
     r1, r2 = "client-certificate-validation-https-test", "client-certificate-validation-https-test-no-hostname"
@@ -356,7 +356,7 @@ def frontend_client_cert_validation(w: World) -> None:
     expect_https_refused(w, gw, second, 8443, c.default)
 
 
-@_frontend_scenario("GatewayFrontendClientCertificateValidationInsecureFallback")
+@_frontend_scenario("GatewayFrontendClientCertificateValidationInsecureFallback", fast=True)
 def frontend_client_cert_insecure_fallback(w: World) -> None:
     gw = "client-validation-insecure-fallback"
     r1 = "client-cert-validation-insecure-fallback-test"

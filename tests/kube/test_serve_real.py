@@ -453,7 +453,7 @@ def test_watches_survive_compaction_and_an_api_server_restart(stack: Stack) -> N
 
     services = f"/api/v1/namespaces/{NS}/services"
     seen_rv = c.request("GET", services)[1]["metadata"]["resourceVersion"]  # where cilia's watches are, or before
-    c.kubectl("create", "configmap", "bump", "-n", NS)  # a write cilia does not read: history moves past seen_rv
+    c.kubectl("create", "configmap", "bump", "-n", NS)  # no ca.crt: kept out of the store; history moves past seen_rv
     with Traffic(stack.url("ingress")) as traffic:
         # etcd compacts its history past every revision cilia has seen (the API server does this every 5 min
         # by itself). While its watch cache holds the history, live watches never notice; the API server

@@ -43,7 +43,8 @@ def render_case(case: Path) -> dict[str, Any]:
 def test_cases_present() -> None:
     want = {"http-basic", "matches", "precedence", "filters", "redirects-rewrites", "mirror-weights-timeouts",
             "invalid-backends", "reference-grant", "listener-conflicts", "https-certs", "tls-passthrough-tcp",
-            "attachment", "addresses", "grpc-route", "gamma", "status-preserved", "isolation", "foreign-class"}
+            "attachment", "addresses", "grpc-route", "gamma", "status-preserved", "isolation", "foreign-class",
+            "frontend-validation"}
     assert want <= set(CASES)
 
 

@@ -114,6 +114,29 @@ async def test_live_updates_and_deletes(h: Harness) -> None:
     assert h.source.relists == len(served) >= 7  # one list per served kind; the rest came by watch
 
 
+def configmap(name: str, data: dict[str, str], ns: str = "default") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "data": data,
+            "metadata": {"name": name, "namespace": ns, "annotations": {"big": "x" * 1000}}}
+
+
+async def test_only_configmaps_with_a_ca_cert_are_kept_and_only_that_key(h: Harness) -> None:
+    h.api.create(configmap("ca", {"ca.crt": "PEM", "other": "y" * 1000}))
+    h.api.create(configmap("plain", {"a": "b"}))
+    await h.start()
+    assert h.names("ConfigMap") == ["ca"]
+    kept = h.get("ConfigMap", "ca")
+    assert kept.spec.ca_crt == "PEM" and kept.raw["data"] == {"ca.crt": "PEM"}
+    assert "annotations" not in kept.raw["metadata"]
+    # Unrelated ConfigMaps change nothing; one that gains the key arrives, one that loses it leaves.
+    rev = h.store.revision
+    h.api.create(configmap("noise", {"k": "v"}))
+    h.api.update(configmap("plain", {"ca.crt": "PEM2"}))
+    await wait_until(lambda: h.names("ConfigMap") == ["ca", "plain"], what="plain gained ca.crt")
+    assert h.store.revision == rev + 1
+    h.api.update(configmap("ca", {"other": "z"}))
+    await wait_until(lambda: h.names("ConfigMap") == ["plain"], what="ca lost ca.crt")
+
+
 async def test_invalid_object_is_an_issue_and_last_good_version_stays(h: Harness) -> None:
     h.api.create(svc("a", port=80))
     await h.start()

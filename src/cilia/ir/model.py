@@ -274,6 +274,9 @@ class TlsTermination:
     # Client certificates: required and validated against this SDS trust bundle when set (mTLS) ...
     client_ca_secret: str = ""
     san_prefix: str = ""  # ... and their URI SAN must start with this (e.g. spiffe://TD/)
+    # ... unless this is set: then a client without a certificate, or with one the bundle does not
+    # sign, is let in too (Gateway frontend validation mode AllowInsecureFallback)
+    client_cert_optional: bool = False
 
 
 # -- authorization (CiliumNetworkPolicy at the mesh inbound) ----------------------------------------

@@ -45,10 +45,6 @@ class BackendTLSPolicySpec:
     sans: tuple[SanMatch, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigMapSpec:
-    data: Mapping[str, str]
-
 
 def _parse_policy(raw: Mapping[str, Any], meta: Meta) -> BackendTLSPolicySpec:
     spec = as_map(raw.get("spec"), "spec", required=True)
@@ -84,14 +80,5 @@ def _parse_policy(raw: Mapping[str, Any], meta: Meta) -> BackendTLSPolicySpec:
     return BackendTLSPolicySpec(tuple(targets), tuple(refs), well_known, hostname, tuple(sans))
 
 
-def _parse_config_map(raw: Mapping[str, Any], meta: Meta) -> ConfigMapSpec:
-    data: dict[str, str] = {}
-    for k, v in as_map(raw.get("data"), "data").items():
-        if not isinstance(v, str):
-            raise ValidationError(f"data.{k}", "must be a string")
-        data[str(k)] = v
-    return ConfigMapSpec(data)
-
 
 register_kind("BackendTLSPolicy", GROUP, ("v1", "v1alpha3"), True, _parse_policy, plural="backendtlspolicies")
-register_kind("ConfigMap", "", ("v1",), True, _parse_config_map)

@@ -114,6 +114,24 @@ class SecretSpec:
     data: Mapping[str, bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigMapSpec:
+    """Only the key cilia reads: `ca.crt`, a PEM CA bundle (Gateway frontend client validation)."""
+
+    ca_crt: str | None
+
+
+CA_CERT_KEY = "ca.crt"
+
+
+def _parse_config_map(raw: Mapping[str, Any], meta: Meta) -> ConfigMapSpec:
+    data = as_map(raw.get("data"), "data")
+    value = data.get(CA_CERT_KEY)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"data.{CA_CERT_KEY}", "must be a string")
+    return ConfigMapSpec(value)
+
+
 def _parse_namespace(raw: Mapping[str, Any], meta: Meta) -> NamespaceSpec:
     return NamespaceSpec(meta.labels, meta.annotations)
 
@@ -305,3 +323,4 @@ register_kind("Service", "", ("v1",), True, _parse_service)
 register_kind("Endpoints", "", ("v1",), True, _parse_endpoints, plural="endpoints")
 register_kind("EndpointSlice", "discovery.k8s.io", ("v1",), True, _parse_endpoint_slice)
 register_kind("Secret", "", ("v1",), True, _parse_secret)
+register_kind("ConfigMap", "", ("v1",), True, _parse_config_map)

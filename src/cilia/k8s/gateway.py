@@ -282,6 +282,34 @@ class GatewayInfrastructure:
     parameters_ref: LocalObjectReference | None = None
 
 
+FRONTEND_MODES = ("AllowValidOnly", "AllowInsecureFallback")
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendValidation:
+    """`validation` of a frontend TLS config: the CA bundles client certificates must chain to, and
+    whether a client without a valid one is still let in (AllowInsecureFallback)."""
+
+    ca_certificate_refs: tuple[ObjectReference, ...]
+    mode: str = "AllowValidOnly"
+    path: str = ""  # where it was given, e.g. spec.tls.frontend.perPort[0].tls.validation
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendTLS:
+    """`spec.tls.frontend`: client certificate validation for the Gateway's HTTPS listeners."""
+
+    default: FrontendValidation | None = None
+    per_port: tuple[tuple[int, FrontendValidation | None], ...] = ()
+
+    def for_port(self, port: int) -> FrontendValidation | None:
+        """The validation that applies on `port`: its perPort entry's (which may have none), else the default."""
+        for p, v in self.per_port:
+            if p == port:
+                return v
+        return self.default
+
+
 @dataclass(frozen=True, slots=True)
 class AllowedListeners:
     """`spec.allowedListeners`: which namespaces' ListenerSets may attach (None: none may)."""
@@ -296,6 +324,7 @@ class GatewaySpec:
     listeners: tuple[GatewayListener, ...]
     addresses: tuple[GatewayAddress, ...] = ()
     infrastructure: GatewayInfrastructure = GatewayInfrastructure()
+    frontend_tls: FrontendTLS | None = None
     allowed_listeners: AllowedListeners = AllowedListeners()
 
 
@@ -739,7 +768,8 @@ def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
         a = as_map(a, ap)
         addrs.append(GatewayAddress(get_str(a, "type", ap, default="IPAddress"), get_str(a, "value", ap)))
     return GatewaySpec(cls, listeners, tuple(addrs), _infrastructure(spec.get("infrastructure")),
-                       _allowed_listeners(spec.get("allowedListeners")))
+                       allowed_listeners=_allowed_listeners(spec.get("allowedListeners")),
+                       frontend_tls=_frontend_tls(spec, meta.namespace))
 
 
 def _allowed_listeners(raw: Any) -> AllowedListeners:
@@ -774,6 +804,53 @@ def _parse_listener_set(raw: Mapping[str, Any], meta: Meta) -> ListenerSetSpec:
             raise ValidationError(f"spec.listeners[{i}].name", f"listener name {li.name!r} is used twice")
         names.add(li.name)
     return ListenerSetSpec(parent, listeners)
+
+
+def _frontend_validation(raw: Any, path: str, gw_ns: str) -> FrontendValidation | None:
+    """A TLSConfig (`{validation: ...}`) at `path`; None when it has no validation."""
+    m = as_map(raw, path)
+    if m.get("validation") is None:
+        return None
+    vp = f"{path}.validation"
+    v = as_map(m.get("validation"), vp)
+    mode = get_str(v, "mode", vp, default="AllowValidOnly")
+    if mode not in FRONTEND_MODES:
+        raise ValidationError(f"{vp}.mode", f"must be one of {', '.join(FRONTEND_MODES)}, got {mode!r}")
+    items = as_list(v.get("caCertificateRefs"), f"{vp}.caCertificateRefs", required=True)
+    if not 1 <= len(items) <= 8:
+        raise ValidationError(f"{vp}.caCertificateRefs", f"must hold 1 to 8 references, got {len(items)}")
+    refs = []
+    for i, r in enumerate(items):
+        rp = f"{vp}.caCertificateRefs[{i}]"
+        r = as_map(r, rp)
+        ns = get_str(r, "namespace", rp)
+        refs.append(ObjectReference(get_str(r, "group", rp, default=""), get_str(r, "kind", rp, required=True),
+                                    ns or gw_ns, get_str(r, "name", rp, required=True), bool(ns)))
+    return FrontendValidation(tuple(refs), mode, vp)
+
+
+def _frontend_tls(spec: Mapping[str, Any], gw_ns: str) -> FrontendTLS | None:
+    tls = as_map(spec.get("tls"), "spec.tls")
+    if tls.get("frontend") is None:
+        return None
+    path = "spec.tls.frontend"
+    f = as_map(tls.get("frontend"), path)
+    default = _frontend_validation(as_map(f.get("default"), f"{path}.default", required=True), f"{path}.default",
+                                   gw_ns)
+    per_port: list[tuple[int, FrontendValidation | None]] = []
+    items = as_list(f.get("perPort"), f"{path}.perPort")
+    if len(items) > 64:
+        raise ValidationError(f"{path}.perPort", f"must hold at most 64 entries, got {len(items)}")
+    for i, item in enumerate(items):
+        ip = f"{path}.perPort[{i}]"
+        m = as_map(item, ip)
+        port = get_int(m, "port", ip, required=True, minimum=1, maximum=65535)
+        assert port is not None
+        if any(p == port for p, _ in per_port):
+            raise ValidationError(f"{ip}.port", f"port {port} is given twice (each port takes one TLS configuration)")
+        per_port.append((port, _frontend_validation(as_map(m.get("tls"), f"{ip}.tls", required=True), f"{ip}.tls",
+                                                    gw_ns)))
+    return FrontendTLS(default, tuple(per_port))
 
 
 def _string_map(raw: Any, path: str) -> tuple[tuple[str, str], ...]:

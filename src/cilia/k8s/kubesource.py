@@ -18,6 +18,9 @@ One loop per kind in ``cilia.k8s.registry.known_kinds()``:
 ``WatchOptions.secret_namespaces`` (``--secrets-namespace``, default ``cilia-secrets``), one list + watch per
 namespace, so the ServiceAccount needs a Role there and no cluster-wide grant on Secrets (deploy/README.md).
 
+**ConfigMaps are watched cluster-wide but only those with a ``ca.crt`` key are kept**, and of those only
+that key (CA bundles that Gateways' ``spec.tls.frontend`` refers to); the rest never reach the store.
+
 ``on_watch_restart(kind, reason)`` is called for every restarted watch (reasons: ``closed`` when the
 server ended the stream, ``expired`` (410), ``gone`` (404), ``error``), for metrics.
 """
@@ -35,6 +38,7 @@ from typing import Any
 
 from cilia.diagnostics import Issue
 from cilia.errors import ValidationError
+from cilia.k8s.core import CA_CERT_KEY
 from cilia.k8s.kubeapi import KubeApi, KubeApiError, Resource, WatchStreamError
 from cilia.k8s.objects import KubeObject, Origin
 from cilia.k8s.registry import KindSpec, known_kinds, parse_object
@@ -128,6 +132,11 @@ class _KindState:
         return self.spec.kind if self.namespace is None else f"{self.spec.kind} (namespace {self.namespace})"
 
 
+def _relevant(kind: str, raw: Mapping[str, Any]) -> bool:
+    keep = RELEVANT.get(kind)
+    return keep is None or keep(raw)
+
+
 def _label(kind: str, namespace: str, name: str) -> str:
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
@@ -139,7 +148,27 @@ def _trim_node(raw: dict[str, Any]) -> None:
         raw["status"] = {k: v for k, v in status.items() if k == "addresses"}
 
 
-TRIMMERS: dict[str, Callable[[dict[str, Any]], None]] = {"Node": _trim_node}
+def _trim_config_map(raw: dict[str, Any]) -> None:
+    """ConfigMaps: keep only the `ca.crt` key (CA bundles Gateways refer to) and drop labels and
+    annotations, so that the many unrelated ConfigMaps of a cluster cost little memory and their edits
+    cause no rebuilds."""
+    data = raw.get("data")
+    raw["data"] = {CA_CERT_KEY: data[CA_CERT_KEY]} if isinstance(data, dict) and CA_CERT_KEY in data else {}
+    raw.pop("binaryData", None)
+    md = raw.get("metadata")
+    if isinstance(md, dict):
+        raw["metadata"] = {k: v for k, v in md.items() if k not in ("labels", "annotations")}
+
+
+def _has_ca_cert(raw: Mapping[str, Any]) -> bool:
+    data = raw.get("data")
+    return isinstance(data, dict) and CA_CERT_KEY in data
+
+
+TRIMMERS: dict[str, Callable[[dict[str, Any]], None]] = {"Node": _trim_node, "ConfigMap": _trim_config_map}
+# Kinds of which only some objects matter: the others are kept out of the store (an object that stops
+# mattering leaves it, as if deleted).
+RELEVANT: dict[str, Callable[[Mapping[str, Any]], bool]] = {"ConfigMap": _has_ca_cert}
 
 
 class KubernetesSource:
@@ -336,7 +365,7 @@ class KubernetesSource:
         mine = self.store.objects_of(self.source)
         for item in items:
             raw = self._normalise(item, res, kind)
-            if raw is None:
+            if raw is None or not _relevant(kind, raw):
                 continue
             try:
                 good.append(parse_object(raw, self._origin))
@@ -383,7 +412,7 @@ class KubernetesSource:
         md = _metadata(raw)
         name = str(md.get("name") or "")
         ns = str(md.get("namespace") or "") if st.spec.namespaced else ""
-        if etype == "DELETED":
+        if etype == "DELETED" or not _relevant(kind, raw):
             if st.invalid.pop((ns, name), None) is not None:
                 self._publish_issues()
             self.store.delete(self.source, kind, ns, name)

@@ -118,16 +118,22 @@ def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
     return cla
 
 
-def _validation_sds(ctx: common_pb2.CommonTlsContext, secret: str, san_prefix: str) -> None:
-    """Validate the peer against the SDS trust bundle `secret`, and its URI SAN by prefix when given."""
-    if not san_prefix:
+def _validation_sds(ctx: common_pb2.CommonTlsContext, secret: str, san_prefix: str,
+                    accept_untrusted: bool = False) -> None:
+    """Validate the peer against the SDS trust bundle `secret`, and its URI SAN by prefix when given;
+    with `accept_untrusted`, a failed check does not end the handshake."""
+    if not san_prefix and not accept_untrusted:
         sds = ctx.validation_context_sds_secret_config
         sds.name = secret
         sds.sds_config.CopyFrom(ads_source())
         return
     combined = ctx.combined_validation_context
-    combined.default_validation_context.match_typed_subject_alt_names.add(
-        san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(prefix=san_prefix))
+    if san_prefix:
+        combined.default_validation_context.match_typed_subject_alt_names.add(
+            san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(prefix=san_prefix))
+    if accept_untrusted:
+        combined.default_validation_context.trust_chain_verification = \
+            common_pb2.CertificateValidationContext.ACCEPT_UNTRUSTED
     combined.validation_context_sds_secret_config.name = secret
     combined.validation_context_sds_secret_config.sds_config.CopyFrom(ads_source())
 
@@ -667,7 +673,13 @@ def render_filter_chain(fc: ir.FilterChain) -> listener_components_pb2.FilterCha
         ctx.common_tls_context.alpn_protocols.extend(fc.tls.alpn)
         for name in fc.tls.secret_names:
             ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=name, sds_config=ads_source())
-        if fc.tls.client_ca_secret:
+        if fc.tls.client_ca_secret and fc.tls.client_cert_optional:
+            # The certificate is asked for, but neither its absence nor a failed chain check ends the
+            # handshake: authorizing the client is left to the backend.
+            ctx.require_client_certificate.value = False
+            _validation_sds(ctx.common_tls_context, fc.tls.client_ca_secret, fc.tls.san_prefix,
+                            accept_untrusted=True)
+        elif fc.tls.client_ca_secret:
             ctx.require_client_certificate.value = True
             _validation_sds(ctx.common_tls_context, fc.tls.client_ca_secret, fc.tls.san_prefix)
         out.transport_socket.name = "envoy.transport_sockets.tls"

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from cilia.ir import model as ir
-from cilia.k8s.backendtls import BackendTLSPolicySpec, ConfigMapSpec
-from cilia.k8s.core import ServicePort
+from cilia.k8s.backendtls import BackendTLSPolicySpec
+from cilia.k8s.core import ConfigMapSpec, ServicePort
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 
@@ -64,7 +64,7 @@ def ca_bundle(snapshot: InputSnapshot, obj: KubeObject) -> tuple[bytes, str, str
         if cm is None:
             return b"", "InvalidCACertificateRef", f"{field}: ConfigMap {obj.meta.namespace}/{ref.name} not found"
         data: ConfigMapSpec = cm.spec
-        pem = data.data.get("ca.crt", "")
+        pem = data.ca_crt or ""
         if "-----BEGIN CERTIFICATE-----" not in pem:
             return b"", "InvalidCACertificateRef", (f"{field}: ConfigMap {obj.meta.namespace}/{ref.name} has no "
                                                     "PEM certificate under key ca.crt")

@@ -57,6 +57,12 @@ from cilia.translate.gateway_common import (
     rule_conditions,
     same_parent,
 )
+from cilia.translate.gateway_frontend import (
+    INSECURE_CONDITION,
+    ClientValidation,
+    frontend_validations,
+    insecure_condition,
+)
 from cilia.translate.listenerset import (
     ListenerSetResult,
     listener_set_status,
@@ -90,6 +96,7 @@ class ListenerState:
     routes: list[Attachment] = field(default_factory=list)
     programmable: bool = True
     owner: KubeObject | None = None  # the ListenerSet the listener comes from; None: the Gateway's own
+    client: ClientValidation | None = None  # spec.tls.frontend validation of an HTTPS listener
 
     @property
     def key(self) -> str:
@@ -109,6 +116,7 @@ class GatewayState:
     listeners: list[ListenerState]
     accepted: Cond | None = None  # set when the whole Gateway is refused
     controller: str = CONTROLLER  # the controller name of the Gateway's class (one cilia claims)
+    issues: list[Issue] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -217,6 +225,25 @@ def _listener_state(snapshot: InputSnapshot, gw: KubeObject, li: GatewayListener
     return st
 
 
+def _apply_frontend_validation(snapshot: InputSnapshot, gw: KubeObject, listeners: list[ListenerState]
+                               ) -> list[Issue]:
+    """spec.tls.frontend on the HTTPS listeners (translate/gateway_frontend.py); returns its issues."""
+    https = [st for st in listeners if st.spec.protocol == "HTTPS"]
+    by_port = frontend_validations(snapshot, gw, {st.spec.port for st in https})
+    for st in https:
+        cv = by_port.get(st.spec.port)
+        if cv is None:
+            continue
+        st.client = cv
+        if cv.problem is not None and "ResolvedRefs" not in st.conds:
+            st.fail(cv.problem)
+        refused = cv.refused
+        if refused is not None:
+            st.fail(refused)
+            st.programmable = False
+    return [i for cv in by_port.values() for i in cv.issues]
+
+
 def _detect_conflicts(listeners: list[ListenerState]) -> None:
     """Per port: protocols must be compatible and hostnames distinct; the first listener wins."""
     by_port: dict[int, list[ListenerState]] = defaultdict(list)
@@ -259,8 +286,9 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Ma
         address, refused = _gateway_address(obj, opts)
         refused = _parameters_problem(obj) or refused
         listeners = [_listener_state(snapshot, obj, li, opts.secret_namespaces) for li in obj.spec.listeners]
+        frontend_issues = _apply_frontend_validation(snapshot, obj, listeners)
         _detect_conflicts(listeners)
-        gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name])
+        gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name], frontend_issues)
         if refused is not None:
             for st in listeners:
                 st.programmable = False
@@ -516,7 +544,7 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
                     used.add(sni)
                     chains.append(ir.FilterChain(rc, ir.HttpApp(rc, cors=_uses_cors(rconf)),
                                                  server_names=(sni,) if sni else (),
-                                                 tls=ir.TlsTermination(tuple(s.name for s in st.secrets))))
+                                                 tls=_https_termination(st, out)))
                     continue
                 terminate = st.spec.tls.mode == "Terminate"
                 for s in st.secrets:
@@ -537,6 +565,17 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
             out.listeners.append(ir.Listener(base, gs.address, port, tuple(chains), listener_filters=filters,
                                              sources=src))
     return out
+
+
+def _https_termination(st: ListenerState, out: GatewayIR) -> ir.TlsTermination:
+    """An HTTPS listener's TLS: its certificates, and the client validation of spec.tls.frontend."""
+    names = tuple(s.name for s in st.secrets)
+    ca = st.client.secret if st.client is not None else None
+    if ca is None:
+        return ir.TlsTermination(names)
+    out.secrets[ca.name] = ca
+    assert st.client is not None
+    return ir.TlsTermination(names, client_ca_secret=ca.name, client_cert_optional=st.client.insecure_fallback)
 
 
 # -- statuses --------------------------------------------------------------------------------------------
@@ -589,10 +628,11 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
             accepted = Cond("Accepted", bool(valid), "ListenersNotValid", f"listener(s) not valid: {bad}")
         programmed = (Cond("Programmed", True, "Programmed", f"listening on {gs.address}") if valid else
                       Cond("Programmed", False, "Invalid", "no valid listener"))
+    insecure = insecure_condition(obj)
     status = {
         "addresses": [{"type": "IPAddress", "value": gs.address}],
-        "conditions": conditions([accepted, programmed], obj.meta.generation, prev.get("conditions"), when,
-                                 owned=("Accepted", "Programmed")),
+        "conditions": conditions([accepted, programmed, *([insecure] if insecure else [])], obj.meta.generation,
+                                 prev.get("conditions"), when, owned=("Accepted", "Programmed", INSECURE_CONDITION)),
         "listeners": [_listener_status(gs, st, prev_listeners, when) for st in own],
     }
     return ObjectStatus(obj.api_version, obj.kind, obj.meta.namespace, obj.meta.name, obj.meta.generation, status)
@@ -688,6 +728,7 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):
         gs = gateways[gkey]
+        issues.extend(gs.issues)
         gir = _gateway_ir(snapshot, gs, issues)
         for sec in referenced_secrets(snapshot, gir.clusters.values()):
             gir.secrets[sec.name] = sec
