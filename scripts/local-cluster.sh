@@ -14,7 +14,7 @@
 #   scripts/local-cluster.sh down DIR       stop everything `up` started and remove DIR's data
 #
 # Environment: CILIA_CACHE (default ~/.cache/cilia), KUBE_VERSION (default v1.37.2),
-# ETCD_VERSION (default v3.7.3), GATEWAY_API_VERSION (default v1.4.1). The binaries land in
+# ETCD_VERSION (default v3.7.3), GATEWAY_API_VERSION (default v1.5.1, the conformance target). The binaries land in
 # $CILIA_CACHE/kube-$KUBE_VERSION/bin, the Gateway API CRDs in $CILIA_CACHE/gateway-api-$GATEWAY_API_VERSION.
 # Cold build: about 10 minutes on 2 cores, ~5 GB of Go caches (module + build cache) and ~314 MB of
 # binaries; later runs reuse them, and `up` takes about 4 s.
@@ -24,7 +24,7 @@ set -euo pipefail
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 CACHE=${CILIA_CACHE:-$HOME/.cache/cilia}
-GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.1}
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.5.1}
 BIN="$CACHE/kube-$KUBE_VERSION/bin"
 export GOFLAGS=${GOFLAGS:--buildvcs=false}
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
