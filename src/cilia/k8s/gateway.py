@@ -297,6 +297,8 @@ class GatewaySpec:
     addresses: tuple[GatewayAddress, ...] = ()
     infrastructure: GatewayInfrastructure = GatewayInfrastructure()
     allowed_listeners: AllowedListeners = AllowedListeners()
+    # spec.tls.backend.clientCertificateRef: the certificate the Gateway presents to TLS backends
+    backend_client_cert: ObjectReference | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -739,7 +741,21 @@ def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
         a = as_map(a, ap)
         addrs.append(GatewayAddress(get_str(a, "type", ap, default="IPAddress"), get_str(a, "value", ap)))
     return GatewaySpec(cls, listeners, tuple(addrs), _infrastructure(spec.get("infrastructure")),
-                       _allowed_listeners(spec.get("allowedListeners")))
+                       _allowed_listeners(spec.get("allowedListeners")),
+                       _backend_client_cert(spec.get("tls"), meta.namespace))
+
+
+def _backend_client_cert(raw: Any, gw_ns: str) -> ObjectReference | None:
+    """`spec.tls.backend.clientCertificateRef` (its namespace resolved to the Gateway's when omitted)."""
+    tls = as_map(raw, "spec.tls")
+    backend = as_map(tls.get("backend"), "spec.tls.backend")
+    if backend.get("clientCertificateRef") is None:
+        return None
+    rp = "spec.tls.backend.clientCertificateRef"
+    r = as_map(backend.get("clientCertificateRef"), rp)
+    ns = get_str(r, "namespace", rp)
+    return ObjectReference(get_str(r, "group", rp, default=""), get_str(r, "kind", rp, default="Secret"),
+                           ns or gw_ns, get_str(r, "name", rp, required=True), bool(ns))
 
 
 def _allowed_listeners(raw: Any) -> AllowedListeners:
