@@ -1118,6 +1118,7 @@ def retry(w: World) -> None:
 
 # Each module registers its scenarios when imported.
 from conformance import scenarios_backendtls  # noqa: E402,F401,I001
+from conformance import scenarios_backendclientcert  # noqa: E402,F401  (registers scenarios)
 from conformance import scenarios_http  # noqa: E402, F401
 from conformance import scenarios_listenerset  # noqa: E402, F401
 from conformance import scenarios_mesh  # noqa: E402, F401
@@ -1135,7 +1136,8 @@ def _skipped() -> dict[str, str]:
         "BackendTLSPolicy": "not replayed by the runner yet: it needs a TLS-speaking backend (the suite's "
                             "tls-backend) in the runner's world; tests/e2e/test_backend_tls_envoy.py covers "
                             "SNI, CA and SAN checks through Envoy",
-        "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate"),
+        "GatewayBackendClientCertificate": "implemented and replayed (scenarios_backendclientcert.py), but its "
+                                           "tests also need BackendTLSPolicy, which cilia does not claim yet",
         "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",
