@@ -46,7 +46,8 @@ class World:
 def world() -> Iterator[World]:
     md = ManifestDir()
     server_ca, client_ca, other_ca = TestCA(), TestCA(), TestCA()
-    server = MutualTlsEchoServer("mtls", server_ca.issue("abc.example.com"), client_ca).start()
+    server = MutualTlsEchoServer("mtls", server_ca.issue("abc.example.com"), client_ca)
+    server.start()
     ports = {name: free_port() for name in ("with-cert", "without-cert", "untrusted-cert", "missing-cert")}
     certs = {"with-cert": "gateway-client", "untrusted-cert": "stranger", "missing-cert": "nonexistent"}
     objects = [gateway_class(), config_map("backend-ca", server_ca.pem),

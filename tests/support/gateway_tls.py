@@ -157,8 +157,9 @@ class MutualTlsEchoServer(TlsEchoServer):
         try:
             conn.settimeout(5)
             with self.ctx.wrap_socket(conn, server_side=True) as s:
-                peer = s.getpeercert() or {}
-                cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "")
+                der = s.getpeercert(binary_form=True)
+                subject = x509.load_der_x509_certificate(der).subject if der else x509.Name([])
+                cn = next((str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)), "")
                 line = s.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace")
                 body = f"{self.name} {self.sni[-1] if self.sni else ''} {line} client={cn}".encode()
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() +

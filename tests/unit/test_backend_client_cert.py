@@ -118,8 +118,9 @@ def test_only_that_gateways_policy_clusters_present_the_certificate() -> None:
     tls = {c.name: c.upstream_tls for c in gw.clusters}
     mtls = "default/secure:443|tls:secure-tls|cert:default/client"
     assert set(tls) == {mtls, "default/secure:80"}
-    assert tls[mtls] is not None and tls[mtls].cert_secret == "default/client"
-    assert tls[mtls].sni == "secure.example.com" and tls["default/secure:80"] is None
+    got = tls[mtls]
+    assert got is not None and got.cert_secret == "default/client" and got.sni == "secure.example.com"
+    assert tls["default/secure:80"] is None
     assert {b.cluster for vh in gw.routes[0].virtual_hosts for r in vh.routes for b in r.backends} == \
         {mtls, "default/secure:80"}
     assert any(s.name == "default/client" and s.private_key for s in gw.secrets)
