@@ -105,8 +105,9 @@ class ConformanceEcho:
     """One backend pod: `pod` is named as the suite names them (`<service>-<suffix>`)."""
 
     def __init__(self, service: str, namespace: str, host: str = "127.0.0.1", port: int = 0,
-                 tls: tuple[bytes, bytes] | None = None) -> None:
-        """`tls`: (certificate PEM, key PEM) to serve HTTPS with, as the suite's TLS backends do."""
+                 tls: tuple[bytes, bytes] | None = None, client_ca: bytes | None = None) -> None:
+        """`tls`: (certificate PEM, key PEM) to serve HTTPS with, as the suite's TLS backends do;
+        `client_ca`: then require a client certificate from this CA, echoed as `tls.peerCertificates`."""
         self.service = service
         self.namespace = namespace
         self.pod = f"{service}-7d5b9c4f6-x{abs(hash((service, namespace))) % 10000:04d}"
@@ -136,6 +137,8 @@ class ConformanceEcho:
                 for k, v in self.headers.items():
                     if k.lower() != "host":
                         seen["headers"].setdefault(_canonical(k), []).append(v)
+                if client_ca is not None:
+                    seen["tls"] = {"peerCertificates": _peer_certificates(self.connection)}
                 with echo._lock:
                     echo.requests.append(seen)
                 if url.path == "/ws" and self.headers.get("upgrade", "").lower() == "websocket":
@@ -211,7 +214,7 @@ class ConformanceEcho:
         self._server = _QuietServer((host, port), Handler)
         self._server.daemon_threads = True
         if tls is not None:  # the handshake happens in the handler's thread, on its first read
-            ctx = server_context(*tls)
+            ctx = server_context(*tls, client_ca)
             ctx.sni_callback = _record_sni  # type: ignore[assignment]
             self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True,
                                                   do_handshake_on_connect=False)
@@ -233,14 +236,23 @@ def _record_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl
     sock.sni = name or ""  # type: ignore[union-attr]
 
 
-def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+def server_context(cert_pem: bytes, key_pem: bytes, client_ca: bytes | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_ca is not None:  # as the suite's echo with TLS_CLIENT_CACERTS: no trusted client cert, no request
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=client_ca.decode())
     with tempfile.TemporaryDirectory(prefix="cilia-echo-") as tmp:
         (Path(tmp) / "c.pem").write_bytes(cert_pem)
         (Path(tmp) / "k.pem").write_bytes(key_pem)
         ctx.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
     return ctx
+
+
+def _peer_certificates(conn: Any) -> list[str]:
+    """The client's certificate as PEM (the suite's echo lists the peer's chain; Python sees its leaf)."""
+    der = conn.getpeercert(binary_form=True) if isinstance(conn, ssl.SSLSocket) else None
+    return [ssl.DER_cert_to_PEM_cert(der)] if der else []
 
 
 TCP_WELCOME = "Gateway API Test TCP Server\n"

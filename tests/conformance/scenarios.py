@@ -1118,6 +1118,7 @@ def retry(w: World) -> None:
 
 # Each module registers its scenarios when imported.
 from conformance import scenarios_backendtls  # noqa: E402,F401,I001
+from conformance import scenarios_backendclientcert  # noqa: E402,F401  (registers scenarios)
 from conformance import scenarios_http  # noqa: E402, F401
 from conformance import scenarios_listenerset  # noqa: E402, F401
 from conformance import scenarios_mesh  # noqa: E402, F401
@@ -1132,9 +1133,6 @@ def _skipped() -> dict[str, str]:
     from conformance.runner import SCENARIOS
     from conformance.upstream import TESTS
     reasons = {
-        "GatewayBackendClientCertificate": FEATURE.format("GatewayBackendClientCertificate") +
-        " (not implemented: a Gateway's spec.tls.backend.clientCertificateRef is not read, so Envoy presents "
-        "no client certificate to TLS backends)",
         "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",

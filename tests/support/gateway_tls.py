@@ -146,3 +146,30 @@ class TlsEchoServer:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+class MutualTlsEchoServer(TlsEchoServer):
+    """A TlsEchoServer that requires a client certificate from `client_ca` and appends the client's
+    common name to its answer: `NAME SNI REQUEST-LINE client=CN`."""
+
+    def __init__(self, name: str, pair: KeyPair, client_ca: TestCA, host: str = "127.0.0.1") -> None:
+        super().__init__(name, pair, host)
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(cadata=client_ca.pem.decode())
+        self.rejected = 0  # handshakes refused (no or untrusted client certificate)
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            with self.ctx.wrap_socket(conn, server_side=True) as s:
+                der = s.getpeercert(binary_form=True)
+                subject = x509.load_der_x509_certificate(der).subject if der else x509.Name([])
+                cn = next((str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)), "")
+                line = s.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace")
+                body = f"{self.name} {self.sni[-1] if self.sni else ''} {line} client={cn}".encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() +
+                          b"\r\nConnection: close\r\n\r\n" + body)
+        except ssl.SSLError:
+            self.rejected += 1
+        except OSError:
+            pass

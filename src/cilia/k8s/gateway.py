@@ -326,6 +326,8 @@ class GatewaySpec:
     infrastructure: GatewayInfrastructure = GatewayInfrastructure()
     frontend_tls: FrontendTLS | None = None
     allowed_listeners: AllowedListeners = AllowedListeners()
+    # spec.tls.backend.clientCertificateRef: the certificate the Gateway presents to TLS backends
+    backend_client_cert: ObjectReference | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,7 +771,21 @@ def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
         addrs.append(GatewayAddress(get_str(a, "type", ap, default="IPAddress"), get_str(a, "value", ap)))
     return GatewaySpec(cls, listeners, tuple(addrs), _infrastructure(spec.get("infrastructure")),
                        allowed_listeners=_allowed_listeners(spec.get("allowedListeners")),
-                       frontend_tls=_frontend_tls(spec, meta.namespace))
+                       frontend_tls=_frontend_tls(spec, meta.namespace),
+                       backend_client_cert=_backend_client_cert(spec.get("tls"), meta.namespace))
+
+
+def _backend_client_cert(raw: Any, gw_ns: str) -> ObjectReference | None:
+    """`spec.tls.backend.clientCertificateRef` (its namespace resolved to the Gateway's when omitted)."""
+    tls = as_map(raw, "spec.tls")
+    backend = as_map(tls.get("backend"), "spec.tls.backend")
+    if backend.get("clientCertificateRef") is None:
+        return None
+    rp = "spec.tls.backend.clientCertificateRef"
+    r = as_map(backend.get("clientCertificateRef"), rp)
+    ns = get_str(r, "namespace", rp)
+    return ObjectReference(get_str(r, "group", rp, default=""), get_str(r, "kind", rp, default="Secret"),
+                           ns or gw_ns, get_str(r, "name", rp, required=True), bool(ns))
 
 
 def _allowed_listeners(raw: Any) -> AllowedListeners:

@@ -30,6 +30,7 @@ from cilia.ir import model as ir
 from cilia.k8s.gateway import GROUP, GatewayListener, ObjectReference, ParentRef
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
+from cilia.translate.backendclientcert import client_cert_clusters, retarget_listener, retarget_routes
 from cilia.translate.backendtls import referenced_secrets
 from cilia.translate.backendtls_status import Ancestor, policy_statuses
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
@@ -117,6 +118,8 @@ class GatewayState:
     accepted: Cond | None = None  # set when the whole Gateway is refused
     controller: str = CONTROLLER  # the controller name of the Gateway's class (one cilia claims)
     issues: list[Issue] = field(default_factory=list)
+    client_cert: ir.Secret | None = None  # spec.tls.backend.clientCertificateRef, resolved
+    refs: Cond | None = None  # the Gateway's own ResolvedRefs (set when it references a client certificate)
 
     @property
     def key(self) -> str:
@@ -174,10 +177,13 @@ def _parameters_problem(obj: KubeObject) -> Cond | None:
 
 
 def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference,
-            readable: tuple[str, ...] | None = None) -> tuple[ir.Secret | None, Cond | None]:
-    what = f"certificateRef {ref.namespace}/{ref.name}"
+            readable: tuple[str, ...] | None = None, path: str = "certificateRef",
+            invalid: str = "InvalidCertificateRef") -> tuple[ir.Secret | None, Cond | None]:
+    """A TLS Secret a Gateway references (`path`), or the ResolvedRefs condition saying why not
+    (`invalid`: the reason for a missing, malformed or non-Secret reference)."""
+    what = f"{path} {ref.namespace}/{ref.name}"
     if norm_group(ref.group) != "" or ref.kind != "Secret":
-        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef",
+        return None, Cond("ResolvedRefs", False, invalid,
                           f"{what}: {ref.group or 'core'}/{ref.kind} is not supported (only core Secrets)")
     if not ref_permitted(snapshot, gw.kind, gw.meta.namespace, "", "Secret", ref.namespace, ref.name):
         return None, Cond("ResolvedRefs", False, "RefNotPermitted",
@@ -187,11 +193,11 @@ def _secret(snapshot: InputSnapshot, gw: KubeObject, ref: ObjectReference,
     if obj is None:
         text = "Secret not found" if readable is None or ref.namespace in readable else \
             secret_not_found(ref.namespace, ref.name, readable)
-        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef", f"{what}: {text}")
+        return None, Cond("ResolvedRefs", False, invalid, f"{what}: {text}")
     crt = obj.spec.data.get("tls.crt", b"")
     key = obj.spec.data.get("tls.key", b"")
     if b"-----BEGIN CERTIFICATE-----" not in crt or b"PRIVATE KEY-----" not in key:
-        return None, Cond("ResolvedRefs", False, "InvalidCertificateRef",
+        return None, Cond("ResolvedRefs", False, invalid,
                           f"{what}: tls.crt and tls.key must hold a PEM certificate and private key")
     return ir.Secret(f"{ref.namespace}/{ref.name}", crt, key, sources=(str(obj.ref),)), None
 
@@ -289,6 +295,11 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Ma
         frontend_issues = _apply_frontend_validation(snapshot, obj, listeners)
         _detect_conflicts(listeners)
         gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name], frontend_issues)
+        ref = obj.spec.backend_client_cert
+        if ref is not None:
+            gs.client_cert, gs.refs = _secret(snapshot, obj, ref, opts.secret_namespaces,
+                                              "spec.tls.backend.clientCertificateRef", "InvalidClientCertificateRef")
+            gs.refs = gs.refs or Cond("ResolvedRefs", True, "ResolvedRefs", "all references resolved")
         if refused is not None:
             for st in listeners:
                 st.programmable = False
@@ -564,6 +575,12 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
         if chains:
             out.listeners.append(ir.Listener(base, gs.address, port, tuple(chains), listener_filters=filters,
                                              sources=src))
+    if gs.client_cert is not None:  # TLS backends see the Gateway's client certificate
+        out.clusters, renamed = client_cert_clusters(out.clusters, gs.client_cert.name)
+        if renamed:
+            out.secrets[gs.client_cert.name] = gs.client_cert
+        out.routes = [retarget_routes(rc, renamed) for rc in out.routes]
+        out.listeners = [retarget_listener(li, renamed) for li in out.listeners]
     return out
 
 
@@ -631,8 +648,10 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
     insecure = insecure_condition(obj)
     status = {
         "addresses": [{"type": "IPAddress", "value": gs.address}],
-        "conditions": conditions([accepted, programmed, *([insecure] if insecure else [])], obj.meta.generation,
-                                 prev.get("conditions"), when, owned=("Accepted", "Programmed", INSECURE_CONDITION)),
+        "conditions": conditions([accepted, programmed, *([insecure] if insecure else []),
+                                  *([gs.refs] if gs.refs else [])],
+                                 obj.meta.generation, prev.get("conditions"), when,
+                                 owned=("Accepted", "Programmed", INSECURE_CONDITION, "ResolvedRefs")),
         "listeners": [_listener_status(gs, st, prev_listeners, when) for st in own],
     }
     return ObjectStatus(obj.api_version, obj.kind, obj.meta.namespace, obj.meta.name, obj.meta.generation, status)

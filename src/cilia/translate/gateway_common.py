@@ -53,6 +53,7 @@ SUPPORTED_FEATURES = frozenset({
     "MeshHTTPRouteNamedRouteRule", "MeshHTTPRouteBackendRequestHeaderModification",
     "HTTPRoute303RedirectStatusCode", "HTTPRoute307RedirectStatusCode", "HTTPRoute308RedirectStatusCode",
     "HTTPRouteResponseHeaderModification", "ListenerSet", "BackendTLSPolicy", "BackendTLSPolicySANValidation",
+    "GatewayBackendClientCertificate",
     "GatewayFrontendClientCertificateValidation", "GatewayFrontendClientCertificateValidationInsecureFallback",
 })
 EPOCH = "1970-01-01T00:00:00Z"
