@@ -17,6 +17,8 @@ from conformance.scenarios import (
     G1,
     G2,
     HEADER_MODS,
+    REQUEST_HEADER_CASES,
+    REQUEST_HEADER_RULES,
     V1,
     V2,
     V3,
@@ -217,36 +219,9 @@ def _backend_mod(path: str, **mod: Any) -> dict[str, Any]:
 @scenario("HTTPRouteBackendRequestHeaderModifier")
 def backend_request_header_modifier(w: World) -> None:
     """HTTPRouteRequestHeaderModifier's requests, with the modifiers on the backendRef instead."""
-    w.apply([route("request-header-modifier", [
-        _backend_mod("/set", set=_pairs(X_Header_Set="set-overwrites-values")),
-        _backend_mod("/add", add=_pairs(X_Header_Add="add-appends-values")),
-        _backend_mod("/remove", remove=["X-Header-Remove"]),
-        _backend_mod("/multiple", set=_pairs(X_Header_Set_1="header-set-1", X_Header_Set_2="header-set-2"),
-                     add=_pairs(X_Header_Add_1="header-add-1", X_Header_Add_2="header-add-2",
-                                X_Header_Add_3="header-add-3"),
-                     remove=["X-Header-Remove-1", "X-Header-Remove-2"]),
-        _backend_mod("/case-insensitivity", set=_pairs(X_Header_Set="header-set"),
-                     add=_pairs(X_Header_Add="header-add"), remove=["X-Header-Remove"])])])
+    w.apply([route("request-header-modifier", [_backend_mod(path, **mod) for path, mod in REQUEST_HEADER_RULES])])
     w.expect_route("request-header-modifier")
-    other = {"Some-Other-Header": "val"}
-    cases: list[tuple[str, dict[str, str], dict[str, str], tuple[str, ...]]] = [
-        ("/set", other, {**other, "X-Header-Set": "set-overwrites-values"}, ()),
-        ("/set", {**other, "X-Header-Set": "some-other-value"}, {**other, "X-Header-Set": "set-overwrites-values"},
-         ()),
-        ("/add", other, {**other, "X-Header-Add": "add-appends-values"}, ()),
-        ("/add", {**other, "X-Header-Add": "some-other-value"},
-         {**other, "X-Header-Add": "some-other-value,add-appends-values"}, ()),
-        ("/remove", {"X-Header-Remove": "val"}, {}, ("X-Header-Remove",)),
-        ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
-                       "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val"},
-         {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2", "X-Header-Add-1": "header-add-1",
-          "X-Header-Add-2": "add-val-2,header-add-2", "X-Header-Add-3": "header-add-3",
-          "Another-Header": "another-header-val"}, ("X-Header-Remove-1", "X-Header-Remove-2")),
-        ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
-                                 "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
-         {"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
-          "Another-Header": "another-header-val"}, ("x-header-remove", "X-Header-Remove"))]
-    for path, sent, seen, absent in cases:
+    for path, sent, seen, absent in REQUEST_HEADER_CASES:
         w.expect(GW, Expect(path, headers=sent, backend=V1, req_path=path, req_headers=seen, req_absent=absent))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from conformance.echo import ConformanceEcho, ConformanceGrpcEcho
 from conformance.runner import GW, SERVE_ARGS, START_HOOKS, Expect, World, scenario
-from conformance.scenarios import _distribution
+from conformance.scenarios import REQUEST_HEADER_CASES, REQUEST_HEADER_RULES, _distribution
 from support.conformance_base import doc
 from support.controlplane import CiliaProcess
 from support.envoy import Envoy
@@ -291,43 +291,9 @@ def port_redirect(world: World) -> None:
          ("/port-and-host-and-status", 302, "http://example.org:8083/port-and-host-and-status")])
 
 
-def _pairs(**kv: str) -> list[dict[str, str]]:
-    return [{"name": k.replace("_", "-"), "value": v} for k, v in kv.items()]
-
-
-# The suite's request-header-modifier rules (path prefix -> modifier) and cases, as its Gateway test has them.
-HEADER_MODS: list[tuple[str, dict[str, Any]]] = [
-    ("/set", {"set": _pairs(X_Header_Set="set-overwrites-values")}),
-    ("/add", {"add": _pairs(X_Header_Add="add-appends-values")}),
-    ("/remove", {"remove": ["X-Header-Remove"]}),
-    ("/multiple", {"set": _pairs(X_Header_Set_1="header-set-1", X_Header_Set_2="header-set-2"),
-                   "add": _pairs(X_Header_Add_1="header-add-1", X_Header_Add_2="header-add-2",
-                                 X_Header_Add_3="header-add-3"),
-                   "remove": ["X-Header-Remove-1", "X-Header-Remove-2"]}),
-    ("/case-insensitivity", {"set": _pairs(X_Header_Set="header-set"), "add": _pairs(X_Header_Add="header-add"),
-                             "remove": ["X-Header-Remove"]})]
-_OTHER = {"Some-Other-Header": "val"}
-HEADER_CASES: list[tuple[str, dict[str, str], dict[str, str], tuple[str, ...]]] = [
-    ("/set", _OTHER, {**_OTHER, "X-Header-Set": "set-overwrites-values"}, ()),
-    ("/set", {**_OTHER, "X-Header-Set": "some-other-value"}, {**_OTHER, "X-Header-Set": "set-overwrites-values"}, ()),
-    ("/add", _OTHER, {**_OTHER, "X-Header-Add": "add-appends-values"}, ()),
-    ("/add", {**_OTHER, "X-Header-Add": "some-other-value"},
-     {**_OTHER, "X-Header-Add": "some-other-value,add-appends-values"}, ()),
-    ("/remove", {"X-Header-Remove": "val"}, {}, ("X-Header-Remove",)),
-    ("/multiple", {"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
-                   "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val"},
-     {"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2", "X-Header-Add-1": "header-add-1",
-      "X-Header-Add-2": "add-val-2,header-add-2", "X-Header-Add-3": "header-add-3",
-      "Another-Header": "another-header-val"}, ("X-Header-Remove-1", "X-Header-Remove-2")),
-    ("/case-insensitivity", {"x-header-set": "original-val-set", "x-header-add": "original-val-add",
-                             "x-header-remove": "original-val-remove", "Another-Header": "another-header-val"},
-     {"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
-      "Another-Header": "another-header-val"}, ("x-header-remove", "X-Header-Remove"))]
-
-
 def _header_modifier(world: World, name: str, on_backend: bool) -> None:
     rules = []
-    for path, mod in HEADER_MODS:
+    for path, mod in REQUEST_HEADER_RULES:
         f = [{"type": "RequestHeaderModifier", "requestHeaderModifier": mod}]
         ref = backend("echo-v1")
         rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": path}}], "backendRefs": [ref]}
@@ -338,7 +304,7 @@ def _header_modifier(world: World, name: str, on_backend: bool) -> None:
         rules.append(rule)
     world.apply([mesh_route(name, rules)])
     expect_route_accepted(world, name)
-    for path, sent, seen, absent in HEADER_CASES:
+    for path, sent, seen, absent in REQUEST_HEADER_CASES:
         expect(world, Expect(path, headers=sent, backend="echo-v1", req_headers=seen, req_absent=absent))
 
 

@@ -752,10 +752,9 @@ def _listener(raw: Any, path: str, gw_ns: str) -> GatewayListener:
                                                                                 f"{path}.allowedRoutes"))
 
 
-def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
-    spec = as_map(raw.get("spec"), "spec", required=True)
-    cls = get_str(spec, "gatewayClassName", "spec", required=True)
-    listeners = tuple(_listener(item, f"spec.listeners[{i}]", meta.namespace)
+def _listeners(spec: Mapping[str, Any], namespace: str) -> tuple[GatewayListener, ...]:
+    """`spec.listeners` of a Gateway or ListenerSet: at least one, names unique."""
+    listeners = tuple(_listener(item, f"spec.listeners[{i}]", namespace)
                       for i, item in enumerate(as_list(spec.get("listeners"), "spec.listeners", required=True)))
     if not listeners:
         raise ValidationError("spec.listeners", "at least one listener is required")
@@ -764,6 +763,13 @@ def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
         if li.name in names:
             raise ValidationError(f"spec.listeners[{i}].name", f"listener name {li.name!r} is used twice")
         names.add(li.name)
+    return listeners
+
+
+def _parse_gateway(raw: Mapping[str, Any], meta: Meta) -> GatewaySpec:
+    spec = as_map(raw.get("spec"), "spec", required=True)
+    cls = get_str(spec, "gatewayClassName", "spec", required=True)
+    listeners = _listeners(spec, meta.namespace)
     addrs = []
     for i, a in enumerate(as_list(spec.get("addresses"), "spec.addresses")):
         ap = f"spec.addresses[{i}]"
@@ -810,15 +816,7 @@ def _parse_listener_set(raw: Mapping[str, Any], meta: Meta) -> ListenerSetSpec:
                               get_str(pr, "kind", "spec.parentRef", default="Gateway"),
                               get_str(pr, "namespace", "spec.parentRef") or meta.namespace,
                               get_str(pr, "name", "spec.parentRef", required=True))
-    listeners = tuple(_listener(item, f"spec.listeners[{i}]", meta.namespace)
-                      for i, item in enumerate(as_list(spec.get("listeners"), "spec.listeners", required=True)))
-    if not listeners:
-        raise ValidationError("spec.listeners", "at least one listener is required")
-    names: set[str] = set()
-    for i, li in enumerate(listeners):
-        if li.name in names:
-            raise ValidationError(f"spec.listeners[{i}].name", f"listener name {li.name!r} is used twice")
-        names.add(li.name)
+    listeners = _listeners(spec, meta.namespace)
     return ListenerSetSpec(parent, listeners)
 
 
