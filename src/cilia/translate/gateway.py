@@ -57,6 +57,7 @@ from cilia.translate.gateway_common import (
     rule_conditions,
     same_parent,
 )
+from cilia.translate.incremental import Ident, UnitMemo
 from cilia.translate.listenerset import (
     ListenerSetResult,
     listener_set_status,
@@ -71,6 +72,10 @@ PROTOCOL_KINDS = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GR
 PORT_FAMILY = {"HTTP": "http", "HTTPS": "tls", "TLS": "tls", "TCP": "tcp"}
 GATEWAY_ROLES = frozenset({"gateway"})
 SHARED_ROLES = frozenset({"node"})
+# Per-unit memos (translate/incremental.py): a route's resolved rules, a Gateway's IR, its bundles.
+_BUILDERS: UnitMemo[RuleBuilder] = UnitMemo()
+_GATEWAY_IR: UnitMemo[tuple[GatewayIR, tuple[Issue, ...]]] = UnitMemo()
+_BUNDLES: UnitMemo[tuple[ir.Bundle, ...]] = UnitMemo()
 
 
 @dataclass(eq=False)
@@ -608,14 +613,8 @@ def _route_status(route: KubeObject, ours: list[dict[str, Any]], controllers: It
 
 
 # -- the translator --------------------------------------------------------------------------------------
-def _bundles(gs: GatewayState, gir: GatewayIR, shared_taken: dict[int, list[tuple[str, str]]],
-             issues: list[Issue]) -> list[ir.Bundle]:
-    src = (str(gs.obj.ref),)
-    clusters = tuple(sorted(gir.clusters.values(), key=lambda c: c.name))
-    secrets = tuple(sorted(gir.secrets.values(), key=lambda s: s.name))
-    out = [ir.Bundle(key=f"gateway:{gs.key}", scope=ir.ProxyScope(GATEWAY_ROLES, frozenset({gs.key})),
-                     listeners=tuple(gir.listeners), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
-                     sources=src)]
+def _bundles(snapshot: InputSnapshot, gs: GatewayState, gir: GatewayIR,
+             shared_taken: dict[int, list[tuple[str, str]]], issues: list[Issue]) -> tuple[ir.Bundle, ...]:
     shared = []
     for li in gir.listeners:
         clash = [(addr, owner) for addr, owner in shared_taken.get(li.port, [])
@@ -628,11 +627,56 @@ def _bundles(gs: GatewayState, gir: GatewayIR, shared_taken: dict[int, list[tupl
             continue
         shared_taken.setdefault(li.port, []).append((li.address, gs.key))
         shared.append(li)
+    # The very same Bundle objects while the Gateway's IR is unchanged, so rendering reuses them.
+    return _BUNDLES.compute(gs.key, (Ident(gs.obj), Ident(gir), tuple(Ident(li) for li in shared)), snapshot,
+                            lambda _: _make_bundles(gs, gir, shared))
+
+
+def _make_bundles(gs: GatewayState, gir: GatewayIR, shared: list[ir.Listener]) -> tuple[ir.Bundle, ...]:
+    src = (str(gs.obj.ref),)
+    clusters = tuple(sorted(gir.clusters.values(), key=lambda c: c.name))
+    secrets = tuple(sorted(gir.secrets.values(), key=lambda s: s.name))
+    out = [ir.Bundle(key=f"gateway:{gs.key}", scope=ir.ProxyScope(GATEWAY_ROLES, frozenset({gs.key})),
+                     listeners=tuple(gir.listeners), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
+                     sources=src)]
     if shared:
         out.append(ir.Bundle(key=f"gateway-shared:{gs.key}", scope=ir.ProxyScope(SHARED_ROLES),
                              listeners=tuple(shared), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
                              sources=src))
-    return out
+    return tuple(out)
+
+
+def _state_signature(gs: GatewayState) -> tuple[Any, ...]:
+    """Everything `_gateway_ir` takes from a Gateway's state; objects by identity."""
+    return (Ident(gs.obj), gs.address, gs.accepted, gs.controller, tuple(
+        (Ident(st.spec), Ident(st.owner), tuple(st.supported), tuple(st.conds.items()), tuple(st.secrets),
+         st.attached, st.programmable, tuple((Ident(a.route), Ident(a.builder), a.hosts) for a in st.routes))
+        for st in gs.listeners))
+
+
+def _gateway_ir_memo(snapshot: InputSnapshot, gs: GatewayState) -> tuple[GatewayIR, tuple[Issue, ...]]:
+    """A Gateway's IR (and the issues found making it), reused while its state and reads are unchanged."""
+
+    def build(view: InputSnapshot) -> tuple[GatewayIR, tuple[Issue, ...]]:
+        found: list[Issue] = []
+        gir = _gateway_ir(view, gs, found)
+        for sec in referenced_secrets(view, gir.clusters.values()):
+            gir.secrets[sec.name] = sec
+        return gir, tuple(found)
+
+    return _GATEWAY_IR.compute(gs.key, _state_signature(gs), snapshot, build)
+
+
+def _rule_builder(snapshot: InputSnapshot, route: KubeObject) -> RuleBuilder:
+    """An HTTPRoute's/GRPCRoute's builder with every reference resolved, reused while the route and what
+    resolving it read are unchanged."""
+
+    def build(view: InputSnapshot) -> RuleBuilder:
+        builder = RuleBuilder(view, route, grpc=route.kind == "GRPCRoute")
+        builder.resolve_all()
+        return builder
+
+    return _BUILDERS.compute((route.kind, route.meta.namespace, route.meta.name), Ident(route), snapshot, build)
 
 
 def _route_objects(snapshot: InputSnapshot) -> Iterable[KubeObject]:
@@ -654,8 +698,7 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     for route in _route_objects(snapshot):
         builder = None
         if route.kind in ("HTTPRoute", "GRPCRoute"):
-            builder = RuleBuilder(snapshot, route, grpc=route.kind == "GRPCRoute")
-            builder.resolve_all()
+            builder = _rule_builder(snapshot, route)
         key = (route.kind, route.meta.namespace, route.meta.name)
         for i, ref in enumerate(route.spec.parent_refs):
             if ref.group == GROUP and ref.kind == "ListenerSet":
@@ -688,10 +731,9 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):
         gs = gateways[gkey]
-        gir = _gateway_ir(snapshot, gs, issues)
-        for sec in referenced_secrets(snapshot, gir.clusters.values()):
-            gir.secrets[sec.name] = sec
-        bundles.extend(_bundles(gs, gir, shared_taken, issues))
+        gir, gir_issues = _gateway_ir_memo(snapshot, gs)
+        issues.extend(gir_issues)
+        bundles.extend(_bundles(snapshot, gs, gir, shared_taken, issues))
         ls_statuses = _listener_set_statuses(gs, listener_sets.admitted.get(gkey, ()), opts)
         accepted_sets = sum(any(c["type"] == "Accepted" and c["status"] == "True" for c in st.status["conditions"])
                             for st in ls_statuses)
@@ -709,6 +751,8 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
         ours = parents.get((route.kind, route.meta.namespace, route.meta.name))
         if ours:
             statuses.append(_route_status(route, ours, opts.gateway_controllers))
+    for memo in (_BUILDERS, _GATEWAY_IR, _BUNDLES):
+        memo.rotate()
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
 
 
