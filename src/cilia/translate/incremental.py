@@ -166,6 +166,11 @@ class UnitMemo(Generic[V]):
             self._memo.put(key, _Entry(signature, reads, value))
         return value
 
+    def keep(self, key: Any) -> None:
+        """Carry `key`'s entry into the next run unused (its value lives on inside an enclosing unit's)."""
+        if not _DISABLED:
+            self._memo.get(key)
+
     def rotate(self) -> None:
         if not _DISABLED:
             self._memo.rotate()
