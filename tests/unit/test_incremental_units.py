@@ -11,6 +11,7 @@ from cilia.k8s.manifest import parse_text
 from cilia.k8s.store import Store
 from cilia.translate import TranslationResult, translate
 from cilia.translate.incremental import ObjectReads, UnitMemo, memo_disabled
+from support.certs import TestCA, tls_secret
 
 GW = "gateway.networking.k8s.io/v1"
 
@@ -146,3 +147,48 @@ def test_gateway_edits_reuse_other_gateways_and_follow_grants_and_namespaces() -
     result = _step(store, result)
     g1 = next(s for s in result.statuses if s.kind == "Gateway" and s.name == "g1")
     assert g1.status["listeners"][0]["attachedRoutes"] == 1
+
+
+PEM = TestCA().issue("i1.example", "i2.example")
+
+
+def _ingress(name: str, shared: bool) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "ns", "annotations": {
+                "ingress.cilia.io/loadbalancer-mode": "shared" if shared else "dedicated"}},
+            "spec": {"ingressClassName": "cilia", "tls": [{"hosts": [f"{name}.example"], "secretName": "tls"}],
+                     "rules": [{"host": f"{name}.example", "http": {"paths": [
+                         {"path": "/", "pathType": "Prefix",
+                          "backend": {"service": {"name": "a", "port": {"number": 80}}}}]}}]}}
+
+
+def _tls(valid: bool) -> dict[str, Any]:
+    if valid:
+        return dict(json.loads(tls_secret("tls", PEM, "ns")))
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls", "namespace": "ns"},
+            "type": "kubernetes.io/tls", "stringData": {"other": "x"}}
+
+
+def test_ingress_groups_reuse_bundles_and_follow_their_secret() -> None:
+    store = Store()
+    _put(store, "base", {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "cilia"},
+                         "spec": {"controller": "cilia.io/ingress-controller"}}, _svc("a"))
+    _put(store, "other", _svc("other"))
+    _put(store, "i1", _ingress("i1", shared=False))
+    _put(store, "i2", _ingress("i2", shared=True))
+    _put(store, "tls", _tls(True))
+    result = translate(store.snapshot())
+    before = {b.key: b for b in result.ir.bundles if b.key.startswith("ingress")}
+    assert set(before) == {"ingress:cilia", "ingress:shared"}
+    assert all(b.secrets for b in before.values())
+
+    _put(store, "other", _svc("other", port=81))  # a Service no Ingress uses: the very same bundles
+    result = _step(store, result)
+    assert all(b is before[b.key] for b in result.ir.bundles if b.key.startswith("ingress"))
+
+    _put(store, "tls", _tls(False))  # both groups use the Secret: both lose it
+    result = _step(store, result)
+    assert not any(b.secrets for b in result.ir.bundles if b.key.startswith("ingress"))
+    _put(store, "tls", _tls(True))
+    result = _step(store, result)
+    assert all(b.secrets for b in result.ir.bundles if b.key.startswith("ingress"))
