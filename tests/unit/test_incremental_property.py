@@ -53,7 +53,7 @@ def _gateway(name: str, v: int) -> dict[str, Any]:
 def _httproute(name: str, v: int) -> dict[str, Any]:
     parents: list[dict[str, Any]] = [{"name": "g1"}] if v % 3 else [{"name": "g1"}, {"name": "g2"}]
     if v % 5 == 4:  # GAMMA: a route for the mesh, attached to a Service
-        parents = [{"group": "", "kind": "Service", "name": "b", "port": 80}]
+        parents = [{"group": "", "kind": "Service", "name": "b"}]  # every port of b
     elif v % 5 == 2:  # through a ListenerSet of g1 (or of g2, as the ListenerSet's own edits say)
         parents.append({"group": GW.split("/")[0], "kind": "ListenerSet", "name": "ls"})
     backend = {"name": "a" if v % 2 else "b", "port": 80}
