@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cilia.diagnostics import Issue
@@ -723,12 +723,35 @@ def _make_bundles(gs: GatewayState, gir: GatewayIR, shared: list[ir.Listener]) -
     return tuple(out)
 
 
+_BY_IDENTITY = frozenset({"obj", "spec", "owner"})  # Kubernetes objects and their parsed parts
+
+
+def _fields_signature(state: Any, special: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Every field of a state dataclass: Kubernetes objects by identity, lists and dicts as tuples, the rest
+    by value, `special` fields as given. Field by field, so that a field added later is compared too (one
+    that compares by identity only is never equal across runs: never reused, never stale)."""
+    out: list[Any] = []
+    for f in fields(state):
+        if f.name in special:
+            out.append(special[f.name])
+            continue
+        value = getattr(state, f.name)
+        if f.name in _BY_IDENTITY:
+            value = Ident(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, dict):
+            value = tuple(value.items())
+        out.append(value)
+    return tuple(out)
+
+
 def _state_signature(gs: GatewayState) -> tuple[Any, ...]:
-    """Everything `_gateway_ir` takes from a Gateway's state; objects by identity."""
-    return (Ident(gs.obj), gs.address, gs.accepted, gs.controller, tuple(
-        (Ident(st.spec), Ident(st.owner), tuple(st.supported), tuple(st.conds.items()), tuple(st.secrets),
-         st.attached, st.programmable, tuple((Ident(a.route), Ident(a.builder), a.hosts) for a in st.routes))
-        for st in gs.listeners))
+    """Everything `_gateway_ir` may take from a Gateway's state; objects by identity."""
+    listeners = tuple(_fields_signature(st, {"routes": tuple((Ident(a.route), Ident(a.builder), a.hosts)
+                                                             for a in st.routes)})
+                      for st in gs.listeners)
+    return _fields_signature(gs, {"listeners": listeners})
 
 
 def _gateway_ir_memo(snapshot: InputSnapshot, gs: GatewayState) -> tuple[GatewayIR, tuple[Issue, ...]]:
