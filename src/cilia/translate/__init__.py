@@ -90,6 +90,19 @@ def _reusable(previous: TranslationResult | None, snapshot: InputSnapshot, opts:
             and replace(previous.opts, status_time="") == replace(opts, status_time=""))
 
 
+def _stable_bundles(part: Partial, before: Partial) -> Partial:
+    """`part` with each bundle equal to the previous run's bundle of that key replaced by that very object,
+    so rendering reuses it whole. Equality of unchanged (shared) nodes is an identity check."""
+    if not part.bundles or not before.bundles:
+        return part
+    old = {b.key: b for b in before.bundles}
+    bundles = tuple(prev if (prev := old.get(b.key)) is not None and prev is not b and prev == b else b
+                    for b in part.bundles)
+    if all(x is y for x, y in zip(bundles, part.bundles, strict=True)):
+        return part
+    return replace(part, bundles=bundles)
+
+
 def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
               previous: TranslationResult | None = None) -> TranslationResult:
     """Translate everything. With `previous` (built from the snapshot before this one, whose
@@ -110,7 +123,11 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
                 reused += 1
                 continue
         recorder = ReadRecorder(snapshot)
-        partials.append(fn(cast(InputSnapshot, recorder), opts))
+        part = fn(cast(InputSnapshot, recorder), opts)
+        if reuse:
+            assert previous is not None
+            part = _stable_bundles(part, previous.partials[i])
+        partials.append(part)
         reads.append(frozenset(recorder.kinds))
     bundles: list[Bundle] = []
     endpoints: dict[str, EndpointSet] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cilia.diagnostics import Issue
@@ -64,6 +64,7 @@ from cilia.translate.gateway_frontend import (
     frontend_validations,
     insecure_condition,
 )
+from cilia.translate.incremental import Ident, UnitMemo
 from cilia.translate.listenerset import (
     ListenerSetResult,
     listener_set_status,
@@ -78,6 +79,11 @@ PROTOCOL_KINDS = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GR
 PORT_FAMILY = {"HTTP": "http", "HTTPS": "tls", "TLS": "tls", "TCP": "tcp"}
 GATEWAY_ROLES = frozenset({"gateway"})
 SHARED_ROLES = frozenset({"node"})
+# Per-unit memos (translate/incremental.py): a route's resolved rules, a Gateway's IR, its bundles.
+_BUILDERS: UnitMemo[RuleBuilder] = UnitMemo()
+_GATEWAY_IR: UnitMemo[tuple[GatewayIR, tuple[Issue, ...]]] = UnitMemo()
+_BUNDLES: UnitMemo[tuple[ir.Bundle, ...]] = UnitMemo()
+_ROUTES: UnitMemo[RouteOutcome] = UnitMemo()
 
 
 @dataclass(eq=False)
@@ -352,17 +358,19 @@ def _allowed(st: ListenerState, gw: KubeObject, route: KubeObject, snapshot: Inp
     return ar.selector.matches(namespace_labels(snapshot, route.meta.namespace))
 
 
-def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: ParentRef,
-            builder: RuleBuilder | None, owner: KubeObject | None = None) -> Cond:
-    """Attach `route` to the listeners `ref` selects (of ListenerSet `owner`, else the Gateway's own);
-    returns the route's Accepted condition there."""
+def _match(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: ParentRef,
+           builder: RuleBuilder | None, owner: KubeObject | None = None
+           ) -> tuple[Cond, tuple[tuple[int, tuple[str, ...]], ...]]:
+    """Where `route` attaches among the listeners `ref` selects (of ListenerSet `owner`, else the Gateway's
+    own): the route's Accepted condition there, and (listener index, hostnames) of each listener it
+    attaches to. Reads `gs` only; `_route_outcome` applies the attachments."""
     candidates = [st for st in gs.listeners if st.owner is owner
                   and (not ref.section_name or st.spec.name == ref.section_name)
                   and (ref.port is None or st.spec.port == ref.port)]
     if not candidates:
         return Cond("Accepted", False, "NoMatchingParent",
                     f"Gateway {gs.key} has no listener matching sectionName {ref.section_name!r}"
-                    + (f" and port {ref.port}" if ref.port is not None else ""))
+                    + (f" and port {ref.port}" if ref.port is not None else "")), ()
     # A listener that names the route's kind in allowedRoutes but whose protocol cannot carry it is no
     # parent for the route at all (conformance TLSRouteInvalidNoMatchingListener); one whose allowedRoutes
     # leave the kind out refuses it (NotAllowedByListeners, conformance HTTPRouteDisallowedKind).
@@ -373,11 +381,12 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
     if all(wrong_protocol(st) for st in candidates):
         return Cond("Accepted", False, "NoMatchingParent",
                     f"no listener of Gateway {gs.key} selected by the parentRef has a protocol that carries "
-                    f"{route.kind}s")
+                    f"{route.kind}s"), ()
     allowed = [st for st in candidates if _allowed(st, st.owner or gs.obj, route, snapshot)]
     if not allowed:
         return Cond("Accepted", False, "NotAllowedByListeners",
-                    f"no listener of Gateway {gs.key} allows {route.kind}s from namespace {route.meta.namespace}")
+                    f"no listener of Gateway {gs.key} allows {route.kind}s from namespace {route.meta.namespace}"
+                    ), ()
     matched = []
     for st in allowed:
         hosts = ("*",) if route.kind == "TCPRoute" else intersect(st.spec.hostname, route.spec.hostnames)
@@ -385,30 +394,103 @@ def _attach(snapshot: InputSnapshot, gs: GatewayState, route: KubeObject, ref: P
             matched.append((st, hosts))
     if not matched:
         return Cond("Accepted", False, "NoMatchingListenerHostname",
-                    "no hostname of the route matches a listener hostname of Gateway " + gs.key)
+                    "no hostname of the route matches a listener hostname of Gateway " + gs.key), ()
     if builder is not None and builder.accepted_problem is not None:
         p = builder.accepted_problem
-        return Cond("Accepted", False, p.reason, p.message)
+        return Cond("Accepted", False, p.reason, p.message), ()
     # attachedRoutes counts the routes accepted on a listener: allowed there, and sharing a hostname with it
     # (conformance HTTPRouteHostnameIntersection).
-    for st, hosts in matched:
-        st.attached += 1
-        st.routes.append(Attachment(route, builder, hosts))
-    return Cond("Accepted", True, "Accepted", "attached to Gateway " + gs.key)
+    index = {id(st): i for i, st in enumerate(gs.listeners)}
+    return (Cond("Accepted", True, "Accepted", "attached to Gateway " + gs.key),
+            tuple((index[id(st)], hosts) for st, hosts in matched))
 
 
-def _attach_to_listener_set(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState],
-                            listener_sets: ListenerSetResult, route: KubeObject, ref: ParentRef,
-                            builder: RuleBuilder | None, opts: TranslateOptions) -> dict[str, Any] | None:
-    """Attach `route` to an admitted ListenerSet's listeners; its status.parents entry, or None when no
-    Gateway of cilia's admitted that ListenerSet."""
-    found = listener_sets.parent_of(ref.namespace, ref.name)
-    if found is None:
+@dataclass(frozen=True, slots=True)
+class RouteOutcome:
+    """What one route contributes: its builder, the listeners it attaches to (Gateway key, listener
+    index, hostnames), its status.parents entries for cilia's Gateways and ListenerSets, the Services it
+    sends to per Gateway (BackendTLSPolicy ancestors), and issues."""
+
+    builder: RuleBuilder | None
+    attachments: tuple[tuple[str, int, tuple[str, ...]], ...]
+    stanzas: tuple[dict[str, Any], ...]
+    used_by: tuple[tuple[tuple[str, str], Ancestor], ...]
+    issues: tuple[Issue, ...]
+
+
+def _route_outcome(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState],
+                   listener_sets: ListenerSetResult, route: KubeObject, opts: TranslateOptions) -> RouteOutcome:
+    builder = None
+    if route.kind in ("HTTPRoute", "GRPCRoute"):
+        builder = _rule_builder(snapshot, route)
+    attachments: list[tuple[str, int, tuple[str, ...]]] = []
+    stanzas: list[dict[str, Any]] = []
+    used_by: list[tuple[tuple[str, str], Ancestor]] = []
+    issues: list[Issue] = []
+    for i, ref in enumerate(route.spec.parent_refs):
+        if ref.group == GROUP and ref.kind == "ListenerSet":
+            found = listener_sets.parent_of(ref.namespace, ref.name)
+            if found is None:
+                issues.append(Issue(str(route.ref), f"spec.parentRefs[{i}]",
+                                    f"ListenerSet {ref.namespace}/{ref.name} not found or not attached to a "
+                                    "Gateway", severity="warning"))
+                continue
+            gs = gateways[found[0]]
+            accepted, matched = _match(snapshot, gs, route, ref, builder, found[1])
+            attachments.extend((gs.key, j, hosts) for j, hosts in matched)
+        elif not ref.is_gateway:
+            continue
+        else:
+            found_gs = gateways.get(f"{ref.namespace}/{ref.name}")
+            if found_gs is None:
+                if snapshot.get("Gateway", ref.namespace, ref.name) is None:
+                    issues.append(Issue(str(route.ref), f"spec.parentRefs[{i}]",
+                                        f"Gateway {ref.namespace}/{ref.name} not found", severity="warning"))
+                continue
+            gs = found_gs
+            accepted, matched = _match(snapshot, gs, route, ref, builder)
+            attachments.extend((gs.key, j, hosts) for j, hosts in matched)
+            if accepted.ok:
+                for rule in route.spec.rules:
+                    for bref in getattr(rule, "backend_refs", ()):
+                        if norm_group(bref.group) == "" and bref.kind == "Service":
+                            used_by.append(((bref.namespace, bref.name),
+                                            (gs.obj.meta.namespace, gs.obj.meta.name, gs.controller)))
+        refs = rule_conditions(builder) if builder is not None else [_stream_refs_condition(snapshot, route)]
+        stanzas.append(route_parent_status(route, ref, [accepted, *refs], opts.status_time, gs.controller))
+    return RouteOutcome(builder, tuple(attachments), tuple(stanzas), tuple(used_by), tuple(issues))
+
+
+def _attach_signature(gs: GatewayState | None) -> tuple[Any, ...] | None:
+    """What `_match` reads of a Gateway's state; objects by identity."""
+    if gs is None:
         return None
-    gs = gateways[found[0]]
-    accepted = _attach(snapshot, gs, route, ref, builder, found[1])
-    refs = rule_conditions(builder) if builder is not None else [_stream_refs_condition(snapshot, route)]
-    return route_parent_status(route, ref, [accepted, *refs], opts.status_time, gs.controller)
+    return (Ident(gs.obj), gs.controller, tuple((Ident(st.spec), Ident(st.owner)) for st in gs.listeners))
+
+
+def _route_memo(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState], listener_sets: ListenerSetResult,
+                route: KubeObject, opts: TranslateOptions, signatures: dict[str, Any]) -> RouteOutcome:
+    """A route's outcome, reused while the route, the Gateways (and ListenerSets) it names and what it
+    read are unchanged."""
+    parents: list[Any] = []
+    for ref in route.spec.parent_refs:
+        if ref.group == GROUP and ref.kind == "ListenerSet":
+            found = listener_sets.parent_of(ref.namespace, ref.name)
+            gkey = found[0] if found is not None else ""
+            parents.append(None if found is None else (gkey, Ident(found[1])))
+        elif ref.is_gateway:
+            gkey = f"{ref.namespace}/{ref.name}"
+        else:
+            continue
+        if gkey not in signatures:
+            signatures[gkey] = _attach_signature(gateways.get(gkey))
+        parents.append(signatures[gkey])
+    key = (route.kind, route.meta.namespace, route.meta.name)
+    outcome = _ROUTES.compute(key, (Ident(route), opts.status_time, tuple(parents)), snapshot,
+                              lambda view: _route_outcome(view, gateways, listener_sets, route, opts))
+    if outcome.builder is not None:
+        _BUILDERS.keep(key)
+    return outcome
 
 
 def _stream_refs_condition(snapshot: InputSnapshot, route: KubeObject) -> Cond:
@@ -667,14 +749,8 @@ def _route_status(route: KubeObject, ours: list[dict[str, Any]], controllers: It
 
 
 # -- the translator --------------------------------------------------------------------------------------
-def _bundles(gs: GatewayState, gir: GatewayIR, shared_taken: dict[int, list[tuple[str, str]]],
-             issues: list[Issue]) -> list[ir.Bundle]:
-    src = (str(gs.obj.ref),)
-    clusters = tuple(sorted(gir.clusters.values(), key=lambda c: c.name))
-    secrets = tuple(sorted(gir.secrets.values(), key=lambda s: s.name))
-    out = [ir.Bundle(key=f"gateway:{gs.key}", scope=ir.ProxyScope(GATEWAY_ROLES, frozenset({gs.key})),
-                     listeners=tuple(gir.listeners), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
-                     sources=src)]
+def _bundles(snapshot: InputSnapshot, gs: GatewayState, gir: GatewayIR,
+             shared_taken: dict[int, list[tuple[str, str]]], issues: list[Issue]) -> tuple[ir.Bundle, ...]:
     shared = []
     for li in gir.listeners:
         clash = [(addr, owner) for addr, owner in shared_taken.get(li.port, [])
@@ -687,11 +763,79 @@ def _bundles(gs: GatewayState, gir: GatewayIR, shared_taken: dict[int, list[tupl
             continue
         shared_taken.setdefault(li.port, []).append((li.address, gs.key))
         shared.append(li)
+    # The very same Bundle objects while the Gateway's IR is unchanged, so rendering reuses them.
+    return _BUNDLES.compute(gs.key, (Ident(gs.obj), Ident(gir), tuple(Ident(li) for li in shared)), snapshot,
+                            lambda _: _make_bundles(gs, gir, shared))
+
+
+def _make_bundles(gs: GatewayState, gir: GatewayIR, shared: list[ir.Listener]) -> tuple[ir.Bundle, ...]:
+    src = (str(gs.obj.ref),)
+    clusters = tuple(sorted(gir.clusters.values(), key=lambda c: c.name))
+    secrets = tuple(sorted(gir.secrets.values(), key=lambda s: s.name))
+    out = [ir.Bundle(key=f"gateway:{gs.key}", scope=ir.ProxyScope(GATEWAY_ROLES, frozenset({gs.key})),
+                     listeners=tuple(gir.listeners), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
+                     sources=src)]
     if shared:
         out.append(ir.Bundle(key=f"gateway-shared:{gs.key}", scope=ir.ProxyScope(SHARED_ROLES),
                              listeners=tuple(shared), routes=tuple(gir.routes), clusters=clusters, secrets=secrets,
                              sources=src))
-    return out
+    return tuple(out)
+
+
+_BY_IDENTITY = frozenset({"obj", "spec", "owner"})  # Kubernetes objects and their parsed parts
+
+
+def _fields_signature(state: Any, special: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Every field of a state dataclass: Kubernetes objects by identity, lists and dicts as tuples, the rest
+    by value, `special` fields as given. Field by field, so that a field added later is compared too (one
+    that compares by identity only is never equal across runs: never reused, never stale)."""
+    out: list[Any] = []
+    for f in fields(state):
+        if f.name in special:
+            out.append(special[f.name])
+            continue
+        value = getattr(state, f.name)
+        if f.name in _BY_IDENTITY:
+            value = Ident(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, dict):
+            value = tuple(value.items())
+        out.append(value)
+    return tuple(out)
+
+
+def _state_signature(gs: GatewayState) -> tuple[Any, ...]:
+    """Everything `_gateway_ir` may take from a Gateway's state; objects by identity."""
+    listeners = tuple(_fields_signature(st, {"routes": tuple((Ident(a.route), Ident(a.builder), a.hosts)
+                                                             for a in st.routes)})
+                      for st in gs.listeners)
+    return _fields_signature(gs, {"listeners": listeners})
+
+
+def _gateway_ir_memo(snapshot: InputSnapshot, gs: GatewayState) -> tuple[GatewayIR, tuple[Issue, ...]]:
+    """A Gateway's IR (and the issues found making it), reused while its state and reads are unchanged."""
+
+    def build(view: InputSnapshot) -> tuple[GatewayIR, tuple[Issue, ...]]:
+        found: list[Issue] = []
+        gir = _gateway_ir(view, gs, found)
+        for sec in referenced_secrets(view, gir.clusters.values()):
+            gir.secrets[sec.name] = sec
+        return gir, tuple(found)
+
+    return _GATEWAY_IR.compute(gs.key, _state_signature(gs), snapshot, build)
+
+
+def _rule_builder(snapshot: InputSnapshot, route: KubeObject) -> RuleBuilder:
+    """An HTTPRoute's/GRPCRoute's builder with every reference resolved, reused while the route and what
+    resolving it read are unchanged."""
+
+    def build(view: InputSnapshot) -> RuleBuilder:
+        builder = RuleBuilder(view, route, grpc=route.kind == "GRPCRoute")
+        builder.resolve_all()
+        return builder
+
+    return _BUILDERS.compute((route.kind, route.meta.namespace, route.meta.name), Ident(route), snapshot, build)
 
 
 def _route_objects(snapshot: InputSnapshot) -> Iterable[KubeObject]:
@@ -710,48 +854,26 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     _merge_listener_sets(snapshot, gateways, listener_sets.admitted, opts)
     parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     used_by: dict[tuple[str, str], set[Ancestor]] = defaultdict(set)  # Service -> Gateways (BackendTLSPolicy)
+    signatures: dict[str, Any] = {}
     for route in _route_objects(snapshot):
-        builder = None
-        if route.kind in ("HTTPRoute", "GRPCRoute"):
-            builder = RuleBuilder(snapshot, route, grpc=route.kind == "GRPCRoute")
-            builder.resolve_all()
-        key = (route.kind, route.meta.namespace, route.meta.name)
-        for i, ref in enumerate(route.spec.parent_refs):
-            if ref.group == GROUP and ref.kind == "ListenerSet":
-                stanza = _attach_to_listener_set(snapshot, gateways, listener_sets, route, ref, builder, opts)
-                if stanza is None:
-                    issues.append(Issue(str(route.ref), f"spec.parentRefs[{i}]",
-                                        f"ListenerSet {ref.namespace}/{ref.name} not found or not attached to a "
-                                        "Gateway", severity="warning"))
-                else:
-                    parents[key].append(stanza)
-                continue
-            if not ref.is_gateway:
-                continue
-            gs = gateways.get(f"{ref.namespace}/{ref.name}")
-            if gs is None:
-                if snapshot.get("Gateway", ref.namespace, ref.name) is None:
-                    issues.append(Issue(str(route.ref), f"spec.parentRefs[{i}]",
-                                        f"Gateway {ref.namespace}/{ref.name} not found", severity="warning"))
-                continue
-            accepted = _attach(snapshot, gs, route, ref, builder)
-            if accepted.ok:
-                for rule in route.spec.rules:
-                    for bref in getattr(rule, "backend_refs", ()):
-                        if norm_group(bref.group) == "" and bref.kind == "Service":
-                            used_by[(bref.namespace, bref.name)].add((gs.obj.meta.namespace, gs.obj.meta.name,
-                                                                       gs.controller))
-            refs = rule_conditions(builder) if builder is not None else [_stream_refs_condition(snapshot, route)]
-            parents[key].append(route_parent_status(route, ref, [accepted, *refs], opts.status_time, gs.controller))
+        outcome = _route_memo(snapshot, gateways, listener_sets, route, opts, signatures)
+        for gkey, index, hosts in outcome.attachments:
+            st = gateways[gkey].listeners[index]
+            st.attached += 1
+            st.routes.append(Attachment(route, outcome.builder, hosts))
+        for svc, ancestor in outcome.used_by:
+            used_by[svc].add(ancestor)
+        if outcome.stanzas:
+            parents[(route.kind, route.meta.namespace, route.meta.name)].extend(outcome.stanzas)
+        issues.extend(outcome.issues)
     bundles: list[ir.Bundle] = []
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):
         gs = gateways[gkey]
         issues.extend(gs.issues)
-        gir = _gateway_ir(snapshot, gs, issues)
-        for sec in referenced_secrets(snapshot, gir.clusters.values()):
-            gir.secrets[sec.name] = sec
-        bundles.extend(_bundles(gs, gir, shared_taken, issues))
+        gir, gir_issues = _gateway_ir_memo(snapshot, gs)
+        issues.extend(gir_issues)
+        bundles.extend(_bundles(snapshot, gs, gir, shared_taken, issues))
         ls_statuses = _listener_set_statuses(gs, listener_sets.admitted.get(gkey, ()), opts)
         accepted_sets = sum(any(c["type"] == "Accepted" and c["status"] == "True" for c in st.status["conditions"])
                             for st in ls_statuses)
@@ -769,6 +891,8 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
         ours = parents.get((route.kind, route.meta.namespace, route.meta.name))
         if ours:
             statuses.append(_route_status(route, ours, opts.gateway_controllers))
+    for memo in (_BUILDERS, _ROUTES, _GATEWAY_IR, _BUNDLES):
+        memo.rotate()
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
 
 

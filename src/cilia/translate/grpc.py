@@ -43,7 +43,8 @@ from cilia.k8s.core import ServiceSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Memo, Partial, TranslateOptions
-from cilia.translate.gamma import gamma_index
+from cilia.translate.gamma import GammaIndex, gamma_index
+from cilia.translate.incremental import UnitMemo
 from cilia.translate.mesh import default_route_config, route_clusters
 from cilia.translate.services import resolve_backend
 
@@ -102,8 +103,19 @@ def _service_targets(obj: KubeObject, snapshot: InputSnapshot, cluster_domain: s
     return _ServiceTargets(tuple(listeners), tuple(targets))
 
 
+# The whole output, reused while the GAMMA route configs are equal and what it read (every Service, by
+# the kind's mapping) is unchanged: an HTTPRoute edit that changes no GAMMA route costs the index only.
+_WHOLE: UnitMemo[Partial] = UnitMemo()
+
+
 def translate_grpc(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     index = gamma_index(snapshot)
+    out = _WHOLE.compute("grpc", (opts, index), snapshot, lambda view: _translate_grpc(view, opts, index))
+    _WHOLE.rotate()
+    return out
+
+
+def _translate_grpc(snapshot: InputSnapshot, opts: TranslateOptions, index: GammaIndex) -> Partial:
     consumers: dict[tuple[str, str, int], set[str]] = defaultdict(set)
     for client_ns, ns, svc, port in index.consumer:
         consumers[(ns, svc, port)].add(client_ns)

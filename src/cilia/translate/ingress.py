@@ -77,6 +77,7 @@ from cilia.k8s.ingress import CONTROLLER, LEGACY_CLASS_ANNOTATION, IngressBacken
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.incremental import Ident, UnitMemo
 from cilia.translate.services import resolve_backend
 from cilia.translate.tls import TlsSecret, host_covered, load_tls_secret
 
@@ -486,6 +487,22 @@ def _build(snapshot: InputSnapshot, opts: TranslateOptions, prefix: str, key: st
     return group.bundle(key, scope, members), group.issues
 
 
+# Per listener group (ingress class, or the shared node listeners): its bundle and issues, reused while its
+# Ingresses (by identity), the options and what building it read are unchanged (translate/incremental.py).
+_GROUPS: UnitMemo[tuple[Bundle, tuple[Issue, ...]]] = UnitMemo()
+
+
+def _build_memo(snapshot: InputSnapshot, opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
+                members: list[KubeObject]) -> tuple[Bundle, tuple[Issue, ...]]:
+    def build(view: InputSnapshot) -> tuple[Bundle, tuple[Issue, ...]]:
+        # A secret cache of the group's own, so that every Secret the group uses is a read of its own.
+        bundle, found = _build(view, opts, prefix, key, scope, members, {})
+        return bundle, tuple(found)
+
+    signature = (prefix, scope, opts, tuple(Ident(m) for m in members))
+    return _GROUPS.compute(key, signature, snapshot, build)
+
+
 def translate_ingresses(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
     view = ingress_classes(snapshot, opts.ingress_controllers)
     issues: list[Issue] = list(view.issues)
@@ -504,16 +521,16 @@ def translate_ingresses(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
             shared.append(obj)
         statuses.append(ingress_status(obj, opts))
     bundles: list[Bundle] = []
-    secret_cache: dict[tuple[str, str], TlsSecret] = {}
     groups: list[tuple[str, str, ProxyScope, list[KubeObject]]] = [
         (f"ingress/{cls}", f"ingress:{cls}", ProxyScope(frozenset({"ingress"}), frozenset({cls})), members)
         for cls, members in sorted(by_class.items())]
     if shared:
         groups.append((SHARED_PREFIX, "ingress:shared", ProxyScope(frozenset({"node"})), shared))
     for prefix, key, scope, members in groups:
-        bundle, more = _build(snapshot, opts, prefix, key, scope, sorted(members, key=_age_key), secret_cache)
+        bundle, found = _build_memo(snapshot, opts, prefix, key, scope, sorted(members, key=_age_key))
         bundles.append(bundle)
-        issues.extend(more)
+        issues.extend(found)
+    _GROUPS.rotate()
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=_unique(issues))
 
 
