@@ -1140,7 +1140,8 @@ def _skipped() -> dict[str, str]:
         "GatewayFrontendClientCertificateValidation": FEATURE.format("GatewayFrontendClientCertificateValidation"),
         "GatewayInfrastructurePropagation": FEATURE.format("GatewayInfrastructurePropagation") +
         " (cilia creates no infrastructure objects to label)",
-        "UDPRoute": FEATURE.format("UDPRoute"),
+        "UDPRoute": FEATURE.format("UDPRoute") + " (cilia translates no UDP listeners: UDPRoute objects are not read, "
+                    "so no Envoy udp_proxy is configured)",
         "GatewayStaticAddresses": FEATURE.format("GatewayStaticAddresses") +
         " (cilia has no notion of an address it cannot use: every IPAddress is bound as given, so it never "
         "reports Programmed=False/AddressNotUsable)",
