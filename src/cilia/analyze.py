@@ -236,11 +236,14 @@ def proxies_of(snapshot: InputSnapshot, statuses: Sequence[Mapping[str, Any]]) -
     return ids
 
 
-def _endpoint(listener: Mapping[str, Any]) -> tuple[str, int] | None:
-    sa = listener.get("address", {}).get("socketAddress")
-    if not isinstance(sa, Mapping) or "portValue" not in sa:
-        return None
-    return str(sa.get("address", "")), int(sa["portValue"])
+def _endpoints(listener: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """Where a listener binds: its address and its additional addresses."""
+    out = []
+    for addr in [listener.get("address", {}), *(a.get("address", {}) for a in listener.get("additionalAddresses", []))]:
+        sa = addr.get("socketAddress")
+        if isinstance(sa, Mapping) and "portValue" in sa:
+            out.append((str(sa.get("address", "")), int(sa["portValue"])))
+    return out
 
 
 def port_findings(world: RenderedWorld, proxies: Iterable[ProxyId]) -> list[Finding]:
@@ -252,17 +255,17 @@ def port_findings(world: RenderedWorld, proxies: Iterable[ProxyId]) -> list[Find
         cfg = proxy_config_json(world.for_proxy(proxy))
         bound: list[tuple[str, int, str]] = []
         for lst in cfg["listeners"]:
-            ep = _endpoint(lst)
-            if ep is None or lst.get("bindToPort") is False:
+            if lst.get("bindToPort") is False:
                 continue
-            addr, port = ep
-            for other_addr, other_port, other_name in bound:
-                if port == other_port and (addr == other_addr or "0.0.0.0" in (addr, other_addr)
-                                           or "::" in (addr, other_addr)):
-                    out.append(Finding("error", "", "", f"proxy {label}: listeners {other_name} ({other_addr}:"
-                                                        f"{other_port}) and {lst['name']} ({addr}:{port}) "
-                                                        "bind the same port", "conflict"))
-            bound.append((addr, port, str(lst["name"])))
+            mine = _endpoints(lst)
+            for addr, port in mine:
+                for other_addr, other_port, other_name in bound:
+                    if port == other_port and (addr == other_addr or "0.0.0.0" in (addr, other_addr)
+                                               or "::" in (addr, other_addr)):
+                        out.append(Finding("error", "", "", f"proxy {label}: listeners {other_name} ({other_addr}:"
+                                                            f"{other_port}) and {lst['name']} ({addr}:{port}) "
+                                                            "bind the same port", "conflict"))
+            bound.extend((addr, port, str(lst["name"])) for addr, port in mine)
     return out
 
 

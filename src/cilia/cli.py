@@ -30,6 +30,9 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
                         "(ingress~CLASS proxies only) or shared (also every node~NAME proxy); default dedicated")
     p.add_argument("--gateway-address", default="0.0.0.0",
                    help="address Gateway listeners bind when spec.addresses names no IPAddress (default 0.0.0.0)")
+    p.add_argument("--gateway-address-pool", dest="gateway_address_pools", action="append", default=[],
+                   metavar="CIDR", help="addresses a Gateway may request in spec.addresses (repeatable); one "
+                   "outside every pool is not usable (Programmed=False, AddressNotUsable). Default: any IP address")
     p.add_argument("--cluster-name", default="default", help="this cluster's name for ClusterMesh (default 'default')")
     p.add_argument("--cluster-domain", default="cluster.local",
                    help="DNS suffix of Service names: gRPC targets NAME.NS.svc.DOMAIN:PORT (default cluster.local)")
@@ -68,6 +71,7 @@ def _add_translate_options(p: argparse.ArgumentParser) -> None:
 
 def _translate_options(args: argparse.Namespace) -> Any:
     from cilia.translate.context import TranslateOptions
+    from cilia.translate.gateway_addresses import parse_pool
     from cilia.translate.telemetry import collector_cluster
 
     if args.envoy_otel_collector:
@@ -75,11 +79,16 @@ def _translate_options(args: argparse.Namespace) -> Any:
             collector_cluster(args.envoy_otel_collector)
         except ValueError as exc:
             raise SystemExit(f"cilia: --envoy-otel-collector: {exc}") from None
+    try:
+        pool = parse_pool(args.gateway_address_pools)
+    except ValueError as exc:
+        raise SystemExit(f"cilia: --gateway-address-pool: {exc}") from None
 
     return TranslateOptions(ingress_http_port=args.ingress_http_port, ingress_https_port=args.ingress_https_port,
                             ingress_address=args.ingress_address,
                             ingress_status_address=args.ingress_status_address,
                             ingress_default_mode=args.ingress_default_mode, gateway_address=args.gateway_address,
+                            gateway_address_pool=pool,
                             local_cluster=args.cluster_name, mesh_default_mode=args.mesh_default_mode,
                             cluster_domain=args.cluster_domain,
                             mesh_capture_address=args.mesh_capture_address,

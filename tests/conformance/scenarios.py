@@ -1121,7 +1121,8 @@ def retry(w: World) -> None:
 
 
 # Each module registers its scenarios when imported.
-from conformance import scenarios_backendtls  # noqa: E402,F401,I001
+from conformance import scenarios_addresses  # noqa: E402,F401,I001
+from conformance import scenarios_backendtls  # noqa: E402,F401
 from conformance import scenarios_backendclientcert  # noqa: E402,F401  (registers scenarios)
 from conformance import scenarios_http  # noqa: E402, F401
 from conformance import scenarios_listenerset  # noqa: E402, F401
@@ -1142,9 +1143,6 @@ def _skipped() -> dict[str, str]:
         " (cilia creates no infrastructure objects to label)",
         "UDPRoute": FEATURE.format("UDPRoute") + " (cilia translates no UDP listeners: UDPRoute objects are not read, "
                     "so no Envoy udp_proxy is configured)",
-        "GatewayStaticAddresses": FEATURE.format("GatewayStaticAddresses") +
-        " (cilia has no notion of an address it cannot use: every IPAddress is bound as given, so it never "
-        "reports Programmed=False/AddressNotUsable)",
         "Mesh": "not replayed by the runner yet (scenarios_mesh.py replays the suite's mesh tests from a sidecar "
                 "client): no claim is made either way",
     }

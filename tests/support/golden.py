@@ -33,7 +33,8 @@ def case_options(case: Path, defaults: Mapping[str, Any] | None = None) -> Trans
     extra = case / "options.yaml"
     if extra.is_file():
         fields.update(yaml.safe_load(extra.read_text()) or {})
-    return TranslateOptions(**fields)
+    # YAML lists become tuples: options are frozen and hashed (memo keys).
+    return TranslateOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def case_proxies(case: Path, default: Iterable[str]) -> list[str]:

@@ -2,8 +2,8 @@
 
 expected.yaml holds, for the proxies named on the input's `# proxies:` line (default
 `gateway~default/gw`), the Envoy resources they receive (listeners, routes, clusters, secrets), then
-every Gateway API status stanza and every issue. Regenerate with `--update-golden` (or
-CILIA_UPDATE_GOLDEN=1) and review the diff.
+every Gateway API status stanza and every issue; a case's options.yaml sets TranslateOptions fields.
+Regenerate with `--update-golden` (or CILIA_UPDATE_GOLDEN=1) and review the diff.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from support.golden import assert_golden, proxy_config, translate_case
+from support.golden import assert_golden, case_options, proxy_config, translate_case
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "gateway"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").is_file())
@@ -29,7 +29,7 @@ def _proxies(text: str) -> list[str]:
 
 def render_case(case: Path) -> dict[str, Any]:
     text = (case / "input.yaml").read_text()
-    _, result, world = translate_case(case)
+    _, result, world = translate_case(case, case_options(case))
     out: dict[str, Any] = {"proxies": {}}
     for proxy in _proxies(text):
         cfg = proxy_config(world, proxy)

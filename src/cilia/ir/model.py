@@ -397,6 +397,7 @@ class Listener:
     sources: Sources = ()
     direction: Literal["", "inbound", "outbound"] = ""  # Envoy traffic_direction (stats, tracing)
     stat_prefix: str = ""  # Envoy's listener stats prefix (listener.<prefix>.*); empty = by address
+    additional_addresses: tuple[str, ...] = ()  # also bound, on the same port (a Gateway's further addresses)
 
 
 @dataclass(frozen=True, slots=True)

@@ -707,6 +707,8 @@ TRAFFIC_DIRECTION = {"inbound": base_pb2.INBOUND, "outbound": base_pb2.OUTBOUND}
 
 def render_listener(li: ir.Listener) -> listener_pb2.Listener:
     out = listener_pb2.Listener(name=li.name, address=socket_address(li.address, li.port))
+    for extra in li.additional_addresses:
+        out.additional_addresses.add().address.CopyFrom(socket_address(extra, li.port))
     if li.direction:
         out.traffic_direction = TRAFFIC_DIRECTION[li.direction]
     if li.stat_prefix:

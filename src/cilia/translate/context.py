@@ -32,6 +32,8 @@ class TranslateOptions:
     mesh_node_inbound_address: str = "127.0.0.1"  # node~ inbound listener (mTLS only), on mesh_inbound_port
     mesh_mtls_default: str = "permissive"  # strict | permissive, for namespaces without cilia.io/mtls
     gateway_address: str = "0.0.0.0"  # Gateway listeners bind here unless spec.addresses names an IPAddress
+    # CIDRs a Gateway's spec.addresses must fall in (GatewayStaticAddresses); empty = any IP address.
+    gateway_address_pool: tuple[str, ...] = ()
     # lastTransitionTime for a status condition that is new or changed; empty: the object's
     # creationTimestamp, else the epoch (translate/gateway_common.py). Unchanged conditions keep theirs.
     status_time: str = ""

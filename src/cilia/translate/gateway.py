@@ -1,8 +1,9 @@
 """Gateway API -> listeners, routes, clusters and secrets for Gateway proxies, plus status conditions.
 
 Who serves a Gateway: its dedicated proxy `gateway~NAMESPACE/NAME`, and (shared mode, as Cilium) every
-`node~` proxy. Listeners bind the Gateway's first `spec.addresses` IPAddress, else
-`TranslateOptions.gateway_address`, and one Envoy listener serves each port:
+`node~` proxy. Listeners bind every address assigned to the Gateway (translate/gateway_addresses.py:
+its `spec.addresses` IP addresses, within `TranslateOptions.gateway_address_pool` when one is set, else
+`TranslateOptions.gateway_address`), and one Envoy listener serves each port:
 
 - HTTP port: one filter chain, one RouteConfig `gateway/NS/NAME/PORT`; a virtual host per hostname
   routes served on that port. A hostname is served only by the Gateway listener that matches it most
@@ -19,7 +20,6 @@ merged here so that every route gets one status stanza.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -35,6 +35,7 @@ from cilia.translate.backendtls import referenced_secrets
 from cilia.translate.backendtls_status import Ancestor, policy_statuses
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gamma import translate_gamma
+from cilia.translate.gateway_addresses import gateway_addresses
 from cilia.translate.gateway_common import (
     CONTROLLER,
     GATEWAY_API_VERSION,
@@ -119,13 +120,14 @@ class ListenerState:
 @dataclass(eq=False)
 class GatewayState:
     obj: KubeObject
-    address: str
+    addresses: tuple[str, ...]  # what its listeners bind; empty when refused or its addresses are unusable
     listeners: list[ListenerState]
     accepted: Cond | None = None  # set when the whole Gateway is refused
     controller: str = CONTROLLER  # the controller name of the Gateway's class (one cilia claims)
     issues: list[Issue] = field(default_factory=list)
     client_cert: ir.Secret | None = None  # spec.tls.backend.clientCertificateRef, resolved
     refs: Cond | None = None  # the Gateway's own ResolvedRefs (set when it references a client certificate)
+    unusable: Cond | None = None  # Programmed=False: accepted, but a requested address cannot be used
 
     @property
     def key(self) -> str:
@@ -153,23 +155,6 @@ def _class_statuses(snapshot: InputSnapshot, opts: TranslateOptions) -> tuple[di
                                 {"conditions": conds,
                                  "supportedFeatures": [{"name": f} for f in sorted(SUPPORTED_FEATURES)]}))
     return ours, out
-
-
-def _gateway_address(obj: KubeObject, opts: TranslateOptions) -> tuple[str, Cond | None]:
-    for i, a in enumerate(obj.spec.addresses):
-        if a.type != "IPAddress":
-            return opts.gateway_address, Cond("Accepted", False, "UnsupportedAddress",
-                                              f"spec.addresses[{i}]: address type {a.type!r} is not supported "
-                                              "(only IPAddress)")
-        if not a.value:
-            continue
-        try:
-            ipaddress.ip_address(a.value)
-        except ValueError:
-            return opts.gateway_address, Cond("Accepted", False, "UnsupportedAddress",
-                                              f"spec.addresses[{i}]: {a.value!r} is not an IP address")
-        return a.value, None
-    return opts.gateway_address, None
 
 
 def _parameters_problem(obj: KubeObject) -> Cond | None:
@@ -295,12 +280,14 @@ def _gateway_states(snapshot: InputSnapshot, opts: TranslateOptions, classes: Ma
     for obj in snapshot.list("Gateway"):
         if obj.spec.gateway_class_name not in classes:
             continue
-        address, refused = _gateway_address(obj, opts)
-        refused = _parameters_problem(obj) or refused
+        addrs = gateway_addresses(obj, opts.gateway_address, opts.gateway_address_pool)
+        refused = _parameters_problem(obj) or addrs.refused
         listeners = [_listener_state(snapshot, obj, li, opts.secret_namespaces) for li in obj.spec.listeners]
         frontend_issues = _apply_frontend_validation(snapshot, obj, listeners)
         _detect_conflicts(listeners)
-        gs = GatewayState(obj, address, listeners, refused, classes[obj.spec.gateway_class_name], frontend_issues)
+        gs = GatewayState(obj, addrs.bound if refused is None else (), listeners, refused,
+                          classes[obj.spec.gateway_class_name], [*addrs.issues, *frontend_issues],
+                          unusable=addrs.unusable)
         ref = obj.spec.backend_client_cert
         if ref is not None:
             gs.client_cert, gs.refs = _secret(snapshot, obj, ref, opts.secret_namespaces,
@@ -341,7 +328,7 @@ def _listener_set_statuses(gs: GatewayState, sets: Iterable[KubeObject], opts: T
         mine = [st for st in gs.listeners if st.owner is ls]
         stanzas = [_listener_status(gs, st, prev_listeners, when) for st in mine]
         out.append(listener_set_status(ls, stanzas, sum(st.programmable for st in mine), gs.accepted is None,
-                                       gs.key, opts))
+                                       gs.key, opts, unprogrammed=gs.unusable))
     return out
 
 
@@ -654,9 +641,9 @@ def _gateway_ir(snapshot: InputSnapshot, gs: GatewayState, issues: list[Issue]) 
                     tls = ir.TlsTermination(tuple(s.name for s in st.secrets), alpn=()) if terminate else None
                     chain_name = f"{base}/{st.key}/{att.route.meta.namespace}/{att.route.meta.name}"
                     chains.append(ir.FilterChain(chain_name, ir.TcpApp(backends), server_names=names, tls=tls))
-        if chains:
-            out.listeners.append(ir.Listener(base, gs.address, port, tuple(chains), listener_filters=filters,
-                                             sources=src))
+        if chains and gs.addresses:
+            out.listeners.append(ir.Listener(base, gs.addresses[0], port, tuple(chains), listener_filters=filters,
+                                             sources=src, additional_addresses=gs.addresses[1:]))
     if gs.client_cert is not None:  # TLS backends see the Gateway's client certificate
         out.clusters, renamed = client_cert_clusters(out.clusters, gs.client_cert.name)
         if renamed:
@@ -691,7 +678,10 @@ def _listener_status(gs: GatewayState, st: ListenerState, previous: dict[str, An
         else:
             conds["Accepted"] = Cond("Accepted", True, "Accepted", "listener accepted")
     conds.setdefault("ResolvedRefs", Cond("ResolvedRefs", True, "ResolvedRefs", "all references resolved"))
-    if st.programmable:
+    if st.programmable and gs.unusable is not None:
+        conds["Programmed"] = Cond("Programmed", False, "Pending", "the Gateway's addresses are not usable: "
+                                   "nothing is bound")
+    elif st.programmable:
         conds["Programmed"] = Cond("Programmed", True, "Programmed", "listener programmed")
     elif st.owner is not None and conflicted is not None:  # a ListenerSet's listener names why (GEP-1713)
         conds["Programmed"] = Cond("Programmed", False, conflicted.reason, conflicted.message)
@@ -725,11 +715,12 @@ def _gateway_status(gs: GatewayState, opts: TranslateOptions) -> ObjectStatus:
         else:
             bad = ", ".join(st.spec.name for st in own if not st.programmable)
             accepted = Cond("Accepted", bool(valid), "ListenersNotValid", f"listener(s) not valid: {bad}")
-        programmed = (Cond("Programmed", True, "Programmed", f"listening on {gs.address}") if valid else
+        programmed = (gs.unusable if gs.unusable is not None else
+                      Cond("Programmed", True, "Programmed", f"listening on {', '.join(gs.addresses)}") if valid else
                       Cond("Programmed", False, "Invalid", "no valid listener"))
     insecure = insecure_condition(obj)
     status = {
-        "addresses": [{"type": "IPAddress", "value": gs.address}],
+        **({"addresses": [{"type": "IPAddress", "value": a} for a in gs.addresses]} if gs.addresses else {}),
         "conditions": conditions([accepted, programmed, *([insecure] if insecure else []),
                                   *([gs.refs] if gs.refs else [])],
                                  obj.meta.generation, prev.get("conditions"), when,
@@ -753,15 +744,16 @@ def _bundles(snapshot: InputSnapshot, gs: GatewayState, gir: GatewayIR,
              shared_taken: dict[int, list[tuple[str, str]]], issues: list[Issue]) -> tuple[ir.Bundle, ...]:
     shared = []
     for li in gir.listeners:
-        clash = [(addr, owner) for addr, owner in shared_taken.get(li.port, [])
-                 if addr == li.address or "0.0.0.0" in (addr, li.address) or "::" in (addr, li.address)]
+        mine = (li.address, *li.additional_addresses)
+        clash = [(a, addr, owner) for addr, owner in shared_taken.get(li.port, []) for a in mine
+                 if addr == a or "0.0.0.0" in (addr, a) or "::" in (addr, a)]
         if clash:
             issues.append(Issue(str(gs.obj.ref), "spec.listeners",
-                                f"port {li.port} on {li.address} is already bound by Gateway {clash[0][1]} on "
+                                f"port {li.port} on {clash[0][0]} is already bound by Gateway {clash[0][2]} on "
                                 "shared node proxies; this Gateway is served there only by its dedicated proxy",
                                 severity="warning"))
             continue
-        shared_taken.setdefault(li.port, []).append((li.address, gs.key))
+        shared_taken.setdefault(li.port, []).extend((a, gs.key) for a in mine)
         shared.append(li)
     # The very same Bundle objects while the Gateway's IR is unchanged, so rendering reuses them.
     return _BUNDLES.compute(gs.key, (Ident(gs.obj), Ident(gir), tuple(Ident(li) for li in shared)), snapshot,

@@ -47,7 +47,7 @@ SUPPORTED_FEATURES = frozenset({
     "HTTPRoutePathRedirect", "HTTPRouteSchemeRedirect", "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteRequestMultipleMirrors", "HTTPRouteBackendTimeout", "HTTPRouteNamedRouteRule", "GRPCRouteNamedRouteRule",
     "GatewayHTTPListenerIsolation", "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
-    "GatewayAddressEmpty",
+    "GatewayAddressEmpty", "GatewayStaticAddresses",
     "MeshClusterIPMatching", "MeshConsumerRoute", "MeshHTTPRouteRewritePath", "MeshHTTPRouteSchemeRedirect",
     "MeshHTTPRouteRedirectPort", "MeshHTTPRouteRedirectPath", "MeshHTTPRouteQueryParamMatching",
     "MeshHTTPRouteNamedRouteRule", "MeshHTTPRouteBackendRequestHeaderModification",

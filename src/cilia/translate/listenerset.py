@@ -78,9 +78,10 @@ def _status(ls: KubeObject, accepted: Cond, programmed: Cond, opts: TranslateOpt
 
 
 def listener_set_status(ls: KubeObject, listeners: Sequence[Mapping[str, Any]], valid: int, parent_ok: bool,
-                        parent: str, opts: TranslateOptions) -> ObjectStatus:
+                        parent: str, opts: TranslateOptions, unprogrammed: Cond | None = None) -> ObjectStatus:
     """An admitted ListenerSet's status: its listeners' stanzas (as a Gateway's), and Accepted/Programmed
-    while its parent is accepted and at least one of its listeners is valid."""
+    while its parent is accepted and at least one of its listeners is valid. `unprogrammed`: why the
+    parent, though accepted, binds nothing (its Programmed=False condition)."""
     if not parent_ok:
         why = f"parent Gateway {parent} is not accepted"
         return _status(ls, Cond("Accepted", False, "ParentNotAccepted", why),
@@ -93,8 +94,9 @@ def listener_set_status(ls: KubeObject, listeners: Sequence[Mapping[str, Any]], 
         accepted = Cond("Accepted", True, "ListenersNotValid", "some listeners are not valid (see status.listeners)")
     else:
         accepted = Cond("Accepted", True, "Accepted", f"attached to Gateway {parent}")
-    return _status(ls, accepted, Cond("Programmed", True, "Programmed", f"served by Gateway {parent}"), opts,
-                   listeners)
+    programmed = Cond("Programmed", True, "Programmed", f"served by Gateway {parent}") if unprogrammed is None \
+        else Cond("Programmed", False, unprogrammed.reason, f"parent Gateway {parent}: {unprogrammed.message}")
+    return _status(ls, accepted, programmed, opts, listeners)
 
 
 def translate_listener_sets(snapshot: InputSnapshot, gateways: Mapping[str, KubeObject],
