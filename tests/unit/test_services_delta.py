@@ -12,6 +12,7 @@ import pytest
 from cilia.k8s import kinds as _kinds  # noqa: F401 - registers the kinds
 from cilia.k8s.manifest import parse_text
 from cilia.k8s.store import Store
+from cilia.render.world import ResourceCache, render_world
 from cilia.translate import services, translate
 from cilia.translate.context import TranslateOptions
 from cilia.translate.incremental import memo_disabled
@@ -61,7 +62,9 @@ def test_random_service_and_slice_edits_match_a_full_translation(monkeypatch: py
         _put(store, f"slice-{i}", [_slice(rng, f"s{i}")])
     opts = TranslateOptions()
     result = translate(store.snapshot(), opts)
-    for _ in range(80):
+    cache = ResourceCache()
+    render_world(result.ir, cache, 1)
+    for gen in range(80):
         roll = rng.random()
         if roll < 0.4:
             _put(store, f"svc-{rng.choice(NAMES)}", [_svc(rng, rng.choice(NAMES))] if rng.random() < 0.9 else [])
@@ -74,4 +77,7 @@ def test_random_service_and_slice_edits_match_a_full_translation(monkeypatch: py
             full = translate(snap, opts)
         assert list(result.ir.endpoints.items()) == list(full.ir.endpoints.items())
         assert result.issues == full.issues
+        pool = render_world(result.ir, cache, gen + 2).pool  # the endpoint pool reuses unchanged resources
+        assert [(n, x.version) for n, x in pool.items()] == \
+            [(n, x.version) for n, x in render_world(full.ir, ResourceCache()).pool.items()]
     assert sum(used) > 20 and not all(used)

@@ -124,12 +124,18 @@ class ResourceCache:
     def endpoint_pool(self, endpoints: Mapping[str, ir.EndpointSet]) -> dict[str, Resource]:
         """Every endpoint set's resource; a set that is the very object of the last render costs a look-up."""
         last, last_res = self._pool, self._pool_res
-        out: dict[str, Resource] = {}
-        for name, es in endpoints.items():
-            if last.get(name) is es:
-                out[name] = last_res[name]
-            else:
-                out[name] = self.get(ENDPOINT, es, r.render_endpoints, name)
+        out: dict[str, Resource]
+        if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
+            out = dict(last_res)
+            for name in [n for n, es in endpoints.items() if last[n] is not es]:
+                out[name] = self.get(ENDPOINT, endpoints[name], r.render_endpoints, name)
+        else:
+            out = {}
+            for name, es in endpoints.items():
+                if last.get(name) is es:
+                    out[name] = last_res[name]
+                else:
+                    out[name] = self.get(ENDPOINT, es, r.render_endpoints, name)
         self._pool, self._pool_res = dict(endpoints), out
         return out  # never changed afterwards: the next render builds a new one
 
