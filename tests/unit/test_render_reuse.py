@@ -32,3 +32,33 @@ def test_unchanged_bundles_are_reused_with_their_issues_and_warnings() -> None:
     own = third.for_proxy(ProxyId.parse("node~n")).of(CLUSTER)["own"]
     assert own is view.of(CLUSTER)["own"]
     assert "shared" in third.for_proxy(ProxyId.parse("node~n")).of(CLUSTER) and not third.issues
+
+
+def test_conflict_warnings_after_edits_match_a_fresh_render() -> None:
+    """Warnings are rechecked per changed name; over random edits they equal a render from scratch."""
+    import random
+
+    rng = random.Random(7)
+    names = [f"c{i}" for i in range(6)]
+    keys = [f"k{i}" for i in range(5)]
+
+    def bundle(key: str) -> ir.Bundle:
+        chosen = rng.sample(names, rng.randint(1, 4))
+        return ir.Bundle(key, NODE, clusters=tuple(ir.Cluster(n, connect_timeout_ms=1000 * rng.randint(1, 2))
+                                                   for n in chosen), sources=(key.upper(),))
+
+    current = {k: bundle(k) for k in keys}
+    cache = ResourceCache()
+    warned = False
+    for gen in range(60):
+        for k in rng.sample(keys, rng.randint(0, 2)):
+            if rng.random() < 0.2:
+                current.pop(k, None)
+            else:
+                current[k] = bundle(k)
+        model = ir.MeshIR(tuple(current.values()))
+        got = render_world(model, cache, gen)
+        fresh = render_world(model, ResourceCache(), gen)
+        assert [(i.object, i.message) for i in got.issues] == [(i.object, i.message) for i in fresh.issues]
+        warned = warned or any("differently" in i.message for i in got.issues)
+    assert warned

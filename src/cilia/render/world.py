@@ -84,7 +84,8 @@ class ResourceCache:
         self._bundles: dict[int, _BundleRender] = {}
         self._next_bundles: dict[int, _BundleRender] = {}
         self.conflicts = _Conflicts()
-        self._pool: dict[str, tuple[ir.EndpointSet, Resource]] = {}
+        self._pool: dict[str, ir.EndpointSet] = {}  # the last render's sets, and their resources
+        self._pool_res: dict[str, Resource] = {}
 
     def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None,
             sink: dict[tuple[str, int], tuple[Any, Resource]] | None = None) -> Resource:
@@ -122,15 +123,21 @@ class ResourceCache:
 
     def endpoint_pool(self, endpoints: Mapping[str, ir.EndpointSet]) -> dict[str, Resource]:
         """Every endpoint set's resource; a set that is the very object of the last render costs a look-up."""
-        last = self._pool
-        kept: dict[str, tuple[ir.EndpointSet, Resource]] = {}
-        for name, es in endpoints.items():
-            hit = last.get(name)
-            if hit is None or hit[0] is not es:
-                hit = (es, self.get(ENDPOINT, es, r.render_endpoints, name))
-            kept[name] = hit
-        self._pool = kept
-        return {name: hit[1] for name, hit in kept.items()}
+        last, last_res = self._pool, self._pool_res
+        out: dict[str, Resource]
+        if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
+            out = dict(last_res)
+            for name in [n for n, es in endpoints.items() if last[n] is not es]:
+                out[name] = self.get(ENDPOINT, endpoints[name], r.render_endpoints, name)
+        else:
+            out = {}
+            for name, es in endpoints.items():
+                if last.get(name) is es:
+                    out[name] = last_res[name]
+                else:
+                    out[name] = self.get(ENDPOINT, es, r.render_endpoints, name)
+        self._pool, self._pool_res = dict(endpoints), out
+        return out  # never changed afterwards: the next render builds a new one
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
@@ -233,9 +240,9 @@ def _render_bundle(bundle: ir.Bundle, cache: ResourceCache) -> _BundleRender:
 class _Conflicts:
     """Names defined by more than one bundle, kept across renders so an edit costs what it changed.
 
-    `owners[type][name]` lists the rendered bundles defining that name, in bundle-key order; a bundle's
-    warnings depend only on its own resources and on the earlier owners of its names, so they are
-    recomputed only for bundles that changed or share a name with one that did.
+    `owners[type][name]` lists the rendered bundles defining that name, in bundle-key order; the warning
+    for one of a bundle's names depends only on that name's earlier owners, so only names whose owners
+    changed are looked at again (a new bundle's names all are).
     """
 
     __slots__ = ("order", "owners", "warnings")
@@ -243,7 +250,8 @@ class _Conflicts:
     def __init__(self) -> None:
         self.order: list[_BundleRender] = []
         self.owners: dict[str, dict[str, list[_BundleRender]]] = {}
-        self.warnings: dict[int, tuple[Issue, ...]] = {}
+        # per bundle: its warnings by (type, name), in the order of its resources
+        self.warnings: dict[int, dict[tuple[str, str], Issue]] = {}
 
     def update(self, brs: list[_BundleRender]) -> list[tuple[Issue, ...]]:
         live = [br for br in brs if br.rendered is not None]
@@ -271,44 +279,71 @@ class _Conflicts:
                     if len(owners) > 1:
                         owners.sort(key=lambda o: rank[id(o)])
                     dirty.add((type_url, name))
-        recheck = {id(o) for type_url, name in dirty for o in self.owners.get(type_url, {}).get(name, ())}
-        warnings: dict[int, tuple[Issue, ...]] = {}
-        out: list[tuple[Issue, ...]] = []
+        recheck: dict[int, list[tuple[str, str]]] = {}
+        for type_url, name in dirty:
+            for o in self.owners.get(type_url, {}).get(name, ()):
+                recheck.setdefault(id(o), []).append((type_url, name))
+        warnings: dict[int, dict[tuple[str, str], Issue]] = {}
         for br in live:
             key = id(br)
-            got = self.warnings.get(key) if key not in recheck else None
+            got = self.warnings.get(key)
             if got is None:
                 got = self._warnings_of(br)
+            elif key in recheck:
+                got = self._recheck(br, got, recheck[key])
             warnings[key] = got
         self.order, self.warnings = live, warnings
-        for br in brs:
-            out.append(warnings.get(id(br), ()))
-        return out
+        return [tuple(warnings[id(br)].values()) if id(br) in warnings else () for br in brs]
 
-    def _warnings_of(self, br: _BundleRender) -> tuple[Issue, ...]:
+    def _recheck(self, br: _BundleRender, had: dict[tuple[str, str], Issue],
+                 names: list[tuple[str, str]]) -> dict[tuple[str, str], Issue]:
         assert br.rendered is not None
-        bundle = br.bundle
-        who = ", ".join(bundle.sources) or bundle.key
-        found: list[Issue] = []
+        got = dict(had)
+        new_key = False
+        for type_url, name in names:
+            issue = self._warning(br, type_url, name, br.rendered.resources[type_url][name])
+            if issue is None:
+                got.pop((type_url, name), None)
+            else:
+                new_key = new_key or (type_url, name) not in got
+                got[(type_url, name)] = issue
+        if new_key:  # back into the order of the bundle's resources
+            got = {k: got[k] for t, by_name in br.rendered.resources.items() for n in by_name
+                   if (k := (t, n)) in got}
+        return got
+
+    def _warnings_of(self, br: _BundleRender) -> dict[tuple[str, str], Issue]:
+        assert br.rendered is not None
+        found: dict[tuple[str, str], Issue] = {}
         for type_url, by_name in br.rendered.resources.items():
             owners_of = self.owners[type_url]
             for name, res in by_name.items():
                 owners = owners_of[name]
                 if len(owners) < 2 or owners[0] is br:
                     continue
-                for prev in owners:
-                    if prev is br:
-                        break
-                    assert prev.rendered is not None
-                    if prev.rendered.resources[type_url][name].version != res.version and \
-                            prev.bundle.scope.may_overlap(bundle.scope):
-                        prev_who = ", ".join(prev.bundle.sources) or prev.bundle.key
-                        # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
-                        found.append(Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also "
-                                           f"defined, differently, by {prev_who}; proxies that receive both "
-                                           "use that one", severity="warning"))
-                        break
-        return tuple(found)
+                issue = self._warning(br, type_url, name, res)
+                if issue is not None:
+                    found[(type_url, name)] = issue
+        return found
+
+    def _warning(self, br: _BundleRender, type_url: str, name: str, res: Resource) -> Issue | None:
+        owners = self.owners[type_url][name]
+        if len(owners) < 2 or owners[0] is br:
+            return None
+        bundle = br.bundle
+        for prev in owners:
+            if prev is br:
+                break
+            assert prev.rendered is not None
+            if prev.rendered.resources[type_url][name].version != res.version and \
+                    prev.bundle.scope.may_overlap(bundle.scope):
+                who = ", ".join(bundle.sources) or bundle.key
+                prev_who = ", ".join(prev.bundle.sources) or prev.bundle.key
+                # Per proxy the first definition (by bundle key) wins; see RenderedWorld.for_proxy.
+                return Issue(who, "name", f"{type_url.rsplit('.', 1)[-1]} {name!r} is also "
+                             f"defined, differently, by {prev_who}; proxies that receive both "
+                             "use that one", severity="warning")
+        return None
 
 
 def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generation: int = 0) -> RenderedWorld:

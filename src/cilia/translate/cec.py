@@ -79,13 +79,23 @@ def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> 
                    cluster_refs=tuple(refs))
 
 
+_CLUSTER_NAMES: dict[int, tuple[Bundle, frozenset[str]]] = {}  # by bundle identity: its cluster names
+
+
 def dangling_cluster_refs(bundles: Iterable[Bundle], refs: Iterable[ClusterRef]) -> list[Issue]:
     """Warnings for CiliumEnvoyConfig routes to clusters that nothing defines: no config (of any
     translator) and not the node bootstrap's static clusters (NODE_STATIC_CLUSTERS)."""
     known = set(NODE_STATIC_CLUSTERS)
+    seen: dict[int, tuple[Bundle, frozenset[str]]] = {}
     for b in bundles:
-        known.update(c.name for c in b.clusters)
-        known.update(r.name for r in b.raw if r.type_url == T_CLUSTER)
+        hit = _CLUSTER_NAMES.get(id(b))
+        if hit is None or hit[0] is not b:
+            hit = (b, frozenset([c.name for c in b.clusters] +
+                                [r.name for r in b.raw if r.type_url == T_CLUSTER]))
+        seen[id(b)] = hit
+        known |= hit[1]
+    _CLUSTER_NAMES.clear()
+    _CLUSTER_NAMES.update(seen)  # bundles of this call only (each entry holds its bundle: ids stay unique)
     return [Issue(obj, where, f"cluster {name!r} is defined by no config nor by the node bootstrap: Envoy rejects "
                               "a listener whose inline routes use it, and answers 503 on other routes to it",
                   severity="warning")

@@ -213,24 +213,42 @@ def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[
     out: list[MeshServicePort] = []
     issues: list[Issue] = []
     owner: dict[tuple[str, int], str] = {}
+    seen: dict[int, tuple[KubeObject, tuple[tuple[int, MeshServicePort], ...]]] = {}
     for obj in snapshot.list("Service"):
-        svc: ServiceSpec = obj.spec
-        if svc.type == "ExternalName" or svc.headless or not svc.cluster_ips:
-            continue
-        for i, sp in enumerate(svc.ports):
-            if sp.protocol not in ("TCP", ""):
-                continue
-            taken = [ip for ip in svc.cluster_ips if (ip, sp.port) in owner]
+        hit = _PORTS.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            hit = (obj, _mesh_ports(obj))
+        seen[id(obj)] = hit
+        for i, msp in hit[1]:
+            port = msp.port.port
+            taken = [ip for ip in msp.vips if (ip, port) in owner]
             if taken:
-                issues.append(Issue(str(obj.ref), f"spec.ports[{i}]",
-                                    f"{taken[0]}:{sp.port} is already a mesh destination of "
-                                    f"{owner[(taken[0], sp.port)]}; this port is left out of the mesh"))
+                issues.append(Issue(msp.ref, f"spec.ports[{i}]",
+                                    f"{taken[0]}:{port} is already a mesh destination of "
+                                    f"{owner[(taken[0], port)]}; this port is left out of the mesh"))
                 continue
-            for ip in svc.cluster_ips:
-                owner[(ip, sp.port)] = str(obj.ref)
-            out.append(MeshServicePort(obj.meta.namespace, obj.meta.name, svc.cluster_ips, sp,
-                                       is_http_service_port(sp), str(obj.ref)))
+            for ip in msp.vips:
+                owner[(ip, port)] = msp.ref
+            out.append(msp)
+    _PORTS.clear()
+    _PORTS.update(seen)
     return out, issues
+
+
+# Each Service object's candidate mesh ports (by identity; an entry holds its object, so ids stay unique).
+_PORTS: dict[int, tuple[KubeObject, tuple[tuple[int, MeshServicePort], ...]]] = {}
+
+
+def _mesh_ports(obj: KubeObject) -> tuple[tuple[int, MeshServicePort], ...]:
+    """The Service's TCP ports as mesh destinations (with their index in spec.ports), before the
+    VIP:port ownership check."""
+    svc: ServiceSpec = obj.spec
+    if svc.type == "ExternalName" or svc.headless or not svc.cluster_ips:
+        return ()
+    ref = str(obj.ref)
+    return tuple((i, MeshServicePort(obj.meta.namespace, obj.meta.name, svc.cluster_ips, sp,
+                                     is_http_service_port(sp), ref))
+                 for i, sp in enumerate(svc.ports) if sp.protocol in ("TCP", ""))
 
 
 # -- outbound --------------------------------------------------------------------------------------

@@ -225,7 +225,145 @@ def mesh_tls_by_ip(snapshot: InputSnapshot, opts: TranslateOptions) -> dict[str,
     return out
 
 
+@dataclass(slots=True)
+class _Last:
+    """The last full or delta run's inputs (kind mappings, by identity) and per-Service results, so an
+    edit to a few Services or EndpointSlices recomputes those alone."""
+
+    opts: TranslateOptions
+    maps: dict[str, object]  # kind -> the mapping read (Pod, Node, Namespace, Endpoints: must be the same)
+    services: Mapping[tuple[str, str], KubeObject]
+    slices: Mapping[tuple[str, str], KubeObject]
+    slice_keys: dict[tuple[str, str], set[tuple[str, str]]]  # Service key -> its slices' keys
+    per_service: dict[tuple[str, str], tuple[dict[str, EndpointSet], tuple[Issue, ...], bool]]
+    pods: dict[str, PodSpec]
+    node_labels: dict[str, Mapping[str, str]]
+    mesh_tls: dict[str, str]
+    pool: dict[str, EndpointSet]
+    issues: tuple[Issue, ...]
+    kinds: tuple[str, ...]  # kinds the run read
+
+
+_LAST: list[_Last] = []  # at most one; any mismatch with the new inputs means a full run
+
+
+def _kind(root: InputSnapshot, kind: str) -> Mapping[tuple[str, str], KubeObject]:
+    return root.objects.get(kind) or {}
+
+
 def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    from cilia.translate import incremental
+
+    root = incremental.root_snapshot(snapshot)
+    if root is None or incremental._DISABLED:
+        return _translate_services(snapshot, opts)  # leaves _LAST as it is: still true of its inputs
+    last = _LAST[0] if _LAST else None
+    if last is not None:
+        done = _delta(last, root, opts)
+        if done is not None:
+            for kind in last.kinds:
+                snapshot.list(kind)  # the same reads as a full run (the caller records kinds)
+            return done
+    _LAST.clear()
+    per_service: dict[tuple[str, str], tuple[dict[str, EndpointSet], tuple[Issue, ...], bool]] = {}
+    part = _translate_services(snapshot, opts, per_service)
+    _LAST.append(_remember(root, opts, part, per_service))
+    return part
+
+
+_SAME_KINDS = ("Pod", "Node", "Namespace", "Endpoints")
+
+
+def _remember(root: InputSnapshot, opts: TranslateOptions, part: Partial,
+              per_service: dict[tuple[str, str], tuple[dict[str, EndpointSet], tuple[Issue, ...], bool]]) -> _Last:
+    services = _kind(root, "Service")
+    slices = _kind(root, "EndpointSlice")
+    slice_keys: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for key, obj in slices.items():
+        slice_keys[(key[0], obj.spec.service_name)].add(key)
+    pod_objs = {f"{o.meta.namespace}/{o.meta.name}": o for o in _kind(root, "Pod").values()}
+    node_labels = {o.meta.name: o.meta.labels for o in _kind(root, "Node").values()}
+    kinds = {"EndpointSlice", "Pod", "Node", "Service"}
+    if opts.mesh_trust_domain:
+        kinds.add("Namespace")
+    if any(r[2] for r in per_service.values()):
+        kinds.add("Endpoints")
+    return _Last(opts, {k: root.objects.get(k) for k in _SAME_KINDS}, services, slices, dict(slice_keys),
+                 per_service, {k: o.spec for k, o in pod_objs.items()}, node_labels, mesh_tls_by_ip(root, opts),
+                 dict(part.endpoints), part.issues, tuple(sorted(kinds)))
+
+
+def _one_service(root: InputSnapshot, last: _Last, key: tuple[str, str]) -> tuple[dict[str, EndpointSet],
+                                                                                  tuple[Issue, ...], bool]:
+    """One Service's endpoint sets and issues, and whether it read core Endpoints (it has no slices)."""
+    svc_obj = last.services[key]
+    if svc_obj.spec.type == "ExternalName":
+        return {}, (), False
+    objs = [last.slices[k] for k in sorted(last.slice_keys.get(key, ()))]
+    if objs:
+        slices = [o.spec for o in objs]
+    else:
+        eps = root.get("Endpoints", key[0], key[1])
+        slices = list(eps.spec.slices) if eps is not None else []
+    pool, issues = _service_endpoints(svc_obj, slices, last.pods, last.node_labels, last.opts, last.mesh_tls)
+    return pool, issues, not objs
+
+
+def _delta(last: _Last, root: InputSnapshot, opts: TranslateOptions) -> Partial | None:
+    """The result from `last` plus the Services whose object or slices changed; None: run in full."""
+    if not (opts is last.opts or opts == last.opts) or \
+            any(root.objects.get(k) is not v for k, v in last.maps.items()):
+        return None
+    services, slices = _kind(root, "Service"), _kind(root, "EndpointSlice")
+    touched: set[tuple[str, str]] = set()
+    if services is not last.services:
+        if services.keys() != last.services.keys():
+            return None  # added or removed: their place in the order changes
+        old = last.services
+        touched.update(k for k, o in services.items() if old.get(k) is not o)
+    slice_keys = last.slice_keys
+    if slices is not last.slices:
+        old_slices = last.slices
+        changed = [k for k, o in slices.items() if old_slices.get(k) is not o]
+        changed += [k for k in old_slices if k not in slices]
+        slice_keys = {k: set(v) for k, v in slice_keys.items()} if changed else slice_keys
+        for k in changed:
+            for obj in (old_slices.get(k), slices.get(k)):
+                if obj is None:
+                    continue
+                svc_key = (k[0], obj.spec.service_name)
+                touched.add(svc_key)
+                keys = slice_keys.setdefault(svc_key, set())
+                if obj is slices.get(k):
+                    keys.add(k)
+                else:
+                    keys.discard(k)
+                    if not keys:
+                        del slice_keys[svc_key]
+    trial = _Last(opts, last.maps, services, slices, slice_keys, dict(last.per_service), last.pods,
+                  last.node_labels, last.mesh_tls, last.pool, last.issues, last.kinds)
+    pool = dict(last.pool)
+    issues_changed = False
+    for key in touched:
+        if key not in services:
+            continue  # slices of a Service that does not exist
+        before = last.per_service[key]
+        now = _one_service(root, trial, key)
+        if list(now[0]) != list(before[0]) or now[2] != before[2]:
+            return None  # other endpoint names (their place in the order), or Endpoints read or not
+        pool.update(now[0])
+        issues_changed = issues_changed or now[1] != before[1]
+        trial.per_service[key] = now
+    if issues_changed:
+        trial.issues = tuple(i for key in sorted(services) for i in trial.per_service[key][1])
+    trial.pool = pool
+    _LAST[0] = trial
+    return Partial(endpoints=pool, issues=trial.issues)
+
+
+def _translate_services(snapshot: InputSnapshot, opts: TranslateOptions, per_service: dict[
+        tuple[str, str], tuple[dict[str, EndpointSet], tuple[Issue, ...], bool]] | None = None) -> Partial:
+    """Every Service in turn; `per_service` (when given) collects each one's result, for `_delta`."""
     by_service: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
     for obj in snapshot.list("EndpointSlice"):
         by_service[(obj.meta.namespace, obj.spec.service_name)].append(obj)
@@ -240,6 +378,8 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
     for svc_obj in snapshot.list("Service"):
         svc: ServiceSpec = svc_obj.spec
         if svc.type == "ExternalName":
+            if per_service is not None:
+                per_service[(svc_obj.meta.namespace, svc_obj.meta.name)] = ({}, (), False)
             continue
         slices, slice_hashes = _slices_for(snapshot, svc_obj, by_service)
         via_pods: tuple[str, ...] = ()
@@ -255,6 +395,9 @@ def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Parti
             _MEMO.put(key, cached)
         pool.update(cached[0])
         issues.extend(cached[1])
+        if per_service is not None:
+            key2 = (svc_obj.meta.namespace, svc_obj.meta.name)
+            per_service[key2] = (cached[0], cached[1], not by_service.get(key2))
     _MEMO.rotate()
     return Partial(endpoints=pool, issues=tuple(issues))
 
