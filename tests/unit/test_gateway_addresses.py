@@ -44,8 +44,8 @@ CASES: list[tuple[str, list[dict[str, str]] | None, tuple[str, ...], tuple[tuple
     ("in pool, type left out", [{"value": "127.0.62.7"}], POOL, (("127.0.62.7",), "", "", "")),
     ("several in pool, v4 and v6, each once", [ip("127.0.62.7"), ip("2001:db8::5"), ip("127.0.62.7")], POOL,
      (("127.0.62.7", "2001:db8::5"), "", "", "")),
-    ("out of pool", [ip("127.0.62.7"), ip("10.9.9.9")], POOL,
-     ((), "", "AddressNotUsable", "spec.addresses[1] 10.9.9.9")),
+    ("out of pool", [ip("127.0.62.7"), ip("127.0.63.9")], POOL,
+     ((), "", "AddressNotUsable", "spec.addresses[1] 127.0.63.9")),
     ("v6 outside the v6 pool", [ip("2001:db8:1::5")], POOL, ((), "", "AddressNotUsable", "2001:db8:1::5")),
     ("Hostname type", [{"type": "Hostname", "value": "gw.example.com"}], POOL,
      ((), "UnsupportedAddress", "", "'Hostname'")),
@@ -56,7 +56,7 @@ CASES: list[tuple[str, list[dict[str, str]] | None, tuple[str, ...], tuple[tuple
      ((), "UnsupportedAddress", "", "spec.addresses[0]")),
     ("bad IP", [ip("127.0.62.300")], POOL, ((), "UnsupportedAddress", "", "spec.addresses[0].value")),
     ("bad IP without a pool", [ip("not-an-ip")], (), ((), "UnsupportedAddress", "", "'not-an-ip'")),
-    ("no pool: any IP", [ip("10.9.9.9"), ip("192.0.2.1")], (), (("10.9.9.9", "192.0.2.1"), "", "", "")),
+    ("no pool: any IP", [ip("127.0.63.9"), ip("127.0.64.1")], (), (("127.0.63.9", "127.0.64.1"), "", "", "")),
     ("no addresses: the default, not checked against the pool", None, POOL, ((DEFAULT,), "", "", "")),
     ("empty value: the default", [{"type": "IPAddress"}], POOL, ((DEFAULT,), "", "", "")),
     ("empty value beside a named one", [{"type": "IPAddress"}, ip("127.0.62.9")], POOL,
@@ -91,8 +91,8 @@ def test_bad_ip_is_an_issue_naming_the_gateway_and_field() -> None:
 @pytest.mark.parametrize(("given", "want"), [
     (["127.0.62.0/24"], ("127.0.62.0/24",)),
     (["127.0.62.9/24", " 2001:db8::/64 "], ("127.0.62.0/24", "2001:db8::/64")),  # host bits dropped
-    (["192.0.2.1"], ("192.0.2.1/32",)),
-    (["10.0.0.0/8", "10.0.0.0/8"], ("10.0.0.0/8",)),
+    (["127.0.64.1"], ("127.0.64.1/32",)),
+    (["127.0.70.0/24", "127.0.70.0/24"], ("127.0.70.0/24",)),
 ])
 def test_parse_pool(given: list[str], want: tuple[str, ...]) -> None:
     assert parse_pool(given) == want
@@ -145,7 +145,7 @@ def test_usable_addresses_are_bound_and_reported() -> None:
 
 
 def test_unusable_address_binds_nothing() -> None:
-    result, world = translated(gateway_doc([ip("127.0.62.7"), ip("10.9.9.9")]))
+    result, world = translated(gateway_doc([ip("127.0.62.7"), ip("127.0.63.9")]))
     st = status(result, "Gateway", "gw")
     assert conds(st) == {"Accepted": ("True", "Accepted"), "Programmed": ("False", "AddressNotUsable")}
     assert "addresses" not in st
@@ -165,7 +165,7 @@ def test_unsupported_type_refuses_the_gateway() -> None:
 
 
 def test_listener_set_of_an_unusable_gateway_is_not_programmed() -> None:
-    gw = gateway_doc([ip("10.9.9.9")])
+    gw = gateway_doc([ip("127.0.63.9")])
     gw["spec"]["allowedListeners"] = {"namespaces": {"from": "Same"}}
     ls = {"apiVersion": GW, "kind": "ListenerSet", "metadata": {"name": "ls", "namespace": "default", "generation": 1},
           "spec": {"parentRef": {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"},

@@ -21,7 +21,7 @@ NAMES = ("a", "b", "c", "d")
 
 
 def _svc(rng: random.Random, name: str) -> dict[str, Any]:
-    spec: dict[str, Any] = {"clusterIP": "10.0.0.1",
+    spec: dict[str, Any] = {"clusterIP": "127.96.0.1",
                             "ports": [{"name": rng.choice(["http", "web"]), "port": rng.choice([80, 81])}]}
     meta: dict[str, Any] = {"name": name, "namespace": "ns"}
     if rng.random() < 0.15:

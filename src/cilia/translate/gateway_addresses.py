@@ -43,7 +43,7 @@ def parse_pool(cidrs: Iterable[str]) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(c.strip(), strict=False)))
         except ValueError:
-            raise ValueError(f"{c!r} is not an IP network (CIDR such as 192.0.2.0/24, or an address)") from None
+            raise ValueError(f"{c!r} is not an IP network (CIDR such as 127.0.62.0/24, or an address)") from None
     return tuple(dict.fromkeys(out))
 
 
