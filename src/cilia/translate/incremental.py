@@ -35,6 +35,11 @@ def memo_disabled() -> Iterator[None]:
         _DISABLED.pop()
 
 
+def memo_enabled() -> bool:
+    """False inside `memo_disabled()`: translators must then neither reuse nor remember results."""
+    return not _DISABLED
+
+
 def root_snapshot(snapshot: Any) -> InputSnapshot | None:
     """The InputSnapshot under any recording views; None when it cannot be found (then nothing is reused)."""
     for _ in range(16):

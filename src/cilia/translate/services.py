@@ -39,6 +39,7 @@ from cilia.k8s.core import EndpointSliceSpec, PodSpec, ServicePort, ServiceSpec,
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.mesh.mode import MeshMode, resolve_mesh_mode
+from cilia.translate import incremental
 from cilia.translate.context import Memo, Partial, TranslateOptions
 
 CLUSTER_LABEL = "cilia.io/cluster"
@@ -252,10 +253,8 @@ def _kind(root: InputSnapshot, kind: str) -> Mapping[tuple[str, str], KubeObject
 
 
 def translate_services(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
-    from cilia.translate import incremental
-
     root = incremental.root_snapshot(snapshot)
-    if root is None or incremental._DISABLED:
+    if root is None or not incremental.memo_enabled():
         return _translate_services(snapshot, opts)  # leaves _LAST as it is: still true of its inputs
     last = _LAST[0] if _LAST else None
     if last is not None:
