@@ -192,3 +192,65 @@ def test_ingress_groups_reuse_bundles_and_follow_their_secret() -> None:
     _put(store, "tls", _tls(True))
     result = _step(store, result)
     assert all(b.secrets for b in result.ir.bundles if b.key.startswith("ingress"))
+
+
+def test_store_snapshots_carry_what_changed_since_recent_ones() -> None:
+    store = Store()
+    _put(store, "a", _svc("a"))
+    first = store.snapshot()
+    _put(store, "b", _svc("b"))
+    second = store.snapshot()
+    _put(store, "a", _svc("a", port=81))
+    _put(store, "gw", _gateway("g1"))
+    third = store.snapshot()
+    assert third.changes_since(third.revision) == (frozenset(), frozenset())
+    assert third.changes_since(second.revision) == (frozenset({"Service", "Gateway"}),
+                                                    frozenset({("Service", "ns", "a"), ("Gateway", "ns", "g1")}))
+    _, keys = third.changes_since(first.revision) or (frozenset(), frozenset())
+    assert ("Service", "ns", "b") in keys and ("Service", "ns", "a") in keys
+    assert third.changes_since(first.revision - 1) is None  # before the store's first snapshot
+    assert [o.meta.name for o in third.list("Service")] == ["a", "b"]  # listed in key order
+    for i in range(70):  # the store remembers a bounded number of snapshots
+        _put(store, "b", _svc("b", port=100 + i))
+        store.snapshot()
+    assert store.snapshot().changes_since(third.revision) is None
+
+
+def test_a_route_edit_revisits_only_the_routes_it_can_affect() -> None:
+    from cilia.translate import gateway
+
+    store = Store()
+    _put(store, "base", {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "cilia"},
+                         "spec": {"controllerName": "cilia.io/gateway-controller"}},
+         _svc("a"), _svc("a", ns="other"), _svc("b"))
+    _put(store, "g", _gateway("g1"), _gateway("g2"))
+    for i in range(30):
+        _put(store, f"r{i}", _route(f"r{i}", "g1" if i % 2 else "g2", backend_ns="other" if i == 7 else "ns"))
+    _put(store, "slice", {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                          "metadata": {"name": "a-1", "namespace": "ns",
+                                       "labels": {"kubernetes.io/service-name": "a"}},
+                          "addressType": "IPv4", "endpoints": [{"addresses": ["127.1.0.1"]}]})
+    result = _step(store, translate(store.snapshot()))
+
+    def misses_after(source: str, *objs: dict[str, Any]) -> int:
+        nonlocal result
+        before = gateway._ROUTES.misses + gateway._ROUTES.hits
+        _put(store, source, *objs)
+        result = _step(store, result)
+        return gateway._ROUTES.misses + gateway._ROUTES.hits - before
+
+    assert misses_after("r3", _route("r3", "g1", path="/v2")) == 1  # only the edited route is looked at
+    # An EndpointSlice edit does not re-run the Gateway API translator; the next route edit stays cheap.
+    _put(store, "slice", {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                          "metadata": {"name": "a-1", "namespace": "ns",
+                                       "labels": {"kubernetes.io/service-name": "a"}},
+                          "addressType": "IPv4", "endpoints": [{"addresses": ["127.1.0.2"]}]})
+    result = _step(store, result)
+    assert misses_after("r4", _route("r4", "g2", path="/v3")) == 1
+    assert misses_after("grant", _grant("Service")) == 30  # a grant can change any route: all are checked
+    assert _resolved(result, "r7") == "True"
+    assert misses_after("r5", _route("r5", "g1", path="/v4")) == 1  # and then it is back to one
+    assert misses_after("base", {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "cilia"},
+                                 "spec": {"controllerName": "cilia.io/gateway-controller"}},
+                        _svc("a", port=81), _svc("a", ns="other"), _svc("b")) == 29  # routes reading ns/a
+    assert misses_after("g", _gateway("g1"), _gateway("g2", selector=True)) == 30  # a Gateway changed: all

@@ -19,21 +19,35 @@ from cilia.k8s.objects import KubeObject
 Key = tuple[str, str, str]  # kind, namespace, name
 ChangeListener = Callable[[frozenset[str]], None]
 ISSUES = "__issues__"  # pseudo-kind: the set of reported issues changed
+_EMPTY: Mapping[tuple[str, str], KubeObject] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class InputSnapshot:
-    """All objects at one revision. Never mutated; translators read it."""
+    """All objects at one revision. Never mutated; translators read it.
+
+    Each kind's mapping holds its objects in (namespace, name) order, so listing a kind costs no sort.
+    `changed_kinds` says which kinds changed since the store's previous snapshot; `changes_since` what
+    changed since any of its recent ones (`lineage` names the store; a snapshot not from a store has none)."""
 
     revision: int
     objects: Mapping[str, Mapping[tuple[str, str], KubeObject]]
     issues: tuple[Issue, ...] = ()
     changed_kinds: frozenset[str] = field(default_factory=frozenset)
+    lineage: object | None = None
+    history: tuple[Change, ...] = ()  # the store's last snapshots' changes, this one's last
+    _since: dict[int, tuple[frozenset[str], frozenset[Key]] | None] = field(default_factory=dict, compare=False,
+                                                                           repr=False)
+
+    def changes_since(self, revision: int) -> tuple[frozenset[str], frozenset[Key]] | None:
+        """The kinds and keys changed between the same store's snapshot of `revision` and this one; None
+        when the store no longer remembers that far back."""
+        if revision not in self._since:
+            self._since[revision] = _changes_since(self.history, revision)
+        return self._since[revision]
 
     def list(self, kind: str) -> Iterator[KubeObject]:
-        by_key = self.objects.get(kind, {})
-        for key in sorted(by_key):
-            yield by_key[key]
+        return iter(self.objects.get(kind, _EMPTY).values())
 
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         return self.objects.get(kind, {}).get((namespace, name))
@@ -49,7 +63,38 @@ class InputSnapshot:
         kinds: dict[str, dict[tuple[str, str], KubeObject]] = {}
         for obj in objects:
             kinds.setdefault(obj.kind, {}).setdefault((obj.meta.namespace, obj.meta.name), obj)
-        return cls(revision, MappingProxyType({k: MappingProxyType(v) for k, v in kinds.items()}))
+        return cls(revision, MappingProxyType({k: MappingProxyType(dict(sorted(v.items())))
+                                               for k, v in kinds.items()}))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What changed between two consecutive snapshots of a store."""
+
+    base: int | None  # the revision of the snapshot before
+    revision: int
+    kinds: frozenset[str]
+    keys: frozenset[Key]
+
+
+HISTORY = 64  # snapshots whose changes a snapshot carries
+
+
+def _changes_since(history: tuple[Change, ...], revision: int) -> tuple[frozenset[str], frozenset[Key]] | None:
+    kinds: set[str] = set()
+    keys: set[Key] = set()
+    for change in reversed(history):
+        if change.revision == revision:
+            return frozenset(kinds), frozenset(keys)
+        if change.revision < revision:  # not a revision a snapshot was taken at
+            return None
+        if change.base is None:
+            return None
+        kinds |= change.kinds
+        keys |= change.keys
+        if change.base == revision:
+            return frozenset(kinds), frozenset(keys)
+    return None
 
 
 class Store:
@@ -61,7 +106,12 @@ class Store:
         self._revision = 0
         self._frozen: dict[str, Mapping[tuple[str, str], KubeObject]] = {}
         self._dirty_kinds: set[str] = set()
+        self._reordered_kinds: set[str] = set()  # dirty kinds whose set of keys changed
         self._pending_changes: set[str] = set()
+        self._pending_keys: set[Key] = set()
+        self._last_snapshot_revision: int | None = None
+        self._lineage = object()
+        self._history: tuple[Change, ...] = ()
         self._listeners: list[ChangeListener] = []
 
     # -- listening -------------------------------------------------------------------------------
@@ -94,6 +144,9 @@ class Store:
         if current is None or current.content_hash != obj.content_hash:
             self._kinds[key[0]][(key[1], key[2])] = obj
             changed.add(key[0])
+            self._pending_keys.add(key)
+            if current is None:
+                self._reordered_kinds.add(key[0])
 
     def _remove(self, source: str, key: Key, changed: set[str]) -> None:
         if self._owner.get(key) != source:
@@ -102,6 +155,8 @@ class Store:
         self._by_source.get(source, {}).pop(key, None)
         if self._kinds.get(key[0], {}).pop((key[1], key[2]), None) is not None:
             changed.add(key[0])
+            self._pending_keys.add(key)
+            self._reordered_kinds.add(key[0])
 
     def replace_source(self, source: str, result: FileResult) -> bool:
         """Set everything `source` (one file) provides. Returns whether anything served changed."""
@@ -200,12 +255,23 @@ class Store:
 
     def snapshot(self) -> InputSnapshot:
         for kind in self._dirty_kinds:
-            if kind in self._kinds:
-                self._frozen[kind] = MappingProxyType(dict(self._kinds[kind]))
+            if kind not in self._kinds:
+                continue
+            live = self._kinds[kind]
+            before = self._frozen.get(kind)
+            if before is None or kind in self._reordered_kinds:
+                self._frozen[kind] = MappingProxyType(dict(sorted(live.items())))
+            else:  # same keys: keep the order, take the objects
+                self._frozen[kind] = MappingProxyType({k: live[k] for k in before})
         self._dirty_kinds.clear()
-        changes = frozenset(self._pending_changes)
+        self._reordered_kinds.clear()
+        changes, keys = frozenset(self._pending_changes), frozenset(self._pending_keys)
         self._pending_changes.clear()
-        return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes)
+        self._pending_keys.clear()
+        base, self._last_snapshot_revision = self._last_snapshot_revision, self._revision
+        self._history = (*self._history[-(HISTORY - 1):], Change(base, self._revision, changes, keys))
+        return InputSnapshot(self._revision, MappingProxyType(dict(self._frozen)), self.issues(), changes,
+                             self._lineage, self._history)
 
     def objects_of_kind(self, kind: str) -> list[KubeObject]:
         """The current objects of one kind, sorted by namespace/name."""

@@ -15,6 +15,7 @@ from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.egress import translate_egress
 from cilia.translate.gateway import translate_gateway
 from cilia.translate.grpc import translate_grpc
+from cilia.translate.incremental import Reads
 from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
 from cilia.translate.policy import translate_policies
@@ -67,6 +68,10 @@ class ReadRecorder:
     def count(self, kind: str | None = None) -> int:
         self.kinds.add(kind or ALL_KINDS)
         return self._snapshot.count(kind)
+
+    def note_reads(self, reads: Reads) -> None:
+        """A memoised unit was reused: it depends on the kinds it read."""
+        self.kinds |= reads.kind_names
 
     def __getattr__(self, name: str) -> Any:
         self.kinds.add(ALL_KINDS)

@@ -109,6 +109,15 @@ class Memo(Generic[V]):
                 self._current[key] = hit
         return hit
 
+    def peek(self, key: Any) -> V | None:
+        """The value without marking it used."""
+        hit = self._current.get(key)
+        return self._previous.get(key) if hit is None else hit
+
+    def forget(self, key: Any) -> None:
+        self._current.pop(key, None)
+        self._previous.pop(key, None)
+
     def put(self, key: Any, value: V) -> V:
         self._current[key] = value
         return value

@@ -33,7 +33,7 @@ from cilia.k8s.store import InputSnapshot
 from cilia.translate.backendclientcert import client_cert_clusters, retarget_listener, retarget_routes
 from cilia.translate.backendtls import referenced_secrets
 from cilia.translate.backendtls_status import Ancestor, policy_statuses
-from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
+from cilia.translate.context import Memo, ObjectStatus, Partial, TranslateOptions
 from cilia.translate.gamma import translate_gamma
 from cilia.translate.gateway_addresses import gateway_addresses
 from cilia.translate.gateway_common import (
@@ -65,7 +65,7 @@ from cilia.translate.gateway_frontend import (
     frontend_validations,
     insecure_condition,
 )
-from cilia.translate.incremental import Ident, UnitMemo
+from cilia.translate.incremental import Ident, UnitMemo, memo_enabled, root_snapshot
 from cilia.translate.listenerset import (
     ListenerSetResult,
     listener_set_status,
@@ -399,7 +399,7 @@ class RouteOutcome:
     sends to per Gateway (BackendTLSPolicy ancestors), and issues."""
 
     builder: RuleBuilder | None
-    attachments: tuple[tuple[str, int, tuple[str, ...]], ...]
+    attachments: tuple[tuple[str, int, Attachment], ...]  # the same Attachment objects while reused
     stanzas: tuple[dict[str, Any], ...]
     used_by: tuple[tuple[tuple[str, str], Ancestor], ...]
     issues: tuple[Issue, ...]
@@ -410,7 +410,7 @@ def _route_outcome(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState]
     builder = None
     if route.kind in ("HTTPRoute", "GRPCRoute"):
         builder = _rule_builder(snapshot, route)
-    attachments: list[tuple[str, int, tuple[str, ...]]] = []
+    attachments: list[tuple[str, int, Attachment]] = []
     stanzas: list[dict[str, Any]] = []
     used_by: list[tuple[tuple[str, str], Ancestor]] = []
     issues: list[Issue] = []
@@ -424,7 +424,7 @@ def _route_outcome(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState]
                 continue
             gs = gateways[found[0]]
             accepted, matched = _match(snapshot, gs, route, ref, builder, found[1])
-            attachments.extend((gs.key, j, hosts) for j, hosts in matched)
+            attachments.extend((gs.key, j, Attachment(route, builder, hosts)) for j, hosts in matched)
         elif not ref.is_gateway:
             continue
         else:
@@ -436,7 +436,7 @@ def _route_outcome(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState]
                 continue
             gs = found_gs
             accepted, matched = _match(snapshot, gs, route, ref, builder)
-            attachments.extend((gs.key, j, hosts) for j, hosts in matched)
+            attachments.extend((gs.key, j, Attachment(route, builder, hosts)) for j, hosts in matched)
             if accepted.ok:
                 for rule in route.spec.rules:
                     for bref in getattr(rule, "backend_refs", ()):
@@ -455,8 +455,34 @@ def _attach_signature(gs: GatewayState | None) -> tuple[Any, ...] | None:
     return (Ident(gs.obj), gs.controller, tuple((Ident(st.spec), Ident(st.owner)) for st in gs.listeners))
 
 
+class _Token:
+    """Stands for a signature in route signatures: the same token while the signature is equal, so
+    comparing a route's signature compares its Gateways' by identity."""
+
+    __slots__ = ("signature",)
+
+    def __init__(self, signature: Any) -> None:
+        self.signature = signature
+
+
+_TOKENS: dict[str, _Token] = {}
+
+
+def _signature_token(gkey: str, signature: Any) -> _Token:
+    token = _TOKENS.get(gkey)
+    if token is None or token.signature != signature:
+        if len(_TOKENS) >= _TOKENS_MAX:  # Gateways come and go: forget them all now and then
+            _TOKENS.clear()
+        token = _TOKENS[gkey] = _Token(signature)
+    return token
+
+
+_TOKENS_MAX = 16384
+
+
 def _route_memo(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState], listener_sets: ListenerSetResult,
-                route: KubeObject, opts: TranslateOptions, signatures: dict[str, Any]) -> RouteOutcome:
+                route: KubeObject, opts: TranslateOptions, signatures: dict[str, Any],
+                root: InputSnapshot | None) -> RouteOutcome:
     """A route's outcome, reused while the route, the Gateways (and ListenerSets) it names and what it
     read are unchanged."""
     parents: list[Any] = []
@@ -469,15 +495,119 @@ def _route_memo(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState], l
             gkey = f"{ref.namespace}/{ref.name}"
         else:
             continue
-        if gkey not in signatures:
-            signatures[gkey] = _attach_signature(gateways.get(gkey))
-        parents.append(signatures[gkey])
+        token = signatures.get(gkey)
+        if token is None:
+            token = signatures[gkey] = _signature_token(gkey, _attach_signature(gateways.get(gkey)))
+        parents.append(token)
     key = (route.kind, route.meta.namespace, route.meta.name)
     outcome = _ROUTES.compute(key, (Ident(route), opts.status_time, tuple(parents)), snapshot,
-                              lambda view: _route_outcome(view, gateways, listener_sets, route, opts))
+                              lambda view: _route_outcome(view, gateways, listener_sets, route, opts), root)
     if outcome.builder is not None:
         _BUILDERS.keep(key)
     return outcome
+
+
+RouteKey = tuple[str, str, str]
+
+
+class _RoutePass:
+    """The route loop's last results, so that a run after a small edit revisits only the routes the edit
+    can affect: those edited, those that read an edited object, and none else while the Gateways' attach
+    signatures, the options and ListenerSets are as they were. Every other route's outcome is the one the
+    last run held valid, as its memo entry would say, without checking each route's memo entry. Which
+    objects each route read comes from its memo entry, so a route whose reads are not recorded (opaque)
+    makes the next run a full one."""
+
+    __slots__ = ("_affected", "_new", "_seen", "fast", "kind_names", "kinds", "opts", "outcomes", "readers", "reads",
+                 "stamp", "tokens")
+
+    _last: _RoutePass | None = None
+
+    def __init__(self, root: InputSnapshot, opts: TranslateOptions, tokens: dict[str, Any]) -> None:
+        assert root.lineage is not None
+        self.stamp = (root.lineage, root.revision)
+        self.opts = opts
+        self.tokens = tokens
+        self.outcomes: dict[RouteKey, tuple[KubeObject, RouteOutcome]] = {}
+        self.reads: dict[RouteKey, frozenset[RouteKey]] = {}
+        self.readers: dict[RouteKey, set[RouteKey]] = {}
+        self.kinds: set[str] = set()  # kinds some route listed (read whole)
+        self.kind_names: set[str] = set()  # kinds some route read anything of
+        self.fast = False
+        self._affected: set[RouteKey] = set()
+        self._seen: set[RouteKey] = set()
+        self._new = True  # every route is recorded afresh (not a fast run)
+
+    @classmethod
+    def begin(cls, snapshot: InputSnapshot, root: InputSnapshot | None, gateways: Mapping[str, GatewayState],
+              listener_sets: ListenerSetResult, opts: TranslateOptions,
+              signatures: dict[str, Any]) -> _RoutePass | None:
+        if not memo_enabled() or root is None or root.lineage is None:
+            return None
+        if listener_sets.admitted:
+            cls._last = None
+            return None
+        for gkey, gs in gateways.items():
+            signatures[gkey] = _signature_token(gkey, _attach_signature(gs))
+        tokens = dict(signatures)
+        last = cls._last
+        changes = (root.changes_since(last.stamp[1]) if last is not None and last.stamp[0] is root.lineage
+                   else None)
+        if (last is not None and changes is not None and last.opts == opts and last.tokens == tokens
+                and not (last.kinds & changes[0])):
+            last.stamp = (root.lineage, root.revision)
+            last.fast = True
+            last._new = False
+            last._seen = set()
+            affected = {k for k in changes[1] if k[0] in ROUTE_KINDS}
+            for k in changes[1]:
+                affected.update(last.readers.get(k, ()))
+            last._affected = affected
+            for kind in sorted(last.kind_names):  # the routes reused unseen depend on these kinds
+                snapshot.count(kind)
+            return last
+        cls._last = fresh = cls(root, opts, tokens)
+        return fresh
+
+    def reuse(self, key: RouteKey, route: KubeObject) -> RouteOutcome | None:
+        """The last outcome of the route when this run need not revisit it."""
+        self._seen.add(key)
+        if self._new or key in self._affected:
+            return None
+        held = self.outcomes.get(key)
+        return held[1] if held is not None and held[0] is route else None
+
+    def recomputed(self, key: RouteKey, route: KubeObject, outcome: RouteOutcome) -> None:
+        reads = _ROUTES.reads_of(key, outcome)
+        if reads is None:  # not recorded: the next run must check every route
+            _RoutePass._last = None
+            self._new = True
+            return
+        self._unindex(key)
+        self.outcomes[key] = (route, outcome)
+        self.reads[key] = reads.keys
+        for k in reads.keys:
+            self.readers.setdefault(k, set()).add(key)
+        self.kinds.update(kind for kind, _ in reads.kinds)
+        self.kind_names |= reads.kind_names
+
+    def finish(self) -> None:
+        if _RoutePass._last is not self:
+            return
+        for key in [k for k in self.outcomes if k not in self._seen]:  # routes gone
+            self._unindex(key)
+            del self.outcomes[key]
+            if self.fast:
+                _ROUTES.forget(key)
+                _BUILDERS.forget(key)
+
+    def _unindex(self, key: RouteKey) -> None:
+        for k in self.reads.pop(key, ()):
+            users = self.readers.get(k)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self.readers[k]
 
 
 def _stream_refs_condition(snapshot: InputSnapshot, route: KubeObject) -> Cond:
@@ -739,6 +869,24 @@ def _route_status(route: KubeObject, ours: list[dict[str, Any]], controllers: It
                         route.meta.generation, {"parents": [*ours, *foreign]})
 
 
+_ROUTE_STATUSES: Memo[tuple[KubeObject, tuple[dict[str, Any], ...], tuple[str, ...], ObjectStatus]] = Memo()
+
+
+def _route_status_memo(key: tuple[str, str, str], route: KubeObject, ours: list[dict[str, Any]],
+                       controllers: tuple[str, ...]) -> ObjectStatus:
+    """The route's status, the same object while the route and its stanzas (from reused outcomes) are the
+    very same objects."""
+    if not memo_enabled():
+        return _route_status(route, ours, controllers)
+    hit = _ROUTE_STATUSES.get(key)
+    if (hit is not None and hit[0] is route and hit[2] == controllers and len(hit[1]) == len(ours)
+            and all(a is b for a, b in zip(hit[1], ours, strict=True))):
+        return hit[3]
+    status = _route_status(route, ours, controllers)
+    _ROUTE_STATUSES.put(key, (route, tuple(ours), controllers, status))
+    return status
+
+
 # -- the translator --------------------------------------------------------------------------------------
 def _bundles(snapshot: InputSnapshot, gs: GatewayState, gir: GatewayIR,
              shared_taken: dict[int, list[tuple[str, str]]], issues: list[Issue]) -> tuple[ir.Bundle, ...]:
@@ -799,8 +947,7 @@ def _fields_signature(state: Any, special: Mapping[str, Any]) -> tuple[Any, ...]
 
 def _state_signature(gs: GatewayState) -> tuple[Any, ...]:
     """Everything `_gateway_ir` may take from a Gateway's state; objects by identity."""
-    listeners = tuple(_fields_signature(st, {"routes": tuple((Ident(a.route), Ident(a.builder), a.hosts)
-                                                             for a in st.routes)})
+    listeners = tuple(_fields_signature(st, {"routes": tuple(st.routes)})  # Attachments compare by identity
                       for st in gs.listeners)
     return _fields_signature(gs, {"listeners": listeners})
 
@@ -847,17 +994,26 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     used_by: dict[tuple[str, str], set[Ancestor]] = defaultdict(set)  # Service -> Gateways (BackendTLSPolicy)
     signatures: dict[str, Any] = {}
+    root = root_snapshot(snapshot)
+    routes = _RoutePass.begin(snapshot, root, gateways, listener_sets, opts, signatures)
     for route in _route_objects(snapshot):
-        outcome = _route_memo(snapshot, gateways, listener_sets, route, opts, signatures)
-        for gkey, index, hosts in outcome.attachments:
+        key = (route.kind, route.meta.namespace, route.meta.name)
+        outcome = routes.reuse(key, route) if routes is not None else None
+        if outcome is None:
+            outcome = _route_memo(snapshot, gateways, listener_sets, route, opts, signatures, root)
+            if routes is not None:
+                routes.recomputed(key, route, outcome)
+        for gkey, index, attachment in outcome.attachments:
             st = gateways[gkey].listeners[index]
             st.attached += 1
-            st.routes.append(Attachment(route, outcome.builder, hosts))
+            st.routes.append(attachment)
         for svc, ancestor in outcome.used_by:
             used_by[svc].add(ancestor)
         if outcome.stanzas:
-            parents[(route.kind, route.meta.namespace, route.meta.name)].extend(outcome.stanzas)
+            parents[key].extend(outcome.stanzas)
         issues.extend(outcome.issues)
+    if routes is not None:
+        routes.finish()
     bundles: list[ir.Bundle] = []
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):
@@ -879,12 +1035,17 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     issues.extend(mesh.issues)
     for key, stanzas in mesh.parents.items():
         parents[key].extend(stanzas)
+    controllers = tuple(opts.gateway_controllers)
     for route in _route_objects(snapshot):
-        ours = parents.get((route.kind, route.meta.namespace, route.meta.name))
+        key = (route.kind, route.meta.namespace, route.meta.name)
+        ours = parents.get(key)
         if ours:
-            statuses.append(_route_status(route, ours, opts.gateway_controllers))
-    for memo in (_BUILDERS, _ROUTES, _GATEWAY_IR, _BUNDLES):
+            statuses.append(_route_status_memo(key, route, ours, controllers))
+    for memo in (_GATEWAY_IR, _BUNDLES) if routes is not None and routes.fast else (_BUILDERS, _ROUTES, _GATEWAY_IR,
+                                                                                   _BUNDLES):
         memo.rotate()
+    if memo_enabled():
+        _ROUTE_STATUSES.rotate()
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
 
 

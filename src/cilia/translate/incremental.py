@@ -62,6 +62,31 @@ class Reads:
 
     objects: tuple[tuple[str, str, str, KubeObject | None], ...]
     kinds: tuple[tuple[str, Any], ...]
+    keys: frozenset[tuple[str, str, str]] = frozenset()  # the objects' keys
+    kind_names: frozenset[str] = frozenset()  # every kind read, by object or whole
+
+    @classmethod
+    def of(cls, objects: tuple[tuple[str, str, str, KubeObject | None], ...],
+           kinds: tuple[tuple[str, Any], ...]) -> Reads:
+        return cls(objects, kinds, frozenset((k, ns, n) for k, ns, n, _ in objects),
+                   frozenset(k for k, *_ in objects) | frozenset(k for k, _ in kinds))
+
+    def unchanged_since(self, root: InputSnapshot, revision: int) -> bool:
+        """Whether nothing read changed between the store's snapshot of `revision` and `root`, by the
+        changes the store recorded (meaningful for a record known to hold at `revision`)."""
+        changes = root.changes_since(revision)
+        return changes is not None and not (self.kind_names & changes[0]) and self.keys.isdisjoint(changes[1])
+
+    def replay(self, snapshot: InputSnapshot) -> None:
+        """Tell the views around `snapshot` what a reused unit read, as if it had read it again."""
+        note = getattr(type(snapshot), "note_reads", None)
+        if note is not None:
+            note(snapshot, self)
+            return
+        for kind, _ in self.kinds:
+            snapshot.count(kind)
+        for kind, ns, name, _ in self.objects:
+            snapshot.get(kind, ns, name)
 
     def still_valid(self, snapshot: InputSnapshot) -> bool:
         """Whether every read would return the same now; replays the reads through `snapshot`."""
@@ -107,6 +132,14 @@ class ObjectReads:
             self._kinds.setdefault(kind, _kind_map(self._root, kind))
         return self._snapshot.count(kind)
 
+    def note_reads(self, reads: Reads) -> None:
+        """A unit inside this one was reused: its reads become this unit's, and the views' outside."""
+        for kind, mapping in reads.kinds:
+            self._kinds.setdefault(kind, mapping)
+        for kind, ns, name, obj in reads.objects:
+            self._objects.setdefault((kind, ns, name), obj)
+        reads.replay(self._snapshot)
+
     def __getattr__(self, name: str) -> Any:
         self.opaque = True
         return getattr(self._snapshot, name)
@@ -115,7 +148,7 @@ class ObjectReads:
         """The reads so far; None when the unit read something that cannot be checked."""
         if self.opaque:
             return None
-        return Reads(tuple((k, ns, n, o) for (k, ns, n), o in self._objects.items()), tuple(self._kinds.items()))
+        return Reads.of(tuple((k, ns, n, o) for (k, ns, n), o in self._objects.items()), tuple(self._kinds.items()))
 
 
 class Ident:
@@ -134,11 +167,12 @@ class Ident:
         return id(self.obj)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry(Generic[V]):
     signature: Any
     reads: Reads
     value: V
+    stamp: tuple[object, int] | None = None  # (store lineage, revision) at which the reads last held
 
 
 class UnitMemo(Generic[V]):
@@ -153,23 +187,41 @@ class UnitMemo(Generic[V]):
         self.misses = 0
 
     def compute(self, key: Any, signature: Any, snapshot: InputSnapshot,
-                build: Callable[[InputSnapshot], V]) -> V:
+                build: Callable[[InputSnapshot], V], root: InputSnapshot | None = None) -> V:
         """The unit's value: the memoised one when still valid, else `build(view)`, whose reads through
-        `view` are recorded."""
+        `view` are recorded. `root` (the snapshot under `snapshot`'s views) saves looking it up."""
         if _DISABLED:
             return build(snapshot)
+        if root is None:
+            root = root_snapshot(snapshot)
+        now = None if root is None or root.lineage is None else (root.lineage, root.revision)
         entry = self._memo.get(key)
-        if entry is not None and entry.signature == signature and entry.reads.still_valid(snapshot):
-            self._memo.put(key, entry)
-            self.hits += 1
-            return entry.value
+        if entry is not None and entry.signature == signature:
+            stamp = entry.stamp
+            if (now is not None and root is not None and stamp is not None and stamp[0] is now[0]
+                    and entry.reads.unchanged_since(root, stamp[1])):
+                entry.reads.replay(snapshot)  # held at the previous snapshot, and nothing it read changed
+            elif not entry.reads.still_valid(snapshot):
+                entry = None
+            if entry is not None:
+                entry.stamp = now
+                self.hits += 1
+                return entry.value
         self.misses += 1
         view = ObjectReads(snapshot)
         value = build(view)  # type: ignore[arg-type]  # a recording view of the snapshot
         reads = view.record()
         if reads is not None:
-            self._memo.put(key, _Entry(signature, reads, value))
+            self._memo.put(key, _Entry(signature, reads, value, now))
         return value
+
+    def reads_of(self, key: Any, value: V) -> Reads | None:
+        """What `key`'s unit read to give `value`; None when that is not recorded."""
+        entry = self._memo.peek(key)
+        return entry.reads if entry is not None and entry.value is value else None
+
+    def forget(self, key: Any) -> None:
+        self._memo.forget(key)
 
     def keep(self, key: Any) -> None:
         """Carry `key`'s entry into the next run unused (its value lives on inside an enclosing unit's)."""
