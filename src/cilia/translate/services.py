@@ -243,6 +243,7 @@ class _Last:
     pool: dict[str, EndpointSet]
     issues: tuple[Issue, ...]
     kinds: tuple[str, ...]  # kinds the run read
+    stamp: tuple[object, int] | None = None  # (store lineage, revision) of the snapshot it was made from
 
 
 _LAST: list[_Last] = []  # at most one; any mismatch with the new inputs means a full run
@@ -289,7 +290,23 @@ def _remember(root: InputSnapshot, opts: TranslateOptions, part: Partial,
         kinds.add("Endpoints")
     return _Last(opts, {k: root.objects.get(k) for k in _SAME_KINDS}, services, slices, dict(slice_keys),
                  per_service, {k: o.spec for k, o in pod_objs.items()}, node_labels, mesh_tls_by_ip(root, opts),
-                 dict(part.endpoints), part.issues, tuple(sorted(kinds)))
+                 dict(part.endpoints), part.issues, tuple(sorted(kinds)), _stamp(root))
+
+
+def _stamp(root: InputSnapshot) -> tuple[object, int] | None:
+    return None if root.lineage is None else (root.lineage, root.revision)
+
+
+def _changed(root: InputSnapshot, last: _Last, kind: str, now: Mapping[tuple[str, str], KubeObject],
+             before: Mapping[tuple[str, str], KubeObject]) -> list[tuple[str, str]]:
+    """Keys of `kind` added, changed or removed since `last`: from the store's record of changes when it
+    has one, else by comparing the two mappings object by object."""
+    changes = (root.changes_since(last.stamp[1]) if last.stamp is not None and last.stamp[0] is root.lineage
+               else None)
+    if changes is not None:
+        return [(ns, name) for k, ns, name in changes[1] if k == kind]
+    changed = [k for k, o in now.items() if before.get(k) is not o]
+    return changed + [k for k in before if k not in now]
 
 
 def _one_service(root: InputSnapshot, last: _Last, key: tuple[str, str]) -> tuple[dict[str, EndpointSet],
@@ -318,20 +335,22 @@ def _delta(last: _Last, root: InputSnapshot, opts: TranslateOptions) -> Partial 
     if services is not last.services:
         if services.keys() != last.services.keys():
             return None  # added or removed: their place in the order changes
-        old = last.services
-        touched.update(k for k, o in services.items() if old.get(k) is not o)
+        touched.update(_changed(root, last, "Service", services, last.services))
     slice_keys = last.slice_keys
     if slices is not last.slices:
         old_slices = last.slices
-        changed = [k for k, o in slices.items() if old_slices.get(k) is not o]
-        changed += [k for k in old_slices if k not in slices]
-        slice_keys = {k: set(v) for k, v in slice_keys.items()} if changed else slice_keys
+        changed = _changed(root, last, "EndpointSlice", slices, old_slices)
+        slice_keys = dict(slice_keys) if changed else slice_keys
+        copied: set[tuple[str, str]] = set()  # the sets are last's: copy one before changing it
         for k in changed:
             for obj in (old_slices.get(k), slices.get(k)):
                 if obj is None:
                     continue
                 svc_key = (k[0], obj.spec.service_name)
                 touched.add(svc_key)
+                if svc_key not in copied:
+                    copied.add(svc_key)
+                    slice_keys[svc_key] = set(slice_keys.get(svc_key, ()))
                 keys = slice_keys.setdefault(svc_key, set())
                 if obj is slices.get(k):
                     keys.add(k)
@@ -340,7 +359,7 @@ def _delta(last: _Last, root: InputSnapshot, opts: TranslateOptions) -> Partial 
                     if not keys:
                         del slice_keys[svc_key]
     trial = _Last(opts, last.maps, services, slices, slice_keys, dict(last.per_service), last.pods,
-                  last.node_labels, last.mesh_tls, last.pool, last.issues, last.kinds)
+                  last.node_labels, last.mesh_tls, last.pool, last.issues, last.kinds, _stamp(root))
     pool = dict(last.pool)
     issues_changed = False
     for key in touched:
