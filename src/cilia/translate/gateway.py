@@ -869,21 +869,22 @@ def _route_status(route: KubeObject, ours: list[dict[str, Any]], controllers: It
                         route.meta.generation, {"parents": [*ours, *foreign]})
 
 
-_ROUTE_STATUSES: Memo[tuple[KubeObject, tuple[dict[str, Any], ...], tuple[str, ...], ObjectStatus]] = Memo()
+_ROUTE_STATUSES: Memo[tuple[KubeObject, tuple[dict[str, Any], ...], tuple[dict[str, Any], ...], tuple[str, ...],
+                            ObjectStatus]] = Memo()
 
 
-def _route_status_memo(key: tuple[str, str, str], route: KubeObject, ours: list[dict[str, Any]],
-                       controllers: tuple[str, ...]) -> ObjectStatus:
-    """The route's status, the same object while the route and its stanzas (from reused outcomes) are the
-    very same objects."""
+def _route_status_memo(key: tuple[str, str, str], route: KubeObject, stanzas: tuple[dict[str, Any], ...],
+                       in_mesh: Sequence[dict[str, Any]], controllers: tuple[str, ...]) -> ObjectStatus:
+    """The route's status (its Gateway parents' stanzas, then its GAMMA ones), the same object while the
+    route and the stanzas (from reused outcomes) are the very same objects."""
     if not memo_enabled():
-        return _route_status(route, ours, controllers)
+        return _route_status(route, [*stanzas, *in_mesh], controllers)
     hit = _ROUTE_STATUSES.get(key)
-    if (hit is not None and hit[0] is route and hit[2] == controllers and len(hit[1]) == len(ours)
-            and all(a is b for a, b in zip(hit[1], ours, strict=True))):
-        return hit[3]
-    status = _route_status(route, ours, controllers)
-    _ROUTE_STATUSES.put(key, (route, tuple(ours), controllers, status))
+    if (hit is not None and hit[0] is route and hit[1] is stanzas and hit[3] == controllers
+            and len(hit[2]) == len(in_mesh) and all(a is b for a, b in zip(hit[2], in_mesh, strict=True))):
+        return hit[4]
+    status = _route_status(route, [*stanzas, *in_mesh], controllers)
+    _ROUTE_STATUSES.put(key, (route, stanzas, tuple(in_mesh), controllers, status))
     return status
 
 
@@ -991,10 +992,12 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     statuses.extend(listener_sets.statuses)
     issues.extend(listener_sets.issues)
     _merge_listener_sets(snapshot, gateways, listener_sets.admitted, opts)
-    parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     used_by: dict[tuple[str, str], set[Ancestor]] = defaultdict(set)  # Service -> Gateways (BackendTLSPolicy)
     signatures: dict[str, Any] = {}
     root = root_snapshot(snapshot)
+    mesh = translate_gamma(snapshot, opts)
+    controllers = tuple(opts.gateway_controllers)
+    route_statuses: list[ObjectStatus] = []
     routes = _RoutePass.begin(snapshot, root, gateways, listener_sets, opts, signatures)
     for route in _route_objects(snapshot):
         key = (route.kind, route.meta.namespace, route.meta.name)
@@ -1009,9 +1012,10 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
             st.routes.append(attachment)
         for svc, ancestor in outcome.used_by:
             used_by[svc].add(ancestor)
-        if outcome.stanzas:
-            parents[key].extend(outcome.stanzas)
         issues.extend(outcome.issues)
+        in_mesh = mesh.parents.get(key)
+        if outcome.stanzas or in_mesh:
+            route_statuses.append(_route_status_memo(key, route, outcome.stanzas, in_mesh or (), controllers))
     if routes is not None:
         routes.finish()
     bundles: list[ir.Bundle] = []
@@ -1030,17 +1034,9 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     tls_statuses, tls_issues = policy_statuses(snapshot, used_by, opts.status_time)
     statuses.extend(tls_statuses)
     issues.extend(tls_issues)
-    mesh = translate_gamma(snapshot, opts)
     bundles.extend(mesh.bundles)
     issues.extend(mesh.issues)
-    for key, stanzas in mesh.parents.items():
-        parents[key].extend(stanzas)
-    controllers = tuple(opts.gateway_controllers)
-    for route in _route_objects(snapshot):
-        key = (route.kind, route.meta.namespace, route.meta.name)
-        ours = parents.get(key)
-        if ours:
-            statuses.append(_route_status_memo(key, route, ours, controllers))
+    statuses.extend(route_statuses)
     for memo in (_GATEWAY_IR, _BUNDLES) if routes is not None and routes.fast else (_BUILDERS, _ROUTES, _GATEWAY_IR,
                                                                                    _BUNDLES):
         memo.rotate()
