@@ -29,6 +29,9 @@ OPTIONS = [
     TranslateOptions(),
     TranslateOptions(ingress_http_port=8080, ingress_https_port=8443, ingress_default_mode="shared",
                      ingress_status_address="lb.example", secret_namespaces=("kube-system",)),
+    TranslateOptions(ingress_address="127.0.0.2", status_time="2024-01-01T00:00:00Z",
+                     ingress_controllers=("cilia.io/ingress-controller", "example.io/other")),
+    TranslateOptions(ingress_status_address="::"),
 ]
 INGRESS_AT = TRANSLATORS.index(translate_ingresses)
 

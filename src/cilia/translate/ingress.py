@@ -639,7 +639,7 @@ class _Placement:
 
     obj: KubeObject
     view: ClassView
-    opts: TranslateOptions
+    options: tuple[object, ...]  # _placement_options
     cls: str | None
     shared: bool
     issues: tuple[Issue, ...]
@@ -649,8 +649,8 @@ class _Placement:
 # Per Ingress (by namespace/name): its unit, reused while the Ingress (by identity), the Secret namespaces
 # and the Services and Secrets it read are unchanged (translate/incremental.py); and its last unit, which a
 # recomputed unit keeps the equal parts of. Per listener group (by bundle key): its bundle and issues,
-# reused while its units are the very same objects and the options are unchanged. Per Ingress: where it
-# goes. A value is a pure function of what it is checked against, so sharing these between control planes
+# reused while its units are the very same objects and the options it uses are unchanged. Per Ingress: where
+# it goes. A value is a pure function of what it is checked against, so sharing these between control planes
 # in one process is safe.
 _UNITS: UnitMemo[IngressUnit] = UnitMemo()
 _LAST_UNITS: Memo[IngressUnit] = Memo()
@@ -670,11 +670,22 @@ def _unit(snapshot: InputSnapshot, obj: KubeObject, opts: TranslateOptions) -> I
     return unit
 
 
+def _group_options(o: TranslateOptions) -> tuple[object, ...]:
+    """The options a listener group's bundle depends on (any other option may change without rebuilding it)."""
+    return (o.ingress_address, o.ingress_http_port, o.ingress_https_port)
+
+
+def _placement_options(o: TranslateOptions) -> tuple[object, ...]:
+    """The options where an Ingress goes and its status depend on."""
+    return (o.ingress_default_mode, o.ingress_status_address, o.ingress_address, o.ingress_http_port,
+            o.ingress_https_port)
+
+
 def _group(opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
            members: list[IngressUnit]) -> tuple[Bundle, tuple[Issue, ...]]:
     if not memo_enabled():
         return build_group(opts, prefix, key, scope, members)
-    signature = (prefix, scope, opts)
+    signature = (prefix, scope, *_group_options(opts))
     entry = _GROUPS.get(key)
     if entry is not None and entry.signature == signature and len(entry.members) == len(members) and \
             all(a is b for a, b in zip(entry.members, members, strict=True)):
@@ -686,21 +697,21 @@ def _group(opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
     return bundle, issues
 
 
-def _place(obj: KubeObject, view: ClassView, opts: TranslateOptions) -> _Placement:
+def _place(obj: KubeObject, view: ClassView, opts: TranslateOptions, options: tuple[object, ...]) -> _Placement:
     cls, issues = class_of(obj, view)
     if cls is None:
-        return _Placement(obj, view, opts, None, False, (), None)
+        return _Placement(obj, view, options, None, False, (), None)
     mode, more = _mode(obj, opts)
-    return _Placement(obj, view, opts, cls, mode == "shared", (*issues, *more), ingress_status(obj, opts))
+    return _Placement(obj, view, options, cls, mode == "shared", (*issues, *more), ingress_status(obj, opts))
 
 
-def _placement(obj: KubeObject, view: ClassView, opts: TranslateOptions) -> _Placement:
+def _placement(obj: KubeObject, view: ClassView, opts: TranslateOptions, options: tuple[object, ...]) -> _Placement:
     if not memo_enabled():
-        return _place(obj, view, opts)
+        return _place(obj, view, opts, options)
     key = (obj.meta.namespace, obj.meta.name)
     hit = _PLACEMENTS.get(key)
-    if hit is None or hit.obj is not obj or hit.view is not view or not (hit.opts is opts or hit.opts == opts):
-        hit = _place(obj, view, opts)
+    if hit is None or hit.obj is not obj or hit.view is not view or hit.options != options:
+        hit = _place(obj, view, opts, options)
     return _PLACEMENTS.put(key, hit)
 
 
@@ -718,8 +729,9 @@ def translate_ingresses(snapshot: InputSnapshot, opts: TranslateOptions) -> Part
     by_class: dict[str, list[tuple[KubeObject, IngressUnit]]] = defaultdict(list)
     shared: list[tuple[KubeObject, IngressUnit]] = []
     statuses: list[ObjectStatus] = []
+    options = _placement_options(opts)
     for obj in snapshot.list("Ingress"):
-        place = _placement(obj, view, opts)
+        place = _placement(obj, view, opts, options)
         if place.cls is None:
             continue
         issues.extend(place.issues)
