@@ -664,10 +664,9 @@ def _unit(snapshot: InputSnapshot, obj: KubeObject, opts: TranslateOptions) -> I
     if not memo_enabled():
         return ingress_unit(snapshot, obj, readable)
     key = (obj.meta.namespace, obj.meta.name)
-    old = _LAST_UNITS.get(key)
-    unit = _UNITS.compute(key, (Ident(obj), readable), snapshot, lambda view: ingress_unit(view, obj, readable, old))
-    _LAST_UNITS.put(key, unit)
-    return unit
+    unit = _UNITS.compute(key, (Ident(obj), readable), snapshot,
+                          lambda view: ingress_unit(view, obj, readable, _LAST_UNITS.get(key)))
+    return _LAST_UNITS.put(key, unit)
 
 
 def _group_options(o: TranslateOptions) -> tuple[object, ...]:
