@@ -48,10 +48,12 @@ family, which is where a file-mode proxy on the same machine answers. A non-IP v
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from cilia.diagnostics import Issue
 from cilia.ir.model import (
@@ -76,8 +78,8 @@ from cilia.ir.model import (
 from cilia.k8s.ingress import CONTROLLER, LEGACY_CLASS_ANNOTATION, IngressBackend, IngressPath, IngressSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
-from cilia.translate.incremental import Ident, UnitMemo
+from cilia.translate.context import Memo, ObjectStatus, Partial, TranslateOptions
+from cilia.translate.incremental import Ident, UnitMemo, memo_enabled
 from cilia.translate.services import resolve_backend
 from cilia.translate.tls import TlsSecret, host_covered, load_tls_secret
 
@@ -166,14 +168,19 @@ def _age_key(obj: KubeObject) -> tuple[bool, float, str, str]:
 
 # -- status -----------------------------------------------------------------------------------------
 def status_address(opts: TranslateOptions) -> dict[str, str]:
-    addr = opts.ingress_status_address or opts.ingress_address
+    return dict(_address_entry(opts.ingress_status_address or opts.ingress_address))
+
+
+@functools.lru_cache(maxsize=32)
+def _address_entry(addr: str) -> tuple[tuple[str, str], ...]:
+    """Parsed once per address, not once per Ingress."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
-        return {"hostname": addr}
+        return (("hostname", addr),)
     if ip.is_unspecified:
-        return {"ip": "::1" if ip.version == 6 else "127.0.0.1"}
-    return {"ip": str(ip)}
+        return (("ip", "::1" if ip.version == 6 else "127.0.0.1"),)
+    return (("ip", str(ip)),)
 
 
 def ingress_status(obj: KubeObject, opts: TranslateOptions) -> ObjectStatus:
@@ -217,17 +224,139 @@ def wildcard_guard(host: str) -> HeaderMatch:
     return HeaderMatch(":authority", "regex", rf"(?i)^[^.]+{suffix}(:[0-9]+)?$")
 
 
-# -- one served configuration (a class, or the shared one) --------------------------------------------
+# -- one Ingress, resolved on its own ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """One backend as a route: forwarding to `cluster`, or answering 503 with `issues` saying why."""
+
+    route: Route
+    cluster: Cluster | None = None
+    issues: tuple[Issue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _PathUnit:
+    """One `spec.rules[i].http.paths[j]`: its match and backend, or (`match` None) why it is ignored."""
+
+    host: str
+    where: str
+    path: str
+    path_type: str
+    match: PathMatch | None
+    resolved: _Resolved | None = None
+    problem: Issue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _TlsUnit:
+    """One `spec.tls[k]` entry and its Secret as loaded (None: the entry names none)."""
+
+    where: str
+    hosts: tuple[str, ...]
+    secret_name: str
+    loaded: TlsSecret | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressUnit:
+    """One Ingress with its backends and Secrets resolved: everything merging it into a listener group
+    needs, and nothing that depends on the other Ingresses there. Reused (the very same object, and so the
+    very same routes and clusters) while the Ingress and the Services and Secrets it read are unchanged."""
+
+    ref: str
+    namespace: str
+    hosts: tuple[str, ...]  # its rule hosts, each once, in order
+    default: _Resolved | None
+    paths: tuple[_PathUnit, ...]
+    tls: tuple[_TlsUnit, ...]
+    force: bool  # force-https
+    own_hosts: frozenset[str]  # what a TLS entry without hosts covers
+
+    def resolved(self) -> dict[str, _Resolved]:
+        """Its resolved backends by route name."""
+        out = {p.resolved.route.name: p.resolved for p in self.paths if p.resolved is not None}
+        if self.default is not None:
+            out[self.default.route.name] = self.default
+        return out
+
+
+def _resolve(snapshot: InputSnapshot, ref: str, namespace: str, backend: IngressBackend, where: str, name: str,
+             match: PathMatch) -> _Resolved:
+    rmatch = RouteMatch(path=match)
+    if backend.resource is not None:
+        r = backend.resource
+        return _Resolved(Route(name, rmatch, direct=UNAVAILABLE, sources=(ref,)), None, (Issue(
+            ref, f"{where}.resource", (
+                f"resource backends ({r.kind} {r.name}) are not supported; requests here get 503")),))
+    assert backend.service is not None
+    svc = backend.service
+    look = resolve_backend(snapshot, namespace, svc.name, svc.port)
+    if look.cluster is None:
+        sub = "name" if look.reason == "BackendNotFound" else (
+            "port.number" if isinstance(svc.port, int) else "port.name")
+        return _Resolved(Route(name, rmatch, direct=UNAVAILABLE, sources=(ref,)), None, (
+            Issue(ref, f"{where}.service.{sub}", f"{look.message}; requests here get 503"),))
+    return _Resolved(Route(name, rmatch, backends=(Backend(look.cluster.name),), sources=(ref,)), look.cluster)
+
+
+def ingress_unit(snapshot: InputSnapshot, obj: KubeObject, readable: tuple[str, ...] | None,
+                 old: IngressUnit | None = None) -> IngressUnit:
+    """`obj` resolved on its own. Parts equal to `old`'s (its previous unit) are `old`'s very objects, and
+    `old` itself is returned when the whole is equal."""
+    spec: IngressSpec = obj.spec
+    ref = str(obj.ref)
+    ns = obj.meta.namespace
+    base = f"{ns}/{obj.meta.name}"
+    before = old.resolved() if old is not None else {}
+
+    def resolve(backend: IngressBackend, where: str, name: str, match: PathMatch) -> _Resolved:
+        new = _resolve(snapshot, ref, ns, backend, where, name, match)
+        prev = before.get(name)
+        return prev if prev is not None and prev == new else new
+
+    default = None
+    if spec.default_backend is not None:
+        default = resolve(spec.default_backend, "spec.defaultBackend", f"{base}/defaultBackend",
+                          PathMatch("prefix", "/"))
+    hosts: dict[str, None] = {}
+    paths: list[_PathUnit] = []
+    for i, rule in enumerate(spec.rules):
+        hosts.setdefault(rule.host)
+        for j, p in enumerate(rule.paths):
+            where = f"spec.rules[{i}].http.paths[{j}]"
+            match, problem = path_match(p)
+            if match is None:
+                paths.append(_PathUnit(rule.host, where, p.path, p.path_type, None, problem=Issue(
+                    ref, f"{where}.path", f"{problem}; this path is ignored")))
+            else:
+                paths.append(_PathUnit(rule.host, where, p.path, p.path_type, match, resolve(
+                    p.backend, f"{where}.backend", f"{base}/rules/{i}/paths/{j}", match)))
+    loaded: dict[str, TlsSecret] = {}
+    tls: list[_TlsUnit] = []
+    for k, t in enumerate(spec.tls):
+        secret = None
+        if t.secret_name:
+            secret = loaded.get(t.secret_name)
+            if secret is None:
+                secret = loaded[t.secret_name] = load_tls_secret(snapshot, ns, t.secret_name, readable)
+        tls.append(_TlsUnit(f"spec.tls[{k}]", tuple(t.hosts), t.secret_name, secret))
+    own = set(hosts)
+    if default is not None:
+        own.add(CATCH_ALL)
+    force = obj.meta.annotations.get(FORCE_HTTPS_ANNOTATION, "").strip().lower() in ("true", "enabled")
+    unit = IngressUnit(ref, ns, tuple(hosts), default, tuple(paths), tuple(tls), force, frozenset(own))
+    return old if old is not None and old == unit else unit
+
+
+# -- one served configuration (a class, or the shared one), merged from its Ingresses' units ----------
 @dataclass(slots=True)
 class _Group:
-    snapshot: InputSnapshot
     opts: TranslateOptions
     prefix: str
-    secret_cache: dict[tuple[str, str], TlsSecret]
     issues: list[Issue] = field(default_factory=list)
     clusters: dict[str, Cluster] = field(default_factory=dict)
     routes: dict[str, list[Route]] = field(default_factory=lambda: defaultdict(list))
-    contributors: dict[str, list[KubeObject]] = field(default_factory=lambda: defaultdict(list))
+    contributors: dict[str, list[IngressUnit]] = field(default_factory=lambda: defaultdict(list))
     defaults: dict[str, Route] = field(default_factory=dict)  # by Ingress ref
     global_default: Route | None = None
     tls_hosts: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # host -> (sds, ref, field)
@@ -236,99 +365,69 @@ class _Group:
     secrets: dict[str, Secret] = field(default_factory=dict)
     force: set[str] = field(default_factory=set)
 
-    def backend_route(self, obj: KubeObject, backend: IngressBackend, where: str, name: str,
-                      match: PathMatch) -> Route:
-        ref = str(obj.ref)
-        rmatch = RouteMatch(path=match)
-        if backend.resource is not None:
-            r = backend.resource
-            self.issues.append(Issue(ref, f"{where}.resource", (
-                f"resource backends ({r.kind} {r.name}) are not supported; requests here get 503")))
-            return Route(name, rmatch, direct=UNAVAILABLE, sources=(ref,))
-        assert backend.service is not None
-        svc = backend.service
-        look = resolve_backend(self.snapshot, obj.meta.namespace, svc.name, svc.port)
-        if look.cluster is None:
-            sub = "name" if look.reason == "BackendNotFound" else (
-                "port.number" if isinstance(svc.port, int) else "port.name")
-            self.issues.append(Issue(ref, f"{where}.service.{sub}", f"{look.message}; requests here get 503"))
-            return Route(name, rmatch, direct=UNAVAILABLE, sources=(ref,))
-        self.clusters.setdefault(look.cluster.name, look.cluster)
-        return Route(name, rmatch, backends=(Backend(look.cluster.name),), sources=(ref,))
+    def use(self, resolved: _Resolved) -> Route:
+        self.issues.extend(resolved.issues)
+        if resolved.cluster is not None:
+            self.clusters.setdefault(resolved.cluster.name, resolved.cluster)
+        return resolved.route
 
     # -- rules -------------------------------------------------------------------------------------
-    def add_rules(self, members: list[KubeObject]) -> None:
+    def add_rules(self, members: list[IngressUnit]) -> None:
         seen: dict[tuple[str, str, str], tuple[str, str]] = {}
         entries: dict[str, list[tuple[tuple[int, int], Route]]] = defaultdict(list)
-        for obj in members:
-            spec: IngressSpec = obj.spec
-            ref = str(obj.ref)
-            base = f"{obj.meta.namespace}/{obj.meta.name}"
-            if spec.default_backend is not None:
-                route = self.backend_route(obj, spec.default_backend, "spec.defaultBackend",
-                                           f"{base}/defaultBackend", PathMatch("prefix", "/"))
+        for u in members:
+            ref = u.ref
+            if u.default is not None:
+                route = self.use(u.default)
                 self.defaults[ref] = route
                 if self.global_default is None:
                     self.global_default = route
-            for i, rule in enumerate(spec.rules):
-                host = rule.host
-                if obj not in self.contributors[host]:
-                    self.contributors[host].append(obj)
-                for j, p in enumerate(rule.paths):
-                    where = f"spec.rules[{i}].http.paths[{j}]"
-                    match, problem = path_match(p)
-                    if match is None:
-                        self.issues.append(Issue(ref, f"{where}.path", f"{problem}; this path is ignored"))
-                        continue
-                    key = (host, match.kind, match.value)
-                    owner = seen.get(key)
-                    if owner is not None:
-                        self.issues.append(Issue(ref, where, _duplicate_message(host, p, ref, owner)))
-                        continue
-                    seen[key] = (ref, where)
-                    route = self.backend_route(obj, p.backend, f"{where}.backend", f"{base}/rules/{i}/paths/{j}",
-                                               match)
-                    entries[host].append((_precedence(match), route))
+            for host in u.hosts:
+                self.contributors[host].append(u)
+            for p in u.paths:
+                match = p.match
+                if match is None:
+                    assert p.problem is not None
+                    self.issues.append(p.problem)
+                    continue
+                key = (p.host, match.kind, match.value)
+                owner = seen.get(key)
+                if owner is not None:
+                    self.issues.append(Issue(ref, p.where, _duplicate_message(p, ref, owner)))
+                    continue
+                seen[key] = (ref, p.where)
+                assert p.resolved is not None
+                entries[p.host].append((_precedence(match), self.use(p.resolved)))
         for host, items in entries.items():
             items.sort(key=lambda e: e[0])  # stable: the older Ingress first at equal precedence
             self.routes[host] = [r for _, r in items]
         self._report_default_conflicts(members)
 
-    def _report_default_conflicts(self, members: list[KubeObject]) -> None:
+    def _report_default_conflicts(self, members: list[IngressUnit]) -> None:
         g = self.global_default
         if g is None:
             return
-        for obj in members:
-            mine = self.defaults.get(str(obj.ref))
+        for u in members:
+            mine = self.defaults.get(u.ref)
             if mine is not None and mine is not g and (mine.backends, mine.direct) != (g.backends, g.direct):
-                scope = "applies to the hosts of this Ingress only" if any(r.host for r in obj.spec.rules) \
-                    else "is not used"
-                self.issues.append(Issue(str(obj.ref), "spec.defaultBackend", (
+                scope = "applies to the hosts of this Ingress only" if any(u.hosts) else "is not used"
+                self.issues.append(Issue(u.ref, "spec.defaultBackend", (
                     f"{scope}: {', '.join(g.sources)} is older and its defaultBackend serves requests that "
                     "match no host"), severity="warning"))
 
     # -- TLS ---------------------------------------------------------------------------------------
-    def add_tls(self, members: list[KubeObject]) -> None:
-        for obj in members:
-            spec: IngressSpec = obj.spec
-            ref = str(obj.ref)
-            force = obj.meta.annotations.get(FORCE_HTTPS_ANNOTATION, "").strip().lower() in ("true", "enabled")
-            own_hosts = {r.host for r in spec.rules}
-            if spec.default_backend is not None:
-                own_hosts.add(CATCH_ALL)
-            for k, t in enumerate(spec.tls):
-                where = f"spec.tls[{k}]"
+    def add_tls(self, members: list[IngressUnit]) -> None:
+        for u in members:
+            ref = u.ref
+            for t in u.tls:
+                where = t.where
                 hosts_text = ", ".join(t.hosts) if t.hosts else "the hosts of this Ingress"
-                if not t.secret_name:
+                if t.loaded is None:
                     self.issues.append(Issue(ref, f"{where}.secretName", (
                         f"is required: cilia terminates TLS and does not route by SNI alone; {hosts_text} "
                         "not served over TLS")))
                     continue
-                ns = obj.meta.namespace
-                cached = self.secret_cache.get((ns, t.secret_name))
-                if cached is None:
-                    cached = self.secret_cache[(ns, t.secret_name)] = load_tls_secret(
-                        self.snapshot, ns, t.secret_name, self.opts.secret_namespaces)
+                cached = t.loaded
                 for w in cached.warnings:
                     self.issues.append(Issue(ref, f"{where}.secretName", w, severity="warning"))
                 if cached.secret is None:
@@ -346,8 +445,8 @@ class _Group:
                             f"{self.default_tls[0]}; this entry is ignored")))
                     else:
                         self.default_tls = self.default_tls or (sds, ref, where)
-                        self.default_tls_hosts |= own_hosts
-                        covered |= own_hosts
+                        self.default_tls_hosts |= u.own_hosts
+                        covered |= u.own_hosts
                         used = True
                 for h, host in enumerate(t.hosts):
                     prev = self.tls_hosts.get(host)
@@ -360,15 +459,15 @@ class _Group:
                         self.tls_hosts[host] = (sds, ref, where)
                     if cached.dns_names and not host_covered(host, cached.dns_names):
                         self.issues.append(Issue(ref, f"{where}.hosts[{h}]", (
-                            f"the certificate in Secret {ns}/{t.secret_name} is not valid for {host} (it names "
-                            f"{', '.join(cached.dns_names)}); clients that verify it will refuse"),
+                            f"the certificate in Secret {u.namespace}/{t.secret_name} is not valid for {host} "
+                            f"(it names {', '.join(cached.dns_names)}); clients that verify it will refuse"),
                             severity="warning"))
                     covered.add(host)
-                    covered |= {r for r in own_hosts if r and _tls_covers(host, r)}
+                    covered |= {r for r in u.own_hosts if r and _tls_covers(host, r)}
                     used = True
                 if used:
                     self.secrets[sds] = cached.secret
-                    if force:
+                    if u.force:
                         self.force |= covered
 
     def tls_served(self, host: str) -> bool:
@@ -379,8 +478,8 @@ class _Group:
 
     # -- output ------------------------------------------------------------------------------------
     def vhost_default(self, host: str) -> Route | None:
-        for obj in self.contributors.get(host, []):  # oldest first
-            route = self.defaults.get(str(obj.ref))
+        for u in self.contributors.get(host, []):  # oldest first
+            route = self.defaults.get(u.ref)
             if route is not None:
                 return route
         return self.global_default
@@ -452,8 +551,8 @@ class _Group:
                          listener_filters=("tls_inspector",), sources=sources)
         return [http, https]
 
-    def bundle(self, key: str, scope: ProxyScope, members: list[KubeObject]) -> Bundle:
-        sources = tuple(str(o.ref) for o in members)
+    def bundle(self, key: str, scope: ProxyScope, members: list[IngressUnit]) -> Bundle:
+        sources = tuple(u.ref for u in members)
         listeners = self.listeners(sources)
         routes = [self.route_config("http")]
         if len(listeners) > 1:
@@ -472,65 +571,189 @@ def _tls_covers(tls_host: str, host: str) -> bool:
         host.partition(".")[2] == tls_host[2:]
 
 
-def _duplicate_message(host: str, p: IngressPath, ref: str, owner: tuple[str, str]) -> str:
-    what = f"host {host or '*'} path {p.path or '/'!r} ({p.path_type})"
+def _duplicate_message(p: _PathUnit, ref: str, owner: tuple[str, str]) -> str:
+    what = f"host {p.host or '*'} path {p.path or '/'!r} ({p.path_type})"
     if owner[0] == ref:
         return f"{what} duplicates {owner[1]}; this path is ignored"
     return f"{what} is already served by {owner[0]} ({owner[1]}), which is older; this path is ignored"
 
 
-def _build(snapshot: InputSnapshot, opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
-           members: list[KubeObject], secret_cache: dict[tuple[str, str], TlsSecret]) -> tuple[Bundle, list[Issue]]:
-    group = _Group(snapshot, opts, prefix, secret_cache)
+def build_group(opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
+                members: list[IngressUnit]) -> tuple[Bundle, tuple[Issue, ...]]:
+    """A listener group's bundle and issues from its Ingresses' units, oldest first."""
+    group = _Group(opts, prefix)
     group.add_rules(members)
     group.add_tls(members)
-    return group.bundle(key, scope, members), group.issues
+    return group.bundle(key, scope, members), tuple(group.issues)
 
 
-# Per listener group (ingress class, or the shared node listeners): its bundle and issues, reused while its
-# Ingresses (by identity), the options and what building it read are unchanged (translate/incremental.py).
-_GROUPS: UnitMemo[tuple[Bundle, tuple[Issue, ...]]] = UnitMemo()
+# -- reuse across translations ------------------------------------------------------------------------
+N = TypeVar("N", Listener, Cluster, Secret, VirtualHost)
 
 
-def _build_memo(snapshot: InputSnapshot, opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
-                members: list[KubeObject]) -> tuple[Bundle, tuple[Issue, ...]]:
-    def build(view: InputSnapshot) -> tuple[Bundle, tuple[Issue, ...]]:
-        # A secret cache of the group's own, so that every Secret the group uses is a read of its own.
-        bundle, found = _build(view, opts, prefix, key, scope, members, {})
-        return bundle, tuple(found)
+def _same_nodes(new: tuple[N, ...], old: tuple[N, ...]) -> tuple[N, ...]:
+    """`new` with each node equal to `old`'s node of that name replaced by that very object; `old` itself
+    when that makes them the same."""
+    by_name = {n.name: n for n in old}
+    out = tuple(p if (p := by_name.get(n.name)) is not None and (p is n or p == n) else n for n in new)
+    if len(out) == len(old) and all(a is b for a, b in zip(out, old, strict=True)):
+        return old
+    return out
 
-    signature = (prefix, scope, opts, tuple(Ident(m) for m in members))
-    return _GROUPS.compute(key, signature, snapshot, build)
+
+def _same_route_config(new: RouteConfig, old: RouteConfig | None) -> RouteConfig:
+    if old is None:
+        return new
+    vhosts = _same_nodes(new.virtual_hosts, old.virtual_hosts)
+    if vhosts is old.virtual_hosts and replace(new, virtual_hosts=vhosts) == old:
+        return old
+    return replace(new, virtual_hosts=vhosts)
+
+
+def reuse_nodes(new: Bundle, old: Bundle | None) -> Bundle:
+    """`new` with every listener, route configuration, virtual host, cluster and secret that equals the
+    one of that name in `old` replaced by `old`'s very object (render reuses those by identity), and `old`
+    itself when all of it is equal."""
+    if old is None:
+        return new
+    old_routes = {rc.name: rc for rc in old.routes}
+    routes = tuple(_same_route_config(rc, old_routes.get(rc.name)) for rc in new.routes)
+    if len(routes) == len(old.routes) and all(a is b for a, b in zip(routes, old.routes, strict=True)):
+        routes = old.routes
+    same = replace(new, listeners=_same_nodes(new.listeners, old.listeners), routes=routes,
+                   clusters=_same_nodes(new.clusters, old.clusters), secrets=_same_nodes(new.secrets, old.secrets))
+    return old if same == old else same
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupEntry:
+    signature: tuple[Any, ...]
+    members: tuple[IngressUnit, ...]
+    bundle: Bundle
+    issues: tuple[Issue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where one Ingress goes (its class, whether shared), its status and the issues deciding that gave."""
+
+    obj: KubeObject
+    view: ClassView
+    options: tuple[object, ...]  # _placement_options
+    cls: str | None
+    shared: bool
+    issues: tuple[Issue, ...]
+    status: ObjectStatus | None
+
+
+# Per Ingress (by namespace/name): its unit, reused while the Ingress (by identity), the Secret namespaces
+# and the Services and Secrets it read are unchanged (translate/incremental.py); and its last unit, which a
+# recomputed unit keeps the equal parts of. Per listener group (by bundle key): its bundle and issues,
+# reused while its units are the very same objects and the options it uses are unchanged. Per Ingress: where
+# it goes. A value is a pure function of what it is checked against, so sharing these between control planes
+# in one process is safe.
+_UNITS: UnitMemo[IngressUnit] = UnitMemo()
+_LAST_UNITS: Memo[IngressUnit] = Memo()
+_GROUPS: Memo[_GroupEntry] = Memo()
+_PLACEMENTS: Memo[_Placement] = Memo()
+_VIEWS: Memo[ClassView] = Memo()
+
+
+def _unit(snapshot: InputSnapshot, obj: KubeObject, opts: TranslateOptions) -> IngressUnit:
+    readable = opts.secret_namespaces
+    if not memo_enabled():
+        return ingress_unit(snapshot, obj, readable)
+    key = (obj.meta.namespace, obj.meta.name)
+    unit = _UNITS.compute(key, (Ident(obj), readable), snapshot,
+                          lambda view: ingress_unit(view, obj, readable, _LAST_UNITS.get(key)))
+    return _LAST_UNITS.put(key, unit)
+
+
+def _group_options(o: TranslateOptions) -> tuple[object, ...]:
+    """The options a listener group's bundle depends on (any other option may change without rebuilding it)."""
+    return (o.ingress_address, o.ingress_http_port, o.ingress_https_port)
+
+
+def _placement_options(o: TranslateOptions) -> tuple[object, ...]:
+    """The options where an Ingress goes and its status depend on."""
+    return (o.ingress_default_mode, o.ingress_status_address, o.ingress_address, o.ingress_http_port,
+            o.ingress_https_port)
+
+
+def _group(opts: TranslateOptions, prefix: str, key: str, scope: ProxyScope,
+           members: list[IngressUnit]) -> tuple[Bundle, tuple[Issue, ...]]:
+    if not memo_enabled():
+        return build_group(opts, prefix, key, scope, members)
+    signature = (prefix, scope, *_group_options(opts))
+    entry = _GROUPS.get(key)
+    if entry is not None and entry.signature == signature and len(entry.members) == len(members) and \
+            all(a is b for a, b in zip(entry.members, members, strict=True)):
+        return entry.bundle, entry.issues
+    bundle, issues = build_group(opts, prefix, key, scope, members)
+    if entry is not None:
+        bundle = reuse_nodes(bundle, entry.bundle)
+    _GROUPS.put(key, _GroupEntry(signature, tuple(members), bundle, issues))
+    return bundle, issues
+
+
+def _place(obj: KubeObject, view: ClassView, opts: TranslateOptions, options: tuple[object, ...]) -> _Placement:
+    cls, issues = class_of(obj, view)
+    if cls is None:
+        return _Placement(obj, view, options, None, False, (), None)
+    mode, more = _mode(obj, opts)
+    return _Placement(obj, view, options, cls, mode == "shared", (*issues, *more), ingress_status(obj, opts))
+
+
+def _placement(obj: KubeObject, view: ClassView, opts: TranslateOptions, options: tuple[object, ...]) -> _Placement:
+    if not memo_enabled():
+        return _place(obj, view, opts, options)
+    key = (obj.meta.namespace, obj.meta.name)
+    hit = _PLACEMENTS.get(key)
+    if hit is None or hit.obj is not obj or hit.view is not view or hit.options != options:
+        hit = _place(obj, view, opts, options)
+    return _PLACEMENTS.put(key, hit)
+
+
+def _same_view(view: ClassView) -> ClassView:
+    """The last run's equal view, so that placements can compare views by identity."""
+    if not memo_enabled():
+        return view
+    last = _VIEWS.get("")
+    return _VIEWS.put("", last if last is not None and last == view else view)
 
 
 def translate_ingresses(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
-    view = ingress_classes(snapshot, opts.ingress_controllers)
+    view = _same_view(ingress_classes(snapshot, opts.ingress_controllers))
     issues: list[Issue] = list(view.issues)
-    by_class: dict[str, list[KubeObject]] = defaultdict(list)
-    shared: list[KubeObject] = []
+    by_class: dict[str, list[tuple[KubeObject, IngressUnit]]] = defaultdict(list)
+    shared: list[tuple[KubeObject, IngressUnit]] = []
     statuses: list[ObjectStatus] = []
+    options = _placement_options(opts)
     for obj in snapshot.list("Ingress"):
-        cls, more = class_of(obj, view)
-        if cls is None:
+        place = _placement(obj, view, opts, options)
+        if place.cls is None:
             continue
-        issues.extend(more)
-        mode, more = _mode(obj, opts)
-        issues.extend(more)
-        by_class[cls].append(obj)
-        if mode == "shared":
-            shared.append(obj)
-        statuses.append(ingress_status(obj, opts))
+        issues.extend(place.issues)
+        member = (obj, _unit(snapshot, obj, opts))
+        by_class[place.cls].append(member)
+        if place.shared:
+            shared.append(member)
+        assert place.status is not None
+        statuses.append(place.status)
     bundles: list[Bundle] = []
-    groups: list[tuple[str, str, ProxyScope, list[KubeObject]]] = [
+    groups: list[tuple[str, str, ProxyScope, list[tuple[KubeObject, IngressUnit]]]] = [
         (f"ingress/{cls}", f"ingress:{cls}", ProxyScope(frozenset({"ingress"}), frozenset({cls})), members)
         for cls, members in sorted(by_class.items())]
     if shared:
         groups.append((SHARED_PREFIX, "ingress:shared", ProxyScope(frozenset({"node"})), shared))
     for prefix, key, scope, members in groups:
-        bundle, found = _build_memo(snapshot, opts, prefix, key, scope, sorted(members, key=_age_key))
+        oldest_first = [u for _, u in sorted(members, key=lambda m: _age_key(m[0]))]
+        bundle, found = _group(opts, prefix, key, scope, oldest_first)
         bundles.append(bundle)
         issues.extend(found)
-    _GROUPS.rotate()
+    for memo in (_UNITS, _LAST_UNITS, _GROUPS, _PLACEMENTS, _VIEWS):
+        if memo_enabled():
+            memo.rotate()
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=_unique(issues))
 
 
