@@ -34,7 +34,7 @@ from cilia.translate.backendclientcert import client_cert_clusters, retarget_lis
 from cilia.translate.backendtls import referenced_secrets
 from cilia.translate.backendtls_status import Ancestor, policy_statuses
 from cilia.translate.context import Memo, ObjectStatus, Partial, TranslateOptions
-from cilia.translate.gamma import translate_gamma
+from cilia.translate.gamma import GammaResult, translate_gamma
 from cilia.translate.gateway_addresses import gateway_addresses
 from cilia.translate.gateway_common import (
     CONTROLLER,
@@ -510,6 +510,88 @@ def _route_memo(snapshot: InputSnapshot, gateways: Mapping[str, GatewayState], l
 RouteKey = tuple[str, str, str]
 
 
+class _Tally:
+    """What the routes contribute, by their position in listing order: attachments per Gateway listener,
+    the Services they send to per Gateway, issues and statuses. Kept with the route pass, so a run that
+    revisits a few routes patches their contributions instead of summing every route's again."""
+
+    __slots__ = ("_issues_at", "_used", "attach", "keys", "outcomes", "pos", "routes", "status_at", "used_sets")
+
+    def __init__(self) -> None:
+        self.keys: list[RouteKey] = []
+        self.pos: dict[RouteKey, int] = {}
+        self.routes: list[KubeObject] = []
+        self.outcomes: list[RouteOutcome] = []
+        self.status_at: list[ObjectStatus | None] = []
+        self.attach: dict[tuple[str, int], list[tuple[int, Attachment]]] = {}  # (Gateway, listener) -> by position
+        self._issues_at: dict[int, tuple[Issue, ...]] = {}
+        self._used: dict[tuple[tuple[str, str], Ancestor], int] = {}
+        self.used_sets: dict[tuple[str, str], set[Ancestor]] = {}  # Service -> Gateways (BackendTLSPolicy)
+
+    def add(self, key: RouteKey, route: KubeObject, outcome: RouteOutcome, status: ObjectStatus | None) -> None:
+        p = len(self.keys)
+        self.keys.append(key)
+        self.pos[key] = p
+        self.routes.append(route)
+        self.outcomes.append(outcome)
+        self.status_at.append(status)
+        self._count(p, outcome, 1)
+
+    def replace(self, p: int, route: KubeObject, outcome: RouteOutcome, status: ObjectStatus | None,
+                touched: set[tuple[str, int]]) -> None:
+        old = self.outcomes[p]
+        if old is not outcome:
+            self._count(p, old, -1, touched)
+            self._count(p, outcome, 1, touched)
+        self.routes[p] = route
+        self.outcomes[p] = outcome
+        self.status_at[p] = status
+
+    def _count(self, p: int, outcome: RouteOutcome, n: int, touched: set[tuple[str, int]] | None = None) -> None:
+        for gkey, index, attachment in outcome.attachments:
+            entries = self.attach.setdefault((gkey, index), [])
+            if n > 0:
+                entries.append((p, attachment))
+            else:
+                entries.remove((p, attachment))
+            if touched is not None:
+                touched.add((gkey, index))
+        for used in outcome.used_by:
+            count = self._used.get(used, 0) + n
+            svc, ancestor = used
+            if count:
+                self._used[used] = count
+                self.used_sets.setdefault(svc, set()).add(ancestor)
+            else:
+                del self._used[used]
+                users = self.used_sets[svc]
+                users.discard(ancestor)
+                if not users:
+                    del self.used_sets[svc]
+        if n > 0 and outcome.issues:
+            self._issues_at[p] = outcome.issues
+        elif n < 0:
+            self._issues_at.pop(p, None)
+
+    def sort(self, touched: set[tuple[str, int]]) -> None:
+        for where in touched:
+            self.attach[where].sort(key=lambda e: e[0])
+
+    def apply(self, gateways: Mapping[str, GatewayState]) -> None:
+        """Attach the routes to fresh Gateway states."""
+        for (gkey, index), entries in self.attach.items():
+            if entries:
+                st = gateways[gkey].listeners[index]
+                st.routes = [a for _, a in entries]
+                st.attached = len(entries)
+
+    def issues(self) -> list[Issue]:
+        return [i for p in sorted(self._issues_at) for i in self._issues_at[p]]
+
+    def statuses(self) -> list[ObjectStatus]:
+        return [s for s in self.status_at if s is not None]
+
+
 class _RoutePass:
     """The route loop's last results, so that a run after a small edit revisits only the routes the edit
     can affect: those edited, those that read an edited object, and none else while the Gateways' attach
@@ -518,8 +600,8 @@ class _RoutePass:
     objects each route read comes from its memo entry, so a route whose reads are not recorded (opaque)
     makes the next run a full one."""
 
-    __slots__ = ("_affected", "_new", "_seen", "fast", "kind_names", "kinds", "opts", "outcomes", "readers", "reads",
-                 "stamp", "tokens")
+    __slots__ = ("_affected", "_new", "_seen", "fast", "kind_names", "kinds", "mesh_keys", "opts", "outcomes",
+                 "readers", "reads", "stamp", "tally", "tokens")
 
     _last: _RoutePass | None = None
 
@@ -537,6 +619,8 @@ class _RoutePass:
         self._affected: set[RouteKey] = set()
         self._seen: set[RouteKey] = set()
         self._new = True  # every route is recorded afresh (not a fast run)
+        self.tally: _Tally | None = None  # the last run's, when every route was seen
+        self.mesh_keys: frozenset[RouteKey] = frozenset()  # routes with GAMMA parents in the last run
 
     @classmethod
     def begin(cls, snapshot: InputSnapshot, root: InputSnapshot | None, gateways: Mapping[str, GatewayState],
@@ -591,15 +675,55 @@ class _RoutePass:
         self.kinds.update(kind for kind, _ in reads.kinds)
         self.kind_names |= reads.kind_names
 
-    def finish(self) -> None:
+    def patch(self, snapshot: InputSnapshot, root: InputSnapshot | None, gateways: Mapping[str, GatewayState],
+              listener_sets: ListenerSetResult, mesh: GammaResult, controllers: tuple[str, ...]) -> _Tally | None:
+        """The last run's tally with the affected routes' contributions replaced; None when routes came or
+        went (their positions move: the caller goes over every route)."""
+        tally = self.tally
+        if not self.fast or tally is None or root is None:
+            return None
+        for kind in ROUTE_KINDS:
+            snapshot.count(kind)  # what listing the routes would have recorded
+        if sum(len(root.objects.get(kind) or ()) for kind in ROUTE_KINDS) != len(tally.keys):
+            return None
+        now: dict[RouteKey, KubeObject] = {}
+        for key in self._affected | self.mesh_keys | set(mesh.parents):
+            route = root.objects.get(key[0], {}).get((key[1], key[2]))
+            if (route is None) != (key not in tally.pos):
+                return None  # added or removed
+            if route is not None:
+                now[key] = route
+        self.tally = None  # half patched if this raises: the next run starts afresh
+        touched: set[tuple[str, int]] = set()
+        signatures: dict[str, Any] = dict(self.tokens)
+        for key in sorted(now, key=tally.pos.__getitem__):
+            route, p = now[key], tally.pos[key]
+            outcome = tally.outcomes[p]
+            if key in self._affected or tally.routes[p] is not route:
+                outcome = _route_memo(snapshot, gateways, listener_sets, route, self.opts, signatures, root)
+                self.recomputed(key, route, outcome)
+            in_mesh = mesh.parents.get(key)
+            status = (_route_status_memo(key, route, outcome.stanzas, in_mesh or (), controllers)
+                      if outcome.stanzas or in_mesh else None)
+            tally.replace(p, route, outcome, status, touched)
+        tally.sort(touched)
+        if _RoutePass._last is self:
+            self.tally = tally
+            self.mesh_keys = frozenset(mesh.parents)
+        return tally
+
+    def finish(self, tally: _Tally, mesh: GammaResult) -> None:
         if _RoutePass._last is not self:
             return
+        self.tally = tally
+        self.mesh_keys = frozenset(mesh.parents)
         for key in [k for k in self.outcomes if k not in self._seen]:  # routes gone
             self._unindex(key)
             del self.outcomes[key]
             if self.fast:
                 _ROUTES.forget(key)
                 _BUILDERS.forget(key)
+                _ROUTE_STATUSES.forget(key)
 
     def _unindex(self, key: RouteKey) -> None:
         for k in self.reads.pop(key, ()):
@@ -992,32 +1116,30 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     statuses.extend(listener_sets.statuses)
     issues.extend(listener_sets.issues)
     _merge_listener_sets(snapshot, gateways, listener_sets.admitted, opts)
-    used_by: dict[tuple[str, str], set[Ancestor]] = defaultdict(set)  # Service -> Gateways (BackendTLSPolicy)
     signatures: dict[str, Any] = {}
     root = root_snapshot(snapshot)
     mesh = translate_gamma(snapshot, opts)
     controllers = tuple(opts.gateway_controllers)
-    route_statuses: list[ObjectStatus] = []
     routes = _RoutePass.begin(snapshot, root, gateways, listener_sets, opts, signatures)
-    for route in _route_objects(snapshot):
-        key = (route.kind, route.meta.namespace, route.meta.name)
-        outcome = routes.reuse(key, route) if routes is not None else None
-        if outcome is None:
-            outcome = _route_memo(snapshot, gateways, listener_sets, route, opts, signatures, root)
-            if routes is not None:
-                routes.recomputed(key, route, outcome)
-        for gkey, index, attachment in outcome.attachments:
-            st = gateways[gkey].listeners[index]
-            st.attached += 1
-            st.routes.append(attachment)
-        for svc, ancestor in outcome.used_by:
-            used_by[svc].add(ancestor)
-        issues.extend(outcome.issues)
-        in_mesh = mesh.parents.get(key)
-        if outcome.stanzas or in_mesh:
-            route_statuses.append(_route_status_memo(key, route, outcome.stanzas, in_mesh or (), controllers))
-    if routes is not None:
-        routes.finish()
+    tally = routes.patch(snapshot, root, gateways, listener_sets, mesh, controllers) if routes is not None else None
+    if tally is None:
+        tally = _Tally()
+        for route in _route_objects(snapshot):
+            key = (route.kind, route.meta.namespace, route.meta.name)
+            outcome = routes.reuse(key, route) if routes is not None else None
+            if outcome is None:
+                outcome = _route_memo(snapshot, gateways, listener_sets, route, opts, signatures, root)
+                if routes is not None:
+                    routes.recomputed(key, route, outcome)
+            in_mesh = mesh.parents.get(key)
+            status = (_route_status_memo(key, route, outcome.stanzas, in_mesh or (), controllers)
+                      if outcome.stanzas or in_mesh else None)
+            tally.add(key, route, outcome, status)
+        if routes is not None:
+            routes.finish(tally, mesh)
+    tally.apply(gateways)
+    issues.extend(tally.issues())
+    used_by = tally.used_sets
     bundles: list[ir.Bundle] = []
     shared_taken: dict[int, list[tuple[str, str]]] = {}
     for gkey in sorted(gateways):
@@ -1036,11 +1158,11 @@ def translate_gateway(snapshot: InputSnapshot, opts: TranslateOptions) -> Partia
     issues.extend(tls_issues)
     bundles.extend(mesh.bundles)
     issues.extend(mesh.issues)
-    statuses.extend(route_statuses)
-    for memo in (_GATEWAY_IR, _BUNDLES) if routes is not None and routes.fast else (_BUILDERS, _ROUTES, _GATEWAY_IR,
-                                                                                   _BUNDLES):
+    statuses.extend(tally.statuses())
+    fast = routes is not None and routes.fast  # reused routes' entries were not looked at: keep them all
+    for memo in (_GATEWAY_IR, _BUNDLES) if fast else (_BUILDERS, _ROUTES, _GATEWAY_IR, _BUNDLES):
         memo.rotate()
-    if memo_enabled():
+    if memo_enabled() and not fast:
         _ROUTE_STATUSES.rotate()
     return Partial(bundles=tuple(bundles), statuses=tuple(statuses), issues=tuple(issues))
 
