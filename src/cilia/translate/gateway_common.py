@@ -300,6 +300,8 @@ class RuleBuilder:
         self.problems: list[Problem] = []
         self.invalid_rules: dict[int, Problem] = {}
         self.clusters: dict[str, ir.Cluster] = {}
+        self._complete = False  # every reference resolved (resolve_all ran)
+        self._made: dict[tuple[ListenerContext, str], tuple[RankedRoute, ...]] = {}
 
     def backend(self, ref: BackendRef) -> ResolvedBackend:
         if ref not in self._resolved:
@@ -341,6 +343,7 @@ class RuleBuilder:
                     elif f.type not in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
                                         "URLRewrite", "RequestRedirect"):
                         self._invalid(i, f"filter type {f.type} is not supported on a backendRef")
+        self._complete = True
 
     def _invalid(self, index: int, message: str) -> None:
         if index not in self.invalid_rules:
@@ -497,7 +500,16 @@ class RuleBuilder:
         return out
 
     def routes(self, ctx: ListenerContext, prefix: str) -> list[RankedRoute]:
-        """Every rule of the route, for one listener."""
+        """Every rule of the route, for one listener. Once every reference is resolved the rules are a
+        function of the listener alone, so a builder reused across translations makes them once."""
+        if self._complete:
+            made = self._made.get((ctx, prefix))
+            if made is None:
+                made = self._made[(ctx, prefix)] = tuple(self._routes(ctx, prefix))
+            return list(made)
+        return self._routes(ctx, prefix)
+
+    def _routes(self, ctx: ListenerContext, prefix: str) -> list[RankedRoute]:
         out: list[RankedRoute] = []
         for i, rule in enumerate(self.route.spec.rules):
             if i in self.invalid_rules:
