@@ -97,6 +97,7 @@ from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Partial, TranslateOptions
 from cilia.translate.egress import compile_egress, egress_parts
 from cilia.translate.gamma import mesh_routes_for
+from cilia.translate.incremental import memo_enabled, root_snapshot
 from cilia.translate.meshpods import MeshPod, mesh_pods
 from cilia.translate.meshtls import (
     SIDECAR_WORKLOAD_SECRET,
@@ -135,7 +136,7 @@ NODE_OUTBOUND_LISTENER = "outbound|node"
 HTTP_APP_PROTOCOLS = frozenset({"http", "http2", "h2c", "grpc", "grpc-web", "kubernetes.io/h2c",
                                 "kubernetes.io/ws"})
 _HTTP_NAME = re.compile(r"^(http|grpc|h2c)(?!s)", re.IGNORECASE)
-_POOL_NAME = re.compile(r"^([^/:]+)/([^/:]+):(\d+)$")
+POOL_NAME = re.compile(r"^([^/:]+)/([^/:]+):(\d+)$")  # a Service cluster: NS/SVC:PORT
 
 
 # -- names ------------------------------------------------------------------------------------------
@@ -210,33 +211,123 @@ def parse_egress_hosts(value: str, namespace: str) -> EgressScope:
 
 def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[Issue]]:
     """ClusterIP Services' TCP ports, each VIP:port owned by one Service."""
+    root = root_snapshot(snapshot)
+    if root is None or not memo_enabled():
+        return _all_mesh_services(snapshot.list("Service"))[:2]
+    services = root.objects.get("Service") or _NO_SERVICES
+    last = _LastServices.entry
+    if last is None or last.services is not services:
+        found = _service_delta(last, services) if last is not None else None
+        if found is None:
+            out, issues, at = _all_mesh_services(snapshot.list("Service"), last)
+            found = _MeshServices(services, out, issues, at)
+        _LastServices.entry = last = found
+    snapshot.list("Service")  # the read a full run makes (outer views record it)
+    return list(last.ports), list(last.issues)
+
+
+_NO_SERVICES: Mapping[tuple[str, str], KubeObject] = {}
+ObjectMap = Mapping[tuple[str, str], KubeObject]
+
+
+class _LastDiff:
+    """The last diff asked for (one entry: the mesh and gRPC translators ask the same one per snapshot)."""
+
+    entry: tuple[ObjectMap, ObjectMap, list[tuple[tuple[str, str], KubeObject]] | None] | None = None
+
+
+def changed_objects(old: ObjectMap, new: ObjectMap, most: int = 64) -> list[tuple[tuple[str, str], KubeObject]] | None:
+    """The (key, object) of `new` that are not the very object `old` has (a kind's mapping from two
+    snapshots of one store: the store replaces only objects whose content changed); None when there are
+    more than `most`, or keys were removed."""
+    hit = _LastDiff.entry
+    if hit is not None and hit[0] is old and hit[1] is new:
+        return hit[2]
+    changed = [(k, o) for k, o in new.items() if old.get(k) is not o]
+    added = sum(1 for k, _ in changed if k not in old)
+    found = changed if len(changed) <= most and len(new) - added == len(old) else None
+    _LastDiff.entry = (old, new, found)
+    return found
+# A Service object, its candidate mesh ports (index in spec.ports, port), and where the kept ones are in
+# mesh_services' list (position, index in spec.ports).
+_Placed = tuple[KubeObject, tuple[tuple[int, "MeshServicePort"], ...], tuple[tuple[int, int], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _MeshServices:
+    """mesh_services of one Service mapping (by identity), with where each Service's ports landed."""
+
+    services: Mapping[tuple[str, str], KubeObject]
+    ports: list[MeshServicePort]
+    issues: list[Issue]
+    at: dict[tuple[str, str], _Placed]
+
+
+class _LastServices:
+    """The last result (one entry, replaced whole), so an edit of a few Services costs those alone."""
+
+    entry: _MeshServices | None = None
+
+
+def _shape(ports: tuple[tuple[int, MeshServicePort], ...]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """What VIP:port ownership (and so which ports are kept, and the issues) depends on."""
+    return [(i, msp.port.port, msp.vips) for i, msp in ports]
+
+
+def _service_delta(last: _MeshServices, services: Mapping[tuple[str, str], KubeObject]) -> _MeshServices | None:
+    """`last` with changed Services' ports replaced in place; None when a Service was added or removed or
+    a change can move VIP:port ownership (other VIPs, ports, or port order)."""
+    if len(services) != len(last.services):
+        return None
+    changed = changed_objects(last.services, services)
+    if changed is None or len(changed) > 64:
+        return None
+    ports = last.ports
+    at = dict(last.at)
+    for key, obj in changed:
+        before = last.at.get(key)
+        if before is None:
+            return None
+        now = _mesh_ports(obj)
+        if _shape(now) != _shape(before[1]):
+            return None
+        if now != before[1]:
+            if ports is last.ports:
+                ports = list(ports)
+            kept = dict(now)
+            for pos, i in before[2]:
+                ports[pos] = kept[i]
+        at[key] = (obj, now, before[2])
+    return _MeshServices(services, ports, last.issues, at)
+
+
+def _all_mesh_services(objs: Iterable[KubeObject], last: _MeshServices | None = None) -> tuple[
+        list[MeshServicePort], list[Issue], dict[tuple[str, str], _Placed]]:
+    """Every Service in turn (candidate ports of `last`'s very same objects reused)."""
     out: list[MeshServicePort] = []
     issues: list[Issue] = []
     owner: dict[tuple[str, int], str] = {}
-    seen: dict[int, tuple[KubeObject, tuple[tuple[int, MeshServicePort], ...]]] = {}
-    for obj in snapshot.list("Service"):
-        hit = _PORTS.get(id(obj))
-        if hit is None or hit[0] is not obj:
-            hit = (obj, _mesh_ports(obj))
-        seen[id(obj)] = hit
-        for i, msp in hit[1]:
+    at: dict[tuple[str, str], _Placed] = {}
+    before = last.at if last is not None else {}
+    for obj in objs:
+        key = (obj.meta.namespace, obj.meta.name)
+        prev = before.get(key)
+        candidates = prev[1] if prev is not None and prev[0] is obj else _mesh_ports(obj)
+        positions: list[tuple[int, int]] = []
+        for i, msp in candidates:
             port = msp.port.port
-            taken = [ip for ip in msp.vips if (ip, port) in owner]
-            if taken:
+            taken = next((ip for ip in msp.vips if (ip, port) in owner), None)
+            if taken is not None:
                 issues.append(Issue(msp.ref, f"spec.ports[{i}]",
-                                    f"{taken[0]}:{port} is already a mesh destination of "
-                                    f"{owner[(taken[0], port)]}; this port is left out of the mesh"))
+                                    f"{taken}:{port} is already a mesh destination of "
+                                    f"{owner[(taken, port)]}; this port is left out of the mesh"))
                 continue
             for ip in msp.vips:
                 owner[(ip, port)] = msp.ref
+            positions.append((len(out), i))
             out.append(msp)
-    _PORTS.clear()
-    _PORTS.update(seen)
-    return out, issues
-
-
-# Each Service object's candidate mesh ports (by identity; an entry holds its object, so ids stay unique).
-_PORTS: dict[int, tuple[KubeObject, tuple[tuple[int, MeshServicePort], ...]]] = {}
+        at[key] = (obj, candidates, tuple(positions))
+    return out, issues, at
 
 
 def _mesh_ports(obj: KubeObject) -> tuple[tuple[int, MeshServicePort], ...]:
@@ -260,8 +351,8 @@ def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = (),
     return RouteConfig(name, (VirtualHost(name, ("*",), (route,)),), sources)
 
 
-def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
-    """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
+def cluster_names(rc: RouteConfig) -> list[str]:
+    """The clusters a route config's routes send to (backends and mirrors), first use first."""
     names: dict[str, None] = {}
     for vh in rc.virtual_hosts:
         for r in vh.routes:
@@ -269,9 +360,14 @@ def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
                 names[b.cluster] = None
             for mirror in r.mirrors:
                 names[mirror.cluster] = None
+    return list(names)
+
+
+def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
+    """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
     out = []
-    for name in names:
-        m = _POOL_NAME.match(name)
+    for name in cluster_names(rc):
+        m = POOL_NAME.match(name)
         if m is None:
             continue
         found = resolve_backend(snapshot, m.group(1), m.group(2), int(m.group(3)))
