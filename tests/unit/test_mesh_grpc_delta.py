@@ -10,13 +10,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cilia.ir.model import Backend, Route, RouteConfig, RouteMatch, VirtualHost
 from cilia.k8s import kinds as _kinds  # noqa: F401 - registers the kinds
 from cilia.k8s.manifest import parse_text
-from cilia.k8s.store import Store
+from cilia.k8s.store import InputSnapshot, Store
 from cilia.render.world import ResourceCache, render_world
 from cilia.translate import TranslationResult, translate
 from cilia.translate.context import TranslateOptions
 from cilia.translate.incremental import memo_disabled
+from cilia.translate.mesh import mesh_translator, translate_mesh
 
 GW = "gateway.networking.k8s.io/v1"
 NAMESPACES = ("shop", "pay")
@@ -219,3 +221,33 @@ def test_dangling_cluster_warning_follows_the_service_port() -> None:
     _edit(store, "CiliumEnvoyConfig", "shop", "c1", 1)
     result = translate(store.snapshot(), None, result)
     assert dangling(result) == {"pay/p1:9000"}
+
+
+def test_mesh_memo_follows_services_named_by_routes_from_any_source() -> None:
+    """Routes from a substituted GAMMA function (not the memoised index) naming another Service: that
+    Service's edit reaches the chains of the Service whose routes name it."""
+    rc = RouteConfig("r", (VirtualHost("r", ("*",), (Route("to-s1", RouteMatch(), (Backend("shop/s1:80"),)),)),))
+
+    def routes_for(snapshot: InputSnapshot, client_ns: str, ns: str, name: str, port: int) -> RouteConfig | None:
+        return rc if (ns, name) == ("shop", "s0") else None
+
+    mesh = mesh_translator(routes_for)
+    store = _store()
+    mesh(store.snapshot(), TranslateOptions())
+    _edit(store, "Service", "shop", "s1", 22)  # ring hash (and another VIP): s1's cluster changes
+    snap = store.snapshot()
+    got = mesh(snap, TranslateOptions())
+    with memo_disabled():
+        want = mesh(snap, TranslateOptions())
+    assert got == want
+    clusters = {c.name: c for b in got.bundles for c in b.clusters}
+    assert clusters["shop/s1:80"].lb_policy == "RING_HASH"
+
+
+def test_mesh_memo_follows_the_trust_domain() -> None:
+    snap = _store().snapshot()
+    for td in ("one.example", "two.example"):
+        opts = TranslateOptions(mesh_trust_domain=td)
+        got = translate_mesh(snap, opts)
+        with memo_disabled():
+            assert got == translate_mesh(snap, opts), td

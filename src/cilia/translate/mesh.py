@@ -94,7 +94,7 @@ from cilia.ir.model import (
 from cilia.k8s.core import ContainerPort, ServicePort, ServiceSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.context import Memo, Partial, TranslateOptions
 from cilia.translate.egress import compile_egress, egress_parts
 from cilia.translate.gamma import mesh_routes_for
 from cilia.translate.incremental import memo_enabled, root_snapshot
@@ -173,6 +173,9 @@ def is_http_service_port(sp: ServicePort) -> bool:
 # -- inputs: pods and services ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class MeshServicePort:
+    """One mesh port of a Service. mesh_services hands out new objects for a changed Service object only,
+    so the translator's memo takes the identity of a port for that of its Service."""
+
     namespace: str
     name: str
     vips: tuple[str, ...]
@@ -291,7 +294,7 @@ def _service_delta(last: _MeshServices, services: Mapping[tuple[str, str], KubeO
         now = _mesh_ports(obj)
         if _shape(now) != _shape(before[1]):
             return None
-        if now != before[1]:
+        if before[2]:  # new port objects even when equal: a port object stands for its Service (_Across)
             if ports is last.ports:
                 ports = list(ports)
             kept = dict(now)
@@ -376,23 +379,77 @@ def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
     return out
 
 
+_ChainPart = tuple[FilterChain, RouteConfig | None, list[Cluster]]
+
+
+class _Across:
+    """What `_Outbound` computed in the last runs, by the identity of what it was computed from, so a
+    Service edit recomputes that Service's chains only. A MeshServicePort stands for its Service object
+    (mesh_services hands out new ones only for changed Services); route configs from the GAMMA index are
+    the very same objects while unchanged. Every entry holds the objects whose ids key it."""
+
+    clusters: Memo[tuple[MeshServicePort, Cluster | None]] = Memo()
+    # (sp, client namespace) -> sp, its GAMMA routes for that namespace, the shared view it was made with, view
+    views: Memo[tuple[MeshServicePort, RouteConfig | None, RouteConfig | None, RouteConfig]] = Memo()
+    # (sp, view) -> sp, view, the other Services its routes name (key, object), their clusters
+    route_clusters: Memo[tuple[MeshServicePort, RouteConfig, tuple[tuple[tuple[str, str], KubeObject | None], ...],
+                               list[Cluster]]] = Memo()
+    # (sp, view, namespace, source CIDRs) -> sp, view, the route clusters it was made with, chain
+    chains: Memo[tuple[MeshServicePort, RouteConfig | None, list[Cluster] | None, _ChainPart | None]] = Memo()
+    # (chain, identity) -> chain, trust domain, its mTLS form
+    mtls: Memo[tuple[_ChainPart, str, _ChainPart]] = Memo()
+
+    @classmethod
+    def rotate(cls) -> None:
+        for memo in (cls.clusters, cls.views, cls.route_clusters, cls.chains, cls.mtls):
+            memo.rotate()
+
+
+@dataclass(slots=True)
+class _Mtls:
+    """MtlsOutbound.part, whose result is a function of the chain (by identity: `_Across.chains` hands
+    back the very same chain while unchanged), the identity and the trust domain; with `across`, results
+    are reused across translations."""
+
+    outbound: MtlsOutbound
+    across: bool
+
+    def part(self, p: _ChainPart, ident: Identity) -> _ChainPart:
+        if not self.across:
+            return self.outbound.part(p, ident)
+        key = (id(p), ident)
+        hit = _Across.mtls.get(key)
+        if hit is not None and hit[0] is p and hit[1] == self.outbound.td:
+            return hit[2]
+        found = self.outbound.part(p, ident)
+        _Across.mtls.put(key, (p, self.outbound.td, found))
+        return found
+
+
 @dataclass(slots=True)
 class _Outbound:
-    """Per-translation memo of each Service port's cluster and route views (one per client namespace)."""
+    """Per-translation memo of each Service port's cluster and route views (one per client namespace);
+    with `services` (the snapshot's Service mapping; None: memo disabled) also across translations."""
 
     snapshot: InputSnapshot
     routes_for: MeshRoutesFn
+    services: Mapping[tuple[str, str], KubeObject] | None = None
     clusters: dict[tuple[str, str, int], Cluster | None] = field(default_factory=dict)
     views: dict[tuple[str, str, int, str], RouteConfig] = field(default_factory=dict)
     route_clusters: dict[str, list[Cluster]] = field(default_factory=dict)
     defaults: set[tuple[str, str, int]] = field(default_factory=set)  # Service ports with no routes for any client
-    chains: dict[tuple[str, str, int, str, tuple[str, ...]],
-                 tuple[FilterChain, RouteConfig | None, list[Cluster]] | None] = field(default_factory=dict)
+    chains: dict[tuple[str, str, int, str, tuple[str, ...]], _ChainPart | None] = field(default_factory=dict)
 
     def cluster(self, sp: MeshServicePort) -> Cluster | None:
         key = (sp.namespace, sp.name, sp.port.port)
         if key not in self.clusters:
-            self.clusters[key] = resolve_backend(self.snapshot, sp.namespace, sp.name, sp.port.port).cluster
+            hit = _Across.clusters.get(id(sp)) if self.services is not None else None
+            if hit is not None and hit[0] is sp:
+                self.clusters[key] = hit[1]
+            else:
+                self.clusters[key] = resolve_backend(self.snapshot, sp.namespace, sp.name, sp.port.port).cluster
+                if self.services is not None:
+                    _Across.clusters.put(id(sp), (sp, self.clusters[key]))
         return self.clusters[key]
 
     def view(self, sp: MeshServicePort, client_namespace: str) -> RouteConfig:
@@ -403,37 +460,72 @@ class _Outbound:
             return found
         shared = None if not client_namespace else self.view(sp, "")
         rc = self.routes_for(self.snapshot, client_namespace, sp.namespace, sp.name, sp.port.port)
-        base = outbound_route_name(sp.namespace, sp.name, sp.port.port)
         if rc is None and shared is not None and (sp.namespace, sp.name, sp.port.port) in self.defaults:
             self.views[key] = shared  # no routes for anyone: the one default route config
             return shared
+        hit = _Across.views.get((id(sp), client_namespace)) if self.services is not None else None
+        if hit is not None and hit[0] is sp and hit[1] is rc and hit[2] is shared:
+            view = hit[3]
+        else:
+            view = self._view(sp, client_namespace, rc, shared)
+            if self.services is not None:
+                _Across.views.put((id(sp), client_namespace), (sp, rc, shared, view))
+        if shared is None and rc is None:
+            self.defaults.add((sp.namespace, sp.name, sp.port.port))
+        self.views[key] = view
+        if view.name not in self.route_clusters:
+            self.route_clusters[view.name] = self._route_clusters(sp, view)
+        return view
+
+    def _view(self, sp: MeshServicePort, client_namespace: str, rc: RouteConfig | None,
+              shared: RouteConfig | None) -> RouteConfig:
+        base = outbound_route_name(sp.namespace, sp.name, sp.port.port)
         if rc is not None:
             own = replace(rc, name=base)
         else:
             cluster = self.cluster(sp)
             own = default_route_config(base, cluster.name if cluster else "", (sp.ref,),
                                        cluster.hash_policy if cluster else ())
-        if shared is None:
-            view = own
-            if rc is None:
-                self.defaults.add((sp.namespace, sp.name, sp.port.port))
-        elif own == shared:
-            view = shared
-        else:
-            view = replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
-        self.views[key] = view
-        if view.name not in self.route_clusters:
-            self.route_clusters[view.name] = route_clusters(self.snapshot, view)
-        return view
+        if shared is None or own == shared:
+            return shared or own
+        return replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
+
+    def _route_clusters(self, sp: MeshServicePort, view: RouteConfig) -> list[Cluster]:
+        services = self.services
+        if services is None:
+            return route_clusters(self.snapshot, view)
+        hit = _Across.route_clusters.get((id(sp), id(view)))
+        if hit is not None and hit[0] is sp and hit[1] is view and all(services.get(k) is o for k, o in hit[2]):
+            for (ns, name), _ in hit[2]:
+                self.snapshot.get("Service", ns, name)  # the reads a fresh run makes (outer views record them)
+            return hit[3]
+        found = route_clusters(self.snapshot, view)
+        named: dict[tuple[str, str], KubeObject | None] = {}
+        for name in cluster_names(view):
+            m = POOL_NAME.match(name)
+            if m is not None and (m.group(1), m.group(2)) != (sp.namespace, sp.name):  # sp stands for its own
+                named[(m.group(1), m.group(2))] = services.get((m.group(1), m.group(2)))
+        _Across.route_clusters.put((id(sp), id(view)), (sp, view, tuple(named.items()), found))
+        return found
 
     def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \
-            tuple[FilterChain, RouteConfig | None, list[Cluster]] | None:
+            _ChainPart | None:
         """The filter chain for this Service port as seen from `client_namespace` (memoised: the same
         chain object serves every listener that has it)."""
-        view_name = self.view(sp, client_namespace).name if sp.http else ""
-        key = (sp.namespace, sp.name, sp.port.port, view_name, source_cidrs)
+        view = self.view(sp, client_namespace) if sp.http else None
+        key = (sp.namespace, sp.name, sp.port.port, view.name if view is not None else "", source_cidrs)
         if key not in self.chains:
-            self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+            if self.services is None:
+                self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+                return self.chains[key]
+            across = (id(sp), id(view), client_namespace if source_cidrs else "", source_cidrs)
+            used = self.route_clusters[view.name] if view is not None else None
+            hit = _Across.chains.get(across)
+            if hit is not None and hit[0] is sp and hit[1] is view and hit[2] is used:
+                self.chains[key] = hit[3]
+            else:
+                self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+                _Across.chains.put(across, (sp, view, used, self.chains[key]))
         return self.chains[key]
 
     def _chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...]) -> \
@@ -681,10 +773,11 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
     pods, issues = mesh_pods(snapshot, opts)
     services, svc_issues = mesh_services(snapshot)
     issues.extend(svc_issues)
-    out = _Outbound(snapshot, routes_for)
+    root = root_snapshot(snapshot) if memo_enabled() else None
+    out = _Outbound(snapshot, routes_for, (root.objects.get("Service") or _NO_SERVICES) if root is not None else None)
     bundles: list[Bundle] = []
     td = opts.mesh_trust_domain
-    mtls = MtlsOutbound(td) if td else None
+    mtls = _Mtls(MtlsOutbound(td), out.services is not None) if td else None
     authz = compile_policies(snapshot, opts, pods).by_pod  # statuses and issues: translate_policies
     modes: dict[str, MtlsMode] = {}
 
@@ -791,6 +884,8 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
                 bundles.append(replace(_bundle(f"mesh/sidecar/{pod.key}",
                                                ProxyScope(frozenset({"sidecar"}), frozenset({pod.key})), *configs),
                                        workload_certs=own))
+    if out.services is not None:
+        _Across.rotate()
     return Partial(bundles=tuple(bundles), issues=tuple(issues))
 
 
