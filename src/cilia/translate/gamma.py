@@ -82,11 +82,15 @@ def _is_gamma(route: KubeObject) -> bool:
     return any(r.is_service for r in route.spec.parent_refs)
 
 
+_NO_ROUTES: Mapping[tuple[str, str], KubeObject] = {}
+
+
 class _Scan:
     """Per route kind, the last mapping scanned and the keys of its routes with a Service parentRef, so
     a snapshot whose routes did not change costs nothing and an edit rescans the changed routes only."""
 
-    last: dict[str, tuple[Any, frozenset[tuple[str, str]], tuple[KubeObject, ...]]] = {}
+    last: dict[str, tuple[Mapping[tuple[str, str], KubeObject], frozenset[tuple[str, str]],
+                          tuple[KubeObject, ...]]] = {}
 
 
 def _gamma_routes(snapshot: InputSnapshot, kind: str) -> tuple[KubeObject, ...]:
@@ -95,14 +99,14 @@ def _gamma_routes(snapshot: InputSnapshot, kind: str) -> tuple[KubeObject, ...]:
     root = root_snapshot(snapshot)
     if root is None or not memo_enabled():
         return tuple(r for r in routes if _is_gamma(r))
-    mapping = root.objects.get(kind) or {}
+    mapping = root.objects.get(kind) or _NO_ROUTES
     hit = _Scan.last.get(kind)
     if hit is not None and hit[0] is mapping:
         return hit[2]
-    if hit is None or not isinstance(hit[0], Mapping):
+    if hit is None:
         keys = frozenset(k for k, r in mapping.items() if _is_gamma(r))
     else:
-        old: Mapping[tuple[str, str], KubeObject] = hit[0]
+        old = hit[0]
         changed = [k for k, r in mapping.items() if old.get(k) is not r]
         added = sum(1 for k in changed if k not in old)
         removed = [k for k in old if k not in mapping] if len(mapping) - added != len(old) else []
