@@ -96,7 +96,7 @@ from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Memo, Partial, TranslateOptions
 from cilia.translate.egress import compile_egress, egress_parts
-from cilia.translate.gamma import mesh_routes_for
+from cilia.translate.gamma import GammaIndex, gamma_index, mesh_routes_for
 from cilia.translate.incremental import memo_enabled, root_snapshot
 from cilia.translate.meshpods import MeshPod, mesh_pods
 from cilia.translate.meshtls import (
@@ -398,10 +398,14 @@ class _Across:
     chains: Memo[tuple[MeshServicePort, RouteConfig | None, list[Cluster] | None, _ChainPart | None]] = Memo()
     # (chain, identity) -> chain, trust domain, its mTLS form
     mtls: Memo[tuple[_ChainPart, str, _ChainPart]] = Memo()
+    # With the GAMMA index as routes: (sp, namespace, source CIDRs) -> sp, the index, the other Services its
+    # routes name, chain. One look-up where `chain` makes several.
+    fast: Memo[tuple[MeshServicePort, GammaIndex, tuple[tuple[tuple[str, str], KubeObject | None], ...],
+                     _ChainPart | None]] = Memo()
 
     @classmethod
     def rotate(cls) -> None:
-        for memo in (cls.clusters, cls.views, cls.route_clusters, cls.chains, cls.mtls):
+        for memo in (cls.clusters, cls.views, cls.route_clusters, cls.chains, cls.mtls, cls.fast):
             memo.rotate()
 
 
@@ -439,6 +443,17 @@ class _Outbound:
     route_clusters: dict[str, list[Cluster]] = field(default_factory=dict)
     defaults: set[tuple[str, str, int]] = field(default_factory=set)  # Service ports with no routes for any client
     chains: dict[tuple[str, str, int, str, tuple[str, ...]], _ChainPart | None] = field(default_factory=dict)
+    deps: dict[str, tuple[tuple[tuple[str, str], KubeObject | None], ...]] = field(default_factory=dict)
+    _index: list[GammaIndex | None] = field(default_factory=list)
+
+    @property
+    def index(self) -> GammaIndex | None:
+        """The GAMMA index when it is where routes come from (mesh_routes_for) and memo is on; else None.
+        Asked for on first use, so a mesh without clients reads no routes."""
+        if not self._index:
+            use = self.services is not None and self.routes_for is mesh_routes_for
+            self._index.append(gamma_index(self.snapshot) if use else None)
+        return self._index[0]
 
     def cluster(self, sp: MeshServicePort) -> Cluster | None:
         key = (sp.namespace, sp.name, sp.port.port)
@@ -498,6 +513,7 @@ class _Outbound:
         if hit is not None and hit[0] is sp and hit[1] is view and all(services.get(k) is o for k, o in hit[2]):
             for (ns, name), _ in hit[2]:
                 self.snapshot.get("Service", ns, name)  # the reads a fresh run makes (outer views record them)
+            self.deps[view.name] = hit[2]
             return hit[3]
         found = route_clusters(self.snapshot, view)
         named: dict[tuple[str, str], KubeObject | None] = {}
@@ -505,13 +521,38 @@ class _Outbound:
             m = POOL_NAME.match(name)
             if m is not None and (m.group(1), m.group(2)) != (sp.namespace, sp.name):  # sp stands for its own
                 named[(m.group(1), m.group(2))] = services.get((m.group(1), m.group(2)))
-        _Across.route_clusters.put((id(sp), id(view)), (sp, view, tuple(named.items()), found))
+        deps = self.deps[view.name] = tuple(named.items())
+        _Across.route_clusters.put((id(sp), id(view)), (sp, view, deps, found))
         return found
 
     def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \
             _ChainPart | None:
         """The filter chain for this Service port as seen from `client_namespace` (memoised: the same
         chain object serves every listener that has it)."""
+        index, services = self.index, self.services
+        if index is not None and services is not None:
+            fast = (id(sp), client_namespace, source_cidrs)
+            hit = _Across.fast.get(fast)
+            if hit is not None and hit[0] is sp and hit[1] is index and all(services.get(k) is o for k, o in hit[2]):
+                for (ns, name), _ in hit[2]:
+                    self.snapshot.get("Service", ns, name)
+                return hit[3]
+            found = self._chain_of(sp, client_namespace, source_cidrs)
+            view = self.views.get((sp.namespace, sp.name, sp.port.port, client_namespace)) if sp.http else None
+            deps = self.deps.get(view.name, ()) if view is not None else ()
+            _Across.fast.put(fast, (sp, index, deps, found))
+            return found
+        return self._chain_of(sp, client_namespace, source_cidrs)
+
+    def differs(self, sp: MeshServicePort, client_namespace: str) -> bool:
+        """Whether clients in `client_namespace` see other routes for this Service port than everyone."""
+        if self.index is not None and \
+                (client_namespace, sp.namespace, sp.name, sp.port.port) not in self.index.consumer:
+            return False  # their routes are everyone's (the producer routes, or none): the same view
+        return self.view(sp, client_namespace) is not self.view(sp, "")
+
+    def _chain_of(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...]) -> \
+            _ChainPart | None:
         view = self.view(sp, client_namespace) if sp.http else None
         key = (sp.namespace, sp.name, sp.port.port, view.name if view is not None else "", source_cidrs)
         if key not in self.chains:
@@ -804,7 +845,7 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
                 if not sp.http:
                     continue
                 for client_ns, cidrs in sorted(sources.items()):
-                    if out.view(sp, client_ns) is not out.view(sp, ""):
+                    if out.differs(sp, client_ns):
                         part = out.chain(sp, client_ns, cidrs)
                         if part is not None:
                             parts.append(part)
