@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+import operator
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cilia.diagnostics import Issue
@@ -39,6 +40,7 @@ from cilia.translate.cec_parse import (
     resource_name,
 )
 from cilia.translate.context import Memo, Partial, TranslateOptions
+from cilia.translate.incremental import memo_enabled
 
 CEC_SCOPE_ROLES = frozenset({"node"})
 # Where listeners without an address bind (Cilium's proxy port range).
@@ -79,23 +81,74 @@ def translate_envoy_configs(snapshot: InputSnapshot, opts: TranslateOptions) -> 
                    cluster_refs=tuple(refs))
 
 
-_CLUSTER_NAMES: dict[int, tuple[Bundle, frozenset[str]]] = {}  # by bundle identity: its cluster names
+def _cluster_names(b: Bundle) -> frozenset[str]:
+    return frozenset([c.name for c in b.clusters] + [r.name for r in b.raw if r.type_url == T_CLUSTER])
+
+
+@dataclass(slots=True)
+class _Known:
+    """The last call's bundles (by identity, each with its cluster names), how many of them define each
+    cluster name, its refs and its answer: a call whose bundles differ in a few only updates the counts
+    with those, and rechecks the refs only when a name appeared or disappeared or the refs changed."""
+
+    bundles: dict[int, tuple[Bundle, frozenset[str]]]
+    counts: dict[str, int]
+    refs: list[ClusterRef]
+    dangling: list[Issue]
+
+
+_LAST_KNOWN: list[_Known] = []  # at most one
 
 
 def dangling_cluster_refs(bundles: Iterable[Bundle], refs: Iterable[ClusterRef]) -> list[Issue]:
     """Warnings for CiliumEnvoyConfig routes to clusters that nothing defines: no config (of any
     translator) and not the node bootstrap's static clusters (NODE_STATIC_CLUSTERS)."""
-    known = set(NODE_STATIC_CLUSTERS)
-    seen: dict[int, tuple[Bundle, frozenset[str]]] = {}
+    refs = list(refs)
+    if not memo_enabled():
+        known = set(NODE_STATIC_CLUSTERS)
+        for b in bundles:
+            known |= _cluster_names(b)
+        return _dangling(refs, known)
+    last = _LAST_KNOWN[0] if _LAST_KNOWN else None
+    now: dict[int, tuple[Bundle, frozenset[str]]] = {}
+    gone = dict(last.bundles) if last is not None else {}
+    added: list[frozenset[str]] = []
     for b in bundles:
-        hit = _CLUSTER_NAMES.get(id(b))
-        if hit is None or hit[0] is not b:
-            hit = (b, frozenset([c.name for c in b.clusters] +
-                                [r.name for r in b.raw if r.type_url == T_CLUSTER]))
-        seen[id(b)] = hit
-        known |= hit[1]
-    _CLUSTER_NAMES.clear()
-    _CLUSTER_NAMES.update(seen)  # bundles of this call only (each entry holds its bundle: ids stay unique)
+        if id(b) in now:
+            continue  # the same object twice: its names count once
+        hit = gone.pop(id(b), None)
+        if hit is None:  # (the old bundles are alive in `last`, so no new object has one's id)
+            hit = (b, _cluster_names(b))
+            added.append(hit[1])
+        now[id(b)] = hit
+    if last is None:
+        counts: dict[str, int] = dict.fromkeys(NODE_STATIC_CLUSTERS, 1)
+        flipped = True
+    else:
+        counts = last.counts if not added and not gone else dict(last.counts)
+        flipped = False
+    for names in added:
+        for name in names:
+            n = counts.get(name, 0)
+            counts[name] = n + 1
+            flipped = flipped or n == 0
+    for _, names in gone.values():
+        for name in names:
+            n = counts[name] - 1
+            if n:
+                counts[name] = n
+            else:
+                del counts[name]
+                flipped = True
+    if flipped or last is None or len(refs) != len(last.refs) or not all(map(operator.is_, refs, last.refs)):
+        dangling = _dangling(refs, counts)
+    else:
+        dangling = last.dangling
+    _LAST_KNOWN[:] = [_Known(now, counts, refs, dangling)]  # holds its bundles: ids stay unique
+    return list(dangling)
+
+
+def _dangling(refs: Iterable[ClusterRef], known: Container[str]) -> list[Issue]:
     return [Issue(obj, where, f"cluster {name!r} is defined by no config nor by the node bootstrap: Envoy rejects "
                               "a listener whose inline routes use it, and answers 503 on other routes to it",
                   severity="warning")

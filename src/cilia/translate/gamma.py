@@ -38,6 +38,7 @@ from cilia.translate.gateway_common import (
     route_parent_status,
     rule_conditions,
 )
+from cilia.translate.incremental import Ident, UnitMemo, memo_enabled, root_snapshot
 
 MESH_ROLES = frozenset({"node", "sidecar"})
 
@@ -74,32 +75,98 @@ class GammaResult:
     index: GammaIndex
 
 
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+
+
+def _is_gamma(route: KubeObject) -> bool:
+    return any(r.is_service for r in route.spec.parent_refs)
+
+
+_NO_ROUTES: Mapping[tuple[str, str], KubeObject] = {}
+
+
+class _Scan:
+    """Per route kind, the last mapping scanned and the keys of its routes with a Service parentRef, so
+    a snapshot whose routes did not change costs nothing and an edit rescans the changed routes only."""
+
+    last: dict[str, tuple[Mapping[tuple[str, str], KubeObject], frozenset[tuple[str, str]],
+                          tuple[KubeObject, ...]]] = {}
+
+
+def _gamma_routes(snapshot: InputSnapshot, kind: str) -> tuple[KubeObject, ...]:
+    """The routes of `kind` with a Service parentRef, in key order. Records the kind as read."""
+    routes = snapshot.list(kind)  # a generator: recorded by outer views, consumed only without the cache
+    root = root_snapshot(snapshot)
+    if root is None or not memo_enabled():
+        return tuple(r for r in routes if _is_gamma(r))
+    mapping = root.objects.get(kind) or _NO_ROUTES
+    hit = _Scan.last.get(kind)
+    if hit is not None and hit[0] is mapping:
+        return hit[2]
+    if hit is None:
+        keys = frozenset(k for k, r in mapping.items() if _is_gamma(r))
+    else:
+        old = hit[0]
+        changed = [k for k, r in mapping.items() if old.get(k) is not r]
+        added = sum(1 for k in changed if k not in old)
+        removed = [k for k in old if k not in mapping] if len(mapping) - added != len(old) else []
+        keys = hit[1]
+        if changed or removed:
+            now = set(keys).difference(removed)
+            for k in changed:
+                if _is_gamma(mapping[k]):
+                    now.add(k)
+                else:
+                    now.discard(k)
+            keys = frozenset(now)
+    found = tuple(mapping[k] for k in sorted(keys))
+    _Scan.last[kind] = (mapping, keys, found)
+    return found
+
+
+# Whole results by the GAMMA routes (by identity) and the options: reused while every object the routes
+# read (their Services, backends, grants) is unchanged, so an edit elsewhere costs the scan only. The
+# index has a memo of its own: it does not depend on the options (status times), callers' options do.
+_FULL: UnitMemo[GammaResult] = UnitMemo()
+_INDEX: UnitMemo[GammaResult] = UnitMemo()
+
+
 def translate_gamma(snapshot: InputSnapshot, opts: TranslateOptions) -> GammaResult:
     """Every GAMMA route -> route configs and bundles, and the routes' Service parent statuses."""
+    return _memoised(_FULL, snapshot, opts)
+
+
+def _memoised(memo: UnitMemo[GammaResult], snapshot: InputSnapshot, opts: TranslateOptions) -> GammaResult:
+    routes = tuple((kind, r) for kind in ROUTE_KINDS for r in _gamma_routes(snapshot, kind))
+    signature = (opts, tuple((kind, Ident(r)) for kind, r in routes))
+    out = memo.compute("gamma", signature, snapshot, lambda view: _translate_gamma(view, opts, routes))
+    memo.rotate()
+    return out
+
+
+def _translate_gamma(snapshot: InputSnapshot, opts: TranslateOptions,
+                     routes: tuple[tuple[str, KubeObject], ...]) -> GammaResult:
     issues: list[Issue] = []
     parents: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     producers: dict[ServicePortKey, list[RuleBuilder]] = defaultdict(list)
     consumers: dict[tuple[str, str, str, int], list[RuleBuilder]] = defaultdict(list)
-    for kind in ("HTTPRoute", "GRPCRoute"):
-        for route in snapshot.list(kind):
-            refs = [r for r in route.spec.parent_refs if r.is_service]
-            if not refs:
-                continue
-            builder = RuleBuilder(snapshot, route, grpc=kind == "GRPCRoute", mesh=True)
-            builder.resolve_all()
-            for ref in refs:
-                accepted, ports = _service_parent(snapshot, route, ref.namespace, ref.name, ref.port)
-                if accepted.ok and builder.accepted_problem is not None:
-                    p = builder.accepted_problem
-                    accepted = Cond("Accepted", False, p.reason, p.message)
-                if accepted.ok:
-                    for port in ports:
-                        if route.meta.namespace == ref.namespace:
-                            producers[(ref.namespace, ref.name, port)].append(builder)
-                        else:
-                            consumers[(route.meta.namespace, ref.namespace, ref.name, port)].append(builder)
-                parents[(kind, route.meta.namespace, route.meta.name)].append(
-                    route_parent_status(route, ref, [accepted, *rule_conditions(builder)], opts.status_time))
+    for kind, route in routes:
+        refs = [r for r in route.spec.parent_refs if r.is_service]
+        builder = RuleBuilder(snapshot, route, grpc=kind == "GRPCRoute", mesh=True)
+        builder.resolve_all()
+        for ref in refs:
+            accepted, ports = _service_parent(snapshot, route, ref.namespace, ref.name, ref.port)
+            if accepted.ok and builder.accepted_problem is not None:
+                p = builder.accepted_problem
+                accepted = Cond("Accepted", False, p.reason, p.message)
+            if accepted.ok:
+                for port in ports:
+                    if route.meta.namespace == ref.namespace:
+                        producers[(ref.namespace, ref.name, port)].append(builder)
+                    else:
+                        consumers[(route.meta.namespace, ref.namespace, ref.name, port)].append(builder)
+            parents[(kind, route.meta.namespace, route.meta.name)].append(
+                route_parent_status(route, ref, [accepted, *rule_conditions(builder)], opts.status_time))
     bundles: list[ir.Bundle] = []
     producer_rc: dict[ServicePortKey, ir.RouteConfig] = {}
     consumer_rc: dict[tuple[str, str, str, int], ir.RouteConfig] = {}
@@ -144,6 +211,9 @@ def _route_config(name: str, port: int, builders: list[RuleBuilder]) -> tuple[ir
     return rc, tuple(sorted(clusters.values(), key=lambda c: c.name))
 
 
+_INDEX_OPTIONS = TranslateOptions()
+
+
 class _LastIndex:
     """The index of the most recent snapshot asked about (one entry: the topology asks per snapshot).
     Held as one (snapshot, index) tuple, replaced whole, so concurrent control planes in one process
@@ -156,7 +226,7 @@ def gamma_index(snapshot: InputSnapshot) -> GammaIndex:
     """The GAMMA route configs of `snapshot`, computed once per snapshot."""
     cached_snapshot, index = _LastIndex.entry
     if cached_snapshot is not snapshot:
-        index = translate_gamma(snapshot, TranslateOptions()).index
+        index = _memoised(_INDEX, snapshot, _INDEX_OPTIONS).index
         _LastIndex.entry = (snapshot, index)
     return index
 

@@ -94,9 +94,10 @@ from cilia.ir.model import (
 from cilia.k8s.core import ContainerPort, ServicePort, ServiceSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
-from cilia.translate.context import Partial, TranslateOptions
+from cilia.translate.context import Memo, Partial, TranslateOptions
 from cilia.translate.egress import compile_egress, egress_parts
-from cilia.translate.gamma import mesh_routes_for
+from cilia.translate.gamma import GammaIndex, gamma_index, mesh_routes_for
+from cilia.translate.incremental import memo_enabled, root_snapshot
 from cilia.translate.meshpods import MeshPod, mesh_pods
 from cilia.translate.meshtls import (
     SIDECAR_WORKLOAD_SECRET,
@@ -135,7 +136,7 @@ NODE_OUTBOUND_LISTENER = "outbound|node"
 HTTP_APP_PROTOCOLS = frozenset({"http", "http2", "h2c", "grpc", "grpc-web", "kubernetes.io/h2c",
                                 "kubernetes.io/ws"})
 _HTTP_NAME = re.compile(r"^(http|grpc|h2c)(?!s)", re.IGNORECASE)
-_POOL_NAME = re.compile(r"^([^/:]+)/([^/:]+):(\d+)$")
+POOL_NAME = re.compile(r"^([^/:]+)/([^/:]+):(\d+)$")  # a Service cluster: NS/SVC:PORT
 
 
 # -- names ------------------------------------------------------------------------------------------
@@ -172,6 +173,9 @@ def is_http_service_port(sp: ServicePort) -> bool:
 # -- inputs: pods and services ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class MeshServicePort:
+    """One mesh port of a Service. mesh_services hands out new objects for a changed Service object only,
+    so the translator's memo takes the identity of a port for that of its Service."""
+
     namespace: str
     name: str
     vips: tuple[str, ...]
@@ -210,33 +214,123 @@ def parse_egress_hosts(value: str, namespace: str) -> EgressScope:
 
 def mesh_services(snapshot: InputSnapshot) -> tuple[list[MeshServicePort], list[Issue]]:
     """ClusterIP Services' TCP ports, each VIP:port owned by one Service."""
+    root = root_snapshot(snapshot)
+    if root is None or not memo_enabled():
+        return _all_mesh_services(snapshot.list("Service"))[:2]
+    services = root.objects.get("Service") or _NO_SERVICES
+    last = _LastServices.entry
+    if last is None or last.services is not services:
+        found = _service_delta(last, services) if last is not None else None
+        if found is None:
+            out, issues, at = _all_mesh_services(snapshot.list("Service"), last)
+            found = _MeshServices(services, out, issues, at)
+        _LastServices.entry = last = found
+    snapshot.list("Service")  # the read a full run makes (outer views record it)
+    return list(last.ports), list(last.issues)
+
+
+_NO_SERVICES: Mapping[tuple[str, str], KubeObject] = {}
+ObjectMap = Mapping[tuple[str, str], KubeObject]
+
+
+class _LastDiff:
+    """The last diff asked for (one entry: the mesh and gRPC translators ask the same one per snapshot)."""
+
+    entry: tuple[ObjectMap, ObjectMap, list[tuple[tuple[str, str], KubeObject]] | None] | None = None
+
+
+def changed_objects(old: ObjectMap, new: ObjectMap, most: int = 64) -> list[tuple[tuple[str, str], KubeObject]] | None:
+    """The (key, object) of `new` that are not the very object `old` has (a kind's mapping from two
+    snapshots of one store: the store replaces only objects whose content changed); None when there are
+    more than `most`, or keys were removed."""
+    hit = _LastDiff.entry
+    if hit is not None and hit[0] is old and hit[1] is new:
+        return hit[2]
+    changed = [(k, o) for k, o in new.items() if old.get(k) is not o]
+    added = sum(1 for k, _ in changed if k not in old)
+    found = changed if len(changed) <= most and len(new) - added == len(old) else None
+    _LastDiff.entry = (old, new, found)
+    return found
+# A Service object, its candidate mesh ports (index in spec.ports, port), and where the kept ones are in
+# mesh_services' list (position, index in spec.ports).
+_Placed = tuple[KubeObject, tuple[tuple[int, "MeshServicePort"], ...], tuple[tuple[int, int], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _MeshServices:
+    """mesh_services of one Service mapping (by identity), with where each Service's ports landed."""
+
+    services: Mapping[tuple[str, str], KubeObject]
+    ports: list[MeshServicePort]
+    issues: list[Issue]
+    at: dict[tuple[str, str], _Placed]
+
+
+class _LastServices:
+    """The last result (one entry, replaced whole), so an edit of a few Services costs those alone."""
+
+    entry: _MeshServices | None = None
+
+
+def _shape(ports: tuple[tuple[int, MeshServicePort], ...]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """What VIP:port ownership (and so which ports are kept, and the issues) depends on."""
+    return [(i, msp.port.port, msp.vips) for i, msp in ports]
+
+
+def _service_delta(last: _MeshServices, services: Mapping[tuple[str, str], KubeObject]) -> _MeshServices | None:
+    """`last` with changed Services' ports replaced in place; None when a Service was added or removed or
+    a change can move VIP:port ownership (other VIPs, ports, or port order)."""
+    if len(services) != len(last.services):
+        return None
+    changed = changed_objects(last.services, services)
+    if changed is None or len(changed) > 64:
+        return None
+    ports = last.ports
+    at = dict(last.at)
+    for key, obj in changed:
+        before = last.at.get(key)
+        if before is None:
+            return None
+        now = _mesh_ports(obj)
+        if _shape(now) != _shape(before[1]):
+            return None
+        if before[2]:  # new port objects even when equal: a port object stands for its Service (_Across)
+            if ports is last.ports:
+                ports = list(ports)
+            kept = dict(now)
+            for pos, i in before[2]:
+                ports[pos] = kept[i]
+        at[key] = (obj, now, before[2])
+    return _MeshServices(services, ports, last.issues, at)
+
+
+def _all_mesh_services(objs: Iterable[KubeObject], last: _MeshServices | None = None) -> tuple[
+        list[MeshServicePort], list[Issue], dict[tuple[str, str], _Placed]]:
+    """Every Service in turn (candidate ports of `last`'s very same objects reused)."""
     out: list[MeshServicePort] = []
     issues: list[Issue] = []
     owner: dict[tuple[str, int], str] = {}
-    seen: dict[int, tuple[KubeObject, tuple[tuple[int, MeshServicePort], ...]]] = {}
-    for obj in snapshot.list("Service"):
-        hit = _PORTS.get(id(obj))
-        if hit is None or hit[0] is not obj:
-            hit = (obj, _mesh_ports(obj))
-        seen[id(obj)] = hit
-        for i, msp in hit[1]:
+    at: dict[tuple[str, str], _Placed] = {}
+    before = last.at if last is not None else {}
+    for obj in objs:
+        key = (obj.meta.namespace, obj.meta.name)
+        prev = before.get(key)
+        candidates = prev[1] if prev is not None and prev[0] is obj else _mesh_ports(obj)
+        positions: list[tuple[int, int]] = []
+        for i, msp in candidates:
             port = msp.port.port
-            taken = [ip for ip in msp.vips if (ip, port) in owner]
-            if taken:
+            taken = next((ip for ip in msp.vips if (ip, port) in owner), None)
+            if taken is not None:
                 issues.append(Issue(msp.ref, f"spec.ports[{i}]",
-                                    f"{taken[0]}:{port} is already a mesh destination of "
-                                    f"{owner[(taken[0], port)]}; this port is left out of the mesh"))
+                                    f"{taken}:{port} is already a mesh destination of "
+                                    f"{owner[(taken, port)]}; this port is left out of the mesh"))
                 continue
             for ip in msp.vips:
                 owner[(ip, port)] = msp.ref
+            positions.append((len(out), i))
             out.append(msp)
-    _PORTS.clear()
-    _PORTS.update(seen)
-    return out, issues
-
-
-# Each Service object's candidate mesh ports (by identity; an entry holds its object, so ids stay unique).
-_PORTS: dict[int, tuple[KubeObject, tuple[tuple[int, MeshServicePort], ...]]] = {}
+        at[key] = (obj, candidates, tuple(positions))
+    return out, issues, at
 
 
 def _mesh_ports(obj: KubeObject) -> tuple[tuple[int, MeshServicePort], ...]:
@@ -260,8 +354,8 @@ def default_route_config(name: str, cluster: str, sources: tuple[str, ...] = (),
     return RouteConfig(name, (VirtualHost(name, ("*",), (route,)),), sources)
 
 
-def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
-    """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
+def cluster_names(rc: RouteConfig) -> list[str]:
+    """The clusters a route config's routes send to (backends and mirrors), first use first."""
     names: dict[str, None] = {}
     for vh in rc.virtual_hosts:
         for r in vh.routes:
@@ -269,9 +363,14 @@ def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
                 names[b.cluster] = None
             for mirror in r.mirrors:
                 names[mirror.cluster] = None
+    return list(names)
+
+
+def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
+    """Clusters a route config names, resolved by their pool name `ns/svc:PORT`."""
     out = []
-    for name in names:
-        m = _POOL_NAME.match(name)
+    for name in cluster_names(rc):
+        m = POOL_NAME.match(name)
         if m is None:
             continue
         found = resolve_backend(snapshot, m.group(1), m.group(2), int(m.group(3)))
@@ -280,23 +379,92 @@ def route_clusters(snapshot: InputSnapshot, rc: RouteConfig) -> list[Cluster]:
     return out
 
 
+_ChainPart = tuple[FilterChain, RouteConfig | None, list[Cluster]]
+
+
+class _Across:
+    """What `_Outbound` computed in the last runs, by the identity of what it was computed from, so a
+    Service edit recomputes that Service's chains only. A MeshServicePort stands for its Service object
+    (mesh_services hands out new ones only for changed Services); route configs from the GAMMA index are
+    the very same objects while unchanged. Every entry holds the objects whose ids key it."""
+
+    clusters: Memo[tuple[MeshServicePort, Cluster | None]] = Memo()
+    # (sp, client namespace) -> sp, its GAMMA routes for that namespace, the shared view it was made with, view
+    views: Memo[tuple[MeshServicePort, RouteConfig | None, RouteConfig | None, RouteConfig]] = Memo()
+    # (sp, view) -> sp, view, the other Services its routes name (key, object), their clusters
+    route_clusters: Memo[tuple[MeshServicePort, RouteConfig, tuple[tuple[tuple[str, str], KubeObject | None], ...],
+                               list[Cluster]]] = Memo()
+    # (sp, view, namespace, source CIDRs) -> sp, view, the route clusters it was made with, chain
+    chains: Memo[tuple[MeshServicePort, RouteConfig | None, list[Cluster] | None, _ChainPart | None]] = Memo()
+    # (chain, identity) -> chain, trust domain, its mTLS form
+    mtls: Memo[tuple[_ChainPart, str, _ChainPart]] = Memo()
+    # With the GAMMA index as routes: (sp, namespace, source CIDRs) -> sp, the index, the other Services its
+    # routes name, chain. One look-up where `chain` makes several.
+    fast: Memo[tuple[MeshServicePort, GammaIndex, tuple[tuple[tuple[str, str], KubeObject | None], ...],
+                     _ChainPart | None]] = Memo()
+
+    @classmethod
+    def rotate(cls) -> None:
+        for memo in (cls.clusters, cls.views, cls.route_clusters, cls.chains, cls.mtls, cls.fast):
+            memo.rotate()
+
+
+@dataclass(slots=True)
+class _Mtls:
+    """MtlsOutbound.part, whose result is a function of the chain (by identity: `_Across.chains` hands
+    back the very same chain while unchanged), the identity and the trust domain; with `across`, results
+    are reused across translations."""
+
+    outbound: MtlsOutbound
+    across: bool
+
+    def part(self, p: _ChainPart, ident: Identity) -> _ChainPart:
+        if not self.across:
+            return self.outbound.part(p, ident)
+        key = (id(p), ident)
+        hit = _Across.mtls.get(key)
+        if hit is not None and hit[0] is p and hit[1] == self.outbound.td:
+            return hit[2]
+        found = self.outbound.part(p, ident)
+        _Across.mtls.put(key, (p, self.outbound.td, found))
+        return found
+
+
 @dataclass(slots=True)
 class _Outbound:
-    """Per-translation memo of each Service port's cluster and route views (one per client namespace)."""
+    """Per-translation memo of each Service port's cluster and route views (one per client namespace);
+    with `services` (the snapshot's Service mapping; None: memo disabled) also across translations."""
 
     snapshot: InputSnapshot
     routes_for: MeshRoutesFn
+    services: Mapping[tuple[str, str], KubeObject] | None = None
     clusters: dict[tuple[str, str, int], Cluster | None] = field(default_factory=dict)
     views: dict[tuple[str, str, int, str], RouteConfig] = field(default_factory=dict)
     route_clusters: dict[str, list[Cluster]] = field(default_factory=dict)
     defaults: set[tuple[str, str, int]] = field(default_factory=set)  # Service ports with no routes for any client
-    chains: dict[tuple[str, str, int, str, tuple[str, ...]],
-                 tuple[FilterChain, RouteConfig | None, list[Cluster]] | None] = field(default_factory=dict)
+    chains: dict[tuple[str, str, int, str, tuple[str, ...]], _ChainPart | None] = field(default_factory=dict)
+    deps: dict[str, tuple[tuple[tuple[str, str], KubeObject | None], ...]] = field(default_factory=dict)
+    _index: list[GammaIndex | None] = field(default_factory=list)
+
+    @property
+    def index(self) -> GammaIndex | None:
+        """The GAMMA index when it is where routes come from (mesh_routes_for) and memo is on; else None.
+        Asked for on first use, so a mesh without clients reads no routes."""
+        if not self._index:
+            use = self.services is not None and self.routes_for is mesh_routes_for
+            self._index.append(gamma_index(self.snapshot) if use else None)
+        return self._index[0]
 
     def cluster(self, sp: MeshServicePort) -> Cluster | None:
         key = (sp.namespace, sp.name, sp.port.port)
         if key not in self.clusters:
-            self.clusters[key] = resolve_backend(self.snapshot, sp.namespace, sp.name, sp.port.port).cluster
+            hit = _Across.clusters.get(id(sp)) if self.services is not None else None
+            if hit is not None and hit[0] is sp:
+                self.clusters[key] = hit[1]
+            else:
+                self.clusters[key] = resolve_backend(self.snapshot, sp.namespace, sp.name, sp.port.port).cluster
+                if self.services is not None:
+                    _Across.clusters.put(id(sp), (sp, self.clusters[key]))
         return self.clusters[key]
 
     def view(self, sp: MeshServicePort, client_namespace: str) -> RouteConfig:
@@ -307,37 +475,98 @@ class _Outbound:
             return found
         shared = None if not client_namespace else self.view(sp, "")
         rc = self.routes_for(self.snapshot, client_namespace, sp.namespace, sp.name, sp.port.port)
-        base = outbound_route_name(sp.namespace, sp.name, sp.port.port)
         if rc is None and shared is not None and (sp.namespace, sp.name, sp.port.port) in self.defaults:
             self.views[key] = shared  # no routes for anyone: the one default route config
             return shared
+        hit = _Across.views.get((id(sp), client_namespace)) if self.services is not None else None
+        if hit is not None and hit[0] is sp and hit[1] is rc and hit[2] is shared:
+            view = hit[3]
+        else:
+            view = self._view(sp, client_namespace, rc, shared)
+            if self.services is not None:
+                _Across.views.put((id(sp), client_namespace), (sp, rc, shared, view))
+        if shared is None and rc is None:
+            self.defaults.add((sp.namespace, sp.name, sp.port.port))
+        self.views[key] = view
+        if view.name not in self.route_clusters:
+            self.route_clusters[view.name] = self._route_clusters(sp, view)
+        return view
+
+    def _view(self, sp: MeshServicePort, client_namespace: str, rc: RouteConfig | None,
+              shared: RouteConfig | None) -> RouteConfig:
+        base = outbound_route_name(sp.namespace, sp.name, sp.port.port)
         if rc is not None:
             own = replace(rc, name=base)
         else:
             cluster = self.cluster(sp)
             own = default_route_config(base, cluster.name if cluster else "", (sp.ref,),
                                        cluster.hash_policy if cluster else ())
-        if shared is None:
-            view = own
-            if rc is None:
-                self.defaults.add((sp.namespace, sp.name, sp.port.port))
-        elif own == shared:
-            view = shared
-        else:
-            view = replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
-        self.views[key] = view
-        if view.name not in self.route_clusters:
-            self.route_clusters[view.name] = route_clusters(self.snapshot, view)
-        return view
+        if shared is None or own == shared:
+            return shared or own
+        return replace(own, name=outbound_route_name(sp.namespace, sp.name, sp.port.port, client_namespace))
+
+    def _route_clusters(self, sp: MeshServicePort, view: RouteConfig) -> list[Cluster]:
+        services = self.services
+        if services is None:
+            return route_clusters(self.snapshot, view)
+        hit = _Across.route_clusters.get((id(sp), id(view)))
+        if hit is not None and hit[0] is sp and hit[1] is view and all(services.get(k) is o for k, o in hit[2]):
+            for (ns, name), _ in hit[2]:
+                self.snapshot.get("Service", ns, name)  # the reads a fresh run makes (outer views record them)
+            self.deps[view.name] = hit[2]
+            return hit[3]
+        found = route_clusters(self.snapshot, view)
+        named: dict[tuple[str, str], KubeObject | None] = {}
+        for name in cluster_names(view):
+            m = POOL_NAME.match(name)
+            if m is not None and (m.group(1), m.group(2)) != (sp.namespace, sp.name):  # sp stands for its own
+                named[(m.group(1), m.group(2))] = services.get((m.group(1), m.group(2)))
+        deps = self.deps[view.name] = tuple(named.items())
+        _Across.route_clusters.put((id(sp), id(view)), (sp, view, deps, found))
+        return found
 
     def chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...] = ()) -> \
-            tuple[FilterChain, RouteConfig | None, list[Cluster]] | None:
+            _ChainPart | None:
         """The filter chain for this Service port as seen from `client_namespace` (memoised: the same
         chain object serves every listener that has it)."""
-        view_name = self.view(sp, client_namespace).name if sp.http else ""
-        key = (sp.namespace, sp.name, sp.port.port, view_name, source_cidrs)
+        index, services = self.index, self.services
+        if index is not None and services is not None:
+            fast = (id(sp), client_namespace, source_cidrs)
+            hit = _Across.fast.get(fast)
+            if hit is not None and hit[0] is sp and hit[1] is index and all(services.get(k) is o for k, o in hit[2]):
+                for (ns, name), _ in hit[2]:
+                    self.snapshot.get("Service", ns, name)
+                return hit[3]
+            found = self._chain_of(sp, client_namespace, source_cidrs)
+            view = self.views.get((sp.namespace, sp.name, sp.port.port, client_namespace)) if sp.http else None
+            deps = self.deps.get(view.name, ()) if view is not None else ()
+            _Across.fast.put(fast, (sp, index, deps, found))
+            return found
+        return self._chain_of(sp, client_namespace, source_cidrs)
+
+    def differs(self, sp: MeshServicePort, client_namespace: str) -> bool:
+        """Whether clients in `client_namespace` see other routes for this Service port than everyone."""
+        if self.index is not None and \
+                (client_namespace, sp.namespace, sp.name, sp.port.port) not in self.index.consumer:
+            return False  # their routes are everyone's (the producer routes, or none): the same view
+        return self.view(sp, client_namespace) is not self.view(sp, "")
+
+    def _chain_of(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...]) -> \
+            _ChainPart | None:
+        view = self.view(sp, client_namespace) if sp.http else None
+        key = (sp.namespace, sp.name, sp.port.port, view.name if view is not None else "", source_cidrs)
         if key not in self.chains:
-            self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+            if self.services is None:
+                self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+                return self.chains[key]
+            across = (id(sp), id(view), client_namespace if source_cidrs else "", source_cidrs)
+            used = self.route_clusters[view.name] if view is not None else None
+            hit = _Across.chains.get(across)
+            if hit is not None and hit[0] is sp and hit[1] is view and hit[2] is used:
+                self.chains[key] = hit[3]
+            else:
+                self.chains[key] = self._chain(sp, client_namespace, source_cidrs)
+                _Across.chains.put(across, (sp, view, used, self.chains[key]))
         return self.chains[key]
 
     def _chain(self, sp: MeshServicePort, client_namespace: str, source_cidrs: tuple[str, ...]) -> \
@@ -585,10 +814,11 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
     pods, issues = mesh_pods(snapshot, opts)
     services, svc_issues = mesh_services(snapshot)
     issues.extend(svc_issues)
-    out = _Outbound(snapshot, routes_for)
+    root = root_snapshot(snapshot) if memo_enabled() else None
+    out = _Outbound(snapshot, routes_for, (root.objects.get("Service") or _NO_SERVICES) if root is not None else None)
     bundles: list[Bundle] = []
     td = opts.mesh_trust_domain
-    mtls = MtlsOutbound(td) if td else None
+    mtls = _Mtls(MtlsOutbound(td), out.services is not None) if td else None
     authz = compile_policies(snapshot, opts, pods).by_pod  # statuses and issues: translate_policies
     modes: dict[str, MtlsMode] = {}
 
@@ -615,7 +845,7 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
                 if not sp.http:
                     continue
                 for client_ns, cidrs in sorted(sources.items()):
-                    if out.view(sp, client_ns) is not out.view(sp, ""):
+                    if out.differs(sp, client_ns):
                         part = out.chain(sp, client_ns, cidrs)
                         if part is not None:
                             parts.append(part)
@@ -695,6 +925,8 @@ def build_mesh(snapshot: InputSnapshot, opts: TranslateOptions, routes_for: Mesh
                 bundles.append(replace(_bundle(f"mesh/sidecar/{pod.key}",
                                                ProxyScope(frozenset({"sidecar"}), frozenset({pod.key})), *configs),
                                        workload_certs=own))
+    if out.services is not None:
+        _Across.rotate()
     return Partial(bundles=tuple(bundles), issues=tuple(issues))
 
 
