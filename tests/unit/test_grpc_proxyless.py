@@ -288,3 +288,25 @@ def test_zero_attempts_means_no_retry() -> None:
     grpc_rc = world.for_proxy(ProxyId.parse("grpc~default/c")).of(ROUTE)["echo.default.svc.cluster.local:7070"]
     assert not route_pb2.RouteConfiguration.FromString(grpc_rc.body).virtual_hosts[0].routes[0].route.HasField(
         "retry_policy")
+
+
+def test_default_target_routes_are_the_mesh_default_shaped_for_grpc() -> None:
+    from cilia.translate.grpc import _for_grpc, _service_targets
+    from cilia.translate.mesh import default_route_config
+
+    text = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: ns, annotations: {cilia.io/lb-policy: ring-hash, cilia.io/hash-header: x-user}}
+spec: {clusterIP: 127.96.0.7, ports: [{name: grpc, port: 9000}, {name: web, port: 8080}]}
+"""
+    parsed = parse_text(text, "test")
+    snapshot = InputSnapshot.of(parsed.objects)
+    obj = next(snapshot.list("Service"))
+    targets = _service_targets(obj, snapshot, "cluster.local").targets
+    assert [t.port for t in targets] == [9000, 8080]
+    for t in targets:
+        expected = _for_grpc(default_route_config(t.names[0], t.cluster.name, (str(obj.ref),),
+                                                  t.cluster.hash_policy), t.names)
+        assert t.default_routes == expected
+        assert t.cluster.hash_policy  # the annotation's hashing carried into the route

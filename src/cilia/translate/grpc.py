@@ -39,14 +39,24 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from cilia.ir.model import ApiListener, Bundle, Cluster, ProxyScope, RouteConfig
+from cilia.ir.model import (
+    ApiListener,
+    Backend,
+    Bundle,
+    Cluster,
+    ProxyScope,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    VirtualHost,
+)
 from cilia.k8s.core import ServiceSpec
 from cilia.k8s.objects import KubeObject
 from cilia.k8s.store import InputSnapshot
 from cilia.translate.context import Memo, Partial, TranslateOptions
 from cilia.translate.gamma import GammaIndex, gamma_index
 from cilia.translate.incremental import memo_enabled, root_snapshot
-from cilia.translate.mesh import POOL_NAME, changed_objects, cluster_names, default_route_config, route_clusters
+from cilia.translate.mesh import POOL_NAME, changed_objects, cluster_names, route_clusters
 from cilia.translate.services import resolve_backend
 
 GRPC_ROLE = frozenset({"grpc"})
@@ -95,12 +105,16 @@ def _service_targets(obj: KubeObject, snapshot: InputSnapshot, cluster_domain: s
             continue
         names = target_names(ns, name, sp.port, cluster_domain)
         listeners.extend(ApiListener(n, names[0], sources) for n in names)
-        routes = _for_grpc(default_route_config(names[0], cluster.name, sources, cluster.hash_policy), names)
+        # default_route_config as _for_grpc shapes it, built directly (once per Service port at scale)
+        route = Route(name="default", match=_ANY, backends=(Backend(cluster.name),), timeout_ms=0,
+                      hash_policy=cluster.hash_policy)
+        routes = RouteConfig(names[0], (VirtualHost(names[0], names, (route,)),), sources, client="grpc")
         targets.append(_Target(sp.port, names, cluster, routes))
     return _ServiceTargets(tuple(listeners), tuple(targets))
 
 
 _NO_TARGETS = _ServiceTargets((), ())
+_ANY = RouteMatch()
 _NONE: Mapping[tuple[str, str], KubeObject] = {}
 ServiceKey = tuple[str, str]
 
