@@ -118,6 +118,82 @@ def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
     return cla
 
 
+_HEALTH_BYTES = {k: b"\x10" + bytes((v,)) for k, v in HEALTH.items()}  # LbEndpoint.health_status (2)
+
+
+def _len_field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field whose tag is one byte (`tag`)."""
+    n = len(payload)
+    return tag + (bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7)) if n < 0x4000
+                  else _varint(n)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _localities_bytes(localities: tuple[ir.LocalityEndpoints, ...]) -> bytes | None:
+    """ClusterLoadAssignment.endpoints (field 2, every locality) as `render_endpoints` serialises them
+    (deterministically: by field number, defaults left out); None where an endpoint carries metadata
+    (mesh mTLS), which only the message builder writes."""
+    out = []
+    for loc in localities:
+        locality = b""
+        if loc.region:
+            locality += _len_field(b"\x0a", loc.region.encode())
+        if loc.zone:
+            locality += _len_field(b"\x12", loc.zone.encode())
+        if loc.sub_zone:
+            locality += _len_field(b"\x1a", loc.sub_zone.encode())
+        parts = [_len_field(b"\x0a", locality)]  # always present (gRPC drops a locality without one)
+        for ep in loc.endpoints:
+            if ep.mesh_tls:
+                return None
+            # SocketAddress: address=2, port_value=3; Address.socket_address=1; Endpoint.address=1
+            sa = _len_field(b"\x12", ep.address.encode())
+            if not 0 <= ep.port < 1 << 32:
+                return None  # the message builder says what is wrong
+            sa += b"\x18" + _varint(ep.port)  # in a oneof: written even when 0
+            endpoint = _len_field(b"\x0a", _len_field(b"\x0a", sa))
+            if ep.hostname:
+                endpoint += _len_field(b"\x1a", ep.hostname.encode())
+            parts.append(_len_field(b"\x12", _len_field(b"\x0a", endpoint) + _HEALTH_BYTES[ep.health]))
+        parts.append(_len_field(b"\x1a", b"\x08" + _varint(max(1, len(loc.endpoints)))))  # UInt32Value
+        if loc.priority:
+            if not 0 < loc.priority < 1 << 32:
+                return None
+            parts.append(b"\x28" + _varint(loc.priority))
+        out.append(_len_field(b"\x12", b"".join(parts)))
+    return b"".join(out)
+
+
+def endpoints_bytes(es: ir.EndpointSet,
+                    memo: dict[int, tuple[tuple[ir.LocalityEndpoints, ...], bytes | None]] | None = None) -> bytes:
+    """`render_endpoints(es)` serialised (deterministically), mostly written without building messages:
+    a large cluster has three sets per Service port. `memo` (by the identity of `es.localities`, which
+    it holds) shares the work between sets built from the very same localities."""
+    locs = es.localities
+    body: bytes | None
+    hit = memo.get(id(locs)) if memo is not None else None
+    if hit is not None and hit[0] is locs:
+        body = hit[1]
+    else:
+        try:
+            body = _localities_bytes(locs)
+        except (KeyError, UnicodeError, TypeError, AttributeError):
+            body = None  # the message builder says what is wrong
+        if memo is not None:
+            memo[id(locs)] = (locs, body)
+    if body is None:
+        return render_endpoints(es).SerializeToString(deterministic=True)
+    return (_len_field(b"\x0a", es.name.encode()) if es.name else b"") + body
+
+
 def _validation_sds(ctx: common_pb2.CommonTlsContext, secret: str, san_prefix: str,
                     accept_untrusted: bool = False) -> None:
     """Validate the peer against the SDS trust bundle `secret`, and its URI SAN by prefix when given;

@@ -97,7 +97,7 @@ class ResourceCache:
         if hit is not None and hit[0] is anchor:
             res = hit[1]
         else:
-            key = (type_url, node)
+            key = _NodeKey(type_url, node)  # hashed once: IR nodes hash their whole content
             found = self._by_node.get(key) or self._next.get(key)
             if found is not None:
                 res = found
@@ -110,6 +110,23 @@ class ResourceCache:
         self._next_by_id[ident] = entry
         if sink is not None:
             sink[ident] = entry
+        return res
+
+    def get_raw(self, raw: ir.RawResource, sink: dict[tuple[str, int], tuple[Any, Resource]]) -> Resource:
+        """`get` for a user-written resource: by identity, else by its canonical JSON (worked out only
+        then), else parsed (RawParseError when it does not parse)."""
+        ident = (raw.type_url, id(raw))
+        hit = self._by_id.get(ident) or self._next_by_id.get(ident)
+        if hit is not None and hit[0] is raw:
+            res = hit[1]
+        else:
+            key = _raw_key(raw)
+            found = self._by_node.get(key) or self._next.get(key)
+            res = found if found is not None else Resource.of(raw.type_url, raw.name,
+                                                              parse_raw(raw.type_url, raw.body))
+            self._next[key] = res
+        entry = (raw, res)
+        self._next_by_id[ident] = sink[ident] = entry
         return res
 
     def bundle(self, bundle: ir.Bundle) -> _BundleRender:
@@ -125,17 +142,22 @@ class ResourceCache:
         """Every endpoint set's resource; a set that is the very object of the last render costs a look-up."""
         last, last_res = self._pool, self._pool_res
         out: dict[str, Resource]
+        memo: dict[int, Any] = {}
+
+        def build(es: ir.EndpointSet) -> bytes:
+            return r.endpoints_bytes(es, memo)
+
         if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
             out = dict(last_res)
             for name in [n for n, es in endpoints.items() if last[n] is not es]:
-                out[name] = self.get(ENDPOINT, endpoints[name], r.render_endpoints, name)
+                out[name] = self.get(ENDPOINT, endpoints[name], build, name)
         else:
             out = {}
             for name, es in endpoints.items():
                 if last.get(name) is es:
                     out[name] = last_res[name]
                 else:
-                    out[name] = self.get(ENDPOINT, es, r.render_endpoints, name)
+                    out[name] = self.get(ENDPOINT, es, build, name)
         self._pool, self._pool_res = dict(endpoints), out
         return out  # never changed afterwards: the next render builds a new one
 
@@ -204,7 +226,7 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (LISTENER, "api_listeners", r.api_listener_bytes),
     (ROUTE, "routes", r.render_route_config),
     (CLUSTER, "clusters", r.render_cluster),
-    (ENDPOINT, "endpoints", r.render_endpoints),
+    (ENDPOINT, "endpoints", r.endpoints_bytes),
     (SECRET, "secrets", r.render_secret),
     (REDIRECT_POLICY, "redirect_policies", render_redirect_policy),
 )
@@ -219,8 +241,7 @@ def _render_bundle(bundle: ir.Bundle, cache: ResourceCache) -> _BundleRender:
             resources.setdefault(type_url, {})[node.name] = cache.get(type_url, node, build, node.name, sink=ids)
     for raw in bundle.raw:
         try:
-            res = cache.get(raw.type_url, _RawKey(raw), lambda k: parse_raw(k.raw.type_url, k.raw.body),
-                            raw.name, same_as=raw, sink=ids)
+            res = cache.get_raw(raw, ids)
         except RawParseError as exc:
             issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
                                 f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} {exc.verb}: {exc}; "
@@ -364,34 +385,55 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
     return RenderedWorld(tuple(rendered), MappingProxyType(pool), model.node_labels, tuple(issues), generation)
 
 
-class _RawKey:
-    """Hashable identity of a raw resource (its JSON body is a dict). The hash comes from the body's
-    canonical JSON (C speed); equality stays dict equality, so a hash mismatch only costs a re-parse."""
+class _NodeKey:
+    """(type URL, IR node) as a cache key whose hash is worked out once."""
 
-    __slots__ = ("_hash", "raw")
+    __slots__ = ("_hash", "node", "type_url")
 
-    def __init__(self, raw: ir.RawResource) -> None:
-        self.raw = raw
-        try:
-            text = json.dumps(raw.body, sort_keys=True, separators=(",", ":"), default=repr)
-        except (TypeError, ValueError):  # keys of mixed types: fall back to a walk
-            text = repr(_freeze(raw.body))
-        self._hash = hash((raw.type_url, raw.name, text))
+    def __init__(self, type_url: str, node: Any) -> None:
+        self.type_url = type_url
+        self.node = node
+        self._hash = hash((type_url, node))
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _RawKey) and self.raw.type_url == other.raw.type_url and \
-            self.raw.name == other.raw.name and self.raw.body == other.raw.body
+        return isinstance(other, _NodeKey) and self.type_url == other.type_url and \
+            (self.node is other.node or self.node == other.node)
+
+
+def _raw_key(raw: ir.RawResource) -> Any:
+    """What identifies a raw resource's parse: its type, name and canonical JSON (strings: hashed and
+    compared at C speed, their hashes cached). A body with values JSON does not have (written with
+    `repr`) or keys of mixed types is compared as frozen values instead, so no two bodies share a key
+    unless they are equal."""
+    odd: list[Any] = []
+
+    def default(value: Any) -> str:
+        odd.append(value)
+        return repr(value)
+
+    try:
+        text = json.dumps(raw.body, sort_keys=True, separators=(",", ":"), default=default)
+    except (TypeError, ValueError):  # keys of mixed types
+        odd.append(None)
+    if odd:
+        return ("frozen", raw.type_url, raw.name, _freeze(raw.body))
+    return (raw.type_url, raw.name, text)
 
 
 def _freeze(v: Any) -> Any:
+    """A hashable value equal for equal JSON-like values, telling types apart (1, 1.0 and True)."""
     if isinstance(v, Mapping):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    return v
+        return ("map", tuple(sorted(((_freeze(k), _freeze(x)) for k, x in v.items()), key=lambda kv: repr(kv[0]))))
+    if isinstance(v, list | tuple):
+        return ("list", tuple(_freeze(x) for x in v))
+    try:
+        hash(v)
+    except TypeError:
+        return (type(v).__name__, repr(v))
+    return (type(v).__name__, v)
 
 
 __all__ = ["TYPE_ORDER", "ProxyResources", "RenderedWorld", "ResourceCache", "render_world"]
