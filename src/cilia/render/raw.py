@@ -1,7 +1,10 @@
 """Parse user-written Envoy resources (JSON with `@type`) into messages.
 
 CiliumEnvoyConfig resources are arbitrary typed `Any`s; every nested `@type` must be known to the
-protobuf pool, so the first use imports every Envoy message module of xds-protos (about half a second).
+protobuf pool. Importing every Envoy message module of xds-protos takes about half a second, so the
+modules of a type's own package are imported when a type is first met (`_lookup`), and everything only
+when a name is still unknown after that (`load_all_envoy_types`): a name resolves exactly as it would
+with everything loaded.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from cilia.render.validate import validate_message
 from cilia.untrusted import format_path
 
 _loaded = False
-_lock = threading.Lock()
+_lock = threading.RLock()
 _ROOT_PACKAGES = ("envoy", "xds", "udpa", "validate", "contrib")
+_packages_loaded: set[str] = set()
 
 
 def load_all_envoy_types() -> None:
@@ -41,6 +45,74 @@ def load_all_envoy_types() -> None:
                     except Exception:
                         continue
         _loaded = True
+
+
+def _load_package_of(full_name: str) -> None:
+    """Import the message modules of the package that defines `full_name` (a message of one of
+    `_ROOT_PACKAGES`; nothing else is imported on behalf of a name from user input)."""
+    parts = full_name.split(".")
+    if len(parts) < 2 or parts[0] not in _ROOT_PACKAGES:
+        return
+    with _lock:
+        for cut in range(len(parts) - 1, 0, -1):
+            name = ".".join(parts[:cut])
+            if name in _packages_loaded:
+                return
+            if not all(p.isidentifier() for p in parts[:cut]):
+                continue
+            try:
+                pkg = importlib.import_module(name)
+            except Exception:
+                continue
+            path = getattr(pkg, "__path__", None)
+            if path is None:
+                continue
+            for info in pkgutil.iter_modules(path, name + "."):
+                if info.name.endswith("_pb2") and not info.ispkg:
+                    try:
+                        importlib.import_module(info.name)
+                    except Exception:
+                        continue
+            _packages_loaded.add(name)
+            return
+
+
+def _lookup(full_name: str) -> Any:
+    """The message class named `full_name` (KeyError if none), loading its package's modules first,
+    and every Envoy module when that is not enough."""
+    db = symbol_database.Default()
+    try:
+        return db.GetSymbol(full_name)
+    except KeyError:
+        pass
+    if not _loaded:
+        _load_package_of(full_name)
+        try:
+            return db.GetSymbol(full_name)
+        except KeyError:
+            load_all_envoy_types()
+    return db.GetSymbol(full_name)
+
+
+def _load_nested_types(body: Mapping[str, Any]) -> None:
+    """Make every nested `@type` that can be known, known (as if every module were loaded)."""
+    if _loaded:
+        return
+    stack: list[Any] = list(body.values())
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            t = node.get("@type")
+            if isinstance(t, str):
+                try:
+                    _lookup(t.rsplit("/", 1)[-1])
+                except KeyError:
+                    pass
+                if _loaded:
+                    return
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class RawParseError(ValueError):
@@ -176,10 +248,9 @@ def _fast_sub(value: Any, msg: Message, depth: int) -> None:
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
     """The message for `body`, or RawParseError with protobuf's reason (RawValidationError: a field
     rule Envoy enforces is broken)."""
-    load_all_envoy_types()
     full_name = type_url.rsplit("/", 1)[-1]
     try:
-        cls = symbol_database.Default().GetSymbol(full_name)
+        cls = _lookup(full_name)
     except KeyError:
         _check_nested_types(body)  # that error first, as before
         raise RawParseError(f"unknown type {type_url!r}") from None
@@ -197,6 +268,7 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
 
 def _slow_parse(cls: Any, body: Mapping[str, Any], data: dict[str, Any]) -> Message:
     _check_nested_types(body)
+    _load_nested_types(body)
     msg = cls()
     try:
         json_format.ParseDict(data, msg, ignore_unknown_fields=False)
