@@ -16,8 +16,9 @@ BODIES = [
         "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
             "@type": HCM, "stat_prefix": "s", "rds": {"route_config_name": "r", "config_source": {"ads": {}}},
             "http_filters": [
-                {"name": "lua", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                                                 "default_source_code": {"inline_string": "x"}}},
+                {"name": "lua", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": "x"}}},
                 {"name": "r", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}),
     ("type.googleapis.com/envoy.config.listener.v3.Listener", {"name": "l", "filter_chains": [{"filters": [
