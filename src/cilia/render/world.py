@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import compress
+from operator import is_not
 from types import MappingProxyType
 from typing import Any
 
@@ -149,7 +151,8 @@ class ResourceCache:
 
         if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
             out = dict(last_res)
-            for name in [n for n, es in endpoints.items() if last[n] is not es]:
+            # the names whose set is not the very object of the last render (compared at C speed)
+            for name in list(compress(endpoints, map(is_not, endpoints.values(), last.values()))):
                 out[name] = self.get(ENDPOINT, endpoints[name], build, name)
         else:
             out = {}
