@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -27,15 +28,15 @@ def _random_set(rng: random.Random, name: str) -> ir.EndpointSet:
 @pytest.mark.parametrize("seed", range(40))
 def test_bytes_equal_message_serialisation(seed: int) -> None:
     rng = random.Random(seed)
-    memo: dict[int, object] = {}
+    memo: dict[int, Any] = {}
     for i in range(10):
         es = _random_set(rng, rng.choice(["", f"ns/svc-{i}", "n" * 200]))
         want = r.render_endpoints(es).SerializeToString(deterministic=True)
         assert r.endpoints_bytes(es) == want
-        assert r.endpoints_bytes(es, memo) == want  # type: ignore[arg-type]
+        assert r.endpoints_bytes(es, memo) == want
         again = ir.EndpointSet("other", es.localities, ())  # shares the localities: memo hit
         assert r.endpoints_bytes(again, memo) == \
-            r.render_endpoints(again).SerializeToString(deterministic=True)  # type: ignore[arg-type]
+            r.render_endpoints(again).SerializeToString(deterministic=True)
 
 
 def test_bad_port_fails_as_the_message_builder_does() -> None:
