@@ -87,7 +87,9 @@ class Resource:
 
     @classmethod
     def of(cls, type_url: str, name: str, message: Any) -> Resource:
-        return cls(type_url, name, message.SerializeToString(deterministic=True), message)
+        """The message is not kept: nothing reads it back, and holding tens of thousands of them makes
+        every full garbage collection of a large config slower."""
+        return cls(type_url, name, message.SerializeToString(deterministic=True))
 
 
 def sotw_response(version_info: str, resources: Iterable[Resource], type_url: str, nonce: str) -> bytes:
