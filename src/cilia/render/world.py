@@ -70,32 +70,39 @@ class _BundleRender:
     names: dict[str, frozenset[str]]  # by type
 
 
+IdEntries = dict[tuple[str, int], tuple[Any, "Resource"]]
+
+
 class ResourceCache:
     """Reuses Resource objects (and their bytes and hashes) for IR nodes seen in an earlier render.
 
-    Looked up by identity first: output reused from the previous translation is the very same objects,
-    so unchanged parts of a large config cost no hashing at all; then by value. A Bundle object seen in
-    the last render is not walked again at all.
+    A Bundle object seen in the last render is not walked again at all. A new Bundle's nodes are
+    looked up by identity first, among the nodes of the last render's bundle with the same key:
+    output reused from the previous translation is the very same objects, so unchanged parts of a
+    large config cost no hashing at all; then by value.
     """
 
     def __init__(self) -> None:
         self._by_node: dict[Any, Resource] = {}
         self._next: dict[Any, Resource] = {}
-        self._by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
-        self._next_by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
         self._bundles: dict[int, _BundleRender] = {}
         self._next_bundles: dict[int, _BundleRender] = {}
+        self._by_key: dict[str, _BundleRender] = {}  # the last render's bundles, by key
+        self._next_by_key: dict[str, _BundleRender] = {}
         self.conflicts = _Conflicts()
         self._pool: dict[str, ir.EndpointSet] = {}  # the last render's sets, and their resources
         self._pool_res: dict[str, Resource] = {}
 
     def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None,
-            sink: dict[tuple[str, int], tuple[Any, Resource]] | None = None) -> Resource:
+            sink: IdEntries | None = None, prev: IdEntries | None = None) -> Resource:
         """`same_as`: the object whose identity stands for `node` (when `node` is a fresh wrapper);
-        `sink` collects the identity entries used (a bundle's, for reusing it whole)."""
+        `sink` collects the identity entries used (a bundle's, for reusing it whole); `prev`: those of
+        the bundle's previous render, looked in first."""
         anchor = node if same_as is None else same_as
         ident = (type_url, id(anchor))
-        hit = self._by_id.get(ident) or self._next_by_id.get(ident)
+        hit = prev.get(ident) if prev is not None else None
+        if hit is None and sink is not None:
+            hit = sink.get(ident)
         if hit is not None and hit[0] is anchor:
             res = hit[1]
         else:
@@ -108,17 +115,15 @@ class ResourceCache:
                 res = Resource(type_url, name, built) if isinstance(built, bytes) else \
                     Resource.of(type_url, name, built)
             self._next[key] = res
-        entry = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
-        self._next_by_id[ident] = entry
         if sink is not None:
-            sink[ident] = entry
+            sink[ident] = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
         return res
 
-    def get_raw(self, raw: ir.RawResource, sink: dict[tuple[str, int], tuple[Any, Resource]]) -> Resource:
+    def get_raw(self, raw: ir.RawResource, sink: IdEntries, prev: IdEntries | None) -> Resource:
         """`get` for a user-written resource: by identity, else by its canonical JSON (worked out only
         then), else parsed (RawParseError when it does not parse)."""
         ident = (raw.type_url, id(raw))
-        hit = self._by_id.get(ident) or self._next_by_id.get(ident)
+        hit = (prev.get(ident) if prev is not None else None) or sink.get(ident)
         if hit is not None and hit[0] is raw:
             res = hit[1]
         else:
@@ -127,17 +132,16 @@ class ResourceCache:
             res = found if found is not None else Resource.of(raw.type_url, raw.name,
                                                               parse_raw(raw.type_url, raw.body))
             self._next[key] = res
-        entry = (raw, res)
-        self._next_by_id[ident] = sink[ident] = entry
+        sink[ident] = (raw, res)
         return res
 
     def bundle(self, bundle: ir.Bundle) -> _BundleRender:
         hit = self._bundles.get(id(bundle)) or self._next_bundles.get(id(bundle))
         if hit is None or hit.bundle is not bundle:
-            hit = _render_bundle(bundle, self)
-        else:
-            self._next_by_id.update(hit.ids)
+            prev = self._by_key.get(bundle.key)
+            hit = _render_bundle(bundle, self, prev.ids if prev is not None else None)
         self._next_bundles[id(bundle)] = hit
+        self._next_by_key[bundle.key] = hit
         return hit
 
     def endpoint_pool(self, endpoints: Mapping[str, ir.EndpointSet]) -> dict[str, Resource]:
@@ -150,9 +154,12 @@ class ResourceCache:
             return r.endpoints_bytes(es, memo)
 
         if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
-            out = dict(last_res)
             # the names whose set is not the very object of the last render (compared at C speed)
-            for name in list(compress(endpoints, map(is_not, endpoints.values(), last.values()))):
+            changed = list(compress(endpoints, map(is_not, endpoints.values(), last.values())))
+            if not changed:
+                return last_res  # the same sets: the last render's pool, as it was
+            out = dict(last_res)
+            for name in changed:
                 out[name] = self.get(ENDPOINT, endpoints[name], build, name)
         else:
             out = {}
@@ -167,8 +174,8 @@ class ResourceCache:
     def rotate(self) -> None:
         """Forget what the last render did not use."""
         self._by_node, self._next = self._next, {}
-        self._by_id, self._next_by_id = self._next_by_id, {}
         self._bundles, self._next_bundles = self._next_bundles, {}
+        self._by_key, self._next_by_key = self._next_by_key, {}
 
 
 class RenderedWorld:
@@ -235,16 +242,17 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
 )
 
 
-def _render_bundle(bundle: ir.Bundle, cache: ResourceCache) -> _BundleRender:
+def _render_bundle(bundle: ir.Bundle, cache: ResourceCache, prev: IdEntries | None) -> _BundleRender:
     resources: dict[str, dict[str, Resource]] = {}
-    ids: dict[tuple[str, int], tuple[Any, Resource]] = {}
+    ids: IdEntries = {}
     issues: list[Issue] = []
     for type_url, attr, build in BUILDERS:
         for node in getattr(bundle, attr):
-            resources.setdefault(type_url, {})[node.name] = cache.get(type_url, node, build, node.name, sink=ids)
+            res = cache.get(type_url, node, build, node.name, sink=ids, prev=prev)
+            resources.setdefault(type_url, {})[node.name] = res
     for raw in bundle.raw:
         try:
-            res = cache.get_raw(raw, ids)
+            res = cache.get_raw(raw, ids, prev)
         except RawParseError as exc:
             issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
                                 f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} {exc.verb}: {exc}; "
