@@ -38,7 +38,7 @@ def _cec(c: int, services: int, variant: int = 0) -> dict[str, Any]:
     backends = sorted({(c * ROUTES_PER_CEC + r) % services for r in range(ROUTES_PER_CEC)})
     for r in range(ROUTES_PER_CEC):
         svc = (c * ROUTES_PER_CEC + r) % services
-        routes.append({"match": {"prefix": f"/c{c}/r{r}" + ("/v2" if variant and r == 0 else "")},
+        routes.append({"match": {"prefix": f"/c{c}/r{r}" + (f"/v{variant}" if variant and r == 0 else "")},
                        "route": {"cluster": f"bench/svc-{svc}"}})
     resources = [
         {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
