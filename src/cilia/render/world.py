@@ -169,7 +169,7 @@ class ResourceCache:
                 else:
                     out[name] = self.get(ENDPOINT, es, build, name)
         self._pool, self._pool_res = dict(endpoints), out
-        return out  # never changed afterwards: the next render builds a new one
+        return out  # never changed afterwards (a later render with the same sets hands it back again)
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
