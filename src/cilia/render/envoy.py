@@ -41,7 +41,7 @@ from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from cilia.ir import model as ir
-from cilia.render.resources import field_bytes
+from cilia.render.resources import field_bytes, varint
 
 CORS_FILTER = "envoy.filters.http.cors"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -828,34 +828,41 @@ def render_api_listener(al: ir.ApiListener) -> listener_pb2.Listener:
     return out
 
 
+HCM_TYPE_URL = b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
 @functools.cache
-def _api_listener_parts() -> tuple[bytes, bytes, dict[str, int]]:
-    """What every API listener shares (the ADS config source, the router filter) serialised once, and the
-    field numbers the rest is written with."""
+def _api_listener_parts() -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+    """What every API listener shares, serialised once: the RDS config source with the route config
+    name's tag, the router filter field, the Any's type URL with its value's tag, and the tags of the
+    stat prefix, RDS, listener name and API listener fields."""
     source = ads_source().SerializeToString(deterministic=True)
     router = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     hcm = hcm_pb2.HttpConnectionManager.DESCRIPTOR.fields_by_name
     rds = hcm_pb2.Rds.DESCRIPTOR.fields_by_name
-    numbers = {"stat_prefix": hcm["stat_prefix"].number, "rds": hcm["rds"].number,
-               "http_filters": hcm["http_filters"].number, "config_source": rds["config_source"].number,
-               "route_config_name": rds["route_config_name"].number,
-               "name": listener_pb2.Listener.DESCRIPTOR.fields_by_name["name"].number,
-               "api_listener": listener_pb2.Listener.DESCRIPTOR.fields_by_name["api_listener"].number}
-    return source, router.SerializeToString(deterministic=True), numbers
+    listener = listener_pb2.Listener.DESCRIPTOR.fields_by_name
 
+    def tag(number: int) -> bytes:
+        return varint((number << 3) | 2)
 
-HCM_TYPE_URL = b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    return (field_bytes(rds["config_source"].number, source) + tag(rds["route_config_name"].number),
+            field_bytes(hcm["http_filters"].number, router.SerializeToString(deterministic=True)),
+            field_bytes(1, HCM_TYPE_URL) + tag(2), tag(hcm["stat_prefix"].number), tag(hcm["rds"].number),
+            tag(listener["name"].number), tag(listener["api_listener"].number))
 
 
 def api_listener_bytes(al: ir.ApiListener) -> bytes:
     """`render_api_listener(al)` serialised (deterministically), written without building messages: every
     Service port has three of these, so this keeps a large cluster's gRPC targets cheap to render."""
-    source, router, f = _api_listener_parts()
+    rds_prefix, router, any_prefix, t_stat, t_rds, t_name, t_api = _api_listener_parts()
     name = al.name.encode()
-    rds = field_bytes(f["config_source"], source) + field_bytes(f["route_config_name"], al.route_config.encode())
-    hcm = field_bytes(f["stat_prefix"], name) + field_bytes(f["rds"], rds) + field_bytes(f["http_filters"], router)
-    packed = field_bytes(1, HCM_TYPE_URL) + field_bytes(2, hcm)  # google.protobuf.Any
-    return field_bytes(f["name"], name) + field_bytes(f["api_listener"], field_bytes(1, packed))
+    route_config = al.route_config.encode()
+    rds = rds_prefix + varint(len(route_config)) + route_config
+    named = varint(len(name)) + name
+    hcm = t_stat + named + t_rds + varint(len(rds)) + rds + router
+    packed = any_prefix + varint(len(hcm)) + hcm  # google.protobuf.Any
+    api = b"\x0a" + varint(len(packed)) + packed  # ApiListener.api_listener
+    return t_name + named + t_api + varint(len(api)) + api
 
 
 # HTTP status -> the gRPC status a gRPC client sees for it (gRPC's HTTP mapping), for the statuses gRPC's
