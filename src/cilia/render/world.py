@@ -291,6 +291,8 @@ class _Conflicts:
         now = {id(br): br for br in live}
         removed = [br for i, br in before.items() if i not in now]
         added = [br for i, br in now.items() if i not in before]
+        # Only a kept bundle is rechecked by name; with none (a first render), every name's owners are new.
+        kept = len(live) > len(added)
         dirty: set[tuple[str, str]] = set()
         for br in removed:
             for type_url, names in br.names.items():
@@ -310,7 +312,8 @@ class _Conflicts:
                     owners.append(br)
                     if len(owners) > 1:
                         owners.sort(key=lambda o: rank[id(o)])
-                    dirty.add((type_url, name))
+                    if kept:
+                        dirty.add((type_url, name))
         recheck: dict[int, list[tuple[str, str]]] = {}
         for type_url, name in dirty:
             for o in self.owners.get(type_url, {}).get(name, ()):
