@@ -191,7 +191,8 @@ def _localities(entries: Iterable[Entry], affinity: str, local_cluster: str,
             priority = 0 if cluster == local_cluster else 1
         elif is_global and affinity == "remote":
             priority = 0 if cluster != local_cluster else 1
-        out.append(LocalityEndpoints(tuple(sorted(set(eps), key=lambda e: (e.address, e.port, e.hostname))),
+        unique = (eps[0],) if len(eps) == 1 else tuple(sorted(set(eps), key=lambda e: (e.address, e.port, e.hostname)))
+        out.append(LocalityEndpoints(unique,
                                      zone=zone, region=region, sub_zone=cluster if is_global else "",
                                      priority=priority))
     # Envoy requires priorities to be contiguous from 0.
