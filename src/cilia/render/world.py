@@ -59,6 +59,11 @@ class RenderedBundle:
     resources: Mapping[str, Mapping[str, Resource]]
 
 
+# (type URL, id(node)) -> the node's resource. A bundle's entries are for nodes of that very Bundle,
+# which its _BundleRender holds: while the entries can be looked up, no other object can have those ids.
+IdEntries = dict[tuple[str, int], "Resource"]
+
+
 @dataclass(slots=True)
 class _BundleRender:
     """One bundle's render, reused whole while the translator hands back the very same Bundle object."""
@@ -66,11 +71,10 @@ class _BundleRender:
     bundle: ir.Bundle
     rendered: RenderedBundle | None  # None: left out (a resource in it does not parse)
     issues: tuple[Issue, ...]
-    ids: dict[tuple[str, int], tuple[Any, Resource]]  # the identity-cache entries its nodes use
+    ids: IdEntries  # the identity-cache entries its nodes use
     names: dict[str, frozenset[str]]  # by type
 
 
-IdEntries = dict[tuple[str, int], tuple[Any, "Resource"]]
 
 
 class ResourceCache:
@@ -93,18 +97,16 @@ class ResourceCache:
         self._pool: dict[str, ir.EndpointSet] = {}  # the last render's sets, and their resources
         self._pool_res: dict[str, Resource] = {}
 
-    def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None,
-            sink: IdEntries | None = None, prev: IdEntries | None = None) -> Resource:
-        """`same_as`: the object whose identity stands for `node` (when `node` is a fresh wrapper);
-        `sink` collects the identity entries used (a bundle's, for reusing it whole); `prev`: those of
-        the bundle's previous render, looked in first."""
-        anchor = node if same_as is None else same_as
-        ident = (type_url, id(anchor))
+    def get(self, type_url: str, node: Any, build: Any, name: str, sink: IdEntries | None = None,
+            prev: IdEntries | None = None) -> Resource:
+        """`sink` collects the identity entries of a bundle's nodes (for reusing it whole; `node` must be
+        one the bundle holds); `prev`: those of the bundle's previous render, looked in first."""
+        ident = (type_url, id(node))
         hit = prev.get(ident) if prev is not None else None
         if hit is None and sink is not None:
             hit = sink.get(ident)
-        if hit is not None and hit[0] is anchor:
-            res = hit[1]
+        if hit is not None:
+            res = hit
         else:
             key = _NodeKey(type_url, node)  # hashed once: IR nodes hash their whole content
             found = self._by_node.get(key) or self._next.get(key)
@@ -116,7 +118,7 @@ class ResourceCache:
                     Resource.of(type_url, name, built)
             self._next[key] = res
         if sink is not None:
-            sink[ident] = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
+            sink[ident] = res
         return res
 
     def get_raw(self, raw: ir.RawResource, sink: IdEntries, prev: IdEntries | None) -> Resource:
@@ -124,15 +126,15 @@ class ResourceCache:
         then), else parsed (RawParseError when it does not parse)."""
         ident = (raw.type_url, id(raw))
         hit = (prev.get(ident) if prev is not None else None) or sink.get(ident)
-        if hit is not None and hit[0] is raw:
-            res = hit[1]
+        if hit is not None:
+            res = hit
         else:
             key = _raw_key(raw)
             found = self._by_node.get(key) or self._next.get(key)
             res = found if found is not None else Resource.of(raw.type_url, raw.name,
                                                               parse_raw(raw.type_url, raw.body))
             self._next[key] = res
-        sink[ident] = (raw, res)
+        sink[ident] = res
         return res
 
     def bundle(self, bundle: ir.Bundle) -> _BundleRender:
