@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                       t["scratch_total_s"], t["endpoint_edit_ms"], t["route_edit_ms"]]],
                     ["services", "routes", "parse s", "translate s", "render s", "scratch total s",
                      "endpoint edit ms", "route edit ms"]))
+        print("\nFrom scratch: the first translation in a fresh process, and a later one of an unseen world")
+        print(table([["first (cold)", t["translate_s"], t["render_s"], t["scratch_total_s"]],
+                     ["later (warm)", t["warm_translate_s"], t["warm_render_s"], t["warm_scratch_total_s"]]],
+                    ["scratch", "translate s", "render s", "total s"]))
         print(f"\nOne-object edits (translate + render; {t['gateways']} Gateways, {t['httproutes']} HTTPRoutes, "
               f"{t['ingresses']} Ingresses alongside)")
         print(table([[kind, e["translate"], e["render"], e["total"]] for kind, e in t["edits_ms"].items()],

@@ -41,7 +41,7 @@ from envoy.type.v3 import percent_pb2, range_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from cilia.ir import model as ir
-from cilia.render.resources import field_bytes
+from cilia.render.resources import field_bytes, varint
 
 CORS_FILTER = "envoy.filters.http.cors"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -116,6 +116,82 @@ def render_endpoints(es: ir.EndpointSet) -> endpoint_pb2.ClusterLoadAssignment:
             if ep.mesh_tls:
                 lbe.metadata.filter_metadata["envoy.transport_socket_match"].update({MESH_TLS_KEY: ep.mesh_tls})
     return cla
+
+
+_HEALTH_BYTES = {k: b"\x10" + bytes((v,)) for k, v in HEALTH.items()}  # LbEndpoint.health_status (2)
+
+
+def _len_field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field whose tag is one byte (`tag`)."""
+    n = len(payload)
+    return tag + (bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7)) if n < 0x4000
+                  else _varint(n)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _localities_bytes(localities: tuple[ir.LocalityEndpoints, ...]) -> bytes | None:
+    """ClusterLoadAssignment.endpoints (field 2, every locality) as `render_endpoints` serialises them
+    (deterministically: by field number, defaults left out); None where an endpoint carries metadata
+    (mesh mTLS), which only the message builder writes."""
+    out = []
+    for loc in localities:
+        locality = b""
+        if loc.region:
+            locality += _len_field(b"\x0a", loc.region.encode())
+        if loc.zone:
+            locality += _len_field(b"\x12", loc.zone.encode())
+        if loc.sub_zone:
+            locality += _len_field(b"\x1a", loc.sub_zone.encode())
+        parts = [_len_field(b"\x0a", locality)]  # always present (gRPC drops a locality without one)
+        for ep in loc.endpoints:
+            if ep.mesh_tls:
+                return None
+            # SocketAddress: address=2, port_value=3; Address.socket_address=1; Endpoint.address=1
+            sa = _len_field(b"\x12", ep.address.encode())
+            if not 0 <= ep.port < 1 << 32:
+                return None  # the message builder says what is wrong
+            sa += b"\x18" + _varint(ep.port)  # in a oneof: written even when 0
+            endpoint = _len_field(b"\x0a", _len_field(b"\x0a", sa))
+            if ep.hostname:
+                endpoint += _len_field(b"\x1a", ep.hostname.encode())
+            parts.append(_len_field(b"\x12", _len_field(b"\x0a", endpoint) + _HEALTH_BYTES[ep.health]))
+        parts.append(_len_field(b"\x1a", b"\x08" + _varint(max(1, len(loc.endpoints)))))  # UInt32Value
+        if loc.priority:
+            if not 0 < loc.priority < 1 << 32:
+                return None
+            parts.append(b"\x28" + _varint(loc.priority))
+        out.append(_len_field(b"\x12", b"".join(parts)))
+    return b"".join(out)
+
+
+def endpoints_bytes(es: ir.EndpointSet,
+                    memo: dict[int, tuple[tuple[ir.LocalityEndpoints, ...], bytes | None]] | None = None) -> bytes:
+    """`render_endpoints(es)` serialised (deterministically), mostly written without building messages:
+    a large cluster has three sets per Service port. `memo` (by the identity of `es.localities`, which
+    it holds) shares the work between sets built from the very same localities."""
+    locs = es.localities
+    body: bytes | None
+    hit = memo.get(id(locs)) if memo is not None else None
+    if hit is not None and hit[0] is locs:
+        body = hit[1]
+    else:
+        try:
+            body = _localities_bytes(locs)
+        except (KeyError, UnicodeError, TypeError, AttributeError):
+            body = None  # the message builder says what is wrong
+        if memo is not None:
+            memo[id(locs)] = (locs, body)
+    if body is None:
+        return render_endpoints(es).SerializeToString(deterministic=True)
+    return (_len_field(b"\x0a", es.name.encode()) if es.name else b"") + body
 
 
 def _validation_sds(ctx: common_pb2.CommonTlsContext, secret: str, san_prefix: str,
@@ -752,34 +828,41 @@ def render_api_listener(al: ir.ApiListener) -> listener_pb2.Listener:
     return out
 
 
+HCM_TYPE_URL = b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
 @functools.cache
-def _api_listener_parts() -> tuple[bytes, bytes, dict[str, int]]:
-    """What every API listener shares (the ADS config source, the router filter) serialised once, and the
-    field numbers the rest is written with."""
+def _api_listener_parts() -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+    """What every API listener shares, serialised once: the RDS config source with the route config
+    name's tag, the router filter field, the Any's type URL with its value's tag, and the tags of the
+    stat prefix, RDS, listener name and API listener fields."""
     source = ads_source().SerializeToString(deterministic=True)
     router = hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     hcm = hcm_pb2.HttpConnectionManager.DESCRIPTOR.fields_by_name
     rds = hcm_pb2.Rds.DESCRIPTOR.fields_by_name
-    numbers = {"stat_prefix": hcm["stat_prefix"].number, "rds": hcm["rds"].number,
-               "http_filters": hcm["http_filters"].number, "config_source": rds["config_source"].number,
-               "route_config_name": rds["route_config_name"].number,
-               "name": listener_pb2.Listener.DESCRIPTOR.fields_by_name["name"].number,
-               "api_listener": listener_pb2.Listener.DESCRIPTOR.fields_by_name["api_listener"].number}
-    return source, router.SerializeToString(deterministic=True), numbers
+    listener = listener_pb2.Listener.DESCRIPTOR.fields_by_name
 
+    def tag(number: int) -> bytes:
+        return varint((number << 3) | 2)
 
-HCM_TYPE_URL = b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    return (field_bytes(rds["config_source"].number, source) + tag(rds["route_config_name"].number),
+            field_bytes(hcm["http_filters"].number, router.SerializeToString(deterministic=True)),
+            field_bytes(1, HCM_TYPE_URL) + tag(2), tag(hcm["stat_prefix"].number), tag(hcm["rds"].number),
+            tag(listener["name"].number), tag(listener["api_listener"].number))
 
 
 def api_listener_bytes(al: ir.ApiListener) -> bytes:
     """`render_api_listener(al)` serialised (deterministically), written without building messages: every
     Service port has three of these, so this keeps a large cluster's gRPC targets cheap to render."""
-    source, router, f = _api_listener_parts()
+    rds_prefix, router, any_prefix, t_stat, t_rds, t_name, t_api = _api_listener_parts()
     name = al.name.encode()
-    rds = field_bytes(f["config_source"], source) + field_bytes(f["route_config_name"], al.route_config.encode())
-    hcm = field_bytes(f["stat_prefix"], name) + field_bytes(f["rds"], rds) + field_bytes(f["http_filters"], router)
-    packed = field_bytes(1, HCM_TYPE_URL) + field_bytes(2, hcm)  # google.protobuf.Any
-    return field_bytes(f["name"], name) + field_bytes(f["api_listener"], field_bytes(1, packed))
+    route_config = al.route_config.encode()
+    rds = rds_prefix + varint(len(route_config)) + route_config
+    named = varint(len(name)) + name
+    hcm = t_stat + named + t_rds + varint(len(rds)) + rds + router
+    packed = any_prefix + varint(len(hcm)) + hcm  # google.protobuf.Any
+    api = b"\x0a" + varint(len(packed)) + packed  # ApiListener.api_listener
+    return t_name + named + t_api + varint(len(api)) + api
 
 
 # HTTP status -> the gRPC status a gRPC client sees for it (gRPC's HTTP mapping), for the statuses gRPC's

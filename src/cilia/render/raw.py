@@ -1,7 +1,10 @@
 """Parse user-written Envoy resources (JSON with `@type`) into messages.
 
 CiliumEnvoyConfig resources are arbitrary typed `Any`s; every nested `@type` must be known to the
-protobuf pool, so the first use imports every Envoy message module of xds-protos (about half a second).
+protobuf pool. Importing every Envoy message module of xds-protos takes about half a second, so the
+modules of a type's own package are imported when a type is first met (`_lookup`), and everything only
+when a name is still unknown after that (`load_all_envoy_types`): a name resolves exactly as it would
+with everything loaded.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from cilia.render.validate import validate_message
 from cilia.untrusted import format_path
 
 _loaded = False
-_lock = threading.Lock()
+_lock = threading.RLock()
 _ROOT_PACKAGES = ("envoy", "xds", "udpa", "validate", "contrib")
+_packages_loaded: set[str] = set()
 
 
 def load_all_envoy_types() -> None:
@@ -41,6 +45,74 @@ def load_all_envoy_types() -> None:
                     except Exception:
                         continue
         _loaded = True
+
+
+def _load_package_of(full_name: str) -> None:
+    """Import the message modules of the package that defines `full_name` (a message of one of
+    `_ROOT_PACKAGES`; nothing else is imported on behalf of a name from user input)."""
+    parts = full_name.split(".")
+    if len(parts) < 2 or parts[0] not in _ROOT_PACKAGES:
+        return
+    with _lock:
+        for cut in range(len(parts) - 1, 0, -1):
+            name = ".".join(parts[:cut])
+            if name in _packages_loaded:
+                return
+            if not all(p.isidentifier() for p in parts[:cut]):
+                continue
+            try:
+                pkg = importlib.import_module(name)
+            except Exception:
+                continue
+            path = getattr(pkg, "__path__", None)
+            if path is None:
+                continue
+            for info in pkgutil.iter_modules(path, name + "."):
+                if info.name.endswith("_pb2") and not info.ispkg:
+                    try:
+                        importlib.import_module(info.name)
+                    except Exception:
+                        continue
+            _packages_loaded.add(name)
+            return
+
+
+def _lookup(full_name: str) -> Any:
+    """The message class named `full_name` (KeyError if none), loading its package's modules first,
+    and every Envoy module when that is not enough."""
+    db = symbol_database.Default()
+    try:
+        return db.GetSymbol(full_name)
+    except KeyError:
+        pass
+    if not _loaded:
+        _load_package_of(full_name)
+        try:
+            return db.GetSymbol(full_name)
+        except KeyError:
+            load_all_envoy_types()
+    return db.GetSymbol(full_name)
+
+
+def _load_nested_types(body: Mapping[str, Any]) -> None:
+    """Make every nested `@type` that can be known, known (as if every module were loaded)."""
+    if _loaded:
+        return
+    stack: list[Any] = list(body.values())
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            t = node.get("@type")
+            if isinstance(t, str):
+                try:
+                    _lookup(t.rsplit("/", 1)[-1])
+                except KeyError:
+                    pass
+                if _loaded:
+                    return
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class RawParseError(ValueError):
@@ -79,38 +151,82 @@ _WRAPPERS = frozenset({"google.protobuf.DoubleValue", "google.protobuf.FloatValu
                        "google.protobuf.Int32Value", "google.protobuf.UInt32Value",
                        "google.protobuf.BoolValue", "google.protobuf.StringValue",
                        "google.protobuf.BytesValue"})
-_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
 _INT_TYPES = frozenset({FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64,
                         FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64})
 
+# How the fast converter treats a field (worked out once per message type, by JSON key).
+_K_MESSAGE, _K_MESSAGES, _K_SCALAR, _K_SCALARS, _K_SLOW = range(5)
+# ... a scalar value: (kind, enum values by name); a message value: which of these it is.
+_V_INT, _V_BOOL, _V_STRING, _V_ENUM, _V_SLOW = range(5)
+_S_PLAIN, _S_GENERIC_WKT, _S_WRAPPER, _S_SLOW = range(4)
+# (field number, oneof key or None, kind, attribute name, scalar conversion or message kind)
+_Entry = tuple[int, int | None, int, str, Any]
+_PLANS: dict[str, dict[str, _Entry]] = {}
 
-def _fields(desc: Any) -> dict[str, FieldDescriptor]:
-    got = _FIELDS.get(desc.full_name)
-    if got is None:
-        got = {f.name: f for f in desc.fields}
-        for f in desc.fields:
-            got.setdefault(f.json_name, f)
-        _FIELDS[desc.full_name] = got
-    return got
 
-
-def _scalar(field: FieldDescriptor, value: Any) -> Any:
-    """The value json_format would store, for the plain cases only (else _Slow)."""
+def _conversion(field: FieldDescriptor) -> tuple[int, Any]:
     cpp = field.cpp_type
     if cpp in _INT_TYPES:
+        return _V_INT, None
+    if cpp == FieldDescriptor.CPPTYPE_BOOL:
+        return _V_BOOL, None
+    if cpp == FieldDescriptor.CPPTYPE_STRING:
+        return (_V_STRING, None) if field.type == FieldDescriptor.TYPE_STRING else (_V_SLOW, None)
+    if cpp == FieldDescriptor.CPPTYPE_ENUM:
+        return _V_ENUM, {name: v.number for name, v in field.enum_type.values_by_name.items()}
+    return _V_SLOW, None
+
+
+def _message_kind(desc: Any) -> Any:
+    full_name = desc.full_name
+    if full_name in _GENERIC_WKT:
+        return _S_GENERIC_WKT
+    if full_name in _WRAPPERS:
+        return (_S_WRAPPER, _conversion(desc.fields_by_name["value"]))
+    if full_name in _OTHER_WKT:
+        return _S_SLOW
+    return _S_PLAIN
+
+
+def _plan(desc: Any) -> dict[str, _Entry]:
+    plan = _PLANS.get(desc.full_name)
+    if plan is None:
+        entries: dict[int, _Entry] = {}
+        for f in desc.fields:
+            oneof = -1 - f.containing_oneof.index if f.containing_oneof is not None else None
+            if f.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+                if f.message_type.GetOptions().map_entry:
+                    entries[f.number] = (f.number, oneof, _K_SLOW, f.name, None)
+                else:
+                    entries[f.number] = (f.number, oneof, _K_MESSAGES if f.is_repeated else _K_MESSAGE, f.name,
+                                         _message_kind(f.message_type))
+            else:
+                entries[f.number] = (f.number, oneof, _K_SCALARS if f.is_repeated else _K_SCALAR, f.name,
+                                     _conversion(f))
+        plan = {f.name: entries[f.number] for f in desc.fields}
+        for f in desc.fields:
+            plan.setdefault(f.json_name, entries[f.number])
+        _PLANS[desc.full_name] = plan
+    return plan
+
+
+def _convert(conversion: tuple[int, Any], value: Any) -> Any:
+    """The value json_format would store, for the plain cases only (else _Slow)."""
+    kind = conversion[0]
+    if kind == _V_STRING:
+        if type(value) is str and value.isascii():
+            return value
+    elif kind == _V_INT:
         if type(value) is int:
             return value
-    elif cpp == FieldDescriptor.CPPTYPE_BOOL:
+    elif kind == _V_ENUM:
+        if type(value) is str:
+            number = conversion[1].get(value)
+            if number is not None:
+                return number
+    elif kind == _V_BOOL:
         if type(value) is bool:
             return value
-    elif cpp == FieldDescriptor.CPPTYPE_STRING:
-        if field.type == FieldDescriptor.TYPE_STRING and type(value) is str and value.isascii():
-            return value
-    elif cpp == FieldDescriptor.CPPTYPE_ENUM:
-        if type(value) is str:
-            ev = field.enum_type.values_by_name.get(value)
-            if ev is not None:
-                return ev.number
     raise _Slow
 
 
@@ -119,67 +235,63 @@ def _fast_message(js: Any, msg: Message, depth: int) -> None:
     anything unusual raises _Slow and the caller parses with json_format instead."""
     if depth > 64 or type(js) is not dict:
         raise _Slow
-    desc = msg.DESCRIPTOR
-    fields = _fields(desc)
-    seen: set[Any] = set()
+    plan = _PLANS.get(msg.DESCRIPTOR.full_name) or _plan(msg.DESCRIPTOR)
+    seen: set[int] = set()
     for name, value in js.items():
-        field = fields.get(name)
-        if field is None or value is None or field.number in seen:
+        entry = plan.get(name)
+        if entry is None or value is None:
             raise _Slow
-        seen.add(field.number)
-        oneof = field.containing_oneof
+        number, oneof, kind, attr, how = entry
+        if number in seen:
+            raise _Slow
+        seen.add(number)
         if oneof is not None:
             if oneof in seen:
                 raise _Slow
             seen.add(oneof)
-        if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
-            sub_desc = field.message_type
-            if sub_desc.GetOptions().map_entry:
-                raise _Slow
-            if field.is_repeated:
-                if type(value) is not list:
-                    raise _Slow
-                container = getattr(msg, field.name)
-                for item in value:
-                    _fast_sub(item, container.add(), depth + 1)
-            else:
-                sub = getattr(msg, field.name)
-                sub.SetInParent()
-                _fast_sub(value, sub, depth + 1)
-        elif field.is_repeated:
+        if kind == _K_SCALAR:
+            setattr(msg, attr, _convert(how, value))
+        elif kind == _K_MESSAGE:
+            sub = getattr(msg, attr)
+            sub.SetInParent()
+            _fast_value(value, sub, how, depth + 1)
+        elif kind == _K_MESSAGES:
             if type(value) is not list:
                 raise _Slow
-            getattr(msg, field.name).extend([_scalar(field, v) for v in value])
+            add = getattr(msg, attr).add
+            for item in value:
+                _fast_value(item, add(), how, depth + 1)
+        elif kind == _K_SCALARS:
+            if type(value) is not list:
+                raise _Slow
+            getattr(msg, attr).extend([_convert(how, v) for v in value])
         else:
-            setattr(msg, field.name, _scalar(field, value))
+            raise _Slow
+
+
+def _fast_value(value: Any, msg: Message, how: Any, depth: int) -> None:
+    if how == _S_PLAIN:
+        _fast_message(value, msg, depth)
+    elif how == _S_GENERIC_WKT:
+        if type(value) is not str:
+            raise _Slow
+        msg.FromJsonString(value)  # type: ignore[attr-defined]
+    elif how == _S_SLOW or value is None:
+        raise _Slow
+    else:  # a wrapper
+        msg.value = _convert(how[1], value)  # type: ignore[attr-defined]
 
 
 def _fast_sub(value: Any, msg: Message, depth: int) -> None:
-    full_name = msg.DESCRIPTOR.full_name
-    if full_name.startswith("google.protobuf."):
-        if full_name in _GENERIC_WKT:
-            if type(value) is not str:
-                raise _Slow
-            msg.FromJsonString(value)  # type: ignore[attr-defined]
-            return
-        if full_name in _WRAPPERS:
-            if value is None:
-                raise _Slow
-            field = msg.DESCRIPTOR.fields_by_name["value"]
-            msg.value = _scalar(field, value)
-            return
-        if full_name in _OTHER_WKT:
-            raise _Slow
-    _fast_message(value, msg, depth)
+    _fast_value(value, msg, _message_kind(msg.DESCRIPTOR), depth)
 
 
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
     """The message for `body`, or RawParseError with protobuf's reason (RawValidationError: a field
     rule Envoy enforces is broken)."""
-    load_all_envoy_types()
     full_name = type_url.rsplit("/", 1)[-1]
     try:
-        cls = symbol_database.Default().GetSymbol(full_name)
+        cls = _lookup(full_name)
     except KeyError:
         _check_nested_types(body)  # that error first, as before
         raise RawParseError(f"unknown type {type_url!r}") from None
@@ -197,6 +309,7 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
 
 def _slow_parse(cls: Any, body: Mapping[str, Any], data: dict[str, Any]) -> Message:
     _check_nested_types(body)
+    _load_nested_types(body)
     msg = cls()
     try:
         json_format.ParseDict(data, msg, ignore_unknown_fields=False)

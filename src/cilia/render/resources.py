@@ -51,6 +51,13 @@ def field_bytes(number: int, payload: bytes) -> bytes:
     return varint((number << 3) | 2) + varint(len(payload)) + payload
 
 
+def _length(n: int) -> bytes:
+    return _ONE_BYTE[n] if n < 0x80 else varint(n)
+
+
+_ANY_PREFIX: dict[str, bytes] = {}  # type URL -> its Any.type_url field
+
+
 def content_version(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
@@ -65,18 +72,24 @@ class Resource:
         self.name = name
         self.body = body
         self.message = message
-        self.version = content_version(body)
-        self.any_bytes = field_bytes(1, type_url.encode()) + field_bytes(2, body)
-        # envoy.service.discovery.v3.Resource: version=1, resource=2, name=3
-        self.delta_bytes = field_bytes(1, self.version.encode()) + field_bytes(2, self.any_bytes) + \
-            field_bytes(3, name.encode())
+        self.version = version = hashlib.blake2b(body, digest_size=8).hexdigest()  # content_version
+        prefix = _ANY_PREFIX.get(type_url)
+        if prefix is None:
+            prefix = _ANY_PREFIX[type_url] = field_bytes(1, type_url.encode())
+        self.any_bytes = any_bytes = prefix + b"\x12" + _length(len(body)) + body  # Any: type_url=1, value=2
+        # envoy.service.discovery.v3.Resource: version=1 (16 hex digits), resource=2, name=3
+        encoded = name.encode()
+        self.delta_bytes = b"\x0a\x10" + version.encode() + b"\x12" + _length(len(any_bytes)) + any_bytes + \
+            b"\x1a" + _length(len(encoded)) + encoded
 
     def __repr__(self) -> str:
         return f"Resource({self.type_url.rsplit('.', 1)[-1]} {self.name!r} v{self.version})"
 
     @classmethod
     def of(cls, type_url: str, name: str, message: Any) -> Resource:
-        return cls(type_url, name, message.SerializeToString(deterministic=True), message)
+        """The message is not kept: nothing reads it back, and holding tens of thousands of them makes
+        every full garbage collection of a large config slower."""
+        return cls(type_url, name, message.SerializeToString(deterministic=True))
 
 
 def sotw_response(version_info: str, resources: Iterable[Resource], type_url: str, nonce: str) -> bytes:

@@ -10,7 +10,7 @@ be NACKed, but one it rejects would be too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -112,22 +112,103 @@ def _unset_problem(field: FieldDescriptor, rules: validate_pb2.FieldRules) -> st
     if field.has_presence:
         return ""  # an optional scalar is checked only when set
     errors: list[str] = []
-    _scalar(field.default_value, rules, field, "", errors)
+    _scalar_check(rules, field)(field.default_value, None, errors)
     return errors[0].removeprefix(": ") if errors else ""
 
 
 def validate_message(msg: Message) -> list[str]:
     """Broken rules, each as "field.path: what is wrong" (at most MAX_ERRORS)."""
     errors: list[str] = []
-    _message(msg, "", errors, 0)
+    _message(msg, None, errors, 0)
     return errors[:MAX_ERRORS]
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+# A field path, built as messages are walked and written out only for an error: None (the message
+# itself) or (parent path, segment); a segment is a field name, an index, or a _MapKey.
+Path = tuple[Any, Any] | None
 
 
-def _message(msg: Message, path: str, errors: list[str], depth: int) -> None:
+class _MapKey:
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+
+def _fmt(path: Path) -> str:
+    segments = []
+    while path is not None:
+        path, segment = path
+        segments.append(segment)
+    out = ""
+    for segment in reversed(segments):
+        if type(segment) is str:
+            out = f"{out}.{segment}" if out else segment
+        elif type(segment) is int:
+            out = f"{out}[{segment}]"
+        else:
+            out = f"{out}[{segment.key!r}]"
+    return out
+
+
+ScalarCheck = Callable[[Any, Path, list[str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """How a set field of one descriptor is checked, worked out once per field."""
+
+    name: str
+    kind: int  # _MAP, _REPEATED, _MESSAGE, _SCALAR
+    rules: validate_pb2.FieldRules | None
+    opaque: bool  # an Any holder Envoy does not instantiate: contents not checked
+    message_rules: Callable[[Message, Path, list[str]], None] | None  # wrapper / duration rules of the field
+    skip: bool  # message rules say skip
+    scalar: ScalarCheck | None
+    # repeated: (min_items, max_items or None, ignore_empty) when the field has repeated rules
+    counts: tuple[int, int | None, bool] | None
+    item_message_rules: Callable[[Message, Path, list[str]], None] | None
+    item_skip: bool
+    item_scalar: ScalarCheck | None
+
+
+_MAP, _REPEATED, _MESSAGE, _SCALAR = range(4)
+_FIELDS: dict[FieldDescriptor, _Field] = {}
+
+
+def _field_info(field: FieldDescriptor) -> _Field:
+    info = _FIELDS.get(field)
+    if info is not None:
+        return info
+    rules = _rules(field)
+    is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+    opaque = field.name in OPAQUE_ANY_FIELDS
+    counts = None
+    item_rules = None
+    if field.is_repeated:
+        kind = _MAP if is_message and field.message_type.GetOptions().map_entry else _REPEATED
+        if kind == _REPEATED and rules is not None and _kind(rules) == "repeated":
+            r = rules.repeated
+            counts = (r.min_items, r.max_items if r.HasField("max_items") else None, r.ignore_empty)
+            item_rules = r.items if r.HasField("items") else None
+    else:
+        kind = _MESSAGE if is_message else _SCALAR
+    info = _Field(
+        name=field.name, kind=kind, rules=rules, opaque=opaque,
+        message_rules=_message_rules_check(rules) if kind == _MESSAGE and rules is not None else None,
+        skip=kind == _MESSAGE and rules is not None and rules.HasField("message") and rules.message.skip,
+        scalar=_scalar_check(rules, field) if kind == _SCALAR and rules is not None else None,
+        counts=counts,
+        item_message_rules=_message_rules_check(item_rules) if is_message and item_rules is not None else None,
+        item_skip=is_message and item_rules is not None and item_rules.HasField("message")
+        and item_rules.message.skip,
+        item_scalar=_scalar_check(item_rules, field) if not is_message and item_rules is not None else None,
+    )
+    _FIELDS[field] = info
+    return info
+
+
+def _message(msg: Message, path: Path, errors: list[str], depth: int) -> None:
     if depth > MAX_DEPTH or len(errors) >= MAX_ERRORS:
         return
     desc = msg.DESCRIPTOR
@@ -136,23 +217,23 @@ def _message(msg: Message, path: str, errors: list[str], depth: int) -> None:
         if inner is not None:
             _message(inner, path, errors, depth + 1)
         return
-    plan = _plan(desc)
+    plan = _PLANS.get(desc.full_name) or _plan(desc)
     if not plan.checked:
         return
     for oneof in plan.oneofs:
         if msg.WhichOneof(oneof) is None:
             choices = ", ".join(f.name for f in desc.oneofs_by_name[oneof].fields)
-            errors.append(f"{_join(path, oneof)}: one of {choices} is required")
+            errors.append(f"{_fmt((path, oneof))}: one of {choices} is required")
     listed = msg.ListFields()
     wanted = plan.fields
     for field, value in listed:
         if field.number in wanted:
-            _field(field, value, _join(path, field.name), errors, depth)
+            _field(field, value, (path, field.name), errors, depth)
     if plan.unset:
         present = {field.number for field, _ in listed}
         for number, name, problem in plan.unset:
             if number not in present:
-                errors.append(f"{_join(path, name)}: {problem}")
+                errors.append(f"{_fmt((path, name))}: {problem}")
 
 
 def _unpack(msg: Message) -> Message | None:
@@ -169,65 +250,74 @@ def _unpack(msg: Message) -> Message | None:
     return inner
 
 
-def _field(field: FieldDescriptor, value: Any, path: str, errors: list[str], depth: int) -> None:
+def _field(field: FieldDescriptor, value: Any, path: Path, errors: list[str], depth: int) -> None:
     """A field that is set."""
-    rules = _rules(field)
-    if field.is_repeated:
-        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-            _map(value, field, rules, path, errors, depth)
-        else:
-            _repeated(list(value), field, rules, path, errors, depth)
-        return
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if rules is not None:
-            _message_rules(value, rules, path, errors)
-            if rules.HasField("message") and rules.message.skip:
+    info = _FIELDS.get(field) or _field_info(field)
+    kind = info.kind
+    if kind == _MESSAGE:
+        if info.message_rules is not None:
+            info.message_rules(value, path, errors)
+            if info.skip:
                 return
-        if field.name not in OPAQUE_ANY_FIELDS:
+        if not info.opaque:
             _message(value, path, errors, depth + 1)
-        return
-    if rules is not None:
-        _scalar(value, rules, field, path, errors)
+    elif kind == _SCALAR:
+        if info.scalar is not None:
+            info.scalar(value, path, errors)
+    elif kind == _REPEATED:
+        _repeated(value, field, info, path, errors, depth)
+    else:
+        _map(value, field, info.rules, path, errors, depth)
 
 
 def _kind(rules: validate_pb2.FieldRules) -> str:
     return rules.WhichOneof("type") or ""
 
 
-def _message_rules(value: Message, rules: validate_pb2.FieldRules, path: str, errors: list[str]) -> None:
-    full = value.DESCRIPTOR.full_name
+def _message_rules_check(rules: validate_pb2.FieldRules) -> Callable[[Message, Path, list[str]], None]:
+    """The check of a message value's own rules (wrapper values, durations)."""
     kind = _kind(rules)
-    if full in WRAPPERS and kind == WRAPPERS[full]:
-        _scalar(value.value, rules, None, path, errors)  # type: ignore[attr-defined]
-    elif full == "google.protobuf.Duration" and kind == "duration":
-        _duration(value, rules.duration, path, errors)
+    scalar = _scalar_check(rules, None)
+
+    def check(value: Message, path: Path, errors: list[str]) -> None:
+        full = value.DESCRIPTOR.full_name
+        if full in WRAPPERS and kind == WRAPPERS[full]:
+            scalar(value.value, path, errors)  # type: ignore[attr-defined]
+        elif full == "google.protobuf.Duration" and kind == "duration":
+            _duration(value, rules.duration, path, errors)
+
+    return check
 
 
-def _repeated(values: list[Any], field: FieldDescriptor, rules: validate_pb2.FieldRules | None, path: str,
-              errors: list[str], depth: int) -> None:
-    item_rules = None
-    if rules is not None and _kind(rules) == "repeated":
-        r = rules.repeated
-        if not (r.ignore_empty and not values):
-            if r.min_items and len(values) < r.min_items:
-                errors.append(f"{path}: must have at least {r.min_items} item(s), has {len(values)}")
-            if r.HasField("max_items") and len(values) > r.max_items:
-                errors.append(f"{path}: must have at most {r.max_items} item(s), has {len(values)}")
-        item_rules = r.items if r.HasField("items") else None
-    for i, v in enumerate(values):
-        where = f"{path}[{i}]"
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            if item_rules is not None:
-                _message_rules(v, item_rules, where, errors)
-                if item_rules.HasField("message") and item_rules.message.skip:
+def _repeated(container: Any, field: FieldDescriptor, info: _Field, path: Path, errors: list[str],
+              depth: int) -> None:
+    n = len(container)
+    if info.counts is not None:
+        min_items, max_items, ignore_empty = info.counts
+        if not (ignore_empty and not n):
+            if min_items and n < min_items:
+                errors.append(f"{_fmt(path)}: must have at least {min_items} item(s), has {n}")
+            if max_items is not None and n > max_items:
+                errors.append(f"{_fmt(path)}: must have at most {max_items} item(s), has {n}")
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        rules, skip, opaque = info.item_message_rules, info.item_skip, info.opaque
+        if rules is None and opaque:
+            return
+        for i, v in enumerate(container):
+            where = (path, i)
+            if rules is not None:
+                rules(v, where, errors)
+                if skip:
                     continue
-            if field.name not in OPAQUE_ANY_FIELDS:
+            if not opaque:
                 _message(v, where, errors, depth + 1)
-        elif item_rules is not None:
-            _scalar(v, item_rules, field, where, errors)
+    elif info.item_scalar is not None:
+        check = info.item_scalar
+        for i, v in enumerate(container):
+            check(v, (path, i), errors)
 
 
-def _map(values: Any, field: FieldDescriptor, rules: validate_pb2.FieldRules | None, path: str,
+def _map(values: Any, field: FieldDescriptor, rules: validate_pb2.FieldRules | None, path: Path,
          errors: list[str], depth: int) -> None:
     value_field = field.message_type.fields_by_name["value"]
     key_field = field.message_type.fields_by_name["key"]
@@ -236,65 +326,94 @@ def _map(values: Any, field: FieldDescriptor, rules: validate_pb2.FieldRules | N
         r = rules.map
         if not (r.ignore_empty and not values):
             if r.min_pairs and len(values) < r.min_pairs:
-                errors.append(f"{path}: must have at least {r.min_pairs} entr(ies), has {len(values)}")
+                errors.append(f"{_fmt(path)}: must have at least {r.min_pairs} entr(ies), has {len(values)}")
             if r.HasField("max_pairs") and len(values) > r.max_pairs:
-                errors.append(f"{path}: must have at most {r.max_pairs} entr(ies), has {len(values)}")
+                errors.append(f"{_fmt(path)}: must have at most {r.max_pairs} entr(ies), has {len(values)}")
         value_rules = r.values if r.HasField("values") else None
         key_rules = r.keys if r.HasField("keys") else None
     for k in list(values):
-        where = f"{path}[{k!r}]"
+        where = (path, _MapKey(k))
         if key_rules is not None:
-            _scalar(k, key_rules, key_field, where, errors)
+            _scalar_check(key_rules, key_field)(k, where, errors)
         v = values[k]
         if value_field.type == FieldDescriptor.TYPE_MESSAGE:
             if value_rules is not None:
-                _message_rules(v, value_rules, where, errors)
+                _message_rules_check(value_rules)(v, where, errors)
             if field.name not in OPAQUE_ANY_FIELDS:
                 _message(v, where, errors, depth + 1)
         elif value_rules is not None:
-            _scalar(v, value_rules, value_field, where, errors)
+            _scalar_check(value_rules, value_field)(v, where, errors)
 
 
-def _scalar(value: Any, rules: validate_pb2.FieldRules, field: FieldDescriptor | None, path: str,
-            errors: list[str]) -> None:
+def _ignore(value: Any, path: Path, errors: list[str]) -> None:
+    return None
+
+
+def _scalar_check(rules: validate_pb2.FieldRules, field: FieldDescriptor | None) -> ScalarCheck:
+    """The check of a scalar value against `rules`, with the rules read once."""
     kind = _kind(rules)
-    if kind == "string" and isinstance(value, str):
-        _string(value, rules.string, path, errors)
-    elif kind == "bytes" and isinstance(value, bytes):
-        r = rules.bytes
-        if r.ignore_empty and not value:
+    if kind == "string":
+        return _string_check(rules.string)
+    if kind == "bytes":
+        return _bytes_check(rules.bytes)
+    if kind in NUMERIC:
+        return _number_check(getattr(rules, kind))
+    if kind == "enum" and field is not None and field.enum_type is not None:
+        return _enum_check(rules.enum, field.enum_type)
+    return _ignore
+
+
+def _string_check(r: validate_pb2.StringRules) -> ScalarCheck:
+    ignore_empty = r.ignore_empty
+    const = r.const if r.HasField("const") else None
+    length = r.len if r.HasField("len") else None
+    min_len, min_bytes = r.min_len, r.min_bytes
+    max_len = r.max_len if r.HasField("max_len") else None
+    max_bytes = r.max_bytes if r.HasField("max_bytes") else None
+    prefix = r.prefix if r.HasField("prefix") else None
+    allowed = tuple(getattr(r, "in"))
+    not_in = tuple(r.not_in)
+
+    def check(value: Any, path: Path, errors: list[str]) -> None:
+        if not isinstance(value, str) or (ignore_empty and not value):
             return
-        if r.min_len and len(value) < r.min_len:
-            errors.append(f"{path}: must be at least {r.min_len} byte(s) long")
-        if r.HasField("max_len") and len(value) > r.max_len:
-            errors.append(f"{path}: must be at most {r.max_len} byte(s) long")
-    elif kind in NUMERIC and isinstance(value, int | float) and not isinstance(value, bool):
-        _number(value, getattr(rules, kind), path, errors)
-    elif kind == "enum" and field is not None and field.enum_type is not None:
-        _enum(value, rules.enum, field.enum_type, path, errors)
+        if const is not None and value != const:
+            errors.append(f"{_fmt(path)}: must be {const!r}")
+        if length is not None and len(value) != length:
+            errors.append(f"{_fmt(path)}: must be {length} character(s) long")
+        if min_len and len(value) < min_len:
+            errors.append(f"{_fmt(path)}: must be at least {min_len} character(s) long" if value
+                          else f"{_fmt(path)}: is required")
+        if max_len is not None and len(value) > max_len:
+            errors.append(f"{_fmt(path)}: must be at most {max_len} character(s) long")
+        if min_bytes and len(value.encode()) < min_bytes:
+            errors.append(f"{_fmt(path)}: must be at least {min_bytes} byte(s) long" if value
+                          else f"{_fmt(path)}: is required")
+        if max_bytes is not None and len(value.encode()) > max_bytes:
+            errors.append(f"{_fmt(path)}: must be at most {max_bytes} byte(s) long")
+        if prefix is not None and not value.startswith(prefix):
+            errors.append(f"{_fmt(path)}: must start with {prefix!r}")
+        if allowed and value not in allowed:
+            errors.append(f"{_fmt(path)}: must be one of {', '.join(allowed)}")
+        if not_in and value in not_in:
+            errors.append(f"{_fmt(path)}: must not be {value!r}")
+
+    return check
 
 
-def _string(value: str, r: validate_pb2.StringRules, path: str, errors: list[str]) -> None:
-    if r.ignore_empty and not value:
-        return
-    if r.HasField("const") and value != r.const:
-        errors.append(f"{path}: must be {r.const!r}")
-    if r.HasField("len") and len(value) != r.len:
-        errors.append(f"{path}: must be {r.len} character(s) long")
-    if r.min_len and len(value) < r.min_len:
-        errors.append(f"{path}: must be at least {r.min_len} character(s) long" if value else f"{path}: is required")
-    if r.HasField("max_len") and len(value) > r.max_len:
-        errors.append(f"{path}: must be at most {r.max_len} character(s) long")
-    if r.min_bytes and len(value.encode()) < r.min_bytes:
-        errors.append(f"{path}: must be at least {r.min_bytes} byte(s) long" if value else f"{path}: is required")
-    if r.HasField("max_bytes") and len(value.encode()) > r.max_bytes:
-        errors.append(f"{path}: must be at most {r.max_bytes} byte(s) long")
-    if r.HasField("prefix") and not value.startswith(r.prefix):
-        errors.append(f"{path}: must start with {r.prefix!r}")
-    if getattr(r, "in") and value not in getattr(r, "in"):
-        errors.append(f"{path}: must be one of {', '.join(getattr(r, 'in'))}")
-    if r.not_in and value in r.not_in:
-        errors.append(f"{path}: must not be {value!r}")
+def _bytes_check(r: validate_pb2.BytesRules) -> ScalarCheck:
+    ignore_empty, min_len = r.ignore_empty, r.min_len
+    max_len = r.max_len if r.HasField("max_len") else None
+
+    def check(value: Any, path: Path, errors: list[str]) -> None:
+        if not isinstance(value, bytes) or (ignore_empty and not value):
+            return
+        if min_len and len(value) < min_len:
+            errors.append(f"{_fmt(path)}: must be at least {min_len} byte(s) long")
+        if max_len is not None and len(value) > max_len:
+            errors.append(f"{_fmt(path)}: must be at most {max_len} byte(s) long")
+
+    return check
 
 
 def _bounds(value: float, lo: tuple[float, bool] | None, hi: tuple[float, bool] | None) -> bool:
@@ -325,22 +444,29 @@ def _limits(r: Any) -> tuple[tuple[float, bool] | None, tuple[float, bool] | Non
     return lo, hi
 
 
-def _number(value: float, r: Any, path: str, errors: list[str]) -> None:
-    if getattr(r, "ignore_empty", False) and not value:
-        return
-    if r.HasField("const") and value != r.const:
-        errors.append(f"{path}: must be {r.const}")
+def _number_check(r: Any) -> ScalarCheck:
+    ignore_empty = getattr(r, "ignore_empty", False)
+    const = r.const if r.HasField("const") else None
     lo, hi = _limits(r)
-    if not _bounds(value, lo, hi):
-        errors.append(f"{path}: must be {_bound_text(lo, hi)}, got {value}")
-    allowed: Iterable[Any] = getattr(r, "in")
-    if allowed and value not in allowed:
-        errors.append(f"{path}: must be one of {', '.join(str(a) for a in allowed)}")
-    if r.not_in and value in r.not_in:
-        errors.append(f"{path}: must not be {value}")
+    allowed = tuple(getattr(r, "in"))
+    not_in = tuple(r.not_in)
+
+    def check(value: Any, path: Path, errors: list[str]) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or (ignore_empty and not value):
+            return
+        if const is not None and value != const:
+            errors.append(f"{_fmt(path)}: must be {const}")
+        if not _bounds(value, lo, hi):
+            errors.append(f"{_fmt(path)}: must be {_bound_text(lo, hi)}, got {value}")
+        if allowed and value not in allowed:
+            errors.append(f"{_fmt(path)}: must be one of {', '.join(str(a) for a in allowed)}")
+        if not_in and value in not_in:
+            errors.append(f"{_fmt(path)}: must not be {value}")
+
+    return check
 
 
-def _duration(value: Message, r: validate_pb2.DurationRules, path: str, errors: list[str]) -> None:
+def _duration(value: Message, r: validate_pb2.DurationRules, path: Path, errors: list[str]) -> None:
     ns = value.ToNanoseconds()  # type: ignore[attr-defined]
     lo = (r.gte.ToNanoseconds(), True) if r.HasField("gte") else (r.gt.ToNanoseconds(), False) \
         if r.HasField("gt") else None
@@ -349,14 +475,21 @@ def _duration(value: Message, r: validate_pb2.DurationRules, path: str, errors: 
     if not _bounds(ns, lo, hi):
         text = " and ".join(f"{op} {b[0] / 1e9:g}s" for op, b in
                             ((">=" if lo and lo[1] else ">", lo), ("<=" if hi and hi[1] else "<", hi)) if b)
-        errors.append(f"{path}: must be {text}, got {ns / 1e9:g}s")
+        errors.append(f"{_fmt(path)}: must be {text}, got {ns / 1e9:g}s")
 
 
-def _enum(value: int, r: validate_pb2.EnumRules, enum: EnumDescriptor, path: str, errors: list[str]) -> None:
-    if r.defined_only and value not in enum.values_by_number:
-        errors.append(f"{path}: {value} is not a value of {enum.name}")
-    allowed = getattr(r, "in")
-    if allowed and value not in allowed:
-        errors.append(f"{path}: must be one of {', '.join(str(a) for a in allowed)}")
-    if r.not_in and value in r.not_in:
-        errors.append(f"{path}: must not be {value}")
+def _enum_check(r: validate_pb2.EnumRules, enum: EnumDescriptor) -> ScalarCheck:
+    defined_only = r.defined_only
+    allowed = tuple(getattr(r, "in"))
+    not_in = tuple(r.not_in)
+    numbers = enum.values_by_number
+
+    def check(value: Any, path: Path, errors: list[str]) -> None:
+        if defined_only and value not in numbers:
+            errors.append(f"{_fmt(path)}: {value} is not a value of {enum.name}")
+        if allowed and value not in allowed:
+            errors.append(f"{_fmt(path)}: must be one of {', '.join(str(a) for a in allowed)}")
+        if not_in and value in not_in:
+            errors.append(f"{_fmt(path)}: must not be {value}")
+
+    return check

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import compress
+from operator import is_not
 from types import MappingProxyType
 from typing import Any
 
@@ -57,6 +59,11 @@ class RenderedBundle:
     resources: Mapping[str, Mapping[str, Resource]]
 
 
+# (type URL, id(node)) -> the node's resource. A bundle's entries are for nodes of that very Bundle,
+# which its _BundleRender holds: while the entries can be looked up, no other object can have those ids.
+IdEntries = dict[tuple[str, int], "Resource"]
+
+
 @dataclass(slots=True)
 class _BundleRender:
     """One bundle's render, reused whole while the translator hands back the very same Bundle object."""
@@ -64,40 +71,44 @@ class _BundleRender:
     bundle: ir.Bundle
     rendered: RenderedBundle | None  # None: left out (a resource in it does not parse)
     issues: tuple[Issue, ...]
-    ids: dict[tuple[str, int], tuple[Any, Resource]]  # the identity-cache entries its nodes use
+    ids: IdEntries  # the identity-cache entries its nodes use
     names: dict[str, frozenset[str]]  # by type
+
+
 
 
 class ResourceCache:
     """Reuses Resource objects (and their bytes and hashes) for IR nodes seen in an earlier render.
 
-    Looked up by identity first: output reused from the previous translation is the very same objects,
-    so unchanged parts of a large config cost no hashing at all; then by value. A Bundle object seen in
-    the last render is not walked again at all.
+    A Bundle object seen in the last render is not walked again at all. A new Bundle's nodes are
+    looked up by identity first, among the nodes of the last render's bundle with the same key:
+    output reused from the previous translation is the very same objects, so unchanged parts of a
+    large config cost no hashing at all; then by value.
     """
 
     def __init__(self) -> None:
         self._by_node: dict[Any, Resource] = {}
         self._next: dict[Any, Resource] = {}
-        self._by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
-        self._next_by_id: dict[tuple[str, int], tuple[Any, Resource]] = {}
         self._bundles: dict[int, _BundleRender] = {}
         self._next_bundles: dict[int, _BundleRender] = {}
+        self._by_key: dict[str, _BundleRender] = {}  # the last render's bundles, by key
+        self._next_by_key: dict[str, _BundleRender] = {}
         self.conflicts = _Conflicts()
         self._pool: dict[str, ir.EndpointSet] = {}  # the last render's sets, and their resources
         self._pool_res: dict[str, Resource] = {}
 
-    def get(self, type_url: str, node: Any, build: Any, name: str, same_as: Any = None,
-            sink: dict[tuple[str, int], tuple[Any, Resource]] | None = None) -> Resource:
-        """`same_as`: the object whose identity stands for `node` (when `node` is a fresh wrapper);
-        `sink` collects the identity entries used (a bundle's, for reusing it whole)."""
-        anchor = node if same_as is None else same_as
-        ident = (type_url, id(anchor))
-        hit = self._by_id.get(ident) or self._next_by_id.get(ident)
-        if hit is not None and hit[0] is anchor:
-            res = hit[1]
+    def get(self, type_url: str, node: Any, build: Any, name: str, sink: IdEntries | None = None,
+            prev: IdEntries | None = None) -> Resource:
+        """`sink` collects the identity entries of a bundle's nodes (for reusing it whole; `node` must be
+        one the bundle holds); `prev`: those of the bundle's previous render, looked in first."""
+        ident = (type_url, id(node))
+        hit = prev.get(ident) if prev is not None else None
+        if hit is None and sink is not None:
+            hit = sink.get(ident)
+        if hit is not None:
+            res = hit
         else:
-            key = (type_url, node)
+            key = _NodeKey(type_url, node)  # hashed once: IR nodes hash their whole content
             found = self._by_node.get(key) or self._next.get(key)
             if found is not None:
                 res = found
@@ -106,44 +117,67 @@ class ResourceCache:
                 res = Resource(type_url, name, built) if isinstance(built, bytes) else \
                     Resource.of(type_url, name, built)
             self._next[key] = res
-        entry = (anchor, res)  # holds `anchor`, so its id cannot be reused meanwhile
-        self._next_by_id[ident] = entry
         if sink is not None:
-            sink[ident] = entry
+            sink[ident] = res
+        return res
+
+    def get_raw(self, raw: ir.RawResource, sink: IdEntries, prev: IdEntries | None) -> Resource:
+        """`get` for a user-written resource: by identity, else by its canonical JSON (worked out only
+        then), else parsed (RawParseError when it does not parse)."""
+        ident = (raw.type_url, id(raw))
+        hit = (prev.get(ident) if prev is not None else None) or sink.get(ident)
+        if hit is not None:
+            res = hit
+        else:
+            key = _raw_key(raw)
+            found = self._by_node.get(key) or self._next.get(key)
+            res = found if found is not None else Resource.of(raw.type_url, raw.name,
+                                                              parse_raw(raw.type_url, raw.body))
+            self._next[key] = res
+        sink[ident] = res
         return res
 
     def bundle(self, bundle: ir.Bundle) -> _BundleRender:
         hit = self._bundles.get(id(bundle)) or self._next_bundles.get(id(bundle))
         if hit is None or hit.bundle is not bundle:
-            hit = _render_bundle(bundle, self)
-        else:
-            self._next_by_id.update(hit.ids)
+            prev = self._by_key.get(bundle.key)
+            hit = _render_bundle(bundle, self, prev.ids if prev is not None else None)
         self._next_bundles[id(bundle)] = hit
+        self._next_by_key[bundle.key] = hit
         return hit
 
     def endpoint_pool(self, endpoints: Mapping[str, ir.EndpointSet]) -> dict[str, Resource]:
         """Every endpoint set's resource; a set that is the very object of the last render costs a look-up."""
         last, last_res = self._pool, self._pool_res
         out: dict[str, Resource]
+        memo: dict[int, Any] = {}
+
+        def build(es: ir.EndpointSet) -> bytes:
+            return r.endpoints_bytes(es, memo)
+
         if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
+            # the names whose set is not the very object of the last render (compared at C speed)
+            changed = list(compress(endpoints, map(is_not, endpoints.values(), last.values())))
+            if not changed:
+                return last_res  # the same sets: the last render's pool, as it was
             out = dict(last_res)
-            for name in [n for n, es in endpoints.items() if last[n] is not es]:
-                out[name] = self.get(ENDPOINT, endpoints[name], r.render_endpoints, name)
+            for name in changed:
+                out[name] = self.get(ENDPOINT, endpoints[name], build, name)
         else:
             out = {}
             for name, es in endpoints.items():
                 if last.get(name) is es:
                     out[name] = last_res[name]
                 else:
-                    out[name] = self.get(ENDPOINT, es, r.render_endpoints, name)
+                    out[name] = self.get(ENDPOINT, es, build, name)
         self._pool, self._pool_res = dict(endpoints), out
-        return out  # never changed afterwards: the next render builds a new one
+        return out  # never changed afterwards (a later render with the same sets hands it back again)
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
         self._by_node, self._next = self._next, {}
-        self._by_id, self._next_by_id = self._next_by_id, {}
         self._bundles, self._next_bundles = self._next_bundles, {}
+        self._by_key, self._next_by_key = self._next_by_key, {}
 
 
 class RenderedWorld:
@@ -204,23 +238,23 @@ BUILDERS: tuple[tuple[str, str, Any], ...] = (
     (LISTENER, "api_listeners", r.api_listener_bytes),
     (ROUTE, "routes", r.render_route_config),
     (CLUSTER, "clusters", r.render_cluster),
-    (ENDPOINT, "endpoints", r.render_endpoints),
+    (ENDPOINT, "endpoints", r.endpoints_bytes),
     (SECRET, "secrets", r.render_secret),
     (REDIRECT_POLICY, "redirect_policies", render_redirect_policy),
 )
 
 
-def _render_bundle(bundle: ir.Bundle, cache: ResourceCache) -> _BundleRender:
+def _render_bundle(bundle: ir.Bundle, cache: ResourceCache, prev: IdEntries | None) -> _BundleRender:
     resources: dict[str, dict[str, Resource]] = {}
-    ids: dict[tuple[str, int], tuple[Any, Resource]] = {}
+    ids: IdEntries = {}
     issues: list[Issue] = []
     for type_url, attr, build in BUILDERS:
         for node in getattr(bundle, attr):
-            resources.setdefault(type_url, {})[node.name] = cache.get(type_url, node, build, node.name, sink=ids)
+            res = cache.get(type_url, node, build, node.name, sink=ids, prev=prev)
+            resources.setdefault(type_url, {})[node.name] = res
     for raw in bundle.raw:
         try:
-            res = cache.get(raw.type_url, _RawKey(raw), lambda k: parse_raw(k.raw.type_url, k.raw.body),
-                            raw.name, same_as=raw, sink=ids)
+            res = cache.get_raw(raw, ids, prev)
         except RawParseError as exc:
             issues.append(Issue(", ".join(raw.sources), raw.field or f"resource {raw.name!r}",
                                 f"{raw.type_url.rsplit('.', 1)[-1]} {raw.name!r} {exc.verb}: {exc}; "
@@ -259,6 +293,8 @@ class _Conflicts:
         now = {id(br): br for br in live}
         removed = [br for i, br in before.items() if i not in now]
         added = [br for i, br in now.items() if i not in before]
+        # Only a kept bundle is rechecked by name; with none (a first render), every name's owners are new.
+        kept = len(live) > len(added)
         dirty: set[tuple[str, str]] = set()
         for br in removed:
             for type_url, names in br.names.items():
@@ -278,7 +314,8 @@ class _Conflicts:
                     owners.append(br)
                     if len(owners) > 1:
                         owners.sort(key=lambda o: rank[id(o)])
-                    dirty.add((type_url, name))
+                    if kept:
+                        dirty.add((type_url, name))
         recheck: dict[int, list[tuple[str, str]]] = {}
         for type_url, name in dirty:
             for o in self.owners.get(type_url, {}).get(name, ()):
@@ -364,34 +401,55 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
     return RenderedWorld(tuple(rendered), MappingProxyType(pool), model.node_labels, tuple(issues), generation)
 
 
-class _RawKey:
-    """Hashable identity of a raw resource (its JSON body is a dict). The hash comes from the body's
-    canonical JSON (C speed); equality stays dict equality, so a hash mismatch only costs a re-parse."""
+class _NodeKey:
+    """(type URL, IR node) as a cache key whose hash is worked out once."""
 
-    __slots__ = ("_hash", "raw")
+    __slots__ = ("_hash", "node", "type_url")
 
-    def __init__(self, raw: ir.RawResource) -> None:
-        self.raw = raw
-        try:
-            text = json.dumps(raw.body, sort_keys=True, separators=(",", ":"), default=repr)
-        except (TypeError, ValueError):  # keys of mixed types: fall back to a walk
-            text = repr(_freeze(raw.body))
-        self._hash = hash((raw.type_url, raw.name, text))
+    def __init__(self, type_url: str, node: Any) -> None:
+        self.type_url = type_url
+        self.node = node
+        self._hash = hash((type_url, node))
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _RawKey) and self.raw.type_url == other.raw.type_url and \
-            self.raw.name == other.raw.name and self.raw.body == other.raw.body
+        return isinstance(other, _NodeKey) and self.type_url == other.type_url and \
+            (self.node is other.node or self.node == other.node)
+
+
+def _raw_key(raw: ir.RawResource) -> Any:
+    """What identifies a raw resource's parse: its type, name and canonical JSON (strings: hashed and
+    compared at C speed, their hashes cached). A body with values JSON does not have (written with
+    `repr`) or keys of mixed types is compared as frozen values instead, so no two bodies share a key
+    unless they are equal."""
+    odd: list[Any] = []
+
+    def default(value: Any) -> str:
+        odd.append(value)
+        return repr(value)
+
+    try:
+        text = json.dumps(raw.body, sort_keys=True, separators=(",", ":"), default=default)
+    except (TypeError, ValueError):  # keys of mixed types
+        odd.append(None)
+    if odd:
+        return ("frozen", raw.type_url, raw.name, _freeze(raw.body))
+    return (raw.type_url, raw.name, text)
 
 
 def _freeze(v: Any) -> Any:
+    """A hashable value equal for equal JSON-like values, telling types apart (1, 1.0 and True)."""
     if isinstance(v, Mapping):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    return v
+        return ("map", tuple(sorted(((_freeze(k), _freeze(x)) for k, x in v.items()), key=lambda kv: repr(kv[0]))))
+    if isinstance(v, list | tuple):
+        return ("list", tuple(_freeze(x) for x in v))
+    try:
+        hash(v)
+    except TypeError:
+        return (type(v).__name__, repr(v))
+    return (type(v).__name__, v)
 
 
 __all__ = ["TYPE_ORDER", "ProxyResources", "RenderedWorld", "ResourceCache", "render_world"]

@@ -8,7 +8,6 @@ with any error is rejected whole, as in Cilium: half a config is worse than none
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import operator
 from collections.abc import Container, Iterable, Mapping
@@ -36,6 +35,7 @@ from cilia.translate.cec_parse import (
     T_LISTENER,
     ConfigParser,
     child,
+    copy_json,
     qualify,
     resource_name,
 )
@@ -220,7 +220,7 @@ def _translate_config(kind: str, obj: KubeObject) -> Translated:
                                 "RouteConfiguration, Cluster, ClusterLoadAssignment, Secret)"))
             bad = True
             continue
-        body = copy.deepcopy(dict(res))
+        body = copy_json(dict(res))
         if not resource_name(type_url, body):
             field = "cluster_name" if type_url == T_ENDPOINT else "name"
             issues.append(Issue(ref, f"spec.resources[{i}].{field}", "is required"))

@@ -28,6 +28,7 @@ Where cilia goes further (docs/cilium-compatibility.md):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,35 @@ BOOTSTRAP_ALIASES: dict[str, str] = {
 }
 
 
+_ATOMS = (str, int, float, bool, type(None))
+
+
+def copy_json(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """`copy.deepcopy` for JSON-like data, several times faster: dicts and lists are copied (an object
+    held twice is copied once and held twice, as deepcopy does), strings, numbers, booleans and None
+    are shared (immutable); anything else goes to deepcopy."""
+    if memo is None:
+        memo = {}
+    t = type(value)
+    if t is dict or t is list:
+        got = memo.get(id(value))
+        if got is not None:
+            return got
+        if t is dict:
+            d: dict[Any, Any] = {}
+            memo[id(value)] = d
+            for k, v in value.items():
+                d[k] = v if type(v) in _ATOMS else copy_json(v, memo)
+            return d
+        items: list[Any] = []
+        memo[id(value)] = items
+        items.extend(v if type(v) in _ATOMS else copy_json(v, memo) for v in value)
+        return items
+    if t in _ATOMS:
+        return value
+    return copy.deepcopy(value, memo)
+
+
 def qualify(namespace: str, cec: str, name: str, *, force: bool = False) -> str:
     """Cilium's ResourceQualifiedName: `ns/cec/name` for a name without `/`; with `force`, also for one
     with `/` unless its first part is `ns` (a clusterwide config's `ns` is "", so `/x` is kept)."""
@@ -72,9 +102,14 @@ def key_of(m: dict[str, Any], snake: str) -> str | None:
     """Proto JSON accepts snake_case and lowerCamelCase; return whichever spelling is present."""
     if snake in m:
         return snake
-    parts = snake.split("_")
-    camel = parts[0] + "".join(p.title() for p in parts[1:])
+    camel = _CAMEL.get(snake)
+    if camel is None:
+        parts = snake.split("_")
+        camel = _CAMEL[snake] = parts[0] + "".join(p.title() for p in parts[1:])
     return camel if camel in m else None
+
+
+_CAMEL: dict[str, str] = {}  # snake_case -> lowerCamelCase, for the field names this module looks up
 
 
 def child(m: Any, name: str) -> Any:

@@ -191,11 +191,14 @@ def _localities(entries: Iterable[Entry], affinity: str, local_cluster: str,
             priority = 0 if cluster == local_cluster else 1
         elif is_global and affinity == "remote":
             priority = 0 if cluster != local_cluster else 1
-        out.append(LocalityEndpoints(tuple(sorted(set(eps), key=lambda e: (e.address, e.port, e.hostname))),
+        unique = (eps[0],) if len(eps) == 1 else tuple(sorted(set(eps), key=lambda e: (e.address, e.port, e.hostname)))
+        out.append(LocalityEndpoints(unique,
                                      zone=zone, region=region, sub_zone=cluster if is_global else "",
                                      priority=priority))
     # Envoy requires priorities to be contiguous from 0.
     used = sorted({loc.priority for loc in out})
+    if used == list(range(len(used))):
+        return tuple(out)  # already are (always, outside ClusterMesh affinity)
     remap = {p: i for i, p in enumerate(used)}
     return tuple(LocalityEndpoints(loc.endpoints, loc.zone, loc.region, loc.sub_zone, remap[loc.priority])
                  for loc in out)
@@ -446,6 +449,7 @@ def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pod
                             f"has no effect without {GLOBAL_ANNOTATION}: \"true\"", severity="warning"))
     slices = [s for s in slices if is_global or s.labels.get(CLUSTER_LABEL, opts.local_cluster) == opts.local_cluster]
     all_ports: list[Entry] = []
+    port_locs: list[tuple[LocalityEndpoints, ...]] = []
     for sp in svc.ports:
         if sp.protocol not in ("TCP", ""):
             continue
@@ -473,11 +477,15 @@ def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pod
         chosen = ready or fallback
         all_ports.extend(chosen)
         locs = _localities(chosen, affinity, opts.local_cluster, is_global)
+        port_locs.append(locs)
         names = [eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.port)]
         if sp.name:
             names.append(eds_name(svc_obj.meta.namespace, svc_obj.meta.name, sp.name))
         for n in names:
             pool[n] = EndpointSet(n, locs, (ref,))
     whole = eds_name(svc_obj.meta.namespace, svc_obj.meta.name)
-    pool[whole] = EndpointSet(whole, _localities(all_ports, affinity, opts.local_cluster, is_global), (ref,))
+    # One port: the whole Service's endpoints are that port's (the very same tuple: rendered once).
+    whole_locs = port_locs[0] if len(port_locs) == 1 else \
+        _localities(all_ports, affinity, opts.local_cluster, is_global)
+    pool[whole] = EndpointSet(whole, whole_locs, (ref,))
     return pool, tuple(issues)
