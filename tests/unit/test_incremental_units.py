@@ -254,3 +254,24 @@ def test_a_route_edit_revisits_only_the_routes_it_can_affect() -> None:
                                  "spec": {"controllerName": "cilia.io/gateway-controller"}},
                         _svc("a", port=81), _svc("a", ns="other"), _svc("b")) == 29  # routes reading ns/a
     assert misses_after("g", _gateway("g1"), _gateway("g2", selector=True)) == 30  # a Gateway changed: all
+
+
+def test_translation_follows_the_store_changes_since_the_previous_one() -> None:
+    from cilia.translate import TRANSLATORS
+
+    store = Store()
+    _put(store, "base", {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "cilia"},
+                         "spec": {"controllerName": "cilia.io/gateway-controller"}}, _svc("a"))
+    _put(store, "g", _gateway("g1"))
+    _put(store, "r", _route("r1", "g1"))
+    result = translate(store.snapshot())
+    again = translate(store.snapshot(), None, result)  # nothing changed: every translator's output reused
+    assert again.reused == len(TRANSLATORS)
+    assert again.ir == result.ir
+    _put(store, "r", _route("r1", "g1", path="/moved"))
+    store.snapshot()  # taken and never translated: its change must not be lost
+    later = translate(store.snapshot(), None, again)
+    with memo_disabled():
+        full = translate(store.snapshot())
+    assert later.ir == full.ir
+    assert later.reused < len(TRANSLATORS)

@@ -87,12 +87,22 @@ class TranslationResult:
     reads: tuple[frozenset[str], ...] = ()  # per translator, the kinds it read
     opts: TranslateOptions | None = None
     reused: int = 0  # how many translators' outputs came from `previous`
+    stamp: tuple[object, int] | None = None  # (store lineage, revision) of the snapshot translated
 
 
-def _reusable(previous: TranslationResult | None, snapshot: InputSnapshot, opts: TranslateOptions) -> bool:
-    return (previous is not None and len(previous.partials) == len(TRANSLATORS) and bool(snapshot.changed_kinds)
-            and previous.opts is not None
-            and replace(previous.opts, status_time="") == replace(opts, status_time=""))
+def _changed_kinds(previous: TranslationResult | None, snapshot: InputSnapshot,
+                   opts: TranslateOptions) -> frozenset[str] | None:
+    """The kinds changed since `previous` was translated; None when that is unknown (translate all).
+    From the store's record when both snapshots come from it (so a snapshot taken and not translated
+    loses nothing, and one that changed nothing reuses everything), else the snapshot's own."""
+    if (previous is None or len(previous.partials) != len(TRANSLATORS) or previous.opts is None
+            or replace(previous.opts, status_time="") != replace(opts, status_time="")):
+        return None
+    if previous.stamp is not None and snapshot.lineage is not None and previous.stamp[0] is snapshot.lineage:
+        changes = snapshot.changes_since(previous.stamp[1])
+        if changes is not None:
+            return changes[0]
+    return snapshot.changed_kinds or None
 
 
 def _stable_bundles(part: Partial, before: Partial) -> Partial:
@@ -114,15 +124,15 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
     `changed_kinds` say what changed since), translators that read none of the changed kinds are not
     run again."""
     opts = opts or TranslateOptions()
-    reuse = _reusable(previous, snapshot, opts)
+    changed = _changed_kinds(previous, snapshot, opts)
+    reuse = changed is not None
     partials: list[Partial] = []
     reads: list[frozenset[str]] = []
     reused = 0
     for i, fn in enumerate(TRANSLATORS):
-        if reuse:
-            assert previous is not None
+        if previous is not None and changed is not None:
             was = previous.reads[i]
-            if ALL_KINDS not in was and not (was & snapshot.changed_kinds):
+            if ALL_KINDS not in was and not (was & changed):
                 partials.append(previous.partials[i])
                 reads.append(was)
                 reused += 1
@@ -150,4 +160,5 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
         issues.extend(dangling_cluster_refs(bundles, refs))
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
     ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects)), opts)
-    return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused)
+    stamp = None if snapshot.lineage is None else (snapshot.lineage, snapshot.revision)
+    return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused, stamp)
