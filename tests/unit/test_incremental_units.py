@@ -275,3 +275,36 @@ def test_translation_follows_the_store_changes_since_the_previous_one() -> None:
         full = translate(store.snapshot())
     assert later.ir == full.ir
     assert later.reused < len(TRANSLATORS)
+
+
+def test_a_translation_that_fails_half_way_leaves_nothing_stale(monkeypatch: Any) -> None:
+    import pytest
+
+    from cilia.translate import gateway
+
+    store = Store()
+    _put(store, "base", {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "cilia"},
+                         "spec": {"controllerName": "cilia.io/gateway-controller"}}, _svc("a"), _svc("b"))
+    _put(store, "g", _gateway("g1"))
+    for i in range(6):
+        _put(store, f"r{i}", _route(f"r{i}", "g1"))
+    result = _step(store, translate(store.snapshot()))
+    result = _step(store, result)
+    real = gateway._route_outcome
+
+    def failing(snapshot: Any, gateways: Any, listener_sets: Any, route: Any, opts: Any) -> Any:
+        if route.meta.name == "r3":
+            raise RuntimeError("translation failed")
+        return real(snapshot, gateways, listener_sets, route, opts)
+
+    monkeypatch.setattr(gateway, "_route_outcome", failing)
+    # Every route reads Service ns/a: all are affected; r0-r2 are redone, then r3 fails.
+    _put(store, "base", {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "cilia"},
+                         "spec": {"controllerName": "cilia.io/gateway-controller"}}, _svc("a", port=81), _svc("b"))
+    with pytest.raises(RuntimeError):
+        translate(store.snapshot(), None, result)
+    monkeypatch.setattr(gateway, "_route_outcome", real)
+    _put(store, "r0", _route("r0", "g1", path="/x"))
+    result = _step(store, result)  # r4 and r5 were never redone for Service a's edit: they must be now
+    assert all(c["status"] == "False" for s in result.statuses if s.kind == "HTTPRoute"
+               for c in s.status["parents"][0]["conditions"] if c["type"] == "ResolvedRefs")

@@ -601,13 +601,14 @@ class _RoutePass:
     makes the next run a full one."""
 
     __slots__ = ("_affected", "_new", "_seen", "fast", "kind_names", "kinds", "mesh_keys", "opts", "outcomes",
-                 "readers", "reads", "stamp", "tally", "tokens")
+                 "pending", "readers", "reads", "stamp", "tally", "tokens")
 
     _last: _RoutePass | None = None
 
     def __init__(self, root: InputSnapshot, opts: TranslateOptions, tokens: dict[str, Any]) -> None:
         assert root.lineage is not None
-        self.stamp = (root.lineage, root.revision)
+        self.stamp = (root.lineage, root.revision)  # every outcome held is valid at this revision
+        self.pending = self.stamp
         self.opts = opts
         self.tokens = tokens
         self.outcomes: dict[RouteKey, tuple[KubeObject, RouteOutcome]] = {}
@@ -639,7 +640,7 @@ class _RoutePass:
                    else None)
         if (last is not None and changes is not None and last.opts == opts and last.tokens == tokens
                 and not (last.kinds & changes[0])):
-            last.stamp = (root.lineage, root.revision)
+            last.pending = (root.lineage, root.revision)  # the stamp once this run has gone through
             last.fast = True
             last._new = False
             last._seen = set()
@@ -710,6 +711,7 @@ class _RoutePass:
         if _RoutePass._last is self:
             self.tally = tally
             self.mesh_keys = frozenset(mesh.parents)
+            self.stamp = self.pending
         return tally
 
     def finish(self, tally: _Tally, mesh: GammaResult) -> None:
@@ -717,6 +719,7 @@ class _RoutePass:
             return
         self.tally = tally
         self.mesh_keys = frozenset(mesh.parents)
+        self.stamp = self.pending
         for key in [k for k in self.outcomes if k not in self._seen]:  # routes gone
             self._unindex(key)
             del self.outcomes[key]
