@@ -63,24 +63,43 @@ def content_version(data: bytes) -> str:
 
 
 class Resource:
-    """One Envoy resource at one version. Immutable after construction."""
+    """One Envoy resource at one version. Immutable after construction. Its wire forms (as an `Any`, as a
+    discovery `Resource`) are made on first use: most of a large config's resources are only ever sent
+    through responses built once per selection, and some (what no connected proxy asks for) never."""
 
-    __slots__ = ("any_bytes", "body", "delta_bytes", "message", "name", "type_url", "version")
+    __slots__ = ("_any_bytes", "_delta_bytes", "body", "message", "name", "type_url", "version")
 
     def __init__(self, type_url: str, name: str, body: bytes, message: Any = None) -> None:
         self.type_url = type_url
         self.name = name
         self.body = body
         self.message = message
-        self.version = version = hashlib.blake2b(body, digest_size=8).hexdigest()  # content_version
-        prefix = _ANY_PREFIX.get(type_url)
-        if prefix is None:
-            prefix = _ANY_PREFIX[type_url] = field_bytes(1, type_url.encode())
-        self.any_bytes = any_bytes = prefix + b"\x12" + _length(len(body)) + body  # Any: type_url=1, value=2
-        # envoy.service.discovery.v3.Resource: version=1 (16 hex digits), resource=2, name=3
-        encoded = name.encode()
-        self.delta_bytes = b"\x0a\x10" + version.encode() + b"\x12" + _length(len(any_bytes)) + any_bytes + \
-            b"\x1a" + _length(len(encoded)) + encoded
+        self.version = hashlib.blake2b(body, digest_size=8).hexdigest()  # content_version
+        self._any_bytes: bytes | None = None
+        self._delta_bytes: bytes | None = None
+
+    @property
+    def any_bytes(self) -> bytes:
+        """Serialised `google.protobuf.Any`: type_url=1, value=2."""
+        out = self._any_bytes
+        if out is None:
+            prefix = _ANY_PREFIX.get(self.type_url)
+            if prefix is None:
+                prefix = _ANY_PREFIX[self.type_url] = field_bytes(1, self.type_url.encode())
+            body = self.body
+            out = self._any_bytes = prefix + b"\x12" + _length(len(body)) + body
+        return out
+
+    @property
+    def delta_bytes(self) -> bytes:
+        """Serialised envoy.service.discovery.v3.Resource: version=1 (16 hex digits), resource=2, name=3."""
+        out = self._delta_bytes
+        if out is None:
+            any_bytes = self.any_bytes
+            encoded = self.name.encode()
+            out = self._delta_bytes = b"\x0a\x10" + self.version.encode() + b"\x12" + _length(len(any_bytes)) + \
+                any_bytes + b"\x1a" + _length(len(encoded)) + encoded
+        return out
 
     def __repr__(self) -> str:
         return f"Resource({self.type_url.rsplit('.', 1)[-1]} {self.name!r} v{self.version})"
