@@ -98,15 +98,19 @@ class ResourceCache:
         self._pool_res: dict[str, Resource] = {}
 
     def get(self, type_url: str, node: Any, build: Any, name: str, sink: IdEntries | None = None,
-            prev: IdEntries | None = None) -> Resource:
+            prev: IdEntries | None = None, by_content: bool = True) -> Resource:
         """`sink` collects the identity entries of a bundle's nodes (for reusing it whole; `node` must be
-        one the bundle holds); `prev`: those of the bundle's previous render, looked in first."""
+        one the bundle holds); `prev`: those of the bundle's previous render, looked in first. Without
+        `by_content`, a node not found by identity is built, not looked up by its content."""
         ident = (type_url, id(node))
         hit = prev.get(ident) if prev is not None else None
         if hit is None and sink is not None:
             hit = sink.get(ident)
         if hit is not None:
             res = hit
+        elif not by_content:
+            built = build(node)
+            res = Resource(type_url, name, built) if isinstance(built, bytes) else Resource.of(type_url, name, built)
         else:
             key = _NodeKey(type_url, node)  # hashed once: IR nodes hash their whole content
             found = self._by_node.get(key) or self._next.get(key)
@@ -233,14 +237,16 @@ class RenderedWorld:
         return result
 
 
-BUILDERS: tuple[tuple[str, str, Any], ...] = (
-    (LISTENER, "listeners", r.render_listener),
-    (LISTENER, "api_listeners", r.api_listener_bytes),
-    (ROUTE, "routes", r.render_route_config),
-    (CLUSTER, "clusters", r.render_cluster),
-    (ENDPOINT, "endpoints", r.endpoints_bytes),
-    (SECRET, "secrets", r.render_secret),
-    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy),
+# (type, bundle attribute, builder, whether equal nodes of other bundles or renders are looked up by
+# content: not for API listeners, which are written from a few strings in less time than hashing takes)
+BUILDERS: tuple[tuple[str, str, Any, bool], ...] = (
+    (LISTENER, "listeners", r.render_listener, True),
+    (LISTENER, "api_listeners", r.api_listener_bytes, False),
+    (ROUTE, "routes", r.render_route_config, True),
+    (CLUSTER, "clusters", r.render_cluster, True),
+    (ENDPOINT, "endpoints", r.endpoints_bytes, True),
+    (SECRET, "secrets", r.render_secret, True),
+    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy, True),
 )
 
 
@@ -248,10 +254,14 @@ def _render_bundle(bundle: ir.Bundle, cache: ResourceCache, prev: IdEntries | No
     resources: dict[str, dict[str, Resource]] = {}
     ids: IdEntries = {}
     issues: list[Issue] = []
-    for type_url, attr, build in BUILDERS:
-        for node in getattr(bundle, attr):
-            res = cache.get(type_url, node, build, node.name, sink=ids, prev=prev)
-            resources.setdefault(type_url, {})[node.name] = res
+    for type_url, attr, build, by_content in BUILDERS:
+        nodes = getattr(bundle, attr)
+        if not nodes:
+            continue
+        bucket = resources.setdefault(type_url, {})
+        for node in nodes:
+            bucket[node.name] = cache.get(type_url, node, build, node.name, sink=ids, prev=prev,
+                                          by_content=by_content)
     for raw in bundle.raw:
         try:
             res = cache.get_raw(raw, ids, prev)
