@@ -402,9 +402,9 @@ class XdsServer:
             try:
                 if delta:
                     assert isinstance(stream, DeltaStream)
-                    versions = req.initial_resource_versions
+                    # The map itself: only a stream's first request of a type reads it (and copies it).
                     stream.handle(type_url, req.resource_names_subscribe, req.resource_names_unsubscribe,
-                                  dict(versions) if versions else {}, req.response_nonce, error)
+                                  req.initial_resource_versions, req.response_nonce, error)
                 else:
                     assert isinstance(stream, SotwStream)
                     stream.handle(type_url, req.version_info, req.resource_names, req.response_nonce, error)

@@ -224,6 +224,11 @@ class _TypeState:
     synced_requests: int = -1
     pass_key: str = ""  # the view version and request count the current pass started from
     pass_requests: int = 0
+    # The last selection and what it was made for: the updates and removals of one pass select once.
+    sel: Selection | None = None
+    sel_view: ProxyResources | None = None
+    sel_names: frozenset[str] = frozenset()
+    sel_wildcard: bool = False
 
 
 class BaseStream:
@@ -253,6 +258,15 @@ class BaseStream:
             self._order = tuple(self.types[t] for t in self._ordered_types())
         return st
 
+    def _select(self, type_url: str, st: _TypeState, view: ProxyResources) -> Selection:
+        """`memo.select` for this type's subscription, kept on the type state while view and subscription
+        are the same objects (names are replaced, never changed in place)."""
+        sel = st.sel
+        if sel is None or st.sel_view is not view or st.sel_names is not st.names or st.sel_wildcard != st.wildcard:
+            sel = st.sel = self.memo.select(view, type_url, st.wildcard, st.names)
+            st.sel_view, st.sel_names, st.sel_wildcard = view, st.names, st.wildcard
+        return sel
+
     def _next_nonce(self, st: _TypeState) -> str:
         st.nonce_seq += 1
         st.last_nonce = f"{st.nonce_seq}"
@@ -265,7 +279,8 @@ class BaseStream:
             sent_at, seq, carried, ev = 0.0, 0, None, None
         else:
             sent_at, seq, _, carried, ev = sent
-        ts.settle(carried, error)
+        if error or ts.rejected or ts.unattributed:
+            ts.settle(carried, error)
         if error:
             self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
@@ -475,10 +490,10 @@ class SotwStream(BaseStream):
             self.wake.set()
 
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
-        return st.force or self.memo.select(view, type_url, st.wildcard, st.names).version != st.sent_version
+        return st.force or self._select(type_url, st, view).version != st.sent_version
 
     def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        sel = self._select(type_url, st, view)
         selected = sel.resources
         version = sel.version
         if not st.force and version == st.sent_version:
@@ -512,7 +527,7 @@ class SotwStream(BaseStream):
     def next_removal(self, type_url: str, st: _TypeState, view: ProxyResources) -> bytes | None:
         if type_url != CLUSTER:
             return None
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        sel = self._select(type_url, st, view)
         selected = sel.resources
         if any(n not in selected for n in st.sent):
             st.sent = selected
@@ -595,7 +610,7 @@ class DeltaStream(BaseStream):
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         if st.force:
             return True
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        sel = self._select(type_url, st, view)
         tr = self.memo.transition(type_url, st.known, sel, st.names)
         return bool(tr.updates or tr.absent or self._answered(st, sel))
 
@@ -607,7 +622,7 @@ class DeltaStream(BaseStream):
         return sorted(n for n in st.answer if n not in sel.resources and n not in st.names)
 
     def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        sel = self._select(type_url, st, view)
         tr = self.memo.transition(type_url, st.known, sel, st.names)
         extra = self._answered(st, sel)
         st.answer = None
@@ -625,7 +640,7 @@ class DeltaStream(BaseStream):
         return self._sending(type_url, st, payload, sel.version, len(tr.updates), nonce, tr.carried)
 
     def next_removal(self, type_url: str, st: _TypeState, view: ProxyResources) -> bytes | None:
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        sel = self._select(type_url, st, view)
         tr = self.memo.removals(type_url, st.known, sel, st.names)
         if not tr.absent:
             return None
