@@ -345,6 +345,7 @@ class BaseStream:
         """
         wake = self.wake
         write = self._write
+        todo: list[_TypeState] = []  # the types a pass sends, reused: no new list per stream per change
         while True:
             await wake.wait()
             wake.clear()
@@ -358,7 +359,7 @@ class BaseStream:
                 restart = False
                 # Types whose resources for this proxy did not change since a completed pass, with no
                 # request since, are skipped: a change to one type costs the other types nothing.
-                todo: list[_TypeState] = []
+                todo.clear()
                 for st in self._order:
                     if st.initialized:
                         key = view.version(st.type_url)
