@@ -173,3 +173,35 @@ def test_acks_of_changes_feed_the_minute_histogram() -> None:
     m.xds.nacked("node~a", "delta", LST, time.monotonic(), seq, "bad")  # a NACK is no convergence
     (minute,) = m.xds.recent.series()
     assert minute["count"] == 1 and 0.02 <= minute["max"] < 1
+
+
+def test_histograms_folded_in_bulk_count_as_sample_by_sample() -> None:
+    """ACKs append their samples and a read folds them in (sorted, a bisect per bound): the buckets, sums,
+    extremes and per-minute slots are those of observing each sample as it came, bounds included."""
+    import random
+
+    from cilia.obs.metrics import SECONDS_BUCKETS, LocalHistogram, MinuteHistogram
+
+    rng = random.Random(7)
+    values = [rng.choice(SECONDS_BUCKETS) if rng.random() < 0.3 else rng.uniform(0, 40) for _ in range(3000)]
+    one, bulk = LocalHistogram("h", "", "s", "type"), LocalHistogram("h", "", "s", "type")
+    m_one, m_bulk = MinuteHistogram(), MinuteHistogram()
+    base = 600_000.0
+    for i, v in enumerate(values):
+        key = ("routes", "clusters")[i % 2]
+        one.observe(key, v)
+        bulk.observe_later(key, v)
+        now = base + i * 0.05  # 150 s: three minutes
+        m_one.observe(now, v)
+        m_bulk.observe_later(now, v)
+        if i == 1000:
+            assert m_bulk.series(now=now) == m_one.series(now=now)  # a read in the middle folds what is there
+    a, b = one.metric(), bulk.metric()
+    assert a is not None and b is not None
+    for pa, pb in zip(a.data.data_points, b.data.data_points, strict=True):
+        assert (pa.attributes, pa.count, pa.bucket_counts, pa.min, pa.max) == \
+            (pb.attributes, pb.count, pb.bucket_counts, pb.min, pb.max)
+        assert abs(pa.sum - pb.sum) < 1e-6
+    now = base + 150
+    assert m_bulk.series(now=now) == m_one.series(now=now)
+    assert [s["count"] for s in m_bulk.series(now=now)] == [1200, 1200, 600]

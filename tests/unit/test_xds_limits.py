@@ -127,3 +127,37 @@ def test_error_detail_text_is_cut() -> None:
     text = error_detail_text(long)
     assert text.endswith(f"(cut at {MAX_ERROR_DETAIL_BYTES} bytes)")
     assert len(text.split("...")[0].encode()) == MAX_ERROR_DETAIL_BYTES
+
+
+def test_small_requests_pass_on_their_size_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ACK (type_url and nonce, no node) is let through on its encoded size, without the field walk; a
+    node, or a size past SMALL_REQUEST_BYTES, still takes the walk."""
+    assert limits.SMALL_REQUEST_BYTES <= min(MAX_NODE_ID_BYTES, limits.MAX_TYPE_URL_BYTES, limits.MAX_VERSION_BYTES,
+                                             MAX_RESOURCE_NAME_BYTES)
+    walked: list[str] = []
+    real = limits.check_string
+
+    def spy(value: str, field: str, limit: int) -> None:
+        walked.append(field)
+        real(value, field, limit)
+
+    monkeypatch.setattr(limits, "check_string", spy)
+    check_delta_request(discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, response_nonce="17"))
+    check_discovery_request(discovery_pb2.DiscoveryRequest(type_url=CDS, version_info="v" * 64, response_nonce="17"))
+    assert walked == []
+    # Over the size: walked, and a field over its limit is still named.
+    with pytest.raises(RequestLimitError, match="response_nonce"):
+        check_delta_request(discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, response_nonce="n" * 300))
+    assert "type_url" in walked
+    # A node is always walked, however small the request: metadata depth is not bounded by size.
+    walked.clear()
+    deep = struct_pb2.Struct()
+    level = deep.fields["k"].list_value
+    for _ in range(MAX_NODE_METADATA_DEPTH):
+        level = level.values.add().list_value
+    level.values.add().string_value = "x"
+    small = discovery_pb2.DeltaDiscoveryRequest(node=base_pb2.Node(metadata=deep), type_url=CDS)
+    assert small.ByteSize() <= limits.SMALL_REQUEST_BYTES
+    with pytest.raises(RequestLimitError, match="nests deeper"):
+        check_delta_request(small)
+    assert walked

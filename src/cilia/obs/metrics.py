@@ -3,8 +3,11 @@
 Cost model. An OpenTelemetry SDK `add`/`record` costs ~6-20 us in CPython, about as much as a grpc.aio
 write, so the xDS hot path never calls the SDK: `XdsMetrics` (the xDS observer) only bumps plain dict
 counters, which observable instruments read at collection time, and the per-ACK convergence histogram is
-a `LocalHistogram` (a bisect and two increments per sample) whose cumulative points are added, as SDK
-`HistogramDataPoint`s, to what the SDK reader collects (Prometheus) and to what the OTLP exporter sends.
+a `LocalHistogram` whose cumulative points are added, as SDK `HistogramDataPoint`s, to what the SDK reader
+collects (Prometheus) and to what the OTLP exporter sends. An ACK only appends its sample to a list
+(`observe_later`); the samples are folded into the buckets in bulk (one sort, a bisect per bucket bound)
+when the histogram is read or a list grows long, so a change ACKed by a thousand proxies costs one fold,
+not a thousand bucket updates.
 Per-batch work (translation, debounce, source events) uses the SDK directly: once per change, not per
 proxy.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -49,6 +53,28 @@ TYPE_LABELS = {"Listener": "listeners", "RouteConfiguration": "routes", "Cluster
                "ClusterLoadAssignment": "endpoints", "Secret": "secrets", "NodeRedirectPolicy": "redirects"}
 
 
+PENDING_LIMIT = 4096  # samples held per histogram key before they are folded in (bounds memory)
+
+
+def _bucket_counts(counts: list[int], bounds: tuple[float, ...], values: list[float]) -> None:
+    """Add sorted `values` to `counts`, bucketed as `counts[bisect_left(bounds, v)] += 1` would."""
+    prev = 0
+    for i, bound in enumerate(bounds):
+        upto = bisect.bisect_right(values, bound, prev)
+        counts[i] += upto - prev
+        prev = upto
+    counts[-1] += len(values) - prev
+
+
+def _take(pending: list[float]) -> list[float]:
+    """The samples in `pending` so far, sorted, removed from it. Another thread may append meanwhile: those
+    stay (slicing and deleting a prefix are single operations under the GIL)."""
+    n = len(pending)
+    values = sorted(pending[:n])
+    del pending[:n]
+    return values
+
+
 def type_label(type_url: str) -> str:
     """`type.googleapis.com/envoy.config.listener.v3.Listener` -> `listeners`."""
     short = type_url.rsplit(".", 1)[-1]
@@ -67,6 +93,35 @@ class LocalHistogram:
         self.bounds = bounds
         self.start_ns = time.time_ns()
         self._series: dict[str, list[Any]] = {}  # label value -> [bucket counts, sum, count, min, max]
+        self._pending: dict[str, list[float]] = {}  # label value -> samples not folded in yet
+        self._lock = threading.Lock()  # folds (collection may run in an exporter thread)
+
+    def observe_later(self, key: str, value: float) -> None:
+        """Hot path: keep the sample; it is counted at the next fold (any read folds first)."""
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = []
+        pending.append(value)
+        if len(pending) >= PENDING_LIMIT:
+            self.fold()
+
+    def fold(self) -> None:
+        with self._lock:
+            for key, pending in list(self._pending.items()):
+                if pending:
+                    self._add_sorted(key, _take(pending))
+
+    def _add_sorted(self, key: str, values: list[float]) -> None:
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = [[0] * (len(self.bounds) + 1), 0.0, 0, values[0], values[-1]]
+        _bucket_counts(s[0], self.bounds, values)
+        s[1] += math.fsum(values)
+        s[2] += len(values)
+        if values[0] < s[3]:
+            s[3] = values[0]
+        if values[-1] > s[4]:
+            s[4] = values[-1]
 
     def observe(self, key: str, value: float) -> None:
         s = self._series.get(key)
@@ -81,6 +136,7 @@ class LocalHistogram:
             s[4] = value
 
     def metric(self, label_of: Callable[[str], str] = str) -> Metric | None:
+        self.fold()
         if not self._series:
             return None
         now = time.time_ns()
@@ -92,16 +148,45 @@ class LocalHistogram:
 
 class MinuteHistogram:
     """Samples per minute over the last `minutes`, as bucket counts: a fixed ring of slots, so a sample costs
-    a bisect and two increments however many proxies ACK, and an hour at any scale fits in a few KB."""
+    an append (folded in bulk, as in LocalHistogram) however many proxies ACK, and an hour at any scale fits
+    in a few KB."""
 
-    __slots__ = ("bounds", "slots")
+    __slots__ = ("_lock", "_pending", "_pending_end", "_pending_minute", "_pending_start", "bounds", "slots")
 
     def __init__(self, minutes: int = 60, bounds: tuple[float, ...] = SECONDS_BUCKETS) -> None:
         self.bounds = bounds
         # [minute number (monotonic // 60), bucket counts, sample count, largest sample]
         self.slots: list[list[Any]] = [[-1, [], 0, 0.0] for _ in range(minutes)]
+        # Samples of one minute not folded in yet (see LocalHistogram.observe_later), and that minute's span.
+        self._pending: list[float] = []
+        self._pending_minute = -1
+        self._pending_start = self._pending_end = 0.0
+        self._lock = threading.Lock()
+
+    def observe_later(self, now: float, value: float) -> None:
+        """Hot path: keep the sample; it is counted at the next fold (a read, another minute, or many)."""
+        if not self._pending_start <= now < self._pending_end or len(self._pending) >= PENDING_LIMIT:
+            self.fold()
+            minute = int(now // 60)
+            self._pending_minute, self._pending_start, self._pending_end = minute, minute * 60.0, minute * 60.0 + 60
+        self._pending.append(value)
+
+    def fold(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._add_sorted(self._pending_minute, _take(self._pending))
+
+    def _add_sorted(self, minute: int, values: list[float]) -> None:
+        s = self.slots[minute % len(self.slots)]
+        if s[0] != minute:
+            s[0], s[1], s[2], s[3] = minute, [0] * (len(self.bounds) + 1), 0, 0.0
+        _bucket_counts(s[1], self.bounds, values)
+        s[2] += len(values)
+        if values[-1] > s[3]:
+            s[3] = values[-1]
 
     def observe(self, now: float, value: float) -> None:
+        self.fold()  # a slot is reset for a newer minute: pending samples of an older one go in first
         minute = int(now // 60)
         s = self.slots[minute % len(self.slots)]
         if s[0] != minute:
@@ -113,6 +198,7 @@ class MinuteHistogram:
 
     def series(self, now: float | None = None) -> list[dict[str, float]]:
         """Per minute with samples, oldest first: minutes ago (0 = this one), count, p50, p99, max (seconds)."""
+        self.fold()
         current = int((time.monotonic() if now is None else now) // 60)
         out = []
         for minute, counts, count, largest in sorted((s for s in self.slots if s[2]), key=lambda s: s[0]):
@@ -226,8 +312,9 @@ class XdsMetrics(XdsObserver):
             return
         now = time.monotonic()
         if not error:
-            self.convergence.observe(type_url, now - batch[0])
-            self.recent.observe(now, now - batch[0])
+            value = now - batch[0]
+            self.convergence.observe_later(type_url, value)
+            self.recent.observe_later(now, value)
         tracing = self.tracing
         if tracing.enabled and batch[2] < tracing.max_proxy_spans_per_batch:
             batch[2] += 1

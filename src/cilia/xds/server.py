@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,14 +333,15 @@ class XdsServer:
         max_send = self.limits.max_send_bytes
         context_write = context.write
 
-        async def write(payload: bytes) -> None:
-            # Only the stream's writer task writes, one response at a time: no lock needed.
+        def write(payload: bytes) -> Awaitable[None]:
+            # Only the stream's writer task writes, one response at a time: no lock needed. A plain function
+            # handing back grpc's own write: no coroutine of ours per response.
             if len(payload) > max_send:
                 # grpc would fail the write deep inside its batch code; end the stream with a clear status.
                 raise _StreamAbort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"response for {proxy} is {len(payload)} bytes, over the server's "
                                    f"max_send_bytes ({max_send})")
-            await context_write(payload)
+            return context_write(payload)  # type: ignore[no-any-return]
 
         cls = DeltaStream if delta else SotwStream
         stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream,
@@ -401,9 +402,9 @@ class XdsServer:
             try:
                 if delta:
                     assert isinstance(stream, DeltaStream)
-                    versions = req.initial_resource_versions
+                    # The map itself: only a stream's first request of a type reads it (and copies it).
                     stream.handle(type_url, req.resource_names_subscribe, req.resource_names_unsubscribe,
-                                  dict(versions) if versions else {}, req.response_nonce, error)
+                                  req.initial_resource_versions, req.response_nonce, error)
                 else:
                     assert isinstance(stream, SotwStream)
                     stream.handle(type_url, req.version_info, req.resource_names, req.response_nonce, error)

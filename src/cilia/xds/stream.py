@@ -49,6 +49,8 @@ class StreamLimits:
 
 
 Writer = Callable[[bytes], Awaitable[None]]
+# A response ready to write, and the event its ACK sets (make-before-break waits on those of dependency types).
+Out = tuple[bytes, "asyncio.Event | None"]
 
 
 class Selection:
@@ -200,6 +202,7 @@ MAX_IN_FLIGHT = 64  # responses remembered per type; a proxy that never ACKs mus
 @dataclass(slots=True)
 class _TypeState:
     ts: TypeStatus
+    type_url: str = ""
     initialized: bool = False
     wildcard: bool = False
     names: frozenset[str] = frozenset()
@@ -219,6 +222,13 @@ class _TypeState:
     synced_key: str = ""
     requests: int = 0
     synced_requests: int = -1
+    pass_key: str = ""  # the view version and request count the current pass started from
+    pass_requests: int = 0
+    # The last selection and what it was made for: the updates and removals of one pass select once.
+    sel: Selection | None = None
+    sel_view: ProxyResources | None = None
+    sel_names: frozenset[str] = frozenset()
+    sel_wildcard: bool = False
 
 
 class BaseStream:
@@ -238,15 +248,24 @@ class BaseStream:
         self.allowed_types = allowed_types
         self.limits = limits
         self.types: dict[str, _TypeState] = {}
-        self._order: tuple[tuple[str, _TypeState], ...] = ()  # self.types in push order
+        self._order: tuple[_TypeState, ...] = ()  # self.types in push order
         self.wake = asyncio.Event()
 
     def _state(self, type_url: str) -> _TypeState:
         st = self.types.get(type_url)
         if st is None:
-            st = self.types[type_url] = _TypeState(self.status.type(type_url))
-            self._order = tuple((t, self.types[t]) for t in self._ordered_types())
+            st = self.types[type_url] = _TypeState(self.status.type(type_url), type_url)
+            self._order = tuple(self.types[t] for t in self._ordered_types())
         return st
+
+    def _select(self, type_url: str, st: _TypeState, view: ProxyResources) -> Selection:
+        """`memo.select` for this type's subscription, kept on the type state while view and subscription
+        are the same objects (names are replaced, never changed in place)."""
+        sel = st.sel
+        if sel is None or st.sel_view is not view or st.sel_names is not st.names or st.sel_wildcard != st.wildcard:
+            sel = st.sel = self.memo.select(view, type_url, st.wildcard, st.names)
+            st.sel_view, st.sel_names, st.sel_wildcard = view, st.names, st.wildcard
+        return sel
 
     def _next_nonce(self, st: _TypeState) -> str:
         st.nonce_seq += 1
@@ -260,7 +279,8 @@ class BaseStream:
             sent_at, seq, carried, ev = 0.0, 0, None, None
         else:
             sent_at, seq, _, carried, ev = sent
-        ts.settle(carried, error)
+        if error or ts.rejected or ts.unattributed:
+            ts.settle(carried, error)
         if error:
             self.observer.nacked(self.status.proxy_id, self.variant, type_url, sent_at, seq, error)
             ts.nacks += 1
@@ -278,10 +298,12 @@ class BaseStream:
         if ev is not None:
             ev.set()
 
-    async def _send(self, type_url: str, st: _TypeState, payload: bytes, version: str, count: int,
-                    nonce: str, carried: tuple[tuple[str, ...], bool]) -> asyncio.Event | None:
-        """Write one response. Returns an event set on its ACK for dependency types (make-before-break
-        waits on it); other types need none."""
+    def _sending(self, type_url: str, st: _TypeState, payload: bytes, version: str, count: int,
+                 nonce: str, carried: tuple[tuple[str, ...], bool]) -> Out:
+        """Record one response as sent (status, in-flight nonce, metrics); the caller writes it next, with no
+        await in between. The event is set on its ACK, for dependency types (make-before-break waits on it).
+        Computing a response is plain calls, not coroutines: a change fanned out to thousands of streams
+        then leaves one coroutine per stream suspended in the write, not a chain of them for the collector."""
         ev = asyncio.Event() if type_url in DEPENDENCY_TYPES else None
         ts = st.ts
         ts.version_sent = version
@@ -297,8 +319,7 @@ class BaseStream:
         if len(in_flight) > MAX_IN_FLIGHT:
             del in_flight[next(iter(in_flight))]
         self.observer.pushed(type_url, reason, len(payload))
-        await self._write(payload)
-        return ev
+        return payload, ev
 
     def _note_in_sync(self, st: _TypeState, version: str) -> None:
         """A proxy that reconnected holding the current config is in sync without being sent anything."""
@@ -311,59 +332,79 @@ class BaseStream:
         return known + sorted(t for t in self.types if t not in TYPE_ORDER)
 
     async def run_writer(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            await self.sync()
-
-    async def sync(self) -> None:
-        """Bring the proxy up to date.
+        """Bring the proxy up to date each time the stream is woken (a new world, or a request to answer).
 
         Secrets, clusters and endpoints go first, without waiting in between: Envoy ACKs new clusters
         only once their endpoints arrived, so waiting for that ACK before sending endpoints would stall.
         Listeners and routes wait until those ACKs are in (bounded by `ack_wait_s`), so they never
         point at a cluster the proxy is still warming. Any request arriving meanwhile restarts the pass.
+
+        The pass is written out here, with index loops, rather than in a coroutine of its own with list
+        iterators: while a change fans out, every stream sits in its write at once, and each object held
+        across that await is one more per stream for the young-generation collector to walk.
         """
-        outstanding: list[asyncio.Event] = []
-        deadline: float | None = None
-        seq = self.observer.change_seq
-        self._change_driven = seq != self._synced_seq
-        self._synced_seq = seq
-        for _ in range(64):  # bounded: every round sends something or waits for the proxy
-            view = self._resources(self.proxy)
-            restart = False
-            # Types whose resources for this proxy did not change since a completed pass, with no
-            # request since, are skipped: a change to one type costs the other types nothing.
-            todo: list[tuple[str, _TypeState, str, int]] = []
-            for t, st in self._order:
-                if st.initialized:
-                    key = view.version(t)
-                    if key != st.synced_key or st.requests != st.synced_requests:
-                        todo.append((t, st, key, st.requests))
-            for type_url, st, _, _ in todo:
-                if type_url not in DEPENDENCY_TYPES:
-                    outstanding = [ev for ev in outstanding if not ev.is_set()]
-                    if outstanding and self.has_updates(type_url, st, view):
-                        loop = asyncio.get_running_loop()
-                        if deadline is None:
-                            deadline = loop.time() + self.limits.ack_wait_s
-                        if loop.time() < deadline:
-                            await self._wait_acks_or_wake(outstanding, deadline - loop.time())
-                            restart = True
-                            break
-                        log.info("%s: dependencies not ACKed within %.1fs, going on", self.proxy,
-                                 self.limits.ack_wait_s)
-                        outstanding = []
-                ev = await self.push_updates(type_url, st, view)
-                if ev is not None:
-                    outstanding.append(ev)
-            if restart:
-                continue
-            for type_url, st, _, _ in reversed(todo):
-                await self.push_removals(type_url, st, view)
-            for _, st, key, requests in todo:
-                st.synced_key, st.synced_requests = key, requests
-            return
+        wake = self.wake
+        write = self._write
+        todo: list[_TypeState] = []  # the types a pass sends, reused: no new list per stream per change
+        while True:
+            await wake.wait()
+            wake.clear()
+            outstanding: list[asyncio.Event] | None = None
+            deadline: float | None = None
+            seq = self.observer.change_seq
+            self._change_driven = seq != self._synced_seq
+            self._synced_seq = seq
+            for _ in range(64):  # bounded: every round sends something or waits for the proxy
+                view = self._resources(self.proxy)
+                restart = False
+                # Types whose resources for this proxy did not change since a completed pass, with no
+                # request since, are skipped: a change to one type costs the other types nothing.
+                todo.clear()
+                for st in self._order:
+                    if st.initialized:
+                        key = view.version(st.type_url)
+                        if key != st.synced_key or st.requests != st.synced_requests:
+                            st.pass_key, st.pass_requests = key, st.requests
+                            todo.append(st)
+                i = 0
+                while i < len(todo):
+                    st = todo[i]
+                    i += 1
+                    type_url = st.type_url
+                    if outstanding and type_url not in DEPENDENCY_TYPES:
+                        outstanding = [ev for ev in outstanding if not ev.is_set()]
+                        if outstanding and self.has_updates(type_url, st, view):
+                            loop = asyncio.get_running_loop()
+                            if deadline is None:
+                                deadline = loop.time() + self.limits.ack_wait_s
+                            if loop.time() < deadline:
+                                await self._wait_acks_or_wake(outstanding, deadline - loop.time())
+                                restart = True
+                                break
+                            log.info("%s: dependencies not ACKed within %.1fs, going on", self.proxy,
+                                     self.limits.ack_wait_s)
+                            outstanding = None
+                    out = self.next_update(type_url, st, view)
+                    if out is not None:
+                        payload, ev = out
+                        del out
+                        await write(payload)
+                        if ev is not None:
+                            if outstanding is None:
+                                outstanding = []
+                            outstanding.append(ev)
+                if restart:
+                    continue
+                i = len(todo)
+                while i:
+                    i -= 1
+                    st = todo[i]
+                    removal = self.next_removal(st.type_url, st, view)
+                    if removal is not None:
+                        await write(removal)
+                for st in todo:
+                    st.synced_key, st.synced_requests = st.pass_key, st.pass_requests
+                break
 
     async def _wait_acks_or_wake(self, events: list[asyncio.Event], wait_s: float) -> None:
         async def all_acked() -> None:
@@ -388,10 +429,12 @@ class BaseStream:
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         raise NotImplementedError
 
-    async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
+    def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
+        """The response bringing `type_url` up to date (recorded as sent), or None when none is due."""
         raise NotImplementedError
 
-    async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
+    def next_removal(self, type_url: str, st: _TypeState, view: ProxyResources) -> bytes | None:
+        """The response removing what `view` no longer has (recorded as sent), or None."""
         raise NotImplementedError
 
 
@@ -448,10 +491,10 @@ class SotwStream(BaseStream):
             self.wake.set()
 
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
-        return st.force or self.memo.select(view, type_url, st.wildcard, st.names).version != st.sent_version
+        return st.force or self._select(type_url, st, view).version != st.sent_version
 
-    async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+    def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
+        sel = self._select(type_url, st, view)
         selected = sel.resources
         version = sel.version
         if not st.force and version == st.sent_version:
@@ -480,19 +523,20 @@ class SotwStream(BaseStream):
             # Only names the client does not hold: a name that was in the last response and is now left out
             # is a deletion (LDS/CDS), which an error would turn into "keep the cached copy".
             payload += not_found_errors(sorted(n for n in st.names if n not in selected and n not in held_before))
-        return await self._send(type_url, st, payload, version, len(selected), nonce, (tuple(selected), True))
+        return self._sending(type_url, st, payload, version, len(selected), nonce, (tuple(selected), True))
 
-    async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
+    def next_removal(self, type_url: str, st: _TypeState, view: ProxyResources) -> bytes | None:
         if type_url != CLUSTER:
-            return
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+            return None
+        sel = self._select(type_url, st, view)
         selected = sel.resources
         if any(n not in selected for n in st.sent):
             st.sent = selected
             st.sent_version = sel.version
             nonce = self._next_nonce(st)
             payload = self.memo.sotw_head(sel, type_url) + field_bytes(5, nonce.encode())
-            await self._send(type_url, st, payload, sel.version, len(selected), nonce, (tuple(selected), True))
+            return self._sending(type_url, st, payload, sel.version, len(selected), nonce, (tuple(selected), True))[0]
+        return None
 
 
 class DeltaStream(BaseStream):
@@ -567,7 +611,7 @@ class DeltaStream(BaseStream):
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         if st.force:
             return True
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+        sel = self._select(type_url, st, view)
         tr = self.memo.transition(type_url, st.known, sel, st.names)
         return bool(tr.updates or tr.absent or self._answered(st, sel))
 
@@ -578,8 +622,8 @@ class DeltaStream(BaseStream):
             return []
         return sorted(n for n in st.answer if n not in sel.resources and n not in st.names)
 
-    async def push_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> asyncio.Event | None:
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+    def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
+        sel = self._select(type_url, st, view)
         tr = self.memo.transition(type_url, st.known, sel, st.names)
         extra = self._answered(st, sel)
         st.answer = None
@@ -594,15 +638,15 @@ class DeltaStream(BaseStream):
             payload += b"".join(field_bytes(6, n.encode()) for n in extra)
         if tr.absent or extra:
             st.ts.forget((*tr.absent, *extra))
-        return await self._send(type_url, st, payload, sel.version, len(tr.updates), nonce, tr.carried)
+        return self._sending(type_url, st, payload, sel.version, len(tr.updates), nonce, tr.carried)
 
-    async def push_removals(self, type_url: str, st: _TypeState, view: ProxyResources) -> None:
-        sel = self.memo.select(view, type_url, st.wildcard, st.names)
+    def next_removal(self, type_url: str, st: _TypeState, view: ProxyResources) -> bytes | None:
+        sel = self._select(type_url, st, view)
         tr = self.memo.removals(type_url, st.known, sel, st.names)
         if not tr.absent:
-            return
+            return None
         st.known = tr.after
         nonce = self._next_nonce(st)
         st.ts.forget(tr.absent)
-        await self._send(type_url, st, tr.head + field_bytes(5, nonce.encode()) + tr.tail, sel.version, 0, nonce,
-                         tr.carried)
+        return self._sending(type_url, st, tr.head + field_bytes(5, nonce.encode()) + tr.tail, sel.version, 0, nonce,
+                             tr.carried)[0]
