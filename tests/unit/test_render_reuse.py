@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cilia.identity import ProxyId
 from cilia.ir import model as ir
 from cilia.render.resources import CLUSTER
@@ -62,3 +64,24 @@ def test_conflict_warnings_after_edits_match_a_fresh_render() -> None:
         assert [(i.object, i.message) for i in got.issues] == [(i.object, i.message) for i in fresh.issues]
         warned = warned or any("differently" in i.message for i in got.issues)
     assert warned
+
+
+def test_raw_resource_keys_are_equal_only_for_equal_bodies() -> None:
+    import datetime
+
+    from cilia.ir.model import RawResource
+    from cilia.render.world import _raw_key
+
+    t = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+    def raw(body: dict[str, Any]) -> RawResource:
+        return RawResource(t, "c", body, ("CiliumEnvoyConfig ns/x",), "spec.resources[0]")
+
+    a = raw({"name": "c", "connect_timeout": "1s", "type": "EDS"})
+    b = raw({"type": "EDS", "name": "c", "connect_timeout": "1s"})  # other key order, same body
+    assert _raw_key(a) == _raw_key(b)
+    assert _raw_key(a) != _raw_key(raw({"name": "c", "connect_timeout": "2s", "type": "EDS"}))
+    day = datetime.date(2026, 12, 5)  # YAML dates are not JSON: compared as values
+    assert _raw_key(raw({"name": "c", "when": day})) == _raw_key(raw({"name": "c", "when": day}))
+    assert _raw_key(raw({"name": "c", "when": day})) != _raw_key(raw({"name": "c", "when": "2026-12-05"}))
+    assert _raw_key(raw({"name": "c", 1: "x", "a": "y"})) != _raw_key(raw({"name": "c", "a": "y"}))  # mixed keys

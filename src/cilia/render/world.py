@@ -429,24 +429,21 @@ class _NodeKey:
             (self.node is other.node or self.node == other.node)
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_not_json)
+
+
 def _raw_key(raw: ir.RawResource) -> Any:
     """What identifies a raw resource's parse: its type, name and canonical JSON (strings: hashed and
-    compared at C speed, their hashes cached). A body with values JSON does not have (written with
-    `repr`) or keys of mixed types is compared as frozen values instead, so no two bodies share a key
-    unless they are equal."""
-    odd: list[Any] = []
-
-    def default(value: Any) -> str:
-        odd.append(value)
-        return repr(value)
-
+    compared at C speed, their hashes cached). A body with values JSON does not have, or keys of mixed
+    types, is compared as frozen values instead, so no two bodies share a key unless they are equal."""
     try:
-        text = json.dumps(raw.body, sort_keys=True, separators=(",", ":"), default=default)
-    except (TypeError, ValueError):  # keys of mixed types
-        odd.append(None)
-    if odd:
+        return (raw.type_url, raw.name, _CANONICAL.encode(raw.body))
+    except (TypeError, ValueError):
         return ("frozen", raw.type_url, raw.name, _freeze(raw.body))
-    return (raw.type_url, raw.name, text)
 
 
 def _freeze(v: Any) -> Any:
