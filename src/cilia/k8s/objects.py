@@ -19,9 +19,14 @@ class ObjectRef:
     namespace: str
     name: str
     group: str = ""
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+        text = self._text
+        if text is None:  # worked out once: every IR node names its sources with it
+            text = f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +63,15 @@ class KubeObject:
     raw: Mapping[str, Any]
     content_hash: str
     origin: Origin | None = None
+    _ref: ObjectRef | None = field(default=None, init=False, repr=False)
 
     @property
     def ref(self) -> ObjectRef:
-        return ObjectRef(self.kind, self.meta.namespace, self.meta.name, self.api_version.rpartition("/")[0])
+        ref = self._ref
+        if ref is None:  # made once: translators ask for it for every node they make
+            ref = ObjectRef(self.kind, self.meta.namespace, self.meta.name, self.api_version.rpartition("/")[0])
+            object.__setattr__(self, "_ref", ref)
+        return ref
 
     @property
     def group(self) -> str:
