@@ -260,8 +260,10 @@ def _render_bundle(bundle: ir.Bundle, cache: ResourceCache, prev: IdEntries | No
             continue
         bucket = resources.setdefault(type_url, {})
         for node in nodes:
+            # A proxyless gRPC client's route configs (one per Service port) are as cheap to write as to
+            # look up, like API listeners.
             bucket[node.name] = cache.get(type_url, node, build, node.name, sink=ids, prev=prev,
-                                          by_content=by_content)
+                                          by_content=by_content and getattr(node, "client", "") != "grpc")
     for raw in bundle.raw:
         try:
             res = cache.get_raw(raw, ids, prev)
