@@ -318,6 +318,7 @@ class _Conflicts:
                         del by_name[name]
                     dirty.add((type_url, name))
         rank = {id(br): i for i, br in enumerate(live)}
+        shared: set[tuple[str, str]] = set()  # names an added bundle shares with another bundle
         for br in added:
             for type_url, names in br.names.items():
                 by_name = self.owners.setdefault(type_url, {})
@@ -326,8 +327,16 @@ class _Conflicts:
                     owners.append(br)
                     if len(owners) > 1:
                         owners.sort(key=lambda o: rank[id(o)])
+                        shared.add((type_url, name))
                     if kept:
                         dirty.add((type_url, name))
+        # An added bundle can be warned only about names it shares: those are all it is checked for.
+        added_ids = {id(br) for br in added}
+        shared_by: dict[int, list[tuple[str, str]]] = {}
+        for type_url, name in shared:
+            for o in self.owners[type_url][name]:
+                if id(o) in added_ids:
+                    shared_by.setdefault(id(o), []).append((type_url, name))
         recheck: dict[int, list[tuple[str, str]]] = {}
         for type_url, name in dirty:
             for o in self.owners.get(type_url, {}).get(name, ()):
@@ -337,7 +346,7 @@ class _Conflicts:
             key = id(br)
             got = self.warnings.get(key)
             if got is None:
-                got = self._warnings_of(br)
+                got = self._recheck(br, {}, shared_by[key]) if key in shared_by else {}
             elif key in recheck:
                 got = self._recheck(br, got, recheck[key])
             warnings[key] = got
@@ -360,20 +369,6 @@ class _Conflicts:
             got = {k: got[k] for t, by_name in br.rendered.resources.items() for n in by_name
                    if (k := (t, n)) in got}
         return got
-
-    def _warnings_of(self, br: _BundleRender) -> dict[tuple[str, str], Issue]:
-        assert br.rendered is not None
-        found: dict[tuple[str, str], Issue] = {}
-        for type_url, by_name in br.rendered.resources.items():
-            owners_of = self.owners[type_url]
-            for name, res in by_name.items():
-                owners = owners_of[name]
-                if len(owners) < 2 or owners[0] is br:
-                    continue
-                issue = self._warning(br, type_url, name, res)
-                if issue is not None:
-                    found[(type_url, name)] = issue
-        return found
 
     def _warning(self, br: _BundleRender, type_url: str, name: str, res: Resource) -> Issue | None:
         owners = self.owners[type_url][name]
