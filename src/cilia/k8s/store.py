@@ -18,6 +18,7 @@ from cilia.k8s.objects import KubeObject
 
 Key = tuple[str, str, str]  # kind, namespace, name
 ChangeListener = Callable[[frozenset[str]], None]
+Stamp = tuple[object, int]  # a store's lineage and a revision: one snapshot of that store
 ISSUES = "__issues__"  # pseudo-kind: the set of reported issues changed
 _EMPTY: Mapping[tuple[str, str], KubeObject] = MappingProxyType({})
 
@@ -38,6 +39,17 @@ class InputSnapshot:
     history: tuple[Change, ...] = ()  # the store's last snapshots' changes, this one's last
     _since: dict[int, tuple[frozenset[str], frozenset[Key]] | None] = field(default_factory=dict, compare=False,
                                                                            repr=False)
+
+    @property
+    def stamp(self) -> Stamp | None:
+        """Names this snapshot among the store's: (lineage, revision); None when not taken from a store."""
+        return None if self.lineage is None else (self.lineage, self.revision)
+
+    def changes_after(self, stamp: Stamp | None) -> tuple[frozenset[str], frozenset[Key]] | None:
+        """`changes_since` the snapshot `stamp` names; None when that is not one of this store's."""
+        if stamp is None or self.lineage is None or stamp[0] is not self.lineage:
+            return None
+        return self.changes_since(stamp[1])
 
     def changes_since(self, revision: int) -> tuple[frozenset[str], frozenset[Key]] | None:
         """The kinds and keys changed between the same store's snapshot of `revision` and this one; None

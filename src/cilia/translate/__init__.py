@@ -9,7 +9,7 @@ from typing import Any, cast
 from cilia.diagnostics import Issue
 from cilia.ir.model import Bundle, EndpointSet, MeshIR, ServiceRedirect
 from cilia.k8s.objects import KubeObject
-from cilia.k8s.store import InputSnapshot
+from cilia.k8s.store import InputSnapshot, Stamp
 from cilia.translate.cec import dangling_cluster_refs, translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.egress import translate_egress
@@ -87,7 +87,7 @@ class TranslationResult:
     reads: tuple[frozenset[str], ...] = ()  # per translator, the kinds it read
     opts: TranslateOptions | None = None
     reused: int = 0  # how many translators' outputs came from `previous`
-    stamp: tuple[object, int] | None = None  # (store lineage, revision) of the snapshot translated
+    stamp: Stamp | None = None  # the store's snapshot translated
 
 
 def _changed_kinds(previous: TranslationResult | None, snapshot: InputSnapshot,
@@ -98,10 +98,9 @@ def _changed_kinds(previous: TranslationResult | None, snapshot: InputSnapshot,
     if (previous is None or len(previous.partials) != len(TRANSLATORS) or previous.opts is None
             or replace(previous.opts, status_time="") != replace(opts, status_time="")):
         return None
-    if previous.stamp is not None and snapshot.lineage is not None and previous.stamp[0] is snapshot.lineage:
-        changes = snapshot.changes_since(previous.stamp[1])
-        if changes is not None:
-            return changes[0]
+    changes = snapshot.changes_after(previous.stamp)
+    if changes is not None:
+        return changes[0]
     return snapshot.changed_kinds or None
 
 
@@ -160,5 +159,5 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
         issues.extend(dangling_cluster_refs(bundles, refs))
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
     ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects)), opts)
-    stamp = None if snapshot.lineage is None else (snapshot.lineage, snapshot.revision)
-    return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused, stamp)
+    return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused,
+                             snapshot.stamp)

@@ -606,8 +606,8 @@ class _RoutePass:
     _last: _RoutePass | None = None
 
     def __init__(self, root: InputSnapshot, opts: TranslateOptions, tokens: dict[str, Any]) -> None:
-        assert root.lineage is not None
-        self.stamp = (root.lineage, root.revision)  # every outcome held is valid at this revision
+        assert root.stamp is not None
+        self.stamp = root.stamp  # every outcome held is valid at this revision
         self.pending = self.stamp
         self.opts = opts
         self.tokens = tokens
@@ -627,7 +627,8 @@ class _RoutePass:
     def begin(cls, snapshot: InputSnapshot, root: InputSnapshot | None, gateways: Mapping[str, GatewayState],
               listener_sets: ListenerSetResult, opts: TranslateOptions,
               signatures: dict[str, Any]) -> _RoutePass | None:
-        if not memo_enabled() or root is None or root.lineage is None:
+        now = root.stamp if root is not None else None
+        if not memo_enabled() or root is None or now is None:
             return None
         if listener_sets.admitted:
             cls._last = None
@@ -636,11 +637,10 @@ class _RoutePass:
             signatures[gkey] = _signature_token(gkey, _attach_signature(gs))
         tokens = dict(signatures)
         last = cls._last
-        changes = (root.changes_since(last.stamp[1]) if last is not None and last.stamp[0] is root.lineage
-                   else None)
+        changes = root.changes_after(last.stamp) if last is not None else None
         if (last is not None and changes is not None and last.opts == opts and last.tokens == tokens
                 and not (last.kinds & changes[0])):
-            last.pending = (root.lineage, root.revision)  # the stamp once this run has gone through
+            last.pending = now  # the stamp once this run has gone through
             last.fast = True
             last._new = False
             last._seen = set()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from cilia.k8s.objects import KubeObject
-from cilia.k8s.store import InputSnapshot
+from cilia.k8s.store import InputSnapshot, Stamp
 from cilia.translate.context import Memo
 
 V = TypeVar("V")
@@ -71,10 +71,10 @@ class Reads:
         return cls(objects, kinds, frozenset((k, ns, n) for k, ns, n, _ in objects),
                    frozenset(k for k, *_ in objects) | frozenset(k for k, _ in kinds))
 
-    def unchanged_since(self, root: InputSnapshot, revision: int) -> bool:
-        """Whether nothing read changed between the store's snapshot of `revision` and `root`, by the
-        changes the store recorded (meaningful for a record known to hold at `revision`)."""
-        changes = root.changes_since(revision)
+    def unchanged_since(self, root: InputSnapshot, stamp: Stamp) -> bool:
+        """Whether nothing read changed between the store's snapshot `stamp` names and `root`, by the
+        changes the store recorded (meaningful for a record known to hold at `stamp`)."""
+        changes = root.changes_after(stamp)
         return changes is not None and not (self.kind_names & changes[0]) and self.keys.isdisjoint(changes[1])
 
     def replay(self, snapshot: InputSnapshot) -> None:
@@ -172,7 +172,7 @@ class _Entry(Generic[V]):
     signature: Any
     reads: Reads
     value: V
-    stamp: tuple[object, int] | None = None  # (store lineage, revision) at which the reads last held
+    stamp: Stamp | None = None  # the store's snapshot at which the reads last held
 
 
 class UnitMemo(Generic[V]):
@@ -194,12 +194,11 @@ class UnitMemo(Generic[V]):
             return build(snapshot)
         if root is None:
             root = root_snapshot(snapshot)
-        now = None if root is None or root.lineage is None else (root.lineage, root.revision)
+        now = None if root is None else root.stamp
         entry = self._memo.get(key)
         if entry is not None and entry.signature == signature:
             stamp = entry.stamp
-            if (now is not None and root is not None and stamp is not None and stamp[0] is now[0]
-                    and entry.reads.unchanged_since(root, stamp[1])):
+            if root is not None and stamp is not None and entry.reads.unchanged_since(root, stamp):
                 entry.reads.replay(snapshot)  # held at the previous snapshot, and nothing it read changed
             elif not entry.reads.still_valid(snapshot):
                 entry = None

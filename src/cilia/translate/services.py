@@ -37,7 +37,7 @@ from cilia.diagnostics import Issue
 from cilia.ir.model import Cluster, Endpoint, EndpointSet, HashPolicy, LocalityEndpoints, UpstreamProtocol
 from cilia.k8s.core import EndpointSliceSpec, PodSpec, ServicePort, ServiceSpec, SliceEndpoint
 from cilia.k8s.objects import KubeObject
-from cilia.k8s.store import InputSnapshot
+from cilia.k8s.store import InputSnapshot, Stamp
 from cilia.mesh.mode import MeshMode, resolve_mesh_mode
 from cilia.translate import incremental
 from cilia.translate.context import Memo, Partial, TranslateOptions
@@ -246,7 +246,7 @@ class _Last:
     pool: dict[str, EndpointSet]
     issues: tuple[Issue, ...]
     kinds: tuple[str, ...]  # kinds the run read
-    stamp: tuple[object, int] | None = None  # (store lineage, revision) of the snapshot it was made from
+    stamp: Stamp | None = None  # the store's snapshot it was made from
 
 
 _LAST: list[_Last] = []  # at most one; any mismatch with the new inputs means a full run
@@ -293,19 +293,14 @@ def _remember(root: InputSnapshot, opts: TranslateOptions, part: Partial,
         kinds.add("Endpoints")
     return _Last(opts, {k: root.objects.get(k) for k in _SAME_KINDS}, services, slices, dict(slice_keys),
                  per_service, {k: o.spec for k, o in pod_objs.items()}, node_labels, mesh_tls_by_ip(root, opts),
-                 dict(part.endpoints), part.issues, tuple(sorted(kinds)), _stamp(root))
-
-
-def _stamp(root: InputSnapshot) -> tuple[object, int] | None:
-    return None if root.lineage is None else (root.lineage, root.revision)
+                 dict(part.endpoints), part.issues, tuple(sorted(kinds)), root.stamp)
 
 
 def _changed(root: InputSnapshot, last: _Last, kind: str, now: Mapping[tuple[str, str], KubeObject],
              before: Mapping[tuple[str, str], KubeObject]) -> list[tuple[str, str]]:
     """Keys of `kind` added, changed or removed since `last`: from the store's record of changes when it
     has one, else by comparing the two mappings object by object."""
-    changes = (root.changes_since(last.stamp[1]) if last.stamp is not None and last.stamp[0] is root.lineage
-               else None)
+    changes = root.changes_after(last.stamp)
     if changes is not None:
         return [(ns, name) for k, ns, name in changes[1] if k == kind]
     changed = [k for k, o in now.items() if before.get(k) is not o]
@@ -362,7 +357,7 @@ def _delta(last: _Last, root: InputSnapshot, opts: TranslateOptions) -> Partial 
                     if not keys:
                         del slice_keys[svc_key]
     trial = _Last(opts, last.maps, services, slices, slice_keys, dict(last.per_service), last.pods,
-                  last.node_labels, last.mesh_tls, last.pool, last.issues, last.kinds, _stamp(root))
+                  last.node_labels, last.mesh_tls, last.pool, last.issues, last.kinds, root.stamp)
     pool = dict(last.pool)
     issues_changed = False
     for key in touched:
