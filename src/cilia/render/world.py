@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import compress
 from operator import is_not
@@ -237,16 +237,29 @@ class RenderedWorld:
         return result
 
 
-# (type, bundle attribute, builder, whether equal nodes of other bundles or renders are looked up by
-# content: not for API listeners, which are written from a few strings in less time than hashing takes)
-BUILDERS: tuple[tuple[str, str, Any, bool], ...] = (
-    (LISTENER, "listeners", r.render_listener, True),
-    (LISTENER, "api_listeners", r.api_listener_bytes, False),
-    (ROUTE, "routes", r.render_route_config, True),
-    (CLUSTER, "clusters", r.render_cluster, True),
-    (ENDPOINT, "endpoints", r.endpoints_bytes, True),
-    (SECRET, "secrets", r.render_secret, True),
-    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy, True),
+def _always(node: Any) -> bool:
+    return True
+
+
+def _never(node: Any) -> bool:
+    return False
+
+
+def _not_for_grpc(rc: ir.RouteConfig) -> bool:
+    return rc.client != "grpc"
+
+
+# (type, bundle attribute, builder, whether a node is looked up by content among other bundles' and
+# renders' when not found by identity: not API listeners, nor a proxyless gRPC client's route configs
+# (one per Service port), which are written in less time than hashing their content takes)
+BUILDERS: tuple[tuple[str, str, Any, Callable[[Any], bool]], ...] = (
+    (LISTENER, "listeners", r.render_listener, _always),
+    (LISTENER, "api_listeners", r.api_listener_bytes, _never),
+    (ROUTE, "routes", r.render_route_config, _not_for_grpc),
+    (CLUSTER, "clusters", r.render_cluster, _always),
+    (ENDPOINT, "endpoints", r.endpoints_bytes, _always),
+    (SECRET, "secrets", r.render_secret, _always),
+    (REDIRECT_POLICY, "redirect_policies", render_redirect_policy, _always),
 )
 
 
@@ -260,10 +273,8 @@ def _render_bundle(bundle: ir.Bundle, cache: ResourceCache, prev: IdEntries | No
             continue
         bucket = resources.setdefault(type_url, {})
         for node in nodes:
-            # A proxyless gRPC client's route configs (one per Service port) are as cheap to write as to
-            # look up, like API listeners.
             bucket[node.name] = cache.get(type_url, node, build, node.name, sink=ids, prev=prev,
-                                          by_content=by_content and getattr(node, "client", "") != "grpc")
+                                          by_content=by_content(node))
     for raw in bundle.raw:
         try:
             res = cache.get_raw(raw, ids, prev)
