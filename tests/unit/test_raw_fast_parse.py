@@ -57,7 +57,7 @@ def test_fast_path_agrees_with_json_format(type_url: str, body: dict[str, Any]) 
     cls = symbol_database.Default().GetSymbol(type_url.rsplit("/", 1)[-1])
     msg = cls()
     try:
-        raw._fast_sub(body, msg, 0)
+        raw._fast_sub(body, msg, 0, None)
     except Exception:
         return
     assert msg.SerializeToString(deterministic=True) == want
@@ -69,5 +69,5 @@ def test_common_shapes_take_the_fast_path() -> None:
         msg = symbol_database.Default().GetSymbol(type_url.rsplit("/", 1)[-1])()
         if body.get("connectTimeout"):
             continue
-        raw._fast_sub(body, msg, 0)
+        raw._fast_sub(body, msg, 0, None)
         assert msg.ByteSize() > 0

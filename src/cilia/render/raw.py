@@ -19,7 +19,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from cilia.render.validate import validate_message
+from cilia.render.validate import MAX_DEPTH, FieldCheck, type_checks, validate_message
 from cilia.untrusted import format_path
 
 _loaded = False
@@ -230,12 +230,19 @@ def _convert(conversion: tuple[int, Any], value: Any) -> Any:
     raise _Slow
 
 
-def _fast_message(js: Any, msg: Message, depth: int) -> None:
+def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> None:
     """json_format.ParseDict's result for the common shapes, much faster (no paths, no error texts):
-    anything unusual raises _Slow and the caller parses with json_format instead."""
+    anything unusual raises _Slow and the caller parses with json_format instead. With `errs`, the
+    field rules are checked on the way (validate.TypeChecks): each broken one adds an entry, unworded."""
     if depth > 64 or type(js) is not dict:
         raise _Slow
-    plan = _PLANS.get(msg.DESCRIPTOR.full_name) or _plan(msg.DESCRIPTOR)
+    desc = msg.DESCRIPTOR
+    plan = _PLANS.get(desc.full_name) or _plan(desc)
+    checks = None
+    if errs is not None and depth <= MAX_DEPTH:  # validate_message looks no deeper either
+        checks = type_checks(desc)
+    rules = checks.fields if checks is not None else _NO_RULES
+    sink: list[str] = errs if errs is not None else []
     seen: set[int] = set()
     for name, value in js.items():
         entry = plan.get(name)
@@ -249,29 +256,73 @@ def _fast_message(js: Any, msg: Message, depth: int) -> None:
             if oneof in seen:
                 raise _Slow
             seen.add(oneof)
+        rule = rules.get(number)
         if kind == _K_SCALAR:
-            setattr(msg, attr, _convert(how, value))
+            converted = _convert(how, value)
+            setattr(msg, attr, converted)
+            if rule is not None and rule.scalar is not None:
+                rule.scalar(converted, None, sink)
         elif kind == _K_MESSAGE:
             sub = getattr(msg, attr)
             sub.SetInParent()
-            _fast_value(value, sub, how, depth + 1)
+            if rule is None:
+                _fast_value(value, sub, how, depth + 1, None)
+            else:
+                _fast_value(value, sub, how, depth + 1, None if rule.skip or rule.opaque else errs)
+                if rule.message_rules is not None:
+                    rule.message_rules(sub, None, sink)
         elif kind == _K_MESSAGES:
             if type(value) is not list:
                 raise _Slow
             add = getattr(msg, attr).add
-            for item in value:
-                _fast_value(item, add(), how, depth + 1)
+            if rule is None:
+                for item in value:
+                    _fast_value(item, add(), how, depth + 1, None)
+            else:
+                _count_check(rule, len(value), sink)
+                item_rules = rule.item_message_rules
+                inner = None if rule.opaque or (item_rules is not None and rule.item_skip) else errs
+                for item in value:
+                    sub = add()
+                    _fast_value(item, sub, how, depth + 1, inner)
+                    if item_rules is not None:
+                        item_rules(sub, None, sink)
         elif kind == _K_SCALARS:
             if type(value) is not list:
                 raise _Slow
-            getattr(msg, attr).extend([_convert(how, v) for v in value])
+            converted_items = [_convert(how, v) for v in value]
+            getattr(msg, attr).extend(converted_items)
+            if rule is not None:
+                _count_check(rule, len(value), sink)
+                if rule.item_scalar is not None:
+                    for v in converted_items:
+                        rule.item_scalar(v, None, sink)
         else:
             raise _Slow
+    if checks is not None:
+        for index in checks.required_oneofs:
+            if -1 - index not in seen:
+                sink.append("oneof")
+        for number in checks.unset:
+            if number not in seen:
+                sink.append("unset")
 
 
-def _fast_value(value: Any, msg: Message, how: Any, depth: int) -> None:
+_NO_RULES: dict[int, Any] = {}
+
+
+def _count_check(rule: FieldCheck, n: int, errs: list[str]) -> None:
+    """validate's item-count rule of a repeated field, on the number of items given."""
+    if rule.counts is not None:
+        min_items, max_items, ignore_empty = rule.counts
+        if not (ignore_empty and not n) and \
+                ((min_items and n < min_items) or (max_items is not None and n > max_items)):
+            errs.append("count")
+
+
+def _fast_value(value: Any, msg: Message, how: Any, depth: int, errs: list[str] | None) -> None:
     if how == _S_PLAIN:
-        _fast_message(value, msg, depth)
+        _fast_message(value, msg, depth, errs)
     elif how == _S_GENERIC_WKT:
         if type(value) is not str:
             raise _Slow
@@ -282,8 +333,8 @@ def _fast_value(value: Any, msg: Message, how: Any, depth: int) -> None:
         msg.value = _convert(how[1], value)  # type: ignore[attr-defined]
 
 
-def _fast_sub(value: Any, msg: Message, depth: int) -> None:
-    _fast_value(value, msg, _message_kind(msg.DESCRIPTOR), depth)
+def _fast_sub(value: Any, msg: Message, depth: int, errs: list[str] | None) -> None:
+    _fast_value(value, msg, _message_kind(msg.DESCRIPTOR), depth, errs)
 
 
 def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
@@ -297,11 +348,13 @@ def parse_raw(type_url: str, body: Mapping[str, Any]) -> Message:
         raise RawParseError(f"unknown type {type_url!r}") from None
     data = {k: v for k, v in body.items() if k != "@type"}
     msg = cls()
+    broken: list[str] = []
     try:
-        _fast_sub(data, msg, 0)
+        _fast_sub(data, msg, 0, broken)
     except Exception:
         msg = _slow_parse(cls, body, data)
-    errors = validate_message(msg)
+        broken.append("not checked")
+    errors = validate_message(msg) if broken else []
     if errors:
         raise RawValidationError("; ".join(errors))
     return msg

@@ -155,7 +155,7 @@ ScalarCheck = Callable[[Any, Path, list[str]], None]
 
 
 @dataclass(frozen=True, slots=True)
-class _Field:
+class FieldCheck:
     """How a set field of one descriptor is checked, worked out once per field."""
 
     name: str
@@ -173,10 +173,10 @@ class _Field:
 
 
 _MAP, _REPEATED, _MESSAGE, _SCALAR = range(4)
-_FIELDS: dict[FieldDescriptor, _Field] = {}
+_FIELDS: dict[FieldDescriptor, FieldCheck] = {}
 
 
-def _field_info(field: FieldDescriptor) -> _Field:
+def _field_info(field: FieldDescriptor) -> FieldCheck:
     info = _FIELDS.get(field)
     if info is not None:
         return info
@@ -193,7 +193,7 @@ def _field_info(field: FieldDescriptor) -> _Field:
             item_rules = r.items if r.HasField("items") else None
     else:
         kind = _MESSAGE if is_message else _SCALAR
-    info = _Field(
+    info = FieldCheck(
         name=field.name, kind=kind, rules=rules, opaque=opaque,
         message_rules=_message_rules_check(rules) if kind == _MESSAGE and rules is not None else None,
         skip=kind == _MESSAGE and rules is not None and rules.HasField("message") and rules.message.skip,
@@ -206,6 +206,39 @@ def _field_info(field: FieldDescriptor) -> _Field:
     )
     _FIELDS[field] = info
     return info
+
+
+@dataclass(frozen=True, slots=True)
+class TypeChecks:
+    """A message type's rules as a converter checks them while it builds the message from JSON, so a
+    valid message needs no second walk: `validate_message` is then run only for one that breaks a rule,
+    to word the errors. Checking a field as it is set, and these after the fields, finds a broken rule
+    exactly when `validate_message` does (a scalar set to its default is absent from the message; its
+    rule, checked on that default, is the rule `unset` holds for it)."""
+
+    required_oneofs: tuple[int, ...]  # oneofs (by index) that must have a member set
+    unset: tuple[int, ...]  # fields (by number) whose absence breaks a rule
+    fields: dict[int, FieldCheck]  # how a set field is checked, for the fields worth a look
+
+
+_TYPE_CHECKS: dict[str, TypeChecks | None] = {}
+
+
+def type_checks(desc: Descriptor) -> TypeChecks | None:
+    """The checks of messages of type `desc`; None when neither it nor anything it can hold has a rule."""
+    try:
+        return _TYPE_CHECKS[desc.full_name]
+    except KeyError:
+        pass
+    plan = _PLANS.get(desc.full_name) or _plan(desc)
+    checks = None
+    if plan.checked:
+        checks = TypeChecks(
+            required_oneofs=tuple(desc.oneofs_by_name[name].index for name in plan.oneofs),
+            unset=tuple(number for number, _, _ in plan.unset),
+            fields={f.number: _FIELDS.get(f) or _field_info(f) for f in desc.fields if f.number in plan.fields})
+    _TYPE_CHECKS[desc.full_name] = checks
+    return checks
 
 
 def _message(msg: Message, path: Path, errors: list[str], depth: int) -> None:
@@ -289,7 +322,7 @@ def _message_rules_check(rules: validate_pb2.FieldRules) -> Callable[[Message, P
     return check
 
 
-def _repeated(container: Any, field: FieldDescriptor, info: _Field, path: Path, errors: list[str],
+def _repeated(container: Any, field: FieldDescriptor, info: FieldCheck, path: Path, errors: list[str],
               depth: int) -> None:
     n = len(container)
     if info.counts is not None:
