@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from cilia.app import GC_THRESHOLDS
+from cilia.app import GC_THRESHOLDS, collector_paused
 from cilia.k8s import kinds as _kinds  # noqa: F401 - registers the kinds
 from cilia.k8s.manifest import parse_text
 from cilia.k8s.store import Store
@@ -123,21 +123,25 @@ def _warm_scratch(services: int, cecs: int, opts: TranslateOptions) -> tuple[flo
     _load(store, services, cecs, ns="bench-warm")
     gc.collect()
     t = time.perf_counter()
-    result = translate(store.snapshot(), opts)
+    with collector_paused():
+        result = translate(store.snapshot(), opts)
     t1 = time.perf_counter()
-    render_world(result.ir, ResourceCache(), 1)
+    with collector_paused():
+        render_world(result.ir, ResourceCache(), 1)
     return t1 - t, time.perf_counter() - t1
 
 
 def run(services: int = 5000, routes: int = 10_000) -> dict[str, Any]:
     """`translate_s`/`render_s`: the first translation in this (fresh) process; `warm_*`: a later one.
-    The collector is set as `cilia serve` sets it: its thresholds from the start, and what the process
-    holds once it has started (the first world) frozen before the later translation."""
+    The collector is set as `cilia serve` sets it: its thresholds from the start, paused while a
+    translation or render runs, and what the process holds once it has started (the first world) frozen
+    before the later translation."""
     before = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         return {**_run(services, routes), "gc": {"thresholds": list(GC_THRESHOLDS),
-                                                 "frozen_before_warm_run": True}}
+                                                 "frozen_before_warm_run": True,
+                                                 "paused_during_translate_and_render": True}}
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
@@ -154,10 +158,12 @@ def _run(services: int, routes: int) -> dict[str, Any]:
     gc.collect()
 
     t = time.perf_counter()
-    result = translate(store.snapshot(), opts)
+    with collector_paused():
+        result = translate(store.snapshot(), opts)
     translate_s = time.perf_counter() - t
     t = time.perf_counter()
-    world = render_world(result.ir, cache, 1)
+    with collector_paused():
+        world = render_world(result.ir, cache, 1)
     render_s = time.perf_counter() - t
     issues = len(result.issues) + len(world.issues)
 
@@ -165,9 +171,11 @@ def _run(services: int, routes: int) -> dict[str, Any]:
         nonlocal result, world
         store.replace_source(source, parse_text(text, source))
         t0 = time.perf_counter()
-        result = translate(store.snapshot(), opts, result)
+        with collector_paused():
+            result = translate(store.snapshot(), opts, result)
         t1 = time.perf_counter()
-        world = render_world(result.ir, cache, 2)
+        with collector_paused():
+            world = render_world(result.ir, cache, 2)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
 

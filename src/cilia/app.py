@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,9 +182,9 @@ class ControlPlane:
 
     def _build(self, snapshot: InputSnapshot, batch: Any) -> tuple[TranslationResult, RenderedWorld]:
         """Translate and render; pure apart from the render cache, so it may run off the event loop."""
-        with batch.stage("translate"):
+        with collector_paused(), batch.stage("translate"):
             result = translate(snapshot, self.opts.translate, self.result)
-        with batch.stage("render"):
+        with collector_paused(), batch.stage("render"):
             model = result.ir if self.workloads is None else self.workloads.apply(result.ir)
             world = render_world(model, self.render_cache, snapshot.revision)
         return result, world
@@ -613,6 +613,20 @@ class _Stopped(Exception):
 
 
 GC_THRESHOLDS = (10_000, 10, 10)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a translation or render runs: what they allocate is mostly
+    the new world, which survives, so collections during them only walk it (about 5% of a 10,000-route
+    translation from scratch); the few cycles they leave are collected once they are done."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def serve(opts: ServeOptions) -> int:
