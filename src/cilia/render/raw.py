@@ -19,7 +19,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from cilia.render.validate import MAX_DEPTH, FieldCheck, type_checks, validate_message
+from cilia.render.validate import MAX_DEPTH, FieldCheck, TypeChecks, type_checks, validate_message
 from cilia.untrusted import format_path
 
 _loaded = False
@@ -236,11 +236,9 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
     field rules are checked on the way (validate.TypeChecks): each broken one adds an entry, unworded."""
     if depth > 64 or type(js) is not dict:
         raise _Slow
-    desc = msg.DESCRIPTOR
-    plan = _PLANS.get(desc.full_name) or _plan(desc)
-    checks = None
-    if errs is not None and depth <= MAX_DEPTH:  # validate_message looks no deeper either
-        checks = type_checks(desc)
+    by_class = _BY_CLASS.get(type(msg)) or _class_plan(msg)
+    plan = by_class[0]
+    checks = by_class[1] if errs is not None and depth <= MAX_DEPTH else None  # validate looks no deeper
     rules = checks.fields if checks is not None else _NO_RULES
     sink: list[str] = errs if errs is not None else []
     seen: set[int] = set()
@@ -265,26 +263,34 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
         elif kind == _K_MESSAGE:
             sub = getattr(msg, attr)
             sub.SetInParent()
-            if rule is None:
-                _fast_value(value, sub, how, depth + 1, None)
+            inner = None if rule is None or rule.skip or rule.opaque else errs
+            if how == _S_PLAIN:
+                _fast_message(value, sub, depth + 1, inner)
             else:
-                _fast_value(value, sub, how, depth + 1, None if rule.skip or rule.opaque else errs)
-                if rule.message_rules is not None:
-                    rule.message_rules(sub, None, sink)
+                _fast_value(value, sub, how, depth + 1, inner)
+            if rule is not None and rule.message_rules is not None:
+                rule.message_rules(sub, None, sink)
         elif kind == _K_MESSAGES:
             if type(value) is not list:
                 raise _Slow
             add = getattr(msg, attr).add
             if rule is None:
-                for item in value:
-                    _fast_value(item, add(), how, depth + 1, None)
+                if how == _S_PLAIN:
+                    for item in value:
+                        _fast_message(item, add(), depth + 1, None)
+                else:
+                    for item in value:
+                        _fast_value(item, add(), how, depth + 1, None)
             else:
                 _count_check(rule, len(value), sink)
                 item_rules = rule.item_message_rules
                 inner = None if rule.opaque or (item_rules is not None and rule.item_skip) else errs
                 for item in value:
                     sub = add()
-                    _fast_value(item, sub, how, depth + 1, inner)
+                    if how == _S_PLAIN:
+                        _fast_message(item, sub, depth + 1, inner)
+                    else:
+                        _fast_value(item, sub, how, depth + 1, inner)
                     if item_rules is not None:
                         item_rules(sub, None, sink)
         elif kind == _K_SCALARS:
@@ -309,6 +315,14 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
 
 
 _NO_RULES: dict[int, Any] = {}
+# A message class -> its conversion plan and rule checks (found by class: no descriptor look-ups per message).
+_BY_CLASS: dict[type, tuple[dict[str, _Entry], TypeChecks | None]] = {}
+
+
+def _class_plan(msg: Message) -> tuple[dict[str, _Entry], TypeChecks | None]:
+    desc = msg.DESCRIPTOR
+    entry = _BY_CLASS[type(msg)] = (_PLANS.get(desc.full_name) or _plan(desc), type_checks(desc))
+    return entry
 
 
 def _count_check(rule: FieldCheck, n: int, errs: list[str]) -> None:

@@ -311,13 +311,14 @@ def _message_rules_check(rules: validate_pb2.FieldRules) -> Callable[[Message, P
     """The check of a message value's own rules (wrapper values, durations)."""
     kind = _kind(rules)
     scalar = _scalar_check(rules, None)
+    bounds = _duration_bounds(rules.duration) if kind == "duration" else (None, None)
 
     def check(value: Message, path: Path, errors: list[str]) -> None:
         full = value.DESCRIPTOR.full_name
         if full in WRAPPERS and kind == WRAPPERS[full]:
             scalar(value.value, path, errors)  # type: ignore[attr-defined]
         elif full == "google.protobuf.Duration" and kind == "duration":
-            _duration(value, rules.duration, path, errors)
+            _duration(value, bounds, path, errors)
 
     return check
 
@@ -449,6 +450,9 @@ def _bytes_check(r: validate_pb2.BytesRules) -> ScalarCheck:
     return check
 
 
+Bounds = tuple[tuple[float, bool] | None, tuple[float, bool] | None]  # (low, high), each (limit, inclusive)
+
+
 def _bounds(value: float, lo: tuple[float, bool] | None, hi: tuple[float, bool] | None) -> bool:
     """Within (lo, hi); each bound is (limit, inclusive). A `hi` below `lo` means outside (hi, lo)."""
     def above(b: tuple[float, bool]) -> bool:
@@ -471,7 +475,7 @@ def _bound_text(lo: tuple[float, bool] | None, hi: tuple[float, bool] | None) ->
     return " and ".join(parts)
 
 
-def _limits(r: Any) -> tuple[tuple[float, bool] | None, tuple[float, bool] | None]:
+def _limits(r: Any) -> Bounds:
     lo = (r.gte, True) if r.HasField("gte") else (r.gt, False) if r.HasField("gt") else None
     hi = (r.lte, True) if r.HasField("lte") else (r.lt, False) if r.HasField("lt") else None
     return lo, hi
@@ -499,12 +503,18 @@ def _number_check(r: Any) -> ScalarCheck:
     return check
 
 
-def _duration(value: Message, r: validate_pb2.DurationRules, path: Path, errors: list[str]) -> None:
-    ns = value.ToNanoseconds()  # type: ignore[attr-defined]
+def _duration_bounds(r: validate_pb2.DurationRules) -> Bounds:
+    """A duration rule's (low, high) bounds in nanoseconds, each (limit, inclusive) or None."""
     lo = (r.gte.ToNanoseconds(), True) if r.HasField("gte") else (r.gt.ToNanoseconds(), False) \
         if r.HasField("gt") else None
     hi = (r.lte.ToNanoseconds(), True) if r.HasField("lte") else (r.lt.ToNanoseconds(), False) \
         if r.HasField("lt") else None
+    return lo, hi
+
+
+def _duration(value: Message, bounds: Bounds, path: Path, errors: list[str]) -> None:
+    ns = value.ToNanoseconds()  # type: ignore[attr-defined]
+    lo, hi = bounds
     if not _bounds(ns, lo, hi):
         text = " and ".join(f"{op} {b[0] / 1e9:g}s" for op, b in
                             ((">=" if lo and lo[1] else ">", lo), ("<=" if hi and hi[1] else "<", hi)) if b)
