@@ -151,7 +151,9 @@ class ResourceCache:
         return hit
 
     def endpoint_pool(self, endpoints: Mapping[str, ir.EndpointSet]) -> dict[str, Resource]:
-        """Every endpoint set's resource; a set that is the very object of the last render costs a look-up."""
+        """Every endpoint set's resource; a set that is the very object of the last render costs a look-up.
+        Another set is written, not looked up by content: its bytes come from its localities (shared by the
+        three names of a Service port) in less time than hashing its content takes."""
         last, last_res = self._pool, self._pool_res
         out: dict[str, Resource]
         memo: dict[int, Any] = {}
@@ -166,14 +168,14 @@ class ResourceCache:
                 return last_res  # the same sets: the last render's pool, as it was
             out = dict(last_res)
             for name in changed:
-                out[name] = self.get(ENDPOINT, endpoints[name], build, name)
+                out[name] = self.get(ENDPOINT, endpoints[name], build, name, by_content=False)
         else:
             out = {}
             for name, es in endpoints.items():
                 if last.get(name) is es:
                     out[name] = last_res[name]
                 else:
-                    out[name] = self.get(ENDPOINT, es, build, name)
+                    out[name] = self.get(ENDPOINT, es, build, name, by_content=False)
         self._pool, self._pool_res = dict(endpoints), out
         return out  # never changed afterwards (a later render with the same sets hands it back again)
 
