@@ -28,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,10 +61,15 @@ def eds_name(namespace: str, service: str, port: int | str | None = None) -> str
 
 def upstream_protocol(port: ServicePort) -> UpstreamProtocol:
     """HTTP/2 (prior knowledge) or HTTP/1.1 towards the endpoints of this Service port."""
-    app = port.app_protocol.lower()
+    return _protocol_of(port.app_protocol, port.name)
+
+
+@functools.lru_cache(maxsize=4096)  # a cluster's port names and appProtocols are few; its ports are not
+def _protocol_of(app_protocol: str, port_name: str) -> UpstreamProtocol:
+    app = app_protocol.lower()
     if app:
         return "http2" if app in HTTP2_APP_PROTOCOLS else "http1"
-    name = port.name.lower()
+    name = port_name.lower()
     if name.startswith("grpc-web"):
         return "http1"
     if any(name == p or name.startswith(p + "-") for p in HTTP2_PORT_NAMES):
