@@ -157,6 +157,7 @@ class MutualTlsEchoServer(TlsEchoServer):
         self.ctx.verify_mode = ssl.CERT_REQUIRED
         self.ctx.load_verify_locations(cadata=client_ca.pem.decode())
         self.rejected = 0  # handshakes refused (no or untrusted client certificate)
+        self._rejections = threading.Condition()
 
     def _handle(self, conn: socket.socket) -> None:
         try:
@@ -170,6 +171,15 @@ class MutualTlsEchoServer(TlsEchoServer):
                 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() +
                           b"\r\nConnection: close\r\n\r\n" + body)
         except ssl.SSLError:
-            self.rejected += 1
+            with self._rejections:
+                self.rejected += 1
+                self._rejections.notify_all()
         except OSError:
             pass
+
+    def wait_rejected(self, count: int, timeout: float = 5.0) -> int:
+        """The refusal count once it reaches `count` or `timeout` passes: a handler thread may count a
+        refused handshake after the proxy has already answered its client."""
+        with self._rejections:
+            self._rejections.wait_for(lambda: self.rejected >= count, timeout)
+            return self.rejected
