@@ -294,7 +294,6 @@ class BaseStream:
                 self.observer.acked(self.status.proxy_id, self.variant, type_url, sent_at, seq, version)
             ts.acks += 1
             ts.version_acked = version
-            ts.acked_time = time.time()
         if ev is not None:
             ev.set()
 
