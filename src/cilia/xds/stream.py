@@ -272,9 +272,10 @@ class BaseStream:
         st.last_nonce = f"{st.nonce_seq}"
         return st.last_nonce
 
-    def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
+    def _ack(self, type_url: str, st: _TypeState, nonce: str, sent: Sent | None, version: str, error: str) -> None:
+        """The proxy's ACK (`error` empty) or NACK of the response `sent` with `nonce` (None: not in flight
+        any more), already taken out of `st.in_flight`."""
         ts = st.ts
-        sent = st.in_flight.pop(nonce, None)
         if sent is None:
             sent_at, seq, carried, ev = 0.0, 0, None, None
         else:
@@ -460,7 +461,7 @@ class SotwStream(BaseStream):
             return
         acked = bool(nonce) and nonce == st.last_nonce
         if acked:
-            self._ack(type_url, st, nonce, version_info, error)
+            self._ack(type_url, st, nonce, st.in_flight.pop(nonce, None), version_info, error)
         new_names = set(names)
         if len(new_names) > self.limits.max_subscriptions:
             raise ValueError(f"{len(new_names)} resource names for {type_url}: over the limit of "
@@ -560,13 +561,7 @@ class DeltaStream(BaseStream):
                initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
         st = self._state(type_url)
         if nonce:
-            sent = st.in_flight.get(nonce)
-            if sent is not None or nonce == st.last_nonce:
-                # Several responses may be in flight: the ACK is for the version sent with that nonce.
-                version = sent[2] if sent is not None else st.ts.version_sent
-                self._ack(type_url, st, nonce, version, error)
-            else:
-                log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
+            self._answer(type_url, st, nonce, error)
         first = not st.initialized
         # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
         if nonce and not first and not subscribe and not unsubscribe:
@@ -606,6 +601,26 @@ class DeltaStream(BaseStream):
             st.answer -= sub
         st.requests += 1
         self.wake.set()
+
+    def ack(self, type_url: str, nonce: str) -> None:
+        """`handle` of a request that carries only `nonce`: the proxy's ACK of one response, which changes
+        no subscription and needs no writer pass (the common request, once per stream per change)."""
+        st = self.types.get(type_url)
+        if st is None or not st.initialized:
+            self.handle(type_url, (), (), EMPTY_KNOWN, nonce, "")
+        else:
+            self._answer(type_url, st, nonce, "")
+
+    def _answer(self, type_url: str, st: _TypeState, nonce: str, error: str) -> None:
+        """The ACK/NACK part of a request: for the response in flight with `nonce`, or the last one sent."""
+        sent = st.in_flight.pop(nonce, None)
+        if sent is not None:
+            # Several responses may be in flight: the ACK is for the version sent with that nonce.
+            self._ack(type_url, st, nonce, sent, sent[2], error)
+        elif nonce == st.last_nonce:
+            self._ack(type_url, st, nonce, None, st.ts.version_sent, error)
+        else:
+            log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
 
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         if st.force:
