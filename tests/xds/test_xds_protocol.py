@@ -279,6 +279,54 @@ async def test_per_type_service_rejects_other_types(h: Harness) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_delta_decoder_reads_only_plain_acks_as_acks() -> None:
+    from cilia.xds.server import DeltaDecoder, PlainAck
+
+    decode = DeltaDecoder(limit=2).decode
+    raw = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="7").SerializeToString()
+    ack = decode(raw)
+    assert isinstance(ack, PlainAck) and (ack.type_url, ack.nonce, ack.raw) == (CLUSTER, "7", raw)
+    assert decode(bytes(bytearray(raw))) is ack, "the same encoding is parsed once"
+    implied = decode(discovery_pb2.DeltaDiscoveryRequest(response_nonce="1").SerializeToString())
+    assert isinstance(implied, PlainAck) and implied.type_url == ""
+    others = [
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER),
+        discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER, response_nonce="7"),
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="7", resource_names_subscribe=["c1"]),
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="7", resource_names_unsubscribe=["c1"]),
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="7",
+                                            initial_resource_versions={"c1": "v"}),
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="7", error_detail=status_pb2.Status()),
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="n" * 300),  # over the limits
+    ]
+    for msg in others:
+        out = decode(msg.SerializeToString())
+        assert isinstance(out, discovery_pb2.DeltaDiscoveryRequest) and out == msg
+    unknown = raw + b"\xf8\x01\x01"  # field 31, varint: a field this server does not know
+    assert isinstance(decode(unknown), discovery_pb2.DeltaDiscoveryRequest)
+
+
+async def test_delta_plain_acks_first_and_with_implied_type(h: Harness) -> None:
+    from envoy.service.cluster.v3 import cds_pb2_grpc
+
+    # A plain ACK as a stream's first request names no node: refused as any request without one.
+    call = open_delta(h)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce="1"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    call.cancel()
+    # On a per-type service the ACK may leave the type out.
+    call = Call(cds_pb2_grpc.ClusterDiscoveryServiceStub(h.channel()).DeltaClusters())
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(), type_url=CLUSTER))
+    r = await read(call)
+    await call.write(discovery_pb2.DeltaDiscoveryRequest(response_nonce=r.nonce))
+    await asyncio.sleep(0.1)
+    ts = h.status.proxies[NODE].types[CLUSTER]
+    assert (ts.acks, ts.state, ts.version_acked) == (1, "SYNCED", r.system_version_info)
+    call.cancel()
+
+
 def test_status_registry_forgets_old_disconnected_proxies() -> None:
     reg = StatusRegistry(forget_after_s=3600, max_disconnected=2)
     for i in range(5):

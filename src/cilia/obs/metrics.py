@@ -297,26 +297,31 @@ class XdsMetrics(XdsObserver):
         self.push_bytes[type_url] = self.push_bytes.get(type_url, 0) + nbytes
 
     def acked(self, proxy_id: str, variant: str, type_url: str, sent_at: float, seq: int, version: str) -> None:
-        self.acks[type_url] = self.acks.get(type_url, 0) + 1
+        acks = self.acks
+        acks[type_url] = acks.get(type_url, 0) + 1
         if seq:
-            self._answered(proxy_id, variant, type_url, sent_at, seq, "")
-
-    def nacked(self, proxy_id: str, variant: str, type_url: str, sent_at: float, seq: int, error: str) -> None:
-        self.nacks[type_url] = self.nacks.get(type_url, 0) + 1
-        if seq:
-            self._answered(proxy_id, variant, type_url, sent_at, seq, error or "rejected")
-
-    def _answered(self, proxy_id: str, variant: str, type_url: str, sent_at: float, seq: int, error: str) -> None:
-        batch = self._batches.get(seq)
-        if batch is None:
-            return
-        now = time.monotonic()
-        if not error:
+            batch = self._batches.get(seq)
+            if batch is None:
+                return
+            now = time.monotonic()
             value = now - batch[0]
             self.convergence.observe_later(type_url, value)
             self.recent.observe_later(now, value)
+            if self.tracing.enabled:
+                self._span(proxy_id, variant, type_url, sent_at, seq, "", batch, now)
+
+    def nacked(self, proxy_id: str, variant: str, type_url: str, sent_at: float, seq: int, error: str) -> None:
+        self.nacks[type_url] = self.nacks.get(type_url, 0) + 1
+        if seq and self.tracing.enabled:
+            batch = self._batches.get(seq)
+            if batch is not None:
+                self._span(proxy_id, variant, type_url, sent_at, seq, error or "rejected", batch, time.monotonic())
+
+    def _span(self, proxy_id: str, variant: str, type_url: str, sent_at: float, seq: int, error: str,
+              batch: list[Any], now: float) -> None:
+        """The push's span (sent -> ACK or NACK), linked to its change batch; a bounded number per batch."""
         tracing = self.tracing
-        if tracing.enabled and batch[2] < tracing.max_proxy_spans_per_batch:
+        if batch[2] < tracing.max_proxy_spans_per_batch:
             batch[2] += 1
             links = (batch[1],) if batch[1] is not None else ()
             tracing.record("cilia.xds.push", sent_at, now, links=links, error=error, attributes={

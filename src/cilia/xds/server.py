@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2
@@ -28,6 +28,7 @@ from cilia.render.resources import (
     ROUTE,
     SECRET,
     Resource,
+    field_bytes,
     set_version,
     sotw_response,
 )
@@ -37,6 +38,7 @@ from cilia.xds.cache import ConfigCache
 from cilia.xds.csds import MatcherError, client_status
 from cilia.xds.hooks import XdsObserver
 from cilia.xds.limits import (
+    SMALL_REQUEST_BYTES,
     RequestLimitError,
     check_delta_request,
     check_discovery_request,
@@ -85,6 +87,51 @@ def _serialize(message: Any) -> bytes:
     return bytes(message.SerializeToString())
 
 
+_DELTA_FIELDS = discovery_pb2.DeltaDiscoveryRequest.DESCRIPTOR.fields_by_name
+_TYPE_URL_FIELD = _DELTA_FIELDS["type_url"].number
+_NONCE_FIELD = _DELTA_FIELDS["response_nonce"].number
+
+
+class PlainAck:
+    """A Delta request that carries a response nonce, a type_url at most, and nothing else: the ACK a
+    proxy sends for every response. It passes the request limits on its size alone (as `check_delta_request`
+    lets it) and is handled without a protobuf message."""
+
+    __slots__ = ("nonce", "raw", "type_url")
+
+    def __init__(self, type_url: str, nonce: str, raw: bytes) -> None:
+        self.type_url = type_url
+        self.nonce = nonce
+        self.raw = raw  # the encoding, for where the message itself is needed (a stream's first request)
+
+
+class DeltaDecoder:
+    """The deserializer of Delta requests: a `PlainAck` for a plain ACK, else the message. Streams in the
+    same state ACK with byte-identical requests (nonces count per stream and type), so each distinct
+    encoding is parsed once, not once per stream per change. Bounded: past `limit` entries it starts over."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._acks: dict[bytes, PlainAck] = {}
+        self.limit = limit
+
+    def decode(self, raw: bytes) -> discovery_pb2.DeltaDiscoveryRequest | PlainAck:
+        ack = self._acks.get(raw)
+        if ack is not None:
+            return ack
+        req = discovery_pb2.DeltaDiscoveryRequest.FromString(raw)
+        nonce = req.response_nonce
+        if nonce and len(raw) <= SMALL_REQUEST_BYTES:
+            type_url = req.type_url
+            # The canonical encoding of those two fields alone: any other field set makes it differ.
+            plain = field_bytes(_TYPE_URL_FIELD, type_url.encode()) if type_url else b""
+            if raw == plain + field_bytes(_NONCE_FIELD, nonce.encode()):
+                if len(self._acks) >= self.limit:
+                    self._acks.clear()
+                ack = self._acks[raw] = PlainAck(type_url, nonce, raw)
+                return ack
+        return req
+
+
 class XdsServer:
     """`authorizer` decides which views an mTLS peer may read (plaintext peers are local and trusted);
     `tls` supplies the mTLS port's credentials."""
@@ -105,6 +152,7 @@ class XdsServer:
         self.denied = 0  # streams and fetches refused for identity
         self.streams: dict[str, list[BaseStream]] = {}  # proxy id -> its open streams
         self.memo = ResponseMemo()  # encoded responses shared by all streams
+        self.decode_delta = DeltaDecoder().decode  # a bound method: grpc calls it per request
 
     # -- what was sent (debug views, CSDS) -------------------------------------------------------------
     def sent_resources(self, proxy_id: str, type_url: str) -> list[tuple[str, str, Resource | None]]:
@@ -169,7 +217,7 @@ class XdsServer:
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self._sotw_handler(ALL_TYPES), discovery_pb2.DiscoveryRequest.FromString, _identity),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._delta_handler(ALL_TYPES), discovery_pb2.DeltaDiscoveryRequest.FromString, _identity),
+                self._delta_handler(ALL_TYPES), self.decode_delta, _identity),
         }
         handlers.append(grpc.method_handlers_generic_handler(ADS_SERVICE, ads))
         for service, (suffix, type_url) in PER_TYPE_SERVICES.items():
@@ -178,7 +226,7 @@ class XdsServer:
                 f"Stream{suffix}": grpc.stream_stream_rpc_method_handler(
                     self._sotw_handler(allowed), discovery_pb2.DiscoveryRequest.FromString, _identity),
                 f"Delta{suffix}": grpc.stream_stream_rpc_method_handler(
-                    self._delta_handler(allowed), discovery_pb2.DeltaDiscoveryRequest.FromString, _identity),
+                    self._delta_handler(allowed), self.decode_delta, _identity),
                 f"Fetch{suffix}": grpc.unary_unary_rpc_method_handler(
                     self._fetch_handler(type_url), discovery_pb2.DiscoveryRequest.FromString, _identity),
             }
@@ -313,6 +361,8 @@ class XdsServer:
             first = await iterator.__anext__()
         except StopAsyncIteration:
             return
+        if isinstance(first, PlainAck):
+            first = discovery_pb2.DeltaDiscoveryRequest.FromString(first.raw)
         node = first.node
         try:
             (check_delta_request if delta else check_discovery_request)(first)
@@ -380,7 +430,19 @@ class XdsServer:
         # Per-type services (CDS, EDS, ...) imply the type: the spec makes type_url optional there.
         implied = next(iter(allowed)) if len(allowed) == 1 else ""
         check = check_delta_request if delta else check_discovery_request
+        ack = stream.ack if isinstance(stream, DeltaStream) else None
         while True:
+            if req.__class__ is PlainAck:
+                type_url = req.type_url or implied
+                if type_url not in allowed:
+                    _unsupported(type_url, allowed)
+                assert ack is not None
+                ack(type_url, req.nonce)
+                try:
+                    req = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                continue
             try:
                 check(req)
             except RequestLimitError as exc:
@@ -395,9 +457,7 @@ class XdsServer:
                     stream.status.reported = json_format.MessageToDict(req.node.metadata.fields["cilia_agent"])
             type_url = req.type_url or implied
             if type_url not in allowed:
-                known = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in allowed))
-                raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"unsupported type_url {type_url!r} on this stream (served: {known})")
+                _unsupported(type_url, allowed)
             error = error_detail_text(req)
             try:
                 if delta:
@@ -414,6 +474,12 @@ class XdsServer:
                 req = await iterator.__anext__()
             except StopAsyncIteration:
                 return
+
+
+def _unsupported(type_url: str, allowed: frozenset[str]) -> NoReturn:
+    known = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in allowed))
+    raise _StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"unsupported type_url {type_url!r} on this stream (served: {known})")
 
 
 def peer_of(context: grpc.aio.ServicerContext) -> Peer:

@@ -22,7 +22,6 @@ class TypeStatus:
     nacks: int = 0
     acks: int = 0
     sent_time: float = 0.0
-    acked_time: float = 0.0
     resources_sent: int = 0
     # Resources the proxy rejected and still does not hold as sent, each with Envoy's words about it. A
     # Delta proxy is sent only what changed, so a later ACK (of other resources) does not end an earlier

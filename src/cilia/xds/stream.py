@@ -193,6 +193,22 @@ class ResponseMemo:
         return self._prefix(False, version, tuple(resources), type_url)
 
 
+_NONCES: dict[int, tuple[str, bytes]] = {}
+NONCE_MEMO_LIMIT = 4096
+
+
+def nonce_of(seq: int) -> tuple[str, bytes]:
+    """Nonce number `seq` as text and as the response's encoded nonce field. Every stream counts its
+    nonces 1, 2, ... per type, so a fan-out uses the same few: each is made once, not once per stream."""
+    pair = _NONCES.get(seq)
+    if pair is None:
+        if len(_NONCES) >= NONCE_MEMO_LIMIT:
+            _NONCES.clear()
+        text = str(seq)
+        pair = _NONCES[seq] = (text, field_bytes(5, text.encode()))
+    return pair
+
+
 # What a response in flight carried, by nonce: (monotonic sent, change seq, version sent, (names of the
 # resources carried, whether it was the whole set), event set on its ACK or None when nothing waits on it).
 Sent = tuple[float, int, str, tuple[tuple[str, ...], bool], asyncio.Event | None]
@@ -267,14 +283,17 @@ class BaseStream:
             st.sel_view, st.sel_names, st.sel_wildcard = view, st.names, st.wildcard
         return sel
 
-    def _next_nonce(self, st: _TypeState) -> str:
+    def _next_nonce(self, st: _TypeState) -> tuple[str, bytes]:
+        """The type's next nonce, as text and as the encoded field that goes into the response."""
         st.nonce_seq += 1
-        st.last_nonce = f"{st.nonce_seq}"
-        return st.last_nonce
+        pair = nonce_of(st.nonce_seq)
+        st.last_nonce = pair[0]
+        return pair
 
-    def _ack(self, type_url: str, st: _TypeState, nonce: str, version: str, error: str) -> None:
+    def _ack(self, type_url: str, st: _TypeState, nonce: str, sent: Sent | None, version: str, error: str) -> None:
+        """The proxy's ACK (`error` empty) or NACK of the response `sent` with `nonce` (None: not in flight
+        any more), already taken out of `st.in_flight`."""
         ts = st.ts
-        sent = st.in_flight.pop(nonce, None)
         if sent is None:
             sent_at, seq, carried, ev = 0.0, 0, None, None
         else:
@@ -294,7 +313,6 @@ class BaseStream:
                 self.observer.acked(self.status.proxy_id, self.variant, type_url, sent_at, seq, version)
             ts.acks += 1
             ts.version_acked = version
-            ts.acked_time = time.time()
         if ev is not None:
             ev.set()
 
@@ -461,7 +479,7 @@ class SotwStream(BaseStream):
             return
         acked = bool(nonce) and nonce == st.last_nonce
         if acked:
-            self._ack(type_url, st, nonce, version_info, error)
+            self._ack(type_url, st, nonce, st.in_flight.pop(nonce, None), version_info, error)
         new_names = set(names)
         if len(new_names) > self.limits.max_subscriptions:
             raise ValueError(f"{len(new_names)} resource names for {type_url}: over the limit of "
@@ -517,8 +535,8 @@ class SotwStream(BaseStream):
         st.force = False
         st.sent = selected
         st.sent_version = version
-        nonce = self._next_nonce(st)
-        payload = head + field_bytes(5, nonce.encode())
+        nonce, nonce_field = self._next_nonce(st)
+        payload = head + nonce_field
         if self.proxy.role in NOT_FOUND_ROLES and not st.wildcard:
             # Only names the client does not hold: a name that was in the last response and is now left out
             # is a deletion (LDS/CDS), which an error would turn into "keep the cached copy".
@@ -533,8 +551,8 @@ class SotwStream(BaseStream):
         if any(n not in selected for n in st.sent):
             st.sent = selected
             st.sent_version = sel.version
-            nonce = self._next_nonce(st)
-            payload = self.memo.sotw_head(sel, type_url) + field_bytes(5, nonce.encode())
+            nonce, nonce_field = self._next_nonce(st)
+            payload = self.memo.sotw_head(sel, type_url) + nonce_field
             return self._sending(type_url, st, payload, sel.version, len(selected), nonce, (tuple(selected), True))[0]
         return None
 
@@ -561,13 +579,7 @@ class DeltaStream(BaseStream):
                initial_versions: Mapping[str, str], nonce: str, error: str) -> None:
         st = self._state(type_url)
         if nonce:
-            sent = st.in_flight.get(nonce)
-            if sent is not None or nonce == st.last_nonce:
-                # Several responses may be in flight: the ACK is for the version sent with that nonce.
-                version = sent[2] if sent is not None else st.ts.version_sent
-                self._ack(type_url, st, nonce, version, error)
-            else:
-                log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
+            self._answer(type_url, st, nonce, error)
         first = not st.initialized
         # A plain ACK/NACK changes nothing to send (ACK waits use events): no writer pass for it.
         if nonce and not first and not subscribe and not unsubscribe:
@@ -608,6 +620,26 @@ class DeltaStream(BaseStream):
         st.requests += 1
         self.wake.set()
 
+    def ack(self, type_url: str, nonce: str) -> None:
+        """`handle` of a request that carries only `nonce`: the proxy's ACK of one response, which changes
+        no subscription and needs no writer pass (the common request, once per stream per change)."""
+        st = self.types.get(type_url)
+        if st is None or not st.initialized:
+            self.handle(type_url, (), (), EMPTY_KNOWN, nonce, "")
+        else:
+            self._answer(type_url, st, nonce, "")
+
+    def _answer(self, type_url: str, st: _TypeState, nonce: str, error: str) -> None:
+        """The ACK/NACK part of a request: for the response in flight with `nonce`, or the last one sent."""
+        sent = st.in_flight.pop(nonce, None)
+        if sent is not None:
+            # Several responses may be in flight: the ACK is for the version sent with that nonce.
+            self._ack(type_url, st, nonce, sent, sent[2], error)
+        elif nonce == st.last_nonce:
+            self._ack(type_url, st, nonce, None, st.ts.version_sent, error)
+        else:
+            log.info("%s: unknown nonce %s for %s, ACK part ignored", self.proxy, nonce, type_url)
+
     def has_updates(self, type_url: str, st: _TypeState, view: ProxyResources) -> bool:
         if st.force:
             return True
@@ -625,15 +657,15 @@ class DeltaStream(BaseStream):
     def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
         sel = self._select(type_url, st, view)
         tr = self.memo.transition(type_url, st.known, sel, st.names)
-        extra = self._answered(st, sel)
+        extra = self._answered(st, sel) if st.answer else ()
         st.answer = None
         if not tr.updates and not tr.absent and not extra and not st.force:
             self._note_in_sync(st, sel.version)
             return None
         st.force = False
         st.known = tr.after
-        nonce = self._next_nonce(st)
-        payload = tr.head + field_bytes(5, nonce.encode()) + tr.tail
+        nonce, nonce_field = self._next_nonce(st)
+        payload = tr.head + nonce_field + tr.tail
         if extra:
             payload += b"".join(field_bytes(6, n.encode()) for n in extra)
         if tr.absent or extra:
@@ -646,7 +678,7 @@ class DeltaStream(BaseStream):
         if not tr.absent:
             return None
         st.known = tr.after
-        nonce = self._next_nonce(st)
+        nonce, nonce_field = self._next_nonce(st)
         st.ts.forget(tr.absent)
-        return self._sending(type_url, st, tr.head + field_bytes(5, nonce.encode()) + tr.tail, sel.version, 0, nonce,
+        return self._sending(type_url, st, tr.head + nonce_field + tr.tail, sel.version, 0, nonce,
                              tr.carried)[0]
