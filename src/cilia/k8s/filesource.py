@@ -4,31 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import watchfiles
-
 from cilia.diagnostics import Issue
+from cilia.errors import SourceError
+from cilia.k8s.folderwatch import Changes, watch_folders
 from cilia.k8s.manifest import MANIFEST_SUFFIXES, FileResult, expand_paths, parse_file
 from cilia.k8s.store import Store
 
 log = logging.getLogger("cilia.source.file")
+
+# What identifies a file's content without reading it: the file a path leads to (links followed, so a
+# ConfigMap volume's swap of its `..data` link shows), its size and its modification time.
+Fingerprint = tuple[int, int, int, int]
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class FileSource:
     """Loads manifests into the store and keeps them current as files change."""
 
     def __init__(self, paths: Sequence[str], store: Store) -> None:
-        self._roots = [Path(p).resolve() for p in paths]
+        # Absolute, links kept: a file named through a ConfigMap volume's link follows the link's swaps.
+        self._roots = [Path(os.path.abspath(p)) for p in paths]
         self._store = store
-        self._known: set[str] = set()
+        self._loaded: dict[Path, Fingerprint | None] = {}  # every file whose objects the store holds
 
     def load(self) -> None:
         for path in expand_paths(self._roots):
             self._load_file(path)
 
     def _load_file(self, path: Path) -> None:
+        self._loaded[path] = fingerprint(path)
         try:
             result = parse_file(path)
         except Exception as exc:  # a bug must not end the watch (and the server): keep what serves
@@ -36,10 +51,14 @@ class FileSource:
             result = FileResult(str(path), False, (), (
                 Issue("", "", f"not read (internal error: {type(exc).__name__}: {exc}); its previous "
                               "objects stay in use", str(path)),))
-        self._known.add(str(path))
         self._store.replace_source(str(path), result)
         for issue in result.issues:
             log.warning("%s", issue, extra={"object": issue.object})
+
+    def _forget_file(self, path: Path) -> None:
+        if self._loaded.pop(path, False) is not False:
+            log.info("%s removed", path)
+            self._store.forget_source(str(path))
 
     def _wanted(self, path: Path) -> bool:
         if path.suffix not in MANIFEST_SUFFIXES:
@@ -55,18 +74,41 @@ class FileSource:
                 return not any(part.startswith(".") for part in rel.parts)
         return False
 
+    def _current_files(self) -> list[Path]:
+        files: list[Path] = []
+        for root in self._roots:
+            try:
+                files += expand_paths([root])
+            except SourceError:
+                pass  # a root that went away: its files are removed; it is watched for coming back
+        return files
+
+    def rescan(self) -> None:
+        """Bring the store in line with the files as they are now: read each file that is new or whose
+        fingerprint changed, forget each that is gone."""
+        current = self._current_files()
+        for path in current:
+            if path not in self._loaded or self._loaded[path] != fingerprint(path):
+                self._load_file(path)
+        present = set(current)
+        for path in [p for p in self._loaded if p not in present]:
+            self._forget_file(path)
+
+    def apply(self, changes: Changes) -> None:
+        """One batch of file events. Events on manifest files are read as they say; anything else (a
+        folder, a link such as a ConfigMap volume's `..data`, a queue overflow) rescans."""
+        if changes.rescan or not all(self._wanted(p) for p in changes.paths):
+            self.rescan()
+            return
+        for path in sorted(changes.paths):
+            if path.is_file():
+                self._load_file(path)
+            else:
+                self._forget_file(path)
+
     async def watch(self, stop: asyncio.Event | None = None) -> None:
-        """Follow changes until `stop` is set. Watches parent folders so renames are seen."""
-        targets = sorted({str(r if r.is_dir() else r.parent) for r in self._roots})
-        async for changes in watchfiles.awatch(*targets, stop_event=stop, debounce=50, step=20,
-                                               recursive=True, force_polling=False):
-            for path_str in sorted({p for _, p in changes}):
-                path = Path(path_str)
-                if not self._wanted(path):
-                    continue
-                if path.is_file():
-                    self._load_file(path)
-                elif str(path) in self._known:
-                    self._known.discard(str(path))
-                    log.info("%s removed", path)
-                    self._store.forget_source(str(path))
+        """Follow changes until `stop` is set. Watches the parent folder of a file named directly, so an
+        editor's save by rename is seen."""
+        folders = sorted({r if r.is_dir() else r.parent for r in self._roots})
+        async for changes in watch_folders(folders, stop or asyncio.Event()):
+            self.apply(changes)

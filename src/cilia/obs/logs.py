@@ -16,8 +16,6 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # `extra` keys a log call may set; each becomes a JSON field (text: appended as key=value).
 CONTEXT_FIELDS = ("proxy_id", "object")
-# Third-party loggers that report every routine event at INFO (watchfiles: one line per file change).
-CHATTY_LOGGERS = ("watchfiles",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,7 +56,7 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Set the root logger's level and format (replacing earlier handlers) and quiet chatty libraries."""
+    """Set the root logger's level and format (replacing earlier handlers)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -69,9 +67,6 @@ def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | N
     root.addHandler(handler)
     numeric = getattr(logging, level.upper())
     root.setLevel(numeric)
-    for name in CHATTY_LOGGERS:
-        # Their INFO lines ("1 change detected") say nothing cilia does not log itself; debug shows them.
-        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
 
 
 __all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging"]

@@ -1,0 +1,206 @@
+"""Watching manifest folders: Linux inotify read on the event loop itself, so nothing runs (no thread,
+no timer) while nothing changes, and a change is seen as it happens. Where inotify is not to be had
+(another kernel, or the per-user watch limit reached), a stat poll every `POLL_INTERVAL_S` instead.
+
+What comes out is a batch of changed paths, or a request to rescan everything: after a queue overflow,
+a new or moved folder (it may hold files already), or a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import struct
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("cilia.source.file")
+
+QUIET_S = 0.05  # a batch ends once no event came for this long (an editor's several writes are one change)
+MAX_BATCH_S = 1.0  # ... or after this long, so a file rewritten without pause is still read
+POLL_INTERVAL_S = 1.0  # the fallback's stat poll
+MAX_WATCHED_FOLDERS = 10_000  # past this many folders, the poll (each folder holds one kernel watch)
+
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x1000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+              | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name, NUL-padded)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    paths: frozenset[Path]  # files and folders named by events
+    rescan: bool = False  # the events cannot say what changed: compare everything
+
+
+class Inotify:
+    """One inotify instance watching folders (not recursive by itself: each folder is added)."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        init1 = getattr(self._libc, "inotify_init1", None)
+        if init1 is None:
+            raise OSError(errno.ENOSYS, "no inotify on this system")
+        self._add_watch = self._libc.inotify_add_watch
+        self._add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._add_watch.restype = ctypes.c_int
+        fd = init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd = fd
+        self.folders: dict[int, Path] = {}  # watch descriptor -> folder
+
+    def add(self, folder: Path) -> bool:
+        """Watch `folder`; False when it is gone or not a folder (raced with a delete)."""
+        wd = self._add_watch(self.fd, os.fsencode(folder), WATCH_MASK)
+        if wd < 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                return False
+            raise OSError(err, f"inotify_add_watch {folder}: {os.strerror(err)}")
+        self.folders[wd] = folder
+        return True
+
+    def add_tree(self, root: Path) -> None:
+        """Watch `root` and every real folder below it (links to folders are not followed: a ConfigMap
+        volume's `..data` link points at a folder that is watched as itself)."""
+        if not self.add(root):
+            return
+        for top, dirs, _ in os.walk(root, followlinks=False):
+            for d in dirs:
+                if len(self.folders) >= MAX_WATCHED_FOLDERS:
+                    raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_FOLDERS} folders to watch")
+                self.add(Path(top) / d)
+
+    def read(self) -> tuple[set[Path], bool]:
+        """Drain the pending events: (paths they name, whether a rescan is needed)."""
+        paths: set[Path] = set()
+        rescan = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return paths, rescan
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
+                offset += _EVENT.size + length
+                if mask & IN_Q_OVERFLOW:
+                    rescan = True
+                    continue
+                folder = self.folders.get(wd)
+                if mask & IN_IGNORED:
+                    self.folders.pop(wd, None)
+                    continue
+                if folder is None:
+                    continue
+                path = folder / os.fsdecode(name) if name else folder
+                paths.add(path)
+                if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                    self.add_tree(path)  # files may be in it already: only a rescan finds them
+                    rescan = True
+                elif mask & (IN_DELETE_SELF | IN_MOVE_SELF) or (mask & IN_ISDIR and mask & IN_MOVED_FROM):
+                    rescan = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def watch_folders(folders: Sequence[Path], stop: asyncio.Event) -> AsyncIterator[Changes]:
+    """Batches of changes under `folders` (recursively) until `stop` is set."""
+    notify: Inotify | None = None
+    try:
+        notify = Inotify()
+        for folder in folders:
+            notify.add_tree(folder)
+        async for changes in _notified(notify, folders, stop):
+            yield changes
+    except OSError as exc:
+        log.warning("watching %s by polling every %.1fs: %s", ", ".join(map(str, folders)), POLL_INTERVAL_S,
+                    exc.strerror or exc)
+        if notify is not None:
+            notify.close()
+            notify = None
+            yield Changes(frozenset(), rescan=True)  # what inotify may have missed while it failed
+        async for changes in _poll(stop):
+            yield changes
+    finally:
+        if notify is not None:
+            notify.close()
+
+
+async def _poll(stop: asyncio.Event) -> AsyncIterator[Changes]:
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
+            return
+        except TimeoutError:
+            yield Changes(frozenset(), rescan=True)
+
+
+async def _notified(notify: Inotify, folders: Sequence[Path], stop: asyncio.Event) -> AsyncIterator[Changes]:
+    """inotify batches. A watched root that went away is looked for every POLL_INTERVAL_S until it is back
+    (nothing above it is watched), then watched again."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(notify.fd, ready.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    missing = [f for f in folders if f not in notify.folders.values()]
+    try:
+        while True:
+            readable = asyncio.ensure_future(ready.wait())
+            await asyncio.wait({readable, stopped}, timeout=POLL_INTERVAL_S if missing else None,
+                               return_when=asyncio.FIRST_COMPLETED)
+            readable.cancel()
+            if stop.is_set():
+                return
+            paths: set[Path] = set()
+            rescan = False
+            end = loop.time() + MAX_BATCH_S
+            while True:
+                ready.clear()
+                more, again = notify.read()
+                paths |= more
+                rescan = rescan or again
+                quiet = min(QUIET_S, end - loop.time())
+                if quiet <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(ready.wait(), quiet)
+                except TimeoutError:
+                    break
+            watched = set(notify.folders.values())
+            for folder in folders:
+                if folder not in watched:
+                    if folder.is_dir():
+                        notify.add_tree(folder)  # back (or raced with its creation)
+                        rescan = True
+                elif rescan:
+                    notify.add_tree(folder)  # folders created under it while the queue overflowed
+            missing = [f for f in folders if f not in set(notify.folders.values())]
+            if paths or rescan:
+                yield Changes(frozenset(paths), rescan)
+    finally:
+        stopped.cancel()
+        loop.remove_reader(notify.fd)

@@ -1,0 +1,161 @@
+"""The manifest folder watch: real files on a real inotify (and the stat poll it falls back to), as
+editors, `kubectl cp` and Kubernetes ConfigMap volumes change them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from cilia.k8s import folderwatch
+from cilia.k8s.filesource import FileSource
+from cilia.k8s.store import Store
+from support.manifests import service
+
+WITHIN_S = 5.0
+
+
+def vip_of(store: Store, name: str) -> str | None:
+    obj = store.get("Service", "default", name)
+    return None if obj is None else str(obj.raw["spec"]["clusterIP"])
+
+
+@asynccontextmanager
+async def watching(paths: list[Path]) -> AsyncIterator[Store]:
+    store = Store()
+    source = FileSource([str(p) for p in paths], store)
+    source.load()
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.watch(stop))
+    await asyncio.sleep(0.05)  # the watches are in place
+    try:
+        yield store
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def until(pred: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WITHIN_S
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {WITHIN_S}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def configmap_volume(root: Path, generation: str, files: dict[str, str]) -> None:
+    """What the kubelet does to a ConfigMap volume: a new timestamped folder, `..data` swapped to it by
+    a rename, each file a link through `..data`, the old folder removed."""
+    data = root / f"..{generation}"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(data.name)
+    old = os.readlink(root / "..data") if (root / "..data").is_symlink() else None
+    os.rename(tmp, root / "..data")
+    for name in files:
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(f"..data/{name}")
+    if old:
+        for f in (root / old).iterdir():
+            f.unlink()
+        (root / old).rmdir()
+
+
+@pytest.fixture(params=["inotify", "poll"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "poll":
+        def no_inotify() -> None:
+            raise OSError(38, "no inotify here (test)")
+        monkeypatch.setattr(folderwatch.Inotify, "__init__", lambda self: no_inotify())
+        monkeypatch.setattr(folderwatch, "POLL_INTERVAL_S", 0.1)
+    return str(request.param)
+
+
+async def test_edits_creations_and_deletions_are_followed(tmp_path: Path, mode: str) -> None:
+    write(tmp_path / "a.yaml", service("a", vip="10.0.0.1"))
+    async with watching([tmp_path]) as store:
+        write(tmp_path / "a.yaml", service("a", vip="10.0.0.2"))
+        await until(lambda: vip_of(store, "a") == "10.0.0.2", "an edit in place")
+        write(tmp_path / "sub" / "deeper" / "b.yaml", service("b", vip="10.0.0.3"))
+        await until(lambda: vip_of(store, "b") == "10.0.0.3", "a file in a new folder, written at once")
+        write(tmp_path / "sub" / "deeper" / "b.yaml", service("b", vip="10.0.0.4"))
+        await until(lambda: vip_of(store, "b") == "10.0.0.4", "an edit in a folder created while watching")
+        (tmp_path / "a.yaml").unlink()
+        await until(lambda: vip_of(store, "a") is None, "a deleted file's objects removed")
+        # An editor's save: write a hidden temporary, rename it over the file.
+        write(tmp_path / ".c.yaml.tmp", service("c", vip="10.0.0.5"))
+        os.rename(tmp_path / ".c.yaml.tmp", tmp_path / "c.yaml")
+        await until(lambda: vip_of(store, "c") == "10.0.0.5", "a file renamed into place")
+        write(tmp_path / ".hidden" / "d.yaml", service("d", vip="10.0.0.6"))
+        write(tmp_path / "notes.txt", service("e", vip="10.0.0.7"))
+        write(tmp_path / "c.yaml", service("c", vip="10.0.0.8"))
+        await until(lambda: vip_of(store, "c") == "10.0.0.8", "the next edit")
+        assert vip_of(store, "d") is None and vip_of(store, "e") is None  # hidden folders, other suffixes
+
+
+async def test_a_configmap_volume_update_is_followed(tmp_path: Path, mode: str) -> None:
+    configmap_volume(tmp_path, "2026_12_06_01", {"app.yaml": service("app", vip="10.1.0.1")})
+    async with watching([tmp_path]) as store:
+        assert vip_of(store, "app") == "10.1.0.1"
+        configmap_volume(tmp_path, "2026_12_06_02", {"app.yaml": service("app", vip="10.1.0.2")})
+        await until(lambda: vip_of(store, "app") == "10.1.0.2", "the swapped ..data link")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("..2026")] == ["..2026_12_06_02"]
+
+
+async def test_a_file_named_through_a_configmap_link_follows_the_swap(tmp_path: Path, mode: str) -> None:
+    configmap_volume(tmp_path, "g1", {"app.yaml": service("app", vip="10.2.0.1")})
+    async with watching([tmp_path / "app.yaml"]) as store:
+        assert vip_of(store, "app") == "10.2.0.1"
+        configmap_volume(tmp_path, "g2", {"app.yaml": service("app", vip="10.2.0.2")})
+        await until(lambda: vip_of(store, "app") == "10.2.0.2", "the file behind the link")
+
+
+async def test_a_removed_folder_is_watched_again_when_it_comes_back(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "manifests"
+    write(root / "a.yaml", service("a", vip="10.3.0.1"))
+    async with watching([root]) as store:
+        (root / "a.yaml").unlink()
+        root.rmdir()
+        await until(lambda: vip_of(store, "a") is None, "the folder's objects removed with it")
+        write(root / "a.yaml", service("a", vip="10.3.0.2"))
+        await until(lambda: vip_of(store, "a") == "10.3.0.2", "the folder created again")
+        write(root / "a.yaml", service("a", vip="10.3.0.3"))
+        await until(lambda: vip_of(store, "a") == "10.3.0.3", "an edit in the new folder")
+
+
+async def test_inotify_watching_runs_no_thread_and_no_timer(tmp_path: Path) -> None:
+    """Nothing runs while nothing changes: no helper thread, and the event loop has no timer of ours."""
+    write(tmp_path / "a.yaml", service("a", vip="10.4.0.1"))
+    threads = threading.active_count()
+    async with watching([tmp_path]) as store:
+        await asyncio.sleep(0.1)
+        assert threading.active_count() == threads
+        loop = asyncio.get_running_loop()
+        timers = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()]
+        assert timers == [], timers
+        write(tmp_path / "a.yaml", service("a", vip="10.4.0.2"))
+        await until(lambda: vip_of(store, "a") == "10.4.0.2", "an edit")
+
+
+async def test_a_queue_overflow_rescans(tmp_path: Path) -> None:
+    """An overflowed event queue says nothing of what changed: everything is compared again."""
+    write(tmp_path / "a.yaml", service("a", vip="10.5.0.1"))
+    store = Store()
+    source = FileSource([str(tmp_path)], store)
+    source.load()
+    write(tmp_path / "a.yaml", service("a", vip="10.5.0.22"))  # the size differs: a new fingerprint
+    source.apply(folderwatch.Changes(frozenset(), rescan=True))
+    assert vip_of(store, "a") == "10.5.0.22"
