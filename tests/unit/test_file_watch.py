@@ -159,3 +159,34 @@ async def test_a_queue_overflow_rescans(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", service("a", vip="10.5.0.22"))  # the size differs: a new fingerprint
     source.apply(folderwatch.Changes(frozenset(), rescan=True))
     assert vip_of(store, "a") == "10.5.0.22"
+
+
+async def test_a_settled_change_is_not_held_back_and_a_file_being_written_is_read_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename into place is read at once (the server's debounce is the only wait); a file still open for
+    writing is read once its writer is quiet, not half-written."""
+    monkeypatch.setattr(folderwatch, "QUIET_S", 1.0)
+    reads: list[str] = []
+    real_load = FileSource._load_file
+
+    def counting_load(self: FileSource, path: Path) -> None:
+        reads.append(path.name)
+        real_load(self, path)
+
+    monkeypatch.setattr(FileSource, "_load_file", counting_load)
+    async with watching([tmp_path]) as store:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        write(tmp_path / ".a.yaml.tmp", service("a", vip="10.6.0.1"))
+        os.replace(tmp_path / ".a.yaml.tmp", tmp_path / "a.yaml")
+        await until(lambda: vip_of(store, "a") == "10.6.0.1", "a file renamed into place")
+        assert loop.time() - start < folderwatch.QUIET_S / 2
+        text = service("b", vip="10.6.0.2")
+        with open(tmp_path / "b.yaml", "w") as f:
+            f.write(text[:len(text) // 2])
+            f.flush()
+            await asyncio.sleep(0.3)
+            f.write(text[len(text) // 2:])
+        await until(lambda: vip_of(store, "b") == "10.6.0.2", "the file once closed")
+        assert reads.count("b.yaml") == 1, reads
+        assert not [i for i in store.issues() if "b.yaml" in i.location]

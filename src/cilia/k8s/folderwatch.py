@@ -19,8 +19,12 @@ from pathlib import Path
 
 log = logging.getLogger("cilia.source.file")
 
-QUIET_S = 0.05  # a batch ends once no event came for this long (an editor's several writes are one change)
-MAX_BATCH_S = 1.0  # ... or after this long, so a file rewritten without pause is still read
+# A batch ends as soon as every path in it has settled (its last event a close after writing, a rename, a
+# delete): no delay of our own on top of the server's debounce. A file still being written (created or
+# modified, not closed) waits until no event came for QUIET_S, so its writer's several writes are read
+# once, not half-written; but never longer than MAX_BATCH_S, so a file kept open and written is still read.
+QUIET_S = 0.05
+MAX_BATCH_S = 1.0
 POLL_INTERVAL_S = 1.0  # the fallback's stat poll
 MAX_WATCHED_FOLDERS = 10_000  # past this many folders, the poll (each folder holds one kernel watch)
 
@@ -90,15 +94,15 @@ class Inotify:
                     raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_FOLDERS} folders to watch")
                 self.add(Path(top) / d)
 
-    def read(self) -> tuple[set[Path], bool]:
-        """Drain the pending events: (paths they name, whether a rescan is needed)."""
-        paths: set[Path] = set()
+    def read(self, paths: dict[Path, bool]) -> bool:
+        """Drain the pending events into `paths` (path -> whether its last event leaves it settled); returns
+        whether a rescan is needed."""
         rescan = False
         while True:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return paths, rescan
+                return rescan
             offset = 0
             while offset + _EVENT.size <= len(data):
                 wd, mask, _, length = _EVENT.unpack_from(data, offset)
@@ -114,7 +118,9 @@ class Inotify:
                 if folder is None:
                     continue
                 path = folder / os.fsdecode(name) if name else folder
-                paths.add(path)
+                # Settled unless a file was just created or written (a link is made whole at once).
+                paths[path] = (not mask & (IN_CREATE | IN_MODIFY) or bool(mask & IN_ISDIR)
+                               or (bool(mask & IN_CREATE) and path.is_symlink()))
                 if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
                     self.add_tree(path)  # files may be in it already: only a rescan finds them
                     rescan = True
@@ -175,14 +181,14 @@ async def _notified(notify: Inotify, folders: Sequence[Path], stop: asyncio.Even
             readable.cancel()
             if stop.is_set():
                 return
-            paths: set[Path] = set()
+            paths: dict[Path, bool] = {}
             rescan = False
             end = loop.time() + MAX_BATCH_S
             while True:
                 ready.clear()
-                more, again = notify.read()
-                paths |= more
-                rescan = rescan or again
+                rescan = notify.read(paths) or rescan
+                if all(paths.values()):
+                    break
                 quiet = min(QUIET_S, end - loop.time())
                 if quiet <= 0:
                     break
