@@ -182,7 +182,7 @@ async def test_a_settled_change_is_not_held_back_and_a_file_being_written_is_rea
         await until(lambda: vip_of(store, "a") == "10.6.0.1", "a file renamed into place")
         assert loop.time() - start < folderwatch.QUIET_S / 2
         text = service("b", vip="10.6.0.2")
-        with open(tmp_path / "b.yaml", "w") as f:
+        with open(tmp_path / "b.yaml", "w") as f:  # noqa: ASYNC230 (the test is the slow writer)
             f.write(text[:len(text) // 2])
             f.flush()
             await asyncio.sleep(0.3)
