@@ -371,6 +371,35 @@ async def test_delta_streams_share_state_until_one_diverges(h: Harness) -> None:
         c.cancel()
 
 
+async def test_delta_removal_worked_out_once_for_streams_in_the_same_state(h: Harness) -> None:
+    calls = [Call(h.ads(h.channel()).DeltaAggregatedResources()) for _ in range(3)]
+    for i, call in enumerate(calls):
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node(f"node~r{i}"), type_url=ENDPOINT,
+                                                             resource_names_subscribe=["c1", "c2"]))
+        r = await read(call)
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, response_nonce=r.nonce))
+    await asyncio.sleep(0.1)
+    streams = [h.server.streams[f"node~r{i}"][0] for i in range(3)]
+    # The third unsubscribes from c2 and so holds another state; the world then loses c2.
+    await calls[2].write(discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, resource_names_unsubscribe=["c2"]))
+    await asyncio.sleep(0.1)
+    h.cache.set_world(world(endpoints={"c1": 1111}, gen=2))
+    # Updates first, removals last (make before break): two responses for those that held c2.
+    out = [(await read(c), await read(c)) for c in calls[:2]]
+    shape = [[(list(r.removed_resources), [x.name for x in r.resources]) for r in pair] for pair in out]
+    assert shape == [[([], ["c1"]), (["c2"], [])]] * 2
+    third = await read(calls[2])
+    assert [x.name for x in third.resources] == ["c1"] and not third.removed_resources
+    assert await no_message(calls[2])
+    updates = [s.types[ENDPOINT].last_tr for s in streams]
+    assert updates[0] is updates[1] is not None and updates[0].removal is not None
+    assert updates[0].removal.absent == ("c2",)
+    assert updates[2] is not updates[0] and (updates[2].removal is None or not updates[2].removal.absent)
+    assert [dict(s.types[ENDPOINT].known).get("c2") for s in streams] == ["", "", None]
+    for c in calls:
+        c.cancel()
+
+
 def test_config_cache_reselects_bundles_only_when_scopes_change() -> None:
     from cilia.identity import ProxyId
     from cilia.ir import model as ir
@@ -389,3 +418,29 @@ def test_config_cache_reselects_bundles_only_when_scopes_change() -> None:
     assert set(cache.resources_for(n1).of(CLUSTER)) == {"b"} and not cache.resources_for(n2).of(CLUSTER)
     cache.set_world(scoped(frozenset({"n2"}), "b"))  # the scope moved: selected again
     assert not cache.resources_for(n1).of(CLUSTER) and set(cache.resources_for(n2).of(CLUSTER)) == {"b"}
+
+
+def test_a_streams_viewer_follows_the_world_and_keeps_its_view_while_it_stays() -> None:
+    from cilia.identity import ProxyId
+    from cilia.ir import model as ir
+    from cilia.render.world import render_world
+    from cilia.xds.cache import ConfigCache
+
+    def with_cluster(cluster: str) -> Any:
+        return render_world(ir.MeshIR((ir.Bundle("b", ir.ProxyScope(frozenset({"node"})),
+                                                 clusters=(ir.Cluster(cluster),)),)))
+
+    cache = ConfigCache()
+    n1 = ProxyId.parse("node~n1")
+    view = cache.viewer(n1)
+    cache.set_world(with_cluster("a"))
+    first = view(n1)
+    assert set(first.of(CLUSTER)) == {"a"}
+    calls = []
+    real = cache.resources_for
+    cache.resources_for = lambda p: calls.append(p) or real(p)  # type: ignore[method-assign]
+    assert view(n1) is first and calls == []  # the same world: no look-up at all
+    cache.set_world(with_cluster("b"))
+    assert set(view(n1).of(CLUSTER)) == {"b"} and calls == [n1]
+    other = ProxyId.parse("node~n2")
+    assert set(view(other).of(CLUSTER)) == {"b"} and calls == [n1, other]  # another proxy is looked up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import MappingProxyType
 
 from cilia.identity import ProxyId
@@ -45,6 +46,22 @@ class ConfigCache:
                 self._keys.clear()
             keys = self._keys[proxy] = self._world.keys_for(proxy)
         return self._world.view_of(keys)
+
+    def viewer(self, proxy: ProxyId) -> Callable[[ProxyId], ProxyResources]:
+        """`resources_for`, for one stream: its proxy's view is kept with the world it came from, so each
+        pass of a stream's writer costs an identity check while the world is the same (no ProxyId hash)."""
+        seen: list[RenderedWorld | ProxyResources | None] = [None, None]  # world, its view for `proxy`
+
+        def view(asked: ProxyId) -> ProxyResources:
+            world = self._world
+            if seen[0] is world and asked is proxy:
+                return seen[1]  # type: ignore[return-value]
+            resources = self.resources_for(asked)
+            if asked is proxy:
+                seen[0], seen[1] = world, resources
+            return resources
+
+        return view
 
     def register(self, waker: asyncio.Event) -> None:
         self._wakers.add(waker)

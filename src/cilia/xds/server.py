@@ -394,7 +394,7 @@ class XdsServer:
             return context_write(payload)  # type: ignore[no-any-return]
 
         cls = DeltaStream if delta else SotwStream
-        stream: BaseStream = cls(proxy, self.cache.resources_for, pstatus, write, allowed, self.limits.stream,
+        stream: BaseStream = cls(proxy, self.cache.viewer(proxy), pstatus, write, allowed, self.limits.stream,
                                  self.observer, self.memo)
         waker = stream.wake
         self.cache.register(waker)

@@ -71,12 +71,17 @@ class Transition:
     `sel`: what to send and what it holds afterwards. Streams in the same state share one transition, so
     the diff and the response body are computed once per distinct state, not once per stream."""
 
-    __slots__ = ("absent", "after", "carried", "head", "known", "sel", "tail", "updates")
+    __slots__ = ("absent", "after", "carried", "head", "known", "names", "removal", "sel", "tail", "updates")
 
-    def __init__(self, known: Mapping[str, str], sel: Selection, updates: tuple[Resource, ...],
-                 absent: tuple[str, ...], after: Mapping[str, str], head: bytes, tail: bytes) -> None:
+    def __init__(self, known: Mapping[str, str], sel: Selection, names: frozenset[str],
+                 updates: tuple[Resource, ...], absent: tuple[str, ...], after: Mapping[str, str], head: bytes,
+                 tail: bytes) -> None:
         self.known = known  # held, so the id() in the memo key stays this object's
         self.sel = sel
+        self.names = names
+        # The removals transition from `after` to `sel` (the same pass's second step), found once for all
+        # the streams that share this transition.
+        self.removal: Transition | None = None
         self.updates = updates
         self.absent = absent
         self.after = after
@@ -132,8 +137,8 @@ class ResponseMemo:
                 after[r.name] = r.version
             for n in absent:
                 after[n] = ""
-            tr = self._new_transition(key, known, sel, updates, absent, after if (updates or absent) else known,
-                                      type_url)
+            tr = self._new_transition(key, known, sel, names, updates, absent,
+                                      after if (updates or absent) else known, type_url)
         return tr
 
     def removals(self, type_url: str, known: Mapping[str, str], sel: Selection,
@@ -145,16 +150,23 @@ class ResponseMemo:
             desired = sel.resources
             gone = tuple(n for n, v in known.items() if v and n not in desired)
             after = {n: ("" if n in gone else v) for n, v in known.items() if n in names or n not in gone}
-            tr = self._new_transition(key, known, sel, (), gone, after if gone else known, type_url)
+            tr = self._new_transition(key, known, sel, names, (), gone, after if gone else known, type_url)
+        return tr
+
+    def removals_after(self, type_url: str, update: Transition) -> Transition:
+        """`removals` from the state `update` leaves, kept on `update` for every stream that took it."""
+        tr = update.removal
+        if tr is None:
+            tr = update.removal = self.removals(type_url, update.after, update.sel, update.names)
         return tr
 
     def _new_transition(self, key: tuple[object, ...], known: Mapping[str, str], sel: Selection,
-                        updates: tuple[Resource, ...], absent: tuple[str, ...], after: Mapping[str, str],
-                        type_url: str) -> Transition:
+                        names: frozenset[str], updates: tuple[Resource, ...], absent: tuple[str, ...],
+                        after: Mapping[str, str], type_url: str) -> Transition:
         head = b"".join([field_bytes(1, sel.version.encode()), *(field_bytes(2, r.delta_bytes) for r in updates),
                          field_bytes(4, type_url.encode())])
         tail = b"".join(field_bytes(6, n.encode()) for n in absent)
-        tr = Transition(known, sel, updates, absent, after, head, tail)
+        tr = Transition(known, sel, names, updates, absent, after, head, tail)
         if len(self._transitions) >= self.limit:
             self._transitions.clear()
         self._transitions[key] = tr
@@ -245,6 +257,7 @@ class _TypeState:
     sel_view: ProxyResources | None = None
     sel_names: frozenset[str] = frozenset()
     sel_wildcard: bool = False
+    last_tr: Transition | None = None  # Delta: the update transition of the last pass (see removals_after)
 
 
 class BaseStream:
@@ -656,7 +669,7 @@ class DeltaStream(BaseStream):
 
     def next_update(self, type_url: str, st: _TypeState, view: ProxyResources) -> Out | None:
         sel = self._select(type_url, st, view)
-        tr = self.memo.transition(type_url, st.known, sel, st.names)
+        tr = st.last_tr = self.memo.transition(type_url, st.known, sel, st.names)
         extra = self._answered(st, sel) if st.answer else ()
         st.answer = None
         if not tr.updates and not tr.absent and not extra and not st.force:
@@ -674,7 +687,12 @@ class DeltaStream(BaseStream):
 
     def next_removal(self, type_url: str, st: _TypeState, view: ProxyResources) -> bytes | None:
         sel = self._select(type_url, st, view)
-        tr = self.memo.removals(type_url, st.known, sel, st.names)
+        update = st.last_tr
+        if (update is not None and update.after is st.known and update.sel is sel
+                and (update.names is st.names or update.names == st.names)):
+            tr = self.memo.removals_after(type_url, update)
+        else:
+            tr = self.memo.removals(type_url, st.known, sel, st.names)
         if not tr.absent:
             return None
         st.known = tr.after
