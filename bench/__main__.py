@@ -15,8 +15,8 @@ from typing import Any
 from bench.common import machine, table, write_result
 
 XDS_HEADER = ["server", "xDS", "clients", "held", "connect s", "RSS MB", "CPU ms/change", "ack p50 ms",
-              "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all ms", "cilia/floor p99",
-              "cilia/gcp p99", "cilia/gcp CPU", "missed"]
+              "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all p50 ms",
+              "trigger->all p99 ms", "cilia/floor p99", "cilia/floor CPU", "cilia/gcp p99", "cilia/gcp CPU", "missed"]
 
 
 def _cpu_per_change(r: dict[str, Any]) -> float:
@@ -35,7 +35,9 @@ def xds_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
         rows.append([r["server"], r["variant"], r["clients"], r["held"], r["connect_all_s"], r["rss_connected_mb"],
                      _cpu_per_change(r), r["client_ack_p50_ms"], r["client_ack_p99_ms"], r["all_acked_p50_ms"],
                      r["all_acked_max_ms"], r["trigger_to_all_acked_p50_ms"],
+                     r.get("trigger_to_all_acked_p99_ms", nan),
                      r["client_ack_p99_ms"] / f["client_ack_p99_ms"] if (f and mine) else nan,
+                     _cpu_per_change(r) / max(1e-9, _cpu_per_change(f)) if (f and mine) else nan,
                      r["client_ack_p99_ms"] / g["client_ack_p99_ms"] if (g and mine) else nan,
                      _cpu_per_change(r) / max(1e-9, _cpu_per_change(g)) if (g and mine) else nan,
                      r.get("missed_receipts", 0)])

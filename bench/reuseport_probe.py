@@ -84,9 +84,9 @@ def run_layout(cpus: list[int], clients: int, changes: int, client_cpu: int) -> 
                 "rss_mb": sum(rss_mb(p.pid) for p, _ in procs)}
     finally:
         stop_workers(workers)
-        for p, _ in procs:
-            p.terminate()
-            p.wait(15)
+        for server, _ in procs:
+            server.terminate()
+            server.wait(15)
 
 
 def main(argv: list[str] | None = None) -> int:

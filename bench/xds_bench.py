@@ -252,6 +252,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         out["all_acked_p50_ms"] = percentile(all_acked, 50) * 1000
         out["all_acked_max_ms"] = max(all_acked, default=float("nan")) * 1000
         out["trigger_to_all_acked_p50_ms"] = percentile(e2e, 50) * 1000
+        out["trigger_to_all_acked_p99_ms"] = percentile(e2e, 99) * 1000
         if case.server == "cilia":
             t = time.monotonic()
             text = server.metrics()
