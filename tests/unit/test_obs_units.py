@@ -3,6 +3,7 @@ telemetry options, status views."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -64,6 +65,17 @@ def test_per_batch_metrics_and_views() -> None:
     assert got['cilia_snapshot_resources{type="clusters"}'] == 4
     assert got['cilia_snapshot_bytes{type="clusters"}'] == 1234
     assert got['cilia_config_issues{severity="error"}'] == 1
+
+
+def test_collector_metrics_count_and_time_full_collections() -> None:
+    m = Metrics()
+    before = parse_prometheus(m.prometheus_text())
+    gc.collect()  # a full collection: generation 2
+    got = parse_prometheus(m.prometheus_text())
+    full = '{generation="2"}'
+    assert got["cilia_gc_collections_total" + full] >= before["cilia_gc_collections_total" + full] + 1
+    assert got["cilia_gc_pause_seconds_total" + full] > before["cilia_gc_pause_seconds_total" + full]
+    assert {f'cilia_gc_collections_total{{generation="{g}"}}' for g in range(3)} <= set(got)
 
 
 def test_string_and_node_matchers() -> None:
