@@ -20,7 +20,7 @@ import grpc
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from cilia.app import GC_THRESHOLDS
+from cilia.app import GC_THRESHOLDS, scale_collector
 from cilia.render.resources import Resource, delta_response, sotw_response
 
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -129,17 +129,19 @@ async def main(port: int, route_name: str, control_port: int = 0) -> None:
     if control_port:
         server.add_insecure_port(f"127.0.0.1:{control_port}")
     await server.start()
-    # The same collector settings as `cilia serve` (cilia.app.serve), so the comparison is of the work
-    # per stream, not of runtime settings.
+    # The same collector settings as `cilia serve` (cilia.app.serve: thresholds scaled with the streams
+    # held), so the comparison is of the work per stream, not of runtime settings.
     gc.set_threshold(*GC_THRESHOLDS)
     gc.collect()
     gc.freeze()
+    collector = asyncio.create_task(scale_collector(lambda: len(floor.wakers)))
     print(f"ready {bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    collector.cancel()
     await server.stop(0.2)
 
 

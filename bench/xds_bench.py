@@ -209,6 +209,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         out["rss_idle_mb"] = rss_idle
         out["rss_connected_mb"] = rss_mb(server.proc.pid)
         stream_errors: list[str] = []
+        gc0 = _collector(server.metrics()) if case.server == "cilia" else {}
         cpu0 = cpu_seconds(server.proc.pid)
         spy = None
         if profile is not None:
@@ -258,9 +259,25 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
             text = server.metrics()
             out["metrics_scrape_ms"] = (time.monotonic() - t) * 1000
             out["metrics_lines"] = len(text.splitlines())
+            # The cyclic collector over the change phase (it pauses every stream), per change.
+            gc1 = _collector(text)
+            for key, value in gc1.items():
+                out[f"{key}_per_change"] = (value - gc0.get(key, 0.0)) / max(1, case.changes)
     finally:
         stop_workers(workers)
         server.stop()
+    return out
+
+
+def _collector(metrics_text: str) -> dict[str, float]:
+    """gc_collections_genN and gc_pause_ms_genN from cilia's /metrics."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        for metric, key, scale in (("cilia_gc_collections_total", "gc_collections", 1.0),
+                                   ("cilia_gc_pause_seconds_total", "gc_pause_ms", 1000.0)):
+            if line.startswith(metric + '{generation="'):
+                gen = line.split('"', 2)[1]
+                out[f"{key}_gen{gen}"] = float(line.rsplit(" ", 1)[1]) * scale
     return out
 
 

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -613,6 +613,31 @@ class _Stopped(Exception):
 
 
 GC_THRESHOLDS = (10_000, 10, 10)
+# Young objects a stream holds while a change fans out (its write in flight: grpc's coroutine, future and
+# callbacks). The young threshold grows with the streams held, so a change crosses it about once: at 10,000
+# streams a fixed 10,000 made ten young collections per change that only promoted live writes, and those
+# promotions brought on middle and full collections over every stream's state (376 ms of collector time
+# per change, 33 ms with the threshold scaled; bench/README.md).
+GC_YOUNG_PER_STREAM = 12
+GC_RESCALE_INTERVAL_S = 2.0
+
+
+def collector_thresholds(streams: int) -> tuple[int, int, int]:
+    """The collector's thresholds for a process holding `streams` xDS streams."""
+    young, middle, old = GC_THRESHOLDS
+    return (max(young, GC_YOUNG_PER_STREAM * streams), middle, old)
+
+
+async def scale_collector(stream_count: Callable[[], int], interval_s: float = GC_RESCALE_INTERVAL_S) -> None:
+    """Keep the collector's thresholds at `collector_thresholds` of the streams held (checked every
+    `interval_s`; a connect storm is met within that)."""
+    current = gc.get_threshold()
+    while True:
+        wanted = collector_thresholds(stream_count())
+        if wanted != current:
+            gc.set_threshold(*wanted)
+            current = wanted
+        await asyncio.sleep(interval_s)
 
 
 @contextlib.contextmanager
@@ -632,8 +657,9 @@ def collector_paused() -> Iterator[None]:
 async def serve(opts: ServeOptions) -> int:
     """The `cilia serve` process. It owns the process, so it also tunes the garbage collector: everything
     loaded at start (protobuf modules, the first snapshot) is frozen out of collections, and young
-    collections run less often, since a full collection over thousands of streams' objects pauses the
-    loop for ~200 ms at 2,000 proxies (see bench/README.md)."""
+    collections run less often, the more so the more streams are held (`collector_thresholds`), since a
+    full collection over thousands of streams' objects pauses the loop for ~200 ms at 2,000 proxies and
+    ~600 ms at 10,000 (see bench/README.md)."""
     malloc = _tune_malloc()
     _raise_fd_limit()
     cp = ControlPlane(opts)
@@ -657,9 +683,11 @@ async def serve(opts: ServeOptions) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(freeze_when_started())
+        collector = tg.create_task(scale_collector(lambda: cp.cache.stream_count))
         trim = tg.create_task(trim_memory())
         await cp.run(started)
         trim.cancel()
+        collector.cancel()
     return 0
 
 
