@@ -190,3 +190,30 @@ async def test_a_settled_change_is_not_held_back_and_a_file_being_written_is_rea
         await until(lambda: vip_of(store, "b") == "10.6.0.2", "the file once closed")
         assert reads.count("b.yaml") == 1, reads
         assert not [i for i in store.issues() if "b.yaml" in i.location]
+
+
+async def test_a_file_named_directly_watches_its_folder_alone(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-f ./app.yaml` in a big folder must not put a watch on every folder below it."""
+    watched: list[Path] = []
+    real_add = folderwatch.Inotify.add
+
+    def recording_add(self: folderwatch.Inotify, folder: Path, tree: bool) -> bool:
+        watched.append(folder)
+        return real_add(self, folder, tree)
+
+    monkeypatch.setattr(folderwatch.Inotify, "add", recording_add)
+    for sub in ("a/b/c", "d/e"):
+        (tmp_path / "big" / sub).mkdir(parents=True)
+    write(tmp_path / "big" / "app.yaml", service("app", vip="10.7.0.1"))
+    write(tmp_path / "tree" / "x" / "svc.yaml", service("x", vip="10.7.0.2"))
+    async with watching([tmp_path / "big" / "app.yaml", tmp_path / "tree"]) as store:
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in watched) == ["big", "tree", "tree/x"]
+        (tmp_path / "big" / "new").mkdir()  # next to a named file: not watched
+        write(tmp_path / "tree" / "y" / "svc.yaml", service("y", vip="10.7.0.3"))  # in a named folder: watched
+        await until(lambda: vip_of(store, "y") == "10.7.0.3", "a file in a new folder of a named folder")
+        write(tmp_path / "big" / ".app.yaml.tmp", service("app", vip="10.7.0.4"))
+        os.replace(tmp_path / "big" / ".app.yaml.tmp", tmp_path / "big" / "app.yaml")
+        await until(lambda: vip_of(store, "app") == "10.7.0.4", "the named file saved by rename")
+        assert "big/new" not in [p.relative_to(tmp_path).as_posix() for p in watched]
+        assert "tree/y" in [p.relative_to(tmp_path).as_posix() for p in watched]

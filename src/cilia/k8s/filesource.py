@@ -107,8 +107,12 @@ class FileSource:
                 self._forget_file(path)
 
     async def watch(self, stop: asyncio.Event | None = None) -> None:
-        """Follow changes until `stop` is set. Watches the parent folder of a file named directly, so an
-        editor's save by rename is seen."""
-        folders = sorted({r if r.is_dir() else r.parent for r in self._roots})
+        """Follow changes until `stop` is set. A folder named is watched with the folders below it; for a
+        file named directly, its folder alone (an editor's save by rename shows there)."""
+        folders: dict[Path, bool] = {}
+        for root in self._roots:
+            tree = root.is_dir()
+            folder = root if tree else root.parent
+            folders[folder] = folders.get(folder, False) or tree
         async for changes in watch_folders(folders, stop or asyncio.Event()):
             self.apply(changes)

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +71,12 @@ class Inotify:
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd = fd
         self.folders: dict[int, Path] = {}  # watch descriptor -> folder
+        self.trees: set[int] = set()  # watch descriptors whose new sub-folders are watched too
 
-    def add(self, folder: Path) -> bool:
+    def add(self, folder: Path, tree: bool) -> bool:
         """Watch `folder`; False when it is gone or not a folder (raced with a delete)."""
+        if len(self.folders) >= MAX_WATCHED_FOLDERS:
+            raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_FOLDERS} folders to watch")
         wd = self._add_watch(self.fd, os.fsencode(folder), WATCH_MASK)
         if wd < 0:
             err = ctypes.get_errno()
@@ -81,18 +84,19 @@ class Inotify:
                 return False
             raise OSError(err, f"inotify_add_watch {folder}: {os.strerror(err)}")
         self.folders[wd] = folder
+        if tree:
+            self.trees.add(wd)
         return True
 
-    def add_tree(self, root: Path) -> None:
-        """Watch `root` and every real folder below it (links to folders are not followed: a ConfigMap
-        volume's `..data` link points at a folder that is watched as itself)."""
-        if not self.add(root):
+    def add_tree(self, root: Path, tree: bool = True) -> None:
+        """Watch `root` and, with `tree`, every real folder below it (links to folders are not followed: a
+        ConfigMap volume's `..data` link points at a folder that is watched as itself). Without `tree`,
+        `root` alone: the folder of a file named directly, where only renames next to it matter."""
+        if not self.add(root, tree) or not tree:
             return
         for top, dirs, _ in os.walk(root, followlinks=False):
             for d in dirs:
-                if len(self.folders) >= MAX_WATCHED_FOLDERS:
-                    raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_FOLDERS} folders to watch")
-                self.add(Path(top) / d)
+                self.add(Path(top) / d, True)
 
     def read(self, paths: dict[Path, bool]) -> bool:
         """Drain the pending events into `paths` (path -> whether its last event leaves it settled); returns
@@ -114,6 +118,7 @@ class Inotify:
                 folder = self.folders.get(wd)
                 if mask & IN_IGNORED:
                     self.folders.pop(wd, None)
+                    self.trees.discard(wd)
                     continue
                 if folder is None:
                     continue
@@ -122,7 +127,8 @@ class Inotify:
                 paths[path] = (not mask & (IN_CREATE | IN_MODIFY) or bool(mask & IN_ISDIR)
                                or (bool(mask & IN_CREATE) and path.is_symlink()))
                 if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
-                    self.add_tree(path)  # files may be in it already: only a rescan finds them
+                    if wd in self.trees:
+                        self.add_tree(path)  # files may be in it already: only a rescan finds them
                     rescan = True
                 elif mask & (IN_DELETE_SELF | IN_MOVE_SELF) or (mask & IN_ISDIR and mask & IN_MOVED_FROM):
                     rescan = True
@@ -133,13 +139,14 @@ class Inotify:
             self.fd = -1
 
 
-async def watch_folders(folders: Sequence[Path], stop: asyncio.Event) -> AsyncIterator[Changes]:
-    """Batches of changes under `folders` (recursively) until `stop` is set."""
+async def watch_folders(folders: Mapping[Path, bool], stop: asyncio.Event) -> AsyncIterator[Changes]:
+    """Batches of changes in `folders` (folder -> whether the folders below it are watched too) until
+    `stop` is set."""
     notify: Inotify | None = None
     try:
         notify = Inotify()
-        for folder in folders:
-            notify.add_tree(folder)
+        for folder, tree in folders.items():
+            notify.add_tree(folder, tree)
         async for changes in _notified(notify, folders, stop):
             yield changes
     except OSError as exc:
@@ -165,7 +172,8 @@ async def _poll(stop: asyncio.Event) -> AsyncIterator[Changes]:
             yield Changes(frozenset(), rescan=True)
 
 
-async def _notified(notify: Inotify, folders: Sequence[Path], stop: asyncio.Event) -> AsyncIterator[Changes]:
+async def _notified(notify: Inotify, folders: Mapping[Path, bool],
+                    stop: asyncio.Event) -> AsyncIterator[Changes]:
     """inotify batches. A watched root that went away is looked for every POLL_INTERVAL_S until it is back
     (nothing above it is watched), then watched again."""
     loop = asyncio.get_running_loop()
@@ -197,13 +205,13 @@ async def _notified(notify: Inotify, folders: Sequence[Path], stop: asyncio.Even
                 except TimeoutError:
                     break
             watched = set(notify.folders.values())
-            for folder in folders:
+            for folder, tree in folders.items():
                 if folder not in watched:
                     if folder.is_dir():
-                        notify.add_tree(folder)  # back (or raced with its creation)
+                        notify.add_tree(folder, tree)  # back (or raced with its creation)
                         rescan = True
                 elif rescan:
-                    notify.add_tree(folder)  # folders created under it while the queue overflowed
+                    notify.add_tree(folder, tree)  # folders created under it while the queue overflowed
             missing = [f for f in folders if f not in set(notify.folders.values())]
             if paths or rescan:
                 yield Changes(frozenset(paths), rescan)
