@@ -217,3 +217,43 @@ async def test_a_file_named_directly_watches_its_folder_alone(tmp_path: Path,
         await until(lambda: vip_of(store, "app") == "10.7.0.4", "the named file saved by rename")
         assert "big/new" not in [p.relative_to(tmp_path).as_posix() for p in watched]
         assert "tree/y" in [p.relative_to(tmp_path).as_posix() for p in watched]
+
+
+async def test_a_folder_renamed_away_and_made_again_is_watched_again(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "m"
+    write(root / "a.yaml", service("a", vip="10.8.0.1"))
+    write(root / "sub" / "b.yaml", service("b", vip="10.8.0.2"))
+    async with watching([root]) as store:
+        os.rename(root / "sub", tmp_path / "away")  # a sub-folder moved out of the tree
+        await until(lambda: vip_of(store, "b") is None, "the moved-out folder's objects removed")
+        write(tmp_path / "away" / "c.yaml", service("c", vip="10.8.0.3"))
+        os.rename(root, tmp_path / "old")  # the root itself renamed; later another made in its place
+        await until(lambda: vip_of(store, "a") is None, "the renamed root's objects removed")
+        write(root / "a.yaml", service("a", vip="10.8.0.4"))
+        await until(lambda: vip_of(store, "a") == "10.8.0.4", "the new folder at the root's path")
+        write(root / "a.yaml", service("a", vip="10.8.0.5"))
+        await until(lambda: vip_of(store, "a") == "10.8.0.5", "an edit in it")
+        write(tmp_path / "old" / "a.yaml", service("a", vip="10.8.0.6"))  # the renamed folder: not watched
+        write(tmp_path / "away" / "c.yaml", service("c", vip="10.8.0.7"))
+        write(root / "d.yaml", service("d", vip="10.8.0.8"))
+        await until(lambda: vip_of(store, "d") == "10.8.0.8", "the next edit")
+        assert vip_of(store, "a") == "10.8.0.5" and vip_of(store, "c") is None
+
+
+async def test_links_out_of_the_tree_and_a_linked_root_are_followed(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "out"
+    write(out / "a.yaml", service("a", vip="10.9.0.1"))
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "a.yaml").symlink_to(out / "a.yaml")
+    write(tmp_path / "rev1" / "b.yaml", service("b", vip="10.9.0.2"))
+    write(tmp_path / "rev2" / "b.yaml", service("b", vip="10.9.0.3"))
+    (tmp_path / "cur").symlink_to("rev1")
+    async with watching([root, tmp_path / "cur"]) as store:
+        write(out / "a.yaml", service("a", vip="10.9.0.4"))
+        await until(lambda: vip_of(store, "a") == "10.9.0.4", "the file behind a link out of the tree")
+        (tmp_path / "cur.tmp").symlink_to("rev2")  # a git-sync style swap of the folder named
+        os.rename(tmp_path / "cur.tmp", tmp_path / "cur")
+        await until(lambda: vip_of(store, "b") == "10.9.0.3", "the folder the swapped link leads to")
+        write(tmp_path / "rev2" / "b.yaml", service("b", vip="10.9.0.5"))
+        await until(lambda: vip_of(store, "b") == "10.9.0.5", "an edit behind the swapped link")

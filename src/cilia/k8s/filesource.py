@@ -37,6 +37,9 @@ class FileSource:
         self._roots = [Path(os.path.abspath(p)) for p in paths]
         self._store = store
         self._loaded: dict[Path, Fingerprint | None] = {}  # every file whose objects the store holds
+        self._links: dict[Path, Path] = {}  # loaded files that are links -> the folder of the file behind
+        self._trees = frozenset(r for r in self._roots if r.is_dir())  # as at start, for if one goes away
+        self._folders: dict[Path, bool] = {}  # what the watch watches (folder -> with the folders below)
 
     def load(self) -> None:
         for path in expand_paths(self._roots):
@@ -44,6 +47,10 @@ class FileSource:
 
     def _load_file(self, path: Path) -> None:
         self._loaded[path] = fingerprint(path)
+        if path.is_symlink():
+            self._links[path] = Path(os.path.realpath(path)).parent
+        else:
+            self._links.pop(path, None)
         try:
             result = parse_file(path)
         except Exception as exc:  # a bug must not end the watch (and the server): keep what serves
@@ -56,6 +63,7 @@ class FileSource:
             log.warning("%s", issue, extra={"object": issue.object})
 
     def _forget_file(self, path: Path) -> None:
+        self._links.pop(path, None)
         if self._loaded.pop(path, False) is not False:
             log.info("%s removed", path)
             self._store.forget_source(str(path))
@@ -96,23 +104,40 @@ class FileSource:
 
     def apply(self, changes: Changes) -> None:
         """One batch of file events. Events on manifest files are read as they say; anything else (a
-        folder, a link such as a ConfigMap volume's `..data`, a queue overflow) rescans."""
-        if changes.rescan or not all(self._wanted(p) for p in changes.paths):
+        folder, a link such as a ConfigMap volume's `..data`, a queue overflow) rescans, and so does any
+        event while a loaded file is a link (the event names the file behind it, not the link)."""
+        if changes.rescan or self._links or not all(self._wanted(p) for p in changes.paths):
             self.rescan()
-            return
-        for path in sorted(changes.paths):
-            if path.is_file():
-                self._load_file(path)
-            else:
-                self._forget_file(path)
+        else:
+            for path in sorted(changes.paths):
+                if path.is_file():
+                    self._load_file(path)
+                else:
+                    self._forget_file(path)
+        self._plan_watch()
+
+    def _plan_watch(self) -> None:
+        """The folders to watch, in place (the watch reads them before each batch): each folder named
+        with the folders below it; the folder of each file named directly, and of each root that is a link
+        (a swap of the link shows there); and the folder behind each loaded link that leads out of them."""
+        plan: dict[Path, bool] = {}
+        for root in self._roots:
+            tree = root in self._trees
+            folder = root if tree else root.parent
+            plan[folder] = plan.get(folder, False) or tree
+            if tree and root.is_symlink():
+                plan.setdefault(root.parent, False)
+        trees = [f for f, tree in plan.items() if tree]
+        for target in self._links.values():
+            if not any(target == t or t in target.parents for t in trees):
+                plan.setdefault(target, False)
+        if plan != self._folders:
+            self._folders.clear()
+            self._folders.update(plan)
 
     async def watch(self, stop: asyncio.Event | None = None) -> None:
         """Follow changes until `stop` is set. A folder named is watched with the folders below it; for a
         file named directly, its folder alone (an editor's save by rename shows there)."""
-        folders: dict[Path, bool] = {}
-        for root in self._roots:
-            tree = root.is_dir()
-            folder = root if tree else root.parent
-            folders[folder] = folders.get(folder, False) or tree
-        async for changes in watch_folders(folders, stop or asyncio.Event()):
+        self._plan_watch()
+        async for changes in watch_folders(self._folders, stop or asyncio.Event()):
             self.apply(changes)

@@ -16,6 +16,7 @@ import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("cilia.source.file")
 
@@ -65,6 +66,9 @@ class Inotify:
         self._add_watch = self._libc.inotify_add_watch
         self._add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
         self._add_watch.restype = ctypes.c_int
+        self._rm_watch = self._libc.inotify_rm_watch
+        self._rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
+        self._rm_watch.restype = ctypes.c_int
         fd = init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -72,21 +76,54 @@ class Inotify:
         self.fd = fd
         self.folders: dict[int, Path] = {}  # watch descriptor -> folder
         self.trees: set[int] = set()  # watch descriptors whose new sub-folders are watched too
+        self._inodes: dict[int, tuple[int, int]] = {}  # the folder each descriptor watches, as (dev, inode)
 
     def add(self, folder: Path, tree: bool) -> bool:
-        """Watch `folder`; False when it is gone or not a folder (raced with a delete)."""
-        if len(self.folders) >= MAX_WATCHED_FOLDERS:
-            raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_FOLDERS} folders to watch")
+        """Watch `folder` (a link is followed); False when it is gone or not a folder (raced with a delete).
+        A folder watched already, under this path or another, keeps its one descriptor."""
+        try:
+            st = folder.stat()
+        except OSError:
+            return False
         wd = self._add_watch(self.fd, os.fsencode(folder), WATCH_MASK)
         if wd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
                 return False
             raise OSError(err, f"inotify_add_watch {folder}: {os.strerror(err)}")
+        if wd not in self.folders and len(self.folders) >= MAX_WATCHED_FOLDERS:
+            self._rm_watch(self.fd, wd)
+            raise OSError(errno.ENOSPC, f"more than {MAX_WATCHED_FOLDERS} folders to watch")
         self.folders[wd] = folder
+        self._inodes[wd] = (st.st_dev, st.st_ino)
         if tree:
             self.trees.add(wd)
         return True
+
+    def remove(self, wd: int) -> None:
+        self._rm_watch(self.fd, wd)
+        self.folders.pop(wd, None)
+        self.trees.discard(wd)
+        self._inodes.pop(wd, None)
+
+    def prune(self) -> None:
+        """Stop watching each folder whose path no longer leads to it: moved away or deleted, or (a link
+        swapped, a folder renamed and another made in its place) now another folder."""
+        for wd, folder in list(self.folders.items()):
+            try:
+                st = folder.stat()
+            except OSError:
+                self.remove(wd)
+                continue
+            if (st.st_dev, st.st_ino) != self._inodes.get(wd):
+                self.remove(wd)
+
+    def retain(self, folders: Mapping[Path, bool]) -> None:
+        """Stop watching what is neither one of `folders` nor below one of them watched as a tree."""
+        trees = [f for f, tree in folders.items() if tree]
+        for wd, folder in list(self.folders.items()):
+            if folder not in folders and not any(t in folder.parents for t in trees):
+                self.remove(wd)
 
     def add_tree(self, root: Path, tree: bool = True) -> None:
         """Watch `root` and, with `tree`, every real folder below it (links to folders are not followed: a
@@ -119,6 +156,7 @@ class Inotify:
                 if mask & IN_IGNORED:
                     self.folders.pop(wd, None)
                     self.trees.discard(wd)
+                    self._inodes.pop(wd, None)
                     continue
                 if folder is None:
                     continue
@@ -175,15 +213,23 @@ async def _poll(stop: asyncio.Event) -> AsyncIterator[Changes]:
 async def _notified(notify: Inotify, folders: Mapping[Path, bool],
                     stop: asyncio.Event) -> AsyncIterator[Changes]:
     """inotify batches. A watched root that went away is looked for every POLL_INTERVAL_S until it is back
-    (nothing above it is watched), then watched again."""
+    (nothing above it is watched), then watched again. `folders` may change between batches (the caller
+    adds the folders its links lead to): each batch starts by watching what it names and no more."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     loop.add_reader(notify.fd, ready.set)
     stopped = asyncio.ensure_future(stop.wait())
-    missing = [f for f in folders if f not in notify.folders.values()]
+    readables: list[asyncio.Future[Any]] = []  # the current wait for events, cancelled on the way out
     try:
         while True:
+            notify.retain(folders)
+            watched = set(notify.folders.values())
+            for folder, tree in folders.items():
+                if folder not in watched:
+                    notify.add_tree(folder, tree)
+            missing = [f for f in folders if f not in set(notify.folders.values())]
             readable = asyncio.ensure_future(ready.wait())
+            readables[:] = [readable]
             await asyncio.wait({readable, stopped}, timeout=POLL_INTERVAL_S if missing else None,
                                return_when=asyncio.FIRST_COMPLETED)
             readable.cancel()
@@ -204,17 +250,22 @@ async def _notified(notify: Inotify, folders: Mapping[Path, bool],
                     await asyncio.wait_for(ready.wait(), quiet)
                 except TimeoutError:
                     break
+            if any(p in folders for p in paths):
+                rescan = True  # a watched folder (or the link to it) was made, replaced or removed
+            if rescan:
+                notify.prune()
             watched = set(notify.folders.values())
             for folder, tree in folders.items():
                 if folder not in watched:
                     if folder.is_dir():
-                        notify.add_tree(folder, tree)  # back (or raced with its creation)
+                        notify.add_tree(folder, tree)  # back, or another folder now at that path
                         rescan = True
                 elif rescan:
                     notify.add_tree(folder, tree)  # folders created under it while the queue overflowed
-            missing = [f for f in folders if f not in set(notify.folders.values())]
             if paths or rescan:
                 yield Changes(frozenset(paths), rescan)
     finally:
         stopped.cancel()
+        for pending in readables:
+            pending.cancel()
         loop.remove_reader(notify.fd)
