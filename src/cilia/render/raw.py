@@ -19,7 +19,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from cilia.render.validate import MAX_DEPTH, FieldCheck, TypeChecks, type_checks, validate_message
+from cilia.render.validate import MAX_DEPTH, FieldCheck, TypeChecks, count_errors, type_checks, validate_message
 from cilia.untrusted import format_path
 
 _loaded = False
@@ -328,10 +328,7 @@ def _class_plan(msg: Message) -> tuple[dict[str, _Entry], TypeChecks | None]:
 def _count_check(rule: FieldCheck, n: int, errs: list[str]) -> None:
     """validate's item-count rule of a repeated field, on the number of items given."""
     if rule.counts is not None:
-        min_items, max_items, ignore_empty = rule.counts
-        if not (ignore_empty and not n) and \
-                ((min_items and n < min_items) or (max_items is not None and n > max_items)):
-            errs.append("count")
+        errs.extend(count_errors(rule.counts, n))
 
 
 def _fast_value(value: Any, msg: Message, how: Any, depth: int, errs: list[str] | None) -> None:

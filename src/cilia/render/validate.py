@@ -325,14 +325,8 @@ def _message_rules_check(rules: validate_pb2.FieldRules) -> Callable[[Message, P
 
 def _repeated(container: Any, field: FieldDescriptor, info: FieldCheck, path: Path, errors: list[str],
               depth: int) -> None:
-    n = len(container)
     if info.counts is not None:
-        min_items, max_items, ignore_empty = info.counts
-        if not (ignore_empty and not n):
-            if min_items and n < min_items:
-                errors.append(f"{_fmt(path)}: must have at least {min_items} item(s), has {n}")
-            if max_items is not None and n > max_items:
-                errors.append(f"{_fmt(path)}: must have at most {max_items} item(s), has {n}")
+        errors.extend(f"{_fmt(path)}: {text}" for text in count_errors(info.counts, len(container)))
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         rules, skip, opaque = info.item_message_rules, info.item_skip, info.opaque
         if rules is None and opaque:
@@ -349,6 +343,19 @@ def _repeated(container: Any, field: FieldDescriptor, info: FieldCheck, path: Pa
         check = info.item_scalar
         for i, v in enumerate(container):
             check(v, (path, i), errors)
+
+
+def count_errors(counts: tuple[int, int | None, bool], n: int) -> list[str]:
+    """What a repeated field's item-count rule (min, max, ignore_empty) says of `n` items."""
+    min_items, max_items, ignore_empty = counts
+    if ignore_empty and not n:
+        return []
+    out = []
+    if min_items and n < min_items:
+        out.append(f"must have at least {min_items} item(s), has {n}")
+    if max_items is not None and n > max_items:
+        out.append(f"must have at most {max_items} item(s), has {n}")
+    return out
 
 
 def _map(values: Any, field: FieldDescriptor, rules: validate_pb2.FieldRules | None, path: Path,
