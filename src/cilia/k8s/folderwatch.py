@@ -125,15 +125,22 @@ class Inotify:
             if folder not in folders and not any(t in folder.parents for t in trees):
                 self.remove(wd)
 
-    def add_tree(self, root: Path, tree: bool = True) -> None:
+    def add_tree(self, root: Path, tree: bool = True) -> bool:
         """Watch `root` and, with `tree`, every real folder below it (links to folders are not followed: a
         ConfigMap volume's `..data` link points at a folder that is watched as itself). Without `tree`,
         `root` alone: the folder of a file named directly, where only renames next to it matter."""
-        if not self.add(root, tree) or not tree:
-            return
-        for top, dirs, _ in os.walk(root, followlinks=False):
-            for d in dirs:
-                self.add(Path(top) / d, True)
+        if not self.add(root, tree):
+            return False
+        if tree:
+            for top, dirs, _ in os.walk(root, followlinks=False):
+                for d in dirs:
+                    self.add(Path(top) / d, True)
+        return True
+
+    def watch_missing(self, folders: Mapping[Path, bool]) -> list[Path]:
+        """Watch each of `folders` that is not watched and exists now; returns those added."""
+        watched = set(self.folders.values())
+        return [folder for folder, tree in folders.items() if folder not in watched and self.add_tree(folder, tree)]
 
     def read(self, paths: dict[Path, bool]) -> bool:
         """Drain the pending events into `paths` (path -> whether its last event leaves it settled); returns
@@ -219,17 +226,13 @@ async def _notified(notify: Inotify, folders: Mapping[Path, bool],
     ready = asyncio.Event()
     loop.add_reader(notify.fd, ready.set)
     stopped = asyncio.ensure_future(stop.wait())
-    readables: list[asyncio.Future[Any]] = []  # the current wait for events, cancelled on the way out
+    readable: asyncio.Task[Any] | None = None
     try:
         while True:
             notify.retain(folders)
-            watched = set(notify.folders.values())
-            for folder, tree in folders.items():
-                if folder not in watched:
-                    notify.add_tree(folder, tree)
-            missing = [f for f in folders if f not in set(notify.folders.values())]
+            notify.watch_missing(folders)
+            missing = len(set(folders) - set(notify.folders.values()))
             readable = asyncio.ensure_future(ready.wait())
-            readables[:] = [readable]
             await asyncio.wait({readable, stopped}, timeout=POLL_INTERVAL_S if missing else None,
                                return_when=asyncio.FIRST_COMPLETED)
             readable.cancel()
@@ -254,18 +257,15 @@ async def _notified(notify: Inotify, folders: Mapping[Path, bool],
                 rescan = True  # a watched folder (or the link to it) was made, replaced or removed
             if rescan:
                 notify.prune()
-            watched = set(notify.folders.values())
-            for folder, tree in folders.items():
-                if folder not in watched:
-                    if folder.is_dir():
-                        notify.add_tree(folder, tree)  # back, or another folder now at that path
-                        rescan = True
-                elif rescan:
-                    notify.add_tree(folder, tree)  # folders created under it while the queue overflowed
+            if notify.watch_missing(folders):
+                rescan = True  # a folder back, or another one now at its path
+            if rescan:
+                for folder, tree in folders.items():  # folders made below them while events were lost
+                    notify.add_tree(folder, tree)
             if paths or rescan:
                 yield Changes(frozenset(paths), rescan)
     finally:
         stopped.cancel()
-        for pending in readables:
-            pending.cancel()
+        if readable is not None:
+            readable.cancel()
         loop.remove_reader(notify.fd)
