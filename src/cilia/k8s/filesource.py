@@ -45,8 +45,8 @@ class FileSource:
         for path in expand_paths(self._roots):
             self._load_file(path)
 
-    def _load_file(self, path: Path) -> None:
-        self._loaded[path] = fingerprint(path)
+    def _load_file(self, path: Path, print_: Fingerprint | None = None) -> None:
+        self._loaded[path] = print_ or fingerprint(path)
         if path.is_symlink():
             self._links[path] = Path(os.path.realpath(path)).parent
         else:
@@ -96,8 +96,9 @@ class FileSource:
         fingerprint changed, forget each that is gone."""
         current = self._current_files()
         for path in current:
-            if path not in self._loaded or self._loaded[path] != fingerprint(path):
-                self._load_file(path)
+            now = fingerprint(path)
+            if path not in self._loaded or self._loaded[path] != now:
+                self._load_file(path, now)
         present = set(current)
         for path in [p for p in self._loaded if p not in present]:
             self._forget_file(path)
