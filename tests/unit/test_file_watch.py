@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,9 +170,9 @@ async def test_a_settled_change_is_not_held_back_and_a_file_being_written_is_rea
     reads: list[str] = []
     real_load = FileSource._load_file
 
-    def counting_load(self: FileSource, path: Path) -> None:
+    def counting_load(self: FileSource, path: Path, *rest: Any) -> None:
         reads.append(path.name)
-        real_load(self, path)
+        real_load(self, path, *rest)
 
     monkeypatch.setattr(FileSource, "_load_file", counting_load)
     async with watching([tmp_path]) as store:
