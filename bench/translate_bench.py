@@ -7,9 +7,10 @@ from __future__ import annotations
 import gc
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
-from cilia.app import GC_THRESHOLDS, collector_paused
+from cilia.app import GC_THRESHOLDS, ServeOptions, collector_paused, starting_translate_options
 from cilia.k8s import kinds as _kinds  # noqa: F401 - registers the kinds
 from cilia.k8s.manifest import parse_text
 from cilia.k8s.store import Store
@@ -116,17 +117,17 @@ def _load(store: Store, services: int, cecs: int, ns: str = "bench") -> None:
     put("ing-0", [_ingress(0, services)])
 
 
-def _warm_scratch(services: int, cecs: int, opts: TranslateOptions) -> tuple[float, float]:
+def _warm_scratch(services: int, cecs: int, opts: TranslateOptions, ns: str) -> tuple[float, float]:
     """Translate + render from scratch in this process again (types loaded, code warm), of a world it has
     not seen: the same objects in another namespace, so no content-keyed memo holds any of it."""
     store = Store()
-    _load(store, services, cecs, ns="bench-warm")
+    _load(store, services, cecs, ns=ns)
     gc.collect()
     t = time.perf_counter()
-    with collector_paused():
+    with collector_paused(freeze=True):
         result = translate(store.snapshot(), opts)
     t1 = time.perf_counter()
-    with collector_paused():
+    with collector_paused(freeze=True):
         render_world(result.ir, ResourceCache(), 1)
     return t1 - t, time.perf_counter() - t1
 
@@ -134,14 +135,16 @@ def _warm_scratch(services: int, cecs: int, opts: TranslateOptions) -> tuple[flo
 def run(services: int = 5000, routes: int = 10_000) -> dict[str, Any]:
     """`translate_s`/`render_s`: the first translation in this (fresh) process; `warm_*`: a later one.
     The collector is set as `cilia serve` sets it: its thresholds from the start, paused while a
-    translation or render runs, and what the process holds once it has started (the first world) frozen
-    before the later translation."""
+    translation or render runs and what is alive frozen when each ends (collector_paused(freeze=True)),
+    and what the process holds once it has started (the first world) frozen before the later
+    translation."""
     before = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         return {**_run(services, routes), "gc": {"thresholds": list(GC_THRESHOLDS),
                                                  "frozen_before_warm_run": True,
-                                                 "paused_during_translate_and_render": True}}
+                                                 "paused_during_translate_and_render": True,
+                                                 "frozen_after_each_stage": True}}
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
@@ -153,28 +156,40 @@ def _run(services: int, routes: int) -> dict[str, Any]:
     t = time.perf_counter()
     _load(store, services, cecs)
     parse_s = time.perf_counter() - t
-    opts = TranslateOptions()
+    opts = starting_translate_options(ServeOptions())  # as `cilia serve` starts: no gRPC targets yet
+    with_grpc = replace(opts, grpc_targets=True)
     cache = ResourceCache()
     gc.collect()
 
     t = time.perf_counter()
-    with collector_paused():
+    with collector_paused(freeze=True):
         result = translate(store.snapshot(), opts)
     translate_s = time.perf_counter() - t
     t = time.perf_counter()
-    with collector_paused():
+    with collector_paused(freeze=True):
         world = render_world(result.ir, cache, 1)
     render_s = time.perf_counter() - t
     issues = len(result.issues) + len(world.issues)
+
+    # The first proxyless gRPC client connects: its targets are added to the last translation. The edits
+    # below are then measured with them built (a Service edit changes its targets too).
+    t0 = time.perf_counter()
+    with collector_paused(freeze=True):
+        result = translate(store.snapshot(), with_grpc, result)
+    t1 = time.perf_counter()
+    with collector_paused(freeze=True):
+        world = render_world(result.ir, cache, 2)
+    grpc_added = (t1 - t0, time.perf_counter() - t1)
+    opts = with_grpc
 
     def edit(source: str, text: str) -> tuple[float, float]:
         nonlocal result, world
         store.replace_source(source, parse_text(text, source))
         t0 = time.perf_counter()
-        with collector_paused():
+        with collector_paused(freeze=True):
             result = translate(store.snapshot(), opts, result)
         t1 = time.perf_counter()
-        with collector_paused():
+        with collector_paused(freeze=True):
             world = render_world(result.ir, cache, 2)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
@@ -188,7 +203,9 @@ def _run(services: int, routes: int) -> dict[str, Any]:
     edits["service"] = [edit("svc-0", _docs([svc_variants[1 - k % 2]])) for k in range(3)]
     gc.collect()
     gc.freeze()  # as `cilia serve` does once started
-    warm_translate_s, warm_render_s = _warm_scratch(services, cecs, opts)
+    warm_translate_s, warm_render_s = _warm_scratch(services, cecs, starting_translate_options(ServeOptions()),
+                                                    "bench-warm")
+    grpc_translate_s, grpc_render_s = _warm_scratch(services, cecs, with_grpc, "bench-grpc")
     ep_best = min(ep, key=sum)
     rt_best = min(rt, key=sum)
     per_kind = {kind: min(runs, key=sum) for kind, runs in edits.items()}
@@ -197,6 +214,9 @@ def _run(services: int, routes: int) -> dict[str, Any]:
             "scratch_total_s": translate_s + render_s,
             "warm_translate_s": warm_translate_s, "warm_render_s": warm_render_s,
             "warm_scratch_total_s": warm_translate_s + warm_render_s,
+            "grpc_added_translate_s": grpc_added[0], "grpc_added_render_s": grpc_added[1],
+            "grpc_scratch_translate_s": grpc_translate_s, "grpc_scratch_render_s": grpc_render_s,
+            "grpc_scratch_total_s": grpc_translate_s + grpc_render_s,
             "endpoint_edit_ms": sum(ep_best) * 1000, "endpoint_edit_translate_ms": ep_best[0] * 1000,
             "route_edit_ms": sum(rt_best) * 1000, "route_edit_translate_ms": rt_best[0] * 1000,
             "route_edit_render_ms": rt_best[1] * 1000,

@@ -27,6 +27,7 @@ from cilia.render.dump import proxy_config_json, sent_config_json, world_sizes
 from cilia.render.world import RenderedWorld, ResourceCache, render_world
 from cilia.translate import ENDPOINT_KINDS, TranslationResult, translate
 from cilia.translate.context import TranslateOptions
+from cilia.translate.grpc import GRPC_ROLE
 from cilia.xds.cache import ConfigCache
 from cilia.xds.server import ServerLimits, XdsServer
 from cilia.xds.status import StatusRegistry
@@ -71,6 +72,16 @@ class ServeOptions:
     cert_issuer_address: str | None = None  # Kubernetes mode: TokenReview-based certificate issuance (HTTPS)
     issuance: Any = None  # cilia.security.issuer.IssuancePolicy
     workload_cert_ttl_s: float = 86400.0  # mesh workload certificates (renewed at 2/3 of their life)
+    # Proxyless gRPC targets are built once the first gRPC client connects (TranslateOptions.grpc_targets);
+    # False: built from the start, as `translate.grpc_targets` says.
+    grpc_targets_on_demand: bool = True
+
+
+def starting_translate_options(opts: ServeOptions) -> TranslateOptions:
+    """What `cilia serve` translates with until a proxy of a deferred role connects."""
+    if opts.grpc_targets_on_demand:
+        return dataclasses.replace(opts.translate, grpc_targets=False)
+    return opts.translate
 
 
 def is_loopback_host(host: str) -> bool:
@@ -133,9 +144,11 @@ class ControlPlane:
         if opts.kubernetes is not None:  # translators name the namespaces Secrets are read in
             opts = dataclasses.replace(opts, translate=dataclasses.replace(
                 opts.translate, secret_namespaces=tuple(opts.kubernetes.watch.secret_namespaces)))
+        opts = dataclasses.replace(opts, translate=starting_translate_options(opts))
         self.opts = opts
         self.store = Store()
         self.cache = ConfigCache()
+        self.cache.on_demand = self._on_demand
         self.status = StatusRegistry()
         self.telemetry = Telemetry.create(opts.otlp_endpoint)
         self.metrics = self.telemetry.metrics
@@ -163,6 +176,7 @@ class ControlPlane:
         self._changed_kinds: set[str] = set()
         self._started = False
         self._stop = asyncio.Event()
+        self.freeze_stages = False  # collector_paused(freeze=True) around translate and render: `serve` sets it
         self.kube: Any = None  # cilia.k8s.kubemode.KubeMode in --kubernetes mode
         self.store.subscribe(self._on_change)
 
@@ -180,11 +194,24 @@ class ControlPlane:
             self._namespaces_changed.set()
             self._namespaces_changed = asyncio.Event()
 
+    def _on_demand(self, role: str) -> None:
+        """A proxy of a role the config leaves out wants serving: build that part from now on (it stays
+        built: clients come and go, and a translation with it costs little more once its memo is warm)."""
+        if role in GRPC_ROLE and not self.opts.translate.grpc_targets:
+            log.info("a proxyless gRPC client connected: building gRPC targets from now on")
+            self.opts = dataclasses.replace(self.opts, translate=dataclasses.replace(self.opts.translate,
+                                                                                       grpc_targets=True))
+            now = time.monotonic()  # a rebuild as soon as the debounce loop sees it, counted as no source event
+            if not self._changed.is_set():
+                self._first_change = now
+            self._last_change = now
+            self._changed.set()
+
     def _build(self, snapshot: InputSnapshot, batch: Any) -> tuple[TranslationResult, RenderedWorld]:
         """Translate and render; pure apart from the render cache, so it may run off the event loop."""
-        with collector_paused(), batch.stage("translate"):
+        with collector_paused(self.freeze_stages), batch.stage("translate"):
             result = translate(snapshot, self.opts.translate, self.result)
-        with collector_paused(), batch.stage("render"):
+        with collector_paused(self.freeze_stages), batch.stage("render"):
             model = result.ir if self.workloads is None else self.workloads.apply(result.ir)
             world = render_world(model, self.render_cache, snapshot.revision)
         return result, world
@@ -537,6 +564,16 @@ class ControlPlane:
             return sent_config_json(lambda t: self.xds.sent_resources(str(proxy), t))
         return proxy_config_json(self.cache.resources_for(proxy))
 
+    async def wait_config(self, proxy_id: str, within_s: float = 30.0) -> None:
+        """Before `proxy_config` of a proxy whose role the config leaves out: build and wait for it."""
+        try:
+            proxy = ProxyId.parse(proxy_id)
+        except Exception:
+            return  # proxy_config says why
+        if not self.cache.covers(proxy):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.cache.wait_covered(proxy), within_s)
+
     def proxy_config_source(self, proxy_id: str) -> str:
         """"sent" when /debug/config shows what the proxy was sent, "computed" when what it would get."""
         return "sent" if self.xds.streams.get(proxy_id) else "computed"
@@ -630,28 +667,59 @@ def collector_thresholds(streams: int) -> tuple[int, int, int]:
 
 async def scale_collector(stream_count: Callable[[], int], interval_s: float = GC_RESCALE_INTERVAL_S) -> None:
     """Keep the collector's thresholds at `collector_thresholds` of the streams held (checked every
-    `interval_s`; a connect storm is met within that)."""
+    `interval_s`; a connect storm is met within that), and collect frozen objects once they have grown
+    (`release_frozen`)."""
     current = gc.get_threshold()
+    frozen_baseline = gc.get_freeze_count()
     while True:
         wanted = collector_thresholds(stream_count())
         if wanted != current:
             gc.set_threshold(*wanted)
             current = wanted
+        frozen_baseline = release_frozen(frozen_baseline)
         await asyncio.sleep(interval_s)
 
 
 @contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
+def collector_paused(freeze: bool = False) -> Iterator[None]:
     """No cyclic garbage collection while a translation or render runs: what they allocate is mostly
     the new world, which survives, so collections during them only walk it (about 5% of a 10,000-route
-    translation from scratch); the few cycles they leave are collected once they are done."""
+    translation from scratch); the few cycles they leave are collected once they are done.
+
+    With `freeze` (`cilia serve`), what is alive when the stage ends is moved out of the collector's
+    reach (gc.freeze, which costs no walk): the young collection the stage's allocations bring on next
+    would walk the whole new world to find nothing (translation and render leave no cyclic garbage:
+    tests/unit/test_collector_paused.py), ~80 ms after a 10,000-route translation from scratch.
+    `release_frozen` collects what was frozen once it has grown."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+# Frozen objects (gc.get_freeze_count) past this multiple of what was frozen after the last release, and
+# past it by FROZEN_SLACK at least: unfrozen, collected in full and frozen again. Whatever cyclic garbage
+# a freeze caught (another thread's, during a stage) is collected then; a process whose heap does not grow
+# never pays for a full collection.
+FROZEN_GROWTH = 1.5
+FROZEN_SLACK = 200_000
+
+
+def release_frozen(baseline: int) -> int:
+    """Collect the frozen objects when they have grown past `baseline` (see FROZEN_GROWTH); the new
+    baseline."""
+    frozen = gc.get_freeze_count()
+    if frozen <= max(int(baseline * FROZEN_GROWTH), baseline + FROZEN_SLACK):
+        return baseline
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def serve(opts: ServeOptions) -> int:
@@ -663,6 +731,7 @@ async def serve(opts: ServeOptions) -> int:
     malloc = _tune_malloc()
     _raise_fd_limit()
     cp = ControlPlane(opts)
+    cp.freeze_stages = True  # this process owns the collector
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cp.stop)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 Sources = tuple[str, ...]
 Health = Literal["HEALTHY", "UNHEALTHY", "DRAINING"]
@@ -440,6 +440,28 @@ class WorkloadCert:
     node: str = ""  # set: the node identity `spiffe://TD/node/NODE` instead (an egress gateway's server side)
 
 
+class SharedJson(dict[str, Any]):
+    """A JSON object that translators put, as the very same object, into many resource bodies (defaults
+    such as the ADS config source): never changed, so the renderer converts it once per message type and
+    copies the result (render/raw.py). A copy of a body keeps it shared."""
+
+    __slots__ = ()
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a SharedJson value is shared by many resources: replace it, do not change it")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _immutable  # type: ignore
+
+    def __copy__(self) -> SharedJson:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> SharedJson:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SharedJson, (dict(self),)
+
+
 @dataclass(frozen=True, slots=True)
 class RawResource:
     """An Envoy resource given by the user as JSON with `@type` (CiliumEnvoyConfig), names already qualified."""
@@ -612,3 +634,6 @@ class MeshIR:
     endpoints: Mapping[str, EndpointSet] = field(default_factory=dict)  # shared EDS pool, by name
     node_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     redirects: tuple[ServiceRedirect, ...] = ()
+    # Proxy roles whose config this model leaves out (built on demand: TranslateOptions.grpc_targets);
+    # a proxy of such a role is not served from it.
+    deferred_roles: frozenset[str] = frozenset()

@@ -66,6 +66,9 @@ def make_admin_app(view: AdminView, *, debug: bool = True) -> web.Application:
 
     async def config(req: web.Request) -> web.Response:
         proxy_id = req.match_info["proxy_id"]
+        wait = getattr(view, "wait_config", None)
+        if wait is not None:  # a role whose config is built on demand (proxyless gRPC targets)
+            await wait(proxy_id)
         try:
             resp = _json(view.proxy_config(proxy_id))
             source = getattr(view, "proxy_config_source", None)

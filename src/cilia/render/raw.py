@@ -19,6 +19,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from cilia.ir.model import SharedJson
 from cilia.render.validate import MAX_DEPTH, FieldCheck, TypeChecks, count_errors, type_checks, validate_message
 from cilia.untrusted import format_path
 
@@ -234,27 +235,20 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
     """json_format.ParseDict's result for the common shapes, much faster (no paths, no error texts):
     anything unusual raises _Slow and the caller parses with json_format instead. With `errs`, the
     field rules are checked on the way (validate.TypeChecks): each broken one adds an entry, unworded."""
-    if depth > 64 or type(js) is not dict:
+    if depth > 64 or (type(js) is not dict and type(js) is not SharedJson):
         raise _Slow
-    by_class = _BY_CLASS.get(type(msg)) or _class_plan(msg)
-    plan = by_class[0]
-    checks = by_class[1] if errs is not None and depth <= MAX_DEPTH else None  # validate looks no deeper
-    rules = checks.fields if checks is not None else _NO_RULES
+    checked = errs is not None and depth <= MAX_DEPTH  # validate looks no deeper
+    key = (type(msg), checked, tuple(js))
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = _shape(msg, checked, key[2])
+    if shape is _NO_SHAPE:
+        raise _Slow
     sink: list[str] = errs if errs is not None else []
-    seen: set[int] = set()
-    for name, value in js.items():
-        entry = plan.get(name)
-        if entry is None or value is None:
+    for name, kind, attr, how, rule in shape[0]:
+        value = js[name]
+        if value is None:
             raise _Slow
-        number, oneof, kind, attr, how = entry
-        if number in seen:
-            raise _Slow
-        seen.add(number)
-        if oneof is not None:
-            if oneof in seen:
-                raise _Slow
-            seen.add(oneof)
-        rule = rules.get(number)
         if kind == _K_SCALAR:
             converted = _convert(how, value)
             setattr(msg, attr, converted)
@@ -264,7 +258,9 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
             sub = getattr(msg, attr)
             sub.SetInParent()
             inner = None if rule is None or rule.skip or rule.opaque else errs
-            if how == _S_PLAIN:
+            if type(value) is SharedJson:
+                _fast_shared(value, sub, how, depth + 1, inner)
+            elif how == _S_PLAIN:
                 _fast_message(value, sub, depth + 1, inner)
             else:
                 _fast_value(value, sub, how, depth + 1, inner)
@@ -293,7 +289,7 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
                         _fast_value(item, sub, how, depth + 1, inner)
                     if item_rules is not None:
                         item_rules(sub, None, sink)
-        elif kind == _K_SCALARS:
+        else:  # _K_SCALARS (a shape holds no other kind)
             if type(value) is not list:
                 raise _Slow
             converted_items = [_convert(how, v) for v in value]
@@ -303,15 +299,50 @@ def _fast_message(js: Any, msg: Message, depth: int, errs: list[str] | None) -> 
                 if rule.item_scalar is not None:
                     for v in converted_items:
                         rule.item_scalar(v, None, sink)
-        else:
-            raise _Slow
-    if checks is not None:
-        for index in checks.required_oneofs:
-            if -1 - index not in seen:
-                sink.append("oneof")
-        for number in checks.unset:
-            if number not in seen:
-                sink.append("unset")
+    if shape[1]:
+        sink.extend(shape[1])
+
+
+# What the converter does with a JSON object of given keys, for a message class (and whether its rules are
+# checked): per key (key, kind, attribute, conversion, rule), and the rule breaks its set of fields makes
+# by itself (a required oneof or a field that must be set, missing). Worked out once per shape.
+_Shape = tuple[tuple[tuple[str, int, str, Any, Any], ...], tuple[str, ...]]
+_SHAPES: dict[tuple[type, bool, tuple[Any, ...]], _Shape] = {}
+_NO_SHAPE: _Shape = ((), ())  # keys the converter does not take: json_format parses it
+MAX_SHAPES = 65536  # past that the shapes are worked out afresh (user input chooses the keys)
+
+
+def _shape(msg: Message, checked: bool, keys: tuple[Any, ...]) -> _Shape:
+    by_class = _BY_CLASS.get(type(msg)) or _class_plan(msg)
+    plan = by_class[0]
+    checks = by_class[1] if checked else None
+    rules = checks.fields if checks is not None else _NO_RULES
+    fields: list[tuple[str, int, str, Any, Any]] = []
+    seen: set[int] = set()
+    shape: _Shape = _NO_SHAPE
+    for name in keys:
+        entry = plan.get(name) if type(name) is str else None
+        if entry is None:
+            break
+        number, oneof, kind, attr, how = entry
+        if number in seen or kind == _K_SLOW:  # the same field twice (both spellings), or a map
+            break
+        seen.add(number)
+        if oneof is not None:
+            if oneof in seen:  # two fields of one oneof
+                break
+            seen.add(oneof)
+        fields.append((name, kind, attr, how, rules.get(number)))
+    else:
+        missing: list[str] = []
+        if checks is not None:
+            missing += ["oneof" for index in checks.required_oneofs if -1 - index not in seen]
+            missing += ["unset" for number in checks.unset if number not in seen]
+        shape = (tuple(fields), tuple(missing))
+    if len(_SHAPES) >= MAX_SHAPES:
+        _SHAPES.clear()
+    _SHAPES[(type(msg), checked, keys)] = shape
+    return shape
 
 
 _NO_RULES: dict[int, Any] = {}
@@ -337,11 +368,49 @@ def _fast_value(value: Any, msg: Message, how: Any, depth: int, errs: list[str] 
     elif how == _S_GENERIC_WKT:
         if type(value) is not str:
             raise _Slow
-        msg.FromJsonString(value)  # type: ignore[attr-defined]
+        key = (type(msg), value)
+        parsed = _WKT_STRINGS.get(key)  # "1s", "0.25s": a handful of distinct values, written many times
+        if parsed is None:
+            parsed = type(msg)()
+            parsed.FromJsonString(value)  # type: ignore[attr-defined]
+            if len(_WKT_STRINGS) >= MAX_SHAPES:
+                _WKT_STRINGS.clear()
+            _WKT_STRINGS[key] = parsed
+        msg.CopyFrom(parsed)
     elif how == _S_SLOW or value is None:
         raise _Slow
     else:  # a wrapper
         msg.value = _convert(how[1], value)  # type: ignore[attr-defined]
+
+
+# (id of a SharedJson, message class, whether checked) -> that value, its message and the rule breaks found
+_SHARED: dict[tuple[int, type, bool], tuple[SharedJson, Message, tuple[str, ...]]] = {}
+MAX_SHARED = 1024  # entries; past that the memo starts afresh
+_SHARED_LOCK = threading.Lock()
+
+
+def _fast_shared(value: SharedJson, msg: Message, how: Any, depth: int, errs: list[str] | None) -> None:
+    """`_fast_value` for a value shared by many bodies: converted once (per message type, and whether
+    checked), then copied. The entry holds the value, so its id is not reused while the entry exists."""
+    checked = errs is not None and depth <= MAX_DEPTH
+    key = (id(value), type(msg), checked)
+    hit = _SHARED.get(key)
+    if hit is None or hit[0] is not value:
+        built = type(msg)()
+        found: list[str] | None = [] if errs is not None else None
+        _fast_value(value, built, how, depth, found)
+        hit = (value, built, tuple(found or ()))
+        with _SHARED_LOCK:
+            if len(_SHARED) >= MAX_SHARED:
+                _SHARED.clear()
+            _SHARED[key] = hit
+    msg.CopyFrom(hit[1])
+    if errs is not None:
+        errs.extend(hit[2])
+
+
+# (class, JSON string) -> the well-known-type message it parses to (Duration, Timestamp, FieldMask)
+_WKT_STRINGS: dict[tuple[type, str], Message] = {}
 
 
 def _fast_sub(value: Any, msg: Message, depth: int, errs: list[str] | None) -> None:

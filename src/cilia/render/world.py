@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import compress
@@ -94,6 +93,9 @@ class ResourceCache:
         self._by_key: dict[str, _BundleRender] = {}  # the last render's bundles, by key
         self._next_by_key: dict[str, _BundleRender] = {}
         self.conflicts = _Conflicts()
+        # raw resources by (type, name): the last render's, and this one's
+        self._raw_last: dict[tuple[str, str], list[_RawSeen]] = {}
+        self._raw_next: dict[tuple[str, str], list[_RawSeen]] = {}
         self._pool: dict[str, ir.EndpointSet] = {}  # the last render's sets, and their resources
         self._pool_res: dict[str, Resource] = {}
 
@@ -126,20 +128,31 @@ class ResourceCache:
         return res
 
     def get_raw(self, raw: ir.RawResource, sink: IdEntries, prev: IdEntries | None) -> Resource:
-        """`get` for a user-written resource: by identity, else by its canonical JSON (worked out only
-        then), else parsed (RawParseError when it does not parse)."""
+        """`get` for a user-written resource: by identity, else by content among the resources of that
+        type and name seen in this render and the last (canonical JSON, worked out only when there is
+        one to compare with: most names are defined once), else parsed (RawParseError when it does not
+        parse)."""
         ident = (raw.type_url, id(raw))
         hit = (prev.get(ident) if prev is not None else None) or sink.get(ident)
-        if hit is not None:
-            res = hit
-        else:
-            key = _raw_key(raw)
-            found = self._by_node.get(key) or self._next.get(key)
-            res = found if found is not None else Resource.of(raw.type_url, raw.name,
-                                                              parse_raw(raw.type_url, raw.body))
-            self._next[key] = res
-        sink[ident] = res
-        return res
+        if hit is None:
+            named = (raw.type_url, raw.name)
+            here = self._raw_next.get(named)
+            before = self._raw_last.get(named)
+            seen = _RawSeen(raw)
+            if here is not None:
+                hit = seen.same_as(here)
+            if hit is None and before is not None:
+                hit = seen.same_as(before)
+                if hit is not None:
+                    self._raw_next.setdefault(named, []).append(seen)
+            if hit is None:
+                seen.res = hit = Resource.of(raw.type_url, raw.name, parse_raw(raw.type_url, raw.body))
+                if here is None:
+                    self._raw_next[named] = [seen]
+                else:
+                    here.append(seen)
+        sink[ident] = hit
+        return hit
 
     def bundle(self, bundle: ir.Bundle) -> _BundleRender:
         hit = self._bundles.get(id(bundle)) or self._next_bundles.get(id(bundle))
@@ -158,8 +171,8 @@ class ResourceCache:
         out: dict[str, Resource]
         memo: dict[int, Any] = {}
 
-        def build(es: ir.EndpointSet) -> bytes:
-            return r.endpoints_bytes(es, memo)
+        def build(es: ir.EndpointSet, name: str) -> Resource:  # what `get` does without `by_content`
+            return Resource(ENDPOINT, name, r.endpoints_bytes(es, memo))
 
         if len(endpoints) == len(last) and list(endpoints) == list(last):  # same names, same order
             # the names whose set is not the very object of the last render (compared at C speed)
@@ -168,20 +181,21 @@ class ResourceCache:
                 return last_res  # the same sets: the last render's pool, as it was
             out = dict(last_res)
             for name in changed:
-                out[name] = self.get(ENDPOINT, endpoints[name], build, name, by_content=False)
+                out[name] = build(endpoints[name], name)
         else:
             out = {}
             for name, es in endpoints.items():
                 if last.get(name) is es:
                     out[name] = last_res[name]
                 else:
-                    out[name] = self.get(ENDPOINT, es, build, name, by_content=False)
+                    out[name] = build(es, name)
         self._pool, self._pool_res = dict(endpoints), out
         return out  # never changed afterwards (a later render with the same sets hands it back again)
 
     def rotate(self) -> None:
         """Forget what the last render did not use."""
         self._by_node, self._next = self._next, {}
+        self._raw_last, self._raw_next = self._raw_next, {}
         self._bundles, self._next_bundles = self._next_bundles, {}
         self._by_key, self._next_by_key = self._next_by_key, {}
 
@@ -189,8 +203,9 @@ class ResourceCache:
 class RenderedWorld:
     def __init__(self, bundles: tuple[RenderedBundle, ...], pool: Mapping[str, Resource],
                  node_labels: Mapping[str, Mapping[str, str]], issues: tuple[Issue, ...],
-                 generation: int) -> None:
+                 generation: int, deferred_roles: frozenset[str] = frozenset()) -> None:
         self.bundles = bundles
+        self.deferred_roles = deferred_roles  # roles not served from this world (ir.MeshIR.deferred_roles)
         self.pool = pool
         self.node_labels = node_labels
         self.issues = issues
@@ -418,7 +433,8 @@ def render_world(model: ir.MeshIR, cache: ResourceCache | None = None, generatio
             rendered.append(br.rendered)
     pool = cache.endpoint_pool(model.endpoints)
     cache.rotate()
-    return RenderedWorld(tuple(rendered), MappingProxyType(pool), model.node_labels, tuple(issues), generation)
+    return RenderedWorld(tuple(rendered), MappingProxyType(pool), model.node_labels, tuple(issues), generation,
+                         model.deferred_roles)
 
 
 class _NodeKey:
@@ -439,34 +455,38 @@ class _NodeKey:
             (self.node is other.node or self.node == other.node)
 
 
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"not a JSON value: {type(value).__name__}")
+class _RawSeen:
+    """A raw resource met in a render, its resource, and its content key once one was needed."""
+
+    __slots__ = ("_key", "raw", "res")
+
+    def __init__(self, raw: ir.RawResource, res: Resource | None = None) -> None:
+        self.raw = raw
+        self.res = res
+        self._key: str | None = None
+
+    def key(self) -> str:
+        if self._key is None:
+            self._key = _raw_key(self.raw)
+        return self._key
+
+    def same_as(self, others: list[_RawSeen]) -> Resource | None:
+        """The resource of the first of `others` with this content (a hit is recorded as this one's)."""
+        key = self.key()
+        for other in others:
+            if other.key() == key:
+                self.res = other.res
+                return other.res
+        return None
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_not_json)
-
-
-def _raw_key(raw: ir.RawResource) -> Any:
-    """What identifies a raw resource's parse: its type, name and canonical JSON (strings: hashed and
-    compared at C speed, their hashes cached). A body with values JSON does not have, or keys of mixed
-    types, is compared as frozen values instead, so no two bodies share a key unless they are equal."""
-    try:
-        return (raw.type_url, raw.name, _CANONICAL.encode(raw.body))
-    except (TypeError, ValueError):
-        return ("frozen", raw.type_url, raw.name, _freeze(raw.body))
-
-
-def _freeze(v: Any) -> Any:
-    """A hashable value equal for equal JSON-like values, telling types apart (1, 1.0 and True)."""
-    if isinstance(v, Mapping):
-        return ("map", tuple(sorted(((_freeze(k), _freeze(x)) for k, x in v.items()), key=lambda kv: repr(kv[0]))))
-    if isinstance(v, list | tuple):
-        return ("list", tuple(_freeze(x) for x in v))
-    try:
-        hash(v)
-    except TypeError:
-        return (type(v).__name__, repr(v))
-    return (type(v).__name__, v)
+def _raw_key(raw: ir.RawResource) -> str:
+    """What identifies a raw resource's parse among those of its type and name: its body's repr, which
+    tells apart what == does not (1, 1.0 and True; "1" and 1) and is written at C speed. Bodies built
+    alike (from the same manifest text) have equal reprs; equal content with keys in another order does
+    not, and is only parsed once more. A value without a faithful repr (no JSON or YAML value) shows its
+    identity, and the entry holding the key holds the body, so no other object can take that identity."""
+    return repr(raw.body)
 
 
 __all__ = ["TYPE_ORDER", "ProxyResources", "RenderedWorld", "ResourceCache", "render_world"]

@@ -14,7 +14,7 @@ from cilia.translate.cec import dangling_cluster_refs, translate_envoy_configs
 from cilia.translate.context import ObjectStatus, Partial, TranslateOptions
 from cilia.translate.egress import translate_egress
 from cilia.translate.gateway import translate_gateway
-from cilia.translate.grpc import translate_grpc
+from cilia.translate.grpc import GRPC_ROLE, translate_grpc
 from cilia.translate.incremental import Reads
 from cilia.translate.ingress import translate_ingresses
 from cilia.translate.mesh import translate_mesh
@@ -96,12 +96,18 @@ def _changed_kinds(previous: TranslationResult | None, snapshot: InputSnapshot,
     From the store's record when both snapshots come from it (so a snapshot taken and not translated
     loses nothing, and one that changed nothing reuses everything), else the snapshot's own."""
     if (previous is None or len(previous.partials) != len(TRANSLATORS) or previous.opts is None
-            or replace(previous.opts, status_time="") != replace(opts, status_time="")):
+            or _compared(previous.opts) != _compared(opts)):
         return None
     changes = snapshot.changes_after(previous.stamp)
     if changes is not None:
         return changes[0]
     return snapshot.changed_kinds or None
+
+
+def _compared(opts: TranslateOptions) -> TranslateOptions:
+    """The options as far as every translator reads them: not the status time (the next translation's
+    own), nor whether gRPC targets are built (only translate_grpc reads that; it is run again)."""
+    return replace(opts, status_time="", grpc_targets=True)
 
 
 def _stable_bundles(part: Partial, before: Partial) -> Partial:
@@ -128,8 +134,10 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
     partials: list[Partial] = []
     reads: list[frozenset[str]] = []
     reused = 0
+    grpc_flipped = previous is not None and previous.opts is not None and \
+        previous.opts.grpc_targets != opts.grpc_targets
     for i, fn in enumerate(TRANSLATORS):
-        if previous is not None and changed is not None:
+        if previous is not None and changed is not None and not (grpc_flipped and fn is translate_grpc):
             was = previous.reads[i]
             if ALL_KINDS not in was and not (was & changed):
                 partials.append(previous.partials[i])
@@ -158,6 +166,7 @@ def translate(snapshot: InputSnapshot, opts: TranslateOptions | None = None,
     if refs:
         issues.extend(dangling_cluster_refs(bundles, refs))
     node_labels = {o.meta.name: o.meta.labels for o in snapshot.list("Node")}
-    ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects)), opts)
+    ir = apply_telemetry(MeshIR(tuple(bundles), endpoints, node_labels, tuple(redirects),
+                                frozenset() if opts.grpc_targets else GRPC_ROLE), opts)
     return TranslationResult(ir, tuple(statuses), tuple(issues), tuple(partials), tuple(reads), opts, reused,
                              snapshot.stamp)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cilia.ir.model import NODE_ADMIN_CLUSTER, NODE_STATIC_CLUSTERS
+from cilia.ir.model import NODE_ADMIN_CLUSTER, NODE_STATIC_CLUSTERS, SharedJson
 from cilia.translate.cec_filters import config_type_for
 
 T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -142,12 +142,24 @@ def _fill(m: Any, name: str, make: Callable[[], Any]) -> None:
         m[name] = make()
 
 
+# Fields of a route action, besides `cluster`, that name clusters (both spellings).
+_MORE_ROUTE_REFS = frozenset({"weighted_clusters", "weightedClusters", "request_mirror_policies",
+                              "requestMirrorPolicies"})
+# Fields of a cluster that `ConfigParser._cluster` looks into or fills in (both spellings).
+_CLUSTER_PARTS = frozenset({"transport_socket", "transportSocket", "typed_extension_protocol_options",
+                            "typedExtensionProtocolOptions", "circuit_breakers", "circuitBreakers",
+                            "eds_cluster_config", "edsClusterConfig", "load_assignment", "loadAssignment"})
+# Defaults filled into many resources: one shared object each (converted once when rendered).
+_ADS_SOURCE = SharedJson({"ads": SharedJson(), "resource_api_version": "V3"})
+_DEFAULT_CIRCUIT_BREAKERS = SharedJson({"thresholds": [SharedJson(CIRCUIT_BREAKER_DEFAULTS)]})
+
+
 def ads_source() -> dict[str, Any]:
-    return {"ads": {}, "resource_api_version": "V3"}
+    return _ADS_SOURCE
 
 
 def default_circuit_breakers() -> dict[str, Any]:
-    return {"thresholds": [dict(CIRCUIT_BREAKER_DEFAULTS)]}
+    return _DEFAULT_CIRCUIT_BREAKERS
 
 
 @dataclass(slots=True)
@@ -269,9 +281,15 @@ class ConfigParser:
         for i, vh in enumerate(children(rc, "virtual_hosts")):
             _rename(vh, "name", lambda n: self.q(n, force=True))
             for j, route in enumerate(children(vh, "routes")):
+                action = route.get("route") if type(route) is dict else None
+                if type(action) is not dict:
+                    continue  # no cluster to name (or not an object: the renderer says so)
                 where = f"{path}.virtual_hosts[{i}].routes[{j}].route"
-                action = child(route, "route")
-                self._ref(action, "cluster", where)
+                cluster = action.get("cluster")
+                if isinstance(cluster, str):
+                    action["cluster"] = self.cluster_ref(cluster, f"{where}.cluster")
+                if action.keys().isdisjoint(_MORE_ROUTE_REFS):
+                    continue
                 for k, wc in enumerate(children(child(action, "weighted_clusters"), "clusters")):
                     self._ref(wc, "name", f"{where}.weighted_clusters.clusters[{k}]")
                 for k, mirror in enumerate(children(action, "request_mirror_policies")):
@@ -294,6 +312,14 @@ class ConfigParser:
                 _rename(sc, "name", self.q)
 
     def _cluster(self, body: dict[str, Any], path: str) -> None:
+        if body.keys().isdisjoint(_CLUSTER_PARTS):  # the common case, as the general steps below do it
+            body["circuit_breakers"] = _DEFAULT_CIRCUIT_BREAKERS
+            if body.get("type") == "EDS":
+                body["eds_cluster_config"] = {"eds_config": _ADS_SOURCE}
+            name = body.get("name")
+            if isinstance(name, str):
+                body["name"] = self.q(name)
+            return
         self._tls(child(body, "transport_socket"))
         options = child(body, "typed_extension_protocol_options")
         http = child(options, HTTP_OPTIONS) if isinstance(options, dict) else None

@@ -27,6 +27,10 @@ class TranslateOptions:
     mesh_sidecar_capture_address: str = "127.0.0.1"  # sidecar~ outbound capture listener
     mesh_inbound_address: str = "0.0.0.0"  # sidecar~ inbound listener
     cluster_domain: str = "cluster.local"  # DNS suffix of Service names (proxyless gRPC targets)
+    # Build the proxyless gRPC targets (translate/grpc.py). `cilia serve` starts without them and turns them
+    # on when the first gRPC client connects: until then they cost nothing (at 5,000 Services, ~0.4 s of
+    # every translation from scratch); the model says which roles it left out (MeshIR.deferred_roles).
+    grpc_targets: bool = True
     # Mesh mTLS: the CA's trust domain (the control plane sets it when it has a CA); empty = plaintext mesh.
     mesh_trust_domain: str = ""
     mesh_node_inbound_address: str = "127.0.0.1"  # node~ inbound listener (mTLS only), on mesh_inbound_port

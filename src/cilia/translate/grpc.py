@@ -28,9 +28,11 @@ clients in Ci, the shared view in a bundle for clients in every other namespace.
 object (gRPC clients outside the cluster, file mode): it is scoped by the namespace in its NAME.
 
 Cost: every Service port costs three small listeners and one route config, rendered once and shared by
-every gRPC client; a client is sent only what it dials. Generating them all up front (rather than on
-request) keeps the xDS server free of per-request translation; at 5,000 two-port Services that is
-30,000 listeners of about 200 bytes each (measured in tests/unit/test_grpc_translate.py).
+every gRPC client; a client is sent only what it dials. Generating them all at once (rather than per
+requested name) keeps the xDS server free of per-request translation; at 5,000 two-port Services that is
+30,000 listeners of about 200 bytes each (measured in tests/unit/test_grpc_translate.py). `cilia serve`
+builds them only once the first gRPC client connects (TranslateOptions.grpc_targets; that client's
+stream waits for the translation that adds them): a mesh without proxyless clients never pays for them.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ _MEMO: Memo[_ServiceTargets] = Memo()
 
 
 def translate_grpc(snapshot: InputSnapshot, opts: TranslateOptions) -> Partial:
+    if not opts.grpc_targets:
+        return Partial()  # left out until a gRPC client connects (MeshIR.deferred_roles says so)
     index = gamma_index(snapshot)
     root = root_snapshot(snapshot)
     if root is None or not memo_enabled():

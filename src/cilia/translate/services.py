@@ -432,13 +432,13 @@ def _service_endpoints(svc_obj: KubeObject, slices: list[EndpointSliceSpec], pod
     issues: list[Issue] = []
     ref = str(svc_obj.ref)
     annotations = svc_obj.meta.annotations
-    is_global = annotations.get(GLOBAL_ANNOTATION, "").lower() == "true"
-    affinity = annotations.get(AFFINITY_ANNOTATION, "none").lower()
+    is_global = annotations.get(GLOBAL_ANNOTATION, "").lower() == "true" if annotations else False
+    affinity = annotations.get(AFFINITY_ANNOTATION, "none").lower() if annotations else "none"
     if affinity not in ("local", "remote", "none"):
         issues.append(Issue(ref, f"metadata.annotations.{AFFINITY_ANNOTATION}",
                             f"must be local, remote or none, got {affinity!r}; using none", severity="warning"))
         affinity = "none"
-    policy = annotations.get(LB_POLICY_ANNOTATION)
+    policy = annotations.get(LB_POLICY_ANNOTATION) if annotations else None
     if policy is not None and policy.strip().lower() not in LB_POLICIES:
         issues.append(Issue(ref, f"metadata.annotations.{LB_POLICY_ANNOTATION}",
                             f"must be {' or '.join(LB_POLICIES)}, got {policy!r}; using round-robin"))

@@ -22,6 +22,10 @@ class ConfigCache:
         self._wakers: set[asyncio.Event] = set()
         self._keys: dict[ProxyId, tuple[int, ...]] = {}  # per proxy, its bundles' keys while scopes stay
         self.ready = False  # set once the first real world is in
+        # Called with a role the world leaves out (RenderedWorld.deferred_roles) when a proxy of that role
+        # wants serving: the owner builds a world with it (ControlPlane turns gRPC targets on).
+        self.on_demand: Callable[[str], None] | None = None
+        self._gated: set[asyncio.Event] = set()  # proxies waiting for a world that covers their role
 
     @property
     def world(self) -> RenderedWorld:
@@ -34,6 +38,25 @@ class ConfigCache:
         self.ready = True
         for ev in self._wakers:
             ev.set()
+        for ev in self._gated:
+            ev.set()
+
+    def covers(self, proxy: ProxyId) -> bool:
+        return proxy.role not in self._world.deferred_roles
+
+    async def wait_covered(self, proxy: ProxyId) -> None:
+        """Return once the world has `proxy`'s config: asks for a role left out of it, then waits for
+        a world with it (a proxy is never served from a world that lacks its role's config: it would
+        be told its resources do not exist)."""
+        while not self.covers(proxy):
+            if self.on_demand is not None:
+                self.on_demand(proxy.role)
+            ev = asyncio.Event()
+            self._gated.add(ev)
+            try:
+                await ev.wait()
+            finally:
+                self._gated.discard(ev)
 
     def resources_for(self, proxy: ProxyId) -> ProxyResources:
         """Each stream asks on every pass; matching scopes once per proxy and world keeps that O(1)."""

@@ -308,6 +308,8 @@ class XdsServer:
             if req.type_url and req.type_url != type_url:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"type_url {req.type_url!r} is not served by this method (wants {type_url})")
+            if not self.cache.covers(proxy):
+                await self.cache.wait_covered(proxy)
             view = self.cache.resources_for(proxy)
             resources = view.of(type_url)
             names = set(req.resource_names)
@@ -370,6 +372,8 @@ class XdsServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         proxy = await self._proxy_id(node.id, context)
         await self._authorize(proxy, context)
+        if not self.cache.covers(proxy):
+            await self.cache.wait_covered(proxy)
         if len(self.streams.get(str(proxy), ())) >= self.limits.max_streams_per_proxy:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{proxy} holds {self.limits.max_streams_per_proxy} xDS streams already "
