@@ -686,22 +686,26 @@ def collector_paused(freeze: bool = False) -> Iterator[None]:
     the new world, which survives, so collections during them only walk it (about 5% of a 10,000-route
     translation from scratch); the few cycles they leave are collected once they are done.
 
-    With `freeze` (`cilia serve`), what is alive when the stage ends is moved out of the collector's
-    reach (gc.freeze, which costs no walk): the young collection the stage's allocations bring on next
-    would walk the whole new world to find nothing (translation and render leave no cyclic garbage:
-    tests/unit/test_collector_paused.py), ~80 ms after a 10,000-route translation from scratch.
-    `release_frozen` collects what was frozen once it has grown."""
+    With `freeze` (`cilia serve`), after a stage that left FREEZE_MIN_YOUNG young objects or more (a
+    translation from scratch, not an edit), what is alive is moved out of the collector's reach
+    (gc.freeze, which costs no walk): the young collection those allocations bring on next would walk
+    the whole new world to find nothing (translation and render leave no cyclic garbage:
+    tests/unit/test_render_shared_json.py), ~80 ms after a 10,000-route translation from scratch.
+    After small stages nothing is frozen: freezing each edit's few objects, and with them every
+    stream's state, made fan-out slower (bench/README.md). `release_frozen` collects what was frozen
+    once it has grown."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if freeze:
+        if freeze and gc.get_count()[0] >= FREEZE_MIN_YOUNG:
             gc.freeze()
         if was_enabled:
             gc.enable()
 
 
+FREEZE_MIN_YOUNG = 100_000  # young objects a stage leaves for it to be frozen (collector_paused)
 # Frozen objects (gc.get_freeze_count) past this multiple of what was frozen after the last release, and
 # past it by FROZEN_SLACK at least: unfrozen, collected in full and frozen again. Whatever cyclic garbage
 # a freeze caught (another thread's, during a stage) is collected then; a process whose heap does not grow

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from cilia.app import collector_paused, release_frozen
+from cilia.app import FREEZE_MIN_YOUNG, collector_paused, release_frozen
 from cilia.ir import model as ir
 from cilia.ir.model import SharedJson
 from cilia.render.raw import RawValidationError, parse_raw
@@ -139,9 +139,12 @@ def test_a_frozen_stage_leaves_nothing_young_and_grown_freezes_are_collected(mon
     base = gc.get_freeze_count()
     try:
         with collector_paused(freeze=True):
-            kept = [[i] for i in range(50_000)]
+            small = [[i] for i in range(1_000)]
+        assert gc.get_freeze_count() == base  # an edit's few objects: not frozen
+        with collector_paused(freeze=True):
+            kept = [[i] for i in range(FREEZE_MIN_YOUNG)]
         assert gc.get_count()[0] < 100  # the stage's allocations are not left for a young collection
-        assert gc.get_freeze_count() >= base + 50_000
+        assert gc.get_freeze_count() >= base + FREEZE_MIN_YOUNG
         assert release_frozen(gc.get_freeze_count()) == gc.get_freeze_count()  # not grown: left alone
         cycles = []
         for _ in range(10_000):
@@ -153,7 +156,7 @@ def test_a_frozen_stage_leaves_nothing_young_and_grown_freezes_are_collected(mon
         grown = gc.get_freeze_count()
         after = release_frozen(grown // 2)
         assert after < grown - 9_000  # the cycles were collected, the rest frozen again
-        del kept
+        del kept, small
     finally:
         gc.unfreeze()
         gc.collect()
