@@ -14,8 +14,8 @@ from cilia.app import GC_THRESHOLDS, ServeOptions, collector_paused, starting_tr
 from cilia.k8s import kinds as _kinds  # noqa: F401 - registers the kinds
 from cilia.k8s.manifest import parse_text
 from cilia.k8s.store import Store
-from cilia.render.world import ResourceCache, render_world
-from cilia.translate import translate
+from cilia.render.world import RenderedWorld, ResourceCache, render_world
+from cilia.translate import TranslationResult, translate
 from cilia.translate.context import TranslateOptions
 
 ROUTES_PER_CEC = 100
@@ -117,19 +117,25 @@ def _load(store: Store, services: int, cecs: int, ns: str = "bench") -> None:
     put("ing-0", [_ingress(0, services)])
 
 
+def _timed_build(store: Store, opts: TranslateOptions, previous: TranslationResult | None, cache: ResourceCache,
+                 generation: int) -> tuple[TranslationResult, RenderedWorld, float, float]:
+    """Translate (from `previous`) and render as `cilia serve` does; the two stages' seconds."""
+    t0 = time.perf_counter()
+    with collector_paused(freeze=True):
+        result = translate(store.snapshot(), opts, previous)
+    t1 = time.perf_counter()
+    with collector_paused(freeze=True):
+        world = render_world(result.ir, cache, generation)
+    return result, world, t1 - t0, time.perf_counter() - t1
+
+
 def _warm_scratch(services: int, cecs: int, opts: TranslateOptions, ns: str) -> tuple[float, float]:
     """Translate + render from scratch in this process again (types loaded, code warm), of a world it has
     not seen: the same objects in another namespace, so no content-keyed memo holds any of it."""
     store = Store()
     _load(store, services, cecs, ns=ns)
     gc.collect()
-    t = time.perf_counter()
-    with collector_paused(freeze=True):
-        result = translate(store.snapshot(), opts)
-    t1 = time.perf_counter()
-    with collector_paused(freeze=True):
-        render_world(result.ir, ResourceCache(), 1)
-    return t1 - t, time.perf_counter() - t1
+    return _timed_build(store, opts, None, ResourceCache(), 1)[2:]
 
 
 def run(services: int = 5000, routes: int = 10_000) -> dict[str, Any]:
@@ -161,38 +167,19 @@ def _run(services: int, routes: int) -> dict[str, Any]:
     cache = ResourceCache()
     gc.collect()
 
-    t = time.perf_counter()
-    with collector_paused(freeze=True):
-        result = translate(store.snapshot(), opts)
-    translate_s = time.perf_counter() - t
-    t = time.perf_counter()
-    with collector_paused(freeze=True):
-        world = render_world(result.ir, cache, 1)
-    render_s = time.perf_counter() - t
+    result, world, translate_s, render_s = _timed_build(store, opts, None, cache, 1)
     issues = len(result.issues) + len(world.issues)
 
     # The first proxyless gRPC client connects: its targets are added to the last translation. The edits
     # below are then measured with them built (a Service edit changes its targets too).
-    t0 = time.perf_counter()
-    with collector_paused(freeze=True):
-        result = translate(store.snapshot(), with_grpc, result)
-    t1 = time.perf_counter()
-    with collector_paused(freeze=True):
-        world = render_world(result.ir, cache, 2)
-    grpc_added = (t1 - t0, time.perf_counter() - t1)
+    result, world, *grpc_added = _timed_build(store, with_grpc, result, cache, 2)
     opts = with_grpc
 
     def edit(source: str, text: str) -> tuple[float, float]:
         nonlocal result, world
         store.replace_source(source, parse_text(text, source))
-        t0 = time.perf_counter()
-        with collector_paused(freeze=True):
-            result = translate(store.snapshot(), opts, result)
-        t1 = time.perf_counter()
-        with collector_paused(freeze=True):
-            world = render_world(result.ir, cache, 2)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1
+        result, world, translate_s, render_s = _timed_build(store, opts, result, cache, 2)
+        return translate_s, render_s
 
     ep = [edit("slice-0", _docs([_slice(0, host_octet=2 + k % 2)])) for k in range(5)]
     rt = [edit("cec-0", _docs([_cec(0, services, variant=1 + k % 2)])) for k in range(3)]
