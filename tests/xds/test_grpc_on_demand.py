@@ -5,6 +5,7 @@ translator again."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -136,3 +137,21 @@ async def test_serve_starts_without_targets_and_turns_them_on_for_good() -> None
 
 def _grpc_proxy() -> ProxyId:
     return ProxyId.parse(GRPC)
+
+
+async def test_debug_config_of_a_grpc_client_waits_for_its_targets() -> None:
+    cp = ControlPlane(ServeOptions(xds_address=None))
+    cp.store.replace_source("m", parse_text(SERVICES, "m"))
+    cp.rebuild()
+    cp._changed.clear()
+    assert not cp.cache.covers(_grpc_proxy())
+
+    async def rebuild_when_asked() -> None:  # the debounce loop's part
+        await cp._changed.wait()
+        assert cp.opts.translate.grpc_targets
+        cp.rebuild()
+
+    await asyncio.wait_for(asyncio.gather(cp.wait_config(GRPC), rebuild_when_asked()), 5)
+    listeners = cp.proxy_config(GRPC)["listeners"]
+    assert ECHO in [li["name"] for li in listeners]
+    await cp.wait_config("not a proxy id")  # proxy_config says why; nothing to wait for
