@@ -139,6 +139,9 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+REBUILD_RETRY_S = 5.0  # after a failed rebuild that proxies wait for (a role built on demand)
+
+
 class ControlPlane:
     def __init__(self, opts: ServeOptions) -> None:
         if opts.kubernetes is not None:  # translators name the namespaces Secrets are read in
@@ -201,11 +204,15 @@ class ControlPlane:
             log.info("a proxyless gRPC client connected: building gRPC targets from now on")
             self.opts = dataclasses.replace(self.opts, translate=dataclasses.replace(self.opts.translate,
                                                                                        grpc_targets=True))
-            now = time.monotonic()  # a rebuild as soon as the debounce loop sees it, counted as no source event
-            if not self._changed.is_set():
-                self._first_change = now
-            self._last_change = now
-            self._changed.set()
+            self._request_rebuild()
+
+    def _request_rebuild(self) -> None:
+        """A rebuild as soon as the debounce loop sees it, counted as no source event."""
+        now = time.monotonic()
+        if not self._changed.is_set():
+            self._first_change = now
+        self._last_change = now
+        self._changed.set()
 
     def _build(self, snapshot: InputSnapshot, batch: Any) -> tuple[TranslationResult, RenderedWorld]:
         """Translate and render; pure apart from the render cache, so it may run off the event loop."""
@@ -271,6 +278,8 @@ class ControlPlane:
             except Exception:
                 log.exception("rebuild failed; the previous configuration stays in place")
                 self.result = None  # the changes this build consumed are unknown to the next: start afresh
+                if self.cache.waiting:  # proxies wait for config only a rebuild brings: try again
+                    asyncio.get_running_loop().call_later(REBUILD_RETRY_S, self._request_rebuild)
 
     # -- run -------------------------------------------------------------------------------------------
     async def run(self, sources_ready: asyncio.Event | None = None) -> None:
@@ -670,13 +679,12 @@ async def scale_collector(stream_count: Callable[[], int], interval_s: float = G
     `interval_s`; a connect storm is met within that), and collect frozen objects once they have grown
     (`release_frozen`)."""
     current = gc.get_threshold()
-    frozen_baseline = gc.get_freeze_count()
     while True:
         wanted = collector_thresholds(stream_count())
         if wanted != current:
             gc.set_threshold(*wanted)
             current = wanted
-        frozen_baseline = release_frozen(frozen_baseline)
+        release_frozen()
         await asyncio.sleep(interval_s)
 
 
@@ -696,34 +704,44 @@ def collector_paused(freeze: bool = False) -> Iterator[None]:
     once it has grown."""
     was_enabled = gc.isenabled()
     gc.disable()
+    young_before = gc.get_count()[0]
     try:
         yield
     finally:
-        if freeze and gc.get_count()[0] >= FREEZE_MIN_YOUNG:
+        if freeze and gc.get_count()[0] - young_before >= FREEZE_MIN_YOUNG:  # what this stage left
             gc.freeze()
         if was_enabled:
             gc.enable()
 
 
 FREEZE_MIN_YOUNG = 100_000  # young objects a stage leaves for it to be frozen (collector_paused)
-# Frozen objects (gc.get_freeze_count) past this multiple of what was frozen after the last release, and
-# past it by FROZEN_SLACK at least: unfrozen, collected in full and frozen again. Whatever cyclic garbage
-# a freeze caught (another thread's, during a stage) is collected then; a process whose heap does not grow
-# never pays for a full collection.
+# Frozen objects (gc.get_freeze_count) past this multiple of what was frozen right after the last full
+# collection (collect_and_freeze), and past it by FROZEN_SLACK at least: unfrozen, collected in full and
+# frozen again. Whatever cyclic garbage a freeze caught (another thread's, during a stage) is collected
+# then; a process whose heap does not grow never pays for another full collection.
 FROZEN_GROWTH = 1.5
 FROZEN_SLACK = 200_000
+_FROZEN_BASELINE: list[int] = []  # frozen objects right after the last full collection; none yet: empty
 
 
-def release_frozen(baseline: int) -> int:
-    """Collect the frozen objects when they have grown past `baseline` (see FROZEN_GROWTH); the new
-    baseline."""
-    frozen = gc.get_freeze_count()
-    if frozen <= max(int(baseline * FROZEN_GROWTH), baseline + FROZEN_SLACK):
-        return baseline
-    gc.unfreeze()
+def collect_and_freeze() -> None:
+    """A full collection, then everything alive frozen; the baseline `release_frozen` measures from."""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
+    _FROZEN_BASELINE[:] = [gc.get_freeze_count()]
+
+
+def release_frozen() -> bool:
+    """`collect_and_freeze` again when the frozen objects have grown past the baseline (see
+    FROZEN_GROWTH); nothing before the first one (the process has not started yet)."""
+    if not _FROZEN_BASELINE:
+        return False
+    baseline = _FROZEN_BASELINE[0]
+    if gc.get_freeze_count() <= max(int(baseline * FROZEN_GROWTH), baseline + FROZEN_SLACK):
+        return False
+    gc.unfreeze()
+    collect_and_freeze()
+    return True
 
 
 async def serve(opts: ServeOptions) -> int:
@@ -750,8 +768,7 @@ async def serve(opts: ServeOptions) -> int:
 
     async def freeze_when_started() -> None:
         await started.wait()
-        gc.collect()
-        gc.freeze()
+        collect_and_freeze()
 
     gc.set_threshold(*GC_THRESHOLDS)
     async with asyncio.TaskGroup() as tg:

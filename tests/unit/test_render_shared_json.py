@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from cilia.app import FREEZE_MIN_YOUNG, collector_paused, release_frozen
+from cilia.app import FREEZE_MIN_YOUNG, collect_and_freeze, collector_paused, release_frozen
 from cilia.ir import model as ir
 from cilia.ir.model import SharedJson
 from cilia.render.raw import RawValidationError, parse_raw
@@ -135,17 +135,24 @@ def test_a_frozen_stage_leaves_nothing_young_and_grown_freezes_are_collected(mon
     import cilia.app
 
     monkeypatch.setattr(cilia.app, "FROZEN_SLACK", 0)
+    monkeypatch.setattr(cilia.app, "_FROZEN_BASELINE", [])
     gc.collect()
     base = gc.get_freeze_count()
     try:
+        assert not release_frozen()  # no full collection yet (a process not started): nothing to measure from
+        gc.disable()  # as under a high young threshold (many streams): objects left young before the stage
+        young = [[i] for i in range(FREEZE_MIN_YOUNG // 2)]
         with collector_paused(freeze=True):
-            small = [[i] for i in range(1_000)]
-        assert gc.get_freeze_count() == base  # an edit's few objects: not frozen
+            small = [[i] for i in range(FREEZE_MIN_YOUNG // 2 + 1_000)]
+        assert gc.get_count()[0] >= FREEZE_MIN_YOUNG  # together past the line, the stage alone not
+        gc.enable()
+        assert gc.get_freeze_count() == base  # an edit's objects: not frozen, whatever was young before
         with collector_paused(freeze=True):
             kept = [[i] for i in range(FREEZE_MIN_YOUNG)]
         assert gc.get_count()[0] < 100  # the stage's allocations are not left for a young collection
         assert gc.get_freeze_count() >= base + FREEZE_MIN_YOUNG
-        assert release_frozen(gc.get_freeze_count()) == gc.get_freeze_count()  # not grown: left alone
+        collect_and_freeze()
+        assert not release_frozen()  # not grown: left alone
         cycles = []
         for _ in range(10_000):
             a: list[Any] = []
@@ -154,9 +161,10 @@ def test_a_frozen_stage_leaves_nothing_young_and_grown_freezes_are_collected(mon
         del cycles  # cyclic garbage, frozen below (another thread's, in serve) where no collection sees it
         gc.freeze()
         grown = gc.get_freeze_count()
-        after = release_frozen(grown // 2)
-        assert after < grown - 9_000  # the cycles were collected, the rest frozen again
-        del kept, small
+        monkeypatch.setattr(cilia.app, "_FROZEN_BASELINE", [grown // 2])
+        assert release_frozen()
+        assert gc.get_freeze_count() < grown - 9_000  # the cycles were collected, the rest frozen again
+        del kept, small, young
     finally:
         gc.unfreeze()
         gc.collect()

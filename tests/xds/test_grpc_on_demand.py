@@ -155,3 +155,28 @@ async def test_debug_config_of_a_grpc_client_waits_for_its_targets() -> None:
     listeners = cp.proxy_config(GRPC)["listeners"]
     assert ECHO in [li["name"] for li in listeners]
     await cp.wait_config("not a proxy id")  # proxy_config says why; nothing to wait for
+
+
+async def test_a_failed_rebuild_is_retried_while_a_client_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cilia.app
+
+    monkeypatch.setattr(cilia.app, "REBUILD_RETRY_S", 0.05)
+    cp = ControlPlane(ServeOptions(xds_address=None))
+    cp.store.replace_source("m", parse_text(SERVICES, "m"))
+    cp.rebuild()
+    cp._changed.clear()
+    build, calls = cp._build, [0]
+
+    def failing_once(*args: object) -> object:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a bug")
+        return build(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cp, "_build", failing_once)
+    loop = asyncio.create_task(cp._debounce_loop())
+    try:
+        await asyncio.wait_for(cp.cache.wait_covered(_grpc_proxy()), 5)
+        assert calls[0] == 2 and ECHO in cp.cache.resources_for(_grpc_proxy()).of(LISTENER)
+    finally:
+        loop.cancel()

@@ -149,7 +149,9 @@ _MORE_ROUTE_REFS = frozenset({"weighted_clusters", "weightedClusters", "request_
 _CLUSTER_PARTS = frozenset({"transport_socket", "transportSocket", "typed_extension_protocol_options",
                             "typedExtensionProtocolOptions", "circuit_breakers", "circuitBreakers",
                             "eds_cluster_config", "edsClusterConfig", "load_assignment", "loadAssignment"})
-# Defaults filled into many resources: one shared object each (converted once when rendered).
+# Defaults filled into many resources: one shared object each (converted once when rendered). A SharedJson
+# refuses changes to itself; the list inside (the converter takes repeated fields as lists) is never changed
+# either: nothing edits a default in place.
 _ADS_SOURCE = SharedJson({"ads": SharedJson(), "resource_api_version": "V3"})
 _DEFAULT_CIRCUIT_BREAKERS = SharedJson({"thresholds": [SharedJson(CIRCUIT_BREAKER_DEFAULTS)]})
 

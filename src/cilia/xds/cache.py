@@ -41,6 +41,11 @@ class ConfigCache:
         for ev in self._gated:
             ev.set()
 
+    @property
+    def waiting(self) -> int:
+        """Proxies waiting for a world that covers their role (`wait_covered`)."""
+        return len(self._gated)
+
     def covers(self, proxy: ProxyId) -> bool:
         return proxy.role not in self._world.deferred_roles
 
