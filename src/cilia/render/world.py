@@ -129,28 +129,21 @@ class ResourceCache:
 
     def get_raw(self, raw: ir.RawResource, sink: IdEntries, prev: IdEntries | None) -> Resource:
         """`get` for a user-written resource: by identity, else by content among the resources of that
-        type and name seen in this render and the last (canonical JSON, worked out only when there is
-        one to compare with: most names are defined once), else parsed (RawParseError when it does not
-        parse)."""
+        type and name seen in this render and the last (`_raw_key`, worked out only when there is one to
+        compare with: most names are defined once), else parsed (RawParseError when it does not parse)."""
         ident = (raw.type_url, id(raw))
         hit = (prev.get(ident) if prev is not None else None) or sink.get(ident)
         if hit is None:
             named = (raw.type_url, raw.name)
-            here = self._raw_next.get(named)
-            before = self._raw_last.get(named)
+            here = self._raw_next.setdefault(named, [])
             seen = _RawSeen(raw)
-            if here is not None:
-                hit = seen.same_as(here)
-            if hit is None and before is not None:
-                hit = seen.same_as(before)
-                if hit is not None:
-                    self._raw_next.setdefault(named, []).append(seen)
+            hit = seen.same_as(here) if here else None
             if hit is None:
-                seen.res = hit = Resource.of(raw.type_url, raw.name, parse_raw(raw.type_url, raw.body))
-                if here is None:
-                    self._raw_next[named] = [seen]
-                else:
-                    here.append(seen)
+                before = self._raw_last.get(named)
+                hit = seen.same_as(before) if before else None
+                if hit is None:
+                    seen.res = hit = Resource.of(raw.type_url, raw.name, parse_raw(raw.type_url, raw.body))
+                here.append(seen)  # found in the last render or parsed: this render's from now on
         sink[ident] = hit
         return hit
 
