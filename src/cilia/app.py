@@ -710,6 +710,7 @@ def collector_paused(freeze: bool = False) -> Iterator[None]:
     finally:
         if freeze and gc.get_count()[0] - young_before >= FREEZE_MIN_YOUNG:  # what this stage left
             gc.freeze()
+            _FROZEN_SINCE_CHECK[0] = True
         if was_enabled:
             gc.enable()
 
@@ -722,6 +723,9 @@ FREEZE_MIN_YOUNG = 100_000  # young objects a stage leaves for it to be frozen (
 FROZEN_GROWTH = 1.5
 FROZEN_SLACK = 200_000
 _FROZEN_BASELINE: list[int] = []  # frozen objects right after the last full collection; none yet: empty
+# Whether a stage froze objects since release_frozen last looked: gc.get_freeze_count walks every frozen
+# object (~5 ms at a million), so it is read only after a freeze, not on every check of an idle process.
+_FROZEN_SINCE_CHECK = [False]
 
 
 def collect_and_freeze() -> None:
@@ -729,13 +733,16 @@ def collect_and_freeze() -> None:
     gc.collect()
     gc.freeze()
     _FROZEN_BASELINE[:] = [gc.get_freeze_count()]
+    _FROZEN_SINCE_CHECK[0] = False
 
 
 def release_frozen() -> bool:
     """`collect_and_freeze` again when the frozen objects have grown past the baseline (see
-    FROZEN_GROWTH); nothing before the first one (the process has not started yet)."""
-    if not _FROZEN_BASELINE:
+    FROZEN_GROWTH); nothing before the first one (the process has not started yet), nor while no stage
+    froze anything since the last look."""
+    if not _FROZEN_BASELINE or not _FROZEN_SINCE_CHECK[0]:
         return False
+    _FROZEN_SINCE_CHECK[0] = False
     baseline = _FROZEN_BASELINE[0]
     if gc.get_freeze_count() <= max(int(baseline * FROZEN_GROWTH), baseline + FROZEN_SLACK):
         return False

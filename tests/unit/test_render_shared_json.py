@@ -159,12 +159,16 @@ def test_a_frozen_stage_leaves_nothing_young_and_grown_freezes_are_collected(mon
             a.append(a)
             cycles.append(a)
         del cycles  # cyclic garbage, frozen below (another thread's, in serve) where no collection sees it
-        gc.freeze()
+        monkeypatch.setattr(cilia.app, "_FROZEN_BASELINE", [gc.get_freeze_count() // 4])
+        assert not release_frozen()  # grown, but no stage froze anything since the last look: not even counted
+        with collector_paused(freeze=True):
+            more = [[i] for i in range(FREEZE_MIN_YOUNG)]
         grown = gc.get_freeze_count()
         monkeypatch.setattr(cilia.app, "_FROZEN_BASELINE", [grown // 2])
         assert release_frozen()
+        assert not release_frozen()  # looked at once per freeze
         assert gc.get_freeze_count() < grown - 9_000  # the cycles were collected, the rest frozen again
-        del kept, small, young
+        del kept, small, young, more
     finally:
         gc.unfreeze()
         gc.collect()
