@@ -270,9 +270,12 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
 
 
 def _collector(metrics_text: str) -> dict[str, float]:
-    """gc_collections_genN and gc_pause_ms_genN from cilia's /metrics."""
+    """gc_collections_genN and gc_pause_ms_genN from cilia's /metrics, and rebuild_ms (translate + render,
+    all results): what of the server's CPU per change is not fan-out."""
     out: dict[str, float] = {}
     for line in metrics_text.splitlines():
+        if line.startswith("cilia_rebuild_duration_seconds_sum"):
+            out["rebuild_ms"] = out.get("rebuild_ms", 0.0) + float(line.rsplit(" ", 1)[1]) * 1000
         for metric, key, scale in (("cilia_gc_collections_total", "gc_collections", 1.0),
                                    ("cilia_gc_pause_seconds_total", "gc_pause_ms", 1000.0)):
             if line.startswith(metric + '{generation="'):

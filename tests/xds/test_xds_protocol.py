@@ -426,8 +426,8 @@ def test_a_streams_viewer_follows_the_world_and_keeps_its_view_while_it_stays() 
     from cilia.render.world import render_world
     from cilia.xds.cache import ConfigCache
 
-    def with_cluster(cluster: str) -> Any:
-        return render_world(ir.MeshIR((ir.Bundle("b", ir.ProxyScope(frozenset({"node"})),
+    def with_cluster(cluster: str, scope: str = "node") -> Any:
+        return render_world(ir.MeshIR((ir.Bundle("b", ir.ProxyScope(frozenset({scope})),
                                                  clusters=(ir.Cluster(cluster),)),)))
 
     cache = ConfigCache()
@@ -436,11 +436,15 @@ def test_a_streams_viewer_follows_the_world_and_keeps_its_view_while_it_stays() 
     cache.set_world(with_cluster("a"))
     first = view(n1)
     assert set(first.of(CLUSTER)) == {"a"}
-    calls = []
-    real = cache.resources_for
-    cache.resources_for = lambda p: calls.append(p) or real(p)  # type: ignore[method-assign]
+    calls: list[ProxyId] = []
+    real = cache._bundle_keys
+    cache._bundle_keys = lambda p: calls.append(p) or real(p)  # type: ignore[method-assign]
     assert view(n1) is first and calls == []  # the same world: no look-up at all
     cache.set_world(with_cluster("b"))
-    assert set(view(n1).of(CLUSTER)) == {"b"} and calls == [n1]
+    assert set(view(n1).of(CLUSTER)) == {"b"} and calls == []  # same scopes: the stream's own bundle keys
     other = ProxyId.parse("node~n2")
-    assert set(view(other).of(CLUSTER)) == {"b"} and calls == [n1, other]  # another proxy is looked up
+    assert set(view(other).of(CLUSTER)) == {"b"} and calls == [other]  # another proxy is looked up
+    cache.set_world(with_cluster("c", scope="gateway"))  # scopes changed: the stream's bundles looked up again
+    assert set(view(n1).of(CLUSTER)) == set() and calls == [other, n1]
+    cache.set_world(with_cluster("d"))
+    assert set(view(n1).of(CLUSTER)) == {"d"} and calls == [other, n1, n1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 from types import MappingProxyType
 
 from cilia.identity import ProxyId
@@ -66,27 +67,36 @@ class ConfigCache:
     def resources_for(self, proxy: ProxyId) -> ProxyResources:
         """Each stream asks on every pass; matching scopes once per proxy and world keeps that O(1)."""
         # While no bundle's scope changed, a proxy's bundles are the same ones: no matching per change. The
-        # view of those bundles is the world's own memo (one per distinct set of bundles): one ProxyId hash
-        # (a Python call) per pass, where a per-proxy view cache cost three on the first pass of each world.
+        # view of those bundles is the world's own memo (one per distinct set of bundles).
+        return self._world.view_of(self._bundle_keys(proxy))
+
+    def _bundle_keys(self, proxy: ProxyId) -> tuple[int, ...]:
         keys = self._keys.get(proxy)
         if keys is None:
             if len(self._keys) >= MAX_REMEMBERED_PROXIES:
                 self._keys.clear()
             keys = self._keys[proxy] = self._world.keys_for(proxy)
-        return self._world.view_of(keys)
+        return keys
 
     def viewer(self, proxy: ProxyId) -> Callable[[ProxyId], ProxyResources]:
         """`resources_for`, for one stream: its proxy's view is kept with the world it came from, so each
         pass of a stream's writer costs an identity check while the world is the same (no ProxyId hash)."""
-        seen: list[RenderedWorld | ProxyResources | None] = [None, None]  # world, its view for `proxy`
+        # The world and its view for `proxy`; the selection memo (`_keys`, replaced when scopes change) the
+        # proxy's bundle keys were found under, and those keys: a new world with the same scopes costs one
+        # memo lookup, not a ProxyId hash.
+        seen: list[Any] = [None, None, None, None]
 
         def view(asked: ProxyId) -> ProxyResources:
             world = self._world
-            if seen[0] is world and asked is proxy:
-                return seen[1]  # type: ignore[return-value]
-            resources = self.resources_for(asked)
-            if asked is proxy:
-                seen[0], seen[1] = world, resources
+            if asked is not proxy:
+                return self.resources_for(asked)
+            if seen[0] is world:
+                return seen[1]  # type: ignore[no-any-return]
+            memo = self._keys
+            if seen[2] is not memo:
+                seen[2], seen[3] = memo, self._bundle_keys(proxy)
+            resources = world.view_of(seen[3])
+            seen[0], seen[1] = world, resources
             return resources
 
         return view

@@ -639,12 +639,19 @@ class DeltaStream(BaseStream):
         st = self.types.get(type_url)
         if st is None or not st.initialized:
             self.handle(type_url, (), (), EMPTY_KNOWN, nonce, "")
+            return
+        sent = st.in_flight.pop(nonce, None)
+        if sent is not None:
+            self._ack(type_url, st, nonce, sent, sent[2], "")
         else:
-            self._answer(type_url, st, nonce, "")
+            self._answer_sent(type_url, st, nonce, None, "")
 
     def _answer(self, type_url: str, st: _TypeState, nonce: str, error: str) -> None:
         """The ACK/NACK part of a request: for the response in flight with `nonce`, or the last one sent."""
-        sent = st.in_flight.pop(nonce, None)
+        self._answer_sent(type_url, st, nonce, st.in_flight.pop(nonce, None), error)
+
+    def _answer_sent(self, type_url: str, st: _TypeState, nonce: str, sent: Sent | None, error: str) -> None:
+        """`_answer`, with the response in flight for `nonce` already taken out (None: not in flight)."""
         if sent is not None:
             # Several responses may be in flight: the ACK is for the version sent with that nonce.
             self._ack(type_url, st, nonce, sent, sent[2], error)
