@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 from types import MappingProxyType
+from typing import Any
 
 from cilia.identity import ProxyId
 from cilia.render.world import ProxyResources, RenderedWorld
