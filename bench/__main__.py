@@ -7,6 +7,7 @@ finishes in well under five minutes; `--clients 100,500,1000,2000` is the full m
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -14,26 +15,28 @@ from typing import Any
 
 from bench.common import machine, table, write_result
 
-XDS_HEADER = ["server", "xDS", "clients", "held", "connect s", "RSS MB", "CPU ms/change", "ack p50 ms",
-              "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all p50 ms",
+XDS_HEADER = ["server", "xDS", "clients", "held", "connect s", "RSS MB", "CPU ms/change", "main thread ms/change",
+              "ack p50 ms", "ack p99 ms", "all ACKed p50 ms", "all ACKed max ms", "trigger->all p50 ms",
               "trigger->all p99 ms", "cilia/floor p99", "cilia/floor CPU", "cilia/gcp p99", "cilia/gcp CPU", "missed"]
 
 
-def _cpu_per_change(r: dict[str, Any]) -> float:
-    return float(r["server_cpu_s_changes"]) / max(1, r["changes"]) * 1000
+def _cpu_per_change(r: dict[str, Any], key: str = "server_cpu_s_changes") -> float:
+    return float(r.get(key, float("nan"))) / max(1, r["changes"]) * 1000
 
 
 def xds_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
-    """One row per run; cilia's rows carry its ratios to the floor and go-control-plane of the same size."""
-    by = {(r["server"], r["variant"], r["clients"]): r for r in results}
+    """One row per run; cilia's rows carry its ratios to the floor and go-control-plane of the same size
+    and round."""
+    by = {(r["server"], r["variant"], r["clients"], r.get("round", 0)): r for r in results}
     nan = float("nan")
     rows = []
     for r in results:
-        key = (r["variant"], r["clients"])
+        key = (r["variant"], r["clients"], r.get("round", 0))
         f, g = by.get(("floor", *key)), by.get(("gcp", *key))
         mine = r["server"] == "cilia"
         rows.append([r["server"], r["variant"], r["clients"], r["held"], r["connect_all_s"], r["rss_connected_mb"],
-                     _cpu_per_change(r), r["client_ack_p50_ms"], r["client_ack_p99_ms"], r["all_acked_p50_ms"],
+                     _cpu_per_change(r), _cpu_per_change(r, "server_main_thread_cpu_s_changes"),
+                     r["client_ack_p50_ms"], r["client_ack_p99_ms"], r["all_acked_p50_ms"],
                      r["all_acked_max_ms"], r["trigger_to_all_acked_p50_ms"],
                      r.get("trigger_to_all_acked_p99_ms", nan),
                      r["client_ack_p99_ms"] / f["client_ack_p99_ms"] if (f and mine) else nan,
@@ -42,6 +45,33 @@ def xds_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
                      _cpu_per_change(r) / max(1e-9, _cpu_per_change(g)) if (g and mine) else nan,
                      r.get("missed_receipts", 0)])
     return rows
+
+
+def ratio_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """Per size, cilia's ratios to each peer round by round (each round ran both back to back) and their
+    median: on a noisy machine one run's ratio says little."""
+    by = {(r["server"], r["variant"], r["clients"], r.get("round", 0)): r for r in results}
+    rows = []
+    for variant, clients in dict.fromkeys((r["variant"], r["clients"]) for r in results):
+        rounds = sorted({r.get("round", 0) for r in results if (r["variant"], r["clients"]) == (variant, clients)})
+        for peer in ("floor", "gcp"):
+            cpu, main, p99 = [], [], []
+            for k in rounds:
+                mine, other = by.get(("cilia", variant, clients, k)), by.get((peer, variant, clients, k))
+                if mine and other:
+                    cpu.append(_cpu_per_change(mine) / max(1e-9, _cpu_per_change(other)))
+                    main.append(_cpu_per_change(mine, "server_main_thread_cpu_s_changes")
+                                / max(1e-9, _cpu_per_change(other, "server_main_thread_cpu_s_changes")))
+                    p99.append(mine["client_ack_p99_ms"] / other["client_ack_p99_ms"])
+            if cpu:
+                rows.append([f"cilia/{peer}", variant, clients, len(cpu), " ".join(f"{x:.2f}" for x in cpu),
+                             statistics.median(cpu), max(cpu), statistics.median(main),
+                             " ".join(f"{x:.2f}" for x in p99), statistics.median(p99)])
+    return rows
+
+
+RATIO_HEADER = ["ratio", "xDS", "clients", "rounds", "CPU per round", "CPU median", "CPU max",
+                "main thread CPU median", "p99 per round", "p99 median"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--envoy-routes", type=int, default=1000, help="real Envoy: routes (default 1000)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: xds,translate,envoy")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the cilia and floor servers into this folder")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="xDS: run every size this many rounds, the servers' order reversed each round, and print "
+                        "cilia's ratios per round with their median (default 1)")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     started = time.monotonic()
@@ -71,19 +104,25 @@ def main(argv: list[str] | None = None) -> int:
         for n in [int(x) for x in args.clients.split(",") if x]:
             for variant in [v for v in args.variants.split(",") if v]:
                 servers = [x for x in args.servers.split(",") if x and not (args.no_floor and x == "floor")]
-                for server in servers:
-                    prof = None
-                    if args.profile is not None and server in ("cilia", "floor"):
-                        args.profile.mkdir(parents=True, exist_ok=True)
-                        prof = args.profile / f"{server}-{variant}-{n}.txt"
-                    changes = args.changes if n <= 1000 else max(3, args.changes // 2)
-                    r = run_case(XdsCase(server, n, variant == "delta", changes), profile=prof)
-                    print(f"  {server} {variant} {n}: all ACKed p50 {r['all_acked_p50_ms']:.0f} ms, "
-                          f"RSS {r['rss_connected_mb']:.0f} MB, held {r['held']}", flush=True)
-                    results.append(r)
+                for k in range(max(1, args.repeat)):
+                    for server in servers if k % 2 == 0 else servers[::-1]:
+                        prof = None
+                        if args.profile is not None and server in ("cilia", "floor"):
+                            args.profile.mkdir(parents=True, exist_ok=True)
+                            prof = args.profile / f"{server}-{variant}-{n}{f'-{k}' if k else ''}.txt"
+                        changes = args.changes if n <= 1000 else max(3, args.changes // 2)
+                        r = run_case(XdsCase(server, n, variant == "delta", changes), profile=prof)
+                        r["round"] = k
+                        print(f"  {server} {variant} {n}: all ACKed p50 {r['all_acked_p50_ms']:.0f} ms, "
+                              f"RSS {r['rss_connected_mb']:.0f} MB, held {r['held']}", flush=True)
+                        results.append(r)
         report["xds"] = results
         print("\nxDS fan-out (one route change -> ACK; times from the first client's receipt of it)")
         print(table(xds_rows(results), XDS_HEADER))
+        if args.repeat > 1:
+            report["xds_ratios"] = [dict(zip(RATIO_HEADER, row, strict=True)) for row in ratio_rows(results)]
+            print("\ncilia's ratios round by round (each round ran the servers back to back)")
+            print(table(ratio_rows(results), RATIO_HEADER))
 
     if "translate" not in skip:
         from bench.translate_bench import run as run_translate

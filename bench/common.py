@@ -70,12 +70,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, stat: str = "") -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU of the process's main thread alone (where asyncio, and so all of a server's Python, runs; grpc's
+    event-engine threads are the rest)."""
+    return cpu_seconds(pid, f"/proc/{pid}/task/{pid}/stat")
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

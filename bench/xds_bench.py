@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import ROOT, cpu_seconds, percentile, rss_mb
+from bench.common import ROOT, cpu_seconds, main_thread_cpu_seconds, percentile, rss_mb
 from bench.common import cec_manifest as common_cec
 from bench.xds_clients import ClientSpec, worker_main
 
@@ -211,6 +211,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
         stream_errors: list[str] = []
         gc0 = _collector(server.metrics()) if case.server == "cilia" else {}
         cpu0 = cpu_seconds(server.proc.pid)
+        main0 = main_thread_cpu_seconds(server.proc.pid)
         spy = None
         if profile is not None:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server.proc.pid),
@@ -239,6 +240,7 @@ def run_case(case: XdsCase, timeout_s: float = 60.0, profile: Path | None = None
             e2e.append(max(a for _, _, a in got) - t_trigger)
             time.sleep(0.3)
         out["server_cpu_s_changes"] = cpu_seconds(server.proc.pid) - cpu0
+        out["server_main_thread_cpu_s_changes"] = main_thread_cpu_seconds(server.proc.pid) - main0
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
