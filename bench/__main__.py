@@ -60,12 +60,13 @@ def ratio_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
                 mine, other = by.get(("cilia", variant, clients, k)), by.get((peer, variant, clients, k))
                 if mine and other:
                     cpu.append(_cpu_per_change(mine) / max(1e-9, _cpu_per_change(other)))
-                    main.append(_cpu_per_change(mine, "server_main_thread_cpu_s_changes")
-                                / max(1e-9, _cpu_per_change(other, "server_main_thread_cpu_s_changes")))
+                    theirs = _cpu_per_change(other, "server_main_thread_cpu_s_changes")
+                    if peer == "floor" and theirs:  # gcp is Go: its main thread is not where its work runs
+                        main.append(_cpu_per_change(mine, "server_main_thread_cpu_s_changes") / theirs)
                     p99.append(mine["client_ack_p99_ms"] / other["client_ack_p99_ms"])
             if cpu:
                 rows.append([f"cilia/{peer}", variant, clients, len(cpu), " ".join(f"{x:.2f}" for x in cpu),
-                             statistics.median(cpu), max(cpu), statistics.median(main),
+                             statistics.median(cpu), max(cpu), statistics.median(main) if main else float("nan"),
                              " ".join(f"{x:.2f}" for x in p99), statistics.median(p99)])
     return rows
 

@@ -730,10 +730,10 @@ _FROZEN_SINCE_CHECK = [False]
 
 def collect_and_freeze() -> None:
     """A full collection, then everything alive frozen; the baseline `release_frozen` measures from."""
+    _FROZEN_SINCE_CHECK[0] = False  # first: a stage freezing meanwhile (another thread) is looked at next time
     gc.collect()
     gc.freeze()
     _FROZEN_BASELINE[:] = [gc.get_freeze_count()]
-    _FROZEN_SINCE_CHECK[0] = False
 
 
 def release_frozen() -> bool:
